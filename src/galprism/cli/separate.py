@@ -1,0 +1,155 @@
+"""``galprism separate``: a thin layer over :func:`galprism.separate.run_separate`."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ..separate import DEFAULTS
+
+__all__ = ["separate", "load_prior"]
+
+
+def load_prior(spec: str) -> Any:
+    """Load a prior by built-in name or folder path (tests replace this function)."""
+    from ..priorset import load_priorset
+
+    return load_priorset(spec)
+
+
+def _pair(value: str | None, option: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        a, b = (float(t) for t in value.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"expected two comma-separated numbers, got {value!r}", param_hint=option) from exc
+    return a, b
+
+
+class _Output:
+    """stderr for humans (a rich progress bar only on a terminal), stdout for JSON lines."""
+
+    def __init__(self, json_lines: bool, quiet: bool, total: int) -> None:
+        self.json_lines = json_lines
+        self.quiet = quiet
+        self.progress = None
+        if not quiet and sys.stderr.isatty() and total > 1:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("separate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+            self.task = self.progress.add_task("separate", total=total)
+            self.progress.start()
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False)
+        else:
+            click.echo(text, err=True)
+
+    def record(self, rec: Any) -> None:
+        if rec.status == "error":
+            self.message(f"galprism: error: {rec.error}")
+        if self.json_lines:
+            click.echo(rec.to_json())
+            sys.stdout.flush()
+        if self.progress is not None:
+            self.progress.advance(self.task)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--prior", "prior_spec", default="default", show_default=True, help="Built-in prior name or prior folder.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Output file (one input only).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Folder for <stem>.galprism.fits files.")
+@click.option("-n", "--n-samples", type=int, default=DEFAULTS["n_samples"], show_default=True, help="Posterior samples per cutout.")
+@click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
+@click.option("--cg-iterations", type=int, default=DEFAULTS["cg_iterations"], show_default=True, help="Conjugate-gradient iterations per step.")
+@click.option("--sampler", default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
+@click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Cutouts per sampler call.")
+@click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Run seed; each cutout's derives from it and its file name.")
+@click.option("--center", help="Crop centre X,Y in 0-based pixels (default: image centre).")
+@click.option("--center-radec", help="Crop centre RA,DEC in degrees, through the WCS.")
+@click.option("--image-hdu", help="Image HDU name or index (default: SCI, IMAGE, else primary).")
+@click.option("--psf", "psf_file", help="PSF FITS file for every input ({stem}, {name}, {dir} templates allowed).")
+@click.option("--mask", "mask_file", help="Mask FITS file ({stem}, {name}, {dir} templates allowed).")
+@click.option("--mask-bits", help="Bad-pixel bits: MP_* plane names and/or bit values, 'all' or 'none'.")
+@click.option("--noise-sigma", help="Noise standard deviation (one, or one per band comma separated).")
+@click.option("--pixel-scale", type=float, help="Cutout pixel scale in arcsec (overrides the WCS).")
+@click.option("--zeropoint", type=float, help="AB zero point of the inputs (overrides the header).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume a run).")
+@click.option("--shard", help="Process shard I/N (0 <= I < N); default from SLURM_ARRAY_TASK_ID/COUNT.")
+@click.option("--json", "json_lines", is_flag=True, help="One JSON line per input on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or warnings (errors are still shown).")
+def separate(inputs: tuple[str, ...], prior_spec: str, output: Path | None, output_dir: Path, **kw: Any) -> None:
+    """Sample the posterior of each source of a prior for FITS cutouts.
+
+    INPUTS are FITS files, or '-' to read one path per line from stdin. Each input
+    gives <stem>.galprism.fits in --output-dir. Exit status: 0 when every input
+    succeeded (or was skipped), 1 when any failed, 2 for usage errors.
+    """
+    from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
+    from ..io.read import ReadOptions
+    from ..separate import RunWarnings, SeparateConfig, run_separate
+
+    if kw["shard"] is not None:
+        shard = parse_shard(kw["shard"])
+    else:
+        shard = shard_from_env(os.environ)
+    stdin = click.get_text_stream("stdin") if "-" in inputs else None
+    paths = list(expand_inputs(inputs, stdin))
+    if not paths:
+        raise UsageError("no input files given (an empty list on stdin?)")
+    if output is not None and len(paths) > 1:
+        raise UsageError(f"-o/--output names one file but {len(paths)} inputs were given; use --output-dir")
+    read = ReadOptions(
+        image_hdu=kw["image_hdu"], psf=kw["psf_file"], mask=kw["mask_file"], mask_bits=kw["mask_bits"],
+        noise_sigma=kw["noise_sigma"], pixel_scale=kw["pixel_scale"], zeropoint=kw["zeropoint"],
+    )
+    config = SeparateConfig(
+        n_samples=kw["n_samples"], steps=kw["steps"], cg_iterations=kw["cg_iterations"], sampler=kw["sampler"],
+        batch_size=kw["batch_size"], device=kw["device"], seed=kw["seed"],
+        center=_pair(kw["center"], "--center"), center_radec=_pair(kw["center_radec"], "--center-radec"),
+        read=read, output_dir=output_dir, output=output, overwrite=kw["overwrite"],
+        skip_existing=kw["skip_existing"], shard=shard, command_line=shlex.join(["galprism", *sys.argv[1:]]),
+    )
+    total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
+    prior = load_prior(prior_spec)
+    out = _Output(kw["json_lines"], kw["quiet"], total)
+    warnings = RunWarnings(None if not kw["quiet"] else (lambda msg: None))
+    if not kw["quiet"]:
+        warnings.emit = lambda msg: out.message(f"galprism: warning: {msg}")
+    try:
+        summary = run_separate(paths, prior, config, on_record=out.record, warnings=warnings)
+    finally:
+        out.close()
+    if not kw["quiet"] and sys.stderr.isatty():
+        click.echo(
+            f"galprism: {summary.ok} separated, {summary.skipped} skipped, {summary.errors} failed "
+            f"in {summary.seconds:.1f} s",
+            err=True,
+        )
+    if summary.exit_code:
+        raise SystemExit(summary.exit_code)

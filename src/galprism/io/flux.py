@@ -1,0 +1,109 @@
+"""Photometric zero points: putting cutouts on the flux scale a prior learned.
+
+A prior is trained on data with one AB zero point ``zp`` (``mag = -2.5 log10(flux) + zp``)
+or flux unit. An input's own zero point comes, in this order, from ``--zeropoint``, the
+header keywords in :data:`ZEROPOINT_KEYS`, a ``BUNIT`` that is a flux density (``nJy``
+is AB 31.4, ``uJy`` 23.9, ``nanomaggy`` 22.5; astropy's units do the conversion), or the
+HST ``PHOTFLAM``/``PHOTPLAM`` pair. Converting flux from zero point ``zp_in`` to
+``zp_prior`` multiplies it by ``10**(0.4 (zp_prior - zp_in))`` and the variance by the
+square of that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import astropy.units as u
+from astropy.io import fits
+
+__all__ = [
+    "ZEROPOINT_KEYS",
+    "Zeropoint",
+    "zeropoint_of_unit",
+    "header_zeropoint",
+    "flux_factor",
+]
+
+#: header keywords that hold an AB zero point, in order of preference
+ZEROPOINT_KEYS: tuple[str, ...] = ("MAGZERO", "MAGZPT", "ZP", "MAGZP", "ZEROPNT", "PHOTZP")
+
+
+@dataclass(frozen=True)
+class Zeropoint:
+    """An AB zero point and where it came from (for logs and output headers)."""
+
+    value: float
+    source: str
+
+
+def zeropoint_of_unit(bunit: str | None) -> float | None:
+    """AB zero point of a flux-density unit, or None when ``bunit`` is not one.
+
+    Parameters
+    ----------
+    bunit
+        A ``BUNIT`` string such as ``"nJy"``, ``"uJy"``, ``"nanomaggy"`` (a trailing
+        ``/pix`` is ignored: cutout pixels are fluxes per pixel anyway).
+
+    Returns
+    -------
+    float or None
+        ``zp`` such that ``mag_AB = -2.5 log10(value) + zp``.
+    """
+    if not bunit or not str(bunit).strip():
+        return None
+    try:
+        unit = u.Unit(str(bunit).strip(), parse_strict="silent")
+    except (ValueError, TypeError):
+        return None
+    if isinstance(unit, u.UnrecognizedUnit):
+        return None
+    if u.pix in unit.bases:
+        unit = unit * u.pix ** -dict(zip(unit.bases, unit.powers, strict=True))[u.pix]
+    try:
+        jy = float(unit.to(u.Jy))
+    except u.UnitConversionError:
+        try:
+            return -2.5 * math.log10(float(unit.to(u.mgy)))
+        except u.UnitConversionError:
+            return None
+    # 3631 Jy is AB magnitude zero: mag = -2.5 log10(F jy / 3631).
+    return 2.5 * math.log10(3631.0) - 2.5 * math.log10(jy)
+
+
+def header_zeropoint(*headers: fits.Header | None) -> Zeropoint | None:
+    """Zero point recorded in the first header that has one.
+
+    Parameters
+    ----------
+    headers
+        Headers to search in order (e.g. the image HDU's, then the primary's).
+
+    Returns
+    -------
+    Zeropoint or None
+    """
+    hs = [h for h in headers if h is not None]
+    for h in hs:
+        for key in ZEROPOINT_KEYS:
+            value = h.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return Zeropoint(float(value), f"header {key}")
+    for h in hs:
+        bunit = h.get("BUNIT")
+        zp = zeropoint_of_unit(bunit) if isinstance(bunit, str) else None
+        if zp is not None:
+            return Zeropoint(zp, f"BUNIT {bunit.strip()}")
+    for h in hs:
+        photflam, photplam = h.get("PHOTFLAM"), h.get("PHOTPLAM")
+        if isinstance(photflam, (int, float)) and isinstance(photplam, (int, float)) and photflam > 0 and photplam > 0:
+            # STScI's AB zero point of an HST image in electrons/s.
+            zp = -2.5 * math.log10(photflam) - 5 * math.log10(photplam) - 2.408
+            return Zeropoint(zp, "header PHOTFLAM/PHOTPLAM")
+    return None
+
+
+def flux_factor(zp_from: float, zp_to: float) -> float:
+    """Factor that converts fluxes on zero point ``zp_from`` to zero point ``zp_to``."""
+    return 10.0 ** (0.4 * (zp_to - zp_from))

@@ -1,0 +1,291 @@
+"""Reading one cutout FITS file (plus optional sidecar files) into an Observation.
+
+Conventions, all documented in docs/user-guide.md ("Input conventions"):
+
+* image: the HDU named ``SCI`` or ``IMAGE``, else the primary HDU; 2-D, or 3-D with
+  bands first (``--image-hdu`` picks another by name or index);
+* PSF: HDU ``PSF`` or ``--psf FILE``; 2-D or one kernel per band; it may not be larger
+  than the image;
+* mask: HDU ``MASK`` or ``DQ`` or ``--mask FILE``; bit flags (see :mod:`.masks`);
+* noise: see :mod:`.noise`; ``--noise-sigma`` overrides, otherwise it is estimated;
+* WCS and ``BUNIT`` from the image header (the primary header as fallback for
+  ``BUNIT`` and zero points); pixel scale from the WCS unless ``--pixel-scale``;
+* zero point: see :mod:`.flux`.
+
+Sidecar paths may contain ``{stem}``, ``{name}`` and ``{dir}``, filled in from each
+input's path, so that every cutout of a batch can have its own PSF file.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from ..errors import InputError, PSFError, ShapeError
+from ..observation import Observation
+from .fitsfile import describe, find_hdu, hdu_array, read_hdulist, sha256_file
+from .flux import Zeropoint, header_zeropoint
+from .masks import bad_pixels, mask_planes, parse_mask_bits
+from .noise import NOISE_HDUS, estimate_variance, parse_sigma, to_variance
+from .wcsutil import celestial_wcs, pixel_scale_arcsec
+
+__all__ = ["ReadOptions", "read_cutout", "IMAGE_HDUS", "PSF_HDUS", "MASK_HDUS", "output_stem"]
+
+IMAGE_HDUS: tuple[str, ...] = ("SCI", "IMAGE")
+PSF_HDUS: tuple[str, ...] = ("PSF",)
+MASK_HDUS: tuple[str, ...] = ("MASK", "DQ")
+#: file-name endings removed to make an output stem
+FITS_SUFFIXES: tuple[str, ...] = (".fits.gz", ".fits.fz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".fz")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Sidecar files and overrides applied to every input.
+
+    Attributes
+    ----------
+    image_hdu
+        EXTNAME or index of the image HDU instead of the default search.
+    psf, mask
+        Sidecar FITS files (templates with ``{stem}``, ``{name}``, ``{dir}`` allowed).
+    mask_bits
+        ``--mask-bits`` specification (see :mod:`galprism.io.masks`).
+    noise_sigma
+        One noise standard deviation, or one per band comma separated.
+    pixel_scale
+        Arcseconds per pixel, overriding the WCS.
+    zeropoint
+        AB zero point, overriding the header.
+    """
+
+    image_hdu: str | None = None
+    psf: str | None = None
+    mask: str | None = None
+    mask_bits: str | None = None
+    noise_sigma: str | None = None
+    pixel_scale: float | None = None
+    zeropoint: float | None = None
+
+
+def output_stem(path: str | os.PathLike[str]) -> str:
+    """File name without directory and FITS suffix: ``a/b/cut.fits.gz`` -> ``cut``."""
+    name = Path(os.fspath(path)).name
+    lower = name.lower()
+    for suffix in FITS_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _sidecar_path(template: str, path: str) -> str:
+    if "{" not in template:
+        return template
+    p = Path(path)
+    try:
+        return template.format(stem=output_stem(p), name=p.name, dir=str(p.parent))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InputError(f"sidecar template {template!r}: only {{stem}}, {{name}} and {{dir}} are allowed") from exc
+
+
+@functools.lru_cache(maxsize=8)
+def _read_sidecar_cached(path: str, mtime_ns: int, size: int, names: tuple[str, ...]) -> tuple[np.ndarray, fits.Header]:
+    hdul = read_hdulist(path)
+    found = find_hdu(hdul, names)
+    if found is None:
+        found = next(((i, h) for i, h in enumerate(hdul) if h.data is not None), None)
+    if found is None:
+        raise InputError(f"{path}: FITS file has no HDU with data")
+    i, hdu = found
+    raw = np.asarray(hdu.data)
+    arr = hdu_array(raw, describe(path, hdu.name or str(i)), dtype=_native_kind(raw))
+    arr.setflags(write=False)
+    return arr, hdu.header.copy()
+
+
+def _read_sidecar(path: str, names: tuple[str, ...]) -> tuple[np.ndarray, fits.Header]:
+    # Keyed on modification time and size so that a rewritten file is read again.
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read sidecar file ({exc.strerror})") from exc
+    return _read_sidecar_cached(path, st.st_mtime_ns, st.st_size, names)
+
+
+def _native_kind(raw: np.ndarray) -> type:
+    if np.issubdtype(raw.dtype, np.integer):
+        return np.int64
+    if raw.dtype == np.bool_:
+        return np.bool_
+    return np.float64
+
+
+def _select_image(hdul: fits.HDUList, path: str, image_hdu: str | None) -> tuple[str, fits.PrimaryHDU | fits.ImageHDU]:
+    if image_hdu is not None:
+        key: str | int = int(image_hdu) if str(image_hdu).lstrip("-").isdigit() else str(image_hdu)
+        try:
+            hdu = hdul[key]
+        except (KeyError, IndexError) as exc:
+            raise InputError(f"{path}: has no HDU {image_hdu!r} (--image-hdu)") from exc
+        return str(image_hdu), hdu
+    found = find_hdu(hdul, IMAGE_HDUS, with_data=False)
+    if found is not None:
+        return found[1].name, found[1]
+    if hdul[0].data is not None:
+        return "PRIMARY", hdul[0]
+    if len(hdul) == 1:
+        raise InputError(f"{path}: empty HDU: the primary HDU has no data and there is no other HDU")
+    raise InputError(f"{path}: no image: the primary HDU is empty and there is no SCI or IMAGE extension")
+
+
+def _as_cube(arr: np.ndarray, what: str) -> np.ndarray:
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim == 3:
+        return arr
+    raise ShapeError(f"{what}: image must be 2-D or 3-D (bands first), got shape {arr.shape}")
+
+
+def _broadcast(arr: np.ndarray, shape: tuple[int, ...], what: str, kind: str) -> np.ndarray:
+    a = arr
+    while a.ndim > 3 and a.shape[0] == 1:
+        a = a[0]
+    try:
+        return np.broadcast_to(a, shape)
+    except ValueError as exc:
+        raise ShapeError(f"{what}: {kind} of shape {arr.shape} does not match the image {shape}") from exc
+
+
+def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None) -> Observation:
+    """Read a cutout and its PSF, mask and noise into a checked :class:`Observation`.
+
+    Parameters
+    ----------
+    path
+        The cutout FITS file. It is only read.
+    options
+        Sidecar files and overrides.
+
+    Returns
+    -------
+    Observation
+        Named after ``path``, with the file's SHA-256 and notes on every assumption.
+
+    Raises
+    ------
+    InputError, ShapeError, PSFError
+        One line naming the file (and HDU) and the problem.
+    """
+    opts = options or ReadOptions()
+    name = os.fspath(path)
+    hdul = read_hdulist(name)
+    checksum = sha256_file(name)
+    notes: list[str] = []
+
+    ext, img_hdu = _select_image(hdul, name, opts.image_hdu)
+    what = describe(name, ext)
+    image = _as_cube(hdu_array(img_hdu.data, what), what)
+    c, h, w = image.shape
+    header = img_hdu.header
+    primary = hdul[0].header if img_hdu is not hdul[0] else None
+
+    valid = np.isfinite(image)
+    if not valid.any():
+        raise InputError(f"{what}: image has no finite pixel (all NaN or inf)")
+
+    # Mask: flagged bits remove pixels.
+    if opts.mask is not None:
+        mpath = _sidecar_path(opts.mask, name)
+        mdata, mheader = _read_sidecar(mpath, MASK_HDUS)
+        mwhat = mpath
+    else:
+        found = find_hdu(hdul, MASK_HDUS)
+        mdata = mheader = None
+        if found is not None:
+            raw = np.asarray(found[1].data)
+            mwhat = describe(name, found[1].name)
+            mdata, mheader = hdu_array(raw, mwhat, dtype=_native_kind(raw)), found[1].header
+    if mdata is not None:
+        bits = parse_mask_bits(opts.mask_bits, mask_planes(mheader), mwhat)
+        bad = _broadcast(bad_pixels(mdata, bits, mwhat), image.shape, mwhat, "mask")
+        valid &= ~bad
+        notes.append(f"mask from {mwhat} (bits {bits if bits >= 0 else 'all'})")
+
+    # Noise: an explicit sigma, a noise HDU, or an estimate.
+    if opts.noise_sigma is not None:
+        sigma = parse_sigma(opts.noise_sigma, c, name)
+        variance = np.broadcast_to(sigma**2, image.shape).copy()
+        notes.append(f"noise sigma {opts.noise_sigma} from --noise-sigma")
+    else:
+        found = find_hdu(hdul, tuple(NOISE_HDUS))
+        if found is not None:
+            nwhat = describe(name, found[1].name)
+            values = _broadcast(hdu_array(found[1].data, nwhat), image.shape, nwhat, "noise map")
+            kind = NOISE_HDUS[found[1].name.upper()]
+            noise = to_variance(values, kind, valid, nwhat)
+        else:
+            noise = estimate_variance(image, valid, what)
+            notes.append(f"noise {noise.description}")
+        variance = noise.variance
+        valid &= ~noise.invalid
+
+    # PSF.
+    if opts.psf is not None:
+        ppath = _sidecar_path(opts.psf, name)
+        pdata, _ = _read_sidecar(ppath, PSF_HDUS)
+        pwhat = ppath
+    else:
+        found = find_hdu(hdul, PSF_HDUS)
+        if found is None:
+            raise PSFError(f"{name}: no PSF: the file has no PSF HDU and no --psf was given")
+        pwhat = describe(name, found[1].name)
+        pdata = hdu_array(found[1].data, pwhat)
+    pdata = np.asarray(pdata, dtype=np.float64)
+    kh, kw = pdata.shape[-2:]
+    if kh > h or kw > w:
+        raise PSFError(f"{pwhat}: PSF of {kh}x{kw} pixels is larger than the {h}x{w} image")
+    sums = pdata.reshape(-1, kh, kw).sum(axis=(-2, -1)) if pdata.ndim >= 2 else np.array([])
+    if np.all(np.isfinite(sums)) and np.any(np.abs(sums - 1) > 1e-3) and np.all(sums > 0):
+        notes.append(f"PSF {pwhat} renormalised to unit sum (sum was {', '.join(f'{s:.4g}' for s in sums)})")
+
+    # Sky geometry and flux scale.
+    wcs = celestial_wcs(header, what)
+    if opts.pixel_scale is not None:
+        pixel_scale: float | None = float(opts.pixel_scale)
+    elif wcs is not None:
+        pixel_scale = pixel_scale_arcsec(wcs, what)
+    else:
+        pixel_scale = None
+    bunit = header.get("BUNIT") or (primary.get("BUNIT") if primary is not None else None)
+    bunit = str(bunit).strip() if bunit else None
+    zp: Zeropoint | None
+    if opts.zeropoint is not None:
+        zp = Zeropoint(float(opts.zeropoint), "--zeropoint")
+    else:
+        zp = header_zeropoint(header, primary)
+    if zp is not None:
+        notes.append(f"zero point {zp.value:.4f} from {zp.source}")
+
+    try:
+        return Observation(
+            image=image,
+            variance=variance,
+            psf=pdata,
+            mask=valid,
+            wcs=wcs,
+            bunit=bunit,
+            pixel_scale=pixel_scale,
+            zeropoint=None if zp is None else zp.value,
+            name=name,
+            checksum=checksum,
+            notes=tuple(notes),
+        )
+    except PSFError as exc:
+        # Observation names the PSF after the cutout; say which HDU or file it came from.
+        raise PSFError(str(exc).replace(f"{name} PSF", pwhat, 1)) from exc

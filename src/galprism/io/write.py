@@ -1,0 +1,195 @@
+"""Output FITS files: layout, provenance header, and atomic no-clobber writing.
+
+Layout of ``<stem>.galprism.fits`` (see docs/user-guide.md, "Output layout"):
+
+* primary HDU, no data: provenance keywords and the command line in ``HISTORY`` cards;
+* for each source ``S`` of the prior: ``S`` (float32 samples, ``(n, ny, nx)`` or
+  ``(n, C, ny, nx)``), ``S_MEAN`` and ``S_STD`` (over samples), on the prior's grid;
+* ``MODEL``: posterior mean of the predicted data on the cutout's grid;
+* ``RESID``: ``(data - MODEL) / sigma``, NaN at masked pixels.
+
+Every image HDU carries the celestial WCS of its grid (the cube gets extra linear
+``SAMPLE``/``BAND`` axes), ``BUNIT`` and ``EXTNAME``. Files get ``CHECKSUM``/``DATASUM``
+and are written to a temporary name in the destination folder, then linked or renamed
+into place, so a crash never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from ..errors import GalprismError
+from .wcsutil import image_header
+
+__all__ = ["OutputExistsError", "write_atomic", "source_hdus", "image_hdu", "primary_hdu", "temp_path"]
+
+
+class OutputExistsError(GalprismError):
+    """The output file exists and neither ``--overwrite`` nor ``--skip-existing`` was given."""
+
+
+def temp_path(path: Path) -> Path:
+    """Hidden temporary name next to ``path`` (same file system, so the rename is atomic)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def write_atomic(hdul: fits.HDUList, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``hdul`` with checksums to ``path`` atomically.
+
+    The file is written and flushed to a temporary name first. Without ``overwrite`` it
+    is then hard-linked to ``path``, which fails if ``path`` appeared in the meantime (no
+    check-then-write race between concurrent jobs); with ``overwrite`` it is renamed over
+    it. The temporary file is removed in every case.
+
+    Parameters
+    ----------
+    hdul
+        The HDUs to write.
+    path
+        Destination; its folder must exist.
+    overwrite
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    GalprismError
+        If the folder is missing or not writable.
+    """
+    dest = Path(os.fspath(path))
+    if not overwrite and dest.exists():
+        raise OutputExistsError(f"{dest}: output exists; pass --overwrite to replace it or --skip-existing")
+    if not dest.parent.is_dir():
+        raise GalprismError(f"{dest}: output folder {dest.parent} does not exist")
+    tmp = temp_path(dest)
+    try:
+        hdul.writeto(tmp, checksum=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, dest)
+        else:
+            _link_no_clobber(tmp, dest)
+    except OSError as exc:
+        raise GalprismError(f"{dest}: cannot write output ({exc.strerror or exc})") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return dest
+
+
+def _link_no_clobber(tmp: Path, dest: Path) -> None:
+    try:
+        os.link(tmp, dest)
+    except FileExistsError as exc:
+        raise OutputExistsError(f"{dest}: output exists; pass --overwrite to replace it or --skip-existing") from exc
+    except OSError:
+        # File systems without hard links: fall back to check + rename.
+        if dest.exists():
+            raise OutputExistsError(f"{dest}: output exists; pass --overwrite to replace it or --skip-existing") from None
+        os.replace(tmp, dest)
+
+
+def primary_hdu(cards: Mapping[str, tuple[Any, str]], history: Sequence[str] = ()) -> fits.PrimaryHDU:
+    """Data-less primary HDU with provenance ``cards`` (KEY -> (value, comment)) and HISTORY."""
+    hdu = fits.PrimaryHDU()
+    for key, (value, comment) in cards.items():
+        if value is None:
+            continue
+        hdu.header[key] = (value, comment)
+    for line in history:
+        hdu.header.add_history(line)
+    return hdu
+
+
+def image_hdu(
+    data: np.ndarray,
+    extname: str,
+    *,
+    wcs: WCS | None,
+    bunit: str | None,
+    leading: tuple[str, ...] = (),
+    cards: Mapping[str, tuple[Any, str]] | None = None,
+) -> fits.ImageHDU:
+    """A float32 image HDU with WCS, BUNIT and EXTNAME.
+
+    Parameters
+    ----------
+    data
+        Array whose last two axes are (ny, nx).
+    extname
+        HDU name.
+    wcs
+        Celestial WCS of the (ny, nx) plane, or None.
+    bunit
+        Flux unit, or None (dimensionless).
+    leading
+        CTYPE names of the axes before (ny, nx), outermost first (e.g. ``("SAMPLE",)``).
+    cards
+        Extra keywords.
+    """
+    arr = np.ascontiguousarray(data, dtype=np.float32)
+    if len(leading) != arr.ndim - 2:
+        raise ValueError(f"image_hdu {extname}: {arr.ndim}-D data needs {arr.ndim - 2} leading axis names")
+    header = image_header(wcs, tuple(zip(leading, arr.shape[: arr.ndim - 2], strict=True)))
+    hdu = fits.ImageHDU(arr, header=header, name=extname)
+    if bunit:
+        hdu.header["BUNIT"] = (bunit, "flux unit of the input")
+    for key, (value, comment) in (cards or {}).items():
+        if value is not None:
+            hdu.header[key] = (value, comment)
+    return hdu
+
+
+def source_hdus(
+    name: str,
+    samples: np.ndarray,
+    *,
+    wcs: WCS | None,
+    bunit: str | None,
+    cards: Mapping[str, tuple[Any, str]] | None = None,
+) -> list[fits.ImageHDU]:
+    """The three HDUs of one source: samples cube, mean and standard deviation.
+
+    Parameters
+    ----------
+    name
+        Source name; upper-cased for ``EXTNAME``.
+    samples
+        ``(n, C, ny, nx)`` in output units; a single band drops the ``C`` axis.
+    wcs
+        Celestial WCS of the prior's grid.
+    bunit
+        Flux unit.
+    cards
+        Extra keywords for every HDU.
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    banded = s.shape[1] > 1
+    if not banded:
+        s = s[:, 0]
+    mean = s.mean(axis=0)
+    # With a single sample (a point estimate) the spread is undefined: report zeros.
+    std = s.std(axis=0, ddof=1) if s.shape[0] > 1 else np.zeros_like(mean)
+    ext = name.upper()
+    band_axes: tuple[str, ...] = ("BAND",) if banded else ()
+    return [
+        image_hdu(s, ext, wcs=wcs, bunit=bunit, leading=("SAMPLE", *band_axes), cards=cards),
+        image_hdu(mean, f"{ext}_MEAN", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards),
+        image_hdu(std, f"{ext}_STD", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards),
+    ]

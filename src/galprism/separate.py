@@ -1,0 +1,642 @@
+"""The ``galprism separate`` pipeline: cutouts in, posterior sample cubes out.
+
+Stages, for each input path:
+
+1. decide the output name; skip it (``--skip-existing``) or refuse to clobber it;
+2. read the cutout (:func:`galprism.io.read.read_cutout`), crop or pad it to the prior's
+   size around the requested centre;
+3. group it with cutouts of the same shape; when a group holds ``batch_size`` cutouts,
+   stack them (:func:`galprism.observation.stack_observations`), call the prior's
+   ``separate`` with one ``torch.Generator`` per cutout, convert the samples back to each
+   input's flux units and write each output file atomically;
+4. report one :class:`InputRecord` per input.
+
+Nothing is kept once a batch is written, so memory stays flat over any number of inputs.
+A failure of one input (unreadable file, bad PSF, existing output...) is recorded and the
+run goes on; a failure of a whole batch in the sampler is retried cutout by cutout, so
+that one bad cutout cannot take its batch-mates down with it.
+
+The prior is any object with the :class:`Separator` interface: the built-in
+:class:`galprism.priorset.PriorSet` or, in tests, a stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import GalprismError, ShapeError, UsageError
+from .io.flux import zeropoint_of_unit
+from .io.inputs import cutout_seed, in_shard, output_path
+from .io.read import ReadOptions, read_cutout
+from .io.write import OutputExistsError, image_hdu, primary_hdu, source_hdus, write_atomic
+from .observation import Observation, stack_observations
+
+__all__ = [
+    "DEFAULTS",
+    "Separator",
+    "SeparateConfig",
+    "SeparationResult",
+    "InputRecord",
+    "RunSummary",
+    "RunWarnings",
+    "prepare_observation",
+    "separate_observations",
+    "write_result",
+    "run_separate",
+    "resolve_device",
+    "prior_zeropoint",
+]
+
+#: defaults shared by the CLI and the library
+DEFAULTS: dict[str, Any] = {
+    "n_samples": 8,
+    "steps": 64,
+    "cg_iterations": 1,
+    "sampler": "pc",
+    "batch_size": 4,
+    "seed": 0,
+}
+
+
+class Separator(Protocol):
+    """What the pipeline needs from a prior (see :class:`galprism.priorset.PriorSet`)."""
+
+    name: str
+    sources: list[str]
+    shape: tuple[int, int, int]
+    pixel_scale: float | None
+    zeropoint: float | None
+    bunit: str | None
+    sha256: str
+    method: str
+
+    def separate(
+        self,
+        y: torch.Tensor,
+        noise_var: torch.Tensor,
+        operator: Any,
+        *,
+        n_samples: int,
+        steps: int,
+        cg_iterations: int,
+        sampler: str = "pc",
+        generators: Sequence[torch.Generator] | None = None,
+        device: str = "cpu",
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class SeparateConfig:
+    """Options of a separation run (the CLI's flags).
+
+    Attributes
+    ----------
+    n_samples, steps, cg_iterations, sampler
+        Posterior sampler settings passed to the prior.
+    batch_size
+        Cutouts per call of the sampler.
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or ``"auto"``.
+    seed
+        Run seed; each cutout's seed derives from it and the file name.
+    center, center_radec
+        Crop centre in pixels ``(x, y)`` (0-based) or degrees ``(ra, dec)``; default the
+        image centre.
+    read
+        Sidecar files and overrides for reading inputs.
+    output_dir, output
+        Folder for ``<stem>.galprism.fits`` files, or one output file (single input).
+    overwrite, skip_existing
+        What to do with existing outputs (default: report an error for that input).
+    shard
+        ``(I, N)``: process only the inputs of shard I of N.
+    command_line
+        Recorded in the outputs' HISTORY (default: ``sys.argv``).
+    """
+
+    n_samples: int = DEFAULTS["n_samples"]
+    steps: int = DEFAULTS["steps"]
+    cg_iterations: int = DEFAULTS["cg_iterations"]
+    sampler: str = DEFAULTS["sampler"]
+    batch_size: int = DEFAULTS["batch_size"]
+    device: str = "cpu"
+    seed: int = DEFAULTS["seed"]
+    center: tuple[float, float] | None = None
+    center_radec: tuple[float, float] | None = None
+    read: ReadOptions = field(default_factory=ReadOptions)
+    output_dir: Path = Path(".")
+    output: Path | None = None
+    overwrite: bool = False
+    skip_existing: bool = False
+    shard: tuple[int, int] | None = None
+    command_line: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_samples", "steps", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if int(self.cg_iterations) < 0:
+            raise UsageError(f"cg-iterations must be >= 0, got {self.cg_iterations}")
+        if self.overwrite and self.skip_existing:
+            raise UsageError("--overwrite and --skip-existing exclude each other")
+        if self.center is not None and self.center_radec is not None:
+            raise UsageError("--center and --center-radec exclude each other")
+
+
+@dataclass(eq=False)
+class SeparationResult:
+    """Posterior samples of one cutout, in the cutout's own flux units.
+
+    Attributes
+    ----------
+    observation
+        The cutout as cropped to the prior's footprint.
+    sources
+        Source names, in the order of the samples' K axis.
+    samples
+        ``(n, K, C, H, W)`` float32 on the prior's grid.
+    model
+        ``(C, h, w)`` posterior mean of the predicted data on the cutout's grid.
+    resid
+        ``(C, h, w)`` ``(data - model) / sigma``; NaN at masked pixels.
+    seed
+        The cutout's seed.
+    factor
+        Grid factor (cutout pixel scale / prior pixel scale).
+    flux_factor
+        Multiplier from the cutout's units to the prior's.
+    zeropoint_assumed
+        The cutout said nothing about its flux scale and the prior's was assumed.
+    """
+
+    observation: Observation
+    sources: list[str]
+    samples: np.ndarray
+    model: np.ndarray
+    resid: np.ndarray
+    seed: int
+    factor: int
+    flux_factor: float
+    zeropoint_assumed: bool = False
+
+    def flux_summary(self) -> dict[str, dict[str, list[float]]]:
+        """Per source and band: mean and standard deviation over samples of the total flux."""
+        totals = self.samples.astype(np.float64).sum(axis=(-2, -1))  # (n, K, C)
+        n = totals.shape[0]
+        std = totals.std(axis=0, ddof=1) if n > 1 else np.zeros(totals.shape[1:])
+        return {
+            s: {"flux_mean": [float(v) for v in totals[:, k].mean(axis=0)], "flux_std": [float(v) for v in std[k]]}
+            for k, s in enumerate(self.sources)
+        }
+
+
+@dataclass
+class InputRecord:
+    """Outcome of one input: one JSON line of ``--json``."""
+
+    input: str
+    output: str | None
+    status: str  # "ok" | "error" | "skipped"
+    seconds: float = 0.0
+    seed: int | None = None
+    sources: dict[str, dict[str, list[float]]] | None = None
+    error: str | None = None
+
+    def to_json(self) -> str:
+        data = {
+            "input": self.input,
+            "output": self.output,
+            "status": self.status,
+            "seconds": round(self.seconds, 4),
+            "seed": self.seed,
+        }
+        if self.sources is not None:
+            data["sources"] = self.sources
+        if self.error is not None:
+            data["error"] = self.error
+        return json.dumps(data)
+
+
+@dataclass
+class RunSummary:
+    """Counts of a run; ``exit_code`` is 1 when any input failed, else 0."""
+
+    ok: int = 0
+    errors: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+
+class RunWarnings:
+    """Warnings shown once per kind and run, with a count of the repeats at the end."""
+
+    def __init__(self, emit: Callable[[str], None] | None = None) -> None:
+        self.emit = emit or (lambda msg: print(f"galprism: warning: {msg}", file=sys.stderr))
+        self.counts: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str) -> None:
+        """Show ``message`` if ``kind`` was not reported yet in this run; count it."""
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self.counts[kind] == 1:
+            self.emit(message)
+
+    def finish(self) -> None:
+        """Report how many more inputs each shown warning applied to."""
+        for kind, n in self.counts.items():
+            if n > 1:
+                self.emit(f"{kind}: applied to {n - 1} more input(s)")
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; others are checked.
+
+    Raises
+    ------
+    UsageError
+        If CUDA is requested but not available.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r}: not a torch device") from exc
+    return device
+
+
+def prior_zeropoint(prior: Separator) -> float | None:
+    """The prior's AB zero point, from its ``zeropoint`` or else its ``bunit``."""
+    if prior.zeropoint is not None:
+        return float(prior.zeropoint)
+    return zeropoint_of_unit(prior.bunit)
+
+
+def prepare_observation(
+    path: str | os.PathLike[str],
+    prior: Separator,
+    config: SeparateConfig,
+    warnings: RunWarnings | None = None,
+) -> tuple[Observation, int]:
+    """Read a cutout and crop it to the prior's footprint.
+
+    Returns
+    -------
+    observation, factor
+        The cropped cutout and its grid factor.
+
+    Raises
+    ------
+    GalprismError
+        One line naming the file and the problem.
+    """
+    obs = read_cutout(path, config.read)
+    return fit_to_prior(obs, prior, config, warnings)
+
+
+def fit_to_prior(
+    obs: Observation, prior: Separator, config: SeparateConfig, warnings: RunWarnings | None = None
+) -> tuple[Observation, int]:
+    """Check an observation against a prior and crop it to the prior's footprint."""
+    c, h, w = (int(s) for s in prior.shape)
+    if obs.n_bands != c:
+        raise ShapeError(f"{obs.name}: cutout has {obs.n_bands} band(s) but prior {prior.name!r} models {c}")
+    if obs.pixel_scale is None and prior.pixel_scale is not None and warnings is not None:
+        warnings.warn(
+            "pixel scale assumed",
+            f"{obs.name}: no WCS and no --pixel-scale; assuming the prior's {prior.pixel_scale:g} arcsec/pixel",
+        )
+    factor = obs.grid_factor(prior.pixel_scale)
+    if h % factor or w % factor:
+        raise ShapeError(
+            f"{obs.name}: prior grid {h}x{w} is not divisible by the downsampling factor {factor} "
+            f"(cutout {obs.pixel_scale:.6g} vs prior {prior.pixel_scale:.6g} arcsec/pixel)"
+        )
+    if config.center_radec is not None:
+        center: tuple[float, float] | None = obs.pixel_of(*config.center_radec)
+    else:
+        center = config.center
+    return obs.crop(center, (h // factor, w // factor)), factor
+
+
+def separate_observations(
+    observations: Sequence[Observation],
+    prior: Separator,
+    config: SeparateConfig,
+    seeds: Sequence[int],
+    *,
+    device: str = "cpu",
+) -> list[SeparationResult]:
+    """Sample the posterior of equally shaped, cropped observations in one batch.
+
+    Parameters
+    ----------
+    observations
+        Cutouts already fitted to the prior (see :func:`fit_to_prior`).
+    prior
+        The prior.
+    config
+        Sampler settings.
+    seeds
+        One seed per observation; each gets its own ``torch.Generator``.
+    device
+        Torch device for the sampler.
+
+    Returns
+    -------
+    list of SeparationResult
+        In the order of ``observations``, in each cutout's units.
+    """
+    zp = prior_zeropoint(prior)
+    batch = stack_observations(
+        observations,
+        prior.shape,
+        len(prior.sources),
+        prior_pixel_scale=prior.pixel_scale,
+        prior_zeropoint=zp,
+    )
+    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    samples = prior.separate(
+        batch.y,
+        batch.noise_var,
+        batch.operator,
+        n_samples=config.n_samples,
+        steps=config.steps,
+        cg_iterations=config.cg_iterations,
+        sampler=config.sampler,
+        generators=generators,
+        device=device,
+    )
+    b, k = len(observations), len(prior.sources)
+    shape = tuple(samples.shape)
+    if len(shape) != 6 or shape[0] != b or shape[2] != k or shape[3:] != tuple(prior.shape):
+        raise ShapeError(
+            f"prior {prior.name!r} returned samples of shape {shape}, expected "
+            f"({b}, n_samples, {k}, {', '.join(map(str, prior.shape))})"
+        )
+    x = samples.detach().to("cpu", torch.float64)
+    if not torch.isfinite(x).all():
+        raise GalprismError(f"prior {prior.name!r}: the sampler returned non-finite values")
+    predicted = batch.forward.apply(x.mean(dim=1).sum(dim=1))  # (B, C, h, w), prior units
+    results = []
+    for i, obs in enumerate(observations):
+        fac = float(batch.flux_factors[i])
+        model = predicted[i].numpy() / fac
+        sigma = np.sqrt(obs.variance)
+        resid = np.where(obs.valid, (obs.image - model) / sigma, np.nan)
+        results.append(
+            SeparationResult(
+                observation=obs,
+                sources=list(prior.sources),
+                samples=(x[i].numpy() / fac).astype(np.float32),
+                model=model,
+                resid=resid,
+                seed=int(seeds[i]),
+                factor=batch.factor,
+                flux_factor=fac,
+                zeropoint_assumed=obs.zeropoint is None and zp is not None,
+            )
+        )
+    return results
+
+
+def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, device: str) -> dict[str, tuple[Any, str]]:
+    obs = result.observation
+    n = int(result.samples.shape[0])
+    zp_prior = prior_zeropoint(prior)
+    cards: dict[str, tuple[Any, str]] = {
+        "GPVERS": (__version__, "galprism version"),
+        "PRIOR": (prior.name, "prior name"),
+        "PRIORSHA": (prior.sha256, ""),
+        "METHOD": (prior.method, "separation method of the prior"),
+        "SOURCES": (",".join(prior.sources), "sources, in HDU order"),
+        "NSAMPLE": (n, "posterior samples per source"),
+        "POINTEST": (n == 1 and prior.method == "asvd", "single point estimate, no posterior spread"),
+        "NSTEPS": (int(config.steps), "sampler steps"),
+        "NCGITER": (int(config.cg_iterations), "conjugate-gradient iterations per step"),
+        "SAMPLER": (config.sampler, "posterior sampler"),
+        "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
+        "RUNSEED": (int(config.seed), "--seed of the run"),
+        "DEVICE": (device, "torch device"),
+        "INFILE": (obs.name, "input file"),
+        "INSHA256": (obs.checksum, ""),
+        "CROPX0": (int(obs.origin[0]), "input pixel x (0-based) of output pixel 0"),
+        "CROPY0": (int(obs.origin[1]), "input pixel y (0-based) of output pixel 0"),
+        "GRIDFAC": (int(result.factor), "cutout pixel / prior pixel (downsampling)"),
+        "PIXSCALE": (obs.pixel_scale, "[arcsec] cutout pixel scale"),
+        "ZPINPUT": (obs.zeropoint, "AB zero point of the input (and outputs)"),
+        "ZPPRIOR": (zp_prior, "AB zero point of the prior"),
+        "ZPASSUME": (bool(result.zeropoint_assumed), "input zero point unknown, prior's assumed"),
+        "FLUXFAC": (float(result.flux_factor), "input units -> prior units"),
+    }
+    return cards
+
+
+def build_hdulist(result: SeparationResult, prior: Separator, config: SeparateConfig, device: str) -> Any:
+    """The output HDUList of one result (see :mod:`galprism.io.write` for the layout)."""
+    from astropy.io import fits
+
+    obs = result.observation
+    history = [f"galprism {__version__}: {config.command_line or shlex.join(sys.argv)}"]
+    primary = primary_hdu(_cards(result, prior, config, device), history)
+    for note in obs.notes:
+        primary.header.add_comment(note)
+    bunit = obs.bunit or (prior.bunit if result.zeropoint_assumed else None)
+    zp = obs.zeropoint if obs.zeropoint is not None else (prior_zeropoint(prior) if result.zeropoint_assumed else None)
+    extra = {"MAGZERO": (zp, "AB zero point of the values")}
+    fine_wcs = obs.prior_grid_wcs(result.factor)
+    hdus = [primary]
+    for k, name in enumerate(result.sources):
+        cards = {**extra, "SOURCE": (name, "source of the prior"), "NSAMPLE": (int(result.samples.shape[0]), "samples")}
+        hdus.extend(source_hdus(name, result.samples[:, k], wcs=fine_wcs, bunit=bunit, cards=cards))
+    banded = obs.n_bands > 1
+    leading = ("BAND",) if banded else ()
+    model = result.model if banded else result.model[0]
+    resid = result.resid if banded else result.resid[0]
+    hdus.append(image_hdu(model, "MODEL", wcs=obs.wcs, bunit=bunit, leading=leading, cards=extra))
+    hdus.append(
+        image_hdu(resid, "RESID", wcs=obs.wcs, bunit=None, leading=leading, cards={"RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels")})
+    )
+    return fits.HDUList(hdus)
+
+
+def write_result(
+    result: SeparationResult,
+    path: str | os.PathLike[str],
+    prior: Separator,
+    config: SeparateConfig,
+    *,
+    device: str = "cpu",
+) -> Path:
+    """Write one result atomically (no overwrite unless ``config.overwrite``)."""
+    return write_atomic(build_hdulist(result, prior, config, device), path, overwrite=config.overwrite)
+
+
+@dataclass
+class _Pending:
+    path: str
+    output: Path
+    obs: Observation
+    seed: int
+    seconds: float
+
+
+def _error_text(exc: BaseException, path: str) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, GalprismError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if path in text else f"{path}: {text}"
+
+
+def run_separate(
+    inputs: Iterable[str],
+    prior: Separator,
+    config: SeparateConfig,
+    *,
+    on_record: Callable[[InputRecord], None] | None = None,
+    warnings: RunWarnings | None = None,
+) -> RunSummary:
+    """Separate every input file, streaming: read a batch, sample, write, drop.
+
+    Parameters
+    ----------
+    inputs
+        Paths (any iterable; consumed lazily). Inputs outside ``config.shard`` are
+        ignored.
+    prior
+        The prior (see :class:`Separator`).
+    config
+        Run options.
+    on_record
+        Called with each input's :class:`InputRecord` as soon as it is final.
+    warnings
+        Collector for once-per-run warnings (default: printed to stderr).
+
+    Returns
+    -------
+    RunSummary
+        ``exit_code`` 1 when any input failed.
+    """
+    t_run = time.perf_counter()
+    warn = warnings or RunWarnings()
+    device = resolve_device(config.device)
+    summary = RunSummary()
+    if config.output is None:
+        try:
+            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--output-dir {config.output_dir}: cannot create it ({exc.strerror})") from exc
+    seen: dict[str, str] = {}
+    pending: dict[tuple, list[_Pending]] = {}
+
+    def report(rec: InputRecord) -> None:
+        if rec.status == "ok":
+            summary.ok += 1
+        elif rec.status == "skipped":
+            summary.skipped += 1
+        else:
+            summary.errors += 1
+        if on_record is not None:
+            on_record(rec)
+
+    def flush(key: tuple) -> None:
+        process(pending.pop(key, []))
+
+    def process(group: list[_Pending]) -> None:
+        if not group:
+            return
+        t0 = time.perf_counter()
+        try:
+            results: list[Any] = separate_observations(
+                [p.obs for p in group], prior, config, [p.seed for p in group], device=device
+            )
+        except Exception as exc:  # noqa: BLE001 - isolate the failing cutout below
+            if len(group) == 1:
+                results = [exc]
+            else:
+                for p in group:  # retry alone: same per-cutout generators, same results
+                    process([p])
+                return
+        share = (time.perf_counter() - t0) / len(group)
+        for p, res in zip(group, results, strict=True):
+            if isinstance(res, BaseException):
+                report(InputRecord(p.path, str(p.output), "error", p.seconds + share, p.seed, error=_error_text(res, p.path)))
+                continue
+            t1 = time.perf_counter()
+            try:
+                write_result(res, p.output, prior, config, device=device)
+            except Exception as exc:  # noqa: BLE001 - one unwritable output must not stop the run
+                report(InputRecord(p.path, str(p.output), "error", p.seconds + share, p.seed, error=_error_text(exc, p.path)))
+                continue
+            seconds = p.seconds + share + time.perf_counter() - t1
+            report(InputRecord(p.path, str(p.output), "ok", seconds, p.seed, sources=res.flux_summary()))
+
+    for path in inputs:
+        path = str(path)
+        if config.shard is not None and not in_shard(path, *config.shard):
+            continue
+        t0 = time.perf_counter()
+        out = Path(config.output) if config.output is not None else output_path(path, config.output_dir)
+        seed = cutout_seed(config.seed, path)
+        key = os.path.abspath(out)
+        if key in seen:
+            report(InputRecord(path, str(out), "error", 0.0, seed, error=f"{path}: writes the same output {out} as {seen[key]}"))
+            continue
+        seen[key] = path
+        if out.exists():
+            if config.skip_existing:
+                report(InputRecord(path, str(out), "skipped", 0.0, seed))
+                continue
+            if not config.overwrite:
+                exc = OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or --skip-existing")
+                report(InputRecord(path, str(out), "error", 0.0, seed, error=_error_text(exc, path)))
+                continue
+        try:
+            obs, factor = prepare_observation(path, prior, config, warn)
+        except Exception as exc:  # noqa: BLE001 - a bad file never stops the batch
+            report(InputRecord(path, str(out), "error", time.perf_counter() - t0, seed, error=_error_text(exc, path)))
+            continue
+        _warn_notes(obs, prior, warn)
+        group_key = (obs.shape, factor)
+        pending.setdefault(group_key, []).append(_Pending(path, out, obs, seed, time.perf_counter() - t0))
+        if len(pending[group_key]) >= config.batch_size:
+            flush(group_key)
+    for key in list(pending):
+        flush(key)
+    warn.finish()
+    summary.seconds = time.perf_counter() - t_run
+    return summary
+
+
+def _warn_notes(obs: Observation, prior: Separator, warn: RunWarnings) -> None:
+    for note in obs.notes:
+        if note.startswith("noise estimated"):
+            warn.warn("noise estimated", f"{obs.name}: {note}")
+        elif note.startswith("PSF") and "renormalised" in note:
+            warn.warn("PSF renormalised", f"{obs.name}: {note}")
+    zp = prior_zeropoint(prior)
+    if obs.zeropoint is None and zp is not None:
+        warn.warn(
+            "zero point assumed",
+            f"{obs.name}: no --zeropoint, MAGZERO/MAGZPT/ZP or flux BUNIT; assuming the prior's AB zero point {zp:.4g}",
+        )
+    elif obs.zeropoint is not None and zp is None:
+        warn.warn("prior zero point unknown", f"prior {prior.name!r} records no zero point; fluxes of {obs.name} used as they are")
+
