@@ -7,6 +7,7 @@ into its own ``tmp_path``.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def make_cutout(
         hdr[k] = v
     if int_scaled:
         hdu_cls = fits.PrimaryHDU if image_ext is None else fits.ImageHDU
-        img_hdu = hdu_cls(np.asarray(image, dtype=np.float64), header=hdr)
+        img_hdu = hdu_cls(np.array(image, dtype=np.float64), header=hdr)  # scale() works in place
         img_hdu.scale("int16", bscale=0.001, bzero=10.0)
     else:
         data = np.asarray(image).astype(image_dtype)
@@ -143,7 +144,10 @@ def make_cutout(
     if mask is not None:
         mh = fits.ImageHDU(np.asarray(mask, dtype=">i4"), name=mask_ext)
         for name, bit in (mask_planes or {}).items():
-            mh.header[f"MP_{name}"] = bit
+            # Long plane names become HIERARCH cards, as in real LSST/HSC files.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                mh.header[f"MP_{name}"] = bit
         hdus.append(mh)
     fits.HDUList(hdus).writeto(path, overwrite=True)
     return path
@@ -201,3 +205,29 @@ class FakePrior:
             noise = torch.randn((n, k, *self.shape), generator=g, dtype=torch.float64)
             out.append(base[b][None, None] + self.jitter * noise)
         return torch.stack(out).to(torch.float32)
+
+
+def run_cli(argv, capsys, monkeypatch, *, prior=None, stdin: str | None = None):
+    """Run ``galprism argv`` in-process through its real entry point.
+
+    ``prior`` replaces the prior loader of ``galprism separate`` (e.g. a FakePrior);
+    ``stdin`` is the text on standard input. Returns (exit status, JSON records of
+    stdout, stdout, non-empty stderr lines).
+    """
+    import io
+    import json
+    import sys
+
+    import pytest
+
+    from galprism.cli.main import main
+
+    if prior is not None:
+        monkeypatch.setattr("galprism.cli.separate.load_prior", lambda spec: prior)
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return exc.value.code, records, out, [line for line in err.splitlines() if line.strip()]

@@ -279,7 +279,7 @@ class Observation:
             If the cutout is not the prior's size divided by ``factor``.
         """
         prior_shape = _check_prior_shape(self, prior_shape, factor)
-        psf = torch.from_numpy(np.ascontiguousarray(self.prior_grid_psf(factor)))
+        psf = torch.from_numpy(np.array(self.prior_grid_psf(factor), dtype=np.float64))
         conv = Convolve(psf, prior_shape, name=f"{self.name} PSF")
         ops: list = [Mask(torch.from_numpy(self.valid.copy()))]
         if factor > 1:

@@ -33,6 +33,31 @@ def _pair(value: str | None, option: str) -> tuple[float, float] | None:
     return a, b
 
 
+def command_line(ctx: click.Context) -> str:
+    """The invocation as parsed: ``galprism <command>`` plus every option given explicitly.
+
+    Rebuilt from click's parameters rather than ``sys.argv`` so that it is also right when
+    the CLI is called from Python (``galprism.cli.main.main(argv)``).
+    """
+    from click.core import ParameterSource
+
+    words = ["galprism", ctx.info_name or "separate"]
+    for param in ctx.command.params:
+        name = param.name or ""
+        value = ctx.params.get(name)
+        if ctx.get_parameter_source(name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        if isinstance(param, click.Argument):
+            words.extend(str(v) for v in (value if isinstance(value, tuple) else (value,)))
+        elif getattr(param, "is_flag", False):
+            if value:
+                words.append(param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0])
+        else:
+            long = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+            words.extend([long, str(value)])
+    return shlex.join(words)
+
+
 class _Output:
     """stderr for humans (a rich progress bar only on a terminal), stdout for JSON lines."""
 
@@ -103,7 +128,8 @@ class _Output:
 @click.option("--shard", help="Process shard I/N (0 <= I < N); default from SLURM_ARRAY_TASK_ID/COUNT.")
 @click.option("--json", "json_lines", is_flag=True, help="One JSON line per input on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or warnings (errors are still shown).")
-def separate(inputs: tuple[str, ...], prior_spec: str, output: Path | None, output_dir: Path, **kw: Any) -> None:
+@click.pass_context
+def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, output: Path | None, output_dir: Path, **kw: Any) -> None:
     """Sample the posterior of each source of a prior for FITS cutouts.
 
     INPUTS are FITS files, or '-' to read one path per line from stdin. Each input
@@ -118,7 +144,7 @@ def separate(inputs: tuple[str, ...], prior_spec: str, output: Path | None, outp
         shard = parse_shard(kw["shard"])
     else:
         shard = shard_from_env(os.environ)
-    stdin = click.get_text_stream("stdin") if "-" in inputs else None
+    stdin = sys.stdin if "-" in inputs else None
     paths = list(expand_inputs(inputs, stdin))
     if not paths:
         raise UsageError("no input files given (an empty list on stdin?)")
@@ -133,7 +159,7 @@ def separate(inputs: tuple[str, ...], prior_spec: str, output: Path | None, outp
         batch_size=kw["batch_size"], device=kw["device"], seed=kw["seed"],
         center=_pair(kw["center"], "--center"), center_radec=_pair(kw["center_radec"], "--center-radec"),
         read=read, output_dir=output_dir, output=output, overwrite=kw["overwrite"],
-        skip_existing=kw["skip_existing"], shard=shard, command_line=shlex.join(["galprism", *sys.argv[1:]]),
+        skip_existing=kw["skip_existing"], shard=shard, command_line=command_line(ctx),
     )
     total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
     prior = load_prior(prior_spec)

@@ -105,10 +105,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _truncation(caught: Sequence[warnings.WarningMessage]) -> str | None:
+    # astropy only *warns* when a file ends early: either the data of an HDU is short
+    # ("may have been truncated") or the next header is cut off ("Error validating
+    # header for HDU #n"), in which case the HDUs after it silently disappear.
     for w in caught:
         msg = str(w.message)
         if "truncated" in msg.lower():
             return _first_line(Exception(msg))
+        if "error validating header" in msg.lower():
+            hdu = msg.split("HDU", 1)[1].split("(")[0].strip() if "HDU" in msg else "?"
+            return f"the header of HDU {hdu} is cut off or damaged"
     return None
 
 

@@ -19,18 +19,20 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
 
 from ..errors import GalprismError
 from .wcsutil import image_header
 
-__all__ = ["OutputExistsError", "write_atomic", "source_hdus", "image_hdu", "primary_hdu", "temp_path"]
+__all__ = ["OutputExistsError", "write_atomic", "source_hdus", "image_hdu", "primary_hdu", "temp_path", "set_card"]
 
 
 class OutputExistsError(GalprismError):
@@ -105,13 +107,28 @@ def _link_no_clobber(tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest)
 
 
+def set_card(header: fits.Header, key: str, value: Any, comment: str = "") -> None:
+    """Set ``key`` with its comment, dropping the comment when the value leaves no room.
+
+    astropy would otherwise truncate the comment with a warning (e.g. a long file name).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VerifyWarning)
+        try:
+            card = fits.Card(key, value, comment)
+            card.image  # noqa: B018 - formatting the card is what raises
+        except VerifyWarning:
+            card = fits.Card(key, value)
+    header[key] = (card.value, card.comment)
+
+
 def primary_hdu(cards: Mapping[str, tuple[Any, str]], history: Sequence[str] = ()) -> fits.PrimaryHDU:
     """Data-less primary HDU with provenance ``cards`` (KEY -> (value, comment)) and HISTORY."""
     hdu = fits.PrimaryHDU()
     for key, (value, comment) in cards.items():
         if value is None:
             continue
-        hdu.header[key] = (value, comment)
+        set_card(hdu.header, key, value, comment)
     for line in history:
         hdu.header.add_history(line)
     return hdu
@@ -152,7 +169,7 @@ def image_hdu(
         hdu.header["BUNIT"] = (bunit, "flux unit of the input")
     for key, (value, comment) in (cards or {}).items():
         if value is not None:
-            hdu.header[key] = (value, comment)
+            set_card(hdu.header, key, value, comment)
     return hdu
 
 
