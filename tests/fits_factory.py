@@ -189,6 +189,13 @@ class FakePrior:
         self.point_estimate = point_estimate
         self.calls: list[dict] = []
 
+    def describe(self) -> dict:
+        return {"name": self.name, "sources": self.sources, "pixel_scale": self.pixel_scale, "training_data": "none (test stand-in)"}
+
+    def sample_prior(self, source, n, *, steps, generator=None):
+        assert source in self.sources, f"unknown source {source}"
+        return torch.randn((n, *self.shape), generator=generator)
+
     def separate(self, y, noise_var, operator, *, n_samples, steps, cg_iterations, sampler="pc", generators=None, device="cpu"):
         self.calls.append({"y": y.clone(), "noise_var": noise_var.clone(), "operator": operator, "n_samples": n_samples, "generators": generators})
         if self.fail_value is not None and bool((y == self.fail_value).any()):

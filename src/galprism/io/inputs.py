@@ -26,6 +26,7 @@ from .read import output_stem
 __all__ = [
     "OUTPUT_SUFFIX",
     "cutout_seed",
+    "derive_seed",
     "expand_inputs",
     "in_shard",
     "parse_shard",
@@ -40,9 +41,14 @@ def _digest(text: str) -> int:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16)
 
 
+def derive_seed(seed: int, name: str) -> int:
+    """A 63-bit seed from a run seed and a name: ``sha256(f"{seed}:{name}")``."""
+    return _digest(f"{int(seed)}:{name}") >> 1
+
+
 def cutout_seed(seed: int, path: str | os.PathLike[str]) -> int:
-    """Seed of one cutout: a 63-bit hash of the run seed and the file's basename."""
-    return _digest(f"{int(seed)}:{Path(os.fspath(path)).name}") >> 1
+    """Seed of one cutout: :func:`derive_seed` of the run seed and the file's basename."""
+    return derive_seed(seed, Path(os.fspath(path)).name)
 
 
 def in_shard(path: str | os.PathLike[str], index: int, count: int) -> bool:
