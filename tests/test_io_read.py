@@ -198,3 +198,13 @@ def test_output_stem():
     assert output_stem("cut.fits.gz") == "cut"
     assert output_stem("cut.v2.fits.fz") == "cut.v2"
     assert output_stem("plain") == "plain"
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.5, 0.75, 0.999])
+def test_truncated_files_are_refused(tmp_path, keep):
+    """A file cut anywhere (inside a header or inside data) is an error naming it, never a partial read."""
+    p = make_cutout(tmp_path / "a.fits")
+    data = p.read_bytes()
+    p.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(InputError, match=r"a\.fits.*(truncated|corrupted|damaged)"):
+        read_cutout(p)

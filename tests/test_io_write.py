@@ -84,3 +84,12 @@ def test_source_hdus_layout():
     assert cube.data.shape == (4, 3, 6, 7) and mean.data.shape == (3, 6, 7)
     cube, _, std = source_hdus("g", s[:1], wcs=None, bunit=None)
     assert cube.data.shape == (1, 6, 7) and np.all(std.data == 0), "a point estimate has zero spread"
+
+
+def test_history_wraps_long_command_lines_at_spaces():
+    """A long command line survives in HISTORY: joining the cards with spaces gives it back."""
+    line = "galprism separate " + " ".join(f"/data/survey/tract{i:04d}/cutout_{i:06d}.fits" for i in range(6)) + " --n-samples 8"
+    hdu = primary_hdu({}, [line])
+    cards = [str(c) for c in hdu.header["HISTORY"]]
+    assert len(cards) > 1 and all(len(c) <= 72 for c in cards)
+    assert " ".join(cards) == line

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -123,14 +124,20 @@ def set_card(header: fits.Header, key: str, value: Any, comment: str = "") -> No
 
 
 def primary_hdu(cards: Mapping[str, tuple[Any, str]], history: Sequence[str] = ()) -> fits.PrimaryHDU:
-    """Data-less primary HDU with provenance ``cards`` (KEY -> (value, comment)) and HISTORY."""
+    """Data-less primary HDU with provenance ``cards`` (KEY -> (value, comment)) and HISTORY.
+
+    Each ``history`` line is wrapped at spaces over as many ``HISTORY`` cards as needed.
+    """
     hdu = fits.PrimaryHDU()
     for key, (value, comment) in cards.items():
         if value is None:
             continue
         set_card(hdu.header, key, value, comment)
     for line in history:
-        hdu.header.add_history(line)
+        # Wrap at spaces (astropy would cut words at 72 characters); joining the cards
+        # with single spaces gives the line back.
+        for part in textwrap.wrap(line, 72, break_long_words=True, break_on_hyphens=False) or [""]:
+            hdu.header.add_history(part)
     return hdu
 
 
