@@ -463,17 +463,17 @@ def build_hdulist(result: SeparationResult, prior: Separator, config: SeparateCo
     extra = {"MAGZERO": (zp, "AB zero point of the values")}
     fine_wcs = obs.prior_grid_wcs(result.factor)
     hdus = [primary]
+    cache: dict = {}  # WCS header cards per grid and axes, built once per file
     for k, name in enumerate(result.sources):
         cards = {**extra, "SOURCE": (name, "source of the prior"), "NSAMPLE": (int(result.samples.shape[0]), "samples")}
-        hdus.extend(source_hdus(name, result.samples[:, k], wcs=fine_wcs, bunit=bunit, cards=cards))
+        hdus.extend(source_hdus(name, result.samples[:, k], wcs=fine_wcs, bunit=bunit, cards=cards, cache=cache))
     banded = obs.n_bands > 1
     leading = ("BAND",) if banded else ()
     model = result.model if banded else result.model[0]
     resid = result.resid if banded else result.resid[0]
-    hdus.append(image_hdu(model, "MODEL", wcs=obs.wcs, bunit=bunit, leading=leading, cards=extra))
-    hdus.append(
-        image_hdu(resid, "RESID", wcs=obs.wcs, bunit=None, leading=leading, cards={"RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels")})
-    )
+    hdus.append(image_hdu(model, "MODEL", wcs=obs.wcs, bunit=bunit, leading=leading, cards=extra, cache=cache))
+    resid_cards = {"RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels")}
+    hdus.append(image_hdu(resid, "RESID", wcs=obs.wcs, bunit=None, leading=leading, cards=resid_cards, cache=cache))
     return fits.HDUList(hdus)
 
 

@@ -149,6 +149,7 @@ def image_hdu(
     bunit: str | None,
     leading: tuple[str, ...] = (),
     cards: Mapping[str, tuple[Any, str]] | None = None,
+    cache: dict | None = None,
 ) -> fits.ImageHDU:
     """A float32 image HDU with WCS, BUNIT and EXTNAME.
 
@@ -166,11 +167,20 @@ def image_hdu(
         CTYPE names of the axes before (ny, nx), outermost first (e.g. ``("SAMPLE",)``).
     cards
         Extra keywords.
+    cache
+        A dict reused across calls with the same ``wcs`` to build its header cards only
+        once per set of leading axes (astropy's card handling dominates writing time).
     """
     arr = np.ascontiguousarray(data, dtype=np.float32)
     if len(leading) != arr.ndim - 2:
         raise ValueError(f"image_hdu {extname}: {arr.ndim}-D data needs {arr.ndim - 2} leading axis names")
-    header = image_header(wcs, tuple(zip(leading, arr.shape[: arr.ndim - 2], strict=True)))
+    key = (id(wcs), tuple(leading))
+    if cache is not None and key in cache:
+        header = cache[key].copy()
+    else:
+        header = image_header(wcs, tuple(zip(leading, arr.shape[: arr.ndim - 2], strict=True)))
+        if cache is not None:
+            cache[key] = header.copy()
     hdu = fits.ImageHDU(arr, header=header, name=extname)
     if bunit:
         hdu.header["BUNIT"] = (bunit, "flux unit of the input")
@@ -187,6 +197,7 @@ def source_hdus(
     wcs: WCS | None,
     bunit: str | None,
     cards: Mapping[str, tuple[Any, str]] | None = None,
+    cache: dict | None = None,
 ) -> list[fits.ImageHDU]:
     """The three HDUs of one source: samples cube, mean and standard deviation.
 
@@ -202,7 +213,10 @@ def source_hdus(
         Flux unit.
     cards
         Extra keywords for every HDU.
+    cache
+        Header cache shared with other calls for the same ``wcs`` (see :func:`image_hdu`).
     """
+    cache = {} if cache is None else cache
     s = np.asarray(samples, dtype=np.float64)
     banded = s.shape[1] > 1
     if not banded:
@@ -213,7 +227,7 @@ def source_hdus(
     ext = name.upper()
     band_axes: tuple[str, ...] = ("BAND",) if banded else ()
     return [
-        image_hdu(s, ext, wcs=wcs, bunit=bunit, leading=("SAMPLE", *band_axes), cards=cards),
-        image_hdu(mean, f"{ext}_MEAN", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards),
-        image_hdu(std, f"{ext}_STD", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards),
+        image_hdu(s, ext, wcs=wcs, bunit=bunit, leading=("SAMPLE", *band_axes), cards=cards, cache=cache),
+        image_hdu(mean, f"{ext}_MEAN", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards, cache=cache),
+        image_hdu(std, f"{ext}_STD", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards, cache=cache),
     ]
