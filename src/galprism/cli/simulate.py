@@ -1,0 +1,229 @@
+"""``galprism simulate``: a thin layer over :func:`galprism.simulate.simulate_batch`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["simulate"]
+
+
+class _Progress:
+    """A rich progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.bar = None
+        self.task = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("simulate"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.task = self.bar.add_task("simulate", total=total)
+            self.bar.start()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@click.command("simulate")
+@click.option(
+    "--view",
+    type=click.Choice(["sky", "galaxies"]),
+    required=True,
+    help="sky: neighbours and background only; galaxies: plus a central galaxy.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test"]),
+    required=True,
+    help="Which COSMOS galaxies (by object) may appear; test is for evaluation only.",
+)
+@click.option(
+    "-n", "--n", "n", type=click.IntRange(min=1), required=True, help="Number of cutouts."
+)
+@click.option(
+    "--size",
+    type=click.IntRange(8, 4096),
+    default=None,
+    help="Cutout side in pixels [default: 48 for hsc, 256 for hst].",
+)
+@click.option(
+    "--instrument",
+    type=click.Choice(["hsc", "hst"]),
+    default="hsc",
+    show_default=True,
+    help='HSC-like i band (0.168"/px) or HST ACS F814W (0.03"/px).',
+)
+@click.option(
+    "--psf",
+    "psf",
+    type=click.Choice(["npz", "multiview"]),
+    default="npz",
+    show_default=True,
+    help="HSC PSF: hsc_cosmos_35.npz i band (43x43) or multiview/PSF_HSC.fits i band (31x31).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Batch seed; cutout i uses SeedSequence([seed, instrument, view, split, i]).",
+)
+@click.option(
+    "--start",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Index of the first cutout (extend a batch without repeats).",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the FITS files (truth in its truth/ subfolder) and the default HDF5.",
+)
+@click.option(
+    "--hdf5",
+    "hdf5",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="HDF5 file of the batch [default: OUTPUT_DIR/<prefix>.h5]; truth goes to <stem>.truth.h5.",
+)
+@click.option("--no-hdf5", is_flag=True, help="Do not write the HDF5 files.")
+@click.option(
+    "--no-fits", is_flag=True, help="Write only the HDF5 files (faster for large training sets)."
+)
+@click.option(
+    "--prefix", default=None, help="File name prefix [default: <instrument>_<view>_<split>]."
+)
+@click.option(
+    "--mask-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.3,
+    show_default=True,
+    help="Fraction of cutouts with bad columns, cosmic rays or edges (masked).",
+)
+@click.option(
+    "--noise-sigma",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Added noise std in counts (ZP 27) [default: measured on the real HSC i band].",
+)
+@click.option(
+    "--max-hst-noise-ratio",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=0.2,
+    show_default=True,
+    help="Cap on (HST stamp noise)/(added noise) per galaxy; sets how bright each may be (hsc).",
+)
+@click.option(
+    "--central-mag-max",
+    type=float,
+    default=26.0,
+    show_default=True,
+    help="Faintest central galaxy (AB mag).",
+)
+@click.option(
+    "--truth-fwhm",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="FWHM (arcsec) of the kernel that band-limits the truth [default: 0.2 hsc, 0.06 hst].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="GALPRISM_DATA_DIR",
+    help="Folder holding cosmos/, hsc/, multiview/ [env GALPRISM_DATA_DIR; default ../shared/data].",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing files (never done otherwise).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object describing the batch on stdout."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
+def simulate(**kw: object) -> None:
+    """Make realistic survey cutouts from the real HST COSMOS galaxies.
+
+    Writes one FITS file per cutout in galprism separate's input convention (SCI, PSF,
+    MASK, VARIANCE), its truth (TRUE_GALAXY, TRUE_SKY, ...) in OUTPUT_DIR/truth/, and
+    the same batch as HDF5 for training. See docs/simulate.md.
+    """
+    from dataclasses import replace
+
+    from ..simulate import SceneConfig, SimulationConfig, simulate_batch
+
+    if kw["no_hdf5"] and kw["no_fits"]:
+        raise click.UsageError("--no-hdf5 and --no-fits together would write nothing")
+    if kw["no_hdf5"] and kw["hdf5"] is not None:
+        raise click.UsageError("--hdf5 and --no-hdf5 contradict each other")
+    scene = replace(
+        SceneConfig(),
+        max_hst_noise_ratio=kw["max_hst_noise_ratio"],
+        central_mag_max=kw["central_mag_max"],
+    )
+    config = SimulationConfig(
+        view=kw["view"],
+        split=kw["split"],
+        n=kw["n"],
+        size=kw["size"],
+        instrument=kw["instrument"],
+        psf=kw["psf"],
+        noise_sigma=kw["noise_sigma"],
+        truth_fwhm=kw["truth_fwhm"],
+        seed=kw["seed"],
+        start=kw["start"],
+        mask_fraction=kw["mask_fraction"],
+        scene=scene,
+        data_dir=str(kw["data_dir"]) if kw["data_dir"] else None,
+    )
+    hdf5 = None if kw["no_hdf5"] else (kw["hdf5"] or "auto")
+    progress = _Progress(not kw["quiet"], config.n)
+    try:
+        result = simulate_batch(
+            config,
+            kw["output_dir"],
+            prefix=kw["prefix"],
+            write_fits=not kw["no_fits"],
+            hdf5=hdf5,
+            overwrite=kw["overwrite"],
+            progress=progress,
+        )
+    finally:
+        progress.stop()
+    summary = result.to_dict()
+    if kw["as_json"]:
+        click.echo(json.dumps(summary))
+    if not kw["quiet"]:
+        where = summary["output_dir"] or summary["hdf5"]
+        click.echo(
+            f"galprism simulate: {result.n_written} {config.view} cutouts ({config.split} galaxies) in {result.seconds:.1f} s "
+            f"({summary['cutouts_per_minute']}/min) -> {where}",
+            err=True,
+        )
+        for index, error in result.failed:
+            click.echo(f"galprism simulate: cutout {index} failed: {error}", err=True)
+    if result.failed:
+        sys.exit(1)

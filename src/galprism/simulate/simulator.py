@@ -1,0 +1,360 @@
+"""One simulated cutout at a time, reproducibly, from a batch configuration.
+
+:class:`Simulator` does the per-batch work once (catalogue, instrument, galaxy
+templates, stamp-noise caps) and then makes cutout ``i`` with :meth:`Simulator.cutout`.
+Each cutout draws all its randomness from its own generator,
+``numpy.random.default_rng(SeedSequence([seed, crc32(instrument), crc32(view),
+crc32(split), i]))``, so cutout ``i`` is the same whatever else is generated, in any order
+or on any machine with the same library versions, and the seed is recorded in every file.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import galsim
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError
+from .cosmos import SPLITS, CosmosCatalog
+from .defects import add_defects, bad_bits
+from .hstnoise import hst_noise_table
+from .instrument import INSTRUMENTS, Instrument, make_instrument
+from .render import GalaxyTemplate, build_template
+from .scene import (
+    VIEWS,
+    PoolGalaxy,
+    SceneConfig,
+    SourceSpec,
+    build_pool,
+    render_scene,
+    sample_scene,
+)
+
+__all__ = ["SimulationConfig", "Cutout", "Simulator"]
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything that defines a simulated batch.
+
+    Attributes
+    ----------
+    view
+        ``"sky"`` (no central galaxy) or ``"galaxies"`` (central galaxy + surroundings).
+    split
+        ``"train"`` or ``"test"``: which COSMOS galaxies may appear (by object).
+    n
+        Number of cutouts.
+    size
+        Cutout side in pixels (default: 48 for hsc, 256 for hst).
+    instrument
+        ``"hsc"`` or ``"hst"``.
+    psf
+        HSC PSF source: ``"npz"`` or ``"multiview"``.
+    noise_sigma
+        Added noise std in counts (default: measured on the real HSC i band for hsc, the
+        catalogue's median for hst).
+    truth_fwhm
+        FWHM (arcsec) of the truth kernel (default 0.2 for hsc, 0.06 for hst).
+    seed
+        Batch seed.
+    mask_fraction
+        Fraction of cutouts (in expectation) that get defects.
+    scene
+        Scene model parameters.
+    data_dir
+        Folder holding ``cosmos/`` etc. (default: searched, see
+        :func:`galprism.simulate.data.find_data_dir`).
+    start
+        Index of the first cutout (to extend a batch without repeating cutouts).
+    """
+
+    view: str = "galaxies"
+    split: str = "train"
+    n: int = 100
+    size: int | None = None
+    instrument: str = "hsc"
+    psf: str = "npz"
+    noise_sigma: float | None = None
+    truth_fwhm: float | None = None
+    seed: int = 0
+    mask_fraction: float = 0.3
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    data_dir: str | None = None
+    start: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        if self.view not in VIEWS:
+            raise ConfigError(f"view {self.view!r}: must be one of {', '.join(VIEWS)}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split {self.split!r}: must be one of {', '.join(SPLITS)}")
+        if self.instrument not in INSTRUMENTS:
+            raise ConfigError(
+                f"instrument {self.instrument!r}: must be one of {', '.join(INSTRUMENTS)}"
+            )
+        if self.n < 1:
+            raise ConfigError(f"n {self.n}: must be at least 1")
+        if self.start < 0:
+            raise ConfigError(f"start {self.start}: must be >= 0")
+        if self.size is not None and not 8 <= self.size <= 4096:
+            raise ConfigError(f"size {self.size}: must be between 8 and 4096 pixels")
+        if not 0.0 <= self.mask_fraction <= 1.0:
+            raise ConfigError(f"mask fraction {self.mask_fraction}: must be in [0, 1]")
+        if self.truth_fwhm is not None and not self.truth_fwhm > 0:
+            raise ConfigError(f"truth FWHM {self.truth_fwhm}: must be positive")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed {self.seed}: must be a non-negative 63-bit integer")
+        self.scene.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (recorded in HDF5 attributes and ``--json`` output)."""
+        d = asdict(self)
+        d["scene"]["dilation_range"] = list(self.scene.dilation_range)
+        return d
+
+
+@dataclass
+class Cutout:
+    """One simulated cutout, arrays ``(H, W)``.
+
+    Attributes
+    ----------
+    index
+        Index in the batch.
+    image
+        Observation (counts), defects included.
+    variance
+        Per-pixel variance of the added noise.
+    maskbits
+        int32 HSC-convention bit mask (0 = good).
+    valid
+        ``maskbits & bad_bits == 0``.
+    psf
+        The PSF used, unit sum.
+    psf_index
+        Its index in the instrument's PSF list.
+    truth
+        ``galaxy``, ``sky``, ``galaxy_conv``, ``sky_conv``, ``noise`` (no ``galaxy*`` in
+        the sky view).
+    sources
+        Placed galaxies.
+    central_ident
+        IDENT of the central galaxy, -1 in the sky view.
+    defects
+        Defect kinds added.
+    background
+        Sky residual (constant, x gradient, y gradient), counts.
+    """
+
+    index: int
+    image: np.ndarray
+    variance: np.ndarray
+    maskbits: np.ndarray
+    valid: np.ndarray
+    psf: np.ndarray
+    psf_index: int
+    truth: dict[str, np.ndarray]
+    sources: list[SourceSpec]
+    central_ident: int
+    defects: list[str]
+    background: tuple[float, float, float]
+
+
+def _code(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+class Simulator:
+    """Prepared state of a batch; :meth:`cutout` makes any cutout of it.
+
+    Parameters
+    ----------
+    config
+        The batch.
+    catalog
+        Reuse an already opened catalogue.
+
+    Raises
+    ------
+    ConfigError
+        On an invalid configuration or missing data.
+    """
+
+    def __init__(self, config: SimulationConfig, catalog: CosmosCatalog | None = None) -> None:
+        config.validate()
+        if config.instrument == "hst" and config.scene.max_hst_noise_ratio is not None:
+            # At the HST's own resolution the stamps' noise is the noise level itself;
+            # capping it below the added noise would make every galaxy invisible.
+            config = replace(config, scene=replace(config.scene, max_hst_noise_ratio=None))
+        self.config = config
+        self.catalog = catalog or CosmosCatalog(config.data_dir)
+        self.instrument: Instrument = make_instrument(
+            config.instrument,
+            self.catalog,
+            psf=config.psf,
+            noise_sigma=config.noise_sigma,
+            data_dir=config.data_dir,
+        )
+        inst = self.instrument
+        self.size = int(config.size or inst.default_size)
+        self.truth_fwhm = float(config.truth_fwhm or inst.truth_fwhm)
+        members = self.catalog.members(config.split)
+        self.templates: dict[int, GalaxyTemplate] = {
+            r.ident: build_template(
+                self.catalog, r, inst.pixel_scale, self.truth_fwhm, inst.zeropoint
+            )
+            for r in members
+        }
+        self.hst_std: dict[int, float] = {}
+        if inst.name == "hsc":
+            table = hst_noise_table(
+                self.catalog,
+                members,
+                inst.psfs[0],
+                inst.pixel_scale,
+                self.truth_fwhm,
+                inst.zeropoint,
+            )
+            self.hst_std = {k: v.obs_std for k, v in table.items()}
+        self.pool: list[PoolGalaxy] = build_pool(
+            list(self.templates.values()), self.hst_std, inst.noise_sigma, config.scene
+        )
+        self.seed_key = [
+            int(config.seed),
+            _code(inst.name),
+            _code(config.view),
+            _code(config.split),
+        ]
+
+    def meta(self) -> dict[str, Any]:
+        """Batch metadata written to every file."""
+        inst = self.instrument
+        return {
+            "version": __version__,
+            "seed": int(self.config.seed),
+            "seed_key": self.seed_key,
+            "view": self.config.view,
+            "split": self.config.split,
+            "instrument": inst.name,
+            "band": inst.band,
+            "pixel_scale": inst.pixel_scale,
+            "zeropoint": inst.zeropoint,
+            "bunit": inst.bunit,
+            "noise_sigma": inst.noise_sigma,
+            "noise_origin": inst.noise_origin,
+            "psf_origin": inst.psf_origin,
+            "truth_fwhm": self.truth_fwhm,
+            "size": self.size,
+            "config": self.config.to_dict(),
+        }
+
+    def centrals(self) -> list[PoolGalaxy]:
+        """Galaxies that may be central under the current caps."""
+        return [p for p in self.pool if p.m_min <= self.config.scene.central_mag_max]
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator of cutout ``index``."""
+        return np.random.default_rng(np.random.SeedSequence([*self.seed_key, int(index)]))
+
+    def plan(self, index: int) -> tuple[np.random.Generator, int, list[SourceSpec]]:
+        """The first draws of cutout ``index``: its generator (advanced), PSF index and galaxies.
+
+        Cheap (no rendering): use it to inspect which galaxies a batch would contain.
+        """
+        inst = self.instrument
+        rng = self.rng(index)
+        psf_index = int(rng.integers(len(inst.psfs))) if len(inst.psfs) > 1 else 0
+        specs = sample_scene(
+            rng,
+            self.config.view,
+            self.pool,
+            self.size,
+            inst.pixel_scale,
+            inst.noise_sigma,
+            inst.zeropoint,
+            self.config.scene,
+        )
+        return rng, psf_index, specs
+
+    def cutout(self, index: int) -> Cutout:
+        """Make cutout ``index`` (deterministic given the configuration).
+
+        Parameters
+        ----------
+        index
+            Cutout index (>= 0).
+
+        Returns
+        -------
+        Cutout
+        """
+        cfg, inst = self.config, self.instrument
+        rng, psf_index, specs = self.plan(index)
+        psf = inst.psfs[psf_index]
+        noise_field = None
+        if inst.correlated_noise is not None:
+            field_ = galsim.Image(self.size, self.size, scale=inst.pixel_scale, dtype=np.float64)
+            field_.addNoise(
+                inst.correlated_noise.copy(rng=galsim.BaseDeviate(int(rng.integers(1, 2**31 - 1))))
+            )
+            noise_field = field_.array
+        scene = render_scene(
+            rng,
+            cfg.view,
+            specs,
+            self.templates,
+            psf,
+            self.size,
+            inst.pixel_scale,
+            inst.noise_sigma,
+            cfg.scene,
+            noise_field,
+        )
+        image = scene.image.copy()
+        maskbits = np.zeros(image.shape, dtype=np.int32)
+        defects: list[str] = []
+        if rng.random() < cfg.mask_fraction:
+            defects = add_defects(rng, image, maskbits, inst.noise_sigma)
+        central = next((s.ident for s in specs if s.role == "central"), -1)
+        return Cutout(
+            index=int(index),
+            image=image.astype(np.float32),
+            variance=np.full(image.shape, inst.noise_sigma**2, dtype=np.float32),
+            maskbits=maskbits,
+            valid=(maskbits & bad_bits()) == 0,
+            psf=psf,
+            psf_index=psf_index,
+            truth={k: v.astype(np.float32) for k, v in scene.truth.items()},
+            sources=specs,
+            central_ident=int(central),
+            defects=defects,
+            background=scene.background,
+        )
+
+    def hst_noise_summary(self) -> dict[str, Any]:
+        """Per-galaxy stamp-noise ratios at catalogue flux and the caps they imply."""
+        sigma = self.instrument.noise_sigma
+        rows = []
+        for p in self.pool:
+            rec = p.template.record
+            ratio = p.hst_std / sigma if math.isfinite(p.hst_std) else None
+            rows.append(
+                {
+                    "ident": rec.ident,
+                    "catalog_mag": rec.mag,
+                    "ratio_at_catalog_mag": ratio,
+                    "brightest_mag": p.m_min,
+                    "central": p.m_min <= self.config.scene.central_mag_max,
+                }
+            )
+        return {
+            "noise_sigma": sigma,
+            "max_ratio": self.config.scene.max_hst_noise_ratio,
+            "galaxies": rows,
+        }

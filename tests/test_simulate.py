@@ -1,0 +1,567 @@
+"""``galprism simulate`` and ``sample_fits/``: split, conventions, flux, noise, reproducibility.
+
+The simulator reads the shared COSMOS/HSC data (``../shared/data``); without it the
+data-dependent tests are skipped with that reason (the ``sample_fits`` checks still run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import galsim
+import h5py
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from galprism.errors import ConfigError
+from galprism.io.write import OutputExistsError
+from galprism.operators import Convolve
+from galprism.simulate import SceneConfig, SimulationConfig, Simulator, load_split, simulate_batch
+from galprism.simulate.cosmos import SPLIT_SEED, CosmosCatalog, make_split
+from galprism.simulate.data import find_data_dir
+from galprism.simulate.defects import BAD_PLANES, MASK_PLANES, bad_bits
+from galprism.simulate.hstnoise import hst_noise, hst_noise_table
+from galprism.simulate.noise import measure_hsc_noise
+from galprism.simulate.render import Placement, build_template, draw_source
+from galprism.simulate.write import observation_hdul
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_fits"
+QUIET = SceneConfig(count_n25=0.0, background_sigma=0.0, background_gradient=0.0)
+
+
+def _data_dir() -> Path | None:
+    try:
+        return find_data_dir()
+    except ConfigError:
+        return None
+
+
+needs_data = pytest.mark.skipif(
+    _data_dir() is None,
+    reason="shared COSMOS/HSC data (../shared/data or $GALPRISM_DATA_DIR) not found",
+)
+
+
+def _specs(sim: Simulator, index: int):
+    """The galaxies of cutout ``index`` without rendering it."""
+    return sim.plan(index)[2]
+
+
+@pytest.fixture(scope="module")
+def catalog() -> CosmosCatalog:
+    return CosmosCatalog()
+
+
+@pytest.fixture(scope="module")
+def sim_test(catalog) -> Simulator:
+    return Simulator(
+        SimulationConfig(view="galaxies", split="test", n=4, seed=11, mask_fraction=0.5), catalog
+    )
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, sim_test):
+    out = tmp_path_factory.mktemp("batch")
+    result = simulate_batch(sim_test.config, out, simulator=sim_test)
+    return out, result
+
+
+# ---------------------------------------------------------------- split
+
+
+@needs_data
+def test_split_is_disjoint_complete_and_deterministic(catalog):
+    """The shipped split covers every galaxy once and equals a fresh draw; else train/test leak or drift."""
+    split = load_split()
+    train, test = set(split["train"]), set(split["test"])
+    assert not train & test, f"galaxies in both sets: {sorted(train & test)}"
+    assert train | test == {r.ident for r in catalog.records}, (
+        "some catalogue galaxies are in no set"
+    )
+    assert len(test) == 21 and len(train) == 49
+    again = make_split(
+        [r.ident for r in catalog.records], [r.mag for r in catalog.records], SPLIT_SEED
+    )
+    assert again == {"train": sorted(train), "test": sorted(test)}, (
+        "cosmos_split.json is stale or the split is not deterministic"
+    )
+
+
+@needs_data
+def test_cutouts_use_only_their_split(catalog):
+    """Central galaxies and neighbours come only from the requested split (by object)."""
+    split = load_split()
+    for name in ("train", "test"):
+        sim = Simulator(SimulationConfig(view="galaxies", split=name, n=1, seed=3), catalog)
+        seen = {s.ident for i in range(30) for s in _specs(sim, i)}
+        assert seen <= set(split[name]), (
+            f"{name} cutouts used galaxies of the other split: {sorted(seen - set(split[name]))}"
+        )
+        assert len(seen) > 5, "too few distinct galaxies appear for the check to mean anything"
+
+
+# ---------------------------------------------------------------- FITS convention
+
+
+@needs_data
+def test_observation_fits_follows_the_separate_convention(batch):
+    """SCI/PSF/MASK/VARIANCE with TAN WCS at 0.168"/px, unit-sum odd PSF, named mask bits, positive variance."""
+    out, result = batch
+    assert result.n_written == 4 and not result.failed
+    files = sorted(out.glob("*.fits"))
+    assert len(files) == 4, "observation files and only those belong in the output folder"
+    for path in files:
+        with fits.open(path, checksum=True) as hdul:
+            assert [h.name for h in hdul] == ["PRIMARY", "SCI", "PSF", "MASK", "VARIANCE"]
+            sci = hdul["SCI"]
+            assert sci.data.dtype == np.dtype(">f4") and sci.data.shape == (48, 48)
+            wcs = WCS(sci.header)
+            assert wcs.wcs.ctype[0] == "RA---TAN" and wcs.wcs.ctype[1] == "DEC--TAN"
+            np.testing.assert_allclose(
+                proj_plane_pixel_scales(wcs) * 3600,
+                [0.168, 0.168],
+                rtol=1e-9,
+                err_msg="WCS pixel scale",
+            )
+            assert sci.header["BUNIT"] == "count" and sci.header["MAGZERO"] == 27.0
+            psf = hdul["PSF"].data
+            assert psf.shape[0] % 2 == 1 and psf.shape[1] % 2 == 1, "PSF sides must be odd"
+            assert abs(psf.sum() - 1.0) < 1e-12, "PSF must have unit sum"
+            assert np.unravel_index(np.argmax(psf), psf.shape) == (
+                psf.shape[0] // 2,
+                psf.shape[1] // 2,
+            ), "PSF not centred"
+            mask = hdul["MASK"]
+            planes = {k[3:]: v for k, v in mask.header.items() if k.startswith("MP_")}
+            assert planes == MASK_PLANES, "every mask bit must be named by an MP_* keyword"
+            used = int(np.bitwise_or.reduce(mask.data.ravel()))
+            assert used & ~sum(1 << b for b in planes.values()) == 0, (
+                "a mask bit is set that no MP_* names"
+            )
+            var = hdul["VARIANCE"].data
+            assert np.all(np.isfinite(var)) and np.all(var > 0)
+            head = hdul[0].header
+            assert (
+                head["GPSEED"] == 11
+                and head["GPVERS"]
+                and head["VIEW"] == "galaxies"
+                and head["SPLIT"] == "test"
+            )
+
+
+@needs_data
+def test_truth_is_separate_and_explains_the_observation(batch):
+    """No TRUE_* in the observation; truth files hold them and SCI = conv truths + noise off the mask."""
+    out, _ = batch
+    for path in sorted(out.glob("*.fits")):
+        with fits.open(path) as obs:
+            names = [h.name for h in obs]
+            assert not any(n.startswith("TRUE") or n == "SOURCES" for n in names), (
+                f"truth leaked into {path.name}: {names}"
+            )
+            truth_path = out / "truth" / f"{path.stem}.truth.fits"
+            with fits.open(truth_path, checksum=True) as tru:
+                assert {
+                    "TRUE_GALAXY",
+                    "TRUE_SKY",
+                    "TRUE_GALAXY_CONV",
+                    "TRUE_SKY_CONV",
+                    "TRUE_NOISE",
+                    "SOURCES",
+                } <= {h.name for h in tru}
+                model = (
+                    tru["TRUE_GALAXY_CONV"].data
+                    + tru["TRUE_SKY_CONV"].data
+                    + tru["TRUE_NOISE"].data
+                )
+                good = (obs["MASK"].data & bad_bits()) == 0
+                np.testing.assert_allclose(
+                    obs["SCI"].data[good],
+                    model[good],
+                    atol=1e-5,
+                    err_msg="SCI is not the sum of its truths",
+                )
+                assert (
+                    "ROLE" in tru["SOURCES"].columns.names
+                    and list(tru["SOURCES"].data["ROLE"]).count("central") == 1
+                )
+
+
+@needs_data
+def test_separate_reads_the_files(batch):
+    """galprism separate's reader takes the files as they are: pixel scale, zero point and mask."""
+    from galprism.io.read import read_cutout
+
+    out, _ = batch
+    obs = read_cutout(sorted(out.glob("*.fits"))[0])
+    assert abs(obs.pixel_scale - 0.168) < 1e-9 and obs.zeropoint == 27.0
+
+
+@needs_data
+def test_observation_is_the_operator_applied_to_the_truth(sim_test):
+    """Away from the edges, TRUE_GALAXY_CONV equals galprism's Convolve operator on TRUE_GALAXY.
+
+    If this failed, the simulated data would not follow the forward model the priors invert.
+    """
+    c = sim_test.cutout(2)
+    op = Convolve(torch.as_tensor(c.psf), (1, 48, 48))
+    pred = op.apply(torch.as_tensor(c.truth["galaxy"], dtype=torch.float64)[None, None])[
+        0, 0
+    ].numpy()
+    pad = c.psf.shape[0] // 2
+    inner = (slice(pad, 48 - pad), slice(pad, 48 - pad))
+    scale = np.abs(c.truth["galaxy_conv"]).max()
+    np.testing.assert_allclose(pred[inner], c.truth["galaxy_conv"][inner], atol=1e-5 * scale)
+
+
+# ---------------------------------------------------------------- flux and noise
+
+
+@needs_data
+def test_rendered_flux_matches_catalogue_magnitude(catalog):
+    """An isolated rendered galaxy sums to 10**(-0.4 (MAG - 27)) counts within 1%, transformed or not."""
+    for rec in (catalog.by_ident[42], catalog.by_ident[0], catalog.by_ident[122811]):
+        t = build_template(catalog, rec, 0.168, 0.2, 27.0)
+        expected = 10 ** (-0.4 * (rec.mag - 27.0))
+        for p in (
+            Placement(63.0, 63.0, t.flux),
+            Placement(62.3, 64.6, t.flux, rotation=1.3, flip=True, g1=0.08, g2=-0.05, dilation=1.1),
+        ):
+            canvas = np.zeros((127, 127))
+            draw_source(canvas, t, p, 0.168)
+            assert abs(canvas.sum() / expected - 1) < 0.01, (
+                f"IDENT {rec.ident}: {canvas.sum()} counts for mag {rec.mag}"
+            )
+
+
+@needs_data
+def test_cutout_flux_matches_its_magnitude(catalog):
+    """In a written cutout, TRUE_GALAXY sums to the flux of the recorded central magnitude (1%, light beyond the edge aside)."""
+    sim = Simulator(
+        SimulationConfig(view="galaxies", split="test", n=1, size=96, seed=5, scene=QUIET), catalog
+    )
+    for i in range(5):
+        c = sim.cutout(i)
+        central = c.sources[0]
+        assert central.role == "central"
+        assert abs(c.truth["galaxy"].sum() / 10 ** (-0.4 * (central.mag - 27.0)) - 1) < 0.01
+        assert abs(c.truth["galaxy_conv"].sum() / c.truth["galaxy"].sum() - 1) < 0.01, (
+            "the PSF must conserve flux"
+        )
+
+
+@needs_data
+def test_blank_sky_noise_has_the_requested_sigma(catalog):
+    """A blank sky cutout's pixels have the measured HSC sigma, or the one asked for (2%)."""
+    for sigma in (None, 0.05):
+        sim = Simulator(
+            SimulationConfig(
+                view="sky",
+                split="train",
+                n=1,
+                size=128,
+                seed=1,
+                noise_sigma=sigma,
+                mask_fraction=0.0,
+                scene=QUIET,
+            ),
+            catalog,
+        )
+        c = sim.cutout(0)
+        want = sim.instrument.noise_sigma if sigma is None else sigma
+        assert abs(c.image.std() / want - 1) < 0.02, f"std {c.image.std()} for sigma {want}"
+        assert abs(c.image.mean()) < 4 * want / 128, "blank sky should average to zero"
+        np.testing.assert_allclose(c.variance, want**2, rtol=1e-6)
+    default = Simulator(
+        SimulationConfig(view="sky", split="train", n=1), catalog
+    ).instrument.noise_sigma
+    assert abs(default - measure_hsc_noise().npz_sigma_variance_plane) < 1e-12, (
+        "default noise must be the measured HSC level"
+    )
+
+
+@needs_data
+def test_noise_measurements_agree():
+    """The two npz noise estimates (variance plane, clipped pixels) agree to 10%: the default is sound."""
+    m = measure_hsc_noise()
+    assert abs(m.npz_sigma_clipped / m.npz_sigma_variance_plane - 1) < 0.1, m
+    assert 0.015 < m.npz_sigma_variance_plane < 0.03, m
+
+
+@needs_data
+def test_hst_noise_scaling_matches_monte_carlo(catalog):
+    """GalSim's propagated stamp noise, scaled by the pixel-area ratio, matches a rendered noise field (15%).
+
+    The stamp-noise cap rests on this number; a wrong unit convention would be off by 31x.
+    """
+    rec = catalog.by_ident[0]
+    psf = Simulator(SimulationConfig(view="sky", split="train", n=1), catalog).instrument.psfs[0]
+    predicted = hst_noise(catalog, rec, psf, 0.168, 0.2, catalog.acs_zeropoint).obs_std
+    noise_cf, scale, var = catalog.noise_image(rec)
+    field_ = galsim.Image(800, 800, scale=0.03)
+    field_.addNoise(catalog.galsim_catalog.getNoise(rec.index, rng=galsim.BaseDeviate(4)))
+    rg = galsim.RealGalaxy(
+        (field_, catalog.galsim_catalog.getPSFImage(rec.index), noise_cf, scale, var)
+    )
+    inst = galsim.InterpolatedImage(galsim.Image(psf, scale=0.168), flux=1.0)
+    drawn = galsim.Convolve([rg, galsim.Gaussian(fwhm=0.2), galsim.Pixel(0.168), inst]).drawImage(
+        nx=140, ny=140, scale=0.168, method="no_pixel"
+    )
+    measured = drawn.array[20:-20, 20:-20].std()
+    assert abs(measured / predicted - 1) < 0.15, f"measured {measured}, predicted {predicted}"
+
+
+@needs_data
+def test_cached_hst_noise_is_current(catalog, sim_test):
+    """The shipped hst_noise.json matches a fresh GalSim measurement (0.5%); else it is stale."""
+    inst = sim_test.instrument
+    recs = [catalog.by_ident[2], catalog.by_ident[122811]]
+    cached = hst_noise_table(catalog, recs, inst.psfs[0], 0.168, 0.2, 27.0)
+    fresh = hst_noise_table(catalog, recs, inst.psfs[0], 0.168, 0.2, 27.0, use_cache=False)
+    for r in recs:
+        assert abs(cached[r.ident].obs_std / fresh[r.ident].obs_std - 1) < 5e-3
+        assert abs(cached[r.ident].truth_std / fresh[r.ident].truth_std - 1) < 5e-3
+
+
+@needs_data
+def test_hst_noise_cap_holds_for_every_source(sim_test):
+    """Every placed galaxy's stamp noise stays below max_hst_noise_ratio x the added noise."""
+    cap = sim_test.config.scene.max_hst_noise_ratio
+    ratios = [s.hst_noise_ratio for i in range(100) for s in _specs(sim_test, i)]
+    assert len(ratios) > 100 and max(ratios) <= cap + 1e-9, f"max ratio {max(ratios)} > {cap}"
+
+
+# ---------------------------------------------------------------- masks, views
+
+
+@needs_data
+def test_defects_are_masked(catalog):
+    """With mask_fraction 1 every cutout has defects, flagged only with BAD/CR/EDGE/NO_DATA, and valid excludes them."""
+    sim = Simulator(
+        SimulationConfig(view="sky", split="train", n=1, seed=2, mask_fraction=1.0), catalog
+    )
+    kinds = set()
+    for i in range(12):
+        c = sim.cutout(i)
+        assert c.defects and np.any(c.maskbits), "a masked cutout has no masked pixel"
+        allowed = sum(1 << MASK_PLANES[p] for p in ("BAD", "CR", "EDGE", "NO_DATA"))
+        assert int(np.bitwise_or.reduce(c.maskbits.ravel())) & ~allowed == 0
+        np.testing.assert_array_equal(c.valid, (c.maskbits & bad_bits()) == 0)
+        kinds |= set(c.defects)
+    assert kinds == {"bad_column", "cosmic_ray", "edge"}
+    assert set(BAD_PLANES) >= {"BAD", "CR", "EDGE", "NO_DATA"}, (
+        "separate must ignore every defect plane by default"
+    )
+
+
+@needs_data
+def test_sky_view_has_no_central_galaxy(catalog):
+    """The sky view holds neighbours only: no central source and no galaxy truth."""
+    sim = Simulator(SimulationConfig(view="sky", split="test", n=1, seed=9), catalog)
+    for i in range(5):
+        c = sim.cutout(i)
+        assert c.central_ident == -1 and all(s.role == "neighbour" for s in c.sources)
+        assert "galaxy" not in c.truth and "sky" in c.truth
+
+
+@needs_data
+def test_hst_instrument(catalog):
+    """HST-like cutouts: 0.03"/px WCS, an ACS PSF, correlated noise at the catalogue level (10%)."""
+    sim = Simulator(
+        SimulationConfig(
+            view="galaxies",
+            split="train",
+            n=1,
+            size=96,
+            instrument="hst",
+            seed=4,
+            mask_fraction=0.0,
+        ),
+        catalog,
+    )
+    c = sim.cutout(0)
+    assert (
+        sim.instrument.pixel_scale == 0.03
+        and abs(c.psf.sum() - 1) < 1e-12
+        and c.psf.shape == (51, 51)
+    )
+    assert abs(c.truth["noise"].std() / sim.instrument.noise_sigma - 1) < 0.1
+    hdul = observation_hdul(c, sim.meta())
+    np.testing.assert_allclose(
+        proj_plane_pixel_scales(WCS(hdul["SCI"].header)) * 3600, [0.03, 0.03], rtol=1e-9
+    )
+
+
+# ---------------------------------------------------------------- reproducibility, files
+
+
+@needs_data
+def test_same_seed_same_files_and_no_clobber(tmp_path, sim_test):
+    """Same seed -> byte-identical files; a second run refuses to overwrite and leaves the files alone."""
+    config = replace(sim_test.config, n=2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    simulate_batch(config, a, simulator=sim_test)
+    simulate_batch(config, b, simulator=sim_test)
+    names = sorted(p.relative_to(a) for p in a.rglob("*.fits"))
+    assert len(names) == 4
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), (
+            f"{name} differs between runs with the same seed"
+        )
+    with h5py.File(a / "hsc_galaxies_test.h5") as fa, h5py.File(b / "hsc_galaxies_test.h5") as fb:
+        np.testing.assert_array_equal(fa["images"][...], fb["images"][...])
+    other = Simulator(replace(config, seed=12), sim_test.catalog).cutout(0)
+    assert not np.array_equal(other.image, sim_test.cutout(0).image), (
+        "a different seed gave the same cutout"
+    )
+    before = {p: p.read_bytes() for p in a.rglob("*") if p.is_file()}
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        simulate_batch(config, a, simulator=sim_test)
+    assert {p: p.read_bytes() for p in a.rglob("*") if p.is_file()} == before, (
+        "a refused run changed files"
+    )
+    assert not list(a.rglob(".*.tmp")), "temporary files were left behind"
+    simulate_batch(config, a, simulator=sim_test, overwrite=True)
+
+
+@needs_data
+def test_hdf5_batch(batch):
+    """HDF5 holds the batch with its metadata and PSF index; truth only in the .truth.h5 file."""
+    out, result = batch
+    with h5py.File(result.hdf5) as f:
+        assert f["images"].shape == (4, 1, 48, 48) and f["mask"].dtype == bool
+        assert set(f) == {
+            "index",
+            "images",
+            "variance",
+            "mask",
+            "maskbits",
+            "psf",
+            "psf_index",
+            "central_ident",
+        }
+        assert (
+            f.attrs["pixel_scale"] == 0.168
+            and f.attrs["zeropoint"] == 27.0
+            and f.attrs["view"] == "galaxies"
+            and f.attrs["seed"] == 11
+        )
+        assert set(f["central_ident"][...]) <= set(load_split()["test"])
+        psf = f["psf"][f["psf_index"][0]]
+        with fits.open(out / "hsc_galaxies_test_000000.fits") as hdul:
+            np.testing.assert_array_equal(f["images"][0, 0], hdul["SCI"].data)
+            np.testing.assert_array_equal(psf[0], hdul["PSF"].data)
+            np.testing.assert_array_equal(f["mask"][0, 0], (hdul["MASK"].data & bad_bits()) == 0)
+        assert json.loads(f.attrs["config"])["split"] == "test"
+    with h5py.File(result.hdf5_truth) as t:
+        assert {"galaxy", "sky", "galaxy_conv", "sky_conv", "noise", "sources"} <= set(t)
+        assert set(t["sources"]["cutout"]) == {0, 1, 2, 3}
+
+
+@needs_data
+def test_cli(tmp_path, capsys):
+    """The command prints one JSON object, writes files, is quiet off a terminal, and refuses to clobber."""
+    from galprism.cli.main import main
+
+    argv = [
+        "simulate",
+        "--view",
+        "sky",
+        "--split",
+        "test",
+        "-n",
+        "2",
+        "--seed",
+        "3",
+        "-o",
+        str(tmp_path),
+        "--json",
+        "--no-hdf5",
+    ]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 0, err
+    summary = json.loads(out)
+    assert summary["n_written"] == 2 and summary["seed"] == 3 and summary["hdf5"] is None
+    assert len(list(tmp_path.glob("hsc_sky_test_*.fits"))) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert (
+        exc.value.code == 1 and "exists" in err and len(err.strip().splitlines()) == 1 and out == ""
+    )
+
+
+@needs_data
+def test_bad_configuration_is_one_line_error(tmp_path):
+    """Unknown view or missing data folder fail before any work with a message naming the problem."""
+    with pytest.raises(ConfigError, match="view 'stars'"):
+        SimulationConfig(view="stars").validate()
+    with pytest.raises(ConfigError, match=str(tmp_path)):
+        CosmosCatalog(tmp_path)
+
+
+# ---------------------------------------------------------------- sample_fits
+
+
+def test_sample_fits_are_small_documented_and_follow_the_convention():
+    """sample_fits/ stays under 2 MB, names sources and licences, and its files are separate-ready."""
+    files = [p for p in SAMPLE.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 2 * 1024**2
+    readme = (SAMPLE / "README.md").read_text()
+    for needle in (
+        "BlendingToolKit",
+        "MIT",
+        "scarlet",
+        "hsc_cosmos_35.npz",
+        "Cut_HSC.fits",
+        "make_sample_fits.py",
+    ):
+        assert needle in readme, f"sample_fits/README.md does not mention {needle}"
+    for path in sorted(SAMPLE.glob("*.fits")):
+        with fits.open(path, checksum=True) as hdul:
+            names = [h.name for h in hdul]
+            assert {"SCI", "PSF", "VARIANCE"} <= set(names), f"{path.name}: {names}"
+            psf = hdul["PSF"].data
+            assert psf.shape[0] % 2 == 1 and abs(psf.sum() - 1) < 1e-9
+            assert np.all(hdul["VARIANCE"].data > 0)
+            if "MASK" in hdul:
+                planes = {k[3:]: v for k, v in hdul["MASK"].header.items() if k.startswith("MP_")}
+                used = int(np.bitwise_or.reduce(hdul["MASK"].data.ravel()))
+                assert used & ~sum(1 << b for b in planes.values()) == 0, (
+                    f"{path.name}: unnamed mask bits"
+                )
+            if path.name.startswith("sim_"):
+                assert (SAMPLE / "truth" / f"{path.stem}.truth.fits").is_file()
+                assert hdul[0].header["SPLIT"] == "test", (
+                    "sample simulations must use test-set galaxies"
+                )
+
+
+@needs_data
+def test_sample_fits_real_data_is_unmodified():
+    """The converted real cutouts hold the npz / Cut_HSC i-band pixels exactly."""
+    data = find_data_dir()
+    with (
+        np.load(data / "hsc" / "hsc_cosmos_35.npz") as npz,
+        fits.open(SAMPLE / "hsc_cosmos35_i.fits") as hdul,
+    ):
+        np.testing.assert_array_equal(hdul["SCI"].data, npz["images"][2])
+        np.testing.assert_array_equal(hdul["VARIANCE"].data, npz["variance"][2])
+        np.testing.assert_array_equal(hdul["MASK"].data, npz["mask"][2])
+        assert math.isclose(hdul["SCI"].header["MAGZERO"], 27.0)
+    with (
+        fits.open(data / "multiview" / "Cut_HSC.fits") as cut,
+        fits.open(SAMPLE / "multiview_hsc_i.fits") as hdul,
+    ):
+        np.testing.assert_array_equal(hdul["SCI"].data, cut[0].data[2].astype(np.float32))
+        assert abs(WCS(hdul["SCI"].header).wcs.crval[0] - cut[0].header["CRVAL1"]) < 1e-12
