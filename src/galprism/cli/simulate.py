@@ -150,7 +150,7 @@ class _Progress:
     "--truth-fwhm",
     type=click.FloatRange(min=0.0, min_open=True),
     default=None,
-    help="FWHM (arcsec) of the kernel that band-limits the truth [default: 0.2 hsc, 0.06 hst].",
+    help="FWHM (arcsec) of the kernel that band-limits the truth [default: 0.2 hsc, 0.12 hst].",
 )
 @click.option(
     "--data-dir",
@@ -163,7 +163,12 @@ class _Progress:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object describing the batch on stdout."
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bar or summary on stderr (both appear only on a terminal anyway).",
+)
 def simulate(**kw: object) -> None:
     """Make realistic survey cutouts from the real HST COSMOS galaxies.
 
@@ -216,14 +221,14 @@ def simulate(**kw: object) -> None:
     summary = result.to_dict()
     if kw["as_json"]:
         click.echo(json.dumps(summary))
-    if not kw["quiet"]:
+    if not kw["quiet"] and sys.stderr.isatty():
         where = summary["output_dir"] or summary["hdf5"]
         click.echo(
             f"galprism simulate: {result.n_written} {config.view} cutouts ({config.split} galaxies) in {result.seconds:.1f} s "
             f"({summary['cutouts_per_minute']}/min) -> {where}",
             err=True,
         )
-        for index, error in result.failed:
-            click.echo(f"galprism simulate: cutout {index} failed: {error}", err=True)
+    for index, error in result.failed:
+        click.echo(f"galprism simulate: cutout {index} failed: {error}", err=True)
     if result.failed:
         sys.exit(1)

@@ -217,7 +217,7 @@ def _hst(catalog: CosmosCatalog, noise_sigma: float | None) -> Instrument:
         noise_origin=origin,
         correlated_noise=noise,
         default_size=256,
-        truth_fwhm=0.06,
+        truth_fwhm=0.12,
         hst_noise_psf=None,
     )
 

@@ -60,7 +60,7 @@ class SimulationConfig:
         Added noise std in counts (default: measured on the real HSC i band for hsc, the
         catalogue's median for hst).
     truth_fwhm
-        FWHM (arcsec) of the truth kernel (default 0.2 for hsc, 0.06 for hst).
+        FWHM (arcsec) of the truth kernel (default 0.2 for hsc, 0.12 for hst).
     seed
         Batch seed.
     mask_fraction
