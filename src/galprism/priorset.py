@@ -1,0 +1,303 @@
+"""Prior folders: the sources a separation uses, with their flux convention.
+
+A prior folder (what ``galprism fit`` writes and ``galprism separate --prior`` reads)
+holds ``prior.json`` and one checkpoint per source::
+
+    my-prior/
+      prior.json        {"format": "galprism-priorset", "format_version": 1,
+                         "name": ..., "method": "diffusion" | "gaussian",
+                         "sources": ["galaxy", "sky"], "shape": [C, H, W],
+                         "pixel_scale": 0.168, "zeropoint": 27.0, "bunit": ...,
+                         "flux_scale": ..., "training": {...}}
+      galaxy.pt         checkpoints of :mod:`galprism.checkpoint`
+      sky.pt
+
+Priors work in normalised units ``data / flux_scale`` at the recorded zero point; a
+:class:`PriorSet` converts on the way in and out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .atomic import atomic_path
+from .checkpoint import PriorCheckpoint, load_prior, save_prior
+from .diffusion.samplers import SamplerConfig
+from .errors import CheckpointError, ConfigError
+from .operators import SourceSum
+from .posterior import sample_posterior, sample_prior
+
+__all__ = ["PriorSet", "load_priorset", "list_builtin_priors", "builtin_prior_path", "DEFAULT_PRIOR"]
+
+SET_FORMAT = "galprism-priorset"
+SET_FORMAT_VERSION = 1
+DEFAULT_PRIOR = "hsc-galaxy"
+
+
+@dataclass
+class PriorSet:
+    """The priors of every source of a separation, and the conventions they share.
+
+    Attributes
+    ----------
+    name
+        Prior name (folder name for user priors).
+    method
+        ``"diffusion"`` or ``"gaussian"`` (``"asvd"`` folders load through
+        :mod:`galprism.asvd`).
+    sources
+        Source names in the order of the stacked state.
+    priors
+        One prior module per source.
+    shape
+        Event shape ``(C, H, W)`` (or ``(D,)``) of each source on the prior's grid.
+    pixel_scale
+        Arcseconds per pixel of that grid (None for non-image sources).
+    zeropoint, bunit
+        Flux convention of the data the priors were learned from.
+    flux_scale
+        Data units per normalised prior unit.
+    manifest
+        The full ``prior.json`` content (training provenance included).
+    sha256
+        Digest of the folder's files, recorded in every output.
+    """
+
+    name: str
+    method: str
+    sources: list[str]
+    priors: list[nn.Module]
+    shape: tuple[int, ...]
+    pixel_scale: float | None = None
+    zeropoint: float | None = None
+    bunit: str | None = None
+    flux_scale: float = 1.0
+    manifest: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.sources) != len(self.priors):
+            raise ConfigError(f"prior {self.name!r}: {len(self.sources)} source names for {len(self.priors)} priors")
+        if len(set(self.sources)) != len(self.sources):
+            raise ConfigError(f"prior {self.name!r}: duplicate source names {self.sources}")
+        for s, p in zip(self.sources, self.priors, strict=True):
+            if tuple(p.shape) != tuple(self.shape):
+                raise ConfigError(f"prior {self.name!r}: source {s!r} has shape {tuple(p.shape)}, expected {tuple(self.shape)}")
+        if not self.flux_scale > 0:
+            raise ConfigError(f"prior {self.name!r}: flux_scale must be > 0, got {self.flux_scale}")
+
+    # -- description --------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Summary for ``galprism priors``: sources, pixel scale, size, training data."""
+        return {
+            "name": self.name,
+            "method": self.method,
+            "sources": list(self.sources),
+            "shape": list(self.shape),
+            "pixel_scale": self.pixel_scale,
+            "zeropoint": self.zeropoint,
+            "bunit": self.bunit,
+            "training": self.manifest.get("training", {}),
+            "sha256": self.sha256,
+            "path": str(self.path) if self.path else None,
+        }
+
+    def to(self, device: str | torch.device) -> PriorSet:
+        for p in self.priors:
+            p.to(device)
+        return self
+
+    # -- sampling -----------------------------------------------------------------------
+    def separate(
+        self,
+        y: Tensor,
+        noise_var: Tensor,
+        operator: SourceSum,
+        *,
+        n_samples: int = 8,
+        steps: int = 64,
+        cg_iterations: int = 1,
+        sampler: str = "pc",
+        generators: Sequence[torch.Generator] | torch.Generator | None = None,
+        device: str | torch.device = "cpu",
+        callback=None,
+    ) -> Tensor:
+        """Joint posterior samples ``(B, n_samples, K, *shape)`` in the prior's flux units.
+
+        ``y`` and ``noise_var`` are ``(B, *obs_shape)`` at the prior's zero point;
+        ``operator`` maps the K sources on the prior's grid to the observations.
+        """
+        scale = self.flux_scale
+        dtype = torch.float32 if y.dtype != torch.float64 else torch.float64
+        self.to(device)
+        x = sample_posterior(
+            self.priors,
+            operator,
+            (y / scale).to(device=device, dtype=dtype),
+            (noise_var / scale**2).to(device=device, dtype=dtype),
+            n_samples=n_samples,
+            config=SamplerConfig(method=sampler, steps=steps),
+            cg_iterations=cg_iterations,
+            generators=generators,
+            callback=callback,
+        )
+        return x * scale
+
+    def sample_prior(
+        self,
+        source: str,
+        n: int,
+        *,
+        steps: int = 64,
+        sampler: str = "pc",
+        generator: torch.Generator | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Tensor:
+        """``n`` prior samples ``(n, *shape)`` of one source, in the prior's flux units."""
+        if source not in self.sources:
+            raise ConfigError(f"prior {self.name!r} has no source {source!r}; sources: {', '.join(self.sources)}")
+        prior = self.priors[self.sources.index(source)].to(device)
+        x = sample_prior([prior], n, config=SamplerConfig(method=sampler, steps=steps), generators=generator, device=device)
+        return x[:, 0] * self.flux_scale
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the prior folder (one checkpoint per source, then ``prior.json``)."""
+        folder = Path(folder)
+        if (folder / "prior.json").exists() and not overwrite:
+            raise ConfigError(f"{folder}: already holds a prior; pass --overwrite to replace it")
+        folder.mkdir(parents=True, exist_ok=True)
+        normalisation = {"flux_scale": self.flux_scale, "zeropoint": self.zeropoint, "bunit": self.bunit}
+        for name, prior in zip(self.sources, self.priors, strict=True):
+            save_prior(
+                PriorCheckpoint(prior, name, self.pixel_scale, normalisation, self.manifest.get("training", {})),
+                folder / f"{name}.pt",
+            )
+        manifest = {
+            **self.manifest,
+            "format": SET_FORMAT,
+            "format_version": SET_FORMAT_VERSION,
+            "galprism_version": __version__,
+            "name": self.name,
+            "method": self.method,
+            "sources": list(self.sources),
+            "shape": list(self.shape),
+            "pixel_scale": self.pixel_scale,
+            "zeropoint": self.zeropoint,
+            "bunit": self.bunit,
+            "flux_scale": self.flux_scale,
+        }
+        with atomic_path(folder / "prior.json") as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        self.manifest = manifest
+        self.sha256 = folder_digest(folder)
+        self.path = folder
+        return folder
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over the names and contents of a prior folder's files."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if f.suffix not in (".json", ".pt", ".npz"):
+            continue
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _builtin_root() -> Path:
+    return Path(str(resources.files("galprism") / "priors" / "builtin"))
+
+
+def list_builtin_priors() -> list[str]:
+    """Names of the priors shipped inside the package."""
+    root = _builtin_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "prior.json").is_file())
+
+
+def builtin_prior_path(name: str) -> Path:
+    return _builtin_root() / name
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / "prior.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: not a prior folder (no prior.json)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupted manifest ({exc.msg if hasattr(exc, 'msg') else exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != SET_FORMAT:
+        raise CheckpointError(f"{path}: not a galprism prior manifest")
+    if manifest.get("format_version") != SET_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: prior folder format version {manifest.get('format_version')}; this galprism reads {SET_FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def load_priorset(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PriorSet:
+    """Load a built-in prior by name, or a prior folder written by ``galprism fit``.
+
+    Raises
+    ------
+    CheckpointError
+        Unknown name, missing/corrupted files, incompatible versions.
+    """
+    path = Path(name_or_path)
+    if not path.exists():
+        if str(name_or_path) == "default":
+            path = builtin_prior_path(DEFAULT_PRIOR)
+        elif (builtin_prior_path(str(name_or_path)) / "prior.json").is_file():
+            path = builtin_prior_path(str(name_or_path))
+        else:
+            known = ", ".join(list_builtin_priors()) or "none installed"
+            raise CheckpointError(f"{name_or_path}: no such prior folder or built-in prior (built-in: {known})")
+    if path.is_file() and path.name == "prior.json":
+        path = path.parent
+    manifest = _read_manifest(path)
+    method = manifest.get("method")
+    if method == "asvd":
+        from .asvd import load_asvd_priorset  # local: only asvd folders need it
+
+        return load_asvd_priorset(path, manifest)
+    if method not in ("diffusion", "gaussian"):
+        raise CheckpointError(f"{path}: unknown method {method!r} in prior.json")
+    sources = manifest.get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise CheckpointError(f"{path}/prior.json: no sources listed")
+    ckpts = []
+    for s in sources:
+        ckpt = load_prior(path / f"{s}.pt", map_location)
+        if ckpt.name != s:
+            raise CheckpointError(f"{path / (s + '.pt')}: holds source {ckpt.name!r}, manifest says {s!r}")
+        ckpts.append(ckpt)
+    return PriorSet(
+        name=str(manifest.get("name", path.name)),
+        method=method,
+        sources=list(sources),
+        priors=[c.prior for c in ckpts],
+        shape=tuple(manifest["shape"]),
+        pixel_scale=manifest.get("pixel_scale"),
+        zeropoint=manifest.get("zeropoint"),
+        bunit=manifest.get("bunit"),
+        flux_scale=float(manifest.get("flux_scale", 1.0)),
+        manifest=manifest,
+        sha256=folder_digest(path),
+        path=path,
+    )
