@@ -192,7 +192,7 @@ class FakePrior:
     def describe(self) -> dict:
         return {"name": self.name, "sources": self.sources, "pixel_scale": self.pixel_scale, "training_data": "none (test stand-in)"}
 
-    def sample_prior(self, source, n, *, steps, generator=None):
+    def sample_prior(self, source, n, *, steps, sampler="pc", generator=None, device="cpu"):
         assert source in self.sources, f"unknown source {source}"
         return torch.randn((n, *self.shape), generator=generator)
 

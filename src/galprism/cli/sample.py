@@ -20,6 +20,7 @@ __all__ = ["sample"]
 @click.option("-n", "--n-samples", type=int, default=DEFAULTS["n_samples"], show_default=True, help="Samples per source.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output FITS file.")
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
+@click.option("--sampler", default=DEFAULTS["sampler"], show_default=True, help="Sampler: pc, ddim or heun.")
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Run seed; each source's derives from it and its name.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
@@ -32,6 +33,7 @@ def sample(
     n_samples: int,
     output: Path,
     steps: int,
+    sampler: str,
     seed: int,
     device: str,
     overwrite: bool,
@@ -52,7 +54,8 @@ def sample(
     prior = load_prior(prior_spec)
     t0 = time.perf_counter()
     hdul, summary = prior_samples_hdulist(
-        prior, n=n_samples, steps=steps, seed=seed, sources=sources, device=dev, command_line=command_line(ctx)
+        prior, n=n_samples, steps=steps, seed=seed, sources=sources, sampler=sampler, device=dev,
+        command_line=command_line(ctx),
     )
     write_atomic(hdul, output, overwrite=overwrite)
     if as_json:

@@ -25,6 +25,7 @@ def prior_samples_hdulist(
     steps: int,
     seed: int,
     sources: Sequence[str] | None = None,
+    sampler: str = "pc",
     device: str = "cpu",
     command_line: str | None = None,
 ) -> tuple[fits.HDUList, dict[str, dict[str, Any]]]:
@@ -42,6 +43,8 @@ def prior_samples_hdulist(
         Run seed; source ``s`` uses ``sha256(f"{seed}:{s}")`` (recorded as ``SEED``).
     sources
         Sources to sample (default all), by name, case-insensitive.
+    sampler
+        Sampler method of the prior (``"pc"``, ``"ddim"``, ``"heun"``).
     device
         Torch device.
     command_line
@@ -75,6 +78,7 @@ def prior_samples_hdulist(
         "SOURCES": (",".join(wanted), "sources, in HDU order"),
         "NSAMPLE": (int(n), "samples per source"),
         "NSTEPS": (int(steps), "sampler steps"),
+        "SAMPLER": (sampler, "sampler"),
         "RUNSEED": (int(seed), "--seed"),
         "DEVICE": (device, "torch device"),
         "PIXSCALE": (prior.pixel_scale, "[arcsec] pixel scale of the prior grid"),
@@ -85,7 +89,7 @@ def prior_samples_hdulist(
         s_seed = derive_seed(seed, name)
         gen = torch.Generator(device=device).manual_seed(s_seed)
         t0 = time.perf_counter()
-        x = prior.sample_prior(name, n, steps=steps, generator=gen)
+        x = prior.sample_prior(name, n, steps=steps, sampler=sampler, generator=gen, device=device)
         x = x.detach().to("cpu", torch.float64).numpy()
         seconds = time.perf_counter() - t0
         if x.ndim != 4 or x.shape[0] != n:
