@@ -78,11 +78,15 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes zip archives; anything else is damaged or not a checkpoint.
+        raise CheckpointError(f"{path}: corrupted or truncated checkpoint (not a torch archive)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused to load: not a plain-data checkpoint ({first})") from exc
+        text = str(exc)
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "disallowed object")
+        raise CheckpointError(f"{path}: refused to load: not a plain-data checkpoint ({detail[:160]})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({type(exc).__name__})") from exc
 
