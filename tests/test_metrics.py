@@ -19,6 +19,7 @@ from galprism.metrics import (
     sbc_test,
     sinkhorn_divergence,
     sinkhorn_divergence_details,
+    wasserstein_divergence,
 )
 from galprism.metrics.sinkhorn import transport_cost
 
@@ -150,6 +151,20 @@ def test_sinkhorn_bad_input_is_refused_with_one_line_errors():
         sinkhorn_divergence(u, u, backend="jax")
     with pytest.raises(ConfigError, match="reg"):
         sinkhorn_divergence(u, u, reg=0)
+
+
+def test_exact_wasserstein_matches_the_sorted_formula_in_one_dimension():
+    """In 1-D, W2^2 between two equal-size samples is mean((sort u - sort v)^2); each half-split term too."""
+    rng = np.random.default_rng(6)
+    u, v = rng.normal(size=(300, 1)), rng.gamma(2.0, size=(300, 1))
+
+    def w2(a, b):
+        return float(np.mean((np.sort(a[:, 0]) - np.sort(b[:, 0])) ** 2))
+
+    expected = w2(u, v) - w2(u[:150], u[-150:]) / 2 - w2(v[:150], v[-150:]) / 2
+    assert wasserstein_divergence(torch.from_numpy(u), v) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ConfigError, match="did not finish"):
+        wasserstein_divergence(u, v, max_iter=5)
 
 
 # -- PSNR --------------------------------------------------------------------------------
