@@ -39,7 +39,7 @@ PROJECTIONS = ("unit", "nonneg", "none")
 SPLITS = ("wiener", "components")
 _CHUNK = 4096
 #: Largest number of floats materialised at once for per-observation operator images.
-_MAX_FLOATS = 2**25
+_MAX_FLOATS = 2**23
 
 
 def project(x: Tensor, projection: str) -> Tensor:

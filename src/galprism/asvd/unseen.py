@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .eigen import SecondMoment, _product, top_eigenvectors
+from .eigen import DENSE_EIGH_LIMIT, SecondMoment, top_eigenvectors
 
 __all__ = ["UnseenFit", "fit_unseen_basis", "deflated_basis", "unseen_objective"]
 
@@ -84,13 +84,14 @@ def deflated_basis(w0: Tensor, mixed: SecondMoment, rank: int, *, seed: int = 0,
         return b - w0 @ (w0.T @ b)
 
     dense = None
-    if mixed.matrix is not None:
+    if mixed.matrix is not None and mixed.dim <= DENSE_EIGH_LIMIT:
+        # Small enough for a dense eigh: form P C P. Above that, the Krylov solver only
+        # needs products, and projecting before and after each one is cheaper than
+        # forming (and keeping) a second P x P matrix.
         pc = mixed.matrix - w0 @ (w0.T @ mixed.matrix)
         dense = pc - (pc @ w0) @ w0.T
 
     def matmul(b: Tensor) -> Tensor:
-        if dense is not None:
-            return _product(dense, b)
         return project(mixed.matmul(project(b)))
     return top_eigenvectors(matmul, mixed.dim, rank, dense=dense, solver=solver, seed=seed).vectors
 
