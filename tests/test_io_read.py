@@ -138,13 +138,15 @@ def test_noise_sigma_option_and_estimate(tmp_path):
 
 
 def test_wcs_pixel_scale_and_override(tmp_path):
-    """The pixel scale comes from the WCS, or --pixel-scale when given."""
+    """The pixel scale comes from --pixel-scale, else the WCS, else a PIXSCALE keyword."""
     p = make_cutout(tmp_path / "a.fits", scale=0.168)
     obs = read_cutout(p)
     assert obs.wcs is not None and abs(obs.pixel_scale - 0.168) < 1e-9
     assert read_cutout(p, ReadOptions(pixel_scale=0.5)).pixel_scale == 0.5
     q = make_cutout(tmp_path / "b.fits", wcs=None)
     assert read_cutout(q).wcs is None and read_cutout(q).pixel_scale is None
+    r = make_cutout(tmp_path / "c.fits", wcs=None, header={"PIXSCALE": 0.168})
+    assert read_cutout(r).pixel_scale == 0.168, "PIXSCALE keyword ignored when there is no WCS"
 
 
 @pytest.mark.parametrize(

@@ -321,7 +321,7 @@ def fit_to_prior(
     if obs.pixel_scale is None and prior.pixel_scale is not None and warnings is not None:
         warnings.warn(
             "pixel scale assumed",
-            f"{obs.name}: no WCS and no --pixel-scale; assuming the prior's {prior.pixel_scale:g} arcsec/pixel",
+            f"{obs.name}: no pixel scale (WCS, PIXSCALE or --pixel-scale); assuming the prior's {prior.pixel_scale:g} arcsec/pixel",
         )
     factor = obs.grid_factor(prior.pixel_scale)
     if h % factor or w % factor:

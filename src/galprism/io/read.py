@@ -9,7 +9,8 @@ Conventions, all documented in docs/user-guide.md ("Input conventions"):
 * mask: HDU ``MASK`` or ``DQ`` or ``--mask FILE``; bit flags (see :mod:`.masks`);
 * noise: see :mod:`.noise`; ``--noise-sigma`` overrides, otherwise it is estimated;
 * WCS and ``BUNIT`` from the image header (the primary header as fallback for
-  ``BUNIT`` and zero points); pixel scale from the WCS unless ``--pixel-scale``;
+  ``BUNIT`` and zero points); pixel scale from ``--pixel-scale``, else the WCS, else a
+  ``PIXSCALE``/``PIXSCAL1``/``SECPIX`` keyword (arcsec);
 * zero point: see :mod:`.flux`.
 
 Sidecar paths may contain ``{stem}``, ``{name}`` and ``{dir}``, filled in from each
@@ -142,6 +143,23 @@ def _select_image(hdul: fits.HDUList, path: str, image_hdu: str | None) -> tuple
     raise InputError(f"{path}: no image: the primary HDU is empty and there is no SCI or IMAGE extension")
 
 
+#: header keywords holding a pixel scale in arcsec, used when there is no celestial WCS
+PIXEL_SCALE_KEYS: tuple[str, ...] = ("PIXSCALE", "PIXSCAL1", "SECPIX")
+
+
+def _header_pixel_scale(what: str, *headers: fits.Header | None) -> float | None:
+    for h in headers:
+        if h is None:
+            continue
+        for key in PIXEL_SCALE_KEYS:
+            value = h.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not (np.isfinite(value) and value > 0):
+                    raise InputError(f"{what}: header {key} = {value} is not a usable pixel scale")
+                return float(value)
+    return None
+
+
 def _as_cube(arr: np.ndarray, what: str) -> np.ndarray:
     while arr.ndim > 3 and arr.shape[0] == 1:
         arr = arr[0]
@@ -261,7 +279,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     elif wcs is not None:
         pixel_scale = pixel_scale_arcsec(wcs, what)
     else:
-        pixel_scale = None
+        pixel_scale = _header_pixel_scale(what, header, primary)
     bunit = header.get("BUNIT") or (primary.get("BUNIT") if primary is not None else None)
     bunit = str(bunit).strip() if bunit else None
     zp: Zeropoint | None
