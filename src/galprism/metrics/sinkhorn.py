@@ -20,8 +20,8 @@ on ``n`` beyond sampling noise, and figures are comparable with the paper's only
 paper's ``n_samples = 16384``. :class:`SinkhornResult` records the iterations used.
 
 POT does the Sinkhorn iterations (no hand-written solver). The torch backend in float32
-is the fastest on CPU; float64 numpy gives the same value to about 1e-4 relative (see
-``docs/metrics.md`` for timings and the comparison).
+is the fastest on CPU and needs half the memory; float64 numpy gives the same value to
+about 1e-3 relative or better (see ``docs/metrics.md`` for timings).
 """
 
 from __future__ import annotations
