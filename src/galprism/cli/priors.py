@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .separate import load_prior
+from . import separate as _separate_cli
 
 __all__ = ["priors", "describe_prior"]
 
@@ -53,7 +53,7 @@ def priors(names: tuple[str, ...], as_json: bool) -> None:
     from ..priorset import list_builtin_priors
 
     wanted = list(names) or [_name_of(item) for item in list_builtin_priors()]
-    entries = [describe_prior(load_prior(name)) for name in wanted]
+    entries = [describe_prior(_separate_cli.load_prior(name)) for name in wanted]
     if as_json:
         click.echo(json.dumps({"priors": entries}, default=str))
         return

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from ..separate import DEFAULTS
-from .separate import command_line, load_prior
+from . import separate as _separate_cli
+from .separate import command_line
 
 __all__ = ["sample"]
 
@@ -51,7 +52,7 @@ def sample(
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output}: output exists; pass --overwrite to replace it")
     dev = resolve_device(device)
-    prior = load_prior(prior_spec)
+    prior = _separate_cli.load_prior(prior_spec)
     t0 = time.perf_counter()
     hdul, summary = prior_samples_hdulist(
         prior, n=n_samples, steps=steps, seed=seed, sources=sources, sampler=sampler, device=dev,
