@@ -9,6 +9,8 @@ wiring shows up as a biased mean or a wrong spread.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,10 +19,18 @@ from fits_factory import gaussian_psf, make_cutout, run_cli
 
 from galprism.gaussian import GaussianPrior, gaussian_posterior
 from galprism.io.read import read_cutout
+from galprism.operators import SourceSum
 from galprism.priorset import PriorSet, list_builtin_priors
-from galprism.testing import _smooth_cov
 
 N = 8  # prior grid (1, 8, 8) at 0.1"/px; cutouts 4x4 at 0.2"/px (downsampling 2)
+
+
+def _smooth_cov(n: int, length: float, amplitude: float) -> torch.Tensor:
+    """Squared-exponential covariance over an n x n pixel grid (plus a small diagonal)."""
+    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1).to(torch.float64)
+    d2 = ((pos[:, None] - pos[None]) ** 2).sum(-1)
+    return amplitude * torch.exp(-d2 / (2 * length**2)) + 1e-3 * torch.eye(n * n, dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +38,8 @@ def prior_folder(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     dt = torch.float64
     priors = [
-        GaussianPrior.from_covariance(0.5 + 0.3 * torch.randn((1, N, N), generator=g, dtype=dt), _smooth_cov(N, N, 2.0, 1.0, dt)),
-        GaussianPrior.from_covariance(torch.zeros((1, N, N), dtype=dt), _smooth_cov(N, N, 0.7, 0.3, dt)),
+        GaussianPrior.from_covariance(0.5 + 0.3 * torch.randn((1, N, N), generator=g, dtype=dt), _smooth_cov(N, 2.0, 1.0)),
+        GaussianPrior.from_covariance(torch.zeros((1, N, N), dtype=dt), _smooth_cov(N, 0.7, 0.3)),
     ]
     folder = tmp_path_factory.mktemp("prior") / "tiny-gauss"
     PriorSet(name="tiny-gauss", method="gaussian", sources=["galaxy", "sky"], priors=priors, shape=(1, N, N), pixel_scale=0.1, zeropoint=27.0).save(folder)
@@ -56,8 +66,6 @@ def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, p
     y = torch.from_numpy(fits.getdata(cut, "SCI").astype(np.float64) * k)[None, None]
     noise_var = torch.full_like(y, (0.05 * k) ** 2)
     op = obs.operator((1, N, N), obs.grid_factor(0.1))
-    from galprism.operators import SourceSum
-
     mean, cov = gaussian_posterior(priors, SourceSum([op, op]), y, noise_var)
     samples = torch.from_numpy(x * k).reshape(n, -1)
     std = cov.diagonal().sqrt()
@@ -88,8 +96,6 @@ def test_priors_lists_builtins_and_describes_a_folder(tmp_path, capsys, monkeypa
     folder, _ = prior_folder
     code, _, out, err = run_cli(["priors", "--json"], capsys, monkeypatch)
     assert code == 0, err
-    import json
-
     listed = json.loads(out)["priors"]
     assert [p["name"] for p in listed] == list_builtin_priors()
     code, _, out, err = run_cli(["priors", folder, "--json"], capsys, monkeypatch)
