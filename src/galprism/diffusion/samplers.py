@@ -157,10 +157,13 @@ def sample(
             if config.method == "pc":
                 for _ in range(config.corrections):
                     eps = (x - denoiser(x, s)) / sig_s
-                    # Step relative to the current score's size (Song et al. 2021's SNR
-                    # rule as in the reference): delta ~ tau when eps ~ N(0, 1).
+                    # Step relative to the score's size (Song et al. 2021's SNR rule as in
+                    # the reference), but never above tau: where the observation pins most
+                    # directions, eps is small there and the reference's unbounded
+                    # 1/mean(eps^2) makes the step exceed twice the tight posterior
+                    # variance, and Langevin diverges (seen on the 5-D manifold problem).
                     dims = tuple(range(2, x.ndim))
-                    delta = config.tau / eps.square().mean(dim=dims, keepdim=True).clamp_min(1e-12)
+                    delta = config.tau / eps.square().mean(dim=dims, keepdim=True).clamp_min(1.0)
                     x = x - delta * sig_s * eps + torch.sqrt(2 * delta) * sig_s * noise()
         if callback is not None:
             callback(i + 1, config.steps)
