@@ -29,6 +29,7 @@ def conjugate_gradient(
     iterations: int = 1,
     x0: Tensor | None = None,
     rtol: float = 0.0,
+    curvature_floor: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Solve ``A x = b`` for a batch of symmetric positive-definite ``A``.
 
@@ -45,6 +46,13 @@ def conjugate_gradient(
         Initial guess (zero by default, which saves one matvec).
     rtol
         Stop early once every system's residual norm is below ``rtol * |b|``.
+    curvature_floor
+        ``p -> lower bound of p^T A p`` per system (shaped like :func:`_bdot`'s output).
+        A system whose search direction has less curvature than this is frozen at its
+        current iterate. MMPS passes ``p^T Sigma_y p``: the covariance it solves with is
+        ``Sigma_y`` plus a Tweedie term that is positive semi-definite in theory but not
+        for a learned network, whose Jacobian can have negative directions; CG would then
+        take huge steps along them.
 
     Returns
     -------
@@ -63,13 +71,16 @@ def conjugate_gradient(
     rs = _bdot(r, r)
     b_norm2 = _bdot(b, b)
     tiny = torch.finfo(b.dtype).tiny
+    active = torch.ones_like(rs, dtype=torch.bool)
     for _ in range(iterations):
         if rtol > 0 and bool((rs <= (rtol**2) * b_norm2).all()):
             break
         ap = matvec(p)
         pap = _bdot(p, ap)
+        if curvature_floor is not None:
+            active = active & (pap >= curvature_floor(p))
         # Converged systems have p = 0 and pAp = 0: take no step instead of dividing by 0.
-        alpha = torch.where(pap > tiny, rs / pap.clamp_min(tiny), torch.zeros_like(pap))
+        alpha = torch.where(active & (pap > tiny), rs / pap.clamp_min(tiny), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
         rs_new = _bdot(r, r)

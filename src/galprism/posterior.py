@@ -143,6 +143,7 @@ class JointPosterior(JointPrior):
             lambda v: self.noise_var * v + a.apply(cov_x(a.adjoint(v))),
             residual,
             iterations=self.cg_iterations,
+            curvature_floor=lambda p: (self.noise_var * p * p).sum(dim=tuple(range(1, p.ndim)), keepdim=True),
         )
         out = d + cov_x(a.adjoint(v))
         return out.detach()
