@@ -242,7 +242,11 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupted manifest ({exc.msg if hasattr(exc, 'msg') else exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != SET_FORMAT:
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: not a galprism prior manifest")
+    if manifest.get("method") == "asvd":
+        return manifest  # adversarial-SVD folders carry their own format (galprism.asvd)
+    if manifest.get("format") != SET_FORMAT:
         raise CheckpointError(f"{path}: not a galprism prior manifest")
     if manifest.get("format_version") != SET_FORMAT_VERSION:
         raise CheckpointError(

@@ -429,6 +429,7 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "SOURCES": (",".join(prior.sources), "sources, in HDU order"),
         "NSAMPLE": (n, "posterior samples per source"),
         "POINTEST": (n == 1 and prior.method == "asvd", "single point estimate, no posterior spread"),
+        "PSFINCL": (bool(getattr(prior, "psf_included", False)), "source images include the PSF (asvd bases)"),
         "NSTEPS": (int(config.steps), "sampler steps"),
         "NCGITER": (int(config.cg_iterations), "conjugate-gradient iterations per step"),
         "SAMPLER": (config.sampler, "posterior sampler"),

@@ -21,12 +21,15 @@ Typical use::
 
 from .eigen import SecondMoment, adversarial_basis, adversarial_objective, top_eigenvectors
 from .model import ASVDModel, fit_asvd, load_asvd
+from .priorset import ASVDPriorSet, load_asvd_priorset
 from .separate import project, separate_with_bases, wiener_split
 from .tau import moment_mismatch, select_tau
 from .unseen import UnseenFit, deflated_basis, fit_unseen_basis, unseen_objective
 
 __all__ = [
     "ASVDModel",
+    "ASVDPriorSet",
+    "load_asvd_priorset",
     "fit_asvd",
     "load_asvd",
     "SecondMoment",

@@ -127,6 +127,8 @@ class _Output:
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume a run).")
 @click.option("--shard", help="Process shard I/N (0 <= I < N); default from SLURM_ARRAY_TASK_ID/COUNT.")
 @click.option("--json", "json_lines", is_flag=True, help="One JSON line per input on stdout.")
+@click.option("--method", type=click.Choice(["auto", "diffusion", "gaussian", "asvd"]), default="auto", show_default=True,
+              help="Separation method; must match the prior (auto: the prior's own).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or warnings (errors are still shown).")
 @click.pass_context
 def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, output: Path | None, output_dir: Path, **kw: Any) -> None:
@@ -163,6 +165,8 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
     )
     total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
     prior = load_prior(prior_spec)
+    if kw["method"] != "auto" and prior.method != kw["method"]:
+        raise UsageError(f"--method {kw['method']}: prior {prior_spec!r} is a {prior.method} prior")
     out = _Output(kw["json_lines"], kw["quiet"], total)
     warnings = RunWarnings(None if not kw["quiet"] else (lambda msg: None))
     if not kw["quiet"]:

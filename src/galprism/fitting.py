@@ -1,0 +1,357 @@
+"""``galprism fit``: learn priors from survey cutouts, described by a TOML file.
+
+A fit file names the sources, the prior's grid and the views::
+
+    name = "my-survey"
+    sources = ["galaxy", "sky"]     # order of the prior set
+    size = 48                       # prior image side (pixels)
+    pixel_scale = 0.168             # arcsec per pixel of the prior grid
+    arrangement = "stagewise"       # or "joint"
+
+    [[views]]
+    name = "sky"
+    sources = ["sky"]
+    data = "train/sky/hsc_sky_train.h5"   # an HDF5 batch of `galprism simulate` ...
+
+    [[views]]
+    name = "galaxies"
+    sources = ["galaxy", "sky"]
+    files = ["cutouts/*.fits"]            # ... or FITS cutouts in separate's convention
+
+    [em]            # any EMConfig setting (galprism.em.EMConfig)
+    diffusion_laps = 4
+
+    [network]       # U-Net settings (galprism.nn.UNet)
+    widths = [16, 32, 64]
+
+Paths are relative to the fit file. Every observation keeps its own PSF, mask and noise
+in its operator, so the priors are of the intrinsic (PSF-free) sources.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from .em import EMConfig, EMResult, View, run_em
+from .errors import ConfigError, InputError
+from .operators import Composition, Convolve, Mask, SourceSum
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["ViewSpec", "FitSpec", "load_fit_spec", "load_view", "fit_priors"]
+
+
+@dataclass
+class ViewSpec:
+    """One view of a fit: its sources and where its cutouts are."""
+
+    name: str
+    sources: list[str]
+    data: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    limit: int = 0
+
+
+@dataclass
+class FitSpec:
+    """A whole fit: sources, prior grid, views and EM settings."""
+
+    name: str
+    sources: list[str]
+    size: int
+    views: list[ViewSpec]
+    pixel_scale: float | None = None
+    zeropoint: float | None = None
+    arrangement: str = "stagewise"
+    flux_scale: float | None = None
+    method: str = "diffusion"
+    em: dict[str, Any] = field(default_factory=dict)
+    network: dict[str, Any] = field(default_factory=dict)
+    asvd: dict[str, Any] = field(default_factory=dict)
+    source_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("diffusion", "asvd"):
+            raise ConfigError(f"fit {self.name!r}: method must be 'diffusion' or 'asvd', got {self.method!r}")
+        if not self.views:
+            raise ConfigError(f"fit {self.name!r}: no views given")
+        for v in self.views:
+            for s in v.sources:
+                if s not in self.sources:
+                    raise ConfigError(f"view {v.name!r}: names unknown source {s!r} (sources: {', '.join(self.sources)})")
+            if v.data is None and not v.files:
+                raise ConfigError(f"view {v.name!r}: give `data` (HDF5) or `files` (FITS)")
+
+
+def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> FitSpec:
+    """Read a fit TOML file; ``overrides`` replace top-level settings (CLI options).
+
+    Raises
+    ------
+    ConfigError
+        Unreadable TOML, missing or unknown settings, views naming unknown sources.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such fit file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    base = path.parent
+    known = {"name", "sources", "size", "pixel_scale", "zeropoint", "arrangement", "flux_scale", "method",
+             "views", "em", "network", "asvd"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
+    for key in ("sources", "size", "views"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing setting {key!r}")
+    views = []
+    for v in raw["views"]:
+        if "name" not in v or "sources" not in v:
+            raise ConfigError(f"{path}: every [[views]] needs `name` and `sources`")
+        files: list[Path] = []
+        for pattern in v.get("files", []):
+            matches = sorted(glob.glob(str(base / pattern)))
+            if not matches:
+                raise ConfigError(f"{path}: view {v['name']!r}: no file matches {pattern!r}")
+            files += [Path(m) for m in matches]
+        views.append(ViewSpec(v["name"], list(v["sources"]), base / v["data"] if "data" in v else None, files,
+                              int(v.get("limit", 0))))
+    return FitSpec(
+        name=str(raw.get("name", path.stem)),
+        sources=list(raw["sources"]),
+        size=int(raw["size"]),
+        views=views,
+        pixel_scale=raw.get("pixel_scale"),
+        zeropoint=raw.get("zeropoint"),
+        arrangement=raw.get("arrangement", "stagewise"),
+        flux_scale=raw.get("flux_scale"),
+        method=raw.get("method", "diffusion"),
+        em=dict(raw.get("em", {})),
+        network=dict(raw.get("network", {})),
+        asvd=dict(raw.get("asvd", {})),
+        source_file=path,
+    )
+
+
+@dataclass
+class ViewData:
+    """A view's data in the data's own flux units, before normalisation."""
+
+    spec: ViewSpec
+    y: torch.Tensor
+    noise_var: torch.Tensor
+    valid: torch.Tensor
+    psf: torch.Tensor  # (N, C, kh, kw)
+    pixel_scale: float | None
+    zeropoint: float | None
+    bunit: str | None
+
+
+def _load_hdf5(spec: ViewSpec) -> ViewData:
+    path = spec.data
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as exc:
+        raise InputError(f"{path}: cannot open HDF5 ({exc})") from exc
+    with f:
+        for key in ("images", "variance", "mask", "psf", "psf_index"):
+            if key not in f:
+                raise InputError(f"{path}: missing dataset {key!r} (expected a `galprism simulate` HDF5 batch)")
+        n = f["images"].shape[0] if not spec.limit else min(spec.limit, f["images"].shape[0])
+        y = torch.from_numpy(np.asarray(f["images"][:n], dtype=np.float32))
+        var = torch.from_numpy(np.asarray(f["variance"][:n], dtype=np.float32))
+        valid = torch.from_numpy(np.asarray(f["mask"][:n], dtype=bool))
+        psfs = np.asarray(f["psf"], dtype=np.float64)
+        psf = torch.from_numpy(psfs[np.asarray(f["psf_index"][:n])])
+        attrs = dict(f.attrs)
+    return ViewData(spec, y, var, valid, psf, _opt_float(attrs.get("pixel_scale")), _opt_float(attrs.get("zeropoint")),
+                    str(attrs["bunit"]) if "bunit" in attrs else None)
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _load_fits(spec: ViewSpec, size: int, pixel_scale: float | None, zeropoint: float | None) -> ViewData:
+    from .io.read import read_cutout  # local: FITS reading pulls in astropy's WCS machinery
+
+    files = spec.files[: spec.limit] if spec.limit else spec.files
+    obs = []
+    for p in files:
+        o = read_cutout(p)
+        f = o.grid_factor(pixel_scale)
+        if f != 1:
+            raise ConfigError(f"{p}: pixel scale differs from the prior grid's; fit on cutouts at the prior's scale")
+        obs.append(o.crop(None, (size, size)))
+    y = np.stack([o.image * o.flux_factor_to(zeropoint) for o in obs])
+    var = np.stack([np.where(o.valid, o.variance, 1.0) * o.flux_factor_to(zeropoint) ** 2 for o in obs])
+    valid = np.stack([o.valid for o in obs])
+    kh = max(o.psf.shape[-2] for o in obs)
+    kw = max(o.psf.shape[-1] for o in obs)
+    psf = np.stack([_pad(o.psf, kh, kw) for o in obs])
+    return ViewData(spec, torch.from_numpy(y).float(), torch.from_numpy(var).float(), torch.from_numpy(valid),
+                    torch.from_numpy(psf), pixel_scale, zeropoint, obs[0].bunit)
+
+
+def _pad(psf: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    ph, pw = (kh - psf.shape[-2]) // 2, (kw - psf.shape[-1]) // 2
+    return np.pad(psf, [(0, 0), (ph, kh - psf.shape[-2] - ph), (pw, kw - psf.shape[-1] - pw)])
+
+
+def load_view(spec: ViewSpec, fit: FitSpec) -> ViewData:
+    """Read a view's cutouts (HDF5 or FITS), checking they match the prior grid."""
+    data = _load_hdf5(spec) if spec.data is not None else _load_fits(spec, fit.size, fit.pixel_scale, fit.zeropoint)
+    if data.y.shape[-2:] != (fit.size, fit.size):
+        raise ConfigError(
+            f"view {spec.name!r}: cutouts are {tuple(data.y.shape[-2:])} pixels but the prior is {fit.size}x{fit.size}"
+        )
+    if fit.pixel_scale is not None and data.pixel_scale is not None and not math.isclose(
+        data.pixel_scale, fit.pixel_scale, rel_tol=1e-3
+    ):
+        raise ConfigError(
+            f"view {spec.name!r}: data at {data.pixel_scale}\"/px but the prior grid is {fit.pixel_scale}\"/px"
+        )
+    if data.y.shape[0] == 0:
+        raise ConfigError(f"view {spec.name!r}: no cutouts")
+    bad = ~torch.isfinite(data.y) & data.valid
+    if bad.any():
+        raise InputError(f"view {spec.name!r}: {int(bad.sum())} unmasked non-finite pixels")
+    return data
+
+
+def flux_scale_of(views: Sequence[ViewData]) -> float:
+    """Per-dataset flux unit: the 99.9th percentile of |data| over valid pixels.
+
+    Priors then see values of order one (noise well below one), the regime the
+    noise schedule defaults are set for.
+    """
+    vals = torch.cat([v.y[v.valid].abs().flatten() for v in views])
+    if vals.numel() == 0:
+        raise InputError("fit: no valid pixel in any view")
+    k = max(1, int(0.999 * vals.numel()))
+    scale = float(vals.kthvalue(k).values)
+    if not scale > 0:
+        raise InputError("fit: all valid pixels are zero")
+    return scale
+
+
+def to_view(data: ViewData, flux_scale: float) -> View:
+    """The EM view of normalised data: mask o PSF per cutout, one term per source."""
+    shape = tuple(data.y.shape[1:])
+    y = torch.where(data.valid, data.y, torch.zeros_like(data.y)) / flux_scale
+    var = torch.where(data.valid, data.noise_var, torch.ones_like(data.noise_var))
+    var = torch.where(data.valid, var / flux_scale**2, var)
+    bad = data.valid & ~(var > 0)
+    if bad.any():
+        raise InputError(f"view {data.spec.name!r}: {int(bad.sum())} valid pixels have variance <= 0")
+    op = Composition([Mask(data.valid, shape=shape), Convolve(data.psf, shape, name=f"view {data.spec.name} PSF")])
+    return View(data.spec.name, data.spec.sources, y, var, SourceSum([op] * len(data.spec.sources)), data.valid)
+
+
+def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
+    settings = dict(fit.em)
+    network = dict(fit.network)
+    settings.setdefault("backbone", "unet")
+    settings.setdefault("backbone_kwargs", network)
+    settings.setdefault("gaussian_rank", 32)
+    settings.setdefault("arrangement", fit.arrangement)
+    settings["metadata"] = {
+        "name": fit.name,
+        "pixel_scale": fit.pixel_scale,
+        "zeropoint": fit.zeropoint,
+        "bunit": bunit,
+        "flux_scale": flux_scale,
+        "training": {
+            "fit_file": str(fit.source_file) if fit.source_file else None,
+            "views": {v.name: {"sources": v.sources, "data": str(v.data) if v.data else [str(f) for f in v.files[:3]]}
+                      for v in fit.views},
+        },
+    }
+    try:
+        return EMConfig(sources=fit.sources, shape=[1, fit.size, fit.size], **settings)
+    except TypeError as exc:
+        raise ConfigError(f"fit {fit.name!r}: bad [em] setting ({exc})") from exc
+
+
+def fit_priors(
+    fit: FitSpec,
+    run_dir: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    resume: bool = True,
+    progress: bool | None = None,
+) -> EMResult:
+    """Learn the priors of ``fit`` by EM into ``run_dir`` (see :mod:`galprism.em`)."""
+    data = [load_view(v, fit) for v in fit.views]
+    zps = {d.zeropoint for d in data} - {None}
+    if fit.zeropoint is None and len(zps) == 1:
+        fit.zeropoint = zps.pop()
+    if fit.pixel_scale is None:
+        scales = {d.pixel_scale for d in data} - {None}
+        fit.pixel_scale = scales.pop() if len(scales) == 1 else None
+    flux_scale = fit.flux_scale or flux_scale_of(data)
+    views = [to_view(d, flux_scale) for d in data]
+    config = em_config(fit, flux_scale, data[0].bunit)
+    result = run_em(views, config, run_dir, device=device, resume=resume, progress=progress)
+    return result
+
+
+def fit_asvd_prior(
+    fit: FitSpec,
+    out_dir: str | os.PathLike,
+    *,
+    rank_clean: int = 16,
+    rank_unseen: int = 8,
+    tau: float | str = "auto",
+    overwrite: bool = False,
+):
+    """Fit adversarial-SVD bases from a clean-source view and a mixed view.
+
+    The clean view holds one source, the mixed view that source and one more (the
+    unseen source). Only cutouts without masked pixels are used: the bases are fitted
+    to whole images. Returns the saved :class:`~galprism.asvd.ASVDModel`.
+    """
+    from .asvd import fit_asvd  # local: only this method needs it
+
+    data = [load_view(v, fit) for v in fit.views]
+    clean = [d for d in data if len(d.spec.sources) == 1]
+    mixed = [d for d in data if len(d.spec.sources) == 2]
+    if len(clean) != 1 or len(mixed) != 1 or clean[0].spec.sources[0] not in mixed[0].spec.sources:
+        raise ConfigError(
+            "fit --method asvd: needs one view with a single (clean) source and one view with that source plus one more"
+        )
+    known = clean[0].spec.sources[0]
+    unseen = next(s for s in mixed[0].spec.sources if s != known)
+
+    def whole(d: ViewData) -> torch.Tensor:
+        keep = d.valid.flatten(1).all(1)
+        if not keep.any():
+            raise InputError(f"view {d.spec.name!r}: every cutout has masked pixels; asvd needs whole cutouts")
+        return d.y[keep].to(torch.float64)
+
+    zeropoint = fit.zeropoint if fit.zeropoint is not None else clean[0].zeropoint
+    model = fit_asvd(
+        whole(clean[0]), whole(mixed[0]), rank_clean, rank_unseen, tau,
+        sources=(known, unseen), projection="none", split="components",
+        pixel_scale=fit.pixel_scale or clean[0].pixel_scale, zeropoint=zeropoint, bunit=clean[0].bunit,
+    )
+    model.save(out_dir, overwrite=overwrite)
+    return model
