@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -171,6 +172,34 @@ class PriorSet:
         prior = self.priors[self.sources.index(source)].to(device)
         x = sample_prior([prior], n, config=SamplerConfig(method=sampler, steps=steps), generators=generator, device=device)
         return x[:, 0] * self.flux_scale
+
+    def log_prob(
+        self,
+        source: str,
+        images: Tensor,
+        *,
+        steps: int = 128,
+        exact: bool = False,
+        probes: int = 8,
+        generator: torch.Generator | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Tensor:
+        """Log-density ``(n,)`` in nats of images ``(n, *shape)`` (prior's flux units).
+
+        The density is of the data units: ``log p(x) = log p_norm(x / s) - D log s``
+        with ``s`` the flux scale and ``D`` the number of pixels.
+        """
+        from .diffusion.likelihood import log_prob  # local: only logprob needs it
+
+        if source not in self.sources:
+            raise ConfigError(f"prior {self.name!r} has no source {source!r}; sources: {', '.join(self.sources)}")
+        if tuple(images.shape[1:]) != tuple(self.shape):
+            raise ConfigError(f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} expects {tuple(self.shape)}")
+        prior = self.priors[self.sources.index(source)].to(device)
+        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+        lp = log_prob(prior, (images / self.flux_scale).to(device=device, dtype=dtype), steps=steps, exact=exact,
+                      probes=probes, generator=generator)
+        return lp.cpu() - images[0].numel() * math.log(self.flux_scale)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
