@@ -1,0 +1,164 @@
+"""``galprism evaluate``: a thin layer over :func:`galprism.evaluate.pipeline.run_evaluation`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["evaluate"]
+
+
+class _Progress:
+    """One rich progress bar per method on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.bar.start()
+
+    def __call__(self, label: str, total: int):
+        if self.bar is None:
+            return None
+        task = self.bar.add_task(label, total=total)
+        return lambda n: self.bar.advance(task, n)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            if self.bar is not None:
+                self.bar.console.print(f"galprism evaluate: {message}")
+            else:
+                click.echo(f"galprism evaluate: {message}", err=True)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _ranks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    try:
+        d0, d1 = (int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected two integers D0,D1, got {value!r}") from None
+    if d0 < 1 or d1 < 1:
+        raise click.BadParameter(f"ranks must be positive, got {value!r}")
+    return d0, d1
+
+
+def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from ..evaluate.pipeline import ALL_METHODS
+
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [n for n in names if n not in ALL_METHODS]
+    if bad or not names:
+        raise click.BadParameter(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_METHODS)}")
+    return names
+
+
+def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value != "auto":
+        try:
+            t = float(value)
+        except ValueError:
+            raise click.BadParameter(f"expected 'auto' or a number in [0, 1], got {value!r}") from None
+        if not 0.0 <= t <= 1.0:
+            raise click.BadParameter(f"tau must lie in [0, 1], got {value!r}")
+    return value
+
+
+@click.command("evaluate")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option(
+    "--test-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Existing test set (galprism simulate --view galaxies --split test); default: simulate one into OUTPUT_DIR/testset.",
+)
+@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Test cutouts to simulate.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N cutouts of --test-dir.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the test set, ASVD training sets and sampling.")
+@click.option(
+    "--methods",
+    callback=_methods,
+    default="galprism,gaussian,asvd,photutils,scarlet2",
+    show_default=True,
+    help="Comma-separated methods to compare.",
+)
+@click.option("--prior", default="default", show_default=True, help="Prior of galprism: built-in name or prior folder.")
+@click.option(
+    "--gaussian-prior",
+    default="auto",
+    show_default=True,
+    help="Gaussian (PPCA) prior folder or name; auto: the one from the same EM run as --prior.",
+)
+@click.option("--n-samples", type=click.IntRange(min=2), default=8, show_default=True, help="Posterior samples per cutout.")
+@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Sampler steps.")
+@click.option("--cg-iterations", type=click.IntRange(min=0), default=1, show_default=True, help="CG iterations per step.")
+@click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default="pc", show_default=True, help="Posterior sampler.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Cutouts per sampler call.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option(
+    "--interval",
+    type=click.Choice(["auto", "quantile", "student"]),
+    default="auto",
+    show_default=True,
+    help="Credible intervals: sample quantiles or Student-t prediction intervals (auto: quantiles when resolved).",
+)
+@click.option("--asvd-train", type=click.IntRange(min=20), default=400, show_default=True, help="ASVD training cutouts per view.")
+@click.option("--asvd-ranks", callback=_ranks, default="32,16", show_default=True, help="ASVD ranks of the sky and galaxy bases.")
+@click.option("--asvd-tau", callback=_tau, default="auto", show_default=True, help="ASVD adversarial weight, or auto.")
+@click.option("--real/--no-real", default=True, show_default=True, help="Compare on the real HSC cutout against HST.")
+@click.option("--two-view/--no-two-view", default=True, show_default=True, help="Also separate the real cutout with the HST view added.")
+@click.option("--data-dir", default=None, help="Folder with cosmos/, hsc/, multiview/ [default: searched].")
+@click.option(
+    "--scarlet2-python",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    envvar="GALPRISM_SCARLET2_PYTHON",
+    help="Python of an environment with scarlet2 installed [$GALPRISM_SCARLET2_PYTHON].",
+)
+@click.option("--scarlet2-limit", type=click.IntRange(min=1), default=None, help="Run scarlet2 on the first N cutouts only.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report (and simulated test set).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")
+def evaluate(**opts) -> None:
+    """Compare deblenders on a simulated test set with truth and on real HSC data against HST.
+
+    Writes OUTPUT_DIR/summary.md, summary.json, results.csv, results.jsonl and eval_*.png.
+    One command reproduces the whole report from a clean checkout (docs/evaluation.md).
+    """
+
+    from ..evaluate.pipeline import EvaluateConfig, run_evaluation
+
+    as_json = opts.pop("as_json")
+    quiet = opts.pop("quiet")
+    cfg = EvaluateConfig(**opts)
+    progress = _Progress(not quiet)
+    try:
+        out = run_evaluation(cfg, log=progress.log, progress=progress if progress.bar is not None else None)
+    finally:
+        progress.stop()
+    if as_json:
+        click.echo(json.dumps(out.summary, default=str))
+    if not quiet and sys.stderr.isatty():
+        click.echo(f"galprism evaluate: report in {cfg.output_dir}/summary.md ({out.seconds:.0f} s)", err=True)
