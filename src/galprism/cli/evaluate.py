@@ -155,7 +155,12 @@ def evaluate(**opts) -> None:
     cfg = EvaluateConfig(**opts)
     progress = _Progress(not quiet)
     try:
-        out = run_evaluation(cfg, log=progress.log, progress=progress if progress.bar is not None else None)
+        out = run_evaluation(
+            cfg,
+            log=progress.log,
+            warn=lambda msg: click.echo(f"galprism: warning: {msg}", err=True),
+            progress=progress if progress.bar is not None else None,
+        )
     finally:
         progress.stop()
     if as_json:

@@ -55,9 +55,9 @@ def metric_vs_blendedness(result: EvalResult, path: Path, overwrite: bool) -> Pa
             x = np.maximum(np.array([r["blendedness"] for r in rows], dtype=float), floor)
             y = np.array([r.get(key, np.nan) for r in rows], dtype=float)
             c = colours[i % len(colours)]
-            ax.scatter(x, y, s=6, alpha=0.25, color=c)
+            ax.scatter(x, y, s=6, alpha=0.25, color=c, label=m.label)
             xm, ym = _binned_median(x, y)
-            ax.plot(xm, ym, "-o", color=c, ms=4, label=m.label)
+            ax.plot(xm, ym, "-o", color=c, ms=4)
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
@@ -103,13 +103,20 @@ def gallery(result: EvalResult, path: Path, overwrite: bool, n: int = 6) -> Path
         row[0].set_ylabel(f"b={c.blendedness:.2f}", fontsize=8)
         show_image(row[1], c.galaxy_conv, s, "truth (conv.)" if first else None)
         for k, m in enumerate(methods):
-            show_image(row[2 + k], result.estimates[m.name][i].galaxy_conv, s, m.label if first else None)
+            est = result.estimates[m.name][i]
+            if est is None:
+                row[2 + k].set_axis_off()
+                continue
+            show_image(row[2 + k], est.galaxy_conv, s, m.label if first else None)
         if intrinsic:
             base = 2 + len(methods)
             show_image(row[base], c.galaxy, s, "truth (intrinsic)" if first else None)
             for k, m in enumerate(intrinsic):
-                est = result.estimates[m.name][i].galaxy
-                show_image(row[base + 1 + k], est, s, f"{m.label} (intr.)" if first else None)
+                est = result.estimates[m.name][i]
+                if est is None or est.galaxy is None:
+                    row[base + 1 + k].set_axis_off()
+                    continue
+                show_image(row[base + 1 + k], est.galaxy, s, f"{m.label} (intr.)" if first else None)
     fig.suptitle("Gallery: observation, truth and each method's central galaxy (asinh, softening = noise σ)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, overwrite)
@@ -177,6 +184,10 @@ def real_figure(result: EvalResult, path: Path, overwrite: bool = False) -> Path
     show_image(axes[0, 2], c.galaxy, s, "HST truth (intrinsic)")
     for k, m in enumerate(methods):
         est = result.estimates[m.name][0]
+        if est is None:
+            axes[0, 3 + k].set_axis_off()
+            axes[1, 3 + k].set_axis_off()
+            continue
         show_image(axes[0, 3 + k], est.galaxy_conv, s, m.label)
         ax = axes[1, 3 + k]
         ax.imshow((est.galaxy_conv - c.galaxy_conv) / s, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)

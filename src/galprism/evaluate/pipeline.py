@@ -247,11 +247,17 @@ def run_evaluation(
     cfg: EvaluateConfig,
     *,
     log: Log | None = None,
+    warn: Log | None = None,
     progress: ProgressFactory | None = None,
 ) -> EvaluationOutput:
-    """Make or load the test set, run every method, the real-data comparison, write the report."""
+    """Make or load the test set, run every method, the real-data comparison, write the report.
+
+    ``log`` receives progress messages, ``warn`` failures and skipped methods (the CLI
+    shows the latter even with ``-q``).
+    """
     t_start = time.perf_counter()
     log = log or (lambda msg: None)
+    warn = warn or log
     out = Path(cfg.output_dir)
     if (out / "summary.md").exists() and not cfg.overwrite:
         raise GalprismError(f"{out}: already holds a report; pass --overwrite to replace it")
@@ -272,10 +278,10 @@ def run_evaluation(
     log(f"{len(cutouts)} test cutouts loaded from {test_dir}")
     methods, skipped = _build_methods(cfg, log)
     for name, why in skipped.items():
-        log(f"{name}: skipped ({why})")
+        warn(f"{name}: skipped ({why})")
 
     def on_error(name: str, exc: BaseException) -> None:
-        log(f"{name}: failed: {' '.join(str(exc).split())}")
+        warn(f"{name}: failed: {' '.join(str(exc).split())}")
 
     result = evaluate_methods(cutouts, methods, interval=cfg.interval, seed=cfg.seed, progress=progress, on_error=on_error)
     real_result, info, two_view, real_error = None, {}, [], None
@@ -301,9 +307,10 @@ def run_evaluation(
                             two_view.append(tv.as_dict())
                         except Exception as exc:  # noqa: BLE001 - report, keep the rest
                             two_view.append({"prior": m.prior.name, "error": " ".join(str(exc).split())})
+                            warn(f"two-view separation with {m.prior.name}: failed: {two_view[-1]['error']}")
         except GalprismError as exc:
             real_error = str(exc)
-            log(f"real data: not run: {real_error}")
+            warn(f"real data: not run: {real_error}")
     seconds = time.perf_counter() - t_start
     meta = {
         "command": cfg.command,

@@ -130,7 +130,7 @@ def summary_tables(result: EvalResult) -> dict[str, str]:
             f"{c.flux_sbc_p:.3g} | {_fmt(c.pixel_sbc_p, '{:.3g}')} |"
         )
     out["calibration"] = "\n".join(cal)
-    tim = ["| method | cutouts | total [s] | per cutout [s] | adaptive-moments failures | not detected | status |", "|---|---:|---:|---:|---:|---:|---|"]
+    tim = ["| method | cutouts | total [s] | per cutout [s] | adaptive-moments failures | not detected or failed | status |", "|---|---:|---:|---:|---:|---:|---|"]
     for m in result.methods:
         per = m.seconds / m.n_cutouts if m.n_cutouts else math.nan
         status = "ok" if m.error is None else f"failed: {m.error}"

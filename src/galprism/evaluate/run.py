@@ -65,7 +65,8 @@ class EvalResult:
     rows
         One record per (cutout, method) that produced an estimate.
     estimates
-        ``{method: [Estimate, ...]}`` aligned with ``cutouts`` (samples dropped).
+        ``{method: [Estimate or None, ...]}`` aligned with ``cutouts`` (samples dropped;
+        None for cutouts a method did not run on).
     calibration
         ``{method: CalibrationSummary}`` for probabilistic methods.
     truth_failures
@@ -75,7 +76,7 @@ class EvalResult:
     cutouts: list[EvalCutout]
     methods: list[MethodRun]
     rows: list[dict[str, Any]]
-    estimates: dict[str, list[Estimate]]
+    estimates: dict[str, list[Estimate | None]]
     calibration: dict[str, CalibrationSummary]
     truth_failures: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -133,7 +134,7 @@ def evaluate_methods(
     truth_int_m = [adaptive_moments(c.galaxy, 1.5) for c in cutouts]
     runs: list[MethodRun] = []
     rows: list[dict[str, Any]] = []
-    estimates: dict[str, list[Estimate]] = {}
+    estimates: dict[str, list[Estimate | None]] = {}
     calibration: dict[str, CalibrationSummary] = {}
     for method in methods:
         run = MethodRun(method.name, method.label, method.probabilistic, method.intrinsic)
@@ -149,10 +150,14 @@ def evaluate_methods(
             if on_error is not None:
                 on_error(method.name, exc)
             continue
+        if len(ests) > len(cutouts):
+            run.error = f"returned {len(ests)} estimates for {len(cutouts)} cutouts"
+            continue
+        # A method may cover only the first cutouts (e.g. scarlet2 with --scarlet2-limit).
         run.n_cutouts = len(ests)
         flux_s, flux_t, pix_s, pix_t = [], [], [], []
         kind = interval_method(ests[0].samples.shape[0], LEVELS, interval) if method.probabilistic and ests else ""
-        for i, (c, e) in enumerate(zip(cutouts, ests, strict=True)):
+        for i, (c, e) in enumerate(zip(cutouts[: len(ests)], ests, strict=True)):
             row: dict[str, Any] = {
                 "cutout": c.name,
                 "method": method.name,
@@ -178,7 +183,8 @@ def evaluate_methods(
                 np.stack(flux_s), np.array(flux_t), pix_s, pix_t, method=kind, seed=seed
             )
         # Keep the point estimates for figures; samples are large and already summarised.
-        estimates[method.name] = [Estimate(e.galaxy_conv, e.galaxy, None, e.seconds, e.note) for e in ests]
+        kept: list[Estimate | None] = [Estimate(e.galaxy_conv, e.galaxy, None, e.seconds, e.note) for e in ests]
+        estimates[method.name] = kept + [None] * (len(cutouts) - len(ests))
     return EvalResult(
         cutouts=cutouts,
         methods=runs,

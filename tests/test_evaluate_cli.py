@@ -1,0 +1,120 @@
+"""``galprism evaluate`` end to end on a few cutouts with a small stand-in prior, and its error handling.
+
+The stand-in is a Gaussian (PPCA) prior set fitted on simulated *training* cutouts'
+truths: enough to exercise every stage (sampling, measures, calibration, report) in
+seconds. Tests needing the shared COSMOS data (ASVD's training cutouts) skip without it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fits_factory import run_cli
+
+from galprism.gaussian import GaussianPrior
+from galprism.priorset import PriorSet
+from galprism.simulate.data import find_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_fits"
+
+
+def _data_dir() -> Path | None:
+    try:
+        return find_data_dir()
+    except Exception:  # noqa: BLE001 - any lookup failure means "no data"
+        return None
+
+
+needs_data = pytest.mark.skipif(_data_dir() is None, reason="shared COSMOS data (../shared/data) not found")
+
+
+def copy_testset(dest: Path) -> Path:
+    """The four simulated test-split cutouts of sample_fits, with their truth files."""
+    (dest / "truth").mkdir(parents=True)
+    for p in sorted(SAMPLES.glob("sim_hsc_galaxies_test_*.fits")):
+        shutil.copy(p, dest / p.name)
+        t = SAMPLES / "truth" / p.name.replace(".fits", ".truth.fits")
+        shutil.copy(t, dest / "truth" / t.name)
+    return dest
+
+
+def standin_prior(folder: Path) -> Path:
+    """A rank-8 Gaussian prior of galaxy and sky fitted on 24 training-split truths."""
+    from galprism.simulate import SimulationConfig, Simulator
+
+    sim = Simulator(SimulationConfig(view="galaxies", split="train", n=24, seed=11, mask_fraction=0.0))
+    cuts = [sim.cutout(i) for i in range(24)]
+    scale = 0.05
+    gal = torch.from_numpy(np.stack([c.truth["galaxy"] for c in cuts])[:, None] / scale).float()
+    sky = torch.from_numpy(np.stack([c.truth["sky"] for c in cuts])[:, None] / scale).float()
+    ps = PriorSet(
+        "standin", "gaussian", ["galaxy", "sky"], [GaussianPrior.fit(gal, 8), GaussianPrior.fit(sky, 8)], (1, 48, 48),
+        pixel_scale=0.168, zeropoint=27.0, bunit="count", flux_scale=scale,
+    )
+    return ps.save(folder)
+
+
+@needs_data
+def test_evaluate_end_to_end_and_reproducible(tmp_path, capsys, monkeypatch):
+    """One command writes summary.md, results.csv/.jsonl, summary.json and the figures; the same seed gives the
+    same per-cutout numbers; an existing report is not overwritten without --overwrite."""
+    ts = copy_testset(tmp_path / "ts")
+    prior = standin_prior(tmp_path / "prior")
+    out = tmp_path / "report"
+    argv = [
+        "evaluate", "-o", out, "--test-dir", ts, "--prior", prior, "--gaussian-prior", prior,
+        "--methods", "galprism,gaussian,asvd,photutils", "--n-samples", "4", "--steps", "4", "--batch-size", "2",
+        "--asvd-train", "20", "--asvd-ranks", "4,2", "--asvd-tau", "0.5", "--no-real", "--json", "-q",
+    ]
+    code, recs, _, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 0, err
+    assert len(recs) == 1, "--json prints one summary object"
+    summary = recs[0]
+    assert summary["n_cutouts"] == 4
+    assert {m: v["status"] for m, v in summary["methods"].items()} == {k: "ok" for k in ("galprism", "gaussian", "asvd", "photutils")}
+    cal = summary["methods"]["galprism"]["calibration"]
+    assert cal["interval"] == "student" and cal["n_samples"] == 4 and sum(cal["flux_sbc_hist"]) == 4
+    for name in ("summary.md", "summary.json", "results.csv", "results.jsonl", "eval_gallery.png", "eval_metric_vs_blendedness.png", "eval_calibration.png"):
+        assert (out / name).is_file(), name
+    assert (out / "eval_gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 16 and {r["method"] for r in rows} == {"galprism", "gaussian", "asvd", "photutils"}
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 16 and all(json.loads(line)["cutout"].startswith("sim_hsc_galaxies_test_") for line in lines)
+    text = (out / "summary.md").read_text()
+    for heading in ("## Verdict", "## All cutouts", "most blended third", "## Calibration", "photutils deblend", "adversarial SVD"):
+        assert heading in text, heading
+    first = {(r["cutout"], r["method"]): r for r in rows}
+
+    code, _, _, err = run_cli(argv, capsys, monkeypatch)
+    assert code == 1 and any("--overwrite" in line for line in err), err
+
+    code, _, _, err = run_cli([*argv, "--overwrite"], capsys, monkeypatch)
+    assert code == 0, err
+    again = {(r["cutout"], r["method"]): r for r in csv.DictReader((out / "results.csv").open())}
+    for key, row in first.items():
+        for col in ("rmse", "flux_err", "flux_mean", "g_err"):
+            assert again[key].get(col) == row.get(col), (key, col)
+
+
+def test_evaluate_rejects_train_split_and_bad_options(tmp_path, capsys, monkeypatch):
+    """A training-split file in the test set is a one-line error naming it; unknown methods exit 2."""
+    ts = copy_testset(tmp_path / "ts")
+    from astropy.io import fits
+
+    bad = ts / "sim_hsc_galaxies_test_000001.fits"
+    with fits.open(bad, mode="update") as hdul:
+        hdul[0].header["SPLIT"] = "train"
+    code, _, _, err = run_cli(["evaluate", "-o", tmp_path / "r", "--test-dir", ts, "--methods", "photutils", "--no-real", "-q"], capsys, monkeypatch)
+    assert code == 1 and len(err) == 1 and str(bad) in err[0] and "test-split" in err[0], err
+    code, _, _, err = run_cli(["evaluate", "-o", tmp_path / "r", "--test-dir", ts, "--methods", "photutils,magic"], capsys, monkeypatch)
+    assert code == 2 and any("magic" in line for line in err), err
+    code, _, _, err = run_cli(["evaluate", "-o", tmp_path / "r", "--test-dir", tmp_path / "nothing", "--methods", "photutils", "-q"], capsys, monkeypatch)
+    assert code == 1 and len(err) == 1 and "not found" in err[0], err
