@@ -85,7 +85,11 @@ def fit(config: Path | None, run_dir: Path | None, method: str | None, views: tu
         model = fit_asvd_prior(spec, run_dir, rank_clean=kw["rank_clean"], rank_unseen=kw["rank_unseen"],
                                tau=_tau(kw["tau"]), overwrite=kw["overwrite"])
         summary = {"method": "asvd", "prior": str(run_dir), "sources": list(model.sources), "tau": model.tau,
-                   "ranks": list(model.ranks), "seconds": time.perf_counter() - t0}
+                   "ranks": list(model.ranks), "tau_selection": model.info.get("tau_selection"),
+                   "seconds": time.perf_counter() - t0}
+        if summary["tau_selection"] and not kw["as_json"] and not kw["quiet"]:
+            for point in summary["tau_selection"]["curve"]:
+                click.echo(f"galprism: tau curve: {json.dumps(point)}", err=True)
     else:
         device = kw["device"]
         if device == "auto":
