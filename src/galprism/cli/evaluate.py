@@ -112,9 +112,9 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Gaussian (PPCA) prior folder or name; auto: the one from the same EM run as --prior.",
 )
 @click.option("--n-samples", type=click.IntRange(min=2), default=8, show_default=True, help="Posterior samples per cutout.")
-@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True, help="Sampler steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=16, show_default=True, help="Sampler steps.")
 @click.option("--cg-iterations", type=click.IntRange(min=0), default=1, show_default=True, help="CG iterations per step.")
-@click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default="pc", show_default=True, help="Posterior sampler.")
+@click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default="ddim", show_default=True, help="Posterior sampler.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option(

@@ -127,7 +127,7 @@ def calibration(result: EvalResult, path: Path, overwrite: bool) -> Path | None:
     if not cals:
         return None
     labels = {m.name: m.label for m in result.methods}
-    fig, axes = plt.subplots(len(cals), 3, figsize=(12, 3.2 * len(cals)), squeeze=False)
+    fig, axes = plt.subplots(len(cals), 3, figsize=(13, 3.6 * len(cals)), squeeze=False)
     for row, (name, c) in zip(axes, cals, strict=True):
         for ax, hist, what, p in (
             (row[0], c.flux_sbc_hist, "total flux", c.flux_sbc_p),
@@ -141,7 +141,7 @@ def calibration(result: EvalResult, path: Path, overwrite: bool) -> Path | None:
             ax.bar(np.arange(len(h)), h, color="tab:blue", alpha=0.7)
             ax.axhline(expected, color="k")
             ax.axhspan(expected - 2 * np.sqrt(expected), expected + 2 * np.sqrt(expected), color="k", alpha=0.1)
-            ax.set_title(f"{labels[name]}: SBC ranks, {what} (p={p:.2g})", fontsize=9)
+            ax.set_title(f"{labels[name]}\nSBC ranks, {what} (p={p:.2g})", fontsize=9)
             ax.set_xlabel(f"rank of truth among S={c.n_samples} samples (bins)")
         ax = row[2]
         levels = sorted(c.flux_coverage)
@@ -154,7 +154,7 @@ def calibration(result: EvalResult, path: Path, overwrite: bool) -> Path | None:
         ax.set_xticks(x, [f"{int(100 * lv)}%" for lv in levels])
         ax.set_ylim(0, 100)
         ax.set_ylabel("coverage [%]")
-        ax.set_title(f"{labels[name]}: coverage ({c.method} intervals; bands ±5 points)", fontsize=9)
+        ax.set_title(f"{labels[name]}\ncoverage ({c.method} intervals; bands ±5 points)", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, overwrite)

@@ -289,9 +289,14 @@ class PhotutilsMethod:
 
     def segment(self, image: np.ndarray, variance: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Background-subtracted image and the deblended segmentation map (0 = none)."""
+        import importlib.util
+
         from astropy.convolution import convolve
         from astropy.stats import sigma_clipped_stats
         from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
+
+        if importlib.util.find_spec("skimage") is None:
+            raise ConfigError("photutils: deblend_sources needs scikit-image; pip install 'galprism[evaluate]'")
 
         _, median, _ = sigma_clipped_stats(image[valid], sigma=3.0)
         data = np.where(valid, image - median, 0.0)

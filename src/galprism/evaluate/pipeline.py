@@ -78,9 +78,9 @@ class EvaluateConfig:
     prior: str = "default"
     gaussian_prior: str = "auto"
     n_samples: int = 8
-    steps: int = 32
+    steps: int = 16
     cg_iterations: int = 1
-    sampler: str = "pc"
+    sampler: str = "ddim"
     batch_size: int = 8
     device: str = "cpu"
     interval: str = "auto"
