@@ -20,13 +20,16 @@ from .methods import ASVDMethod
 __all__ = ["training_cutouts", "fit_asvd_method"]
 
 
-def training_cutouts(view: str, n: int, seed: int, data_dir: str | None = None) -> tuple[np.ndarray, float]:
-    """``(n, 1, H, W)`` training-split cutouts of one view (no defects) and the noise sigma."""
+def training_cutouts(view: str, n: int, seed: int, data_dir: str | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """``(n, 1, H, W)`` training-split cutouts of one view (no defects) and the instrument's
+    ``noise_sigma``, ``pixel_scale`` and ``zeropoint``."""
     from ..simulate import SimulationConfig, Simulator  # local: loads the GalSim catalogue
 
     sim = Simulator(SimulationConfig(view=view, split="train", n=n, seed=seed, mask_fraction=0.0, data_dir=data_dir))
     images = np.stack([sim.cutout(i).image for i in range(n)]).astype(np.float64)
-    return images[:, None], float(sim.instrument.noise_sigma)
+    inst = sim.instrument
+    meta = {"noise_sigma": float(inst.noise_sigma), "pixel_scale": float(inst.pixel_scale), "zeropoint": float(inst.zeropoint)}
+    return images[:, None], meta
 
 
 def fit_asvd_method(
@@ -46,8 +49,9 @@ def fit_asvd_method(
     seed, which is anyway drawn from other galaxies.
     """
     t0 = time.perf_counter()
-    clean, sigma = training_cutouts("sky", n_train, seed + 1, data_dir)
+    clean, meta = training_cutouts("sky", n_train, seed + 1, data_dir)
     mixed, _ = training_cutouts("galaxies", n_train, seed + 2, data_dir)
+    sigma = meta["noise_sigma"]
     simulate_seconds = time.perf_counter() - t0
     model = fit_asvd(
         clean / sigma,
@@ -58,8 +62,8 @@ def fit_asvd_method(
         sources=("sky", "galaxy"),
         projection=projection,
         split=split,
-        pixel_scale=0.168,
-        zeropoint=27.0,
+        pixel_scale=meta["pixel_scale"],
+        zeropoint=meta["zeropoint"],
         seed=seed,
     )
     model.info["simulate_seconds"] = round(simulate_seconds, 2)

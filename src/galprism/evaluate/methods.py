@@ -214,6 +214,8 @@ class ASVDMethod:
             "split": self.model.split,
             "scale": self.scale,
             "fit_seconds": info.get("fit_seconds"),
+            "simulate_seconds": info.get("simulate_seconds"),
+            "train_seeds": info.get("train_seeds"),
             "n_clean": info.get("n_clean"),
             "n_mixed": info.get("n_mixed"),
         }
