@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def show_image(ax, image: np.ndarray, scale: float, title: str | None = None) ->
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(title, 20)), fontsize=8)
 
 
 def gallery(result: EvalResult, path: Path, overwrite: bool, n: int = 6) -> Path:
