@@ -139,7 +139,25 @@ def find_gaussian_prior(prior: PriorSet) -> Path | str | None:
     return None
 
 
-def _build_methods(cfg: EvaluateConfig, log: Log) -> tuple[list[Method], dict[str, str]]:
+def _load_priors(cfg: EvaluateConfig) -> tuple[PriorSet | None, PriorSet | None, dict[str, str]]:
+    """The priors of ``galprism`` and ``gaussian`` (loaded first, so a bad prior fails fast)."""
+    skipped: dict[str, str] = {}
+    main: PriorSet | None = None
+    gauss: PriorSet | None = None
+    if "galprism" in cfg.methods or ("gaussian" in cfg.methods and cfg.gaussian_prior == "auto"):
+        main = load_priorset(cfg.prior)
+    if "gaussian" in cfg.methods:
+        target = find_gaussian_prior(main) if cfg.gaussian_prior == "auto" and main is not None else cfg.gaussian_prior
+        if target is None:
+            skipped["gaussian"] = f"no Gaussian (PPCA) prior found beside prior {cfg.prior!r}; pass --gaussian-prior"
+        else:
+            gauss = load_priorset(target)
+    return (main if "galprism" in cfg.methods else None), gauss, skipped
+
+
+def _build_methods(
+    cfg: EvaluateConfig, main: PriorSet | None, gauss: PriorSet | None, log: Log
+) -> tuple[list[Method], dict[str, str]]:
     """The method adapters to run, and the reason for each requested method that cannot run."""
     methods: list[Method] = []
     skipped: dict[str, str] = {}
@@ -152,18 +170,10 @@ def _build_methods(cfg: EvaluateConfig, log: Log) -> tuple[list[Method], dict[st
         seed=cfg.seed,
         device=cfg.device,
     )
-    main: PriorSet | None = None
-    if "galprism" in cfg.methods or ("gaussian" in cfg.methods and cfg.gaussian_prior == "auto"):
-        main = load_priorset(cfg.prior)
-    if "galprism" in cfg.methods and main is not None:
+    if main is not None:
         methods.append(GalprismMethod(main, "galprism", f"galprism ({main.name})", **sampling))
-    if "gaussian" in cfg.methods:
-        target = find_gaussian_prior(main) if cfg.gaussian_prior == "auto" and main is not None else cfg.gaussian_prior
-        if target is None:
-            skipped["gaussian"] = f"no Gaussian (PPCA) prior found beside prior {cfg.prior!r}; pass --gaussian-prior"
-        else:
-            gauss = load_priorset(target)
-            methods.append(GalprismMethod(gauss, "gaussian", f"Gaussian PPCA ({gauss.name})", **sampling))
+    if gauss is not None:
+        methods.append(GalprismMethod(gauss, "gaussian", f"Gaussian PPCA ({gauss.name})", **sampling))
     if "asvd" in cfg.methods:
         from .asvd_fit import fit_asvd_method
 
@@ -262,6 +272,7 @@ def run_evaluation(
     if (out / "summary.md").exists() and not cfg.overwrite:
         raise GalprismError(f"{out}: already holds a report; pass --overwrite to replace it")
     torch.manual_seed(cfg.seed)
+    main, gauss, skipped = _load_priors(cfg)
     if cfg.test_dir is None:
         test_dir = out / "testset"
         existing = list(test_dir.glob("*.fits")) if test_dir.is_dir() else []
@@ -276,7 +287,8 @@ def run_evaluation(
         testset_seed = "given"
     cutouts = load_testset(test_dir, cfg.limit)
     log(f"{len(cutouts)} test cutouts loaded from {test_dir}")
-    methods, skipped = _build_methods(cfg, log)
+    methods, more = _build_methods(cfg, main, gauss, log)
+    skipped.update(more)
     for name, why in skipped.items():
         warn(f"{name}: skipped ({why})")
 
