@@ -62,9 +62,9 @@ __all__ = [
 #: defaults shared by the CLI and the library
 DEFAULTS: dict[str, Any] = {
     "n_samples": 8,
-    "steps": 64,
+    "steps": 16,
     "cg_iterations": 1,
-    "sampler": "pc",
+    "sampler": "ddim",
     "batch_size": 4,
     "seed": 0,
 }
