@@ -7,21 +7,54 @@ from torch import Tensor
 
 from .denoiser import DiffusionPrior
 
-__all__ = ["denoising_loss"]
+__all__ = ["denoising_loss", "TIME_SAMPLINGS"]
 
-def denoising_loss(prior: DiffusionPrior, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+#: How training draws the diffusion time ``t`` (``sigma`` is log-linear in ``t``).
+TIME_SAMPLINGS = ("beta33", "uniform", "mixed")
+
+
+def denoising_loss(
+    prior: DiffusionPrior,
+    x: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    time_sampling: str = "beta33",
+) -> Tensor:
     """Mean of ``lambda(sigma) |D(x + sigma z, sigma) - x|^2`` over a batch of clean ``x``.
 
-    Times follow Beta(3, 3) as in the reference implementation; the weight
-    ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2`` is EDM's, which equals the
-    reference's ``1 / sigma^2 + 1`` for ``sigma_data = 1`` and gives the preconditioned
-    network a unit-scale target at every noise level.
+    The weight ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2`` is EDM's, which
+    equals the reference's ``1 / sigma^2 + 1`` for ``sigma_data = 1`` and gives the
+    preconditioned network a unit-scale target at every noise level.
+
+    Parameters
+    ----------
+    prior
+        The network being trained.
+    x
+        Clean samples ``(B, *shape)``.
+    generator
+        Source of the time and noise draws.
+    time_sampling
+        ``"beta33"``: ``t ~ Beta(3, 3)`` as in the reference implementation; ``"uniform"``:
+        ``t ~ U(0, 1)``, i.e. ``log sigma`` uniform, every level the sampler visits trained
+        equally; ``"mixed"``: half of the batch each way. Beta(3, 3) almost never draws
+        ``t`` near 1 (P(t > 0.95) = 0.1 %), so the network's Jacobian at ``sigma_max`` stays
+        untrained; MMPS multiplies that Jacobian by ``sigma^2`` to get its covariance, and
+        an untrained one there made EM posterior samples explode (docs/em.md).
     """
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"denoising_loss: unknown time_sampling {time_sampling!r} ({', '.join(TIME_SAMPLINGS)})")
     b = x.shape[0]
     # Beta(3, 3) by inverse CDF of uniforms so that the caller's generator controls the draw
     # (torch.distributions samples from the global generator only).
     u = torch.rand(b, generator=generator, device=x.device, dtype=torch.float64)
-    t = _beta33_icdf(u).to(x.dtype)
+    if time_sampling == "beta33":
+        t = _beta33_icdf(u)
+    elif time_sampling == "uniform":
+        t = u
+    else:
+        t = torch.where(torch.arange(b, device=x.device) % 2 == 0, _beta33_icdf(u), u)
+    t = t.to(x.dtype)
     sigma = prior.schedule.sigma(t)
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     s = sigma.reshape(b, *([1] * (x.ndim - 1)))

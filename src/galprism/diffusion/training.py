@@ -34,6 +34,9 @@ class Trainer:
         Steps of linear learning-rate warm-up.
     amp
         Use bfloat16 autocast on CUDA (ignored on CPU).
+    time_sampling
+        Distribution of the training noise levels (see
+        :func:`~galprism.diffusion.loss.denoising_loss`).
     """
 
     def __init__(
@@ -46,12 +49,14 @@ class Trainer:
         warmup: int = 100,
         weight_decay: float = 0.0,
         amp: bool = True,
+        time_sampling: str = "beta33",
     ) -> None:
         self.prior = prior
         self.lr = lr
         self.grad_clip = grad_clip
         self.warmup = warmup
         self.amp = amp
+        self.time_sampling = time_sampling
         self.optimizer = torch.optim.AdamW(prior.parameters(), lr=lr, weight_decay=weight_decay)
         self.ema = EMA(prior, ema_decay)
         self.step = 0
@@ -87,7 +92,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = denoising_loss(self.prior, batch, generator=_gen_for(generator, device))
+                loss = denoising_loss(
+                    self.prior, batch, generator=_gen_for(generator, device), time_sampling=self.time_sampling
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip:

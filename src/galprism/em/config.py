@@ -31,16 +31,27 @@ class EMConfig:
         Observations per view sampled in each E-step (0 = all).
     estep_batch
         Observations per sampler call.
-    sampler, steps, corrections, tau, cg_iterations
-        E-step posterior sampler settings.
+    sampler, steps, corrections, tau, cg_iterations, trust
+        E-step posterior sampler settings (``trust``: see :mod:`galprism.posterior`).
+    reject_chi2
+        Diffusion laps: E-step samples whose posterior-predictive reduced chi^2 exceeds
+        this are left out of the M-step (0 = keep all); the rejected fraction is recorded.
     train_steps, train_batch, lr, ema_decay
         M-step: steps per lap, batch size, learning rate, EMA decay.
+    time_sampling
+        Training noise-level distribution (``"uniform"`` in ``log sigma``, ``"beta33"``
+        as the reference, or ``"mixed"``; see :func:`~galprism.diffusion.denoising_loss`).
     backbone, backbone_kwargs
         Network of each diffusion prior (``"mlp"`` or ``"unet"``).
     sigma_min, sigma_max
         Noise schedule range (normalised units).
     seed
         Seed of the run's single random stream.
+    initial_variance
+        Variance of the isotropic Gaussian every source starts from, or ``"auto"``: the
+        data's power above the noise, shared among a view's sources. Directions the
+        observations do not constrain (beyond the PSF's cut-off, masked pixels) keep
+        this variance through EM, so for deconvolution it must be of the data's scale.
     grid_samples, grid_steps
         Samples and sampler steps of the per-lap PNG grids (image sources only; 0 = none).
     keep_checkpoints
@@ -63,15 +74,19 @@ class EMConfig:
     corrections: int = 1
     tau: float = 0.1
     cg_iterations: int = 1
+    trust: float = 4.0
+    reject_chi2: float = 0.0
     train_steps: int = 1000
     train_batch: int = 256
     lr: float = 1e-3
     ema_decay: float = 0.999
+    time_sampling: str = "uniform"
     backbone: str = "mlp"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     sigma_min: float = 1e-3
     sigma_max: float = 10.0
     seed: int = 0
+    initial_variance: float | str = 1.0
     grid_samples: int = 16
     grid_steps: int = 32
     keep_checkpoints: int = 0

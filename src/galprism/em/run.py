@@ -157,7 +157,7 @@ class _State:
         # Seed weight initialisation from the run's stream so that runs are reproducible.
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
         prior = DiffusionPrior(c.shape, c.backbone, kwargs, self.schedule(), sigma_data).to(self.device)
-        return Trainer(prior, lr=c.lr, ema_decay=c.ema_decay)
+        return Trainer(prior, lr=c.lr, ema_decay=c.ema_decay, time_sampling=c.time_sampling)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -178,7 +178,8 @@ class _State:
         self.trainers = {}
         for s, t in state["trainers"].items():
             prior = DiffusionPrior.from_config(t["config"]).to(self.device)
-            trainer = Trainer(prior, lr=self.config.lr, ema_decay=self.config.ema_decay)
+            trainer = Trainer(prior, lr=self.config.lr, ema_decay=self.config.ema_decay,
+                              time_sampling=self.config.time_sampling)
             trainer.load_state_dict(t["state"])
             self.trainers[s] = trainer
         self.frozen = {}
@@ -248,8 +249,9 @@ def _estep(
     generator: torch.Generator,
     device: torch.device,
     progress: Callable[..., None],
-) -> tuple[Tensor, Tensor, float]:
-    """Posterior samples ``(n, K_view, *shape)`` for a random subset of a view."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Posterior samples ``(n, K_view, *shape)`` for a random subset of a view, the subset's
+    indices and each sample's posterior-predictive reduced chi^2."""
     n = view.n_obs if config.estep_observations == 0 else min(config.estep_observations, view.n_obs)
     index = torch.randperm(view.n_obs, generator=generator)[:n].sort().values
     sampler = SamplerConfig(config.sampler, config.steps, corrections=config.corrections, tau=config.tau)
@@ -260,11 +262,12 @@ def _estep(
         x = sample_posterior(
             priors, op, view.y[idx].to(device), view.noise_var[idx].to(device),
             n_samples=1, config=sampler, cg_iterations=config.cg_iterations, generators=generator,
+            trust=config.trust,
         )
         out.append(x[:, 0].cpu())
         progress()
     samples = torch.cat(out)
-    return samples, index, view.chi2(samples, index)
+    return samples, index, view.chi2_per_observation(samples, index)
 
 
 def run_em(
@@ -319,7 +322,7 @@ def run_em(
         state.load_state_dict(store.load_checkpoint(done))
     else:
         for source in config.sources:
-            state.gaussians[source] = state.initial_gaussian(1.0)
+            state.gaussians[source] = state.initial_gaussian(_initial_variance(views, source, config) ** 0.5)
 
     with _Progress(len(laps), progress) as bar:
         bar.lap_done(done)
@@ -336,15 +339,22 @@ def run_em(
                         # A frozen source's optimiser state is no longer needed.
                         state.trainers.pop(s, None)
             samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
-            chi2 = {}
+            chi2, rejected = {}, {}
             for vname in stage.views:
                 view = by_name[vname]
                 priors = [state.prior_for(s, plan.phase).to(device) for s in view.sources]
                 step = bar.start(f"lap {plan.lap} {plan.phase} E-step {vname}", -(-min(view.n_obs, config.estep_observations or view.n_obs) // config.estep_batch))
-                x, _, chi2[vname] = _estep(view, priors, config, state.generator, device, step)
+                x, _, chi2_obs = _estep(view, priors, config, state.generator, device, step)
+                chi2[vname] = float(chi2_obs.nanmean())
+                keep = torch.ones(x.shape[0], dtype=torch.bool)
+                if config.reject_chi2 > 0 and plan.phase == "diffusion":
+                    # A sample that does not explain its observation is a sampler failure;
+                    # training on it would teach the prior the failure.
+                    keep = ~(chi2_obs > config.reject_chi2)
+                rejected[vname] = float(1 - keep.float().mean())
                 for k, s in enumerate(view.sources):
                     if s in samples:
-                        samples[s].append(x[:, k])
+                        samples[s].append(x[keep, k])
             data = {s: torch.cat(v) for s, v in samples.items()}
             loss: dict[str, float] = {}
             for s in stage.learn:
@@ -366,6 +376,7 @@ def run_em(
                 "learning": list(stage.learn),
                 "loss": loss,
                 "chi2": chi2,
+                "rejected": rejected,
                 "estep_samples": {s: int(v.shape[0]) for s, v in data.items()},
                 "seconds": time.perf_counter() - t0,
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -382,6 +393,20 @@ def run_em(
             bar.log(f"lap {plan.lap}/{len(laps)} {plan.phase} {','.join(stage.learn)}: loss {loss} chi2 {chi2}")
 
     return _finish(state, stages, config, store)
+
+
+def _initial_variance(views: Sequence[View], source: str, config: EMConfig) -> float:
+    """The starting isotropic variance of ``source`` (see ``EMConfig.initial_variance``)."""
+    if config.initial_variance != "auto":
+        return float(config.initial_variance)
+    estimates, scale = [], 0.0
+    for v in views:
+        valid = v.valid if v.valid is not None else torch.ones_like(v.y, dtype=torch.bool)
+        power = float((v.y[valid] ** 2).mean())
+        scale = max(scale, power)
+        if source in v.sources:
+            estimates.append((power - float(v.noise_var[valid].mean())) / len(v.sources))
+    return max(min(estimates), 1e-4 * scale)
 
 
 def _final_prior(state: _State, source: str) -> nn.Module:

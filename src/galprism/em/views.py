@@ -103,9 +103,21 @@ class View:
         ``mean((y - A x)^2 / noise_var)`` over the observed pixels: about 1 when the
         samples explain the data down to the noise.
         """
+        r2, valid = self._residual2(x, index)
+        if valid is not None:
+            return float(r2[valid].mean()) if valid.any() else float("nan")
+        return float(r2.mean())
+
+    def chi2_per_observation(self, x: Tensor, index: Tensor) -> Tensor:
+        """Reduced chi^2 of each sample ``(n,)`` (NaN for an observation with no valid pixel)."""
+        r2, valid = self._residual2(x, index)
+        r2 = r2.reshape(r2.shape[0], -1)
+        if valid is None:
+            return r2.mean(1)
+        valid = valid.reshape(valid.shape[0], -1)
+        return (r2 * valid).sum(1) / valid.sum(1)
+
+    def _residual2(self, x: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
         op = self.operator.take(index) if self.operator.batch_size is not None else self.operator
         r2 = (self.y[index] - op.apply(x.to(self.y.dtype))) ** 2 / self.noise_var[index]
-        if self.valid is not None:
-            v = self.valid[index]
-            return float(r2[v].mean()) if v.any() else float("nan")
-        return float(r2.mean())
+        return r2, None if self.valid is None else self.valid[index]
