@@ -11,7 +11,7 @@ from astropy.wcs import WCS
 from fits_factory import FakePrior, gaussian_psf, make_cutout
 
 from galprism.io.inputs import in_shard
-from galprism.separate import RunWarnings, SeparateConfig, run_separate
+from galprism.separate import DEFAULTS, RunWarnings, SeparateConfig, run_separate
 
 TOL_DEG = 1e-9
 
@@ -41,7 +41,7 @@ def test_output_layout_provenance_and_wcs(tmp_path):
         p0 = h[0].header
         assert h[0].data is None
         assert p0["PRIOR"] == "fake" and p0["PRIORSHA"] == prior.sha256 and p0["NSAMPLE"] == 3
-        assert p0["NSTEPS"] == 64 and p0["NCGITER"] == 1 and p0["DEVICE"] == "cpu" and p0["METHOD"] == "diffusion"
+        assert p0["NSTEPS"] == DEFAULTS["steps"] and p0["NCGITER"] == DEFAULTS["cg_iterations"] and p0["DEVICE"] == "cpu" and p0["METHOD"] == "diffusion"
         assert p0["SEED"] == recs[0].seed and p0["INFILE"] == str(p)
         import hashlib
 

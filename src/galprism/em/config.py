@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..diffusion.loss import TIME_SAMPLINGS
 from ..errors import ConfigError
 
 __all__ = ["EMConfig"]
@@ -24,7 +25,9 @@ class EMConfig:
         ``"stagewise"`` (contrastive: views with fewer sources first; their sources are
         frozen before later ones are learned) or ``"joint"`` (all sources together).
     gaussian_laps, diffusion_laps
-        Laps of the PPCA warm start and of diffusion EM, per stage.
+        Laps of the PPCA warm start and of diffusion EM, per stage: one number for every
+        stage, or a list with one entry per stage (later stages of a contrastive problem
+        learn from more crowded views and need more laps).
     gaussian_rank
         Rank of the PPCA covariance.
     estep_observations
@@ -33,11 +36,16 @@ class EMConfig:
         Observations per sampler call.
     sampler, steps, corrections, tau, cg_iterations, trust
         E-step posterior sampler settings (``trust``: see :mod:`galprism.posterior`).
-    reject_chi2
-        Diffusion laps: E-step samples whose posterior-predictive reduced chi^2 exceeds
-        this are left out of the M-step (0 = keep all); the rejected fraction is recorded.
+    reject_chi2, redraws
+        E-step samples whose posterior-predictive reduced chi^2 exceeds ``reject_chi2``
+        are drawn again (fresh noise) up to ``redraws`` times, and those still failing are
+        left out of the M-step (``reject_chi2 = 0``: keep every sample). The redrawn and
+        rejected fractions go to the history.
     train_steps, train_batch, lr, ema_decay
         M-step: steps per lap, batch size, learning rate, EMA decay.
+    lr_schedule
+        ``"constant"`` or ``"cosine"`` (decay to 0 within each lap; see
+        :class:`~galprism.diffusion.Trainer`).
     time_sampling
         Training noise-level distribution (``"uniform"`` in ``log sigma``, ``"beta33"``
         as the reference, or ``"mixed"``; see :func:`~galprism.diffusion.denoising_loss`).
@@ -64,8 +72,8 @@ class EMConfig:
     sources: list[str]
     shape: list[int]
     arrangement: str = "stagewise"
-    gaussian_laps: int = 4
-    diffusion_laps: int = 4
+    gaussian_laps: int | list[int] = 4
+    diffusion_laps: int | list[int] = 4
     gaussian_rank: int = 8
     estep_observations: int = 0
     estep_batch: int = 1024
@@ -76,11 +84,13 @@ class EMConfig:
     cg_iterations: int = 1
     trust: float = 4.0
     reject_chi2: float = 0.0
+    redraws: int = 0
     train_steps: int = 1000
     train_batch: int = 256
     lr: float = 1e-3
     ema_decay: float = 0.999
     time_sampling: str = "uniform"
+    lr_schedule: str = "constant"
     backbone: str = "mlp"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     sigma_min: float = 1e-3
@@ -102,14 +112,42 @@ class EMConfig:
             raise ConfigError(f"EM: source names must be non-empty and unique, got {self.sources}")
         if self.arrangement not in ("stagewise", "joint"):
             raise ConfigError(f"EM: arrangement must be 'stagewise' or 'joint', got {self.arrangement!r}")
-        for name in ("gaussian_laps", "diffusion_laps", "estep_observations", "keep_checkpoints", "grid_samples"):
+        for name in ("gaussian_laps", "diffusion_laps"):
+            value = getattr(self, name)
+            counts = value if isinstance(value, list | tuple) else [value]
+            if not counts or any(int(c) != c or c < 0 for c in counts):
+                raise ConfigError(f"EM: {name} must be a count >= 0 or a non-empty list of them, got {value!r}")
+            setattr(self, name, [int(c) for c in value] if isinstance(value, list | tuple) else int(value))
+        for name in ("estep_observations", "keep_checkpoints", "grid_samples", "redraws"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"EM: {name} must be >= 0")
+        if self.reject_chi2 < 0 or self.trust < 0:
+            raise ConfigError("EM: reject_chi2 and trust must be >= 0")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ConfigError(f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {self.time_sampling!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"EM: lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         for name in ("estep_batch", "steps", "train_batch", "gaussian_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EM: {name} must be >= 1")
-        if self.gaussian_laps + self.diffusion_laps == 0:
+        total = sum(sum(v) if isinstance(v, list) else v for v in (self.gaussian_laps, self.diffusion_laps))
+        if total == 0:
             raise ConfigError("EM: needs at least one lap")
+
+    def laps_of(self, phase: str, stage: int, n_stages: int) -> int:
+        """Number of ``phase`` laps of stage ``stage`` (of ``n_stages``).
+
+        Raises
+        ------
+        ConfigError
+            If a per-stage list does not have ``n_stages`` entries.
+        """
+        value = self.gaussian_laps if phase == "gaussian" else self.diffusion_laps
+        if isinstance(value, int):
+            return value
+        if len(value) != n_stages:
+            raise ConfigError(f"EM: {phase}_laps lists {len(value)} stage(s) but the views make {n_stages}")
+        return value[stage]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
