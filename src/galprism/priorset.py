@@ -134,11 +134,16 @@ class PriorSet:
         generators: Sequence[torch.Generator] | torch.Generator | None = None,
         device: str | torch.device = "cpu",
         callback=None,
+        trust: float = 0.0,
     ) -> Tensor:
         """Joint posterior samples ``(B, n_samples, K, *shape)`` in the prior's flux units.
 
         ``y`` and ``noise_var`` are ``(B, *obs_shape)`` at the prior's zero point;
         ``operator`` maps the K sources on the prior's grid to the observations.
+        ``trust`` caps the MMPS corrections of diffusion priors
+        (:mod:`galprism.posterior`; 0 = no cap, the default here: EM needs the cap
+        against rare exploding E-step samples, but on cutouts brighter than the
+        training data it keeps the posterior from fitting them).
         """
         scale = self.flux_scale
         dtype = torch.float32 if y.dtype != torch.float64 else torch.float64
@@ -153,6 +158,7 @@ class PriorSet:
             cg_iterations=cg_iterations,
             generators=generators,
             callback=callback,
+            trust=trust,
         )
         return x * scale
 

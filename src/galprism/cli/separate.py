@@ -111,6 +111,7 @@ class _Output:
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
 @click.option("--cg-iterations", type=int, default=DEFAULTS["cg_iterations"], show_default=True, help="Conjugate-gradient iterations per step.")
 @click.option("--sampler", default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
+@click.option("--trust", type=float, default=DEFAULTS["trust"], show_default=True, help="Trust radius of diffusion-prior MMPS corrections (0 = off).")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Run seed; each cutout's derives from it and its file name.")
@@ -158,7 +159,7 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
     )
     config = SeparateConfig(
         n_samples=kw["n_samples"], steps=kw["steps"], cg_iterations=kw["cg_iterations"], sampler=kw["sampler"],
-        batch_size=kw["batch_size"], device=kw["device"], seed=kw["seed"],
+        trust=kw["trust"], batch_size=kw["batch_size"], device=kw["device"], seed=kw["seed"],
         center=_pair(kw["center"], "--center"), center_radec=_pair(kw["center_radec"], "--center-radec"),
         read=read, output_dir=output_dir, output=output, overwrite=kw["overwrite"],
         skip_existing=kw["skip_existing"], shard=shard, command_line=command_line(ctx),

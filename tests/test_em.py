@@ -1,0 +1,256 @@
+"""EM (METHOD.md section 5): it learns, it resumes exactly, and bad input fails in one line.
+
+Everything runs on the paper's 1-D manifold problem (sources in R^5, observations in R^3)
+at toy sizes so that the whole file takes well under a minute on one core.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import torch
+
+from galprism.datasets.manifold import contrastive_problem
+from galprism.em import EMConfig, RunStore, View, run_em
+from galprism.errors import ConfigError, GalprismError, ShapeError
+from galprism.metrics import wasserstein_divergence
+from galprism.operators import MatrixOperator, SourceSum
+from galprism.posterior import sample_prior
+
+
+def _views(problem) -> list[View]:
+    return [View.from_source_sum(v.name, problem.source_names, v.y, v.noise_var, v.operator) for v in problem.views]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 2-source contrastive problem with 64 observations per view."""
+    return contrastive_problem(2, 64, seed=3)
+
+
+def _tiny_config(**kw) -> EMConfig:
+    base = dict(sources=["source1", "source2"], shape=[5], gaussian_laps=1, diffusion_laps=1, gaussian_rank=3,
+                estep_batch=64, sampler="pc", steps=4, cg_iterations=3, train_steps=20, train_batch=32,
+                backbone_kwargs={"hidden": 16, "blocks": 1, "emb_features": 8}, initial_variance="auto",
+                grid_samples=0, seed=5)
+    base.update(kw)
+    return EMConfig(**base)
+
+
+def _strip(history):
+    """History records without their wall-clock fields."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "time")} for h in history]
+
+
+def _same_priors(a, b) -> bool:
+    for pa, pb in zip(a.priors, b.priors, strict=True):
+        sa, sb = pa.state_dict(), pb.state_dict()
+        if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+            return False
+    return True
+
+
+# -- (a) EM learns -------------------------------------------------------------------------
+
+
+def test_em_beats_its_gaussian_warm_start_on_the_manifold_problem(tmp_path):
+    """On 2 sources, the diffusion priors learned by EM must be closer to the true source
+    distributions (debiased exact W2^2 against fresh truth) than the Gaussian warm start
+    fitted on the same data, and their E-step posterior samples must explain the data
+    (chi^2 near 1). Measured when written: W2^2 0.70 vs 2.66 (source 1) and 2.62 vs 4.31
+    (source 2, learned from the mixed view with source 1 frozen). If this fails, the diffusion laps do not learn (M-step not trained on
+    the posterior samples, frozen sources not used, wrong prior in the E-step) or the
+    E-step is broken (chi^2 >> 1)."""
+    problem = contrastive_problem(2, 2048, seed=1)
+    config = EMConfig(
+        sources=problem.source_names, shape=[5], gaussian_laps=3, diffusion_laps=2, gaussian_rank=5,
+        estep_observations=1024, estep_batch=1024, sampler="pc", steps=16, cg_iterations=3, train_steps=400,
+        train_batch=256, ema_decay=0.99, backbone_kwargs={"hidden": 64, "blocks": 2, "emb_features": 32},
+        initial_variance="auto", grid_samples=0, seed=0,
+    )
+    result = run_em(_views(problem), config, tmp_path / "run", progress=False)
+    last = [h for h in result.history if h["phase"] == "diffusion"][-1]
+    for view, chi2 in last["chi2"].items():
+        assert chi2 < 3.0, f"{view}: E-step samples of the last lap do not explain the data (chi^2 {chi2:.2f})"
+    gen = torch.Generator().manual_seed(0)
+    n = 1024
+    learned = sample_prior(list(result.priors.priors), n, generators=gen)
+    gauss = sample_prior(list(result.gaussian_priors.priors), n, generators=gen)
+    for b, name in enumerate(problem.source_names):
+        truth = problem.sample_source(b, n, seed=9)
+        w_learned = wasserstein_divergence(learned[:, b], truth)
+        w_gauss = wasserstein_divergence(gauss[:, b], truth)
+        assert w_learned < 0.75 * w_gauss, (
+            f"{name}: learned prior W2^2 {w_learned:.3f} not clearly below the Gaussian warm start's {w_gauss:.3f}"
+        )
+
+
+# -- (b) resume ------------------------------------------------------------------------------
+
+
+def test_resume_after_stop_between_laps_gives_the_uninterrupted_result(tiny, tmp_path):
+    """A run stopped after lap 2 of 4 (``stop_after``, as a kill would) and started again with
+    the same call must end with exactly the priors and history of an uninterrupted run. If
+    it fails, the checkpoint misses part of the state (random stream, optimiser, EMA,
+    frozen sources) or resume replays/skips a lap."""
+    views = _views(tiny)
+    full = run_em(views, _tiny_config(), tmp_path / "full", progress=False)
+    assert [h["lap"] for h in full.history] == [1, 2, 3, 4]
+
+    assert run_em(views, _tiny_config(), tmp_path / "cut", progress=False, stop_after=2) is None
+    assert RunStore(tmp_path / "cut").last_lap() == 2
+    assert len(RunStore(tmp_path / "cut").history()) == 2
+    resumed = run_em(views, _tiny_config(), tmp_path / "cut", progress=False)
+    assert _strip(resumed.history) == _strip(full.history), "resumed history differs from the uninterrupted run"
+    assert _same_priors(resumed.priors, full.priors), "resumed priors differ from the uninterrupted run"
+
+
+def test_kill_in_the_middle_of_a_lap_loses_no_completed_lap(tiny, tmp_path, monkeypatch):
+    """A kill while lap 3's checkpoint is being written (half a file on disk) must leave laps
+    1-2 intact, no partial file under a final name, and a restart must reproduce the
+    uninterrupted run. If it fails, checkpoints are not written atomically or resume
+    trusts a half-written lap."""
+    views = _views(tiny)
+    full = run_em(views, _tiny_config(), tmp_path / "full", progress=False)
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with open(f, "wb") as fh:
+                fh.write(b"PK\x03\x04 half a checkpoint")
+            raise KeyboardInterrupt  # the kill
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_em(views, _tiny_config(), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(torch, "save", real_save)
+    store = RunStore(tmp_path / "cut")
+    assert store.last_lap() == 2
+    assert sorted(p.name for p in store.checkpoints.iterdir()) == ["lap-0001.pt", "lap-0002.pt"], (
+        "a partial checkpoint was left behind"
+    )
+    assert [h["lap"] for h in store.history()] == [1, 2]
+    store.load_checkpoint(2)
+    resumed = run_em(views, _tiny_config(), tmp_path / "cut", progress=False)
+    assert _strip(resumed.history) == _strip(full.history)
+    assert _same_priors(resumed.priors, full.priors)
+
+
+def test_a_mid_lap_interrupt_before_the_checkpoint_also_resumes(tiny, tmp_path):
+    """An interrupt during lap 3's work (here raised by the lap hook, before its checkpoint)
+    must leave exactly laps 1-2 and resume to the uninterrupted result."""
+    views = _views(tiny)
+
+    def hook(record, priors, samples):
+        return {}
+
+    full = run_em(views, _tiny_config(), tmp_path / "full", progress=False, hook=hook)
+
+    def interrupting(record, priors, samples):
+        if record["lap"] == 3:
+            raise KeyboardInterrupt
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_em(views, _tiny_config(), tmp_path / "cut", progress=False, hook=interrupting)
+    assert [h["lap"] for h in RunStore(tmp_path / "cut").history()] == [1, 2]
+    resumed = run_em(views, _tiny_config(), tmp_path / "cut", progress=False, hook=hook)
+    assert _strip(resumed.history) == _strip(full.history)
+    assert _same_priors(resumed.priors, full.priors)
+
+
+# -- (c) bad input ---------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert msg and "\n" not in msg, f"error message is not one line: {msg!r}"
+    return msg
+
+
+def test_view_naming_an_unknown_source_is_refused(tiny, tmp_path):
+    """A view that names a source the config does not have must be a one-line ConfigError
+    naming that source, before anything is written."""
+    v = tiny.views[0]
+    view = View("view1", ["source9"], v.y, v.noise_var, SourceSum([v.operator.ops[0]]))
+    with pytest.raises(ConfigError) as info:
+        run_em([view], _tiny_config(), tmp_path / "run", progress=False)
+    assert "source9" in _one_line(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_observations_that_do_not_match_their_operator_are_refused(tiny):
+    """Observations of shape (N, 4) with an operator producing (3,) must be a one-line
+    ShapeError naming both shapes."""
+    v = tiny.views[0]
+    with pytest.raises(ShapeError) as info:
+        View("view1", ["source1"], torch.zeros(64, 4), torch.ones(64, 4), SourceSum([v.operator.ops[0]]))
+    msg = _one_line(info.value)
+    assert "(4,)" in msg and "(3,)" in msg
+    # also: as many matrices as observations
+    op = SourceSum([MatrixOperator(torch.randn(10, 3, 5))])
+    with pytest.raises(ShapeError, match="10"):
+        View("view1", ["source1"], v.y, v.noise_var, op)
+
+
+def test_empty_views_are_refused(tiny):
+    """A view without sources, or without observations, must be a one-line ConfigError."""
+    v = tiny.views[0]
+    with pytest.raises(ConfigError, match="contains no source") as info:
+        View("empty", [], v.y, v.noise_var, SourceSum([v.operator.ops[0]]))
+    _one_line(info.value)
+    with pytest.raises(ConfigError, match="no observations") as info:
+        View("empty", ["source1"], v.y[:0], v.noise_var[:0], SourceSum([MatrixOperator(torch.zeros(0, 3, 5))]))
+    _one_line(info.value)
+
+
+def test_resuming_a_folder_of_another_configuration_names_the_setting(tiny, tmp_path):
+    """Resuming a run folder written with ``steps=4`` using ``steps=8`` must refuse with a
+    one-line ConfigError that names ``steps`` and both values; the stored checkpoint stays
+    loadable and untouched."""
+    views = _views(tiny)
+    run_em(views, _tiny_config(), tmp_path / "run", progress=False, stop_after=1)
+    ckpt = RunStore(tmp_path / "run").checkpoint_path(1)
+    before = ckpt.read_bytes()
+    with pytest.raises(ConfigError) as info:
+        run_em(views, _tiny_config(steps=8), tmp_path / "run", progress=False)
+    msg = _one_line(info.value)
+    assert "steps" in msg and "4" in msg and "8" in msg
+    assert ckpt.read_bytes() == before
+    RunStore(tmp_path / "run").load_checkpoint(1)
+
+
+def test_full_disk_while_writing_a_checkpoint(tiny, tmp_path, monkeypatch):
+    """ENOSPC while writing lap 2's checkpoint must be a one-line galprism error saying the
+    disk is full, leave lap 1's checkpoint loadable, no temporary file, no history line for
+    lap 2; and once space is back the same call finishes the run."""
+    views = _views(tiny)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def full_disk(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(GalprismError) as info:
+        run_em(views, _tiny_config(), tmp_path / "run", progress=False)
+    msg = _one_line(info.value)
+    assert "lap-0002.pt" in msg and os.strerror(errno.ENOSPC) in msg
+    monkeypatch.setattr(torch, "save", real_save)
+    store = RunStore(tmp_path / "run")
+    assert sorted(p.name for p in store.checkpoints.iterdir()) == ["lap-0001.pt"]
+    assert store.load_checkpoint(1)["lap"] == 1
+    assert [h["lap"] for h in store.history()] == [1]
+    result = run_em(views, _tiny_config(), tmp_path / "run", progress=False)
+    assert [h["lap"] for h in result.history] == [1, 2, 3, 4]
