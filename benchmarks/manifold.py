@@ -1,0 +1,224 @@
+"""EM on the paper's random 1-D manifold problem (METHOD.md section 6), with its metrics.
+
+Generates the contrastive problem (``--sources 2|3``: view k holds sources 1..k) or the
+mixed one (``--mixed F``: two views, each source at weight 1 in its own view and F in the
+other), learns one prior per source by EM (:func:`galprism.em.run_em`: Gaussian warm start,
+then diffusion laps; stage-wise for contrastive views, joint for mixed ones) and prints
+ONE JSON object:
+
+* ``posterior``: per source, the debiased Sinkhorn divergence between posterior samples
+  and the truth behind the same observations, and the mean per-sample PSNR
+  (``20 log10(4 / RMSE)``) of one posterior sample against the truth. Each source is
+  evaluated on the view where its weight is largest (ties: the most crowded view), i.e.
+  the view with every source for the contrastive problem, its own view for the mixed one.
+* ``prior``: per source, the Sinkhorn divergence between prior samples and fresh truth.
+* Sinkhorn values with the paper's settings (``reg=1e-3``, ``stopThr=1e-2``, 1,024
+  iterations) at ``eval_n`` samples (16,384 in the paper; that test passes after one
+  iteration there, see docs/metrics.md) and, as a converged companion, the debiased exact
+  transport cost (``wasserstein``, ``ot.emd2``) at ``min(eval_n, 2048)`` samples.
+* the same metrics for the Gaussian warm start (``gaussian``), EM laps, wall times,
+  device, the settings used and the per-lap history (chi^2 per view).
+
+Usage::
+
+    python benchmarks/manifold.py --sources 2 --budget quick --json
+    python benchmarks/manifold.py --sources 3 --budget full --json
+    python benchmarks/manifold.py --mixed 0.1 --budget quick --seed 1 --json
+    python benchmarks/manifold.py --sources 2 --set cg_iterations=1 --set steps=64 --json
+
+Run with ``OMP_NUM_THREADS=1``; the script also calls ``torch.set_num_threads(--threads)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+#: EM settings per budget (EMConfig fields) and evaluation settings.
+BUDGETS: dict[str, dict[str, Any]] = {
+    # At most 5 minutes on one core (2 sources): E-steps on a 4,096-observation subset.
+    "quick": dict(
+        n_obs=65536, eval_n=2048, eval_steps=32,
+        em=dict(gaussian_laps=4, diffusion_laps=3, gaussian_rank=5, estep_observations=4096, estep_batch=4096,
+                sampler="pc", steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=600,
+                train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
+                backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=0.0, redraws=0),
+    ),
+    # What we believe can reach the paper's figures within 60 min (2 sources) / 120 min.
+    "full": dict(
+        n_obs=65536, eval_n=16384, eval_steps=64,
+        em=dict(gaussian_laps=4, diffusion_laps=8, gaussian_rank=5, estep_observations=16384, estep_batch=4096,
+                sampler="pc", steps=32, corrections=1, cg_iterations=3, trust=4.0, train_steps=3000,
+                train_batch=512, lr=1e-3, ema_decay=0.995, lr_schedule="cosine", time_sampling="uniform",
+                backbone_kwargs={"hidden": 256, "blocks": 3}, reject_chi2=20.0, redraws=1),
+    ),
+}
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def build_problem(args: argparse.Namespace, n_obs: int):
+    from galprism.datasets.manifold import contrastive_problem, mixed_problem
+
+    if args.mixed is not None:
+        return mixed_problem(args.mixed, 2, n_obs, seed=args.seed)
+    return contrastive_problem(args.sources, n_obs, seed=args.seed)
+
+
+def eval_view(problem, b: int) -> int:
+    """Index of the view source ``b`` is evaluated on (largest weight, then most crowded)."""
+    ws = [v.weights[b] for v in problem.views]
+    best = max(ws)
+    return max(i for i, w in enumerate(ws) if w == best)
+
+
+def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Posterior and prior metrics of ``priors`` (one per source)."""
+    from galprism.diffusion import SamplerConfig
+    from galprism.metrics import mean_psnr, sinkhorn_divergence_details, wasserstein_divergence
+    from galprism.posterior import sample_posterior, sample_prior
+
+    em = settings["em"]
+    n = settings["eval_n"]
+    sampler = SamplerConfig(em["sampler"], settings["eval_steps"], corrections=em["corrections"], tau=0.1)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    names = problem.source_names
+    out: dict[str, Any] = {"posterior": {}, "prior": {}}
+    cache: dict[int, torch.Tensor] = {}
+    t0 = time.perf_counter()
+    for b, name in enumerate(names):
+        v = eval_view(problem, b)
+        mv, view = problem.views[v], views[v]
+        idx = torch.arange(min(n, mv.n_obs))
+        if v not in cache:
+            xs = []
+            for start in range(0, idx.numel(), 4096):
+                i = idx[start : start + 4096]
+                op = view.operator.take(i)
+                xs.append(sample_posterior([priors[names.index(s)] for s in view.sources], op, view.y[i],
+                                           view.noise_var[i], config=sampler, cg_iterations=em["cg_iterations"],
+                                           generators=gen, trust=em["trust"])[:, 0])
+            cache[v] = torch.cat(xs)
+        x = cache[v][:, view.sources.index(name)]
+        truth = mv.x[idx, b]
+        chi2 = view.chi2_per_observation(cache[v], idx)
+        sk = sinkhorn_divergence_details(x, truth, n_samples=n)
+        out["posterior"][name] = {
+            "view": mv.name,
+            "sinkhorn": sk.divergence,
+            "sinkhorn_iterations": list(sk.iterations),
+            "wasserstein": wasserstein_divergence(x, truth, n_samples=min(n, 2048)),
+            "psnr": mean_psnr(truth, x, 4.0),
+            "chi2_median": float(chi2.median()),
+            "chi2_over_20": float((chi2 > 20).float().mean()),
+        }
+    t1 = time.perf_counter()
+    xp = sample_prior(priors, n, config=sampler, generators=gen)
+    for b, name in enumerate(names):
+        truth = problem.sample_source(b, n, seed=seed + 1)
+        sk = sinkhorn_divergence_details(xp[:, b], truth, n_samples=n)
+        out["prior"][name] = {
+            "sinkhorn": sk.divergence,
+            "sinkhorn_iterations": list(sk.iterations),
+            "wasserstein": wasserstein_divergence(xp[:, b], truth, n_samples=min(n, 2048)),
+        }
+    out["seconds"] = {"posterior": t1 - t0, "prior": time.perf_counter() - t1}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", type=int, default=2, choices=(2, 3))
+    parser.add_argument("--mixed", type=float, default=None, metavar="F", help="mixed variant with f_mix = F (2 sources)")
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the problem and of the EM run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an EMConfig field (JSON value) or n_obs/eval_n/eval_steps")
+    parser.add_argument("--arrangement", choices=("stagewise", "joint"), default=None,
+                        help="default: stagewise for contrastive views, joint for mixed ones")
+    parser.add_argument("--no-eval-gaussian", action="store_true", help="skip the metrics of the Gaussian warm start")
+    parser.add_argument("--run-dir", default=None, help="keep the EM run folder here (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (otherwise a summary)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from galprism.em import EMConfig, View, run_em
+
+    settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BUDGETS[args.budget].items()}
+    settings["em"] = dict(settings["em"])
+    for key, value in _parse_set(args.set).items():
+        if key in ("n_obs", "eval_n", "eval_steps"):
+            settings[key] = value
+        else:
+            settings["em"][key] = value
+    t_start = time.perf_counter()
+    problem = build_problem(args, settings["n_obs"])
+    names = problem.source_names
+    views = [View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator) for v in problem.views]
+    arrangement = args.arrangement or ("joint" if args.mixed is not None else "stagewise")
+    config = EMConfig(sources=names, shape=[5], arrangement=arrangement, seed=args.seed, initial_variance="auto",
+                      grid_samples=0, **settings["em"])
+    run_dir = args.run_dir or tempfile.mkdtemp(prefix="galprism-manifold-")
+    t_em = time.perf_counter()
+    result = run_em(views, config, run_dir, device=args.device, progress=None if not args.json else False)
+    em_seconds = time.perf_counter() - t_em
+    final = [p.to(args.device) for p in result.priors.priors]
+    metrics = evaluate(problem, views, final, settings, args.seed)
+    gaussian = None
+    if not args.no_eval_gaussian:
+        gaussian = evaluate(problem, views, list(result.gaussian_priors.priors), settings, args.seed)
+    report = {
+        "benchmark": "manifold",
+        "problem": problem.config.to_dict(),
+        "budget": args.budget,
+        "arrangement": arrangement,
+        "settings": {**{k: v for k, v in settings.items() if k != "em"}, "em": config.to_dict()},
+        "em_laps": len(result.history),
+        "posterior": metrics["posterior"],
+        "prior": metrics["prior"],
+        "gaussian": None if gaussian is None else {"posterior": gaussian["posterior"], "prior": gaussian["prior"]},
+        "sinkhorn_settings": {"reg": 1e-3, "stop_thr": 1e-2, "max_iter": 1024, "n_samples": settings["eval_n"],
+                              "wasserstein_n": min(settings["eval_n"], 2048)},
+        "history": [{k: h[k] for k in ("lap", "stage", "phase", "learning", "loss", "chi2", "rejected", "seconds")}
+                    for h in result.history],
+        "wall_seconds": {"total": time.perf_counter() - t_start, "em": em_seconds,
+                         "eval": sum(metrics["seconds"].values())},
+        "device": {"torch": str(args.device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                   "cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "torch_version": torch.__version__},
+        "seed": args.seed,
+    }
+    if args.run_dir is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for kind in ("posterior", "prior"):
+            for s, m in report[kind].items():
+                extra = f" PSNR {m['psnr']:.2f} dB" if "psnr" in m else ""
+                print(f"{kind:9s} {s}: Sinkhorn {m['sinkhorn']:.3f} W2 {m['wasserstein']:.3f}{extra}")
+        print(f"laps {report['em_laps']}, wall {report['wall_seconds']['total']:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
