@@ -46,7 +46,7 @@ import torch
 
 #: EM settings per budget (EMConfig fields) and evaluation settings.
 BUDGETS: dict[str, dict[str, Any]] = {
-    # At most 5 minutes on one core (2 sources): E-steps on a 4,096-observation subset.
+    # At most 5 minutes on one core (measured 96-291 s, docs/em.md): E-steps on 4,096-observation subsets.
     "quick": dict(
         n_obs=65536, eval_n=2048, eval_steps=32,
         em=dict(gaussian_laps=4, diffusion_laps=4, gaussian_rank=5, estep_observations=4096, estep_batch=4096,
@@ -56,14 +56,16 @@ BUDGETS: dict[str, dict[str, Any]] = {
         # The mixed problem has one joint stage: more laps fit in the same time.
         mixed_em=dict(diffusion_laps=10),
     ),
-    # What we believe can reach the paper's figures within 60 min (2 sources) / 120 min.
+    # Not run: a guess from the measured trade-offs (docs/em.md: laps matter, sampler
+    # steps beyond 16 and training steps beyond ~1,000 per lap did not), meant to fit in
+    # 60 min (2 sources) / 120 min on one core.
     "full": dict(
-        n_obs=65536, eval_n=16384, eval_steps=64,
-        em=dict(gaussian_laps=4, diffusion_laps=8, gaussian_rank=5, estep_observations=16384, estep_batch=4096,
-                sampler="pc", steps=32, corrections=1, cg_iterations=3, trust=4.0, train_steps=3000,
-                train_batch=512, lr=1e-3, ema_decay=0.995, lr_schedule="cosine", time_sampling="uniform",
+        n_obs=65536, eval_n=16384, eval_steps=32,
+        em=dict(gaussian_laps=4, diffusion_laps=32, gaussian_rank=5, estep_observations=16384, estep_batch=4096,
+                sampler="pc", steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=1500,
+                train_batch=512, lr=1e-3, ema_decay=0.995, lr_schedule="constant", time_sampling="uniform",
                 backbone_kwargs={"hidden": 256, "blocks": 3}, reject_chi2=20.0, redraws=1),
-        mixed_em=dict(diffusion_laps=24),
+        mixed_em=dict(diffusion_laps=48),
     ),
 }
 
