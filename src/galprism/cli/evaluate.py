@@ -18,24 +18,9 @@ class _Progress:
         self.enabled = enabled and sys.stderr.isatty()
         self.bar = None
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+            from ._progress import stderr_bar
 
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.bar.start()
+            self.bar = stderr_bar()
 
     def __call__(self, label: str, total: int):
         if self.bar is None:

@@ -66,21 +66,10 @@ class _Output:
         self.quiet = quiet
         self.progress = None
         if not quiet and sys.stderr.isatty() and total > 1:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+            from ._progress import stderr_bar
 
-            self.progress = Progress(
-                TextColumn("separate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
-            )
+            self.progress = stderr_bar()
             self.task = self.progress.add_task("separate", total=total)
-            self.progress.start()
 
     def message(self, text: str) -> None:
         if self.progress is not None:

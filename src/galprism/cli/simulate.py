@@ -18,25 +18,10 @@ class _Progress:
         self.bar = None
         self.task = None
         if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+            from ._progress import stderr_bar
 
-            self.bar = Progress(
-                TextColumn("simulate"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
+            self.bar = stderr_bar()
             self.task = self.bar.add_task("simulate", total=total)
-            self.bar.start()
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is not None:
