@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from ._threads import set_threads, threads_option
+
 __all__ = ["evaluate"]
 
 
@@ -124,6 +126,7 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
 )
 @click.option("--scarlet2-limit", type=click.IntRange(min=1), default=None, help="Run scarlet2 on the first N cutouts only.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report (and simulated test set).")
+@threads_option(default_one=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")
 def evaluate(**opts) -> None:
@@ -135,6 +138,7 @@ def evaluate(**opts) -> None:
 
     from ..evaluate.pipeline import EvaluateConfig, run_evaluation
 
+    set_threads(opts.pop("threads"), default_one=False)
     as_json = opts.pop("as_json")
     quiet = opts.pop("quiet")
     cfg = EvaluateConfig(**opts)

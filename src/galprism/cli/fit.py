@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ._threads import set_threads, threads_option
 
 __all__ = ["fit"]
 
@@ -49,6 +50,7 @@ def _view_option(spec: str) -> dict[str, Any]:
 @click.option("--rank-unseen", type=int, default=8, show_default=True, help="asvd: rank of the unseen source's basis.")
 @click.option("--tau", default="auto", show_default=True, help="asvd: adversarial weight in [0, 1] or 'auto'.")
 @click.option("--overwrite", is_flag=True, help="asvd: replace an existing prior folder.")
+@threads_option(default_one=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def fit(config: Path | None, run_dir: Path | None, method: str | None, views: tuple[str, ...], **kw: Any) -> None:
@@ -60,6 +62,7 @@ def fit(config: Path | None, run_dir: Path | None, method: str | None, views: tu
     """
     from ..fitting import FitSpec, ViewSpec, fit_asvd_prior, fit_priors, load_fit_spec
 
+    set_threads(kw["threads"], default_one=False)
     overrides = {"name": kw["name"], "pixel_scale": kw["pixel_scale"], "arrangement": kw["arrangement"], "method": method}
     if config is not None:
         if views:

@@ -12,6 +12,7 @@ import click
 
 from ..errors import UsageError
 from ..separate import DEFAULTS
+from ._threads import set_threads, threads_option
 
 __all__ = ["separate", "load_prior"]
 
@@ -103,8 +104,7 @@ class _Output:
 @click.option("--trust", type=float, default=DEFAULTS["trust"], show_default=True, help="Trust radius of diffusion-prior MMPS corrections (0 = off).")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
-@click.option("--threads", type=int, default=None,
-              help="Torch CPU threads (default: 1, or torch's own when OMP_NUM_THREADS is set). Use --shard for more cores.")
+@threads_option(default_one=True)
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Run seed; each cutout's derives from it and its file name.")
 @click.option("--center", help="Crop centre X,Y in 0-based pixels (default: image centre).")
 @click.option("--center-radec", help="Crop centre RA,DEC in degrees, through the WCS.")
@@ -134,7 +134,7 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
     from ..io.read import ReadOptions
     from ..separate import RunWarnings, SeparateConfig, run_separate
 
-    _set_threads(kw["threads"])
+    set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
         shard = parse_shard(kw["shard"])
     else:
@@ -176,21 +176,3 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
         )
     if summary.exit_code:
         raise SystemExit(summary.exit_code)
-
-
-def _set_threads(threads: int | None) -> None:
-    """One torch CPU thread unless asked otherwise.
-
-    A cutout's networks are small (48x48 U-Nets), so a second thread gains little, and
-    on a shared machine OpenMP threads that spin-wait for a busy core are catastrophic:
-    the README command took 156 s with torch's default 2 threads and 7 s with one, on
-    our 2-core machine with three other jobs. Scale out with ``--shard`` instead.
-    """
-    import torch
-
-    if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
