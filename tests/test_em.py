@@ -7,6 +7,7 @@ at toy sizes so that the whole file takes well under a minute on one core.
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -210,6 +211,31 @@ def test_empty_views_are_refused(tiny):
     with pytest.raises(ConfigError, match="no observations") as info:
         View("empty", ["source1"], v.y[:0], v.noise_var[:0], SourceSum([MatrixOperator(torch.zeros(0, 3, 5))]))
     _one_line(info.value)
+
+
+def test_a_finished_run_trains_longer_when_its_last_stage_gets_more_laps(tiny, tmp_path):
+    """Resuming a finished run (1 + 1 laps per stage) with ``diffusion_laps=[1, 2]`` must run
+    only the one new lap and end exactly as a run planned with [1, 2] from the start; giving
+    the first, finished stage more laps instead must refuse in one line naming the last
+    completed lap, leaving the folder as it was. If the first part fails, extending a run
+    replays laps, loses state, or is refused; if the second fails, a run could silently mix
+    two plans."""
+    views = _views(tiny)
+    longer = run_em(views, _tiny_config(diffusion_laps=[1, 2]), tmp_path / "longer", progress=False)
+    short = run_em(views, _tiny_config(), tmp_path / "run", progress=False)
+    assert [h["lap"] for h in short.history] == [1, 2, 3, 4]
+    extended = run_em(views, _tiny_config(diffusion_laps=[1, 2]), tmp_path / "run", progress=False)
+    assert _strip(extended.history) == _strip(longer.history), "extended history differs from the longer run's"
+    assert _same_priors(extended.priors, longer.priors), "extended priors differ from the longer run's"
+    store = RunStore(tmp_path / "run")
+    assert store.last_lap() == 5 and json.loads(store.config_path.read_text())["diffusion_laps"] == [1, 2]
+
+    config_before = store.config_path.read_text()
+    with pytest.raises(ConfigError) as info:
+        run_em(views, _tiny_config(diffusion_laps=[2, 2]), tmp_path / "run", progress=False)
+    msg = _one_line(info.value)
+    assert "last completed lap (5)" in msg and "diffusion_laps" in msg, msg
+    assert store.config_path.read_text() == config_before and store.last_lap() == 5
 
 
 def test_resuming_a_folder_of_another_configuration_names_the_setting(tiny, tmp_path):

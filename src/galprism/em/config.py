@@ -104,6 +104,9 @@ class EMConfig:
 
     #: settings that may differ when resuming (they do not change the result's meaning)
     RESUMABLE_CHANGES = ("metadata", "keep_checkpoints")
+    #: settings that may change on resume when the laps already done stay the same laps
+    #: (training a run longer); see :meth:`galprism.em.store.RunStore.init`
+    EXTENDABLE = ("gaussian_laps", "diffusion_laps")
 
     def __post_init__(self) -> None:
         self.sources = list(self.sources)

@@ -124,7 +124,7 @@ def run_em(
     laps = plan_laps(stages, config)
     by_name = {v.name: v for v in views}
     store = RunStore(run_dir)
-    done = store.init(config, resume=resume)
+    done = store.init(config, resume=resume, extends=lambda stored, n: plan_laps(stages, stored)[:n] == laps[:n])
     if done > len(laps):
         raise ConfigError(f"{run_dir}: holds {done} laps but this configuration plans {len(laps)}")
     state = EMState(config, device)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,20 @@ class RunStore:
         self.config_path = self.root / "config.json"
 
     # -- config -------------------------------------------------------------------------
-    def init(self, config: EMConfig, *, resume: bool = True) -> int:
+    def init(
+        self,
+        config: EMConfig,
+        *,
+        resume: bool = True,
+        extends: Callable[[EMConfig, int], bool] | None = None,
+    ) -> int:
         """Prepare the folder for ``config``; return the number of completed laps.
+
+        ``extends(stored, done)`` says whether ``config`` plans the same first ``done``
+        laps as the ``stored`` configuration. When it does, lap counts
+        (``EMConfig.EXTENDABLE``) may differ: the run continues under the new counts
+        (more laps for a stage that is not finished, or for the last stage) and
+        ``config.json`` is rewritten to them.
 
         Raises
         ------
@@ -61,8 +74,19 @@ class RunStore:
             except (json.JSONDecodeError, TypeError) as exc:
                 raise ConfigError(f"{self.config_path}: unreadable run configuration ({exc})") from exc
             diff = config.differences(stored)
+            a, b = config.to_dict(), stored.to_dict()
+            if diff and all(k in EMConfig.EXTENDABLE for k in diff):
+                done = self.last_lap()
+                if extends is None or not extends(stored, done):
+                    detail = "; ".join(f"{k}: run has {b[k]!r}, now {a[k]!r}" for k in diff)
+                    raise ConfigError(
+                        f"{self.root}: lap counts may change on resume only after the last completed lap "
+                        f"({done}) ({detail})"
+                    )
+                if resume:
+                    self._write_json(self.config_path, config.to_dict())
+                diff = []
             if diff:
-                a, b = config.to_dict(), stored.to_dict()
                 detail = "; ".join(f"{k}: run has {b[k]!r}, now {a[k]!r}" for k in diff[:4])
                 raise ConfigError(f"{self.root}: was written by another configuration ({detail})")
             if not resume and self.last_lap() > 0:
