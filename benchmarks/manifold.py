@@ -57,16 +57,18 @@ BUDGETS: dict[str, dict[str, Any]] = {
         # The mixed problem has one joint stage: more laps fit in the same time.
         mixed_em=dict(diffusion_laps=10),
     ),
-    # Not run: a guess from the measured trade-offs (docs/em.md: laps matter, sampler
-    # steps beyond 16 and training steps beyond ~1,000 per lap did not), meant to fit in
-    # 60 min (2 sources) / 120 min on one core.
+    # From the measured sharpening (docs/em.md section 3): with 16 sampler steps in the
+    # E-step a prior stops improving after ~5 diffusion laps (source 1 W2 ~0.15, also over
+    # 32 laps of 16,384 observations and a 256x3 network); with 64 steps it keeps improving
+    # (0.07 after 8 laps) and the E-step chi^2 stays ~1. So: 64 steps, more laps, quick-size
+    # E-steps and network.
     "full": dict(
-        n_obs=65536, eval_n=16384, eval_steps=32,
-        em=dict(gaussian_laps=4, diffusion_laps=32, gaussian_rank=5, estep_observations=16384, estep_batch=4096,
-                sampler="pc", steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=1500,
-                train_batch=512, lr=1e-3, ema_decay=0.995, lr_schedule="constant", time_sampling="uniform",
-                backbone_kwargs={"hidden": 256, "blocks": 3}, reject_chi2=20.0, redraws=1),
-        mixed_em=dict(diffusion_laps=48),
+        n_obs=65536, eval_n=16384, eval_steps=64,
+        em=dict(gaussian_laps=4, diffusion_laps=16, gaussian_rank=5, estep_observations=4096, estep_batch=4096,
+                sampler="pc", steps=64, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
+                train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
+                backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=20.0, redraws=1),
+        mixed_em=dict(diffusion_laps=24),
     ),
 }
 
@@ -153,6 +155,26 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
     return out
 
 
+def track_hook(problem, seed: int):
+    """EM lap hook: W2 (debiased exact, n = 2,048) of each learned prior against fresh truth,
+    prior samples drawn with 64 PC steps so that the sampler does not blur a sharp prior."""
+    from galprism.diffusion import SamplerConfig
+    from galprism.metrics import wasserstein_divergence
+    from galprism.posterior import sample_prior
+
+    names = problem.source_names
+
+    def hook(record, priors, data):
+        out = {}
+        for s, p in priors.items():
+            x = sample_prior([p], 2048, config=SamplerConfig("pc", 64, corrections=1, tau=0.1),
+                             generators=torch.Generator().manual_seed(1))[:, 0]
+            out[s] = round(wasserstein_divergence(x, problem.sample_source(names.index(s), 2048, seed=seed + 7)), 4)
+        return {"w2": out}
+
+    return hook
+
+
 def oracle_priors(problem, settings: dict[str, Any], steps: int, seed: int, device: str) -> list[torch.nn.Module]:
     """Priors trained on *true* source samples (no EM): the ceiling EM could reach with this
     network, sampler and evaluation. One fit of ``steps`` steps per source on ``n_obs`` fresh
@@ -180,7 +202,8 @@ def oracle_priors(problem, settings: dict[str, Any], steps: int, seed: int, devi
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sources", type=int, default=2, choices=(2, 3))
+    parser.add_argument("--sources", type=int, default=2, choices=(1, 2, 3),
+                        help="contrastive problem with this many sources (1: source 1 alone, for trade-off studies)")
     parser.add_argument("--mixed", type=float, default=None, metavar="F", help="mixed variant with f_mix = F (2 sources)")
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
     parser.add_argument("--seed", type=int, default=0, help="seed of the problem and of the EM run")
@@ -192,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None, help="keep the EM run folder here (default: a temporary one)")
     parser.add_argument("--oracle", type=int, default=None, metavar="STEPS",
                         help="no EM: train each prior for STEPS steps on true source samples and evaluate it")
+    parser.add_argument("--track", action="store_true",
+                        help="record each learned prior's W2 against fresh truth after every lap (history 'w2')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object (otherwise a summary)")
@@ -235,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="galprism-manifold-")
     t_em = time.perf_counter()
-    result = run_em(views, config, run_dir, device=args.device, progress=None if not args.json else False)
+    result = run_em(views, config, run_dir, device=args.device, progress=None if not args.json else False,
+                    hook=track_hook(problem, args.seed) if args.track else None)
     em_seconds = time.perf_counter() - t_em
     final = [p.to(args.device) for p in result.priors.priors]
     metrics = evaluate(problem, views, final, settings, args.seed)
@@ -255,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         "gaussian": None if gaussian is None else {"posterior": gaussian["posterior"], "prior": gaussian["prior"]},
         "sinkhorn_settings": {"reg": 1e-3, "stop_thr": 1e-2, "max_iter": 1024, "n_samples": settings["eval_n"],
                               "wasserstein_n": min(settings["eval_n"], 2048)},
-        "history": [{k: h[k] for k in ("lap", "stage", "phase", "learning", "loss", "chi2", "rejected", "seconds")}
+        "history": [{k: h[k] for k in ("lap", "stage", "phase", "learning", "loss", "chi2", "rejected", "seconds", "w2")
+                     if k in h}
                     for h in result.history],
         "wall_seconds": {"total": time.perf_counter() - t_start, "em": em_seconds,
                          "eval": sum(metrics["seconds"].values())},
