@@ -46,7 +46,7 @@ def digit_scores(priors, view, n_samples: int, sampler, cg: int, seed: int, batc
     xs = []
     for start in range(0, len(view), batch):
         sl = slice(start, start + batch)
-        xs.append(sample_posterior(list(priors), v.operator, v.y[sl], v.noise_var, n_samples=n_samples, config=sampler,
+        xs.append(sample_posterior(list(priors), v.operator, v.y[sl], v.noise_var[sl], n_samples=n_samples, config=sampler,
                                    cg_iterations=cg, generators=gen)[:, :, 1])
     digit = torch.cat(xs).double().numpy().reshape(len(view), n_samples, -1)
     truth = view.x[:, 1].reshape(len(view), -1).double().numpy()
