@@ -13,11 +13,13 @@ Usage::
 
     python benchmarks/separate_throughput.py --json
     python benchmarks/separate_throughput.py --n-cutouts 1000 --n-samples 1 --steps 4 --json  # memory check
+    python benchmarks/separate_throughput.py --n-cutouts 1000 --n-samples 1 --steps 4 --trim --json  # leak or heap?
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import sys
@@ -100,6 +102,11 @@ def run_once(prior, paths: list[str], out: Path, device: str, args: argparse.Nam
             errors.append(rec.error)
         if done[0] in marks:
             memory[marks[done[0]]] = round(rss_mb(), 1)
+            if args.trim:
+                # glibc keeps freed heap pages mapped; after malloc_trim the RSS is what
+                # the process still holds, which separates a leak from heap retention.
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+                memory[marks[done[0]] + "_after_trim"] = round(rss_mb(), 1)
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -134,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--devices", default="auto", help="comma list, or 'auto' = cpu plus cuda when available")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--trim", action="store_true",
+                    help="also report the RSS after glibc's malloc_trim at each mark (Linux)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
