@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     val = grassy_view("mixed", args.n_eval, split="val", seed=args.seed + 1, **kw)
     test = grassy_view("mixed", args.n_eval, split="test", seed=args.seed + 2, **kw)
     names = ["grass", "digit"]
-    views = [View.from_source_sum(v.name, names, v.y, torch.full_like(v.y, v.noise_var), v.operator)
+    views = [View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator)
              for v in (train["grass"], train["mixed"])]
     config = EMConfig(
         sources=names, shape=[1, 28, 28], arrangement="stagewise", seed=args.seed,

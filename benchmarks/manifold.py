@@ -175,29 +175,34 @@ def track_hook(problem, seed: int):
     return hook
 
 
-def oracle_priors(problem, settings: dict[str, Any], steps: int, seed: int, device: str) -> list[torch.nn.Module]:
+def oracle_priors(problem, config, n_obs: int, steps: int, device: str) -> list[torch.nn.Module]:
     """Priors trained on *true* source samples (no EM): the ceiling EM could reach with this
     network, sampler and evaluation. One fit of ``steps`` steps per source on ``n_obs`` fresh
-    draws, the budget's network, batch and EMA, learning rate decayed along a half cosine."""
+    draws, with the EM ``config``'s network, schedule, batch and EMA and the learning rate
+    decayed along a half cosine."""
     from galprism.diffusion import DiffusionPrior, VESchedule
     from galprism.diffusion.training import Trainer
-    from galprism.em import EMConfig
 
-    em = settings["em"]
-    defaults = EMConfig(sources=["a"], shape=[5])
+    seed = config.seed
     gen = torch.Generator().manual_seed(20_000 + seed)
     priors = []
     for b in range(len(problem.source_names)):
-        x = problem.sample_source(b, settings["n_obs"], seed=seed + 2)
+        x = problem.sample_source(b, n_obs, seed=seed + 2)
         torch.manual_seed(seed + b)
-        kwargs = {"features": 5, **em["backbone_kwargs"]}
-        schedule = VESchedule(em.get("sigma_min", defaults.sigma_min), em.get("sigma_max", defaults.sigma_max))
+        kwargs = {"features": 5, **config.backbone_kwargs}
+        schedule = VESchedule(config.sigma_min, config.sigma_max)
         prior = DiffusionPrior([5], "mlp", kwargs, schedule, float(x.std())).to(device)
-        trainer = Trainer(prior, lr=em["lr"], ema_decay=em["ema_decay"], time_sampling=em["time_sampling"],
+        trainer = Trainer(prior, lr=config.lr, ema_decay=config.ema_decay, time_sampling=config.time_sampling,
                           lr_schedule="cosine")
-        trainer.fit(x.to(device), steps, em["train_batch"], generator=gen)
+        trainer.fit(x.to(device), steps, config.train_batch, generator=gen)
         priors.append(trainer.snapshot())
     return priors
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """Where a benchmark ran: torch device, threads, CPU, load."""
+    return {"torch": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "torch_version": torch.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                       grid_samples=0, **settings["em"])
     if args.oracle is not None:
         t_fit = time.perf_counter()
-        priors = oracle_priors(problem, settings, args.oracle, args.seed, args.device)
+        priors = oracle_priors(problem, config, settings["n_obs"], args.oracle, args.device)
         fit_seconds = time.perf_counter() - t_fit
         metrics = evaluate(problem, views, priors, settings, args.seed)
         report = {"benchmark": "manifold", "oracle": True, "oracle_steps": args.oracle,
@@ -253,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                   "posterior": metrics["posterior"], "prior": metrics["prior"],
                   "wall_seconds": {"total": time.perf_counter() - t_start, "fit": fit_seconds,
                                    "eval": sum(metrics["seconds"].values())},
-                  "device": {"torch": str(args.device), "threads": torch.get_num_threads(),
-                             "cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
+                  "device": device_info(args.device),
                   "seed": args.seed}
         print(json.dumps(report) if args.json else json.dumps(report, indent=1))
         return 0
@@ -286,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     for h in result.history],
         "wall_seconds": {"total": time.perf_counter() - t_start, "em": em_seconds,
                          "eval": sum(metrics["seconds"].values())},
-        "device": {"torch": str(args.device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                   "cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "torch_version": torch.__version__},
+        "device": device_info(args.device),
         "seed": args.seed,
     }
     if args.run_dir is None:

@@ -83,7 +83,7 @@ class RunStore:
                         f"{self.root}: lap counts may change on resume only after the last completed lap "
                         f"({done}) ({detail})"
                     )
-                if resume:
+                if resume or done == 0:
                     self._write_json(self.config_path, config.to_dict())
                 diff = []
             if diff:
