@@ -339,6 +339,47 @@ def test_hst_noise_cap_holds_for_every_source(sim_test):
     assert len(ratios) > 100 and max(ratios) <= cap + 1e-9, f"max ratio {max(ratios)} > {cap}"
 
 
+@needs_data
+def test_raised_central_noise_keeps_the_cap_and_records_the_noise(catalog, tmp_path):
+    """``central_noise="raise"``: bright centrals of every galaxy, each cutout's own noise.
+
+    Fails if the central's stamp noise exceeds the cap relative to the cutout's actual
+    noise, if the variance plane or NOISESIG misstates that noise, if the mode does not
+    open the central role to galaxies the fixed cap excludes (or brighter magnitudes), or
+    if neighbours and the sky residual stop sharing the base noise scale (the sky source
+    must have one distribution in both views).
+    """
+    base = SimulationConfig(view="galaxies", split="train", n=30, seed=4, mask_fraction=0.0)
+    fixed = Simulator(base, catalog)
+    raised = Simulator(replace(base, scene=replace(base.scene, central_noise="raise")), catalog)
+    sigma0 = raised.instrument.noise_sigma
+    cap = raised.config.scene.max_hst_noise_ratio
+    assert {p.ident for p in raised.centrals()} > {p.ident for p in fixed.centrals()}
+    mags_fixed, mags_raised, sigmas = [], [], []
+    for i in range(30):
+        c = raised.cutout(i)
+        central = c.sources[0]
+        assert central.role == "central"
+        sigma = math.sqrt(float(c.variance[0, 0]))
+        np.testing.assert_allclose(c.variance, sigma**2, rtol=1e-6)
+        assert sigma == pytest.approx(c.noise_sigma, rel=1e-6) and sigma >= sigma0 * (1 - 1e-6)
+        assert central.hst_noise_ratio <= cap + 1e-9, "central stamp noise above the cap"
+        if sigma > sigma0 * 1.001:
+            assert central.hst_noise_ratio == pytest.approx(cap, rel=1e-6), "noise raised more than needed"
+        for s in c.sources[1:]:
+            assert s.hst_noise_ratio <= cap * sigma0 / sigma + 1e-9, "neighbours keep the base cap"
+        assert abs(c.truth["noise"].std() / sigma - 1) < 0.1
+        # the sky residual is drawn on the base noise scale in both modes
+        assert abs(c.background[0]) < 6 * raised.config.scene.background_sigma * sigma0
+        hdr = observation_hdul(c, raised.meta())[0].header
+        assert hdr["NOISESIG"] == pytest.approx(sigma, rel=1e-6)
+        mags_raised.append(central.mag)
+        mags_fixed.append(fixed.cutout(i).sources[0].mag)
+        sigmas.append(sigma)
+    assert min(mags_raised) < min(mags_fixed), "raise mode should render brighter centrals"
+    assert max(sigmas) > 1.5 * sigma0, "some cutouts should need raised noise"
+
+
 # ---------------------------------------------------------------- masks, views
 
 

@@ -125,6 +125,14 @@ class _Progress:
     help="Cap on (HST stamp noise)/(added noise) per galaxy; sets how bright each may be (hsc).",
 )
 @click.option(
+    "--central-noise",
+    type=click.Choice(["fixed", "raise"]),
+    default="fixed",
+    show_default=True,
+    help="Keep the central's stamp noise low by capping its brightness (fixed) or by raising "
+    "that cutout's noise (raise: bright centrals of every galaxy, noisier cutouts).",
+)
+@click.option(
     "--central-mag-max",
     type=float,
     default=26.0,
@@ -173,6 +181,7 @@ def simulate(**kw: object) -> None:
         SceneConfig(),
         max_hst_noise_ratio=kw["max_hst_noise_ratio"],
         central_mag_max=kw["central_mag_max"],
+        central_noise=kw["central_noise"],
     )
     config = SimulationConfig(
         view=kw["view"],

@@ -21,6 +21,15 @@ brighter than its catalogue magnitude). Galaxies whose ``m_min`` is fainter than
 given to a galaxy drawn uniformly among those allowed at that magnitude; the counts are
 truncated at the bright end where no galaxy is allowed.
 
+With ``central_noise = "raise"`` the central galaxy is not capped: any galaxy of the split
+may be central, at a magnitude uniform between ``max_brighten`` brighter than catalogued
+and ``central_mag_max``, and that cutout's added noise is raised instead, to the level
+at which the central's stamp noise is ``max_hst_noise_ratio`` times it
+(:func:`cutout_noise_sigma`). The truth stays clean relative to the noise, as with the
+cap, and the training set gets bright centrals of every shape, seen through more noise
+(every cutout records its own variance). Neighbours and the sky residual keep the base
+noise level, so the sky source has the same distribution in both views.
+
 Truth and observation are built on a canvas padded by half the PSF on each side: the
 intrinsic images are drawn there (:mod:`galprism.simulate.render`), convolved with the
 pixelised PSF (``scipy.signal.fftconvolve``), and cropped, so the observation is exactly
@@ -44,12 +53,17 @@ __all__ = [
     "PoolGalaxy",
     "SourceSpec",
     "Scene",
+    "CENTRAL_NOISE",
     "build_pool",
+    "cutout_noise_sigma",
     "sample_scene",
     "render_scene",
 ]
 
 VIEWS = ("sky", "galaxies")
+#: how the central galaxy's stamp noise is kept below the added noise: by capping its
+#: brightness (``fixed`` noise) or by raising that cutout's noise (``raise``)
+CENTRAL_NOISE = ("fixed", "raise")
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,10 @@ class SceneConfig:
         Standard deviation of the constant sky residual, in units of the noise sigma.
     background_gradient
         Standard deviation of the residual's change across the cutout per axis, same units.
+    central_noise
+        ``"fixed"``: the central galaxy is capped like the neighbours and every cutout has
+        the base noise; ``"raise"``: the central is not capped and the cutout's noise is
+        raised to keep its stamp noise ratio at most ``max_hst_noise_ratio``.
     """
 
     count_n25: float = 35.0
@@ -98,6 +116,7 @@ class SceneConfig:
     dilation_range: tuple[float, float] = (0.9, 1.1)
     background_sigma: float = 0.3
     background_gradient: float = 0.1
+    central_noise: str = "fixed"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on values that make no sense."""
@@ -119,6 +138,10 @@ class SceneConfig:
         if self.max_hst_noise_ratio is not None and not self.max_hst_noise_ratio > 0:
             raise ConfigError(
                 f"scene: max_hst_noise_ratio {self.max_hst_noise_ratio} must be positive"
+            )
+        if self.central_noise not in CENTRAL_NOISE:
+            raise ConfigError(
+                f"scene: central_noise {self.central_noise!r}: must be one of {', '.join(CENTRAL_NOISE)}"
             )
         if (
             self.margin < 0
@@ -314,14 +337,19 @@ def sample_scene(
     specs: list[SourceSpec] = []
     centre = 0.5 * (size - 1)
     if view == "galaxies":
-        centrals = [p for p in pool if p.m_min <= cfg.central_mag_max]
+        raise_noise = cfg.central_noise == "raise"
+
+        def brightest(p: PoolGalaxy) -> float:
+            return p.template.record.mag - cfg.max_brighten if raise_noise else p.m_min
+
+        centrals = [p for p in pool if brightest(p) <= cfg.central_mag_max]
         if not centrals:
             raise ConfigError(
                 f"no galaxy of this split can be central: all need magnitudes fainter than central_mag_max "
                 f"{cfg.central_mag_max} to keep their HST noise below {cfg.max_hst_noise_ratio} x the added noise"
             )
         p = centrals[int(rng.integers(len(centrals)))]
-        mag = float(rng.uniform(p.m_min, max(p.m_min, cfg.central_mag_max)))
+        mag = float(rng.uniform(brightest(p), max(brightest(p), cfg.central_mag_max)))
         r = cfg.center_jitter * math.sqrt(rng.random())
         phi = 2.0 * math.pi * rng.random()
         tr = _transform(rng, cfg)
@@ -370,6 +398,31 @@ def sample_scene(
     return specs
 
 
+def cutout_noise_sigma(specs: list[SourceSpec], noise_sigma: float, cfg: SceneConfig) -> float:
+    """The added noise of a cutout: the base level, raised for a bright central if asked.
+
+    Parameters
+    ----------
+    specs
+        Output of :func:`sample_scene`; ratios are relative to ``noise_sigma``.
+    noise_sigma
+        Base noise std (counts).
+    cfg
+        Scene parameters.
+
+    Returns
+    -------
+    float
+        ``noise_sigma * max(1, ratio_central / max_hst_noise_ratio)`` with
+        ``central_noise = "raise"``, else ``noise_sigma``.
+    """
+    if cfg.central_noise != "raise" or cfg.max_hst_noise_ratio is None:
+        return float(noise_sigma)
+    ratios = [s.hst_noise_ratio for s in specs if s.role == "central" and math.isfinite(s.hst_noise_ratio)]
+    worst = max(ratios, default=0.0)
+    return float(noise_sigma * max(1.0, worst / cfg.max_hst_noise_ratio))
+
+
 def _shifted(p: Placement, pad: int) -> Placement:
     return Placement(p.x + pad, p.y + pad, p.flux, p.rotation, p.flip, p.g1, p.g2, p.dilation)
 
@@ -385,6 +438,7 @@ def render_scene(
     noise_sigma: float,
     cfg: SceneConfig,
     noise_field: np.ndarray | None = None,
+    cutout_sigma: float | None = None,
 ) -> Scene:
     """Render truth images and the noisy observation of one cutout.
 
@@ -410,6 +464,9 @@ def render_scene(
         Scene parameters.
     noise_field
         Pre-drawn noise (e.g. correlated HST noise) to use instead of white noise.
+    cutout_sigma
+        Std of this cutout's white noise if it differs from ``noise_sigma``
+        (:func:`cutout_noise_sigma`); the sky residual keeps ``noise_sigma``'s scale.
 
     Returns
     -------
@@ -436,7 +493,9 @@ def render_scene(
     truth["sky"] = sky[crop].copy()
     truth["sky_conv"] = fftconvolve(sky, psf, mode="same")[crop]
     noise = (
-        noise_field if noise_field is not None else noise_sigma * rng.standard_normal((size, size))
+        noise_field
+        if noise_field is not None
+        else (noise_sigma if cutout_sigma is None else cutout_sigma) * rng.standard_normal((size, size))
     )
     truth["noise"] = np.asarray(noise, dtype=np.float64)
     image = truth["sky_conv"] + truth["noise"]

@@ -31,6 +31,7 @@ from .scene import (
     SceneConfig,
     SourceSpec,
     build_pool,
+    cutout_noise_sigma,
     render_scene,
     sample_scene,
 )
@@ -150,6 +151,8 @@ class Cutout:
         Defect kinds added.
     background
         Sky residual (constant, x gradient, y gradient), counts.
+    noise_sigma
+        Std of this cutout's added noise (the batch's, unless ``central_noise`` raised it).
     """
 
     index: int
@@ -164,6 +167,7 @@ class Cutout:
     central_ident: int
     defects: list[str]
     background: tuple[float, float, float]
+    noise_sigma: float = math.nan
 
 
 def _code(text: str) -> int:
@@ -256,7 +260,12 @@ class Simulator:
 
     def centrals(self) -> list[PoolGalaxy]:
         """Galaxies that may be central under the current caps."""
-        return [p for p in self.pool if p.m_min <= self.config.scene.central_mag_max]
+        scene = self.config.scene
+        if scene.central_noise == "raise":
+            return [
+                p for p in self.pool if p.template.record.mag - scene.max_brighten <= scene.central_mag_max
+            ]
+        return [p for p in self.pool if p.m_min <= scene.central_mag_max]
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of cutout ``index``."""
@@ -296,6 +305,10 @@ class Simulator:
         """
         cfg, inst = self.config, self.instrument
         rng, psf_index, specs = self.plan(index)
+        sigma = cutout_noise_sigma(specs, inst.noise_sigma, cfg.scene)
+        if sigma != inst.noise_sigma:
+            # Recorded ratios are relative to the noise this cutout actually has.
+            specs = [replace(s, hst_noise_ratio=s.hst_noise_ratio * inst.noise_sigma / sigma) for s in specs]
         psf = inst.psfs[psf_index]
         noise_field = None
         if inst.correlated_noise is not None:
@@ -315,17 +328,18 @@ class Simulator:
             inst.noise_sigma,
             cfg.scene,
             noise_field,
+            cutout_sigma=sigma,
         )
         image = scene.image.copy()
         maskbits = np.zeros(image.shape, dtype=np.int32)
         defects: list[str] = []
         if rng.random() < cfg.mask_fraction:
-            defects = add_defects(rng, image, maskbits, inst.noise_sigma)
+            defects = add_defects(rng, image, maskbits, sigma)
         central = next((s.ident for s in specs if s.role == "central"), -1)
         return Cutout(
             index=int(index),
             image=image.astype(np.float32),
-            variance=np.full(image.shape, inst.noise_sigma**2, dtype=np.float32),
+            variance=np.full(image.shape, sigma**2, dtype=np.float32),
             maskbits=maskbits,
             valid=(maskbits & bad_bits()) == 0,
             psf=psf,
@@ -335,6 +349,7 @@ class Simulator:
             central_ident=int(central),
             defects=defects,
             background=scene.background,
+            noise_sigma=sigma,
         )
 
     def hst_noise_summary(self) -> dict[str, Any]:
