@@ -54,7 +54,7 @@ def main() -> None:
                 x0, y0 = int(h[0].header["CROPX0"]), int(h[0].header["CROPY0"])
             with fits.open(ROOT / name) as src:
                 image = src["SCI"].data.astype(float)
-            ok = np.isfinite(resid) & (resid != 0)
+            ok = np.isfinite(resid)  # RESID is NaN at masked pixels (RESIDDEF)
             chi2 = float(np.mean(resid[ok] ** 2))
             print(json.dumps({"input": name, "prior": prior.name, "reduced_chi2": round(chi2, 2), "pixels": int(ok.sum())}))
             # The outputs are on the crop's grid (CROPX0/CROPY0: its origin in the input,
