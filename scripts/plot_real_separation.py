@@ -7,13 +7,20 @@ the data, the posterior mean of the galaxy and of the sky, one posterior sample 
 galaxy, the galaxy's posterior standard deviation, the model of the data and the
 residuals in noise units, and prints one JSON line per cutout with the reduced chi^2 of
 the residuals over unmasked pixels. Uses galprism's library calls only (the same as
-``galprism separate`` with its defaults and seed 0).
+``galprism separate`` with its defaults and seed 0, or ``--steps``/``--cg-iterations``).
+
+``multiview_hsc_i.fits`` is a renormalised cube without a zero point. As in ``galprism
+evaluate`` (docs/evaluation.md, "Real data"), its zero point is taken to be the one that
+gives its noise the simulations' level, ``27 + 2.5 log10(sigma_cutout / sigma_sim)``
+(``--no-noise-matched-zeropoint``: assume the prior's zero point 27 instead, which makes
+its galaxies 9 times fainter, relative to the noise, than anything the prior knows).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -25,16 +32,29 @@ from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterv
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from galprism.io.read import ReadOptions  # noqa: E402
 from galprism.priorset import load_priorset  # noqa: E402
 from galprism.separate import SeparateConfig, run_separate  # noqa: E402
+from galprism.simulate.noise import hsc_i_sigma  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CUTOUTS = ["sample_fits/hsc_cosmos35_i.fits", "sample_fits/multiview_hsc_i.fits"]
+NO_ZEROPOINT = {"sample_fits/multiview_hsc_i.fits"}
+
+
+def noise_matched_zeropoint(path: Path, prior_zeropoint: float = 27.0) -> float:
+    """The zero point giving the cutout's median noise the simulations' level (as evaluate)."""
+    with fits.open(path) as h:
+        sigma = math.sqrt(float(np.median(h["VARIANCE"].data)))
+    return prior_zeropoint + 2.5 * math.log10(sigma / hsc_i_sigma())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", default="default")
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps [separate's default]")
+    ap.add_argument("--cg-iterations", type=int, default=None, help="CG iterations [separate's default]")
+    ap.add_argument("--no-noise-matched-zeropoint", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "real_hsc_separation.png")
     args = ap.parse_args()
     prior = load_priorset(args.prior)
@@ -43,7 +63,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for row, name in enumerate(CUTOUTS):
             out = Path(tmp) / (Path(name).stem + ".galprism.fits")
-            summary = run_separate([str(ROOT / name)], prior, SeparateConfig(output=out))
+            options = {k: v for k, v in (("steps", args.steps), ("cg_iterations", args.cg_iterations)) if v is not None}
+            zp = None
+            if name in NO_ZEROPOINT and not args.no_noise_matched_zeropoint:
+                zp = noise_matched_zeropoint(ROOT / name)
+            read = ReadOptions(zeropoint=zp)
+            summary = run_separate([str(ROOT / name)], prior, SeparateConfig(output=out, read=read, **options))
             if summary.exit_code != 0:
                 raise SystemExit(f"{name}: separation failed")
             with fits.open(out) as h:
@@ -56,7 +81,8 @@ def main() -> None:
                 image = src["SCI"].data.astype(float)
             ok = np.isfinite(resid)  # RESID is NaN at masked pixels (RESIDDEF)
             chi2 = float(np.mean(resid[ok] ** 2))
-            print(json.dumps({"input": name, "prior": prior.name, "reduced_chi2": round(chi2, 2), "pixels": int(ok.sum())}))
+            print(json.dumps({"input": name, "prior": prior.name, "reduced_chi2": round(chi2, 2), "pixels": int(ok.sum()),
+                              "zeropoint_assumed": None if zp is None else round(zp, 3), **options}))
             # The outputs are on the crop's grid (CROPX0/CROPY0: its origin in the input,
             # negative where it was padded); show the same crop of the input.
             ny, nx = model.shape[-2:]
