@@ -380,6 +380,37 @@ def test_raised_central_noise_keeps_the_cap_and_records_the_noise(catalog, tmp_p
     assert max(sigmas) > 1.5 * sigma0, "some cutouts should need raised noise"
 
 
+@needs_data
+def test_centre_exclusion_keeps_neighbours_off_the_centre(catalog):
+    """No neighbour is centred within ``centre_exclusion`` px of the centre; 0 changes nothing.
+
+    Fails if a neighbour lands inside the excluded disc, if the default (0) draws
+    different scenes than before the option existed (every existing batch would change),
+    or if an exclusion leaving no room is accepted (it would loop forever).
+    """
+    base = SimulationConfig(view="sky", split="train", n=200, seed=3, mask_fraction=0.0)
+    plain = Simulator(base, catalog)
+    same = Simulator(replace(base, scene=replace(base.scene, centre_exclusion=0.0)), catalog)
+    excl = Simulator(replace(base, scene=replace(base.scene, centre_exclusion=4.0)), catalog)
+    centre = 0.5 * (plain.size - 1)
+
+    def dists(sim):
+        return [
+            math.hypot(s.placement.x - centre, s.placement.y - centre)
+            for i in range(200)
+            for s in _specs(sim, i)
+        ]
+
+    d_plain, d_excl = dists(plain), dists(excl)
+    assert d_plain == dists(same)
+    assert min(d_plain) < 4.0, "without exclusion some neighbour should fall near the centre"
+    assert min(d_excl) >= 4.0
+    assert abs(len(d_excl) - len(d_plain)) < 0.1 * len(d_plain), "exclusion moves neighbours, keeps their number"
+    huge = replace(base, scene=replace(base.scene, centre_exclusion=1000.0))
+    with pytest.raises(ConfigError, match="centre_exclusion"):
+        Simulator(huge, catalog).plan(0)
+
+
 # ---------------------------------------------------------------- masks, views
 
 

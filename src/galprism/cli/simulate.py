@@ -133,6 +133,13 @@ class _Progress:
     "that cutout's noise (raise: bright centrals of every galaxy, noisier cutouts).",
 )
 @click.option(
+    "--centre-exclusion",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="No neighbour is centred within this many pixels of the cutout centre.",
+)
+@click.option(
     "--central-mag-max",
     type=float,
     default=26.0,
@@ -182,6 +189,7 @@ def simulate(**kw: object) -> None:
         max_hst_noise_ratio=kw["max_hst_noise_ratio"],
         central_mag_max=kw["central_mag_max"],
         central_noise=kw["central_noise"],
+        centre_exclusion=kw["centre_exclusion"],
     )
     config = SimulationConfig(
         view=kw["view"],

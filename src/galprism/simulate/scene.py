@@ -97,6 +97,11 @@ class SceneConfig:
         Standard deviation of the constant sky residual, in units of the noise sigma.
     background_gradient
         Standard deviation of the residual's change across the cutout per axis, same units.
+    centre_exclusion
+        Radius (pixels) around the cutout centre where no neighbour is centred (0: none).
+        With it the sky source is "everything not centred on the cutout", which is what
+        a survey gets by cutting its sky view at random positions at least that far from
+        any detection, and what keeps a central galaxy from being explained as sky.
     central_noise
         ``"fixed"``: the central galaxy is capped like the neighbours and every cutout has
         the base noise; ``"raise"``: the central is not capped and the cutout's noise is
@@ -117,6 +122,7 @@ class SceneConfig:
     background_sigma: float = 0.3
     background_gradient: float = 0.1
     central_noise: str = "fixed"
+    centre_exclusion: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on values that make no sense."""
@@ -148,8 +154,11 @@ class SceneConfig:
             or self.center_jitter < 0
             or self.background_sigma < 0
             or self.background_gradient < 0
+            or not self.centre_exclusion >= 0
         ):
-            raise ConfigError("scene: margin, center_jitter and background terms must be >= 0")
+            raise ConfigError(
+                "scene: margin, center_jitter, centre_exclusion and background terms must be >= 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -379,11 +388,17 @@ def sample_scene(
         n = int(rng.poisson(expected))
         mags = _sample_mags(rng, n, lo, hi, s)
         m_px = cfg.margin / pixel_scale
+        if cfg.centre_exclusion >= (0.5 * size + m_px) * math.sqrt(2.0):
+            raise ConfigError(
+                f"scene: centre_exclusion {cfg.centre_exclusion} px leaves no room for neighbours"
+            )
         m_mins = np.array([p.m_min for p in pool])
         for mag in mags:
             allowed = np.flatnonzero(m_mins <= mag)
             p = pool[int(allowed[rng.integers(len(allowed))])]
             x, y = rng.uniform(-0.5 - m_px, size - 0.5 + m_px, size=2)
+            while math.hypot(x - centre, y - centre) < cfg.centre_exclusion:
+                x, y = rng.uniform(-0.5 - m_px, size - 0.5 + m_px, size=2)
             tr = _transform(rng, cfg)
             placement = Placement(float(x), float(y), 10.0 ** (-0.4 * (mag - zeropoint)), **tr)
             specs.append(
