@@ -282,3 +282,30 @@ def test_full_disk_while_writing_a_checkpoint(tiny, tmp_path, monkeypatch):
     assert [h["lap"] for h in store.history()] == [1]
     result = run_em(views, _tiny_config(), tmp_path / "run", progress=False)
     assert [h["lap"] for h in result.history] == [1, 2, 3, 4]
+
+
+def test_a_step_schedule_sets_each_laps_estep_sampler(tiny, tmp_path, monkeypatch):
+    """``steps=[4, 8]`` runs lap 0 of every phase with 4 sampler steps and later laps with 8;
+    ``steps=[4]`` is the same run as ``steps=4``. Fails if the schedule is ignored, indexed by
+    the global lap instead of the lap within the phase, or if a bad schedule is accepted."""
+    import galprism.em.run as em_run
+
+    seen = []
+    real = em_run.posterior_samples
+
+    def spy(view, priors, index, sampler, **kw):
+        seen.append(sampler.steps)
+        return real(view, priors, index, sampler, **kw)
+
+    monkeypatch.setattr(em_run, "posterior_samples", spy)
+    views = _views(tiny)
+    run_em(views, _tiny_config(diffusion_laps=2, steps=[4, 8]), tmp_path / "sched", progress=False)
+    # per stage (one view each): gaussian lap 0, diffusion laps 0 and 1
+    assert seen == [4, 4, 8, 4, 4, 8]
+    monkeypatch.setattr(em_run, "posterior_samples", real)
+    a = run_em(views, _tiny_config(steps=[4]), tmp_path / "list", progress=False)
+    b = run_em(views, _tiny_config(steps=4), tmp_path / "int", progress=False)
+    assert _strip(a.history) == _strip(b.history) and _same_priors(a.priors, b.priors)
+    for bad in ([], [0], [4, -1], 0):
+        with pytest.raises(ConfigError, match="steps"):
+            _tiny_config(steps=bad)

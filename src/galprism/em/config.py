@@ -36,6 +36,9 @@ class EMConfig:
         Observations per sampler call.
     sampler, steps, corrections, tau, cg_iterations, trust
         E-step posterior sampler settings (``trust``: see :mod:`galprism.posterior`).
+        ``steps`` may be a list: a schedule over the laps of each phase of each stage
+        (entry ``i`` for its lap ``i``, the last entry for every later lap), e.g.
+        ``[16, 16, 32, 64]``: cheap E-steps while the priors are far off, exact ones late.
     reject_chi2, redraws
         E-step samples whose posterior-predictive reduced chi^2 exceeds ``reject_chi2``
         are drawn again (fresh noise) up to ``redraws`` times, and those still failing are
@@ -78,7 +81,7 @@ class EMConfig:
     estep_observations: int = 0
     estep_batch: int = 1024
     sampler: str = "pc"
-    steps: int = 64
+    steps: int | list[int] = 64
     corrections: int = 1
     tau: float = 0.1
     cg_iterations: int = 1
@@ -130,12 +133,22 @@ class EMConfig:
             raise ConfigError(f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {self.time_sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"EM: lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        for name in ("estep_batch", "steps", "train_batch", "gaussian_rank"):
+        steps = self.steps if isinstance(self.steps, list | tuple) else [self.steps]
+        if not steps or any(int(c) != c or c < 1 for c in steps):
+            raise ConfigError(f"EM: steps must be a count >= 1 or a non-empty list of them, got {self.steps!r}")
+        self.steps = [int(c) for c in steps] if isinstance(self.steps, list | tuple) else int(self.steps)
+        for name in ("estep_batch", "train_batch", "gaussian_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EM: {name} must be >= 1")
         total = sum(sum(v) if isinstance(v, list) else v for v in (self.gaussian_laps, self.diffusion_laps))
         if total == 0:
             raise ConfigError("EM: needs at least one lap")
+
+    def steps_of(self, phase_lap: int) -> int:
+        """E-step sampler steps of lap ``phase_lap`` (from 0) of a phase."""
+        if isinstance(self.steps, list):
+            return self.steps[min(phase_lap, len(self.steps) - 1)]
+        return self.steps
 
     def laps_of(self, phase: str, stage: int, n_stages: int) -> int:
         """Number of ``phase`` laps of stage ``stage`` (of ``n_stages``).

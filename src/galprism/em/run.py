@@ -162,7 +162,9 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
     for earlier in stages[: plan.stage]:
         for s in earlier.learn:
             state.freeze(s)
-    sampler = SamplerConfig(config.sampler, config.steps, corrections=config.corrections, tau=config.tau)
+    sampler = SamplerConfig(
+        config.sampler, config.steps_of(plan.phase_lap), corrections=config.corrections, tau=config.tau
+    )
     samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
     chi2, redrawn, rejected = {}, {}, {}
     for vname in stage.views:
