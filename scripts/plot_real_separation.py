@@ -32,6 +32,7 @@ from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterv
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from galprism.io.flux import noise_matched_zeropoint  # noqa: E402
 from galprism.io.read import ReadOptions  # noqa: E402
 from galprism.priorset import load_priorset  # noqa: E402
 from galprism.separate import SeparateConfig, run_separate  # noqa: E402
@@ -42,11 +43,11 @@ CUTOUTS = ["sample_fits/hsc_cosmos35_i.fits", "sample_fits/multiview_hsc_i.fits"
 NO_ZEROPOINT = {"sample_fits/multiview_hsc_i.fits"}
 
 
-def noise_matched_zeropoint(path: Path, prior_zeropoint: float = 27.0) -> float:
+def cutout_zeropoint(path: Path, prior_zeropoint: float = 27.0) -> float:
     """The zero point giving the cutout's median noise the simulations' level (as evaluate)."""
     with fits.open(path) as h:
         sigma = math.sqrt(float(np.median(h["VARIANCE"].data)))
-    return prior_zeropoint + 2.5 * math.log10(sigma / hsc_i_sigma())
+    return noise_matched_zeropoint(sigma, hsc_i_sigma(), prior_zeropoint)
 
 
 def main() -> None:
@@ -66,7 +67,7 @@ def main() -> None:
             options = {k: v for k, v in (("steps", args.steps), ("cg_iterations", args.cg_iterations)) if v is not None}
             zp = None
             if name in NO_ZEROPOINT and not args.no_noise_matched_zeropoint:
-                zp = noise_matched_zeropoint(ROOT / name)
+                zp = cutout_zeropoint(ROOT / name)
             read = ReadOptions(zeropoint=zp)
             summary = run_separate([str(ROOT / name)], prior, SeparateConfig(output=out, read=read, **options))
             if summary.exit_code != 0:

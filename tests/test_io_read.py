@@ -210,3 +210,14 @@ def test_truncated_files_are_refused(tmp_path, keep):
     p.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(InputError, match=r"a\.fits.*(truncated|corrupted|damaged)"):
         read_cutout(p)
+
+
+def test_noise_matched_zeropoint_brings_the_noise_to_the_reference_level():
+    """An image with 10x the reference noise gets a zero point 2.5 mag larger, so that its
+    noise, converted to the reference zero point, equals the reference noise. Fails if the
+    sign or the factor of the log is wrong (evaluate's real-data case uses this)."""
+    from galprism.io.flux import flux_factor, noise_matched_zeropoint
+
+    zp = noise_matched_zeropoint(0.2, 0.02, 27.0)
+    assert zp == pytest.approx(29.5)
+    assert 0.2 * flux_factor(zp, 27.0) == pytest.approx(0.02)

@@ -39,6 +39,7 @@ from astropy.stats import sigma_clipped_stats
 from astropy.wcs import WCS
 
 from ..errors import InputError
+from ..io.flux import noise_matched_zeropoint
 from ..observation import Observation
 from .measures import blendedness
 from .testset import EvalCutout
@@ -262,7 +263,7 @@ def build_real_case(
     # HSC noise and the zero point that gives it the simulations' noise level.
     _, sigma = _noise_sigma(mv.hsc)
     sim_sigma = float(prior_noise_sigma) if prior_noise_sigma is not None else hsc_i_sigma(data_dir)
-    zp = prior_zeropoint + 2.5 * math.log10(sigma / sim_sigma)
+    zp = noise_matched_zeropoint(sigma, sim_sigma, prior_zeropoint)
     # HST background, noise and central galaxy.
     hst_med, hst_sigma = _noise_sigma(mv.hst)
     hst = mv.hst - hst_med

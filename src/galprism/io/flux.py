@@ -23,6 +23,7 @@ __all__ = [
     "zeropoint_of_unit",
     "header_zeropoint",
     "flux_factor",
+    "noise_matched_zeropoint",
 ]
 
 #: header keywords that hold an AB zero point, in order of preference
@@ -102,6 +103,15 @@ def header_zeropoint(*headers: fits.Header | None) -> Zeropoint | None:
             zp = -2.5 * math.log10(photflam) - 5 * math.log10(photplam) - 2.408
             return Zeropoint(zp, "header PHOTFLAM/PHOTPLAM")
     return None
+
+
+def noise_matched_zeropoint(sigma: float, reference_sigma: float, reference_zeropoint: float) -> float:
+    """Zero point that gives noise ``sigma`` the level ``reference_sigma`` has at ``reference_zeropoint``.
+
+    The guess for an image without a zero point whose depth is like the reference data's
+    (a prior's training data): ``reference_zeropoint + 2.5 log10(sigma / reference_sigma)``.
+    """
+    return reference_zeropoint + 2.5 * math.log10(sigma / reference_sigma)
 
 
 def flux_factor(zp_from: float, zp_to: float) -> float:

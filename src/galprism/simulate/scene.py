@@ -55,6 +55,7 @@ __all__ = [
     "Scene",
     "CENTRAL_NOISE",
     "build_pool",
+    "central_m_min",
     "cutout_noise_sigma",
     "sample_scene",
     "render_scene",
@@ -276,6 +277,17 @@ def build_pool(
     return pool
 
 
+def central_m_min(p: PoolGalaxy, cfg: SceneConfig) -> float:
+    """Brightest magnitude ``p`` may have as the central galaxy.
+
+    Its noise cap ``m_min``, or with ``central_noise = "raise"`` (the cutout's noise is
+    raised instead) ``max_brighten`` brighter than catalogued.
+    """
+    if cfg.central_noise == "raise":
+        return p.template.record.mag - cfg.max_brighten
+    return p.m_min
+
+
 def _sample_mags(
     rng: np.random.Generator, n: int, lo: float, hi: float, slope: float
 ) -> np.ndarray:
@@ -346,19 +358,15 @@ def sample_scene(
     specs: list[SourceSpec] = []
     centre = 0.5 * (size - 1)
     if view == "galaxies":
-        raise_noise = cfg.central_noise == "raise"
-
-        def brightest(p: PoolGalaxy) -> float:
-            return p.template.record.mag - cfg.max_brighten if raise_noise else p.m_min
-
-        centrals = [p for p in pool if brightest(p) <= cfg.central_mag_max]
+        centrals = [p for p in pool if central_m_min(p, cfg) <= cfg.central_mag_max]
         if not centrals:
             raise ConfigError(
                 f"no galaxy of this split can be central: all need magnitudes fainter than central_mag_max "
                 f"{cfg.central_mag_max} to keep their HST noise below {cfg.max_hst_noise_ratio} x the added noise"
             )
         p = centrals[int(rng.integers(len(centrals)))]
-        mag = float(rng.uniform(brightest(p), max(brightest(p), cfg.central_mag_max)))
+        m_min = central_m_min(p, cfg)
+        mag = float(rng.uniform(m_min, max(m_min, cfg.central_mag_max)))
         r = cfg.center_jitter * math.sqrt(rng.random())
         phi = 2.0 * math.pi * rng.random()
         tr = _transform(rng, cfg)

@@ -31,6 +31,7 @@ from .scene import (
     SceneConfig,
     SourceSpec,
     build_pool,
+    central_m_min,
     cutout_noise_sigma,
     render_scene,
     sample_scene,
@@ -167,7 +168,7 @@ class Cutout:
     central_ident: int
     defects: list[str]
     background: tuple[float, float, float]
-    noise_sigma: float = math.nan
+    noise_sigma: float
 
 
 def _code(text: str) -> int:
@@ -261,11 +262,7 @@ class Simulator:
     def centrals(self) -> list[PoolGalaxy]:
         """Galaxies that may be central under the current caps."""
         scene = self.config.scene
-        if scene.central_noise == "raise":
-            return [
-                p for p in self.pool if p.template.record.mag - scene.max_brighten <= scene.central_mag_max
-            ]
-        return [p for p in self.pool if p.m_min <= scene.central_mag_max]
+        return [p for p in self.pool if central_m_min(p, scene) <= scene.central_mag_max]
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of cutout ``index``."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -162,9 +161,8 @@ def observation_hdul(cutout: Any, meta: Mapping[str, Any]) -> fits.HDUList:
     """
     primary = _primary(meta, cutout.index, "observation")
     primary.header["NDEFECT"] = (len(cutout.defects), "masked defects added")
-    if math.isfinite(getattr(cutout, "noise_sigma", math.nan)):
-        # The cutout's own level: central_noise = "raise" may make it exceed the batch's.
-        primary.header["NOISESIG"] = (float(cutout.noise_sigma), "[count] std of the added noise")
+    # The cutout's own level: central_noise = "raise" may make it exceed the batch's.
+    primary.header["NOISESIG"] = (float(cutout.noise_sigma), "[count] std of the added noise")
     sci = _image_hdu(cutout.image, "SCI", meta)
     psf = fits.ImageHDU(np.ascontiguousarray(cutout.psf, dtype=np.float64), name="PSF")
     psf.header["PSFORIG"] = (meta["psf_origin"][:68], "")
