@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from galprism.diffusion import DiffusionPrior, SamplerConfig, Trainer, VESchedule, denoising_loss
+from galprism.diffusion import DiffusionPrior, SamplerConfig, Trainer, VESchedule, denoising_loss, random_flux_scaling
 from galprism.gaussian import GaussianPrior
 from galprism.nn import MLP, UNet
 from galprism.posterior import sample_prior
@@ -120,3 +120,30 @@ def test_unet_coords_give_the_network_each_pixels_position():
     assert clone.net.coords
     z = torch.randn(3, 1, 8, 8)
     assert torch.equal(prior.denoise(z, 0.5), clone.denoise(z, 0.5))
+
+
+def test_flux_augmentation_teaches_the_prior_brighter_copies():
+    """Trained with every sample scaled by 4 (``random_flux_scaling(4, 4)``), a prior must
+    draw samples 4x as wide as its data; with ``fraction`` 0.5 half the rows of a batch
+    must stay as they were. Otherwise EM's ``flux_augment`` would not do what it says."""
+    scale = random_flux_scaling(4.0, 4.0, 0.5)
+    batch = torch.ones(4000, 3)
+    out = scale(batch, torch.Generator().manual_seed(0))
+    rows = out[:, 0]
+    assert torch.all((rows == 1) | (rows == 4)) and torch.equal(out, rows[:, None].expand(-1, 3))
+    assert 0.45 < float((rows == 4).float().mean()) < 0.55
+    with pytest.raises(ValueError, match="low <= high"):
+        random_flux_scaling(2.0, 1.0)
+
+    gen = torch.Generator().manual_seed(0)
+    data = 0.5 * torch.randn(4096, 2, generator=gen)
+    kwargs = {"features": 2, "hidden": 64, "blocks": 2, "emb_features": 16}
+    stds = []
+    for augment in (None, random_flux_scaling(4.0, 4.0)):
+        prior = DiffusionPrior((2,), "mlp", kwargs, VESchedule(1e-3, 20.0), sigma_data=1.0)
+        trainer = Trainer(prior, lr=2e-3, ema_decay=0.99, warmup=20)
+        trainer.fit(data, 400, 256, generator=torch.Generator().manual_seed(1), augment=augment)
+        x = sample_prior([trainer.ema_prior], 2048, config=SamplerConfig("pc", 32), generators=torch.Generator().manual_seed(2))
+        stds.append(float(x.std()))
+    assert 0.35 < stds[0] < 0.65, f"plain prior std {stds[0]:.2f}, data 0.5"
+    assert 1.6 < stds[1] < 2.4, f"augmented prior std {stds[1]:.2f}, expected 4 x 0.5"

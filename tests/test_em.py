@@ -309,3 +309,26 @@ def test_a_step_schedule_sets_each_laps_estep_sampler(tiny, tmp_path, monkeypatc
     for bad in ([], [0], [4, -1], 0):
         with pytest.raises(ConfigError, match="steps"):
             _tiny_config(steps=bad)
+
+
+def test_flux_augment_reaches_the_m_step_of_its_source_only(tiny, tmp_path, monkeypatch):
+    """``flux_augment={"source2": [2, 2]}`` must hand source 2's M-step an augmentation that
+    doubles its samples and leave source 1's M-step alone; bad specifications (unknown
+    source, low > high, fraction outside (0, 1]) must be refused by name."""
+    from galprism.diffusion import Trainer
+
+    calls = []
+    real = Trainer.fit
+
+    def spy(self, data, steps, batch_size=256, **kw):
+        aug = kw.get("augment")
+        calls.append(None if aug is None else float(aug(torch.ones(3, 5), None)[0, 0]))
+        return real(self, data, steps, batch_size, **kw)
+
+    monkeypatch.setattr(Trainer, "fit", spy)
+    run_em(_views(tiny), _tiny_config(flux_augment={"source2": [2.0, 2.0]}), tmp_path / "aug", progress=False)
+    assert calls == [None, 2.0]  # one diffusion lap per stage: source1, then source2
+    for bad, word in (({"galaxy": [1, 2]}, "unknown source"), ({"source2": [3, 2]}, "low <= high"),
+                      ({"source2": [1, 2, 0]}, "fraction"), ({"source2": [1]}, "low, high")):
+        with pytest.raises(ConfigError, match=word):
+            _tiny_config(flux_augment=bad)

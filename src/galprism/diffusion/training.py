@@ -14,7 +14,7 @@ from .denoiser import DiffusionPrior
 from .ema import EMA
 from .loss import denoising_loss
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "random_flux_scaling"]
 
 
 class Trainer:
@@ -85,10 +85,13 @@ class Trainer:
         *,
         generator: torch.Generator | None = None,
         callback: Callable[[int, float], None] | None = None,
+        augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
     ) -> float:
         """Train for ``steps`` steps on minibatches of ``data`` ``(N, *shape)``.
 
-        Returns the mean loss over the last quarter of the steps.
+        ``augment(batch, generator)``, if given, transforms each minibatch before the
+        loss (e.g. :func:`random_flux_scaling`). Returns the mean loss over the last
+        quarter of the steps.
         """
         self.prior.train()
         device = next(self.prior.parameters()).device
@@ -99,6 +102,8 @@ class Trainer:
         for i in range(steps):
             idx = torch.randint(n, (min(batch_size, n),), generator=generator, device=generator.device if generator else "cpu")
             batch = data[idx.to(device)]
+            if augment is not None:
+                batch = augment(batch, generator)
             lr = self.lr * min(1.0, (self.step + 1) / max(1, self.warmup))
             if self.lr_schedule == "cosine":
                 lr *= 0.5 * (1 + math.cos(math.pi * i / steps))
@@ -140,6 +145,30 @@ class Trainer:
     def snapshot(self) -> DiffusionPrior:
         """A frozen copy of the EMA prior (safe to keep while training continues)."""
         return copy.deepcopy(self.ema_prior).eval().requires_grad_(False)
+
+
+def random_flux_scaling(
+    low: float, high: float, fraction: float = 1.0
+) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+    """An ``augment`` for :meth:`Trainer.fit` that brightens or dims whole samples.
+
+    A ``fraction`` of the rows of each minibatch is multiplied by a factor drawn
+    log-uniformly in ``[low, high]`` (one factor per row); the other rows are unchanged.
+    A source's shape does not depend on its brightness, so this teaches a prior the
+    shapes it has seen at fluxes it has seen too rarely (EM's ``flux_augment``).
+    """
+    if not (0 < low <= high and 0 < fraction <= 1):
+        raise ValueError(f"random_flux_scaling: need 0 < low <= high and 0 < fraction <= 1, got {low}, {high}, {fraction}")
+    lo, hi = math.log(low), math.log(high)
+
+    def scale(batch: Tensor, generator: torch.Generator | None) -> Tensor:
+        b = batch.shape[0]
+        u = torch.rand(b, generator=generator, device=generator.device if generator else "cpu")
+        pick = torch.rand(b, generator=generator, device=generator.device if generator else "cpu") < fraction
+        factor = torch.where(pick, torch.exp(lo + (hi - lo) * u), torch.ones_like(u))
+        return batch * factor.to(batch.device, batch.dtype).reshape(b, *([1] * (batch.dim() - 1)))
+
+    return scale
 
 
 def _gen_for(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:

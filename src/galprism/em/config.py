@@ -46,6 +46,12 @@ class EMConfig:
         rejected fractions go to the history.
     train_steps, train_batch, lr, ema_decay
         M-step: steps per lap, batch size, learning rate, EMA decay.
+    flux_augment
+        Source name -> ``[low, high]`` or ``[low, high, fraction]``: in each diffusion
+        M-step, that fraction (default 1) of every minibatch of the source's posterior
+        samples is multiplied by a factor drawn log-uniformly in ``[low, high]``
+        (:func:`~galprism.diffusion.random_flux_scaling`). For a source whose training
+        views under-represent bright members (docs/em.md). Empty: no augmentation.
     lr_schedule
         ``"constant"`` or ``"cosine"`` (decay to 0 within each lap; see
         :class:`~galprism.diffusion.Trainer`).
@@ -94,6 +100,7 @@ class EMConfig:
     ema_decay: float = 0.999
     time_sampling: str = "uniform"
     lr_schedule: str = "constant"
+    flux_augment: dict[str, list[float]] = field(default_factory=dict)
     backbone: str = "mlp"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     sigma_min: float = 1e-3
@@ -140,6 +147,18 @@ class EMConfig:
         for name in ("estep_batch", "train_batch", "gaussian_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EM: {name} must be >= 1")
+        for name, spec in self.flux_augment.items():
+            if name not in self.sources:
+                raise ConfigError(f"EM: flux_augment names unknown source {name!r} (sources: {', '.join(self.sources)})")
+            values = list(spec) if isinstance(spec, list | tuple) else [spec]
+            if len(values) not in (2, 3):
+                raise ConfigError(f"EM: flux_augment[{name!r}] must be [low, high] or [low, high, fraction], got {spec!r}")
+            low, high, fraction = (*[float(v) for v in values], 1.0)[:3]
+            if not (0 < low <= high and 0 < fraction <= 1):
+                raise ConfigError(
+                    f"EM: flux_augment[{name!r}] needs 0 < low <= high and 0 < fraction <= 1, got {spec!r}"
+                )
+            self.flux_augment[name] = [float(v) for v in values]
         total = sum(sum(v) if isinstance(v, list) else v for v in (self.gaussian_laps, self.diffusion_laps))
         if total == 0:
             raise ConfigError("EM: needs at least one lap")

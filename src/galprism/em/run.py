@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..diffusion import DiffusionPrior, SamplerConfig
+from ..diffusion import DiffusionPrior, SamplerConfig, random_flux_scaling
 from ..errors import ConfigError
 from ..gaussian import GaussianPrior
 from ..posterior import sample_prior
@@ -197,8 +197,10 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
         if s not in state.trainers:
             state.trainers[s] = state.new_trainer(float(data[s].std()))
         step = bar.start(f"lap {plan.lap} M-step {s}", config.train_steps)
+        augment = random_flux_scaling(*config.flux_augment[s]) if s in config.flux_augment else None
         loss[s] = state.trainers[s].fit(
-            data[s].to(device), config.train_steps, config.train_batch, generator=state.generator, callback=step
+            data[s].to(device), config.train_steps, config.train_batch, generator=state.generator, callback=step,
+            augment=augment,
         )
     record = {
         "lap": plan.lap,
