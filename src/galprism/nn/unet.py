@@ -82,9 +82,10 @@ class UNet(nn.Module):
     coords
         Append two input channels holding each pixel's x and y position in [-1, 1]
         (CoordConv, Liu et al. 2018). Convolutions and attention without positional
-        encodings are equivariant to shifts, so without them a prior cannot learn *where*
-        in the cutout its light belongs, e.g. that a central galaxy sits at the centre
-        and that the neighbours of a sky view do not.
+        encodings are equivariant to shifts except for what the zero padding at the
+        edges tells them; with the positions a prior can learn directly *where* in the
+        cutout its light belongs (the built-in prior does better without them:
+        priors/README.md, candidates v5 and v6).
     """
 
     def __init__(
