@@ -5,7 +5,14 @@ import copy
 import pytest
 import torch
 
-from galprism.diffusion import DiffusionPrior, SamplerConfig, Trainer, VESchedule, denoising_loss, random_flux_scaling
+from galprism.diffusion import (
+    DiffusionPrior,
+    SamplerConfig,
+    Trainer,
+    VESchedule,
+    denoising_loss,
+    random_flux_scaling,
+)
 from galprism.gaussian import GaussianPrior
 from galprism.nn import MLP, UNet
 from galprism.posterior import sample_prior
