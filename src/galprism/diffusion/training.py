@@ -163,8 +163,9 @@ def random_flux_scaling(
 
     def scale(batch: Tensor, generator: torch.Generator | None) -> Tensor:
         b = batch.shape[0]
-        u = torch.rand(b, generator=generator, device=generator.device if generator else "cpu")
-        pick = torch.rand(b, generator=generator, device=generator.device if generator else "cpu") < fraction
+        device = generator.device if generator else "cpu"
+        u = torch.rand(b, generator=generator, device=device)
+        pick = torch.rand(b, generator=generator, device=device) < fraction
         factor = torch.where(pick, torch.exp(lo + (hi - lo) * u), torch.ones_like(u))
         return batch * factor.to(batch.device, batch.dtype).reshape(b, *([1] * (batch.dim() - 1)))
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..diffusion.loss import TIME_SAMPLINGS
+from ..diffusion.training import random_flux_scaling
 from ..errors import ConfigError
 
 __all__ = ["EMConfig"]
@@ -153,12 +154,11 @@ class EMConfig:
             values = list(spec) if isinstance(spec, list | tuple) else [spec]
             if len(values) not in (2, 3):
                 raise ConfigError(f"EM: flux_augment[{name!r}] must be [low, high] or [low, high, fraction], got {spec!r}")
-            low, high, fraction = (*[float(v) for v in values], 1.0)[:3]
-            if not (0 < low <= high and 0 < fraction <= 1):
-                raise ConfigError(
-                    f"EM: flux_augment[{name!r}] needs 0 < low <= high and 0 < fraction <= 1, got {spec!r}"
-                )
             self.flux_augment[name] = [float(v) for v in values]
+            try:  # the augmentation's own check is the one rule for valid ranges
+                random_flux_scaling(*self.flux_augment[name])
+            except ValueError as err:
+                raise ConfigError(f"EM: flux_augment[{name!r}] = {spec!r}: {err}") from None
         total = sum(sum(v) if isinstance(v, list) else v for v in (self.gaussian_laps, self.diffusion_laps))
         if total == 0:
             raise ConfigError("EM: needs at least one lap")
