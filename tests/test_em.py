@@ -213,6 +213,44 @@ def test_empty_views_are_refused(tiny):
     _one_line(info.value)
 
 
+def test_flux_augment_laps_augments_only_the_first_laps_and_may_change_for_laps_to_come(tiny, tmp_path, monkeypatch):
+    """``flux_augment_laps=1`` with 2 diffusion laps per stage must augment source 2's first
+    diffusion lap only; a finished run without the limit (every lap augmented) extended by
+    one more unaugmented lap must end as the run planned that way from the start; and
+    dropping the augmentation of a lap already done must be refused. Otherwise the
+    augmentation would stay in the learned prior for good, a resumed run would mix two
+    plans, or the extension would replay laps."""
+    from galprism.diffusion import Trainer
+
+    calls = []
+    real = Trainer.fit
+
+    def spy(self, data, steps, batch_size=256, **kw):
+        calls.append(kw.get("augment") is not None)
+        return real(self, data, steps, batch_size, **kw)
+
+    monkeypatch.setattr(Trainer, "fit", spy)
+    views = _views(tiny)
+    aug = {"source2": [2.0, 2.0]}
+    run_em(views, _tiny_config(diffusion_laps=2, flux_augment=aug, flux_augment_laps=1), tmp_path / "a",
+           progress=False)
+    assert calls == [False, False, True, False]  # source1 laps 0, 1; source2 laps 0, 1
+
+    planned = run_em(views, _tiny_config(diffusion_laps=[1, 2], flux_augment=aug, flux_augment_laps=1),
+                     tmp_path / "planned", progress=False)
+    run_em(views, _tiny_config(flux_augment=aug), tmp_path / "run", progress=False)
+    calls.clear()
+    extended = run_em(views, _tiny_config(diffusion_laps=[1, 2], flux_augment=aug, flux_augment_laps=1),
+                      tmp_path / "run", progress=False)
+    assert calls == [False], "only the new, unaugmented lap may run"
+    assert _strip(extended.history) == _strip(planned.history)
+    assert _same_priors(extended.priors, planned.priors)
+    with pytest.raises(ConfigError, match="flux_augment"):
+        run_em(views, _tiny_config(diffusion_laps=[1, 2]), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="flux_augment_laps"):
+        _tiny_config(flux_augment_laps=-1)
+
+
 def test_a_finished_run_trains_longer_when_its_last_stage_gets_more_laps(tiny, tmp_path):
     """Resuming a finished run (1 + 1 laps per stage) with ``diffusion_laps=[1, 2]`` must run
     only the one new lap and end exactly as a run planned with [1, 2] from the start; giving

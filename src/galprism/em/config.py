@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -53,6 +54,10 @@ class EMConfig:
         samples is multiplied by a factor drawn log-uniformly in ``[low, high]``
         (:func:`~galprism.diffusion.random_flux_scaling`). For a source whose training
         views under-represent bright members (docs/em.md). Empty: no augmentation.
+    flux_augment_laps
+        Augment only the first ``flux_augment_laps`` diffusion laps of each stage (0: every
+        lap). The later laps fit the network to the posterior samples alone, so that the
+        augmentation can seed bright members without staying in the learned distribution.
     lr_schedule
         ``"constant"`` or ``"cosine"`` (decay to 0 within each lap; see
         :class:`~galprism.diffusion.Trainer`).
@@ -102,6 +107,7 @@ class EMConfig:
     time_sampling: str = "uniform"
     lr_schedule: str = "constant"
     flux_augment: dict[str, list[float]] = field(default_factory=dict)
+    flux_augment_laps: int = 0
     backbone: str = "mlp"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     sigma_min: float = 1e-3
@@ -116,8 +122,9 @@ class EMConfig:
     #: settings that may differ when resuming (they do not change the result's meaning)
     RESUMABLE_CHANGES = ("metadata", "keep_checkpoints")
     #: settings that may change on resume when the laps already done stay the same laps
-    #: (training a run longer); see :meth:`galprism.em.store.RunStore.init`
-    EXTENDABLE = ("gaussian_laps", "diffusion_laps")
+    #: (training a run longer, or changing the augmentation of laps not yet run); see
+    #: :meth:`galprism.em.store.RunStore.init`
+    EXTENDABLE = ("gaussian_laps", "diffusion_laps", "flux_augment", "flux_augment_laps")
 
     def __post_init__(self) -> None:
         self.sources = list(self.sources)
@@ -132,7 +139,7 @@ class EMConfig:
             if not counts or any(int(c) != c or c < 0 for c in counts):
                 raise ConfigError(f"EM: {name} must be a count >= 0 or a non-empty list of them, got {value!r}")
             setattr(self, name, [int(c) for c in value] if isinstance(value, list | tuple) else int(value))
-        for name in ("estep_observations", "keep_checkpoints", "grid_samples", "redraws"):
+        for name in ("estep_observations", "keep_checkpoints", "grid_samples", "redraws", "flux_augment_laps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"EM: {name} must be >= 0")
         if self.reject_chi2 < 0 or self.trust < 0:
@@ -168,6 +175,18 @@ class EMConfig:
         if isinstance(self.steps, list):
             return self.steps[min(phase_lap, len(self.steps) - 1)]
         return self.steps
+
+    def augment_of(self, sources: Sequence[str], phase_lap: int) -> tuple[tuple[str, float, float, float], ...]:
+        """Flux augmentations ``(source, low, high, fraction)`` of the M-step of diffusion
+        lap ``phase_lap`` (from 0) of a stage learning ``sources``."""
+        if self.flux_augment_laps and phase_lap >= self.flux_augment_laps:
+            return ()
+        out = []
+        for s in sources:
+            if s in self.flux_augment:
+                low, high, *rest = self.flux_augment[s]
+                out.append((s, low, high, rest[0] if rest else 1.0))
+        return tuple(out)
 
     def laps_of(self, phase: str, stage: int, n_stages: int) -> int:
         """Number of ``phase`` laps of stage ``stage`` (of ``n_stages``).

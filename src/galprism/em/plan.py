@@ -22,13 +22,18 @@ class Stage:
 
 @dataclass(frozen=True)
 class LapPlan:
-    """One lap: its number (from 1), stage, phase (``"gaussian"`` or ``"diffusion"``)
-    and number within that phase of that stage (from 0)."""
+    """One lap: its number (from 1), stage, phase (``"gaussian"`` or ``"diffusion"``),
+    number within that phase of that stage (from 0), and the flux augmentations of its
+    M-step as ``(source, low, high, fraction)`` (``EMConfig.flux_augment``).
+
+    The augmentations are part of the plan so that a resumed run which changes them is
+    accepted only where the laps already done stay the same laps."""
 
     lap: int
     stage: int
     phase: str
     phase_lap: int
+    augment: tuple[tuple[str, float, float, float], ...] = ()
 
 
 def plan_stages(views: Sequence[View], config: EMConfig) -> list[Stage]:
@@ -92,8 +97,9 @@ def plan_laps(stages: Sequence[Stage], config: EMConfig) -> list[LapPlan]:
         If a per-stage list of lap counts does not have one entry per stage.
     """
     laps: list[LapPlan] = []
-    for i, _ in enumerate(stages):
+    for i, stage in enumerate(stages):
         for phase in ("gaussian", "diffusion"):
             for j in range(config.laps_of(phase, i, len(stages))):
-                laps.append(LapPlan(len(laps) + 1, i, phase, j))
+                augment = config.augment_of(stage.learn, j) if phase == "diffusion" else ()
+                laps.append(LapPlan(len(laps) + 1, i, phase, j, augment))
     return laps

@@ -197,7 +197,8 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
         if s not in state.trainers:
             state.trainers[s] = state.new_trainer(float(data[s].std()))
         step = bar.start(f"lap {plan.lap} M-step {s}", config.train_steps)
-        augment = random_flux_scaling(*config.flux_augment[s]) if s in config.flux_augment else None
+        spec = next((a[1:] for a in plan.augment if a[0] == s), None)
+        augment = random_flux_scaling(*spec) if spec is not None else None
         loss[s] = state.trainers[s].fit(
             data[s].to(device), config.train_steps, config.train_batch, generator=state.generator, callback=step,
             augment=augment,

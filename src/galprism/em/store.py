@@ -56,10 +56,10 @@ class RunStore:
         """Prepare the folder for ``config``; return the number of completed laps.
 
         ``extends(stored, done)`` says whether ``config`` plans the same first ``done``
-        laps as the ``stored`` configuration. When it does, lap counts
-        (``EMConfig.EXTENDABLE``) may differ: the run continues under the new counts
-        (more laps for a stage that is not finished, or for the last stage) and
-        ``config.json`` is rewritten to them.
+        laps as the ``stored`` configuration. When it does, lap counts and flux
+        augmentation (``EMConfig.EXTENDABLE``) may differ: the run continues under the new
+        settings (more laps for a stage that is not finished, or for the last stage; another
+        augmentation for the laps to come) and ``config.json`` is rewritten to them.
 
         Raises
         ------
@@ -80,7 +80,7 @@ class RunStore:
                 if extends is None or not extends(stored, done):
                     detail = "; ".join(f"{k}: run has {b[k]!r}, now {a[k]!r}" for k in diff)
                     raise ConfigError(
-                        f"{self.root}: lap counts may change on resume only after the last completed lap "
+                        f"{self.root}: lap counts and flux augmentation may change on resume only after the last completed lap "
                         f"({done}) ({detail})"
                     )
                 if resume or done == 0:
