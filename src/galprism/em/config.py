@@ -176,17 +176,13 @@ class EMConfig:
             return self.steps[min(phase_lap, len(self.steps) - 1)]
         return self.steps
 
-    def augment_of(self, sources: Sequence[str], phase_lap: int) -> tuple[tuple[str, float, float, float], ...]:
-        """Flux augmentations ``(source, low, high, fraction)`` of the M-step of diffusion
-        lap ``phase_lap`` (from 0) of a stage learning ``sources``."""
+    def augment_of(self, sources: Sequence[str], phase_lap: int) -> tuple[tuple[str, tuple[float, ...]], ...]:
+        """Flux augmentations ``(source, spec)`` of the M-step of diffusion lap
+        ``phase_lap`` (from 0) of a stage learning ``sources``; ``spec`` are the arguments
+        of :func:`~galprism.diffusion.random_flux_scaling` as given in ``flux_augment``."""
         if self.flux_augment_laps and phase_lap >= self.flux_augment_laps:
             return ()
-        out = []
-        for s in sources:
-            if s in self.flux_augment:
-                low, high, *rest = self.flux_augment[s]
-                out.append((s, low, high, rest[0] if rest else 1.0))
-        return tuple(out)
+        return tuple((s, tuple(self.flux_augment[s])) for s in sources if s in self.flux_augment)
 
     def laps_of(self, phase: str, stage: int, n_stages: int) -> int:
         """Number of ``phase`` laps of stage ``stage`` (of ``n_stages``).

@@ -24,7 +24,7 @@ class Stage:
 class LapPlan:
     """One lap: its number (from 1), stage, phase (``"gaussian"`` or ``"diffusion"``),
     number within that phase of that stage (from 0), and the flux augmentations of its
-    M-step as ``(source, low, high, fraction)`` (``EMConfig.flux_augment``).
+    M-step as ``(source, spec)`` (``EMConfig.augment_of``).
 
     The augmentations are part of the plan so that a resumed run which changes them is
     accepted only where the laps already done stay the same laps."""
@@ -33,7 +33,7 @@ class LapPlan:
     stage: int
     phase: str
     phase_lap: int
-    augment: tuple[tuple[str, float, float, float], ...] = ()
+    augment: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
 
 def plan_stages(views: Sequence[View], config: EMConfig) -> list[Stage]:

@@ -197,7 +197,7 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
         if s not in state.trainers:
             state.trainers[s] = state.new_trainer(float(data[s].std()))
         step = bar.start(f"lap {plan.lap} M-step {s}", config.train_steps)
-        spec = next((a[1:] for a in plan.augment if a[0] == s), None)
+        spec = dict(plan.augment).get(s)
         augment = random_flux_scaling(*spec) if spec is not None else None
         loss[s] = state.trainers[s].fit(
             data[s].to(device), config.train_steps, config.train_batch, generator=state.generator, callback=step,
