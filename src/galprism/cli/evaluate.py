@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..separate import DEFAULTS
 from ._threads import set_threads, threads_option
 
 __all__ = ["evaluate"]
@@ -98,10 +99,10 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Gaussian (PPCA) prior folder or name; auto: the one from the same EM run as --prior.",
 )
-@click.option("--n-samples", type=click.IntRange(min=2), default=8, show_default=True, help="Posterior samples per cutout.")
-@click.option("--steps", type=click.IntRange(min=1), default=16, show_default=True, help="Sampler steps.")
-@click.option("--cg-iterations", type=click.IntRange(min=0), default=1, show_default=True, help="CG iterations per step.")
-@click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default="ddim", show_default=True, help="Posterior sampler.")
+@click.option("--n-samples", type=click.IntRange(min=2), default=DEFAULTS["n_samples"], show_default=True, help="Posterior samples per cutout.")
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
+@click.option("--cg-iterations", type=click.IntRange(min=0), default=DEFAULTS["cg_iterations"], show_default=True, help="CG iterations per step.")
+@click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option(

@@ -19,6 +19,7 @@ import torch
 from .. import __version__
 from ..errors import ConfigError, GalprismError
 from ..priorset import PriorSet, list_builtin_priors, load_priorset
+from ..separate import DEFAULTS as SEPARATE_DEFAULTS
 from .methods import GalprismMethod, Method, PhotutilsMethod
 from .report import write_report
 from .run import EvalResult, evaluate_methods
@@ -77,10 +78,10 @@ class EvaluateConfig:
     methods: tuple[str, ...] = ALL_METHODS
     prior: str = "default"
     gaussian_prior: str = "auto"
-    n_samples: int = 8
-    steps: int = 16
-    cg_iterations: int = 1
-    sampler: str = "ddim"
+    n_samples: int = SEPARATE_DEFAULTS["n_samples"]
+    steps: int = SEPARATE_DEFAULTS["steps"]
+    cg_iterations: int = SEPARATE_DEFAULTS["cg_iterations"]
+    sampler: str = SEPARATE_DEFAULTS["sampler"]
     batch_size: int = 8
     device: str = "cpu"
     interval: str = "auto"
