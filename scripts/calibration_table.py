@@ -4,7 +4,8 @@
 
 Reads ``results.jsonl`` of each ``galprism evaluate`` report folder (or a folder holding
 only that method's rows) and prints, per folder, the medians of RMSE and absolute flux
-error (all cutouts and the most blended third of the folder's own cutouts), the median
+error (all cutouts and the most blended third of the folder's own cutouts; medians and
+thirds as the report computes them), the median
 flux error, the 68% / 95% flux interval coverage, the median and robust spread
 (1.4826 x MAD) of the flux z-scores and the SBC rank histogram. ``--limit N`` keeps the
 first N cutouts in file order, so runs made with ``galprism evaluate --limit N`` can be
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galprism.evaluate.report import blendedness_edges, stat, third_of
+
 
 def summarise(folder: Path, method: str, limit: int | None, n_samples: int = 8) -> dict:
     """Summary of ``method``'s rows in ``folder/results.jsonl`` (first ``limit`` cutouts)."""
@@ -33,18 +36,21 @@ def summarise(folder: Path, method: str, limit: int | None, n_samples: int = 8) 
         rows = rows[:limit]
     if not rows:
         raise SystemExit(f"{folder}: no rows of method {method!r} in results.jsonl")
-    blend = np.array([r["blendedness"] for r in rows])
-    most = blend >= np.quantile(blend, 2 / 3)
-    rmse = np.array([r["rmse"] for r in rows])
-    abs_flux = np.array([r["abs_flux_err"] for r in rows])
+    # the report's own medians and blendedness thirds, so a full run's figures match its summary.md
+    edges = blendedness_edges([r["blendedness"] for r in rows])
+    most = [r for r in rows if third_of(r["blendedness"], edges) == 2]
+
+    def median(subset: list[dict], key: str) -> float:
+        return stat([r[key] for r in subset])[0]
+
     out = {
         "folder": str(folder),
         "n": len(rows),
-        "rmse": float(np.median(rmse)),
-        "rmse_most_blended": float(np.median(rmse[most])),
-        "abs_flux_err": float(np.median(abs_flux)),
-        "abs_flux_err_most_blended": float(np.median(abs_flux[most])),
-        "flux_err": float(np.median([r["flux_err"] for r in rows])),
+        "rmse": median(rows, "rmse"),
+        "rmse_most_blended": median(most, "rmse"),
+        "abs_flux_err": median(rows, "abs_flux_err"),
+        "abs_flux_err_most_blended": median(most, "abs_flux_err"),
+        "flux_err": median(rows, "flux_err"),
     }
     if "flux_z" not in rows[0]:  # a point estimate (photutils, ASVD): no posterior to calibrate
         return out

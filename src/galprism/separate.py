@@ -62,7 +62,7 @@ __all__ = [
 #: defaults shared by the CLI and the library
 DEFAULTS: dict[str, Any] = {
     "n_samples": 8,
-    "steps": 32,  # DDIM 16 -> 32: RMSE 0.118 -> 0.109, abs flux err 0.256 -> 0.218 on 200 test cutouts (docs/evaluation.md)
+    "steps": 32,  # DDIM 16 -> 32: RMSE 0.118 -> 0.108, abs flux err 0.256 -> 0.217 on the report's 200 test cutouts (docs/evaluation.md)
     "cg_iterations": 1,
     "sampler": "ddim",
     "trust": 0.0,  # cap off: on the real HSC blend it tripled chi^2 (994 vs 428), no effect in-distribution
