@@ -1,7 +1,9 @@
 """`galprism fit` end to end: simulate a few cutouts, learn tiny priors, separate with them."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from astropy.io import fits
 
@@ -43,7 +45,7 @@ def _run(argv, capsys):
     return info.value.code, captured.out, captured.err
 
 
-def _fit_file(root, name="tiny"):
+def _fit_file(root, name="tiny", extra=""):
     h5 = {v: next((root / v).glob("*.h5")).name for v in ("sky", "galaxies")}
     h5 = {v: n for v, n in h5.items()}
     text = f"""
@@ -51,6 +53,7 @@ name = "{name}"
 sources = ["galaxy", "sky"]
 size = {SIZE}
 pixel_scale = 0.168
+{extra}
 
 [[views]]
 name = "sky"
@@ -87,7 +90,7 @@ def test_fit_then_separate_with_the_learned_prior(sims, tmp_path, capsys):
     produce per-source sample cubes for a simulated cutout; the run folder must hold
     the per-lap history, checkpoints and PNG grids."""
     root, _ = sims
-    fit_file = _fit_file(root)
+    fit_file = _fit_file(root, extra="support = {galaxy = 5}")
     code, out, err = _run(["fit", str(fit_file), "-o", str(tmp_path / "run"), "--json", "-q"], capsys)
     assert code == 0, err
     summary = json.loads(out)
@@ -108,6 +111,12 @@ def test_fit_then_separate_with_the_learned_prior(sims, tmp_path, capsys):
         assert hdul["GALAXY"].data.shape == (2, SIZE, SIZE)
         assert hdul["SKY_MEAN"].data.shape == (SIZE, SIZE)
         assert hdul[0].header["PRIOR"] == "tiny"
+        # the fit file's support reaches prior.json and confines the galaxy at separation
+        assert json.loads((Path(summary["prior"]) / "prior.json").read_text())["support"] == {"galaxy": 5.0}
+        assert hdul[0].header["SUPPORT"] == "galaxy=5"
+        yy, xx = np.mgrid[:SIZE, :SIZE]
+        outside = np.hypot(yy - (SIZE - 1) / 2, xx - (SIZE - 1) / 2) > 5
+        assert np.all(hdul["GALAXY"].data[:, outside] == 0) and np.any(hdul["SKY"].data[:, outside] != 0)
 
 
 def test_fit_asvd_then_separate_asvd(sims, tmp_path, capsys):
@@ -139,6 +148,9 @@ def test_fit_file_errors_name_the_problem(tmp_path):
         load_fit_spec(bad)
     bad.write_text('sources = ["galaxy"]\nsize = 8\ncolour = 3\nviews = []\n')
     with pytest.raises(ConfigError, match="unknown settings"):
+        load_fit_spec(bad)
+    bad.write_text('sources = ["galaxy"]\nsize = 8\nsupport = {star = 3}\n[[views]]\nname = "v"\nsources = ["galaxy"]\ndata = "x.h5"\n')
+    with pytest.raises(ConfigError, match="support names source 'star'"):
         load_fit_spec(bad)
     with pytest.raises(ConfigError, match="no such fit file"):
         load_fit_spec(tmp_path / "missing.toml")

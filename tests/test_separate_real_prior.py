@@ -121,3 +121,75 @@ def test_sample_draws_from_the_prior(tmp_path, capsys, monkeypatch, prior_folder
             std = priors[k].covariance().diagonal().sqrt()
             z = (x.mean(0) - priors[k].mean.reshape(-1)) / std * np.sqrt(n)
             assert float(z.pow(2).mean().sqrt()) < 1.5, f"{name}: prior samples biased"
+
+
+def test_support_confines_a_source_and_follows_the_exact_posterior(tmp_path, capsys, monkeypatch, prior_folder):
+    """A prior's ``support`` makes its galaxy zero outside a disk and the rest follow the confined model exactly.
+
+    If the support were only applied to the outputs (not to the operator), the galaxy
+    inside the disk and the sky would keep the unconstrained posterior and fail the
+    comparison with the closed form of the confined model; ``--support none`` must give
+    back the unconstrained posterior.
+    """
+    from galprism.operators import Mask
+    from galprism.priorset import load_priorset
+    from galprism.separate import disk_support
+
+    folder, priors = prior_folder
+    confined = tmp_path / "tiny-gauss-confined"
+    ps = load_priorset(folder)
+    ps.support = {"galaxy": 2.5}
+    ps.save(confined)
+    assert load_priorset(confined).support == {"galaxy": 2.5}, "support lost in prior.json"
+    cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), sigma=0.05, header={"MAGZERO": 27.0})
+    n = 64
+    outs = {}
+    for tag, extra in (("prior", []), ("none", ["--support", "none"])):
+        out = tmp_path / f"{tag}.fits"
+        code, _, _, err = run_cli(
+            ["separate", cut, "--prior", confined, "-n", n, "--steps", 32, "--cg-iterations", 16, "-o", out, "-q", *extra],
+            capsys, monkeypatch,
+        )
+        assert code == 0, err
+        with fits.open(out) as h:
+            outs[tag] = (h[0].header["SUPPORT"], np.stack([h["GALAXY"].data, h["SKY"].data], axis=1).astype(np.float64))
+    assert outs["prior"][0] == "galaxy=2.5" and outs["none"][0] == "none"
+    disk = disk_support((1, N, N), 2.5)
+    assert 0 < int(disk.sum()) < N * N
+    outside = ~disk[0].numpy()  # single-band outputs are (samples, H, W)
+    assert np.all(outs["prior"][1][:, 0][:, outside] == 0), "galaxy light outside its support"
+    assert np.abs(outs["none"][1][:, 0][:, outside]).max() > 0, "--support none still confined the galaxy"
+
+    obs = read_cutout(cut)
+    y = torch.from_numpy(fits.getdata(cut, "SCI").astype(np.float64))[None, None]
+    noise_var = torch.full_like(y, 0.05**2)
+    op = obs.operator((1, N, N), obs.grid_factor(0.1))
+    for tag, galaxy_op in (("prior", op @ Mask(disk)), ("none", op)):
+        mean, cov = gaussian_posterior(priors, SourceSum([galaxy_op, op]), y, noise_var)
+        keep = torch.cat([disk.flatten(), torch.ones(N * N, dtype=torch.bool)]) if tag == "prior" else torch.ones(2 * N * N, dtype=torch.bool)
+        samples = torch.from_numpy(outs[tag][1]).reshape(n, -1)[:, keep]
+        mean, std = mean[keep], cov.diagonal().sqrt()[keep]
+        z = (samples.mean(0) - mean) / std * np.sqrt(n)
+        rms_z = float(z.pow(2).mean().sqrt())
+        ratio = float((samples.std(0) / std).mean())
+        assert rms_z < 1.5, f"{tag}: posterior mean biased: rms z-score {rms_z:.2f} (1 expected)"
+        assert 0.85 < ratio < 1.15, f"{tag}: posterior spread off: sample std / exact std = {ratio:.3f}"
+
+
+def test_bad_support_is_refused_with_one_line(tmp_path, capsys, monkeypatch, prior_folder):
+    """A support naming an unknown source or a radius <= 0 is a usage error (exit 2) or a broken prior folder (exit 1)."""
+    folder, _ = prior_folder
+    cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), header={"MAGZERO": 27.0})
+    for bad, needle in (("star=3", "star"), ("galaxy=0", "galaxy=0"), ("galaxy", "SOURCE=RADIUS")):
+        code, _, _, err = run_cli(["separate", cut, "--prior", folder, "--support", bad, "-o", tmp_path / "x.fits", "-q"], capsys, monkeypatch)
+        assert code == 2 and len(err) == 1 and needle in err[0], (bad, code, err)
+    assert not (tmp_path / "x.fits").exists()
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(folder, broken)
+    manifest = json.loads((broken / "prior.json").read_text())
+    manifest["support"] = {"sky": -1}
+    (broken / "prior.json").write_text(json.dumps(manifest))
+    code, _, _, err = run_cli(["separate", cut, "--prior", broken, "-o", tmp_path / "y.fits", "-q"], capsys, monkeypatch)
+    assert code == 1 and len(err) == 1 and "prior.json" in err[0] and "sky" in err[0], (code, err)

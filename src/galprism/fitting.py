@@ -7,6 +7,7 @@ A fit file names the sources, the prior's grid and the views::
     size = 48                       # prior image side (pixels)
     pixel_scale = 0.168             # arcsec per pixel of the prior grid
     arrangement = "stagewise"       # or "joint"
+    support = {galaxy = 20}         # optional: at separation, galaxy is zero beyond 20 px of the centre
 
     [[views]]
     name = "sky"
@@ -25,7 +26,9 @@ A fit file names the sources, the prior's grid and the views::
     widths = [16, 32, 64]
 
 Paths are relative to the fit file. Every observation keeps its own PSF, mask and noise
-in its operator, so the priors are of the intrinsic (PSF-free) sources.
+in its operator, so the priors are of the intrinsic (PSF-free) sources. ``support`` is
+written into the prior folder's ``prior.json`` and used by ``galprism separate``; the
+E-steps of the fit do not use it (the priors are learned unconfined).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import torch
 from .em import EMConfig, EMResult, View, run_em
 from .errors import ConfigError, InputError
 from .operators import Composition, Convolve, Mask, SourceSum
+from .priorset import check_support
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,6 +87,7 @@ class FitSpec:
     network: dict[str, Any] = field(default_factory=dict)
     asvd: dict[str, Any] = field(default_factory=dict)
     source_file: Path | None = None
+    support: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in ("diffusion", "asvd"):
@@ -95,6 +100,7 @@ class FitSpec:
                     raise ConfigError(f"view {v.name!r}: names unknown source {s!r} (sources: {', '.join(self.sources)})")
             if v.data is None and not v.files:
                 raise ConfigError(f"view {v.name!r}: give `data` (HDF5) or `files` (FITS)")
+        self.support = check_support(self.support, self.sources, f"fit {self.name!r}")
 
 
 def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> FitSpec:
@@ -115,7 +121,7 @@ def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = No
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     base = path.parent
     known = {"name", "sources", "size", "pixel_scale", "zeropoint", "arrangement", "flux_scale", "method",
-             "views", "em", "network", "asvd"}
+             "views", "em", "network", "asvd", "support"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
@@ -148,6 +154,7 @@ def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = No
         network=dict(raw.get("network", {})),
         asvd=dict(raw.get("asvd", {})),
         source_file=path,
+        support=raw.get("support", {}),
     )
 
 
@@ -279,6 +286,7 @@ def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
         "zeropoint": fit.zeropoint,
         "bunit": bunit,
         "flux_scale": flux_scale,
+        "support": dict(fit.support),
         "training": {
             "fit_file": str(fit.source_file) if fit.source_file else None,
             "views": {v.name: {"sources": v.sources, "data": str(v.data) if v.data else [str(f) for f in v.files[:3]]}
@@ -331,6 +339,8 @@ def fit_asvd_prior(
     """
     from .asvd import fit_asvd  # local: only this method needs it
 
+    if fit.support:
+        raise ConfigError(f"fit {fit.name!r}: `support` applies to diffusion and Gaussian priors, not to --method asvd")
     data = [load_view(v, fit) for v in fit.views]
     clean = [d for d in data if len(d.spec.sources) == 1]
     mixed = [d for d in data if len(d.spec.sources) == 2]

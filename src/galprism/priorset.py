@@ -8,9 +8,14 @@ holds ``prior.json`` and one checkpoint per source::
                          "name": ..., "method": "diffusion" | "gaussian",
                          "sources": ["galaxy", "sky"], "shape": [C, H, W],
                          "pixel_scale": 0.168, "zeropoint": 27.0, "bunit": ...,
-                         "flux_scale": ..., "training": {...}}
+                         "flux_scale": ..., "support": {"galaxy": 20.0},
+                         "training": {...}}
       galaxy.pt         checkpoints of :mod:`galprism.checkpoint`
       sky.pt
+
+``support`` (optional) confines a source to a disk of the given radius in prior pixels
+around the grid centre: outside it the source is zero by definition (the bounding box of
+a scarlet source plays the same part). ``galprism separate --support`` overrides it.
 
 Priors work in normalised units ``data / flux_scale`` at the recorded zero point; a
 :class:`PriorSet` converts on the way in and out.
@@ -39,7 +44,7 @@ from .errors import CheckpointError, ConfigError
 from .operators import SourceSum
 from .posterior import sample_posterior, sample_prior
 
-__all__ = ["PriorSet", "load_priorset", "list_builtin_priors", "builtin_prior_path", "DEFAULT_PRIOR"]
+__all__ = ["PriorSet", "check_support", "load_priorset", "list_builtin_priors", "builtin_prior_path", "DEFAULT_PRIOR"]
 
 SET_FORMAT = "galprism-priorset"
 SET_FORMAT_VERSION = 1
@@ -69,6 +74,10 @@ class PriorSet:
         Flux convention of the data the priors were learned from.
     flux_scale
         Data units per normalised prior unit.
+    support
+        Source name -> radius in prior pixels of the disk around the grid centre outside
+        which that source is zero (:func:`galprism.separate.source_supports`); sources
+        not named are unconstrained.
     manifest
         The full ``prior.json`` content (training provenance included).
     sha256
@@ -87,6 +96,7 @@ class PriorSet:
     manifest: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     path: Path | None = None
+    support: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.priors):
@@ -98,6 +108,7 @@ class PriorSet:
                 raise ConfigError(f"prior {self.name!r}: source {s!r} has shape {tuple(p.shape)}, expected {tuple(self.shape)}")
         if not self.flux_scale > 0:
             raise ConfigError(f"prior {self.name!r}: flux_scale must be > 0, got {self.flux_scale}")
+        self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
 
     # -- description --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -110,6 +121,7 @@ class PriorSet:
             "pixel_scale": self.pixel_scale,
             "zeropoint": self.zeropoint,
             "bunit": self.bunit,
+            "support": dict(self.support),
             "training": self.manifest.get("training", {}),
             "sha256": self.sha256,
             "path": str(self.path) if self.path else None,
@@ -234,12 +246,39 @@ class PriorSet:
             "bunit": self.bunit,
             "flux_scale": self.flux_scale,
         }
+        if self.support:
+            manifest["support"] = dict(self.support)
+        else:
+            manifest.pop("support", None)
         with atomic_path(folder / "prior.json") as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         self.manifest = manifest
         self.sha256 = folder_digest(folder)
         self.path = folder
         return folder
+
+
+def check_support(support: Any, sources: Sequence[str], where: str) -> dict[str, float]:
+    """Validate a support mapping (source name -> disk radius in pixels, > 0)."""
+    if support is None:
+        return {}
+    if not isinstance(support, dict):
+        raise ConfigError(f"{where}: support must map source names to radii in pixels, got {support!r}")
+    out = {}
+    for name, radius in support.items():
+        if name not in sources:
+            raise ConfigError(f"{where}: support names source {name!r}, but the sources are {', '.join(sources)}")
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
+            raise ConfigError(f"{where}: support radius of {name!r} must be a number of pixels > 0, got {radius!r}")
+        out[str(name)] = float(radius)
+    return out
+
+
+def _manifest_support(manifest: dict[str, Any], path: Path) -> dict[str, float]:
+    try:
+        return check_support(manifest.get("support"), manifest["sources"], f"{path}/prior.json")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def folder_digest(folder: Path) -> str:
@@ -336,6 +375,7 @@ def load_priorset(name_or_path: str | os.PathLike, map_location: str | torch.dev
         zeropoint=manifest.get("zeropoint"),
         bunit=manifest.get("bunit"),
         flux_scale=float(manifest.get("flux_scale", 1.0)),
+        support=_manifest_support(manifest, path),
         manifest=manifest,
         sha256=folder_digest(path),
         path=path,

@@ -36,12 +36,14 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import GalprismError, ShapeError, UsageError
+from .errors import ConfigError, GalprismError, ShapeError, UsageError
 from .io.flux import zeropoint_of_unit
 from .io.inputs import cutout_seed, in_shard, output_path
 from .io.read import ReadOptions, read_cutout
 from .io.write import OutputExistsError, image_hdu, primary_hdu, source_hdus, write_atomic
 from .observation import Observation, stack_observations
+from .operators import Mask, SourceSum
+from .priorset import check_support
 
 __all__ = [
     "DEFAULTS",
@@ -53,6 +55,11 @@ __all__ = [
     "RunWarnings",
     "prepare_observation",
     "separate_observations",
+    "parse_support",
+    "effective_support",
+    "source_supports",
+    "supported_operator",
+    "zero_outside_supports",
     "write_result",
     "run_separate",
     "resolve_device",
@@ -129,6 +136,10 @@ class SeparateConfig:
         ``(I, N)``: process only the inputs of shard I of N.
     command_line
         Recorded in the outputs' HISTORY (default: ``sys.argv``).
+    support
+        Source name -> radius in prior pixels of the disk around the cutout centre outside
+        which that source is zero; ``None`` uses the prior's own (``prior.json``), ``{}``
+        none.
     """
 
     n_samples: int = DEFAULTS["n_samples"]
@@ -148,6 +159,7 @@ class SeparateConfig:
     skip_existing: bool = False
     shard: tuple[int, int] | None = None
     command_line: str | None = None
+    support: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_samples", "steps", "batch_size"):
@@ -344,6 +356,72 @@ def fit_to_prior(
     return obs.crop(center, (h // factor, w // factor)), factor
 
 
+def disk_support(shape: Sequence[int], radius: float) -> torch.Tensor:
+    """Boolean ``shape`` mask of the pixels within ``radius`` pixels of the grid centre."""
+    h, w = int(shape[-2]), int(shape[-1])
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    disk = torch.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) <= radius
+    return disk.expand(*shape).clone()
+
+
+def parse_support(values: Sequence[str]) -> dict[str, float] | None:
+    """``--support`` values (``SOURCE=RADIUS`` or ``none``) as a :attr:`SeparateConfig.support`.
+
+    No values gives ``None`` (the prior's own supports); ``none`` gives ``{}``.
+    """
+    if not values:
+        return None
+    if any(v.strip().lower() == "none" for v in values):
+        if len(values) > 1:
+            raise UsageError(f"--support none excludes other --support values, got {', '.join(values)}")
+        return {}
+    out: dict[str, float] = {}
+    for v in values:
+        name, sep, radius = v.partition("=")
+        try:
+            r = float(radius)
+        except ValueError:
+            r = float("nan")
+        if not sep or not name.strip() or not r > 0 or r == float("inf"):
+            raise UsageError(f"--support {v!r}: expected SOURCE=RADIUS with a radius in prior pixels > 0, or 'none'")
+        out[name.strip()] = r
+    return out
+
+
+def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, float]:
+    """The supports a run uses: ``config.support`` when given (``{}`` = none), else the prior's."""
+    if config.support is None:
+        return dict(getattr(prior, "support", {}) or {})
+    try:
+        return check_support(config.support, prior.sources, f"--support for prior {prior.name!r}")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def source_supports(prior: Separator, config: SeparateConfig) -> dict[str, torch.Tensor]:
+    """Boolean masks on the prior's grid of the sources that have a support in this run."""
+    return {name: disk_support(prior.shape, radius) for name, radius in effective_support(prior, config).items()}
+
+
+def supported_operator(operator: SourceSum, sources: Sequence[str], supports: dict[str, torch.Tensor]) -> SourceSum:
+    """``operator`` with each supported source's term applied to that source inside its support only."""
+    if not supports:
+        return operator
+    return SourceSum([op @ Mask(supports[name]) if name in supports else op for name, op in zip(sources, operator.ops, strict=True)])
+
+
+def zero_outside_supports(x: torch.Tensor, sources: Sequence[str], supports: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Samples ``(B, S, K, *shape)`` with every supported source set to zero outside its support.
+
+    Outside its support a source is zero by definition; the sampler's state there is an
+    unconstrained prior draw that no pixel of the data sees.
+    """
+    for k, name in enumerate(sources):
+        if name in supports:
+            x[:, :, k] = x[:, :, k] * supports[name].to(device=x.device, dtype=x.dtype)
+    return x
+
+
 def separate_observations(
     observations: Sequence[Observation],
     prior: Separator,
@@ -381,10 +459,12 @@ def separate_observations(
         prior_zeropoint=zp,
     )
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    supports = source_supports(prior, config)
+    operator = supported_operator(batch.operator, prior.sources, supports)
     samples = prior.separate(
         batch.y,
         batch.noise_var,
-        batch.operator,
+        operator,
         n_samples=config.n_samples,
         steps=config.steps,
         cg_iterations=config.cg_iterations,
@@ -401,6 +481,7 @@ def separate_observations(
             f"({b}, n_samples, {k}, {', '.join(map(str, prior.shape))})"
         )
     x = samples.detach().to("cpu", torch.float64)
+    x = zero_outside_supports(x, prior.sources, supports)
     if not torch.isfinite(x).all():
         raise GalprismError(f"prior {prior.name!r}: the sampler returned non-finite values")
     predicted = batch.forward.apply(x.mean(dim=1).sum(dim=1))  # (B, C, h, w), prior units
@@ -443,6 +524,7 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "NCGITER": (int(config.cg_iterations), "conjugate-gradient iterations per step"),
         "TRUST": (float(config.trust), "MMPS trust radius (0 = off)"),
         "SAMPLER": (config.sampler, "posterior sampler"),
+        "SUPPORT": (_support_text(effective_support(prior, config)), "source=radius [prior px]: zero outside"),
         "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
         "RUNSEED": (int(config.seed), "--seed of the run"),
         "DEVICE": (device, "torch device"),
@@ -458,6 +540,10 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "FLUXFAC": (float(result.flux_factor), "input units -> prior units"),
     }
     return cards
+
+
+def _support_text(support: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in support.items()) or "none"
 
 
 def build_hdulist(result: SeparationResult, prior: Separator, config: SeparateConfig, device: str) -> Any:
@@ -548,6 +634,7 @@ def run_separate(
     t_run = time.perf_counter()
     warn = warnings or RunWarnings()
     device = resolve_device(config.device)
+    effective_support(prior, config)  # a bad --support is a usage error before any work
     summary = RunSummary()
     if config.output is None:
         try:

@@ -103,6 +103,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
 @click.option("--cg-iterations", type=click.IntRange(min=0), default=DEFAULTS["cg_iterations"], show_default=True, help="CG iterations per step.")
 @click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
+@click.option("--support", multiple=True, metavar="SOURCE=RADIUS|none",
+              help="Source supports of the probabilistic methods, as for `galprism separate` (default: each prior's own).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option(
@@ -138,10 +140,12 @@ def evaluate(**opts) -> None:
     """
 
     from ..evaluate.pipeline import EvaluateConfig, run_evaluation
+    from ..separate import parse_support
 
     set_threads(opts.pop("threads"), default_one=False)
     as_json = opts.pop("as_json")
     quiet = opts.pop("quiet")
+    opts["support"] = parse_support(opts["support"])
     cfg = EvaluateConfig(**opts)
     progress = _Progress(not quiet)
     try:

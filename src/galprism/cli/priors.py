@@ -30,6 +30,7 @@ def describe_prior(prior: Any) -> dict[str, Any]:
     info.setdefault("shape", list(prior.shape))
     info.setdefault("zeropoint", prior.zeropoint)
     info.setdefault("bunit", prior.bunit)
+    info.setdefault("support", dict(getattr(prior, "support", {}) or {}))
     info.setdefault("sha256", prior.sha256)
     return info
 
@@ -38,7 +39,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value) if not all(isinstance(v, int) for v in value) else "x".join(map(str, value))
     if isinstance(value, dict):
-        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+        return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
     return "-" if value is None else str(value)
 
 
@@ -62,7 +63,7 @@ def priors(names: tuple[str, ...], as_json: bool) -> None:
         return
     for info in entries:
         click.echo(f"{info['name']}  ({info['method']})")
-        shown = ("sources", "pixel_scale", "shape", "zeropoint", "bunit")
+        shown = ("sources", "pixel_scale", "shape", "zeropoint", "bunit", "support")
         for key in shown:
             click.echo(f"  {key.replace('_', ' '):<13} {_fmt(info.get(key))}")
         for key, value in info.items():

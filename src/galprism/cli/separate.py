@@ -55,7 +55,8 @@ def command_line(ctx: click.Context) -> str:
                 words.append(param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0])
         else:
             long = next((o for o in param.opts if o.startswith("--")), param.opts[0])
-            words.extend([long, str(value)])
+            for v in value if getattr(param, "multiple", False) else (value,):
+                words.extend([long, str(v)])
     return shlex.join(words)
 
 
@@ -102,6 +103,9 @@ class _Output:
 @click.option("--cg-iterations", type=int, default=DEFAULTS["cg_iterations"], show_default=True, help="Conjugate-gradient iterations per step.")
 @click.option("--sampler", default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
 @click.option("--trust", type=float, default=DEFAULTS["trust"], show_default=True, help="Trust radius of diffusion-prior MMPS corrections (0 = off).")
+@click.option("--support", "support", multiple=True, metavar="SOURCE=RADIUS|none",
+              help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre (repeatable); "
+              "'none' drops the prior's own supports (default: the prior's, see `galprism priors`).")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
 @threads_option(default_one=True)
@@ -132,7 +136,7 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
-    from ..separate import RunWarnings, SeparateConfig, run_separate
+    from ..separate import RunWarnings, SeparateConfig, parse_support, run_separate
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
@@ -155,6 +159,7 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
         center=_pair(kw["center"], "--center"), center_radec=_pair(kw["center_radec"], "--center-radec"),
         read=read, output_dir=output_dir, output=output, overwrite=kw["overwrite"],
         skip_existing=kw["skip_existing"], shard=shard, command_line=command_line(ctx),
+        support=parse_support(kw["support"]),
     )
     total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
     prior = load_prior(prior_spec)

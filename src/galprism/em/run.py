@@ -252,6 +252,7 @@ def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
         zeropoint=meta.get("zeropoint"),
         bunit=meta.get("bunit"),
         flux_scale=float(meta.get("flux_scale", 1.0)),
+        support=dict(meta.get("support") or {}),
     )
     training = {
         "em": {k: v for k, v in config.to_dict().items() if k != "metadata"},

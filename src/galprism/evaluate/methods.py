@@ -28,7 +28,7 @@ from ..errors import ConfigError, ShapeError
 from ..io.inputs import cutout_seed
 from ..observation import Observation, stack_observations
 from ..priorset import PriorSet
-from ..separate import SeparateConfig, fit_to_prior, separate_observations
+from ..separate import SeparateConfig, effective_support, fit_to_prior, separate_observations
 from .testset import EvalCutout
 
 __all__ = [
@@ -118,6 +118,7 @@ class GalprismMethod:
         seed: int = 0,
         device: str = "cpu",
         galaxy_source: str = "galaxy",
+        support: dict[str, float] | None = None,
     ) -> None:
         if galaxy_source not in prior.sources:
             raise ConfigError(
@@ -138,6 +139,7 @@ class GalprismMethod:
             batch_size=batch_size,
             seed=seed,
             device=device,
+            support=support,
         )
 
     def settings(self) -> dict[str, object]:
@@ -151,6 +153,7 @@ class GalprismMethod:
             "steps": c.steps,
             "cg_iterations": c.cg_iterations,
             "sampler": c.sampler,
+            "support": effective_support(self.prior, c),
             "batch_size": c.batch_size,
             "seed": c.seed,
             "device": self.device,

@@ -33,7 +33,13 @@ from ..errors import ShapeError
 from ..io.inputs import cutout_seed
 from ..operators import Composition, Convolve, Identity, LinearOperator, Mask, SourceSum
 from ..priorset import PriorSet
-from ..separate import prior_zeropoint
+from ..separate import (
+    SeparateConfig,
+    prior_zeropoint,
+    source_supports,
+    supported_operator,
+    zero_outside_supports,
+)
 from .real import COVERAGE_MIN, RealCase
 
 __all__ = ["ChannelStack", "TwoViewResult", "two_view_separation"]
@@ -106,8 +112,12 @@ def two_view_separation(
     sampler: str = "pc",
     seed: int = 0,
     galaxy_source: str = "galaxy",
+    support: dict[str, float] | None = None,
 ) -> TwoViewResult:
-    """Sample the posterior of the real cutout with and without the HST view (same seed)."""
+    """Sample the posterior of the real cutout with and without the HST view (same seed).
+
+    ``support`` as :attr:`galprism.separate.SeparateConfig.support` (None: the prior's own).
+    """
     import time
 
     t0 = time.perf_counter()
@@ -129,6 +139,7 @@ def two_view_separation(
     var_hst = np.full(shape, (case.hst_truth_noise * fac) ** 2)
     hst_op = Composition([Mask(torch.from_numpy(covered.copy())), Identity(shape)])
     k = prior.sources.index(galaxy_source)
+    supports = source_supports(prior, SeparateConfig(support=support))
     gen_seed = cutout_seed(seed, cut.name)
     runs = {}
     for label, op, y, var in (
@@ -139,13 +150,14 @@ def two_view_separation(
         x = prior.separate(
             torch.from_numpy(y[None]).float(),
             torch.from_numpy(var[None]).float(),
-            SourceSum([op] * len(prior.sources)),
+            supported_operator(SourceSum([op] * len(prior.sources)), prior.sources, supports),
             n_samples=n_samples,
             steps=steps,
             cg_iterations=cg_iterations,
             sampler=sampler,
             generators=[gen],
         )
+        x = zero_outside_supports(x, prior.sources, supports)
         gal = x[0, :, k, 0].double().numpy() / fac  # (S, H, W) in the cutout's units
         runs[label] = gal
     foot = cut.galaxy_conv >= cut.sigma

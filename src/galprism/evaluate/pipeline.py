@@ -56,6 +56,9 @@ class EvaluateConfig:
         Gaussian PPCA prior from the same EM run, see :func:`find_gaussian_prior`).
     n_samples, steps, cg_iterations, sampler, batch_size, device
         Posterior sampling of the probabilistic methods.
+    support
+        Source supports of the probabilistic methods (``None``: each prior's own, ``{}``:
+        none; see :attr:`galprism.separate.SeparateConfig.support`).
     interval
         Credible-interval kind (see :mod:`galprism.evaluate.calibration`).
     asvd_train, asvd_ranks, asvd_tau
@@ -82,6 +85,7 @@ class EvaluateConfig:
     steps: int = SEPARATE_DEFAULTS["steps"]
     cg_iterations: int = SEPARATE_DEFAULTS["cg_iterations"]
     sampler: str = SEPARATE_DEFAULTS["sampler"]
+    support: dict[str, float] | None = None
     batch_size: int = 8
     device: str = "cpu"
     interval: str = "auto"
@@ -170,6 +174,7 @@ def _build_methods(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=cfg.device,
+        support=cfg.support,
     )
     if main is not None:
         methods.append(GalprismMethod(main, "galprism", f"galprism ({main.name})", **sampling))
@@ -316,6 +321,7 @@ def run_evaluation(
                             tv = two_view_separation(
                                 m.prior, case, n_samples=cfg.two_view_samples, steps=cfg.steps,
                                 cg_iterations=cfg.cg_iterations, sampler=cfg.sampler, seed=cfg.seed,
+                                support=m.config.support,
                             )
                             two_view.append(tv.as_dict())
                         except Exception as exc:  # noqa: BLE001 - report, keep the rest
