@@ -133,14 +133,15 @@ def test_support_confines_a_source_and_follows_the_exact_posterior(tmp_path, cap
     """
     from galprism.operators import Mask
     from galprism.priorset import load_priorset
-    from galprism.separate import disk_support
+    from galprism.support import Support
+    from galprism.support import disk as disk_support
 
     folder, priors = prior_folder
     confined = tmp_path / "tiny-gauss-confined"
     ps = load_priorset(folder)
     ps.support = {"galaxy": 2.5}
     ps.save(confined)
-    assert load_priorset(confined).support == {"galaxy": 2.5}, "support lost in prior.json"
+    assert load_priorset(confined).support == {"galaxy": Support(2.5)}, "support lost in prior.json"
     cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), sigma=0.05, header={"MAGZERO": 27.0})
     n = 64
     outs = {}

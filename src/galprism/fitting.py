@@ -7,7 +7,7 @@ A fit file names the sources, the prior's grid and the views::
     size = 48                       # prior image side (pixels)
     pixel_scale = 0.168             # arcsec per pixel of the prior grid
     arrangement = "stagewise"       # or "joint"
-    support = {galaxy = 20}         # optional: at separation, galaxy is zero beyond 20 px of the centre
+    support = {galaxy = "auto:20"}  # optional: at separation, galaxy is zero beyond (at most) 20 px
 
     [[views]]
     name = "sky"
@@ -49,7 +49,7 @@ import torch
 from .em import EMConfig, EMResult, View, run_em
 from .errors import ConfigError, InputError
 from .operators import Composition, Convolve, Mask, SourceSum
-from .priorset import check_support
+from .support import check_support
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,7 +87,7 @@ class FitSpec:
     network: dict[str, Any] = field(default_factory=dict)
     asvd: dict[str, Any] = field(default_factory=dict)
     source_file: Path | None = None
-    support: dict[str, float] = field(default_factory=dict)
+    support: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in ("diffusion", "asvd"):
@@ -286,7 +286,7 @@ def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
         "zeropoint": fit.zeropoint,
         "bunit": bunit,
         "flux_scale": flux_scale,
-        "support": dict(fit.support),
+        "support": {k: v.to_json() for k, v in fit.support.items()},
         "training": {
             "fit_file": str(fit.source_file) if fit.source_file else None,
             "views": {v.name: {"sources": v.sources, "data": str(v.data) if v.data else [str(f) for f in v.files[:3]]}

@@ -8,14 +8,14 @@ holds ``prior.json`` and one checkpoint per source::
                          "name": ..., "method": "diffusion" | "gaussian",
                          "sources": ["galaxy", "sky"], "shape": [C, H, W],
                          "pixel_scale": 0.168, "zeropoint": 27.0, "bunit": ...,
-                         "flux_scale": ..., "support": {"galaxy": 20.0},
+                         "flux_scale": ..., "support": {"galaxy": "auto:20"},
                          "training": {...}}
       galaxy.pt         checkpoints of :mod:`galprism.checkpoint`
       sky.pt
 
-``support`` (optional) confines a source to a disk of the given radius in prior pixels
-around the grid centre: outside it the source is zero by definition (the bounding box of
-a scarlet source plays the same part). ``galprism separate --support`` overrides it.
+``support`` (optional) confines a source to a disk around the grid centre, of a fixed
+radius in prior pixels or adaptive up to one (``"auto:20"``): outside it the source is
+zero (:mod:`galprism.support`). ``galprism separate --support`` overrides it.
 
 Priors work in normalised units ``data / flux_scale`` at the recorded zero point; a
 :class:`PriorSet` converts on the way in and out.
@@ -43,8 +43,9 @@ from .diffusion.samplers import SamplerConfig
 from .errors import CheckpointError, ConfigError
 from .operators import SourceSum
 from .posterior import sample_posterior, sample_prior
+from .support import Support, check_support
 
-__all__ = ["PriorSet", "check_support", "load_priorset", "list_builtin_priors", "builtin_prior_path", "DEFAULT_PRIOR"]
+__all__ = ["PriorSet", "load_priorset", "list_builtin_priors", "builtin_prior_path", "DEFAULT_PRIOR"]
 
 SET_FORMAT = "galprism-priorset"
 SET_FORMAT_VERSION = 1
@@ -75,9 +76,9 @@ class PriorSet:
     flux_scale
         Data units per normalised prior unit.
     support
-        Source name -> radius in prior pixels of the disk around the grid centre outside
-        which that source is zero (:func:`galprism.separate.source_supports`); sources
-        not named are unconstrained.
+        Source name -> :class:`~galprism.support.Support`: the disk around the grid
+        centre (fixed radius in prior pixels, or adaptive up to one) outside which that
+        source is zero; sources not named are unconstrained.
     manifest
         The full ``prior.json`` content (training provenance included).
     sha256
@@ -96,7 +97,7 @@ class PriorSet:
     manifest: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     path: Path | None = None
-    support: dict[str, float] = field(default_factory=dict)
+    support: dict[str, Support] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.priors):
@@ -121,7 +122,7 @@ class PriorSet:
             "pixel_scale": self.pixel_scale,
             "zeropoint": self.zeropoint,
             "bunit": self.bunit,
-            "support": dict(self.support),
+            "support": {k: str(v) for k, v in self.support.items()},
             "training": self.manifest.get("training", {}),
             "sha256": self.sha256,
             "path": str(self.path) if self.path else None,
@@ -246,8 +247,9 @@ class PriorSet:
             "bunit": self.bunit,
             "flux_scale": self.flux_scale,
         }
+        self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
         if self.support:
-            manifest["support"] = dict(self.support)
+            manifest["support"] = {k: v.to_json() for k, v in self.support.items()}
         else:
             manifest.pop("support", None)
         with atomic_path(folder / "prior.json") as tmp:
@@ -258,23 +260,7 @@ class PriorSet:
         return folder
 
 
-def check_support(support: Any, sources: Sequence[str], where: str) -> dict[str, float]:
-    """Validate a support mapping (source name -> disk radius in pixels, > 0)."""
-    if support is None:
-        return {}
-    if not isinstance(support, dict):
-        raise ConfigError(f"{where}: support must map source names to radii in pixels, got {support!r}")
-    out = {}
-    for name, radius in support.items():
-        if name not in sources:
-            raise ConfigError(f"{where}: support names source {name!r}, but the sources are {', '.join(sources)}")
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
-            raise ConfigError(f"{where}: support radius of {name!r} must be a number of pixels > 0, got {radius!r}")
-        out[str(name)] = float(radius)
-    return out
-
-
-def _manifest_support(manifest: dict[str, Any], path: Path) -> dict[str, float]:
+def _manifest_support(manifest: dict[str, Any], path: Path) -> dict[str, Support]:
     try:
         return check_support(manifest.get("support"), manifest["sources"], f"{path}/prior.json")
     except ConfigError as exc:

@@ -42,8 +42,14 @@ from .io.inputs import cutout_seed, in_shard, output_path
 from .io.read import ReadOptions, read_cutout
 from .io.write import OutputExistsError, image_hdu, primary_hdu, source_hdus, write_atomic
 from .observation import Observation, stack_observations
-from .operators import Mask, SourceSum
-from .priorset import check_support
+from .operators import SourceSum
+from .support import (
+    Support,
+    check_support,
+    resolve_support_masks,
+    supported_operator,
+    zero_outside_supports,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -57,9 +63,6 @@ __all__ = [
     "separate_observations",
     "parse_support",
     "effective_support",
-    "source_supports",
-    "supported_operator",
-    "zero_outside_supports",
     "write_result",
     "run_separate",
     "resolve_device",
@@ -138,7 +141,8 @@ class SeparateConfig:
         Recorded in the outputs' HISTORY (default: ``sys.argv``).
     support
         Source name -> radius in prior pixels of the disk around the cutout centre outside
-        which that source is zero; ``None`` uses the prior's own (``prior.json``), ``{}``
+        which that source is zero, or ``"auto:R"`` for an adaptive disk of at most R
+        (:mod:`galprism.support`); ``None`` uses the prior's own (``prior.json``), ``{}``
         none.
     """
 
@@ -159,7 +163,7 @@ class SeparateConfig:
     skip_existing: bool = False
     shard: tuple[int, int] | None = None
     command_line: str | None = None
-    support: dict[str, float] | None = None
+    support: dict[str, float | str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_samples", "steps", "batch_size"):
@@ -199,6 +203,8 @@ class SeparationResult:
         Multiplier from the cutout's units to the prior's.
     zeropoint_assumed
         The cutout said nothing about its flux scale and the prior's was assumed.
+    support_radii
+        Radius in prior pixels of each supported source's disk for this cutout.
     """
 
     observation: Observation
@@ -210,6 +216,7 @@ class SeparationResult:
     factor: int
     flux_factor: float
     zeropoint_assumed: bool = False
+    support_radii: dict[str, float] = field(default_factory=dict)
 
     def flux_summary(self) -> dict[str, dict[str, list[float]]]:
         """Per source and band: mean and standard deviation over samples of the total flux."""
@@ -356,16 +363,9 @@ def fit_to_prior(
     return obs.crop(center, (h // factor, w // factor)), factor
 
 
-def disk_support(shape: Sequence[int], radius: float) -> torch.Tensor:
-    """Boolean ``shape`` mask of the pixels within ``radius`` pixels of the grid centre."""
-    h, w = int(shape[-2]), int(shape[-1])
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    disk = torch.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) <= radius
-    return disk.expand(*shape).clone()
-
-
-def parse_support(values: Sequence[str]) -> dict[str, float] | None:
-    """``--support`` values (``SOURCE=RADIUS`` or ``none``) as a :attr:`SeparateConfig.support`.
+def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
+    """``--support`` values (``SOURCE=RADIUS``, ``SOURCE=auto:RADIUS`` or ``none``) as a
+    :attr:`SeparateConfig.support`.
 
     No values gives ``None`` (the prior's own supports); ``none`` gives ``{}``.
     """
@@ -375,20 +375,25 @@ def parse_support(values: Sequence[str]) -> dict[str, float] | None:
         if len(values) > 1:
             raise UsageError(f"--support none excludes other --support values, got {', '.join(values)}")
         return {}
-    out: dict[str, float] = {}
+    out: dict[str, float | str] = {}
     for v in values:
         name, sep, radius = v.partition("=")
+        value: float | str = radius.strip()
         try:
-            r = float(radius)
+            value = float(radius)
         except ValueError:
-            r = float("nan")
-        if not sep or not name.strip() or not r > 0 or r == float("inf"):
-            raise UsageError(f"--support {v!r}: expected SOURCE=RADIUS with a radius in prior pixels > 0, or 'none'")
-        out[name.strip()] = r
+            pass
+        if not sep or not name.strip():
+            raise UsageError(f"--support {v!r}: expected SOURCE=RADIUS or SOURCE=auto:RADIUS (prior pixels), or 'none'")
+        try:
+            Support.parse(value, f"--support {v!r}")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        out[name.strip()] = value
     return out
 
 
-def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, float]:
+def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, Support]:
     """The supports a run uses: ``config.support`` when given (``{}`` = none), else the prior's."""
     if config.support is None:
         return dict(getattr(prior, "support", {}) or {})
@@ -396,30 +401,6 @@ def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, flo
         return check_support(config.support, prior.sources, f"--support for prior {prior.name!r}")
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-
-
-def source_supports(prior: Separator, config: SeparateConfig) -> dict[str, torch.Tensor]:
-    """Boolean masks on the prior's grid of the sources that have a support in this run."""
-    return {name: disk_support(prior.shape, radius) for name, radius in effective_support(prior, config).items()}
-
-
-def supported_operator(operator: SourceSum, sources: Sequence[str], supports: dict[str, torch.Tensor]) -> SourceSum:
-    """``operator`` with each supported source's term applied to that source inside its support only."""
-    if not supports:
-        return operator
-    return SourceSum([op @ Mask(supports[name]) if name in supports else op for name, op in zip(sources, operator.ops, strict=True)])
-
-
-def zero_outside_supports(x: torch.Tensor, sources: Sequence[str], supports: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Samples ``(B, S, K, *shape)`` with every supported source set to zero outside its support.
-
-    Outside its support a source is zero by definition; the sampler's state there is an
-    unconstrained prior draw that no pixel of the data sees.
-    """
-    for k, name in enumerate(sources):
-        if name in supports:
-            x[:, :, k] = x[:, :, k] * supports[name].to(device=x.device, dtype=x.dtype)
-    return x
 
 
 def separate_observations(
@@ -459,7 +440,18 @@ def separate_observations(
         prior_zeropoint=zp,
     )
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    supports = source_supports(prior, config)
+
+    def pilot(operator: SourceSum, masks: dict, settings: dict) -> torch.Tensor:
+        pilot_generators = [torch.Generator(device=device).manual_seed(int(s) ^ settings["salt"]) for s in seeds]
+        return prior.separate(
+            batch.y, batch.noise_var, operator, n_samples=settings["n_samples"], steps=settings["steps"],
+            cg_iterations=config.cg_iterations, sampler=settings["sampler"], generators=pilot_generators,
+            device=device, trust=config.trust,
+        ).detach().to("cpu", torch.float64)
+
+    supports, radii = resolve_support_masks(
+        effective_support(prior, config), prior.sources, tuple(prior.shape), len(observations), pilot, batch.operator
+    )
     operator = supported_operator(batch.operator, prior.sources, supports)
     samples = prior.separate(
         batch.y,
@@ -502,6 +494,7 @@ def separate_observations(
                 factor=batch.factor,
                 flux_factor=fac,
                 zeropoint_assumed=obs.zeropoint is None and zp is not None,
+                support_radii={name: r[i] for name, r in radii.items()},
             )
         )
     return results
@@ -524,7 +517,7 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "NCGITER": (int(config.cg_iterations), "conjugate-gradient iterations per step"),
         "TRUST": (float(config.trust), "MMPS trust radius (0 = off)"),
         "SAMPLER": (config.sampler, "posterior sampler"),
-        "SUPPORT": (_support_text(effective_support(prior, config)), "source=radius [prior px]: zero outside"),
+        "SUPPORT": (_support_text(effective_support(prior, config), result.support_radii), "source=radius [prior px]: zero beyond"),
         "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
         "RUNSEED": (int(config.seed), "--seed of the run"),
         "DEVICE": (device, "torch device"),
@@ -542,8 +535,13 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
     return cards
 
 
-def _support_text(support: dict[str, float]) -> str:
-    return ",".join(f"{k}={v:g}" for k, v in support.items()) or "none"
+def _support_text(support: dict[str, Support], radii: dict[str, float]) -> str:
+    """``galaxy=7 (auto:20)`` for an adaptive support, ``galaxy=20`` for a fixed one, ``none``."""
+    parts = []
+    for name, sup in support.items():
+        used = radii.get(name, sup.radius)
+        parts.append(f"{name}={used:g} ({sup})" if sup.adaptive else f"{name}={used:g}")
+    return ",".join(parts) or "none"
 
 
 def build_hdulist(result: SeparationResult, prior: Separator, config: SeparateConfig, device: str) -> Any:

@@ -103,7 +103,7 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
 @click.option("--cg-iterations", type=click.IntRange(min=0), default=DEFAULTS["cg_iterations"], show_default=True, help="CG iterations per step.")
 @click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
-@click.option("--support", multiple=True, metavar="SOURCE=RADIUS|none",
+@click.option("--support", multiple=True, metavar="SOURCE=[auto:]RADIUS|none",
               help="Source supports of the probabilistic methods, as for `galprism separate` (default: each prior's own).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")

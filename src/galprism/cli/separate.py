@@ -103,9 +103,10 @@ class _Output:
 @click.option("--cg-iterations", type=int, default=DEFAULTS["cg_iterations"], show_default=True, help="Conjugate-gradient iterations per step.")
 @click.option("--sampler", default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
 @click.option("--trust", type=float, default=DEFAULTS["trust"], show_default=True, help="Trust radius of diffusion-prior MMPS corrections (0 = off).")
-@click.option("--support", "support", multiple=True, metavar="SOURCE=RADIUS|none",
-              help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre (repeatable); "
-              "'none' drops the prior's own supports (default: the prior's, see `galprism priors`).")
+@click.option("--support", "support", multiple=True, metavar="SOURCE=[auto:]RADIUS|none",
+              help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre, or auto:RADIUS for "
+              "a disk fitted per cutout up to RADIUS (repeatable); 'none' drops the prior's own supports "
+              "(default: the prior's, see `galprism priors`).")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
 @threads_option(default_one=True)

@@ -118,7 +118,7 @@ class GalprismMethod:
         seed: int = 0,
         device: str = "cpu",
         galaxy_source: str = "galaxy",
-        support: dict[str, float] | None = None,
+        support: dict[str, float | str] | None = None,
     ) -> None:
         if galaxy_source not in prior.sources:
             raise ConfigError(
@@ -153,7 +153,7 @@ class GalprismMethod:
             "steps": c.steps,
             "cg_iterations": c.cg_iterations,
             "sampler": c.sampler,
-            "support": effective_support(self.prior, c),
+            "support": {k: str(v) for k, v in effective_support(self.prior, c).items()},
             "batch_size": c.batch_size,
             "seed": c.seed,
             "device": self.device,

@@ -33,13 +33,8 @@ from ..errors import ShapeError
 from ..io.inputs import cutout_seed
 from ..operators import Composition, Convolve, Identity, LinearOperator, Mask, SourceSum
 from ..priorset import PriorSet
-from ..separate import (
-    SeparateConfig,
-    prior_zeropoint,
-    source_supports,
-    supported_operator,
-    zero_outside_supports,
-)
+from ..separate import SeparateConfig, effective_support, prior_zeropoint
+from ..support import resolve_support_masks, supported_operator, zero_outside_supports
 from .real import COVERAGE_MIN, RealCase
 
 __all__ = ["ChannelStack", "TwoViewResult", "two_view_separation"]
@@ -112,7 +107,7 @@ def two_view_separation(
     sampler: str = "pc",
     seed: int = 0,
     galaxy_source: str = "galaxy",
-    support: dict[str, float] | None = None,
+    support: dict[str, float | str] | None = None,
 ) -> TwoViewResult:
     """Sample the posterior of the real cutout with and without the HST view (same seed).
 
@@ -139,25 +134,34 @@ def two_view_separation(
     var_hst = np.full(shape, (case.hst_truth_noise * fac) ** 2)
     hst_op = Composition([Mask(torch.from_numpy(covered.copy())), Identity(shape)])
     k = prior.sources.index(galaxy_source)
-    supports = source_supports(prior, SeparateConfig(support=support))
+    supports = effective_support(prior, SeparateConfig(support=support))
     gen_seed = cutout_seed(seed, cut.name)
     runs = {}
     for label, op, y, var in (
         ("hsc", hsc_op, y_hsc, var_hsc),
         ("both", ChannelStack([hsc_op, hst_op]), np.concatenate([y_hsc, y_hst]), np.concatenate([var_hsc, var_hst])),
     ):
+        y_t, var_t = torch.from_numpy(y[None]).float(), torch.from_numpy(var[None]).float()
+        full = SourceSum([op] * len(prior.sources))
+
+        def pilot(operator: SourceSum, masks: dict, settings: dict, y_t=y_t, var_t=var_t) -> torch.Tensor:
+            gen = torch.Generator().manual_seed(gen_seed ^ settings["salt"])
+            return prior.separate(y_t, var_t, operator, n_samples=settings["n_samples"], steps=settings["steps"],
+                                  cg_iterations=cg_iterations, sampler=settings["sampler"], generators=[gen]).double()
+
+        masks, _ = resolve_support_masks(supports, prior.sources, shape, 1, pilot, full)
         gen = torch.Generator().manual_seed(gen_seed)
         x = prior.separate(
-            torch.from_numpy(y[None]).float(),
-            torch.from_numpy(var[None]).float(),
-            supported_operator(SourceSum([op] * len(prior.sources)), prior.sources, supports),
+            y_t,
+            var_t,
+            supported_operator(full, prior.sources, masks),
             n_samples=n_samples,
             steps=steps,
             cg_iterations=cg_iterations,
             sampler=sampler,
             generators=[gen],
         )
-        x = zero_outside_supports(x, prior.sources, supports)
+        x = zero_outside_supports(x, prior.sources, masks)
         gal = x[0, :, k, 0].double().numpy() / fac  # (S, H, W) in the cutout's units
         runs[label] = gal
     foot = cut.galaxy_conv >= cut.sigma

@@ -85,7 +85,7 @@ class EvaluateConfig:
     steps: int = SEPARATE_DEFAULTS["steps"]
     cg_iterations: int = SEPARATE_DEFAULTS["cg_iterations"]
     sampler: str = SEPARATE_DEFAULTS["sampler"]
-    support: dict[str, float] | None = None
+    support: dict[str, float | str] | None = None
     batch_size: int = 8
     device: str = "cpu"
     interval: str = "auto"
