@@ -77,3 +77,29 @@ def test_adaptive_support_follows_the_size_of_the_source(tmp_path):
     assert PILOT["pad"] < radii["compact"] < radii["wide"] <= 12, radii
     card, _, prior = _separate(tmp_path, wide, {"galaxy": 9}, "fixed")
     assert card == "galaxy=9" and len(prior.calls) == 1, "a fixed support needs no pilot run"
+
+
+def test_adaptive_supports_of_a_batch_are_per_cutout(tmp_path):
+    """Cutouts sampled in one batch each get their own disk, the same as when sampled alone."""
+    compact, _ = galaxy_image((32, 32), radius=1.0, sigma=1e-4)
+    wide, _ = galaxy_image((32, 32), radius=5.0, sigma=1e-4)
+    paths = [make_cutout(tmp_path / f"{t}.fits", shape=(32, 32), image=im, header={"MAGZERO": 27.0})
+             for t, im in (("compact", compact), ("wide", wide), ("compact2", compact))]
+    cards = {}
+    for batch in (3, 1):
+        prior = FakePrior(shape=(1, 32, 32), pixel_scale=0.2, jitter=0.01)
+        out = tmp_path / f"b{batch}"
+        config = SeparateConfig(output_dir=out, support={"galaxy": "auto:12"}, n_samples=3, batch_size=batch)
+        assert run_separate([str(p) for p in paths], prior, config, warnings=RunWarnings(lambda m: None)).exit_code == 0
+        # one pilot and one main call per batch: a batch that fails is retried cutout by
+        # cutout by run_separate, which would hide an error here
+        assert [c["y"].shape[0] for c in prior.calls] == [batch, batch] * (3 // batch), [c["y"].shape for c in prior.calls]
+        for p in paths:
+            with fits.open(out / f"{p.stem}.galprism.fits") as h:
+                card = h[0].header["SUPPORT"]
+                radius = float(card.split("=")[1].split()[0])
+                outside = ~disk((32, 32), radius).numpy()
+                assert np.all(h["GALAXY"].data[:, outside] == 0), f"{p.name}: light beyond its own disk"
+                cards.setdefault(p.stem, set()).add(card)
+    assert all(len(c) == 1 for c in cards.values()), f"radius depends on the batching: {cards}"
+    assert cards["compact"] == cards["compact2"] != cards["wide"], cards

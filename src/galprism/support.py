@@ -144,7 +144,7 @@ def zero_outside_supports(x: Tensor, sources: Sequence[str], masks: Mapping[str,
     for k, name in enumerate(sources):
         if name in masks:
             m = masks[name].to(device=x.device, dtype=x.dtype)
-            if m.ndim == x.ndim - 3:  # (B, C, H, W): one per observation
+            if m.ndim == x.ndim - 2:  # (B, C, H, W): one per observation, broadcast over samples
                 m = m[:, None]
             x[:, :, k] = x[:, :, k] * m
     return x
