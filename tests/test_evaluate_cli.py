@@ -118,3 +118,10 @@ def test_evaluate_rejects_train_split_and_bad_options(tmp_path, capsys, monkeypa
     assert code == 2 and any("magic" in line for line in err), err
     code, _, _, err = run_cli(["evaluate", "-o", tmp_path / "r", "--test-dir", tmp_path / "nothing", "--methods", "photutils", "-q"], capsys, monkeypatch)
     assert code == 1 and len(err) == 1 and "not found" in err[0], err
+    # a support naming a source the prior lacks is a usage error before any sampling, not a
+    # method that "failed" inside a written report
+    bad.unlink()
+    code, _, _, err = run_cli(["evaluate", "-o", tmp_path / "s", "--test-dir", ts, "--prior", "default",
+                               "--methods", "galprism", "--no-real", "--support", "star=3", "-q"], capsys, monkeypatch)
+    assert code == 2 and len(err) == 1 and "'star'" in err[0], err
+    assert not (tmp_path / "s").exists(), "a usage error still wrote a report"

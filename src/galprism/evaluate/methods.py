@@ -141,6 +141,7 @@ class GalprismMethod:
             device=device,
             support=support,
         )
+        effective_support(prior, self.config)  # a bad --support is a usage error before any sampling
 
     def settings(self) -> dict[str, object]:
         c = self.config
