@@ -138,6 +138,9 @@ def test_fit_asvd_then_separate_asvd(sims, tmp_path, capsys):
     code, out, err = _run(["separate", str(cutout), "--prior", str(tmp_path / "asvd"), "--method", "diffusion",
                            "--output-dir", str(tmp_path / "sep2"), "-q"], capsys)
     assert code == 2 and "asvd prior" in err
+    code, out, err = _run(["separate", str(cutout), "--prior", str(tmp_path / "asvd"), "--support", "galaxy=5",
+                           "--output-dir", str(tmp_path / "sep3"), "-q"], capsys)
+    assert code == 2 and "asvd prior" in err and not (tmp_path / "sep3").exists()
 
 
 def test_fit_file_errors_name_the_problem(tmp_path):

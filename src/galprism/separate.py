@@ -397,6 +397,8 @@ def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, Sup
     """The supports a run uses: ``config.support`` when given (``{}`` = none), else the prior's."""
     if config.support is None:
         return dict(getattr(prior, "support", {}) or {})
+    if config.support and prior.method == "asvd":
+        raise UsageError(f"--support: prior {prior.name!r} is an asvd prior; supports apply to diffusion and Gaussian priors")
     try:
         return check_support(config.support, prior.sources, f"--support for prior {prior.name!r}")
     except ConfigError as exc:
