@@ -33,6 +33,16 @@ def _smooth_cov(n: int, length: float, amplitude: float) -> torch.Tensor:
     return amplitude * torch.exp(-d2 / (2 * length**2)) + 1e-3 * torch.eye(n * n, dtype=torch.float64)
 
 
+def assert_follows(samples: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, what: str) -> None:
+    """Samples ``(n, D)`` have the exact posterior's mean (rms z-score) and spread (std ratio)."""
+    n = samples.shape[0]
+    z = (samples.mean(0) - mean) / std * np.sqrt(n)
+    rms_z = float(z.pow(2).mean().sqrt())
+    ratio = float((samples.std(0) / std).mean())
+    assert rms_z < 1.5, f"{what}posterior mean biased: rms z-score {rms_z:.2f} (1 expected)"
+    assert 0.85 < ratio < 1.15, f"{what}posterior spread off: sample std / exact std = {ratio:.3f}"
+
+
 @pytest.fixture(scope="module")
 def prior_folder(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
@@ -67,13 +77,7 @@ def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, p
     noise_var = torch.full_like(y, (0.05 * k) ** 2)
     op = obs.operator((1, N, N), obs.grid_factor(0.1))
     mean, cov = gaussian_posterior(priors, SourceSum([op, op]), y, noise_var)
-    samples = torch.from_numpy(x * k).reshape(n, -1)
-    std = cov.diagonal().sqrt()
-    z = (samples.mean(0) - mean) / std * np.sqrt(n)
-    rms_z = float(z.pow(2).mean().sqrt())
-    ratio = float((samples.std(0) / std).mean())
-    assert rms_z < 1.5, f"posterior mean biased: rms z-score {rms_z:.2f} (1 expected)"
-    assert 0.85 < ratio < 1.15, f"posterior spread off: sample std / exact std = {ratio:.3f}"
+    assert_follows(torch.from_numpy(x * k).reshape(n, -1), mean, cov.diagonal().sqrt(), "")
 
 
 def test_real_prior_is_reproducible_and_batch_independent(tmp_path, capsys, monkeypatch, prior_folder):
@@ -169,12 +173,7 @@ def test_support_confines_a_source_and_follows_the_exact_posterior(tmp_path, cap
         mean, cov = gaussian_posterior(priors, SourceSum([galaxy_op, op]), y, noise_var)
         keep = torch.cat([disk.flatten(), torch.ones(N * N, dtype=torch.bool)]) if tag == "prior" else torch.ones(2 * N * N, dtype=torch.bool)
         samples = torch.from_numpy(outs[tag][1]).reshape(n, -1)[:, keep]
-        mean, std = mean[keep], cov.diagonal().sqrt()[keep]
-        z = (samples.mean(0) - mean) / std * np.sqrt(n)
-        rms_z = float(z.pow(2).mean().sqrt())
-        ratio = float((samples.std(0) / std).mean())
-        assert rms_z < 1.5, f"{tag}: posterior mean biased: rms z-score {rms_z:.2f} (1 expected)"
-        assert 0.85 < ratio < 1.15, f"{tag}: posterior spread off: sample std / exact std = {ratio:.3f}"
+        assert_follows(samples, mean[keep], cov.diagonal().sqrt()[keep], f"{tag}: ")
 
 
 def test_bad_support_is_refused_with_one_line(tmp_path, capsys, monkeypatch, prior_folder):

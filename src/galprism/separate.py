@@ -42,7 +42,6 @@ from .io.inputs import cutout_seed, in_shard, output_path
 from .io.read import ReadOptions, read_cutout
 from .io.write import OutputExistsError, image_hdu, primary_hdu, source_hdus, write_atomic
 from .observation import Observation, stack_observations
-from .operators import SourceSum
 from .support import (
     Support,
     check_support,
@@ -443,16 +442,9 @@ def separate_observations(
     )
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
-    def pilot(operator: SourceSum, masks: dict, settings: dict) -> torch.Tensor:
-        pilot_generators = [torch.Generator(device=device).manual_seed(int(s) ^ settings["salt"]) for s in seeds]
-        return prior.separate(
-            batch.y, batch.noise_var, operator, n_samples=settings["n_samples"], steps=settings["steps"],
-            cg_iterations=config.cg_iterations, sampler=settings["sampler"], generators=pilot_generators,
-            device=device, trust=config.trust,
-        ).detach().to("cpu", torch.float64)
-
     supports, radii = resolve_support_masks(
-        effective_support(prior, config), prior.sources, tuple(prior.shape), len(observations), pilot, batch.operator
+        effective_support(prior, config), prior, batch.y, batch.noise_var, batch.operator, seeds,
+        cg_iterations=config.cg_iterations, trust=config.trust, device=device,
     )
     operator = supported_operator(batch.operator, prior.sources, supports)
     samples = prior.separate(

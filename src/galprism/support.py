@@ -20,7 +20,7 @@ with it the total flux's posterior is as wide as the data allow (docs/evaluation
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,11 +152,15 @@ def zero_outside_supports(x: Tensor, sources: Sequence[str], masks: Mapping[str,
 
 def resolve_support_masks(
     supports: Mapping[str, Support],
-    sources: Sequence[str],
-    shape: Sequence[int],
-    n_obs: int,
-    pilot: Callable[[SourceSum, Mapping[str, Tensor], dict[str, Any]], Tensor],
+    prior: Any,
+    y: Tensor,
+    noise_var: Tensor,
     operator: SourceSum,
+    seeds: Sequence[int],
+    *,
+    cg_iterations: int = 1,
+    trust: float = 0.0,
+    device: str | torch.device = "cpu",
 ) -> tuple[dict[str, Tensor], dict[str, list[float]]]:
     """Per-observation masks ``(B, *shape)`` and radii of ``supports``.
 
@@ -164,23 +168,31 @@ def resolve_support_masks(
     ----------
     supports
         Source name -> :class:`Support`.
-    sources, shape, n_obs
-        The prior's sources and event shape, and the number of observations B.
-    pilot
-        ``pilot(operator, masks, settings)`` returns posterior samples ``(B, S, K, *shape)``
-        of the pilot run (settings: :data:`PILOT`); called once, only if a support is
-        adaptive.
-    operator
-        The batch's unconfined operator.
+    prior
+        The prior (:class:`~galprism.priorset.PriorSet` interface: ``sources``, ``shape``,
+        ``separate``); it draws the pilot run, once, only if a support is adaptive.
+    y, noise_var, operator
+        The batch of B observations, in the prior's units, and its unconfined operator.
+    seeds
+        One seed per observation; the pilot's generators are seeded with
+        ``seed ^ PILOT["salt"]``.
+    cg_iterations, trust, device
+        As for the main run.
     """
+    sources, shape, n_obs = list(prior.sources), tuple(prior.shape), len(seeds)
     radii = {name: [s.radius] * n_obs for name, s in supports.items()}
     widest = {name: disk(shape, s.radius).expand(n_obs, *shape).clone() for name, s in supports.items()}
     adaptive = [name for name, s in supports.items() if s.adaptive]
     if adaptive:
-        x = pilot(supported_operator(operator, sources, widest), widest, dict(PILOT))
+        generators = [torch.Generator(device=device).manual_seed(int(s) ^ PILOT["salt"]) for s in seeds]
+        x = prior.separate(
+            y, noise_var, supported_operator(operator, sources, widest), n_samples=PILOT["n_samples"],
+            steps=PILOT["steps"], cg_iterations=cg_iterations, sampler=PILOT["sampler"], generators=generators,
+            device=device, trust=trust,
+        ).detach().to("cpu", torch.float64)
         x = zero_outside_supports(x, sources, widest)
         for name in adaptive:
-            k = list(sources).index(name)
+            k = sources.index(name)
             radii[name] = [enclosed_radius(x[b, :, k].mean(0), supports[name].radius) for b in range(n_obs)]
     masks = {
         name: torch.stack([disk(shape, r) for r in radii[name]]) if name in adaptive else widest[name]

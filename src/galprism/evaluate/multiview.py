@@ -143,13 +143,7 @@ def two_view_separation(
     ):
         y_t, var_t = torch.from_numpy(y[None]).float(), torch.from_numpy(var[None]).float()
         full = SourceSum([op] * len(prior.sources))
-
-        def pilot(operator: SourceSum, masks: dict, settings: dict, y_t=y_t, var_t=var_t) -> torch.Tensor:
-            gen = torch.Generator().manual_seed(gen_seed ^ settings["salt"])
-            return prior.separate(y_t, var_t, operator, n_samples=settings["n_samples"], steps=settings["steps"],
-                                  cg_iterations=cg_iterations, sampler=settings["sampler"], generators=[gen]).double()
-
-        masks, _ = resolve_support_masks(supports, prior.sources, shape, 1, pilot, full)
+        masks, _ = resolve_support_masks(supports, prior, y_t, var_t, full, [gen_seed], cg_iterations=cg_iterations)
         gen = torch.Generator().manual_seed(gen_seed)
         x = prior.separate(
             y_t,
