@@ -110,3 +110,30 @@ def test_priorset_separate_converts_flux_units():
     ps1 = PriorSet("g", "gaussian", ["a", "b"], prob.priors, (1, 4, 4), flux_scale=1.0)
     x1 = ps1.separate(prob.y, prob.noise_var, prob.operator, n_samples=2, steps=4, generators=[torch.Generator().manual_seed(1)])
     assert torch.allclose(x, 3.0 * x1, atol=1e-8)
+
+
+def test_composed_prior_takes_each_source_from_its_part(tmp_path):
+    """compose_priorsets pairs sources of two folders and refuses parts that disagree.
+
+    Fails if a composed source is not its part's network, if the provenance of a part is
+    lost, or if parts of different flux scales are accepted (the networks would then see
+    data in two normalisations).
+    """
+    from galprism.priorset import compose_priorsets
+
+    g1, g2 = GaussianPrior.fit(torch.randn(40, 1, 8, 8), 3), GaussianPrior.fit(torch.randn(40, 1, 8, 8) * 2, 3)
+    a = PriorSet("a", "gaussian", ["galaxy", "sky"], [g1, g1], (1, 8, 8), 0.168, 27.0, "count", 0.5,
+                 manifest={"training": {"run": "a"}}, support={"galaxy": "auto:5"})
+    b = PriorSet("b", "gaussian", ["sky"], [g2], (1, 8, 8), 0.168, 27.0, "count", 0.5,
+                 manifest={"training": {"run": "b"}})
+    ps = compose_priorsets("c", [("galaxy", a), ("sky", b)])
+    assert ps.priors[0] is g1 and ps.priors[1] is g2 and str(ps.support["galaxy"]) == "auto:5"
+    ps.save(tmp_path / "c")
+    got = load_priorset(tmp_path / "c")
+    assert got.describe()["training"]["composed_from"]["sky"]["training"] == {"run": "b"}
+    assert torch.equal(got.priors[1].mean, g2.mean)
+    b.flux_scale = 0.6
+    with pytest.raises(ConfigError, match="flux_scale"):
+        compose_priorsets("c", [("galaxy", a), ("sky", b)])
+    with pytest.raises(ConfigError, match="no source 'galaxy'"):
+        compose_priorsets("c", [("galaxy", b)])

@@ -637,3 +637,104 @@ def test_sample_fits_real_data_is_unmodified():
     ):
         np.testing.assert_array_equal(hdul["SCI"].data, cut[0].data[2].astype(np.float32))
         assert abs(WCS(hdul["SCI"].header).wcs.crval[0] - cut[0].header["CRVAL1"]) < 1e-12
+
+
+# ---------------------------------------------------------------- stars, bright neighbours
+
+
+def test_star_is_the_psf_at_its_subpixel_position():
+    """A star's intrinsic image convolved with the pixelised PSF is that PSF shifted.
+
+    Fails if the point is put at a pixel centre (the residual would reach ~10% of the
+    peak for a 0.4 px offset), if its flux is not the placement's, or if part of it
+    is lost inside the canvas.
+    """
+    from scipy.signal import fftconvolve
+
+    from galprism.simulate.render import draw_point
+
+    psf_profile = galsim.Moffat(beta=3.0, fwhm=3.4)  # in pixels: the HSC i PSF's FWHM
+    psf = psf_profile.drawImage(nx=31, ny=31, scale=1.0).array
+    psf /= psf.sum()
+    for x, y in [(20.0, 20.0), (20.42, 19.9), (19.73, 20.5)]:
+        canvas = np.zeros((41, 41))
+        draw_point(canvas, Placement(x, y, 100.0))
+        assert canvas.sum() == pytest.approx(100.0, rel=1e-12)
+        observed = fftconvolve(canvas, psf, mode="same")
+        want = galsim.Image(41, 41, scale=1.0)
+        psf_profile.withFlux(100.0 * psf.sum()).drawImage(
+            image=want, offset=(x - 20.0, y - 20.0)
+        )
+        err = np.abs(observed - want.array).max() / want.array.max()
+        assert err < 0.005, f"star at ({x}, {y}): {err:.4f} of the peak off the shifted PSF"
+    edge, padded = np.zeros((10, 10)), np.zeros((30, 30))
+    draw_point(edge, Placement(0.3, 5.0, 1.0))
+    draw_point(padded, Placement(10.3, 15.0, 1.0))
+    np.testing.assert_allclose(edge, padded[10:20, 10:20], atol=1e-15, err_msg="a star at the edge keeps only the weights inside")
+
+
+def test_sersic_neighbour_flux_and_shape():
+    """A Sersic neighbour carries its flux, and a sheared one is elongated along its shear.
+
+    Fails if the flux or the stamp size is wrong (a clipped profile loses light) or the
+    shear is ignored.
+    """
+    from galprism.simulate.render import draw_sersic
+
+    canvas = np.zeros((81, 81))
+    draw_sersic(canvas, Placement(40.0, 40.0, 50.0, g1=0.4), 1.0, 0.5, 0.168, truth_fwhm=0.2)
+    assert canvas.sum() == pytest.approx(50.0, rel=2e-3)
+    mom = galsim.hsm.FindAdaptiveMom(galsim.Image(canvas))
+    assert mom.observed_shape.g1 > 0.3 and abs(mom.observed_shape.g2) < 0.02
+
+
+@needs_data
+def test_stars_and_bright_sersic_neighbours(catalog):
+    """``star_density`` adds stars at that density; ``bright_sersic`` fills the bright end.
+
+    Fails if either option draws anything when off (existing batches would change), if
+    the star count is off its Poisson expectation, if bright neighbours do not appear
+    (the COSMOS stamps' noise caps every galaxy fainter than about i = 22), or if a star
+    or Sersic neighbour is rendered into the galaxy truth.
+    """
+    base = SimulationConfig(view="sky", split="train", n=1, seed=5, mask_fraction=0.0)
+    plain = Simulator(base, catalog)
+    scene = replace(base.scene, star_density=2.0, bright_sersic=True)
+    rich = Simulator(replace(base, scene=scene), catalog)
+    off = Simulator(replace(base, scene=replace(scene, star_density=0.0, bright_sersic=False)), catalog)
+    n = 300
+    assert [_specs(plain, i) for i in range(20)] == [_specs(off, i) for i in range(20)]
+    specs = [s for i in range(n) for s in _specs(rich, i)]
+    stars = [s for s in specs if s.role == "star"]
+    side = plain.size * 0.168 + 2 * scene.margin
+    expected = n * 2.0 * (side / 60.0) ** 2 * (scene.star_mag_range[1] - scene.star_mag_range[0])
+    assert abs(len(stars) - expected) < 4 * math.sqrt(expected)
+    assert all(scene.star_mag_range[0] <= s.mag <= scene.star_mag_range[1] for s in stars)
+    sersic = [s for s in specs if s.role == "sersic"]
+    cosmos_min = min(p.m_min for p in plain.pool)
+    assert sersic and all(s.mag < cosmos_min for s in sersic)
+    assert min(s.mag for s in sersic) < 21.0
+    assert all(s.ident == -1 and math.isfinite(s.hlr) for s in sersic)
+    plain_bright = [s for i in range(n) for s in _specs(plain, i) if s.mag < cosmos_min]
+    assert not plain_bright
+    gal = Simulator(replace(base, view="galaxies", scene=scene), catalog)
+    for i in range(40):
+        c = gal.cutout(i)
+        if any(s.role in ("star", "sersic") for s in c.sources):
+            central = next(s for s in c.sources if s.role == "central")
+            assert c.truth["galaxy"].sum() == pytest.approx(central.placement.flux, rel=0.05)
+            break
+    else:
+        raise AssertionError("no star or Sersic neighbour in 40 galaxies cutouts")
+
+
+def test_bad_star_and_sersic_settings_are_refused():
+    """Negative densities, inverted ranges and Sersic indices GalSim cannot draw fail early."""
+    for bad in (
+        {"star_density": -1.0},
+        {"star_mag_range": (25.0, 20.0)},
+        {"sersic_n_range": (0.5, 8.0)},
+        {"sersic_hlr_range": (0.0, 1.0)},
+    ):
+        with pytest.raises(ConfigError, match="scene:"):
+            replace(SceneConfig(), **bad).validate()

@@ -140,6 +140,26 @@ class _Progress:
     help="No neighbour is centred within this many pixels of the cutout centre.",
 )
 @click.option(
+    "--star-density",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Stars per arcmin^2 per mag, magnitudes uniform in --star-mags (0: no stars).",
+)
+@click.option(
+    "--star-mags",
+    type=(float, float),
+    default=(18.0, 26.0),
+    show_default=True,
+    help="Brightest and faintest star (AB mag).",
+)
+@click.option(
+    "--bright-sersic",
+    is_flag=True,
+    help="Neighbours brighter than any COSMOS galaxy may be shown (stamp-noise cap) are "
+    "GalSim Sersic profiles, so the counts reach their bright end.",
+)
+@click.option(
     "--central-mag-max",
     type=float,
     default=26.0,
@@ -190,6 +210,9 @@ def simulate(**kw: object) -> None:
         central_mag_max=kw["central_mag_max"],
         central_noise=kw["central_noise"],
         centre_exclusion=kw["centre_exclusion"],
+        star_density=kw["star_density"],
+        star_mag_range=tuple(kw["star_mags"]),
+        bright_sersic=kw["bright_sersic"],
     )
     config = SimulationConfig(
         view=kw["view"],

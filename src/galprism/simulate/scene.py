@@ -9,6 +9,21 @@ The two views of the method (``docs/simulate.md`` has the numbers):
 * ``galaxies``: the same surroundings plus one central galaxy within ``center_jitter``
   pixels of the cutout centre.
 
+Optionally (both off by default, so that existing batches stay bit-identical), two kinds
+of neighbour the COSMOS stamps cannot supply:
+
+* ``star_density > 0``: stars, point sources with magnitudes uniform in
+  ``star_mag_range`` at that density per arcmin^2 per mag. A star's intrinsic image is
+  a band-limited point: separable Lanczos-5 weights at its sub-pixel position, which
+  the pixelised PSF turns into that PSF shifted by the sub-pixel offset (to 0.35% of
+  the peak for the HSC i PSF's width). Real cutouts contain stars; a sky prior that never saw
+  one explains a star by a smooth blob and leaves a 100-sigma residual on a bright one.
+* ``bright_sersic``: neighbours brighter than any COSMOS galaxy may be rendered under
+  the stamp-noise cap (the bright end the counts were truncated at) are drawn as GalSim
+  Sersic profiles (``sersic_n_range``, log-uniform ``sersic_hlr_range``, shear up to
+  ``sersic_shear_max``, the truth kernel applied as to the COSMOS galaxies). Bright
+  compact neighbours then exist in the sky view at the counts' density.
+
 Every appearance of a galaxy is randomly flipped, rotated, sheared and dilated and gets
 a random flux, all drawn from the cutout's own random generator.
 
@@ -45,7 +60,7 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from ..errors import ConfigError
-from .render import GalaxyTemplate, Placement, draw_source
+from .render import GalaxyTemplate, Placement, draw_point, draw_sersic, draw_source
 
 __all__ = [
     "VIEWS",
@@ -98,6 +113,16 @@ class SceneConfig:
         Standard deviation of the constant sky residual, in units of the noise sigma.
     background_gradient
         Standard deviation of the residual's change across the cutout per axis, same units.
+    star_density
+        Stars per arcmin^2 per magnitude (0: no stars).
+    star_mag_range
+        Magnitude range of stars.
+    bright_sersic
+        Render neighbours brighter than every COSMOS galaxy's cap as Sersic profiles
+        (the counts then reach ``mag_bright``).
+    sersic_n_range, sersic_hlr_range, sersic_shear_max
+        Sersic index range (uniform), half-light radius range in arcsec (log-uniform),
+        largest reduced shear of those neighbours.
     centre_exclusion
         Radius (pixels) around the cutout centre where no neighbour is centred (0: none).
         With it the sky source is "everything not centred on the cutout", which is what
@@ -124,6 +149,12 @@ class SceneConfig:
     background_gradient: float = 0.1
     central_noise: str = "fixed"
     centre_exclusion: float = 0.0
+    star_density: float = 0.0
+    star_mag_range: tuple[float, float] = (18.0, 26.0)
+    bright_sersic: bool = False
+    sersic_n_range: tuple[float, float] = (0.5, 4.0)
+    sersic_hlr_range: tuple[float, float] = (0.1, 1.0)
+    sersic_shear_max: float = 0.5
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on values that make no sense."""
@@ -145,6 +176,19 @@ class SceneConfig:
         if self.max_hst_noise_ratio is not None and not self.max_hst_noise_ratio > 0:
             raise ConfigError(
                 f"scene: max_hst_noise_ratio {self.max_hst_noise_ratio} must be positive"
+            )
+        if not self.star_density >= 0 or not self.star_mag_range[0] < self.star_mag_range[1]:
+            raise ConfigError(
+                f"scene: stars need density >= 0 and a magnitude range low < high, got "
+                f"{self.star_density}, {self.star_mag_range}"
+            )
+        n_lo, n_hi = self.sersic_n_range
+        r_lo, r_hi = self.sersic_hlr_range
+        if not (0.3 <= n_lo <= n_hi <= 6.2 and 0 < r_lo <= r_hi and 0 <= self.sersic_shear_max < 0.9):
+            raise ConfigError(
+                f"scene: Sersic neighbours need 0.3 <= n_low <= n_high <= 6.2 (GalSim's range), "
+                f"0 < hlr_low <= hlr_high and shear in [0, 0.9), got {self.sersic_n_range}, "
+                f"{self.sersic_hlr_range}, {self.sersic_shear_max}"
             )
         if self.central_noise not in CENTRAL_NOISE:
             raise ConfigError(
@@ -194,15 +238,17 @@ class SourceSpec:
     Attributes
     ----------
     role
-        ``"central"`` or ``"neighbour"``.
+        ``"central"``, ``"neighbour"`` (a COSMOS galaxy), ``"star"`` or ``"sersic"``.
     ident
-        COSMOS IDENT.
+        COSMOS IDENT (-1 for stars and Sersic neighbours).
     placement
         Transformation, flux and position in *cutout* pixel coordinates (0-based).
     mag
         Rendered AB magnitude.
     hst_noise_ratio
         Its stamp noise in the observation over the added noise (NaN if not measured).
+    sersic_n, hlr
+        Sersic index and half-light radius (arcsec) of a ``"sersic"`` neighbour, else NaN.
     """
 
     role: str
@@ -210,6 +256,8 @@ class SourceSpec:
     placement: Placement
     mag: float
     hst_noise_ratio: float
+    sersic_n: float = math.nan
+    hlr: float = math.nan
 
 
 @dataclass
@@ -381,7 +429,7 @@ def sample_scene(
                 "central", p.ident, placement, mag, _ratio(p, mag, placement.dilation, noise_sigma)
             )
         )
-    lo = max(cfg.mag_bright, min(p.m_min for p in pool))
+    lo = cfg.mag_bright if cfg.bright_sersic else max(cfg.mag_bright, min(p.m_min for p in pool))
     hi = cfg.mag_faint
     if lo < hi and cfg.count_n25 > 0:
         side = size * pixel_scale + 2.0 * cfg.margin
@@ -403,10 +451,11 @@ def sample_scene(
         m_mins = np.array([p.m_min for p in pool])
         for mag in mags:
             allowed = np.flatnonzero(m_mins <= mag)
+            if not len(allowed):
+                specs.append(_sersic_spec(rng, float(mag), size, m_px, centre, zeropoint, cfg))
+                continue
             p = pool[int(allowed[rng.integers(len(allowed))])]
-            x, y = rng.uniform(-0.5 - m_px, size - 0.5 + m_px, size=2)
-            while math.hypot(x - centre, y - centre) < cfg.centre_exclusion:
-                x, y = rng.uniform(-0.5 - m_px, size - 0.5 + m_px, size=2)
+            x, y = _position(rng, size, m_px, centre, cfg)
             tr = _transform(rng, cfg)
             placement = Placement(float(x), float(y), 10.0 ** (-0.4 * (mag - zeropoint)), **tr)
             specs.append(
@@ -418,7 +467,45 @@ def sample_scene(
                     _ratio(p, float(mag), placement.dilation, noise_sigma),
                 )
             )
+    if cfg.star_density > 0:
+        m_px = cfg.margin / pixel_scale
+        side = size * pixel_scale + 2.0 * cfg.margin
+        lo_s, hi_s = cfg.star_mag_range
+        n = int(rng.poisson(cfg.star_density * (side / 60.0) ** 2 * (hi_s - lo_s)))
+        for mag in rng.uniform(lo_s, hi_s, size=n):
+            x, y = _position(rng, size, m_px, centre, cfg)
+            placement = Placement(float(x), float(y), 10.0 ** (-0.4 * (mag - zeropoint)))
+            specs.append(SourceSpec("star", -1, placement, float(mag), math.nan))
     return specs
+
+
+def _position(
+    rng: np.random.Generator, size: int, m_px: float, centre: float, cfg: SceneConfig
+) -> tuple[float, float]:
+    x, y = rng.uniform(-0.5 - m_px, size - 0.5 + m_px, size=2)
+    while math.hypot(x - centre, y - centre) < cfg.centre_exclusion:
+        x, y = rng.uniform(-0.5 - m_px, size - 0.5 + m_px, size=2)
+    return float(x), float(y)
+
+
+def _sersic_spec(
+    rng: np.random.Generator,
+    mag: float,
+    size: int,
+    m_px: float,
+    centre: float,
+    zeropoint: float,
+    cfg: SceneConfig,
+) -> SourceSpec:
+    x, y = _position(rng, size, m_px, centre, cfg)
+    n = float(rng.uniform(*cfg.sersic_n_range))
+    hlr = float(math.exp(rng.uniform(*np.log(cfg.sersic_hlr_range))))
+    g = cfg.sersic_shear_max * math.sqrt(rng.random())
+    beta = 2.0 * math.pi * rng.random()
+    placement = Placement(
+        x, y, 10.0 ** (-0.4 * (mag - zeropoint)), g1=g * math.cos(beta), g2=g * math.sin(beta)
+    )
+    return SourceSpec("sersic", -1, placement, mag, math.nan, sersic_n=n, hlr=hlr)
 
 
 def cutout_noise_sigma(specs: list[SourceSpec], noise_sigma: float, cfg: SceneConfig) -> float:
@@ -462,6 +549,7 @@ def render_scene(
     cfg: SceneConfig,
     noise_field: np.ndarray | None = None,
     cutout_sigma: float | None = None,
+    truth_fwhm: float = 0.0,
 ) -> Scene:
     """Render truth images and the noisy observation of one cutout.
 
@@ -490,6 +578,8 @@ def render_scene(
     cutout_sigma
         Std of this cutout's white noise if it differs from ``noise_sigma``
         (:func:`cutout_noise_sigma`); the sky residual keeps ``noise_sigma``'s scale.
+    truth_fwhm
+        FWHM (arcsec) of the truth kernel applied to Sersic neighbours (0: none).
 
     Returns
     -------
@@ -501,7 +591,13 @@ def render_scene(
     sky = np.zeros((n, n))
     for spec in specs:
         target = galaxy if spec.role == "central" else sky
-        draw_source(target, templates[spec.ident], _shifted(spec.placement, pad), pixel_scale)
+        placement = _shifted(spec.placement, pad)
+        if spec.role == "star":
+            draw_point(target, placement)
+        elif spec.role == "sersic":
+            draw_sersic(target, placement, spec.sersic_n, spec.hlr, pixel_scale, truth_fwhm)
+        else:
+            draw_source(target, templates[spec.ident], placement, pixel_scale)
     # Sky-subtraction residual: a plane, which the unit-sum PSF leaves unchanged away
     # from the canvas edge (the crop below keeps only such pixels).
     b0 = cfg.background_sigma * noise_sigma * rng.standard_normal()

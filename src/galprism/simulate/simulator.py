@@ -326,6 +326,7 @@ class Simulator:
             cfg.scene,
             noise_field,
             cutout_sigma=sigma,
+            truth_fwhm=self.truth_fwhm,
         )
         image = scene.image.copy()
         maskbits = np.zeros(image.shape, dtype=np.int32)

@@ -199,6 +199,8 @@ def sources_table(sources: list[SourceSpec]) -> Table:
             "G2": np.array([s.placement.g2 for s in sources], dtype=np.float64),
             "DILATION": np.array([s.placement.dilation for s in sources], dtype=np.float64),
             "HSTNOISE": np.array([s.hst_noise_ratio for s in sources], dtype=np.float64),
+            "SERSIC_N": np.array([s.sersic_n for s in sources], dtype=np.float64),
+            "HLR": np.array([s.hlr for s in sources], dtype=np.float64),
         }
     )
 
@@ -417,6 +419,8 @@ class HDF5Writer:
                     p.g2,
                     p.dilation,
                     s.hst_noise_ratio,
+                    s.sersic_n,
+                    s.hlr,
                 )
             )
         self._n += 1
@@ -425,7 +429,8 @@ class HDF5Writer:
         """Finish both files and move them into place; returns (observations, truth)."""
         dtype = np.dtype(
             [("row", "i8"), ("cutout", "i8"), ("role", "S9"), ("ident", "i8"), ("x", "f8"), ("y", "f8"), ("mag", "f8"), ("flux", "f8"),
-             ("rotation", "f8"), ("flip", "?"), ("g1", "f8"), ("g2", "f8"), ("dilation", "f8"), ("hst_noise_ratio", "f8")]
+             ("rotation", "f8"), ("flip", "?"), ("g1", "f8"), ("g2", "f8"), ("dilation", "f8"), ("hst_noise_ratio", "f8"),
+             ("sersic_n", "f8"), ("hlr", "f8")]
         )  # fmt: skip
         self._truth.create_dataset(
             "sources", data=np.array(self._sources, dtype=dtype), track_times=False
