@@ -7,8 +7,8 @@ PRIOR is a folder written by ``galprism fit`` or a built-in prior's name. The pa
 share method, shape, pixel scale, zero point, unit and flux scale (a fit file can pin
 ``flux_scale`` to make a new run share an old one's); the new ``prior.json`` records,
 per source, the part's name, digest and training record (``training.composed_from``).
-Used for the built-in prior (priors/README.md, "v17"): v14's galaxy with a sky retrained
-on a sky view holding stars. This is :func:`galprism.priorset.compose_priorsets`.
+Used for the v17 experiment (priors/README.md, "v17 experiment"; not shipped): v14's galaxy
+with a sky retrained on a sky view holding stars. This is :func:`galprism.priorset.compose_priorsets`.
 """
 
 from __future__ import annotations
