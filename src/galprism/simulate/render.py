@@ -177,6 +177,17 @@ def _transformed(template: GalaxyTemplate, p: Placement) -> galsim.GSObject:
     return obj
 
 
+def _stamp(shape: tuple[int, ...], placement: Placement, r: int) -> tuple[int, int, int, int] | None:
+    """``(x0, x1, y0, y1)`` of the square of half-side ``r`` around the placement, clipped to
+    the canvas; None when nothing of it is inside."""
+    cx, cy = round(placement.x), round(placement.y)
+    x0, x1 = max(cx - r, 0), min(cx + r + 1, shape[1])
+    y0, y1 = max(cy - r, 0), min(cy + r + 1, shape[0])
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return x0, x1, y0, y1
+
+
 def draw_source(
     canvas: np.ndarray, template: GalaxyTemplate, placement: Placement, pixel_scale: float
 ) -> None:
@@ -205,12 +216,10 @@ def draw_source(
         * (1.0 + g)
         / math.sqrt(max(1e-6, 1.0 - g * g))
     )
-    r = math.ceil(reach / pixel_scale) + 1
-    cx, cy = round(placement.x), round(placement.y)
-    x0, x1 = max(cx - r, 0), min(cx + r + 1, canvas.shape[1])
-    y0, y1 = max(cy - r, 0), min(cy + r + 1, canvas.shape[0])
-    if x0 >= x1 or y0 >= y1:
+    bounds = _stamp(canvas.shape, placement, math.ceil(reach / pixel_scale) + 1)
+    if bounds is None:
         return
+    x0, x1, y0, y1 = bounds
     nx, ny = x1 - x0, y1 - y0
     fine = galsim.Image(nx * k, ny * k, scale=pixel_scale / k, dtype=np.float64)
     # The fine image's true centre sits at output-pixel coordinate x0 + (nx - 1) / 2.
@@ -286,11 +295,10 @@ def draw_sersic(
     # An untruncated profile (GalSim cannot always solve for a truncated one's radius);
     # the stamp of 10 half-light radii holds >= 97% of an n = 4 profile's light.
     r = math.ceil(10.0 * hlr * (1.0 + math.hypot(placement.g1, placement.g2)) / pixel_scale) + 3
-    cx, cy = round(placement.x), round(placement.y)
-    x0, x1 = max(cx - r, 0), min(cx + r + 1, canvas.shape[1])
-    y0, y1 = max(cy - r, 0), min(cy + r + 1, canvas.shape[0])
-    if x0 >= x1 or y0 >= y1:
+    bounds = _stamp(canvas.shape, placement, r)
+    if bounds is None:
         return
+    x0, x1, y0, y1 = bounds
     nx, ny = x1 - x0, y1 - y0
     image = galsim.Image(nx, ny, scale=pixel_scale, dtype=np.float64)
     offset = (placement.x - (x0 + 0.5 * (nx - 1)), placement.y - (y0 + 0.5 * (ny - 1)))

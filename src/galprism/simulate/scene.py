@@ -429,10 +429,11 @@ def sample_scene(
                 "central", p.ident, placement, mag, _ratio(p, mag, placement.dilation, noise_sigma)
             )
         )
+    side = size * pixel_scale + 2.0 * cfg.margin  # arcsec: the cutout and its margin
+    m_px = cfg.margin / pixel_scale
     lo = cfg.mag_bright if cfg.bright_sersic else max(cfg.mag_bright, min(p.m_min for p in pool))
     hi = cfg.mag_faint
     if lo < hi and cfg.count_n25 > 0:
-        side = size * pixel_scale + 2.0 * cfg.margin
         area = (side / 60.0) ** 2
         s = cfg.count_slope
         expected = (
@@ -443,7 +444,6 @@ def sample_scene(
         )
         n = int(rng.poisson(expected))
         mags = _sample_mags(rng, n, lo, hi, s)
-        m_px = cfg.margin / pixel_scale
         if cfg.centre_exclusion >= (0.5 * size + m_px) * math.sqrt(2.0):
             raise ConfigError(
                 f"scene: centre_exclusion {cfg.centre_exclusion} px leaves no room for neighbours"
@@ -468,8 +468,6 @@ def sample_scene(
                 )
             )
     if cfg.star_density > 0:
-        m_px = cfg.margin / pixel_scale
-        side = size * pixel_scale + 2.0 * cfg.margin
         lo_s, hi_s = cfg.star_mag_range
         n = int(rng.poisson(cfg.star_density * (side / 60.0) ** 2 * (hi_s - lo_s)))
         for mag in rng.uniform(lo_s, hi_s, size=n):
