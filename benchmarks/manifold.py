@@ -57,17 +57,19 @@ BUDGETS: dict[str, dict[str, Any]] = {
         # The mixed problem has one joint stage: more laps fit in the same time.
         mixed_em=dict(diffusion_laps=10),
     ),
-    # From the measured sharpening (docs/em.md section 3): with 16 sampler steps in the
-    # E-step a prior stops improving after ~5 diffusion laps (source 1 W2 ~0.15, also over
-    # 32 laps of 16,384 observations and a 256x3 network); with 64 steps it keeps improving
-    # (0.07 after 8 laps) and the E-step chi^2 stays ~1. So: 64 steps, more laps, quick-size
-    # E-steps and network.
+    # From the E-step bias measured in docs/em.md section 3 ("The E-step sampler's bias"):
+    # with 64 PC steps even the true priors drift away from the truth lap after lap, and
+    # a source learned from a crowded view stalls at W2 ~4-5; with 256 steps and 3
+    # Langevin corrections per step the drift is 5x slower and the crowded-view source
+    # keeps improving. Fewer E-step observations (2,048) pay for the 4x dearer sampler.
+    # The first stage (a source seen alone) converges within ~5 diffusion laps, so the
+    # laps go to the later stages: ``stage_laps`` = (first stage, every later stage).
     "full": dict(
-        n_obs=65536, eval_n=16384, eval_steps=64,
-        em=dict(gaussian_laps=4, diffusion_laps=16, gaussian_rank=5, estep_observations=4096, estep_batch=4096,
-                sampler="pc", steps=64, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
+        n_obs=65536, eval_n=16384, eval_steps=256, stage_laps=(8, 32),
+        em=dict(gaussian_laps=4, diffusion_laps=32, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
+                sampler="pc", steps=256, corrections=3, cg_iterations=3, trust=4.0, train_steps=1000,
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
-                backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=20.0, redraws=1),
+                backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=20.0, redraws=2),
         mixed_em=dict(diffusion_laps=24),
     ),
 }
@@ -233,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BUDGETS[args.budget].items()}
     settings["em"] = dict(settings["em"])
     mixed_em = settings.pop("mixed_em", {})
+    stage_laps = settings.pop("stage_laps", None)
     if args.mixed is not None:
         settings["em"].update(mixed_em)
+    elif stage_laps is not None and args.sources > 1:
+        first, later = stage_laps
+        settings["em"]["diffusion_laps"] = [first] + [later] * (args.sources - 1)
     for key, value in _parse_set(args.set).items():
         if key in ("n_obs", "eval_n", "eval_steps"):
             settings[key] = value
