@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from manifold import device_info, oracle_priors  # noqa: E402
+from manifold import device_info, oracle_priors, prior_w2  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from galprism.diffusion.training import Trainer
     from galprism.em import EMConfig, View
     from galprism.em.estep import posterior_samples
-    from galprism.metrics import mean_psnr, wasserstein_divergence
-    from galprism.posterior import sample_prior
+    from galprism.metrics import mean_psnr
 
     t_start = time.perf_counter()
     problem = contrastive_problem(2, 65536, seed=args.seed)
@@ -79,11 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     oracle1, oracle2 = oracle_priors(problem, config, 65536, 5000, "cpu")
     gen = torch.Generator().manual_seed(args.seed + 5)
     truth2 = problem.sample_source(1, 2048, seed=args.seed + 7)
-
-    def prior_w2(prior: DiffusionPrior) -> float:
-        x = sample_prior([prior], 2048, config=SamplerConfig("pc", 64, corrections=1, tau=0.1),
-                         generators=torch.Generator().manual_seed(1))[:, 0]
-        return wasserstein_divergence(x, truth2)
 
     net = DiffusionPrior([5], "mlp", {"features": 5, **config.backbone_kwargs},
                          VESchedule(config.sigma_min, config.sigma_max), float(oracle2.sigma_data))
@@ -101,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     mview = problem.views[1]
     view = View.from_source_sum(mview.name, names, mview.y, mview.noise_var, mview.operator)
     sampler = SamplerConfig(args.sampler, args.steps, eta=args.eta, corrections=args.corrections, tau=0.1)
-    laps = [{"lap": 0, "prior_w2": prior_w2(current)}]
+    laps = [{"lap": 0, "prior_w2": prior_w2(current, truth2)}]
     for lap in range(1, args.laps + 1):
         t0 = time.perf_counter()
         index = torch.randperm(mview.n_obs, generator=gen)[: args.estep]
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         data = truth[keep, 1] if args.truth_mstep else est.x[keep, 1]
         trainer.fit(data.contiguous(), args.train_steps, config.train_batch, generator=gen)
         current = trainer.snapshot()
-        laps.append({"lap": lap, "prior_w2": prior_w2(current), "estep_psnr": psnr,
+        laps.append({"lap": lap, "prior_w2": prior_w2(current, truth2), "estep_psnr": psnr,
                      "estep_chi2_median": float(est.chi2.median()), "redrawn": est.redrawn,
                      "left_out": int(est.failed.sum()), "seconds": time.perf_counter() - t0})
         if not args.json:
