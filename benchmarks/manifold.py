@@ -49,7 +49,7 @@ import torch
 BUDGETS: dict[str, dict[str, Any]] = {
     # At most 5 minutes on one core (measured 96-291 s, docs/em.md): E-steps on 4,096-observation subsets.
     "quick": dict(
-        n_obs=65536, eval_n=2048, eval_steps=32,
+        n_obs=65536, eval_n=2048, eval_steps=32, eval_corrections=1,
         em=dict(gaussian_laps=4, diffusion_laps=4, gaussian_rank=5, estep_observations=4096, estep_batch=4096,
                 sampler="pc", steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
@@ -65,7 +65,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # The first stage (a source seen alone) converges within ~5 diffusion laps, so the
     # laps go to the later stages: ``stage_laps`` = (first stage, every later stage).
     "full": dict(
-        n_obs=65536, eval_n=16384, eval_steps=256, stage_laps=(8, 32),
+        n_obs=65536, eval_n=16384, eval_steps=256, eval_corrections=3, stage_laps=(8, 32),
         em=dict(gaussian_laps=4, diffusion_laps=32, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
                 sampler="pc", steps=256, corrections=3, cg_iterations=3, trust=4.0, train_steps=1000,
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
@@ -111,7 +111,7 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
 
     em = settings["em"]
     n = settings["eval_n"]
-    sampler = SamplerConfig(em["sampler"], settings["eval_steps"], corrections=em["corrections"], tau=0.1)
+    sampler = SamplerConfig(em["sampler"], settings["eval_steps"], corrections=settings["eval_corrections"], tau=0.1)
     gen = torch.Generator().manual_seed(10_000 + seed)
     names = problem.source_names
     out: dict[str, Any] = {"posterior": {}, "prior": {}}
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
     parser.add_argument("--seed", type=int, default=0, help="seed of the problem and of the EM run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an EMConfig field (JSON value) or n_obs/eval_n/eval_steps")
+                        help="override an EMConfig field (JSON value) or n_obs/eval_n/eval_steps/eval_corrections")
     parser.add_argument("--arrangement", choices=("stagewise", "joint"), default=None,
                         help="default: stagewise for contrastive views, joint for mixed ones")
     parser.add_argument("--no-eval-gaussian", action="store_true", help="skip the metrics of the Gaussian warm start")
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         first, later = stage_laps
         settings["em"]["diffusion_laps"] = [first] + [later] * (args.sources - 1)
     for key, value in _parse_set(args.set).items():
-        if key in ("n_obs", "eval_n", "eval_steps"):
+        if key in ("n_obs", "eval_n", "eval_steps", "eval_corrections"):
             settings[key] = value
         else:
             settings["em"][key] = value

@@ -349,6 +349,34 @@ def test_a_step_schedule_sets_each_laps_estep_sampler(tiny, tmp_path, monkeypatc
             _tiny_config(steps=bad)
 
 
+def test_a_corrections_schedule_sets_each_laps_langevin_corrections(tiny, tmp_path, monkeypatch):
+    """``corrections=[2, 0]`` runs lap 0 of every phase with 2 Langevin corrections per step
+    and later laps with none, alongside a ``steps`` schedule; ``corrections=[1]`` is the
+    same run as ``corrections=1``. Fails if the schedule is ignored or mis-indexed, or if a
+    negative or empty schedule is accepted."""
+    import galprism.em.run as em_run
+
+    seen = []
+    real = em_run.posterior_samples
+
+    def spy(view, priors, index, sampler, **kw):
+        seen.append((sampler.steps, sampler.corrections))
+        return real(view, priors, index, sampler, **kw)
+
+    monkeypatch.setattr(em_run, "posterior_samples", spy)
+    views = _views(tiny)
+    config = _tiny_config(diffusion_laps=2, sampler="pc", steps=[4, 8], corrections=[2, 0])
+    run_em(views, config, tmp_path / "sched", progress=False)
+    assert seen == [(4, 2), (4, 2), (8, 0)] * 2
+    monkeypatch.setattr(em_run, "posterior_samples", real)
+    a = run_em(views, _tiny_config(sampler="pc", corrections=[1]), tmp_path / "list", progress=False)
+    b = run_em(views, _tiny_config(sampler="pc", corrections=1), tmp_path / "int", progress=False)
+    assert _strip(a.history) == _strip(b.history) and _same_priors(a.priors, b.priors)
+    for bad in ([], [-1], [1, 0.5], -1):
+        with pytest.raises(ConfigError, match="corrections"):
+            _tiny_config(corrections=bad)
+
+
 def test_flux_augment_reaches_the_m_step_of_its_source_only(tiny, tmp_path, monkeypatch):
     """``flux_augment={"source2": [2, 2]}`` must hand source 2's M-step an augmentation that
     doubles its samples and leave source 1's M-step alone; bad specifications (unknown

@@ -41,6 +41,8 @@ class EMConfig:
         ``steps`` may be a list: a schedule over the laps of each phase of each stage
         (entry ``i`` for its lap ``i``, the last entry for every later lap), e.g.
         ``[16, 16, 32, 64]``: cheap E-steps while the priors are far off, exact ones late.
+        ``corrections`` may be a schedule of the same kind (counts >= 0), e.g. with
+        ``steps = [256, 1024]``, ``corrections = [3, 1]``.
     reject_chi2, redraws
         E-step samples whose posterior-predictive reduced chi^2 exceeds ``reject_chi2``
         are drawn again (fresh noise) up to ``redraws`` times, and those still failing are
@@ -94,7 +96,7 @@ class EMConfig:
     estep_batch: int = 1024
     sampler: str = "pc"
     steps: int | list[int] = 64
-    corrections: int = 1
+    corrections: int | list[int] = 1
     tau: float = 0.1
     cg_iterations: int = 1
     trust: float = 4.0
@@ -152,6 +154,14 @@ class EMConfig:
         if not steps or any(int(c) != c or c < 1 for c in steps):
             raise ConfigError(f"EM: steps must be a count >= 1 or a non-empty list of them, got {self.steps!r}")
         self.steps = [int(c) for c in steps] if isinstance(self.steps, list | tuple) else int(self.steps)
+        corrections = self.corrections if isinstance(self.corrections, list | tuple) else [self.corrections]
+        if not corrections or any(int(c) != c or c < 0 for c in corrections):
+            raise ConfigError(
+                f"EM: corrections must be a count >= 0 or a non-empty list of them, got {self.corrections!r}"
+            )
+        self.corrections = (
+            [int(c) for c in corrections] if isinstance(self.corrections, list | tuple) else int(self.corrections)
+        )
         for name in ("estep_batch", "train_batch", "gaussian_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EM: {name} must be >= 1")
@@ -175,6 +185,12 @@ class EMConfig:
         if isinstance(self.steps, list):
             return self.steps[min(phase_lap, len(self.steps) - 1)]
         return self.steps
+
+    def corrections_of(self, phase_lap: int) -> int:
+        """Langevin corrections per sampler step of lap ``phase_lap`` (from 0) of a phase."""
+        if isinstance(self.corrections, list):
+            return self.corrections[min(phase_lap, len(self.corrections) - 1)]
+        return self.corrections
 
     def augment_of(self, sources: Sequence[str], phase_lap: int) -> tuple[tuple[str, tuple[float, ...]], ...]:
         """Flux augmentations ``(source, spec)`` of the M-step of diffusion lap
