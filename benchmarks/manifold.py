@@ -71,6 +71,10 @@ BUDGETS: dict[str, dict[str, Any]] = {
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
                 backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=20.0, redraws=2),
         mixed_em=dict(diffusion_laps=24),
+        # The 3-source row has a third stage with a 3-source joint sampler; it fits its
+        # 120-minute limit with 24 diffusion laps per later stage and a 128-step evaluation
+        # (measured 107 min on one core, the other busy; docs/em.md).
+        sources3=dict(stage_laps=(8, 24), eval_steps=128),
     ),
 }
 
@@ -238,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BUDGETS[args.budget].items()}
     settings["em"] = dict(settings["em"])
     mixed_em = settings.pop("mixed_em", {})
+    sources3 = settings.pop("sources3", {})
+    if args.mixed is None and args.sources == 3:
+        settings.update(sources3)
     stage_laps = settings.pop("stage_laps", None)
     if args.mixed is not None:
         settings["em"].update(mixed_em)
