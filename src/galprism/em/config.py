@@ -135,11 +135,14 @@ class EMConfig:
             raise ConfigError(f"EM: source names must be non-empty and unique, got {self.sources}")
         if self.arrangement not in ("stagewise", "joint"):
             raise ConfigError(f"EM: arrangement must be 'stagewise' or 'joint', got {self.arrangement!r}")
-        for name in ("gaussian_laps", "diffusion_laps"):
+        # Counts that may also be given as a list (per stage, or a schedule over laps).
+        for name, least in (("gaussian_laps", 0), ("diffusion_laps", 0), ("steps", 1), ("corrections", 0)):
             value = getattr(self, name)
             counts = value if isinstance(value, list | tuple) else [value]
-            if not counts or any(int(c) != c or c < 0 for c in counts):
-                raise ConfigError(f"EM: {name} must be a count >= 0 or a non-empty list of them, got {value!r}")
+            if not counts or any(int(c) != c or c < least for c in counts):
+                raise ConfigError(
+                    f"EM: {name} must be a count >= {least} or a non-empty list of them, got {value!r}"
+                )
             setattr(self, name, [int(c) for c in value] if isinstance(value, list | tuple) else int(value))
         for name in ("estep_observations", "keep_checkpoints", "grid_samples", "redraws", "flux_augment_laps"):
             if getattr(self, name) < 0:
@@ -150,18 +153,6 @@ class EMConfig:
             raise ConfigError(f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {self.time_sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"EM: lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        steps = self.steps if isinstance(self.steps, list | tuple) else [self.steps]
-        if not steps or any(int(c) != c or c < 1 for c in steps):
-            raise ConfigError(f"EM: steps must be a count >= 1 or a non-empty list of them, got {self.steps!r}")
-        self.steps = [int(c) for c in steps] if isinstance(self.steps, list | tuple) else int(self.steps)
-        corrections = self.corrections if isinstance(self.corrections, list | tuple) else [self.corrections]
-        if not corrections or any(int(c) != c or c < 0 for c in corrections):
-            raise ConfigError(
-                f"EM: corrections must be a count >= 0 or a non-empty list of them, got {self.corrections!r}"
-            )
-        self.corrections = (
-            [int(c) for c in corrections] if isinstance(self.corrections, list | tuple) else int(self.corrections)
-        )
         for name in ("estep_batch", "train_batch", "gaussian_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EM: {name} must be >= 1")
@@ -182,15 +173,11 @@ class EMConfig:
 
     def steps_of(self, phase_lap: int) -> int:
         """E-step sampler steps of lap ``phase_lap`` (from 0) of a phase."""
-        if isinstance(self.steps, list):
-            return self.steps[min(phase_lap, len(self.steps) - 1)]
-        return self.steps
+        return _scheduled(self.steps, phase_lap)
 
     def corrections_of(self, phase_lap: int) -> int:
         """Langevin corrections per sampler step of lap ``phase_lap`` (from 0) of a phase."""
-        if isinstance(self.corrections, list):
-            return self.corrections[min(phase_lap, len(self.corrections) - 1)]
-        return self.corrections
+        return _scheduled(self.corrections, phase_lap)
 
     def augment_of(self, sources: Sequence[str], phase_lap: int) -> tuple[tuple[str, tuple[float, ...]], ...]:
         """Flux augmentations ``(source, spec)`` of the M-step of diffusion lap
@@ -230,3 +217,8 @@ class EMConfig:
         """Settings that differ from ``other`` (ignoring those safe to change on resume)."""
         a, b = self.to_dict(), other.to_dict()
         return [k for k in a if k not in self.RESUMABLE_CHANGES and a[k] != b[k]]
+
+
+def _scheduled(value: int | list[int], lap: int) -> int:
+    """Entry ``lap`` of a schedule (its last entry for later laps), or the constant ``value``."""
+    return value[min(lap, len(value) - 1)] if isinstance(value, list) else value
