@@ -10,10 +10,12 @@ from galprism.operators import (
     Convolve,
     Downsample,
     Identity,
+    LowRankUpdate,
     Mask,
     MatrixOperator,
     Scale,
     SourceSum,
+    Weight,
     Zero,
     validate_psf,
 )
@@ -55,6 +57,12 @@ def _random_ops(gen, b):
         "downsample": Downsample(2, shape),
         "matrix_shared": MatrixOperator(torch.randn(3, 5, generator=gen)),
         "matrix_batched": MatrixOperator(torch.randn(b, 3, 5, generator=gen)),
+        "weight_shared": Weight(torch.rand(shape, generator=gen, dtype=torch.float64), shape),
+        "weight_batched": Weight(torch.rand(b, *shape, generator=gen, dtype=torch.float64), shape),
+        "low_rank_update": LowRankUpdate(
+            torch.linalg.qr(torch.randn(b, c * h * w, 3, generator=gen, dtype=torch.float64))[0],
+            torch.rand(b, 3, generator=gen, dtype=torch.float64), shape,
+        ),
     }
     view = Composition([Mask(torch.rand(b, *coarse, generator=gen) > 0.2, coarse), Downsample(2, shape), conv_b])
     ops["composition"] = Composition([view, Scale(torch.rand(b, generator=gen), shape)])

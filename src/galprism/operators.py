@@ -40,6 +40,8 @@ __all__ = [
     "Downsample",
     "Composition",
     "SourceSum",
+    "Weight",
+    "LowRankUpdate",
     "validate_psf",
 ]
 
@@ -238,6 +240,63 @@ class MatrixOperator(LinearOperator):
 
     def take(self, index: Tensor) -> MatrixOperator:
         return MatrixOperator(_take(self.matrix, index, self.batch_size is not None))
+
+
+class Weight(LinearOperator):
+    """Multiplication by per-pixel weights, shared ``shape`` or one set per observation
+    ``(B, *shape)`` (e.g. ``1 / sigma`` to whiten the noise)."""
+
+    def __init__(self, weights: Tensor, shape: Sequence[int] | int) -> None:
+        self.in_shape = self.out_shape = _as_shape(shape)
+        w = torch.as_tensor(weights)
+        if tuple(w.shape[-len(self.in_shape) :]) != self.in_shape or w.ndim > len(self.in_shape) + 1:
+            raise ShapeError(f"Weight: weights of shape {tuple(w.shape)} do not match {self.in_shape}")
+        if not torch.isfinite(w).all():
+            raise ShapeError("Weight: weights contain non-finite values")
+        self.weights = w
+        self.batch_size = _batch_of(w, len(self.in_shape))
+
+    def _apply(self, x: Tensor) -> Tensor:
+        return x * _param(self.weights, x)
+
+    _adjoint = _apply
+
+    def take(self, index: Tensor) -> Weight:
+        return Weight(_take(self.weights, index, self.batch_size is not None), self.in_shape)
+
+
+class LowRankUpdate(LinearOperator):
+    """``I - U diag(g) U^T`` on ``shape``, one ``U`` ``(B, n, k)`` with orthonormal columns
+    and ``g`` ``(B, k)`` per observation (``n`` = pixels of ``shape``).
+
+    Symmetric; with ``g = 1`` it projects out the span of ``U``. Used to whiten a noise
+    covariance ``I + U diag(d) U^T`` (``g = 1 - (1 + d)^(-1/2)``), see
+    :mod:`galprism.freeform`.
+    """
+
+    def __init__(self, basis: Tensor, gains: Tensor, shape: Sequence[int] | int) -> None:
+        self.in_shape = self.out_shape = _as_shape(shape)
+        basis, gains = torch.as_tensor(basis), torch.as_tensor(gains)
+        n = math.prod(self.in_shape)
+        if basis.ndim != 3 or basis.shape[1] != n or gains.shape != (basis.shape[0], basis.shape[2]):
+            raise ShapeError(
+                f"LowRankUpdate: basis {tuple(basis.shape)} and gains {tuple(gains.shape)} must be "
+                f"(B, {n}, k) and (B, k) for images of shape {self.in_shape}"
+            )
+        self.basis, self.gains = basis, gains
+        self.batch_size = int(basis.shape[0])
+
+    def _apply(self, x: Tensor) -> Tensor:
+        u, g = _param(self.basis, x), _param(self.gains, x)
+        flat = x.reshape(x.shape[0], -1)
+        coef = torch.einsum("bnk,bn->bk", u, flat) * g
+        return (flat - torch.einsum("bnk,bk->bn", u, coef)).reshape(x.shape)
+
+    _adjoint = _apply
+
+    def take(self, index: Tensor) -> LowRankUpdate:
+        i = index.to(self.basis.device)
+        return LowRankUpdate(self.basis[i], self.gains[i], self.in_shape)
 
 
 def validate_psf(

@@ -37,6 +37,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError, GalprismError, ShapeError, UsageError
+from .freeform import Box, FreeformConfig, build_freeform
 from .io.flux import zeropoint_of_unit
 from .io.inputs import cutout_seed, in_shard, output_path
 from .io.read import ReadOptions, read_cutout
@@ -61,6 +62,7 @@ __all__ = [
     "prepare_observation",
     "separate_observations",
     "parse_support",
+    "parse_freeform",
     "effective_support",
     "write_result",
     "run_separate",
@@ -78,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 4,
     "seed": 0,
 }
+
+#: XORed into each cutout's seed for the free-form components' draws (after the sampler).
+FREEFORM_SALT = 0xF4EE
 
 
 class Separator(Protocol):
@@ -143,6 +148,9 @@ class SeparateConfig:
         which that source is zero, or ``"auto:R"`` for an adaptive disk of at most R
         (:mod:`galprism.support`); ``None`` uses the prior's own (``prior.json``), ``{}``
         none.
+    freeform
+        When sources the priors cannot draw (too bright, or centred beyond the grid) get
+        a free-form component integrated out of the likelihood (:mod:`galprism.freeform`).
     """
 
     n_samples: int = DEFAULTS["n_samples"]
@@ -163,6 +171,7 @@ class SeparateConfig:
     shard: tuple[int, int] | None = None
     command_line: str | None = None
     support: dict[str, float | str] | None = None
+    freeform: FreeformConfig = field(default_factory=FreeformConfig)
 
     def __post_init__(self) -> None:
         for name in ("n_samples", "steps", "batch_size"):
@@ -204,6 +213,10 @@ class SeparationResult:
         The cutout said nothing about its flux scale and the prior's was assumed.
     support_radii
         Radius in prior pixels of each supported source's disk for this cutout.
+    freeform, boxes
+        ``(n, C, H, W)`` samples of the free-form components' pixels on the prior grid
+        (their light beyond the grid is in ``model`` only), and the boxes; ``None`` and
+        ``[]`` when the cutout has none.
     """
 
     observation: Observation
@@ -216,6 +229,8 @@ class SeparationResult:
     flux_factor: float
     zeropoint_assumed: bool = False
     support_radii: dict[str, float] = field(default_factory=dict)
+    freeform: np.ndarray | None = None
+    boxes: list[Box] = field(default_factory=list)
 
     def flux_summary(self) -> dict[str, dict[str, list[float]]]:
         """Per source and band: mean and standard deviation over samples of the total flux."""
@@ -392,6 +407,23 @@ def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
     return out
 
 
+def parse_freeform(bright: str | float | None, edge: str | float | None) -> FreeformConfig:
+    """``--freeform-bright`` / ``--freeform-edge`` values (a number or ``none``) as a :class:`FreeformConfig`."""
+    values: dict[str, float | None] = {}
+    for name, v in (("bright", bright), ("edge", edge)):
+        if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
+            values[name] = None
+            continue
+        try:
+            values[name] = float(v)
+        except ValueError:
+            raise UsageError(f"--freeform-{name} {v!r}: expected a positive number or 'none'") from None
+    try:
+        return FreeformConfig(bright=values["bright"], edge=values["edge"])
+    except ConfigError as exc:
+        raise UsageError(f"--freeform-{exc}") from None
+
+
 def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, Support]:
     """The supports a run uses: ``config.support`` when given (``{}`` = none), else the prior's."""
     if config.support is None:
@@ -442,14 +474,26 @@ def separate_observations(
     )
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
+    freeform = None
+    flux_scale = getattr(prior, "flux_scale", None)
+    if config.freeform.enabled and flux_scale is not None and prior.method != "asvd":
+        psfs = [o.prior_grid_psf(batch.factor) for o in observations]
+        freeform = build_freeform(
+            batch.y, batch.noise_var, batch.valid, psfs, prior.shape, batch.factor, float(flux_scale), config.freeform
+        )
+    y, noise_var, base_operator = batch.y, batch.noise_var, batch.operator
+    if freeform is not None:
+        y, noise_var, base_operator = freeform.whiten(batch.y.to(torch.float64), batch.operator)
+        y, noise_var = y.to(batch.y.dtype), noise_var.to(batch.y.dtype)
+
     supports, radii = resolve_support_masks(
-        effective_support(prior, config), prior, batch.y, batch.noise_var, batch.operator, seeds,
+        effective_support(prior, config), prior, y, noise_var, base_operator, seeds,
         cg_iterations=config.cg_iterations, trust=config.trust, device=device,
     )
-    operator = supported_operator(batch.operator, prior.sources, supports)
+    operator = supported_operator(base_operator, prior.sources, supports)
     samples = prior.separate(
-        batch.y,
-        batch.noise_var,
+        y,
+        noise_var,
         operator,
         n_samples=config.n_samples,
         steps=config.steps,
@@ -471,6 +515,16 @@ def separate_observations(
     if not torch.isfinite(x).all():
         raise GalprismError(f"prior {prior.name!r}: the sampler returned non-finite values")
     predicted = batch.forward.apply(x.mean(dim=1).sum(dim=1))  # (B, C, h, w), prior units
+    ff_pixels = ff_images = None
+    if freeform is not None:
+        n_s = x.shape[1]
+        seen = batch.valid[:, None].to(x.dtype)
+        rows = torch.arange(b).repeat_interleave(n_s)
+        light = batch.forward.take(rows).apply(x.sum(dim=2).flatten(0, 1)).reshape(b, n_s, *batch.y.shape[1:])
+        residual = (batch.y.to(x.dtype)[:, None] - light) * seen
+        ff_pixels = freeform.sample(residual, [torch.Generator().manual_seed(int(s) ^ FREEFORM_SALT) for s in seeds])
+        predicted = predicted + freeform.model(ff_pixels).mean(dim=1)
+        ff_images = freeform.images(ff_pixels)
     results = []
     for i, obs in enumerate(observations):
         fac = float(batch.flux_factors[i])
@@ -489,6 +543,8 @@ def separate_observations(
                 flux_factor=fac,
                 zeropoint_assumed=obs.zeropoint is None and zp is not None,
                 support_radii={name: r[i] for name, r in radii.items()},
+                freeform=None if ff_images is None or not freeform.boxes[i] else (ff_images[i].numpy() / fac).astype(np.float32),
+                boxes=[] if freeform is None else list(freeform.boxes[i]),
             )
         )
     return results
@@ -512,6 +568,9 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "TRUST": (float(config.trust), "MMPS trust radius (0 = off)"),
         "SAMPLER": (config.sampler, "posterior sampler"),
         "SUPPORT": (_support_text(effective_support(prior, config), result.support_radii), "source=radius [prior px]: zero beyond"),
+        "FFBRIGHT": (_none_text(config.freeform.bright), "free-form box above this peak [flux_scale]"),
+        "FFEDGE": (_none_text(config.freeform.edge), "free-form box for edge peaks above this S/N"),
+        "FFBOXES": (len(result.boxes), "free-form components in this cutout (FREEFORM HDU)"),
         "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
         "RUNSEED": (int(config.seed), "--seed of the run"),
         "DEVICE": (device, "torch device"),
@@ -527,6 +586,10 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "FLUXFAC": (float(result.flux_factor), "input units -> prior units"),
     }
     return cards
+
+
+def _none_text(value: float | None) -> float | str:
+    return "none" if value is None else float(value)
 
 
 def _support_text(support: dict[str, Support], radii: dict[str, float]) -> str:
@@ -556,6 +619,13 @@ def build_hdulist(result: SeparationResult, prior: Separator, config: SeparateCo
     for k, name in enumerate(result.sources):
         cards = {**extra, "SOURCE": (name, "source of the prior"), "NSAMPLE": (int(result.samples.shape[0]), "samples")}
         hdus.extend(source_hdus(name, result.samples[:, k], wcs=fine_wcs, bunit=bunit, cards=cards, cache=cache))
+    if result.freeform is not None:
+        cards = {**extra, "SOURCE": ("freeform", "free-form components (galprism.freeform)"),
+                 "NSAMPLE": (int(result.freeform.shape[0]), "samples"),
+                 "FFHALF": (int(config.freeform.half_width), "box half-width [prior px]")}
+        for i, box in enumerate(result.boxes):
+            cards[f"FFBOX{i}"] = (f"{box.kind} row={box.row} col={box.col}", f"peak {box.peak:.4g} S/N {box.snr:.4g}")
+        hdus.extend(source_hdus("FREEFORM", result.freeform, wcs=fine_wcs, bunit=bunit, cards=cards, cache=cache))
     banded = obs.n_bands > 1
     leading = ("BAND",) if banded else ()
     model = result.model if banded else result.model[0]

@@ -107,6 +107,12 @@ class _Output:
               help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre, or auto:RADIUS for "
               "a disk fitted per cutout up to RADIUS (repeatable); 'none' drops the prior's own supports "
               "(default: the prior's, see `galprism priors`).")
+@click.option("--freeform-bright", default="5", show_default=True, metavar="PEAK|none",
+              help="Give a peak brighter than PEAK (units of the prior's flux_scale) a free-form component "
+              "integrated out of the likelihood: stars and sources too bright for the priors.")
+@click.option("--freeform-edge", default="30", show_default=True, metavar="SNR|none",
+              help="Give a peak on the cutout's outermost pixels above this signal-to-noise a free-form "
+              "component reaching beyond the grid (light from sources centred outside it).")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
 @threads_option(default_one=True)
@@ -137,7 +143,7 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
-    from ..separate import RunWarnings, SeparateConfig, parse_support, run_separate
+    from ..separate import RunWarnings, SeparateConfig, parse_freeform, parse_support, run_separate
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
@@ -161,6 +167,7 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
         read=read, output_dir=output_dir, output=output, overwrite=kw["overwrite"],
         skip_existing=kw["skip_existing"], shard=shard, command_line=command_line(ctx),
         support=parse_support(kw["support"]),
+        freeform=parse_freeform(kw["freeform_bright"], kw["freeform_edge"]),
     )
     total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
     prior = load_prior(prior_spec)

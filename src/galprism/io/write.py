@@ -5,7 +5,10 @@ Layout of ``<stem>.galprism.fits`` (see docs/user-guide.md, "Output layout"):
 * primary HDU, no data: provenance keywords and the command line in ``HISTORY`` cards;
 * for each source ``S`` of the prior: ``S`` (float32 samples, ``(n, ny, nx)`` or
   ``(n, C, ny, nx)``), ``S_MEAN`` and ``S_STD`` (over samples), on the prior's grid;
-* ``MODEL``: posterior mean of the predicted data on the cutout's grid;
+* ``FREEFORM``, ``FREEFORM_MEAN``, ``FREEFORM_STD``: only when the cutout has free-form
+  components (:mod:`galprism.freeform`), their pixels on the prior's grid, as a source;
+* ``MODEL``: posterior mean of the predicted data on the cutout's grid (free-form light
+  included);
 * ``RESID``: ``(data - MODEL) / sigma``, NaN at masked pixels.
 
 Every image HDU carries the celestial WCS of its grid (the cube gets extra linear
