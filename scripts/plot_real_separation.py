@@ -3,11 +3,13 @@
     python scripts/plot_real_separation.py [--prior default] [--out docs/figures/real_hsc_separation.png]
 
 For each real cutout (``hsc_cosmos35_i.fits``, ``multiview_hsc_i.fits``) the figure shows
-the data, the posterior mean of the galaxy and of the sky, one posterior sample of the
+the data, the posterior mean of the galaxy, of the sky and of the free-form components
+(``galprism.freeform``; blank when the cutout has none), one posterior sample of the
 galaxy, the galaxy's posterior standard deviation, the model of the data and the
 residuals in noise units, and prints one JSON line per cutout with the reduced chi^2 of
 the residuals over unmasked pixels. Uses galprism's library calls only (the same as
-``galprism separate`` with its defaults and seed 0, or ``--steps``/``--cg-iterations``).
+``galprism separate`` with its defaults and seed 0, or ``--steps``/``--cg-iterations``/
+``--sampler``/``--seed``/``--no-freeform``).
 
 ``multiview_hsc_i.fits`` is a renormalised cube without a zero point. As in ``galprism
 evaluate`` (docs/evaluation.md, "Real data"), its zero point is taken to be the one that
@@ -32,6 +34,7 @@ from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterv
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from galprism.freeform import FreeformConfig  # noqa: E402
 from galprism.io.flux import noise_matched_zeropoint  # noqa: E402
 from galprism.io.read import ReadOptions  # noqa: E402
 from galprism.priorset import load_priorset  # noqa: E402
@@ -55,16 +58,22 @@ def main() -> None:
     ap.add_argument("--prior", default="default")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps [separate's default]")
     ap.add_argument("--cg-iterations", type=int, default=None, help="CG iterations [separate's default]")
+    ap.add_argument("--sampler", default=None, help="posterior sampler [separate's default]")
+    ap.add_argument("--seed", type=int, default=0, help="run seed [0]")
+    ap.add_argument("--no-freeform", action="store_true", help="no free-form components (galprism.freeform)")
     ap.add_argument("--no-noise-matched-zeropoint", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "real_hsc_separation.png")
     args = ap.parse_args()
     prior = load_priorset(args.prior)
-    cols = ["data", "galaxy mean", "sky mean", "galaxy sample", "galaxy std", "model", "residual / sigma"]
+    cols = ["data", "galaxy mean", "sky mean", "free-form mean", "galaxy sample", "galaxy std", "model", "residual / sigma"]
     fig, axes = plt.subplots(len(CUTOUTS), len(cols), figsize=(2.1 * len(cols), 2.4 * len(CUTOUTS)), squeeze=False)
     with tempfile.TemporaryDirectory() as tmp:
         for row, name in enumerate(CUTOUTS):
             out = Path(tmp) / (Path(name).stem + ".galprism.fits")
-            options = {k: v for k, v in (("steps", args.steps), ("cg_iterations", args.cg_iterations)) if v is not None}
+            options = {k: v for k, v in (("steps", args.steps), ("cg_iterations", args.cg_iterations), ("sampler", args.sampler)) if v is not None}
+            options["seed"] = args.seed
+            if args.no_freeform:
+                options["freeform"] = FreeformConfig(bright=None, edge=None)
             zp = None
             if name in NO_ZEROPOINT and not args.no_noise_matched_zeropoint:
                 zp = cutout_zeropoint(ROOT / name)
@@ -78,12 +87,15 @@ def main() -> None:
                 gal, sky = h["GALAXY_MEAN"].data, h["SKY_MEAN"].data
                 sample, std = h["GALAXY"].data[0], h["GALAXY_STD"].data
                 x0, y0 = int(h[0].header["CROPX0"]), int(h[0].header["CROPY0"])
+                boxes = int(h[0].header["FFBOXES"])
+                free = h["FREEFORM_MEAN"].data if "FREEFORM_MEAN" in h else np.zeros_like(gal)
             with fits.open(ROOT / name) as src:
                 image = src["SCI"].data.astype(float)
             ok = np.isfinite(resid)  # RESID is NaN at masked pixels (RESIDDEF)
             chi2 = float(np.mean(resid[ok] ** 2))
             print(json.dumps({"input": name, "prior": prior.name, "reduced_chi2": round(chi2, 2), "pixels": int(ok.sum()),
-                              "zeropoint_assumed": None if zp is None else round(zp, 3), **options}))
+                              "zeropoint_assumed": None if zp is None else round(zp, 3), "freeform_boxes": boxes,
+                              **{k: v for k, v in options.items() if k != "freeform"}, "freeform": not args.no_freeform}))
             # The outputs are on the crop's grid (CROPX0/CROPY0: its origin in the input,
             # negative where it was padded); show the same crop of the input.
             ny, nx = model.shape[-2:]
@@ -92,7 +104,7 @@ def main() -> None:
             xs = slice(max(x0, 0), min(x0 + nx, image.shape[1]))
             data[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = image[ys, xs]
             norm = ImageNormalize(data[np.isfinite(data)], interval=PercentileInterval(99.5), stretch=AsinhStretch(0.02))
-            panels = [data, gal, sky, sample, std, model, resid]
+            panels = [data, gal, sky, free, sample, std, model, resid]
             for col, (title, img) in enumerate(zip(cols, panels, strict=True)):
                 ax = axes[row][col]
                 if title.startswith("residual"):
