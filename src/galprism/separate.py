@@ -514,16 +514,18 @@ def separate_observations(
     x = zero_outside_supports(x, prior.sources, supports)
     if not torch.isfinite(x).all():
         raise GalprismError(f"prior {prior.name!r}: the sampler returned non-finite values")
-    predicted = batch.forward.apply(x.mean(dim=1).sum(dim=1))  # (B, C, h, w), prior units
-    ff_pixels = ff_images = None
-    if freeform is not None:
+    ff_images = None
+    if freeform is None:
+        predicted = batch.forward.apply(x.mean(dim=1).sum(dim=1))  # (B, C, h, w), prior units
+    else:
+        # The box pixels are drawn per sample given that sample's light, so the model
+        # is the mean over samples of both.
         n_s = x.shape[1]
-        seen = batch.valid[:, None].to(x.dtype)
         rows = torch.arange(b).repeat_interleave(n_s)
         light = batch.forward.take(rows).apply(x.sum(dim=2).flatten(0, 1)).reshape(b, n_s, *batch.y.shape[1:])
-        residual = (batch.y.to(x.dtype)[:, None] - light) * seen
+        residual = (batch.y.to(x.dtype)[:, None] - light) * batch.valid[:, None].to(x.dtype)
         ff_pixels = freeform.sample(residual, [torch.Generator().manual_seed(int(s) ^ FREEFORM_SALT) for s in seeds])
-        predicted = predicted + freeform.model(ff_pixels).mean(dim=1)
+        predicted = (light + freeform.model(ff_pixels)).mean(dim=1)
         ff_images = freeform.images(ff_pixels)
     results = []
     for i, obs in enumerate(observations):
