@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--sampler", default=None, help="posterior sampler [separate's default]")
     ap.add_argument("--seed", type=int, default=0, help="run seed [0]")
     ap.add_argument("--no-freeform", action="store_true", help="no free-form components (galprism.freeform)")
+    ap.add_argument("--freeform-residual", type=float, default=None, help="residual boxes above this S/N [none]")
     ap.add_argument("--no-noise-matched-zeropoint", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "real_hsc_separation.png")
     args = ap.parse_args()
@@ -74,6 +75,8 @@ def main() -> None:
             options["seed"] = args.seed
             if args.no_freeform:
                 options["freeform"] = FreeformConfig(bright=None, edge=None)
+            elif args.freeform_residual is not None:
+                options["freeform"] = FreeformConfig(residual=args.freeform_residual)
             zp = None
             if name in NO_ZEROPOINT and not args.no_noise_matched_zeropoint:
                 zp = cutout_zeropoint(ROOT / name)
@@ -89,13 +92,15 @@ def main() -> None:
                 x0, y0 = int(h[0].header["CROPX0"]), int(h[0].header["CROPY0"])
                 boxes = int(h[0].header["FFBOXES"])
                 free = h["FREEFORM_MEAN"].data if "FREEFORM_MEAN" in h else np.zeros_like(gal)
+                chi2_samples = float(h[0].header["CHI2"])
             with fits.open(ROOT / name) as src:
                 image = src["SCI"].data.astype(float)
             ok = np.isfinite(resid)  # RESID is NaN at masked pixels (RESIDDEF)
             chi2 = float(np.mean(resid[ok] ** 2))
-            print(json.dumps({"input": name, "prior": prior.name, "reduced_chi2": round(chi2, 2), "pixels": int(ok.sum()),
+            print(json.dumps({"input": name, "prior": prior.name, "reduced_chi2": round(chi2, 2), "reduced_chi2_samples": round(chi2_samples, 2), "pixels": int(ok.sum()),
                               "zeropoint_assumed": None if zp is None else round(zp, 3), "freeform_boxes": boxes,
-                              **{k: v for k, v in options.items() if k != "freeform"}, "freeform": not args.no_freeform}))
+                              **{k: v for k, v in options.items() if k != "freeform"}, "freeform": not args.no_freeform,
+                              "freeform_residual": args.freeform_residual}))
             # The outputs are on the crop's grid (CROPX0/CROPY0: its origin in the input,
             # negative where it was padded); show the same crop of the input.
             ny, nx = model.shape[-2:]

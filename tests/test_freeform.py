@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from galprism.errors import ConfigError
-from galprism.freeform import Box, FreeformConfig, FreeformModel, build_freeform, find_boxes
+from galprism.freeform import (
+    Box,
+    FreeformConfig,
+    FreeformModel,
+    build_freeform,
+    find_boxes,
+    find_residual_boxes,
+)
 from galprism.operators import Composition, Mask, SourceSum
 from galprism.posterior import JointPosterior
 from galprism.testing import gaussian_problem
@@ -129,7 +136,35 @@ def test_build_freeform_puts_a_box_on_a_star_and_its_light_through_the_psf():
     assert build_freeform(t(y), t(nv), t(valid), [psf], (1, 16, 16), 1, 1.0, FreeformConfig(bright=None, edge=None)) is None
 
 
-@pytest.mark.parametrize("kw", [dict(bright=-1.0), dict(edge=float("nan")), dict(half_width=40), dict(correlation=-0.5)])
+def test_residual_boxes_go_to_point_sources_the_model_missed_and_not_to_noise():
+    """The matched filter finds a faint point source left in a residual, at its place, with
+    its flux and signal-to-noise; pure noise, masked pixels and existing boxes give none."""
+    size, sigma = 32, 0.5
+    yy, xx = np.mgrid[-3:4, -3:4]
+    psf = np.exp(-(yy**2 + xx**2) / (2 * 1.2**2))
+    psf /= psf.sum()
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, sigma, (1, size, size))
+    nv, valid = np.full((1, size, size), sigma**2), np.ones((1, size, size), bool)
+    cfg = FreeformConfig(residual=5.0, half_width=2)
+    assert find_residual_boxes(noise, nv, valid, psf[None], [], cfg, flux_scale=1.0) == []
+    flux = 8.0 * sigma / np.sqrt((psf**2).sum())  # S/N 8
+    resid = noise.copy()
+    resid[0, 10 - 3 : 10 + 4, 20 - 3 : 20 + 4] += flux * psf
+    [box] = find_residual_boxes(resid, nv, valid, psf[None], [], cfg, flux_scale=2.0)
+    assert (box.row, box.col, box.kind) == (10, 20, "residual")
+    assert box.snr == pytest.approx(8.0, abs=1.5)
+    assert box.peak == pytest.approx(flux * psf.max() / 2.0, rel=0.25)  # the missed source's peak, flux_scale units
+    # inside an existing box: already modelled
+    assert find_residual_boxes(resid, nv, valid, psf[None], [Box(11, 19, "bright", 9.0, 90.0)], cfg, 2.0) == []
+    # masked pixels carry no signal
+    masked = valid.copy()
+    masked[0, 6:15, 16:25] = False
+    assert find_residual_boxes(resid, nv, masked, psf[None], [], cfg, 2.0) == []
+    assert find_residual_boxes(resid, nv, valid, psf[None], [], FreeformConfig(residual=None), 2.0) == []
+
+
+@pytest.mark.parametrize("kw", [dict(bright=-1.0), dict(edge=float("nan")), dict(residual=0.0), dict(half_width=40), dict(correlation=-0.5)])
 def test_bad_freeform_settings_are_refused(kw):
     with pytest.raises(ConfigError, match="freeform"):
         FreeformConfig(**kw)

@@ -43,12 +43,17 @@ def test_usage_errors_exit_2(tmp_path, capsys, monkeypatch):
         ["separate", p, "--overwrite", "--skip-existing"],
         ["separate", p, "--center", "1"],
         ["separate", p, "-n", "0"],
+        ["separate", p, "--freeform-bright", "bright"],
+        ["separate", p, "--freeform-edge", "-3"],
+        ["separate", p, "--freeform-residual", "0"],
         ["separate", "-"],
     ]
     for argv in cases:
         code, recs, _, err = run_cli(argv, capsys, monkeypatch, prior=FakePrior(), stdin="")
         assert code == 2, f"{argv[2:]} gave exit status {code}: {err}"
         assert recs == [] and len(err) >= 1, f"{argv[2:]}: {err}"
+        if "--freeform-residual" in argv:
+            assert err[-1].endswith("--freeform-residual 0: expected a positive number or 'none'"), err
     assert not list(Path.cwd().glob("c.galprism.fits")), "a usage error still wrote an output"
 
 

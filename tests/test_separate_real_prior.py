@@ -196,3 +196,42 @@ def test_bad_support_is_refused_with_one_line(tmp_path, capsys, monkeypatch, pri
     (broken / "prior.json").write_text(json.dumps(manifest))
     code, _, _, err = run_cli(["separate", cut, "--prior", broken, "-o", tmp_path / "y.fits", "-q"], capsys, monkeypatch)
     assert code == 1 and len(err) == 1 and "prior.json" in err[0] and "sky" in err[0], (code, err)
+
+
+def test_chi2_of_the_samples_is_one_when_the_data_follow_the_prior(tmp_path, capsys, monkeypatch):
+    """CHI2 (each sample's predicted data against the data) has expectation 1 for data drawn
+    from the prior itself; CHI2MOD (the mean model's) is lower by the parameters the data fix.
+
+    If CHI2 were computed from the mean model, or with the wrong noise or units, its mean
+    over cutouts would miss 1; if the per-sample models were wrong (not each sample's own
+    light) it would too. 16 cutouts of 64 pixels: the mean's standard error is about 0.05.
+    """
+    n_prior, n_cut = 16, 8
+    g = torch.Generator().manual_seed(5)
+    dt = torch.float64
+    priors = [
+        GaussianPrior.from_covariance(torch.full((1, n_prior, n_prior), 0.3, dtype=dt), _smooth_cov(n_prior, 2.5, 1.0)),
+        GaussianPrior.from_covariance(torch.zeros((1, n_prior, n_prior), dtype=dt), _smooth_cov(n_prior, 1.0, 0.2)),
+    ]
+    folder = tmp_path / "prior"
+    PriorSet(name="g16", method="gaussian", sources=["galaxy", "sky"], priors=priors, shape=(1, n_prior, n_prior),
+             pixel_scale=0.1, zeropoint=27.0).save(folder)
+    psf, sigma = gaussian_psf(5, 0.8), 0.1
+    template = read_cutout(make_cutout(tmp_path / "t.fits", shape=(n_cut, n_cut), scale=0.2, psf=psf, sigma=sigma, header={"MAGZERO": 27.0}))
+    op = template.operator((1, n_prior, n_prior), 2)
+    cuts = []
+    for i in range(16):
+        x = sum(p.sample(1, generator=g) for p in priors)  # (1, 1, N, N)
+        y = op.apply(x.to(dt))[0, 0].numpy() + sigma * torch.randn((n_cut, n_cut), generator=g, dtype=dt).numpy()
+        cuts.append(make_cutout(tmp_path / f"c{i:02d}.fits", shape=(n_cut, n_cut), scale=0.2, psf=psf, sigma=sigma,
+                                image=y, header={"MAGZERO": 27.0}))
+    code, recs, _, err = run_cli(
+        ["separate", *cuts, "--prior", folder, "-n", 8, "--steps", 32, "--cg-iterations", 16, "--output-dir", tmp_path / "out",
+         "--json", "-q", "--freeform-edge", "none", "--freeform-bright", "none"],
+        capsys, monkeypatch,
+    )
+    assert code == 0, err
+    chi2 = np.array([r["chi2"] for r in recs])
+    chi2_model = np.array([fits.getheader(tmp_path / "out" / f"c{i:02d}.galprism.fits")["CHI2MOD"] for i in range(16)])
+    assert abs(chi2.mean() - 1.0) < 0.2, f"mean CHI2 {chi2.mean():.3f} over data drawn from the prior (1 expected)"
+    assert chi2_model.mean() < chi2.mean() - 0.05, f"CHI2MOD {chi2_model.mean():.3f} not below CHI2 {chi2.mean():.3f}"

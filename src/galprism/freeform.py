@@ -24,7 +24,10 @@ their exact Gaussian conditional ``c | x, y`` (:meth:`FreeformModel.sample`).
 
 Boxes are found on the data (:func:`find_boxes`): a local maximum brighter than
 ``FreeformConfig.bright`` (in the prior's units, ``flux_scale``), or a local maximum on
-the cutout's outermost pixels with a signal-to-noise above ``FreeformConfig.edge``.
+the cutout's outermost pixels with a signal-to-noise above ``FreeformConfig.edge``; and,
+optionally, on the residual of a first posterior draw (:func:`find_residual_boxes`,
+``FreeformConfig.residual``): point sources the priors drew too faint, after which
+:func:`galprism.separate.separate_observations` draws the cutout again.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from torch import Tensor
 from .errors import ConfigError
 from .operators import Composition, Convolve, Downsample, LowRankUpdate, SourceSum, Weight
 
-__all__ = ["FreeformConfig", "Box", "FreeformModel", "find_boxes", "build_freeform"]
+__all__ = ["FreeformConfig", "Box", "FreeformModel", "find_boxes", "find_residual_boxes", "build_freeform"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,13 @@ class FreeformConfig:
     edge
         A local maximum on the outermost row or column of the cutout with a
         signal-to-noise above this gets a box reaching beyond the grid (``None``: never).
+    residual
+        After a first posterior draw, a local maximum of the point-source matched filter
+        of its residual with a signal-to-noise above this gets a box, and the cutout is
+        drawn again (``None``: one draw only). See :func:`find_residual_boxes`.
+    rounds
+        With ``residual``: at most this many redraws, each searching the last draw's
+        residual (a core the first draw fitted may be left out by the redraw).
     half_width
         Boxes hold ``(2 half_width + 1)^2`` intrinsic pixels per band, on the prior grid.
     correlation
@@ -67,14 +77,18 @@ class FreeformConfig:
 
     bright: float | None = 5.0
     edge: float | None = 30.0
+    residual: float | None = None
+    rounds: int = 2
     half_width: int = 4
     correlation: float = 0.7
 
     def __post_init__(self) -> None:
-        for name in ("bright", "edge"):
+        for name in ("bright", "edge", "residual"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"freeform {name} must be a positive number or None, got {v!r}")
+        if not (isinstance(self.rounds, int) and 1 <= self.rounds <= 8):
+            raise ConfigError(f"freeform rounds must be an integer in [1, 8], got {self.rounds!r}")
         if not (isinstance(self.half_width, int) and 0 <= self.half_width <= 16):
             raise ConfigError(f"freeform half_width must be an integer in [0, 16], got {self.half_width!r}")
         if not (math.isfinite(self.correlation) and self.correlation >= 0):
@@ -82,7 +96,7 @@ class FreeformConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.bright is not None or self.edge is not None
+        return self.bright is not None or self.edge is not None or self.residual is not None
 
 
 @dataclass(frozen=True)
@@ -91,8 +105,8 @@ class Box:
 
     row: int
     col: int
-    kind: str  # "bright" or "edge"
-    peak: float  # the data's peak, in the prior's units
+    kind: str  # "bright", "edge" or "residual"
+    peak: float  # the data's (residual's) peak, in the prior's units
     snr: float
 
 
@@ -125,6 +139,58 @@ def find_boxes(
         else:
             continue
         boxes.append(Box(br * factor + factor // 2, bc * factor + factor // 2, kind, value, s))
+    return boxes
+
+
+def find_residual_boxes(
+    residual: np.ndarray,
+    noise_var: np.ndarray,
+    valid: np.ndarray,
+    psf: np.ndarray,
+    existing: Sequence[Box],
+    config: FreeformConfig,
+    flux_scale: float,
+    factor: int = 1,
+) -> list[Box]:
+    """Boxes where a posterior draw left light unexplained, on the prior grid.
+
+    The residual ``data - model`` ``(C, h, w)`` (prior units, cutout grid) is searched for
+    point sources as a detection pipeline does: the matched-filter signal-to-noise
+
+        S(p) = sum_q psi(q - p) r_q / sigma_q^2 / sqrt(sum_q psi(q - p)^2 / sigma_q^2),
+
+    summed over bands, with ``psi`` the cutout's PSF ``(C, ph, pw)`` normalised to unit
+    sum and masked pixels weighted 0. Local maxima (5 x 5) with ``S > config.residual``
+    get a box unless they lie inside an existing one. A box's ``peak`` is the observed
+    peak of the point source the filter fits there (its flux times the PSF's peak), so
+    its prior scale (:func:`build_freeform`) is set by the light the priors missed, not
+    by the data's: the priors keep explaining the rest.
+    """
+    if config.residual is None:
+        return []
+    w = np.where(valid, 1.0 / np.where(valid, noise_var, 1.0), 0.0)
+    r = np.where(valid, residual, 0.0)
+    num = np.zeros(r.shape[1:])
+    den = np.zeros(r.shape[1:])
+    peaks = []
+    for band in range(r.shape[0]):
+        psi = np.asarray(psf[band], dtype=np.float64)
+        psi = psi / psi.sum()
+        num += ndimage.correlate(r[band] * w[band], psi, mode="constant")
+        den += ndimage.correlate(w[band], psi**2, mode="constant")
+        peaks.append(psi.max())
+    ok = den > 0
+    snr = np.divide(num, np.sqrt(den, where=ok, out=np.ones_like(den)), out=np.zeros_like(num), where=ok)
+    flux = np.divide(num, den, out=np.zeros_like(num), where=ok)
+    local = ok & (ndimage.maximum_filter(np.where(ok, snr, -np.inf), size=5, mode="constant", cval=-np.inf) == snr)
+    hw = config.half_width
+    boxes: list[Box] = []
+    for rr, cc in zip(*np.nonzero(local & (snr > config.residual)), strict=True):
+        row, col = int(rr) * factor + factor // 2, int(cc) * factor + factor // 2
+        if any(abs(row - b.row) <= hw and abs(col - b.col) <= hw for b in [*existing, *boxes]):
+            continue
+        peak = float(flux[rr, cc]) * float(np.mean(peaks)) / flux_scale
+        boxes.append(Box(row, col, "residual", peak, float(snr[rr, cc])))
     return boxes
 
 
@@ -247,6 +313,7 @@ def build_freeform(
     factor: int,
     flux_scale: float,
     config: FreeformConfig,
+    extra: Sequence[Sequence[Box]] | None = None,
 ) -> FreeformModel | None:
     """Find the boxes of a batch and build their model, or ``None`` when no cutout has one.
 
@@ -260,6 +327,9 @@ def build_freeform(
         The prior's grid, the grid factor and the prior's flux unit.
     config
         Detection settings.
+    extra
+        Boxes to add to those found, one list per observation (from
+        :func:`find_residual_boxes`).
     """
     if not config.enabled:
         return None
@@ -268,6 +338,7 @@ def build_freeform(
     side = 2 * hw + 1
     boxes = [
         find_boxes(y[i].numpy(), noise_var[i].numpy(), valid[i].numpy(), config, flux_scale, factor)
+        + list(extra[i] if extra is not None else [])
         for i in range(y.shape[0])
     ]
     if not any(boxes):

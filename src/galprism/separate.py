@@ -23,6 +23,7 @@ The prior is any object with the :class:`Separator` interface: the built-in
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -37,7 +38,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError, GalprismError, ShapeError, UsageError
-from .freeform import Box, FreeformConfig, build_freeform
+from .freeform import Box, FreeformConfig, build_freeform, find_residual_boxes
 from .io.flux import zeropoint_of_unit
 from .io.inputs import cutout_seed, in_shard, output_path
 from .io.read import ReadOptions, read_cutout
@@ -203,6 +204,11 @@ class SeparationResult:
         ``(C, h, w)`` posterior mean of the predicted data on the cutout's grid.
     resid
         ``(C, h, w)`` ``(data - model) / sigma``; NaN at masked pixels.
+    chi2_samples
+        ``(n,)`` reduced chi^2 over unmasked pixels of each sample's predicted data: the
+        posterior-predictive check. Its expectation is 1 when the posterior is calibrated,
+        whereas ``mean(resid**2)`` is below 1 by the effective number of parameters the
+        data constrain, divided by the number of pixels.
     seed
         The cutout's seed.
     factor
@@ -224,6 +230,7 @@ class SeparationResult:
     samples: np.ndarray
     model: np.ndarray
     resid: np.ndarray
+    chi2_samples: np.ndarray
     seed: int
     factor: int
     flux_factor: float
@@ -253,6 +260,7 @@ class InputRecord:
     seconds: float = 0.0
     seed: int | None = None
     sources: dict[str, dict[str, list[float]]] | None = None
+    chi2: float | None = None
     error: str | None = None
 
     def to_json(self) -> str:
@@ -265,6 +273,8 @@ class InputRecord:
         }
         if self.sources is not None:
             data["sources"] = self.sources
+        if self.chi2 is not None:
+            data["chi2"] = round(self.chi2, 4)
         if self.error is not None:
             data["error"] = self.error
         return json.dumps(data)
@@ -407,10 +417,12 @@ def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
     return out
 
 
-def parse_freeform(bright: str | float | None, edge: str | float | None) -> FreeformConfig:
-    """``--freeform-bright`` / ``--freeform-edge`` values (a number or ``none``) as a :class:`FreeformConfig`."""
+def parse_freeform(
+    bright: str | float | None, edge: str | float | None, residual: str | float | None = None
+) -> FreeformConfig:
+    """``--freeform-bright`` / ``-edge`` / ``-residual`` values (a number or ``none``) as a :class:`FreeformConfig`."""
     values: dict[str, float | None] = {}
-    for name, v in (("bright", bright), ("edge", edge)):
+    for name, v in (("bright", bright), ("edge", edge), ("residual", residual)):
         if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
             values[name] = None
             continue
@@ -418,10 +430,10 @@ def parse_freeform(bright: str | float | None, edge: str | float | None) -> Free
             values[name] = float(v)
         except ValueError:
             raise UsageError(f"--freeform-{name} {v!r}: expected a positive number or 'none'") from None
-    try:
-        return FreeformConfig(bright=values["bright"], edge=values["edge"])
-    except ConfigError as exc:
-        raise UsageError(f"--freeform-{exc}") from None
+    for name, v in values.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UsageError(f"--freeform-{name} {v:g}: expected a positive number or 'none'")
+    return FreeformConfig(bright=values["bright"], edge=values["edge"], residual=values["residual"])
 
 
 def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, Support]:
@@ -463,7 +475,54 @@ def separate_observations(
     -------
     list of SeparationResult
         In the order of ``observations``, in each cutout's units.
+
+    Notes
+    -----
+    With ``config.freeform.residual`` set, each cutout whose first draw leaves light
+    unexplained (:func:`~galprism.freeform.find_residual_boxes`) is drawn again, with the
+    same seed, with free-form components there; the others keep their first draw.
     """
+    results = _separate_once(observations, prior, config, seeds, device=device)
+    if config.freeform.residual is None or not _freeform_applies(prior):
+        return results
+    flux_scale = float(prior.flux_scale)
+    extra: list[list[Box]] = [[] for _ in observations]
+    for _ in range(config.freeform.rounds):
+        redo = []
+        for i, res in enumerate(results):
+            obs, fac = res.observation, res.flux_factor
+            found = find_residual_boxes(
+                (obs.image - res.model) * fac, obs.variance * fac**2, obs.valid, obs.psf, res.boxes,
+                config.freeform, flux_scale, res.factor,
+            )
+            if found:
+                extra[i].extend(found)
+                redo.append(i)
+        if not redo:
+            break
+        again = _separate_once(
+            [observations[i] for i in redo], prior, config, [seeds[i] for i in redo], device=device,
+            extra_boxes=[extra[i] for i in redo],
+        )
+        for i, res in zip(redo, again, strict=True):
+            results[i] = res
+    return results
+
+
+def _freeform_applies(prior: Separator) -> bool:
+    return getattr(prior, "flux_scale", None) is not None and prior.method != "asvd"
+
+
+def _separate_once(
+    observations: Sequence[Observation],
+    prior: Separator,
+    config: SeparateConfig,
+    seeds: Sequence[int],
+    *,
+    device: str = "cpu",
+    extra_boxes: Sequence[Sequence[Box]] | None = None,
+) -> list[SeparationResult]:
+    """One posterior draw of a batch (:func:`separate_observations`), with ``extra_boxes`` added."""
     zp = prior_zeropoint(prior)
     batch = stack_observations(
         observations,
@@ -475,11 +534,11 @@ def separate_observations(
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
     freeform = None
-    flux_scale = getattr(prior, "flux_scale", None)
-    if config.freeform.enabled and flux_scale is not None and prior.method != "asvd":
+    if config.freeform.enabled and _freeform_applies(prior):
         psfs = [o.prior_grid_psf(batch.factor) for o in observations]
         freeform = build_freeform(
-            batch.y, batch.noise_var, batch.valid, psfs, prior.shape, batch.factor, float(flux_scale), config.freeform
+            batch.y, batch.noise_var, batch.valid, psfs, prior.shape, batch.factor, float(prior.flux_scale),
+            config.freeform, extra=extra_boxes,
         )
     y, noise_var, base_operator = batch.y, batch.noise_var, batch.operator
     if freeform is not None:
@@ -515,24 +574,27 @@ def separate_observations(
     if not torch.isfinite(x).all():
         raise GalprismError(f"prior {prior.name!r}: the sampler returned non-finite values")
     ff_images = None
-    if freeform is None:
-        predicted = batch.forward.apply(x.mean(dim=1).sum(dim=1))  # (B, C, h, w), prior units
-    else:
-        # The box pixels are drawn per sample given that sample's light, so the model
-        # is the mean over samples of both.
-        n_s = x.shape[1]
-        rows = torch.arange(b).repeat_interleave(n_s)
-        light = batch.forward.take(rows).apply(x.sum(dim=2).flatten(0, 1)).reshape(b, n_s, *batch.y.shape[1:])
+    # Each sample's predicted data (B, n, C, h, w) in prior units: the model is their mean,
+    # and each one's residual is the posterior-predictive check of that sample.
+    n_s = x.shape[1]
+    rows = torch.arange(b).repeat_interleave(n_s)
+    light = batch.forward.take(rows).apply(x.sum(dim=2).flatten(0, 1)).reshape(b, n_s, *batch.y.shape[1:])
+    if freeform is not None:
+        # The box pixels are drawn per sample given that sample's light.
         residual = (batch.y.to(x.dtype)[:, None] - light) * batch.valid[:, None].to(x.dtype)
         ff_pixels = freeform.sample(residual, [torch.Generator().manual_seed(int(s) ^ FREEFORM_SALT) for s in seeds])
-        predicted = (light + freeform.model(ff_pixels)).mean(dim=1)
+        light = light + freeform.model(ff_pixels)
         ff_images = freeform.images(ff_pixels)
+    predicted = light.mean(dim=1)
     results = []
     for i, obs in enumerate(observations):
         fac = float(batch.flux_factors[i])
         model = predicted[i].numpy() / fac
         sigma = np.sqrt(obs.variance)
         resid = np.where(obs.valid, (obs.image - model) / sigma, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):  # sigma may be 0 or inf where masked
+            per_sample = (obs.image[None] - light[i].numpy() / fac) / sigma[None]
+        chi2_samples = np.array([float(np.mean(r[obs.valid] ** 2)) for r in per_sample])
         results.append(
             SeparationResult(
                 observation=obs,
@@ -540,6 +602,7 @@ def separate_observations(
                 samples=(x[i].numpy() / fac).astype(np.float32),
                 model=model,
                 resid=resid,
+                chi2_samples=chi2_samples,
                 seed=int(seeds[i]),
                 factor=batch.factor,
                 flux_factor=fac,
@@ -572,7 +635,11 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "SUPPORT": (_support_text(effective_support(prior, config), result.support_radii), "source=radius [prior px]: zero beyond"),
         "FFBRIGHT": (_none_text(config.freeform.bright), "free-form box above this peak [flux_scale]"),
         "FFEDGE": (_none_text(config.freeform.edge), "free-form box for edge peaks above this S/N"),
+        "FFRESID": (_none_text(config.freeform.residual), "free-form box for residual peaks above this S/N"),
+        "FFROUNDS": (int(config.freeform.rounds), "at most this many redraws for residual boxes"),
         "FFBOXES": (len(result.boxes), "free-form components in this cutout (FREEFORM HDU)"),
+        "CHI2": (round(float(np.mean(result.chi2_samples)), 4), "reduced chi2 of the samples' data, mean over samples"),
+        "CHI2MOD": (round(float(np.nanmean(result.resid**2)), 4), "reduced chi2 of MODEL (mean of RESID**2)"),
         "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
         "RUNSEED": (int(config.seed), "--seed of the run"),
         "DEVICE": (device, "torch device"),
@@ -748,7 +815,8 @@ def run_separate(
                 report(InputRecord(p.path, str(p.output), "error", p.seconds + share, p.seed, error=_error_text(exc, p.path)))
                 continue
             seconds = p.seconds + share + time.perf_counter() - t1
-            report(InputRecord(p.path, str(p.output), "ok", seconds, p.seed, sources=res.flux_summary()))
+            report(InputRecord(p.path, str(p.output), "ok", seconds, p.seed, sources=res.flux_summary(),
+                                chi2=float(np.mean(res.chi2_samples))))
 
     for path in inputs:
         path = str(path)

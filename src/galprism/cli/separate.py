@@ -113,6 +113,9 @@ class _Output:
 @click.option("--freeform-edge", default="30", show_default=True, metavar="SNR|none",
               help="Give a peak on the cutout's outermost pixels above this signal-to-noise a free-form "
               "component reaching beyond the grid (light from sources centred outside it).")
+@click.option("--freeform-residual", default="none", show_default=True, metavar="SNR|none",
+              help="After a first draw, give each point-source peak of its residual above this matched-filter "
+              "signal-to-noise a free-form component and draw that cutout again (light the priors draw too faint).")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Cutouts per sampler call.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
 @threads_option(default_one=True)
@@ -167,7 +170,7 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
         read=read, output_dir=output_dir, output=output, overwrite=kw["overwrite"],
         skip_existing=kw["skip_existing"], shard=shard, command_line=command_line(ctx),
         support=parse_support(kw["support"]),
-        freeform=parse_freeform(kw["freeform_bright"], kw["freeform_edge"]),
+        freeform=parse_freeform(kw["freeform_bright"], kw["freeform_edge"], kw["freeform_residual"]),
     )
     total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
     prior = load_prior(prior_spec)
