@@ -6,10 +6,13 @@ For each real cutout (``hsc_cosmos35_i.fits``, ``multiview_hsc_i.fits``) the fig
 the data, the posterior mean of the galaxy, of the sky and of the free-form components
 (``galprism.freeform``; blank when the cutout has none), one posterior sample of the
 galaxy, the galaxy's posterior standard deviation, the model of the data and the
-residuals in noise units, and prints one JSON line per cutout with the reduced chi^2 of
-the residuals over unmasked pixels. Uses galprism's library calls only (the same as
-``galprism separate`` with its defaults and seed 0, or ``--steps``/``--cg-iterations``/
-``--sampler``/``--seed``/``--no-freeform``).
+residuals in noise units, and prints one JSON line per cutout with two reduced chi^2
+over unmasked pixels: ``reduced_chi2_samples``, the posterior-predictive check (header
+``CHI2``: each sample's predicted data against the data, averaged over samples; 1 for a
+calibrated fit) and ``reduced_chi2``, that of the mean model (``CHI2MOD``, the mean of
+``RESID**2``, lower by the parameters the data pin down). Uses galprism's library calls
+only (the same as ``galprism separate`` with its defaults and seed 0, or ``--steps``/
+``--cg-iterations``/``--sampler``/``--seed``/``--no-freeform``/``--freeform-residual``).
 
 ``multiview_hsc_i.fits`` is a renormalised cube without a zero point. As in ``galprism
 evaluate`` (docs/evaluation.md, "Real data"), its zero point is taken to be the one that
@@ -122,7 +125,7 @@ def main() -> None:
                 ax.set_yticks([])
                 if row == 0:
                     ax.set_title(title, fontsize=9)
-            axes[row][0].set_ylabel(f"{Path(name).stem}\nchi2/pix {chi2:.1f}", fontsize=8)
+            axes[row][0].set_ylabel(f"{Path(name).stem}\nCHI2 {chi2_samples:.2f} (MODEL {chi2:.2f})", fontsize=8)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
