@@ -487,9 +487,11 @@ def separate_observations(
         return results
     flux_scale = float(prior.flux_scale)
     extra: list[list[Box]] = [[] for _ in observations]
+    searched = range(len(results))  # later rounds: only the redrawn cutouts have a new residual
     for _ in range(config.freeform.rounds):
         redo = []
-        for i, res in enumerate(results):
+        for i in searched:
+            res = results[i]
             obs, fac = res.observation, res.flux_factor
             found = find_residual_boxes(
                 (obs.image - res.model) * fac, obs.variance * fac**2, obs.valid, obs.psf, res.boxes,
@@ -506,6 +508,7 @@ def separate_observations(
         )
         for i, res in zip(redo, again, strict=True):
             results[i] = res
+        searched = redo
     return results
 
 
