@@ -123,7 +123,7 @@ def find_boxes(
     ok = valid.any(0)
     sigma = np.sqrt(np.where(valid, noise_var, 0.0).sum(0))
     snr = np.divide(data, sigma, out=np.zeros_like(data), where=ok)
-    peak = ok & (ndimage.maximum_filter(np.where(ok, data, -np.inf), size=5, mode="constant", cval=-np.inf) == data)
+    peak = _local_maxima(data, ok)
     h, w = data.shape
     boxes: list[Box] = []
     for r, c in zip(*np.nonzero(peak), strict=True):
@@ -140,6 +140,12 @@ def find_boxes(
             continue
         boxes.append(Box(br * factor + factor // 2, bc * factor + factor // 2, kind, value, s))
     return boxes
+
+
+def _local_maxima(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Pixels of ``ok`` that are the largest of ``values`` over their 5 x 5 neighbourhood (``ok`` only)."""
+    masked = np.where(ok, values, -np.inf)
+    return ok & (ndimage.maximum_filter(masked, size=5, mode="constant", cval=-np.inf) == values)
 
 
 def find_residual_boxes(
@@ -182,7 +188,7 @@ def find_residual_boxes(
     ok = den > 0
     snr = np.divide(num, np.sqrt(den, where=ok, out=np.ones_like(den)), out=np.zeros_like(num), where=ok)
     flux = np.divide(num, den, out=np.zeros_like(num), where=ok)
-    local = ok & (ndimage.maximum_filter(np.where(ok, snr, -np.inf), size=5, mode="constant", cval=-np.inf) == snr)
+    local = _local_maxima(snr, ok)
     hw = config.half_width
     boxes: list[Box] = []
     for rr, cc in zip(*np.nonzero(local & (snr > config.residual)), strict=True):

@@ -597,7 +597,7 @@ def _separate_once(
         resid = np.where(obs.valid, (obs.image - model) / sigma, np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):  # sigma may be 0 or inf where masked
             per_sample = (obs.image[None] - light[i].numpy() / fac) / sigma[None]
-        chi2_samples = np.array([float(np.mean(r[obs.valid] ** 2)) for r in per_sample])
+        chi2_samples = np.mean(per_sample[:, obs.valid] ** 2, axis=1)
         results.append(
             SeparationResult(
                 observation=obs,
