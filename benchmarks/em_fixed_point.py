@@ -18,7 +18,8 @@ crowded view exactly as :func:`galprism.em.run_em` does them (E-step by
   source's mean and covariance (the best a Gaussian warm start could give).
 
 After every lap it prints the learned prior's debiased W2 against fresh truth (prior drawn
-with 64 PC steps) and the E-step samples' PSNR and chi^2. One JSON object with ``--json``.
+with 64 PC steps), the median distance of the same prior samples to the true curve, and
+the E-step samples' PSNR, chi^2 and median distance to the curves. One JSON object with ``--json``.
 
 Usage::
 
@@ -39,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from manifold import device_info, oracle_priors, prior_w2  # noqa: E402
+from manifold import curve_distance, device_info, oracle_priors, prior_samples  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     mview = problem.views[1]
     view = View.from_source_sum(mview.name, names, mview.y, mview.noise_var, mview.operator)
     sampler = SamplerConfig(args.sampler, args.steps, eta=args.eta, corrections=args.corrections, tau=0.1)
-    laps = [{"lap": 0, "prior_w2": prior_w2(current, truth2)}]
+    from galprism.metrics import wasserstein_divergence
+
+    def prior_metrics(prior: torch.nn.Module) -> dict[str, float]:
+        x = prior_samples(prior, truth2.shape[0])
+        return {"prior_w2": wasserstein_divergence(x, truth2),
+                "prior_curve_distance": curve_distance(problem, 1, x)["curve_distance_median"]}
+
+    laps = [{"lap": 0, **prior_metrics(current)}]
     for lap in range(1, args.laps + 1):
         t0 = time.perf_counter()
         index = torch.randperm(mview.n_obs, generator=gen)[: args.estep]
@@ -107,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         data = truth[keep, 1] if args.truth_mstep else est.x[keep, 1]
         trainer.fit(data.contiguous(), args.train_steps, config.train_batch, generator=gen)
         current = trainer.snapshot()
-        laps.append({"lap": lap, "prior_w2": prior_w2(current, truth2), "estep_psnr": psnr,
+        laps.append({"lap": lap, **prior_metrics(current), "estep_psnr": psnr,
+                     "estep_curve_distance": [curve_distance(problem, b, est.x[keep, b])["curve_distance_median"]
+                                              for b in range(2)],
                      "estep_chi2_median": float(est.chi2.median()), "redrawn": est.redrawn,
                      "left_out": int(est.failed.sum()), "seconds": time.perf_counter() - t0})
         if not args.json:

@@ -43,6 +43,7 @@ import tempfile
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 #: EM settings per budget (EMConfig fields) and evaluation settings.
@@ -144,6 +145,7 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
             "sinkhorn_iterations": list(sk.iterations) if sk else None,
             "wasserstein": wasserstein_divergence(x, truth, n_samples=min(n, 2048)),
             "psnr": mean_psnr(truth, x, 4.0),
+            **curve_distance(problem, b, x),
             "chi2_median": float(chi2.median()),
             "chi2_over_20": float((chi2 > 20).float().mean()),
         }
@@ -156,30 +158,53 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
             "sinkhorn": sk.divergence if sk else None,
             "sinkhorn_iterations": list(sk.iterations) if sk else None,
             "wasserstein": wasserstein_divergence(xp[:, b], truth, n_samples=min(n, 2048)),
+            **curve_distance(problem, b, xp[:, b]),
         }
     out["seconds"] = {"posterior": t1 - t0, "prior": time.perf_counter() - t1}
     return out
 
 
-def prior_w2(prior: torch.nn.Module, truth: torch.Tensor) -> float:
-    """Debiased exact W2 of ``len(truth)`` samples of one prior against ``truth``; the prior is
-    drawn with 64 PC steps so that the sampler does not blur a sharp prior."""
+def curve_distance(problem, b: int, x: torch.Tensor) -> dict[str, float]:
+    """Median and RMS distance of samples ``x`` of source ``b`` to its true curve: how far a
+    learned prior's samples scatter off the manifold, which W2 at a few thousand samples
+    hardly sees (docs/em.md, "Thick priors")."""
+    dist, _ = problem.curves[b].distance(x)
+    return {"curve_distance_median": float(np.median(dist)), "curve_distance_rms": float(np.sqrt(np.mean(dist**2)))}
+
+
+def prior_samples(prior: torch.nn.Module, n: int) -> torch.Tensor:
+    """``n`` samples of one prior, drawn with 64 PC steps so that the sampler does not blur
+    a sharp prior."""
     from galprism.diffusion import SamplerConfig
-    from galprism.metrics import wasserstein_divergence
     from galprism.posterior import sample_prior
 
-    x = sample_prior([prior], truth.shape[0], config=SamplerConfig("pc", 64, corrections=1, tau=0.1),
-                     generators=torch.Generator().manual_seed(1))[:, 0]
-    return wasserstein_divergence(x, truth)
+    return sample_prior([prior], n, config=SamplerConfig("pc", 64, corrections=1, tau=0.1),
+                        generators=torch.Generator().manual_seed(1))[:, 0]
+
+
+def prior_w2(prior: torch.nn.Module, truth: torch.Tensor) -> float:
+    """Debiased exact W2 of ``len(truth)`` samples of one prior (:func:`prior_samples`)
+    against ``truth``."""
+    from galprism.metrics import wasserstein_divergence
+
+    return wasserstein_divergence(prior_samples(prior, truth.shape[0]), truth)
 
 
 def track_hook(problem, seed: int):
-    """EM lap hook: :func:`prior_w2` (n = 2,048) of each learned prior against fresh truth."""
+    """EM lap hook: debiased W2 (n = 2,048) of each learned prior against fresh truth, and
+    the median distance of the same samples to the source's curve."""
+    from galprism.metrics import wasserstein_divergence
+
     names = problem.source_names
 
     def hook(record, priors, data):
-        return {"w2": {s: round(prior_w2(p, problem.sample_source(names.index(s), 2048, seed=seed + 7)), 4)
-                       for s, p in priors.items()}}
+        w2, dist = {}, {}
+        for s, p in priors.items():
+            b = names.index(s)
+            x = prior_samples(p, 2048)
+            w2[s] = round(wasserstein_divergence(x, problem.sample_source(b, 2048, seed=seed + 7)), 4)
+            dist[s] = round(curve_distance(problem, b, x)["curve_distance_median"], 4)
+        return {"w2": w2, "curve_distance": dist}
 
     return hook
 
@@ -230,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle", type=int, default=None, metavar="STEPS",
                         help="no EM: train each prior for STEPS steps on true source samples and evaluate it")
     parser.add_argument("--track", action="store_true",
-                        help="record each learned prior's W2 against fresh truth after every lap (history 'w2')")
+                        help="record each learned prior's W2 against fresh truth and the median distance of its "
+                             "samples to the true curve after every lap (history 'w2', 'curve_distance')")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object (otherwise a summary)")
@@ -301,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         "gaussian": None if gaussian is None else {"posterior": gaussian["posterior"], "prior": gaussian["prior"]},
         "sinkhorn_settings": {"reg": 1e-3, "stop_thr": 1e-2, "max_iter": 1024, "n_samples": settings["eval_n"],
                               "wasserstein_n": min(settings["eval_n"], 2048)},
-        "history": [{k: h[k] for k in ("lap", "stage", "phase", "learning", "loss", "chi2", "rejected", "seconds", "w2")
+        "history": [{k: h[k] for k in ("lap", "stage", "phase", "learning", "loss", "chi2", "rejected", "seconds",
+                                       "w2", "curve_distance")
                      if k in h}
                     for h in result.history],
         "wall_seconds": {"total": time.perf_counter() - t_start, "em": em_seconds,

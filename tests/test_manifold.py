@@ -87,6 +87,32 @@ def test_curve_matches_the_formula(three):
         np.testing.assert_allclose(curve(z), np.clip(expected, -2, 2), atol=1e-12)
 
 
+def test_curve_distance_is_zero_on_the_curve_and_the_offset_off_it(three):
+    """Points on the curve are at distance ~0 at their own z; a point moved along a normal
+    by d is at distance d. If either failed, the thickness figures of docs/em.md would be
+    measuring the grid, not the prior."""
+    curve = three.curves[0]
+    z = np.array([0.1, 0.37, 0.8])
+    on = curve(z)
+    dist, z_found = curve.distance(torch.from_numpy(on).float())
+    assert dist.max() < 1e-3, "points on the curve must be (nearly) at distance 0"
+    assert np.abs(z_found - z).max() < 1e-3, "the nearest curve position must be the point's own z"
+    # A normal direction at z: orthogonal to the tangent, from a finite difference.
+    h = 1e-6
+    tangent = (curve(z + h) - curve(z - h)) / (2 * h)
+    rng = np.random.default_rng(0)
+    offset = 0.02
+    for point, t in zip(on, tangent, strict=True):
+        v = rng.normal(size=5)
+        v -= v @ t / (t @ t) * t
+        v /= np.linalg.norm(v)
+        d, _ = curve.distance(point[None] + offset * v)
+        # The curve bends, so a far part could be closer; for a small offset it is not.
+        assert abs(d[0] - offset) < 2e-3, f"a point {offset} off the curve along a normal reads {d[0]:.4f}"
+    with pytest.raises(ConfigError, match="shape"):
+        curve.distance(np.zeros((3, 4)))
+
+
 def test_matrices_have_unit_rows_and_are_shared_by_the_sources_of_an_observation(three):
     view = three.views[2]
     norms = torch.linalg.vector_norm(view.matrices, dim=-1)
