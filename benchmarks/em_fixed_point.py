@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from manifold import curve_distance, device_info, oracle_priors, prior_samples  # noqa: E402
+from manifold_thickness import run_prior  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=1000)
     parser.add_argument("--truth-mstep", action="store_true",
                         help="M-step on the true source-2 values of the same observations (isolates the M-step)")
+    parser.add_argument("--source1", type=Path, default=None, metavar="RUN_DIR:LAP",
+                        help="freeze source 1 at the prior of an EM run's lap checkpoint (a run of "
+                             "manifold.py --sources 1|2 --run-dir) instead of its oracle")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
@@ -77,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     config = EMConfig(sources=names, shape=[5], seed=args.seed, backbone_kwargs={"hidden": 128, "blocks": 2},
                       train_batch=256, lr=1e-3, ema_decay=0.99, time_sampling="uniform")
     oracle1, oracle2 = oracle_priors(problem, config, 65536, 5000, "cpu")
+    if args.source1 is not None:
+        run_dir, _, lap = str(args.source1).rpartition(":")
+        oracle1 = run_prior(Path(run_dir), int(lap), "source1").eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(args.seed + 5)
     truth2 = problem.sample_source(1, 2048, seed=args.seed + 7)
 
@@ -126,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"sampler": sampler.to_dict(), "estep_observations": args.estep,
                            "reject_chi2": args.reject_chi2, "redraws": args.redraws,
                            "train_steps": args.train_steps, "truth_mstep": args.truth_mstep,
+                           "source1": None if args.source1 is None else str(args.source1),
                            "backbone_kwargs": config.backbone_kwargs},
               "laps": laps, "wall_seconds": time.perf_counter() - t_start, "device": device_info("cpu")}
     print(json.dumps(report) if args.json else json.dumps(report, indent=1))

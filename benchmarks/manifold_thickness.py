@@ -40,6 +40,25 @@ def describe(curve, x) -> dict[str, float]:
             "distance_rms": float(np.sqrt(np.mean(dist**2))), "ks_z": ks}
 
 
+def run_prior(run_dir: Path, lap: int, source: str) -> torch.nn.Module:
+    """The prior of ``source`` stored in lap ``lap``'s checkpoint of an EM run folder
+    (loaded with ``weights_only=True``)."""
+    from galprism.em import EMConfig
+    from galprism.em.state import EMState
+    from galprism.errors import ConfigError
+
+    config = EMConfig(**json.loads((run_dir / "config.json").read_text()))
+    if source not in config.sources:
+        raise ConfigError(f"{run_dir}: run has no source {source!r} (sources: {config.sources})")
+    path = run_dir / "checkpoints" / f"lap-{lap:04d}.pt"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no checkpoint for lap {lap}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    em = EMState(config, torch.device("cpu"))
+    em.load_state_dict({k: state[k] for k in ("gaussians", "trainers", "frozen", "rng")})
+    return em.final_prior(source)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -53,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from galprism.datasets.manifold import contrastive_problem
     from galprism.em import EMConfig
-    from galprism.em.state import EMState
     from galprism.errors import ConfigError
 
     t0 = time.perf_counter()
@@ -66,13 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = problem.curves[b]
     rows = [{"lap": "truth", **describe(curve, problem.sample_source(b, args.n, seed=99))}]
     for lap in args.laps:
-        path = args.run_dir / "checkpoints" / f"lap-{lap:04d}.pt"
-        if not path.is_file():
-            raise ConfigError(f"{path}: no checkpoint for lap {lap}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        em = EMState(config, torch.device("cpu"))
-        em.load_state_dict({k: state[k] for k in ("gaussians", "trainers", "frozen", "rng")})
-        rows.append({"lap": lap, **describe(curve, prior_samples(em.final_prior(args.source), args.n))})
+        rows.append({"lap": lap, **describe(curve, prior_samples(run_prior(args.run_dir, lap, args.source), args.n))})
         if not args.json:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     report = {"benchmark": "manifold_thickness", "run_dir": str(args.run_dir), "source": args.source, "n": args.n,
