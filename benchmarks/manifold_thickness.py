@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.source not in config.sources:
         raise ConfigError(f"{args.run_dir}: run has no source {args.source!r} (sources: {config.sources})")
     b = config.sources.index(args.source)
+    missing = [lap for lap in args.laps if not (args.run_dir / "checkpoints" / f"lap-{lap:04d}.pt").is_file()]
+    if missing:  # before minutes of sampling, not after
+        raise ConfigError(f"{args.run_dir}: no checkpoint for lap(s) {', '.join(map(str, missing))}")
     # A source's curve does not depend on the number of sources (tests/test_manifold.py).
     problem = contrastive_problem(len(config.sources), 16, seed=config.seed)
     curve = problem.curves[b]
