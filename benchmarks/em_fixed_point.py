@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reject-chi2", type=float, default=20.0)
     parser.add_argument("--redraws", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=1000)
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="learning rate within each lap's M-step (EMConfig.lr_schedule)")
     parser.add_argument("--truth-mstep", action="store_true",
                         help="M-step on the true source-2 values of the same observations (isolates the M-step)")
     parser.add_argument("--source1", type=Path, default=None, metavar="RUN_DIR:LAP",
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         warm = Trainer(net, lr=config.lr, ema_decay=config.ema_decay, time_sampling="uniform")
         warm.fit(gauss.sample((65536,)), 3000, config.train_batch, generator=gen)
         net.load_state_dict(warm.snapshot().state_dict())
-    trainer = Trainer(net, lr=config.lr, ema_decay=config.ema_decay, time_sampling="uniform")
+    trainer = Trainer(net, lr=config.lr, ema_decay=config.ema_decay, time_sampling="uniform",
+                      lr_schedule=args.lr_schedule)
     current = trainer.snapshot()
 
     mview = problem.views[1]
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "em_fixed_point", "start": args.start, "seed": args.seed,
               "settings": {"sampler": sampler.to_dict(), "estep_observations": args.estep,
                            "reject_chi2": args.reject_chi2, "redraws": args.redraws,
-                           "train_steps": args.train_steps, "truth_mstep": args.truth_mstep,
+                           "train_steps": args.train_steps, "lr_schedule": args.lr_schedule,
+                           "truth_mstep": args.truth_mstep,
                            "source1": None if args.source1 is None else str(args.source1),
                            "backbone_kwargs": config.backbone_kwargs},
               "laps": laps, "wall_seconds": time.perf_counter() - t_start, "device": device_info("cpu")}
