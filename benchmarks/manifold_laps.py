@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from manifold import device_info, evaluate  # noqa: E402
-from manifold_thickness import run_prior  # noqa: E402
+from manifold_thickness import run_config, run_priors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from galprism.datasets.manifold import contrastive_problem
-    from galprism.em import EMConfig, View
+    from galprism.em import View
     from galprism.errors import ConfigError
 
     t0 = time.perf_counter()
-    config = EMConfig(**json.loads((args.run_dir / "config.json").read_text()))
-    missing = [lap for lap in args.laps if not (args.run_dir / "checkpoints" / f"lap-{lap:04d}.pt").is_file()]
-    if missing:  # before minutes of sampling, not after
-        raise ConfigError(f"{args.run_dir}: no checkpoint for lap(s) {', '.join(map(str, missing))}")
+    config = run_config(args.run_dir, args.laps)
     problem = contrastive_problem(len(config.sources), args.n_obs, seed=config.seed)
     if problem.source_names != list(config.sources):
         raise ConfigError(f"{args.run_dir}: run sources {config.sources} are not the contrastive problem's "
@@ -61,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 "em": {"sampler": config.sampler, "cg_iterations": config.cg_iterations, "trust": config.trust}}
     rows = []
     for lap in args.laps:
-        priors = [run_prior(args.run_dir, lap, s) for s in names]
+        priors = run_priors(args.run_dir, lap, names)
         metrics = evaluate(problem, views, priors, settings, config.seed, sinkhorn=False)
         rows.append({"lap": lap, "posterior": metrics["posterior"], "prior": metrics["prior"],
                      "seconds": sum(metrics["seconds"].values())})

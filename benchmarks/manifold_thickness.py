@@ -40,23 +40,38 @@ def describe(curve, x) -> dict[str, float]:
             "distance_rms": float(np.sqrt(np.mean(dist**2))), "ks_z": ks}
 
 
-def run_prior(run_dir: Path, lap: int, source: str) -> torch.nn.Module:
-    """The prior of ``source`` stored in lap ``lap``'s checkpoint of an EM run folder
-    (loaded with ``weights_only=True``)."""
+def run_config(run_dir: Path, laps: list[int] | tuple[int, ...] = ()):
+    """The ``EMConfig`` of an EM run folder, after checking that every lap in ``laps`` has
+    a checkpoint (before minutes of sampling, not after)."""
     from galprism.em import EMConfig
-    from galprism.em.state import EMState
     from galprism.errors import ConfigError
 
     config = EMConfig(**json.loads((run_dir / "config.json").read_text()))
-    if source not in config.sources:
-        raise ConfigError(f"{run_dir}: run has no source {source!r} (sources: {config.sources})")
-    path = run_dir / "checkpoints" / f"lap-{lap:04d}.pt"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no checkpoint for lap {lap}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [lap for lap in laps if not (run_dir / "checkpoints" / f"lap-{lap:04d}.pt").is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir}: no checkpoint for lap(s) {', '.join(map(str, missing))}")
+    return config
+
+
+def run_priors(run_dir: Path, lap: int, sources: list[str]) -> list[torch.nn.Module]:
+    """The priors of ``sources`` stored in lap ``lap``'s checkpoint of an EM run folder
+    (one load, with ``weights_only=True``)."""
+    from galprism.em.state import EMState
+    from galprism.errors import ConfigError
+
+    config = run_config(run_dir, [lap])
+    unknown = [s for s in sources if s not in config.sources]
+    if unknown:
+        raise ConfigError(f"{run_dir}: run has no source {unknown[0]!r} (sources: {config.sources})")
+    state = torch.load(run_dir / "checkpoints" / f"lap-{lap:04d}.pt", map_location="cpu", weights_only=True)
     em = EMState(config, torch.device("cpu"))
     em.load_state_dict({k: state[k] for k in ("gaussians", "trainers", "frozen", "rng")})
-    return em.final_prior(source)
+    return [em.final_prior(s) for s in sources]
+
+
+def run_prior(run_dir: Path, lap: int, source: str) -> torch.nn.Module:
+    """The prior of ``source`` stored in lap ``lap``'s checkpoint of an EM run folder."""
+    return run_priors(run_dir, lap, [source])[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,17 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from galprism.datasets.manifold import contrastive_problem
-    from galprism.em import EMConfig
     from galprism.errors import ConfigError
 
     t0 = time.perf_counter()
-    config = EMConfig(**json.loads((args.run_dir / "config.json").read_text()))
+    config = run_config(args.run_dir, args.laps)
     if args.source not in config.sources:
         raise ConfigError(f"{args.run_dir}: run has no source {args.source!r} (sources: {config.sources})")
     b = config.sources.index(args.source)
-    missing = [lap for lap in args.laps if not (args.run_dir / "checkpoints" / f"lap-{lap:04d}.pt").is_file()]
-    if missing:  # before minutes of sampling, not after
-        raise ConfigError(f"{args.run_dir}: no checkpoint for lap(s) {', '.join(map(str, missing))}")
     # A source's curve does not depend on the number of sources (tests/test_manifold.py).
     problem = contrastive_problem(len(config.sources), 16, seed=config.seed)
     curve = problem.curves[b]
