@@ -15,7 +15,10 @@ crowded view exactly as :func:`galprism.em.run_em` does them (E-step by
 
 * ``--start oracle``: source 2 at its oracle prior too (the fixed-point test), or
 * ``--start gaussian``: source 2 at a network trained on draws of a Gaussian with the true
-  source's mean and covariance (the best a Gaussian warm start could give).
+  source's mean and covariance (the best a Gaussian warm start could give), or
+* ``--start RUN_DIR:LAP``: source 2 at the prior of a kept ``manifold.py --sources 2
+  --run-dir`` run's lap checkpoint (to continue a run's crowded-view laps with other
+  E-step or M-step settings).
 
 After every lap it prints the learned prior's debiased W2 against fresh truth (prior drawn
 with 64 PC steps), the median distance of the same prior samples to the true curve, and
@@ -46,7 +49,7 @@ from manifold_thickness import run_prior  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--start", choices=("oracle", "gaussian"), default="oracle")
+    parser.add_argument("--start", default="oracle", metavar="oracle|gaussian|RUN_DIR:LAP")
     parser.add_argument("--laps", type=int, default=6)
     parser.add_argument("--sampler", choices=("pc", "ddim", "heun"), default="pc")
     parser.add_argument("--steps", type=int, default=64, help="E-step sampler steps")
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.start not in ("oracle", "gaussian") and ":" not in args.start:
+        parser.error(f"--start: expected oracle, gaussian or RUN_DIR:LAP, got {args.start!r}")
     torch.set_num_threads(args.threads)
 
     from galprism.datasets.manifold import contrastive_problem
@@ -93,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                          VESchedule(config.sigma_min, config.sigma_max), float(oracle2.sigma_data))
     if args.start == "oracle":
         net.load_state_dict(oracle2.state_dict())
+    elif args.start != "gaussian":
+        run_dir, _, lap = args.start.rpartition(":")
+        start = run_prior(Path(run_dir), int(lap), "source2")
+        net.load_state_dict(start.state_dict())
+        net.sigma_data = start.sigma_data
     else:
         x = problem.sample_source(1, 65536, seed=args.seed + 2)
         gauss = torch.distributions.MultivariateNormal(x.mean(0), torch.cov(x.T))

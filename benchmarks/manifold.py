@@ -116,7 +116,9 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
 
     em = settings["em"]
     n = settings["eval_n"]
-    sampler = SamplerConfig(em["sampler"], settings["eval_steps"], corrections=settings["eval_corrections"], tau=0.1)
+    sampler = SamplerConfig(settings.get("eval_sampler") or em["sampler"], settings["eval_steps"],
+                            corrections=settings["eval_corrections"], tau=0.1,
+                            particles=settings.get("eval_particles") or em.get("particles", 16))
     gen = torch.Generator().manual_seed(10_000 + seed)
     names = problem.source_names
     out: dict[str, Any] = {"posterior": {}, "prior": {}}
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
     parser.add_argument("--seed", type=int, default=0, help="seed of the problem and of the EM run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an EMConfig field (JSON value) or n_obs/eval_n/eval_steps/eval_corrections")
+                        help="override an EMConfig field (JSON value) or n_obs/eval_n/eval_steps/eval_corrections/"
+                             "eval_sampler/eval_particles (evaluation sampler; default: the E-step's)")
     parser.add_argument("--arrangement", choices=("stagewise", "joint"), default=None,
                         help="default: stagewise for contrastive views, joint for mixed ones")
     parser.add_argument("--no-eval-gaussian", action="store_true", help="skip the metrics of the Gaussian warm start")
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         first, later = stage_laps
         settings["em"]["diffusion_laps"] = [first] + [later] * (args.sources - 1)
     for key, value in _parse_set(args.set).items():
-        if key in ("n_obs", "eval_n", "eval_steps", "eval_corrections"):
+        if key in ("n_obs", "eval_n", "eval_steps", "eval_corrections", "eval_sampler", "eval_particles"):
             settings[key] = value
         else:
             settings["em"][key] = value

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-n", type=int, default=2048, help="posterior and prior samples per source")
     parser.add_argument("--eval-steps", type=int, default=256)
     parser.add_argument("--eval-corrections", type=int, default=3)
+    parser.add_argument("--eval-sampler", default=None, help="evaluation sampler (default: the run's E-step sampler)")
+    parser.add_argument("--eval-particles", type=int, default=None, help="particles of the smc sampler (default: the run's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     names = problem.source_names
     views = [View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator) for v in problem.views]
     settings = {"eval_n": args.eval_n, "eval_steps": args.eval_steps, "eval_corrections": args.eval_corrections,
-                "em": {"sampler": config.sampler, "cg_iterations": config.cg_iterations, "trust": config.trust}}
+                "eval_sampler": args.eval_sampler, "eval_particles": args.eval_particles,
+                "em": {"sampler": config.sampler, "cg_iterations": config.cg_iterations, "trust": config.trust,
+                       "particles": config.particles}}
     rows = []
     for lap in args.laps:
         priors = run_priors(args.run_dir, lap, names)

@@ -38,6 +38,7 @@ from .diffusion.samplers import Generators, SamplerConfig, sample
 from .errors import InputError, ShapeError
 from .linalg import conjugate_gradient
 from .operators import SourceSum
+from .smc import sample_smc
 
 __all__ = ["SourcePrior", "JointPrior", "JointPosterior", "sample_prior", "sample_posterior", "DEFAULT_TRUST"]
 
@@ -146,6 +147,24 @@ class JointPosterior(JointPrior):
         self.trust = float(trust)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.twisted(x_t, t)[1]
+
+    def twisted(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Prior and posterior denoisers at ``x_t`` and the log of MMPS's likelihood.
+
+        Returns
+        -------
+        prior_mean
+            ``D_b(x_t)`` of every source, ``(N, K, *shape)``.
+        posterior_mean
+            What :meth:`__call__` returns.
+        log_likelihood
+            ``-r^T C^{-1} r / 2`` per row ``(N,)``, with ``r = y - sum_b A_b D_b`` and ``C``
+            as in the module docstring (as far as the CG solve resolves it; ``log det C``
+            left out): the Gaussian approximation of ``log p(y | x_t)`` up to a term that
+            tends to a constant as ``sigma -> 0``. Sequential Monte Carlo uses it as its
+            twisting function (:mod:`galprism.smc`).
+        """
         sig = self._sigmas(t, x_t)
         var = sig**2
         a = self.operator
@@ -173,7 +192,8 @@ class JointPosterior(JointPrior):
         correction = cov_x(a.adjoint(v))
         if self.trust > 0 and any(isinstance(p, DiffusionPrior) for p in self.priors):
             correction = correction * self._trust_scale(correction, sig)
-        return (d + correction).detach()
+        log_likelihood = -0.5 * (residual * v).flatten(1).sum(1)
+        return d, (d + correction).detach(), log_likelihood.detach()
 
     def _trust_scale(self, correction: Tensor, sig: Tensor) -> Tensor:
         """Per row and source factor in (0, 1] that brings each correction inside its radius."""
@@ -218,7 +238,7 @@ def sample_posterior(
     n_samples
         Samples per observation.
     config
-        Sampler settings.
+        Sampler settings; ``method="smc"`` runs :func:`galprism.smc.sample_smc`.
     generators
         None, one generator, or one per observation (each observation's samples then
         depend only on its own generator, not on the rest of the batch).
@@ -229,10 +249,15 @@ def sample_posterior(
         ``(B, n_samples, K, *shape)`` in the priors' units.
     """
     b = y.shape[0]
-    index = _row_index(b, n_samples, y.device)
+    smc = config is not None and config.method == "smc"
+    # smc: each sample is drawn from its own group of ``particles`` consecutive rows.
+    index = _row_index(b, n_samples * (config.particles if smc else 1), y.device)
     op = operator.take(index) if operator.batch_size is not None else operator
     noise_var = torch.as_tensor(noise_var, dtype=y.dtype, device=y.device).expand_as(y)
     posterior = JointPosterior(priors, op, y[index], noise_var[index], cg_iterations, trust)
+    if smc:
+        x = sample_smc(posterior, config, generators=generators, callback=callback)
+        return x.reshape(b, n_samples, posterior.n_sources, *posterior.shape)
     x = sample(
         posterior,
         (b * n_samples, posterior.n_sources, *posterior.shape),

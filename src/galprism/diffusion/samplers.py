@@ -1,5 +1,9 @@
 """Samplers that need only a (joint) denoiser: DDIM/Euler, Heun, predictor-corrector.
 
+(The fourth method of :class:`SamplerConfig`, ``"smc"``, also needs the observation's
+likelihood and lives in :mod:`galprism.smc`; :func:`galprism.posterior.sample_posterior`
+dispatches to it.)
+
 A *joint denoiser* acts on a stacked state ``x`` of shape ``(N, K, *shape)`` (N rows, K
 sources) and exposes
 
@@ -14,7 +18,7 @@ denoiser's estimate at ``sigma_min`` rather than a slightly noisy state.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 import torch
@@ -39,16 +43,22 @@ class SamplerConfig:
     ----------
     method
         ``"ddim"`` (deterministic DDIM = Euler on the probability-flow ODE, or
-        stochastic with ``eta > 0``), ``"heun"`` (EDM's second-order step) or ``"pc"``
-        (DDIM predictor + Langevin corrector).
+        stochastic with ``eta > 0``), ``"heun"`` (EDM's second-order step), ``"pc"``
+        (DDIM predictor + Langevin corrector) or ``"smc"`` (twisted sequential Monte Carlo
+        over ``particles`` stochastic-DDIM chains per posterior sample, which weights the
+        posterior's modes by their evidence; :mod:`galprism.smc`; without an observation,
+        as in :func:`sample`, it is stochastic DDIM).
     steps
         Number of time steps.
     eta
-        DDIM stochasticity (0 = deterministic).
+        DDIM stochasticity (0 = deterministic; ``smc`` needs a stochastic step and takes
+        0 as 1).
     corrections
         Langevin corrector steps per time step (``pc`` only).
     tau
         Langevin step size relative to the noise level (``pc`` only).
+    particles
+        Particles per posterior sample (``smc`` only).
     """
 
     method: str = "pc"
@@ -56,10 +66,13 @@ class SamplerConfig:
     eta: float = 0.0
     corrections: int = 1
     tau: float = 0.1
+    particles: int = 16
 
     def __post_init__(self) -> None:
-        if self.method not in ("ddim", "heun", "pc"):
-            raise ValueError(f"SamplerConfig: unknown method {self.method!r} (ddim, heun, pc)")
+        if self.method not in ("ddim", "heun", "pc", "smc"):
+            raise ValueError(f"SamplerConfig: unknown method {self.method!r} (ddim, heun, pc, smc)")
+        if self.particles < 1:
+            raise ValueError(f"SamplerConfig: particles must be >= 1, got {self.particles}")
         if self.steps < 1:
             raise ValueError(f"SamplerConfig: steps must be >= 1, got {self.steps}")
         if self.corrections < 0 or self.tau <= 0 or not 0 <= self.eta <= 1:
@@ -70,7 +83,9 @@ class SamplerConfig:
 
 
 def denoiser_calls(config: SamplerConfig) -> int:
-    """Number of joint-denoiser evaluations of one sampler run."""
+    """Number of joint-denoiser evaluations of one sampler run (per sample)."""
+    if config.method == "smc":
+        return (config.steps + 1) * config.particles
     per_step = {"ddim": 1, "heun": 2, "pc": 1 + config.corrections}[config.method]
     return config.steps * per_step + 1
 
@@ -131,6 +146,10 @@ def sample(
         Called as ``callback(step, steps)`` after each time step (progress bars).
     """
     config = config or SamplerConfig()
+    if config.method == "smc":
+        # Without an observation every particle weighs the same, and SMC is its proposal:
+        # stochastic DDIM (galprism.smc).
+        config = replace(config, method="ddim", eta=config.eta if config.eta > 0 else 1.0)
     shape = tuple(shape)
     ts = torch.linspace(1.0, 0.0, config.steps + 1, dtype=torch.float64)
 

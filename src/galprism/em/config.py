@@ -43,6 +43,10 @@ class EMConfig:
         ``[16, 16, 32, 64]``: cheap E-steps while the priors are far off, exact ones late.
         ``corrections`` may be a schedule of the same kind (counts >= 0), e.g. with
         ``steps = [256, 1024]``, ``corrections = [3, 1]``.
+    particles
+        Particles per posterior sample of the ``"smc"`` sampler (:mod:`galprism.smc`,
+        which weights the posterior's modes by their evidence where MMPS alone samples
+        them near their prior weight; docs/em.md). Ignored by the other samplers.
     reject_chi2, redraws
         E-step samples whose posterior-predictive reduced chi^2 exceeds ``reject_chi2``
         are drawn again (fresh noise) up to ``redraws`` times, and those still failing are
@@ -97,6 +101,7 @@ class EMConfig:
     sampler: str = "pc"
     steps: int | list[int] = 64
     corrections: int | list[int] = 1
+    particles: int = 16
     tau: float = 0.1
     cg_iterations: int = 1
     trust: float = 4.0
@@ -153,7 +158,7 @@ class EMConfig:
             raise ConfigError(f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {self.time_sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"EM: lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        for name in ("estep_batch", "train_batch", "gaussian_rank"):
+        for name in ("estep_batch", "train_batch", "gaussian_rank", "particles"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EM: {name} must be >= 1")
         for name, spec in self.flux_augment.items():

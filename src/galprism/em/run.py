@@ -163,7 +163,8 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
         for s in earlier.learn:
             state.freeze(s)
     sampler = SamplerConfig(
-        config.sampler, config.steps_of(plan.phase_lap), corrections=config.corrections_of(plan.phase_lap), tau=config.tau
+        config.sampler, config.steps_of(plan.phase_lap), corrections=config.corrections_of(plan.phase_lap), tau=config.tau,
+        particles=config.particles,
     )
     samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
     chi2, redrawn, rejected = {}, {}, {}
