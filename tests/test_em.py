@@ -398,3 +398,30 @@ def test_flux_augment_reaches_the_m_step_of_its_source_only(tiny, tmp_path, monk
                       ({"source2": [1, 2, 0]}, "fraction"), ({"source2": [1]}, "low, high")):
         with pytest.raises(ConfigError, match=word):
             _tiny_config(flux_augment=bad)
+
+
+def test_an_smc_run_gives_its_particles_to_every_e_step_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+    """``sampler="smc"`` with ``particles=3`` must reach every E-step with 3 particles (not the
+    sampler's default), learn finite priors, and resume bit for bit: its resampling draws
+    come from the run's checkpointed generator like every other draw."""
+    import galprism.em.run as em_run
+
+    seen = []
+    real = em_run.posterior_samples
+
+    def spy(view, priors, index, sampler, **kw):
+        seen.append((sampler.method, sampler.particles))
+        return real(view, priors, index, sampler, **kw)
+
+    monkeypatch.setattr(em_run, "posterior_samples", spy)
+    views = _views(tiny)
+    config = _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 2])
+    full = run_em(views, config, tmp_path / "full", progress=False)
+    assert seen and set(seen) == {("smc", 3)}
+    assert all(torch.isfinite(p).all() for prior in full.priors.priors for p in prior.state_dict().values())
+    monkeypatch.setattr(em_run, "posterior_samples", real)
+    first = run_em(views, _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 1]), tmp_path / "resumed",
+                   progress=False)
+    assert len(first.history) < len(full.history)
+    resumed = run_em(views, config, tmp_path / "resumed", progress=False)
+    assert _strip(resumed.history) == _strip(full.history) and _same_priors(resumed.priors, full.priors)
