@@ -48,34 +48,35 @@ import torch
 
 #: EM settings per budget (EMConfig fields) and evaluation settings.
 BUDGETS: dict[str, dict[str, Any]] = {
-    # At most 5 minutes on one core (measured 96-291 s, docs/em.md): E-steps on 4,096-observation subsets.
+    # Aimed at 5 minutes on one core: E-steps on 4,096-observation subsets, SMC with 4
+    # particles (docs/em.md, sixteenth session: 2 sources 230 s; mixed 430 s and 3 sources
+    # 577 s on the slower machine of then, where PC 16 x 1 took 374 and 490 s).
     "quick": dict(
         n_obs=65536, eval_n=2048, eval_steps=32, eval_corrections=1,
         em=dict(gaussian_laps=4, diffusion_laps=4, gaussian_rank=5, estep_observations=4096, estep_batch=4096,
-                sampler="pc", steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
+                sampler="smc", particles=4, steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
                 backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=0.0, redraws=0),
         # The mixed problem has one joint stage: more laps fit in the same time.
         mixed_em=dict(diffusion_laps=10),
     ),
-    # From the E-step bias measured in docs/em.md section 3 ("The E-step sampler's bias"):
-    # with 64 PC steps even the true priors drift away from the truth lap after lap, and
-    # a source learned from a crowded view stalls at W2 ~4-5; with 256 steps and 3
-    # Langevin corrections per step the drift is 5x slower and the crowded-view source
-    # keeps improving. Fewer E-step observations (2,048) pay for the 4x dearer sampler.
-    # The first stage (a source seen alone) converges within ~5 diffusion laps, so the
-    # laps go to the later stages: ``stage_laps`` = (first stage, every later stage).
+    # docs/em.md section 3: MMPS alone samples a learned prior's modes near their prior
+    # weight, which kept a broad cloud in the crowded-view source however many laps ran
+    # ("The E-step's mode weights"); twisted SMC, 64 steps x 16 particles, weighs them by
+    # their evidence at the cost of the earlier PC 256 x 3, and with a cosine learning rate
+    # in every M-step the 2-source row reaches 41.9 / 42.6 dB after 8 / 24 diffusion laps
+    # (sixteenth session). Fewer E-step observations (2,048) pay for the dear sampler. The
+    # first stage (a source seen alone) converges within ~8 diffusion laps, so the laps go
+    # to the later stages: ``stage_laps`` = (first stage, every later stage). The mixed and
+    # 3-source rows were measured with the earlier PC 256 x 3 budget, not yet with this one.
     "full": dict(
-        n_obs=65536, eval_n=16384, eval_steps=256, eval_corrections=3, stage_laps=(8, 32),
-        em=dict(gaussian_laps=4, diffusion_laps=32, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
-                sampler="pc", steps=256, corrections=3, cg_iterations=3, trust=4.0, train_steps=1000,
-                train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
+        n_obs=65536, eval_n=16384, eval_steps=64, eval_corrections=1, stage_laps=(8, 24),
+        em=dict(gaussian_laps=4, diffusion_laps=24, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
+                sampler="smc", particles=16, steps=64, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
+                train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="cosine", time_sampling="uniform",
                 backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=20.0, redraws=2),
         mixed_em=dict(diffusion_laps=24),
-        # The 3-source row has a third stage with a 3-source joint sampler; it fits its
-        # 120-minute limit with 24 diffusion laps per later stage and a 128-step evaluation
-        # (measured 107 min on one core, the other busy; docs/em.md).
-        sources3=dict(stage_laps=(8, 24), eval_steps=128),
+        sources3=dict(stage_laps=(8, 24)),
     ),
 }
 
