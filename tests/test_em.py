@@ -53,6 +53,22 @@ def _same_priors(a, b) -> bool:
     return True
 
 
+def _record_e_step_samplers(monkeypatch, what):
+    """Record ``what(sampler)`` for every E-step of the runs that follow; returns the list
+    and a function that puts the real E-step back."""
+    import galprism.em.run as em_run
+
+    seen = []
+    real = em_run.posterior_samples
+
+    def spy(view, priors, index, sampler, **kw):
+        seen.append(what(sampler))
+        return real(view, priors, index, sampler, **kw)
+
+    monkeypatch.setattr(em_run, "posterior_samples", spy)
+    return seen, lambda: monkeypatch.setattr(em_run, "posterior_samples", real)
+
+
 # -- (a) EM learns -------------------------------------------------------------------------
 
 
@@ -326,21 +342,12 @@ def test_a_step_schedule_sets_each_laps_estep_sampler(tiny, tmp_path, monkeypatc
     """``steps=[4, 8]`` runs lap 0 of every phase with 4 sampler steps and later laps with 8;
     ``steps=[4]`` is the same run as ``steps=4``. Fails if the schedule is ignored, indexed by
     the global lap instead of the lap within the phase, or if a bad schedule is accepted."""
-    import galprism.em.run as em_run
-
-    seen = []
-    real = em_run.posterior_samples
-
-    def spy(view, priors, index, sampler, **kw):
-        seen.append(sampler.steps)
-        return real(view, priors, index, sampler, **kw)
-
-    monkeypatch.setattr(em_run, "posterior_samples", spy)
+    seen, restore = _record_e_step_samplers(monkeypatch, lambda sampler: sampler.steps)
     views = _views(tiny)
     run_em(views, _tiny_config(diffusion_laps=2, steps=[4, 8]), tmp_path / "sched", progress=False)
     # per stage (one view each): gaussian lap 0, diffusion laps 0 and 1
     assert seen == [4, 4, 8, 4, 4, 8]
-    monkeypatch.setattr(em_run, "posterior_samples", real)
+    restore()
     a = run_em(views, _tiny_config(steps=[4]), tmp_path / "list", progress=False)
     b = run_em(views, _tiny_config(steps=4), tmp_path / "int", progress=False)
     assert _strip(a.history) == _strip(b.history) and _same_priors(a.priors, b.priors)
@@ -354,21 +361,12 @@ def test_a_corrections_schedule_sets_each_laps_langevin_corrections(tiny, tmp_pa
     and later laps with none, alongside a ``steps`` schedule; ``corrections=[1]`` is the
     same run as ``corrections=1``. Fails if the schedule is ignored or mis-indexed, or if a
     negative or empty schedule is accepted."""
-    import galprism.em.run as em_run
-
-    seen = []
-    real = em_run.posterior_samples
-
-    def spy(view, priors, index, sampler, **kw):
-        seen.append((sampler.steps, sampler.corrections))
-        return real(view, priors, index, sampler, **kw)
-
-    monkeypatch.setattr(em_run, "posterior_samples", spy)
+    seen, restore = _record_e_step_samplers(monkeypatch, lambda sampler: (sampler.steps, sampler.corrections))
     views = _views(tiny)
     config = _tiny_config(diffusion_laps=2, sampler="pc", steps=[4, 8], corrections=[2, 0])
     run_em(views, config, tmp_path / "sched", progress=False)
     assert seen == [(4, 2), (4, 2), (8, 0)] * 2
-    monkeypatch.setattr(em_run, "posterior_samples", real)
+    restore()
     a = run_em(views, _tiny_config(sampler="pc", corrections=[1]), tmp_path / "list", progress=False)
     b = run_em(views, _tiny_config(sampler="pc", corrections=1), tmp_path / "int", progress=False)
     assert _strip(a.history) == _strip(b.history) and _same_priors(a.priors, b.priors)
@@ -404,22 +402,13 @@ def test_an_smc_run_gives_its_particles_to_every_e_step_and_resumes_exactly(tiny
     """``sampler="smc"`` with ``particles=3`` must reach every E-step with 3 particles (not the
     sampler's default), learn finite priors, and resume bit for bit: its resampling draws
     come from the run's checkpointed generator like every other draw."""
-    import galprism.em.run as em_run
-
-    seen = []
-    real = em_run.posterior_samples
-
-    def spy(view, priors, index, sampler, **kw):
-        seen.append((sampler.method, sampler.particles))
-        return real(view, priors, index, sampler, **kw)
-
-    monkeypatch.setattr(em_run, "posterior_samples", spy)
+    seen, restore = _record_e_step_samplers(monkeypatch, lambda sampler: (sampler.method, sampler.particles))
     views = _views(tiny)
     config = _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 2])
     full = run_em(views, config, tmp_path / "full", progress=False)
     assert seen and set(seen) == {("smc", 3)}
     assert all(torch.isfinite(p).all() for prior in full.priors.priors for p in prior.state_dict().values())
-    monkeypatch.setattr(em_run, "posterior_samples", real)
+    restore()
     first = run_em(views, _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 1]), tmp_path / "resumed",
                    progress=False)
     assert len(first.history) < len(full.history)

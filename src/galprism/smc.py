@@ -29,7 +29,7 @@ likelihood), so it is written here on :func:`~galprism.diffusion.samplers.randn_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -111,7 +111,7 @@ def sample_smc(
             ess = 1.0 / weights.square().sum(1)
             # Drawn for every group whether it resamples or not, so that a group's draws do
             # not depend on the others.
-            u = _rand_rows((groups, p), generators, y)
+            u = randn_rows((groups, p), generators, dtype=y.dtype, device=y.device, uniform=True)
             low = ess < RESAMPLE_ESS * p
             if low.any():
                 pick = torch.searchsorted(weights.cumsum(1), u.sort(1).values).clamp_max(p - 1)
@@ -121,22 +121,7 @@ def sample_smc(
                 log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
         if callback is not None:
             callback(i + 1, config.steps)
-    u = _rand_rows((groups, 1), generators, y)
+    u = randn_rows((groups, 1), generators, dtype=y.dtype, device=y.device, uniform=True)
     pick = torch.searchsorted(torch.softmax(log_w, dim=1).cumsum(1), u).clamp_max(p - 1)[:, 0]
     return d_post.view(groups, p, *shape[1:])[torch.arange(groups, device=y.device), pick]
 
-
-def _rand_rows(shape: tuple[int, int], generators: Generators, like: Tensor) -> Tensor:
-    """Uniform draws ``(groups, m)``, row blocks from their own generators as :func:`randn_rows`."""
-    if generators is None or isinstance(generators, torch.Generator):
-        gens: Sequence[torch.Generator | None] = [generators]
-    else:
-        gens = list(generators)
-    if shape[0] % len(gens):
-        raise ValueError(f"sample_smc: {shape[0]} groups cannot be split among {len(gens)} generators")
-    block = (shape[0] // len(gens), shape[1])
-    out = []
-    for g in gens:
-        gdev = g.device if g is not None else like.device
-        out.append(torch.rand(block, generator=g, dtype=like.dtype, device=gdev).to(like.device))
-    return torch.cat(out)

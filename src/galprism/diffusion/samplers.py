@@ -90,28 +90,31 @@ def denoiser_calls(config: SamplerConfig) -> int:
     return config.steps * per_step + 1
 
 
-def randn_rows(shape: Sequence[int], generators: Generators, *, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+def randn_rows(shape: Sequence[int], generators: Generators, *, dtype: torch.dtype, device: torch.device | str,
+               uniform: bool = False) -> Tensor:
     """Standard normal draws of ``shape``, row blocks drawn from their own generators.
 
     With a list of ``G`` generators the ``N = shape[0]`` rows are split into ``G``
     contiguous blocks, each drawn from its own generator: a cutout's samples then do
-    not depend on which other cutouts share its batch.
+    not depend on which other cutouts share its batch. ``uniform=True`` draws from
+    U(0, 1) instead (SMC's resampling, :mod:`galprism.smc`).
     """
     if generators is None or isinstance(generators, torch.Generator):
-        return _randn(tuple(shape), generators, dtype, device)
+        return _draw(tuple(shape), generators, dtype, device, uniform)
     gens = list(generators)
     n = shape[0]
     if n % len(gens):
         raise ValueError(f"randn_rows: {n} rows cannot be split among {len(gens)} generators")
     block = (n // len(gens), *shape[1:])
-    return torch.cat([_randn(block, g, dtype, device) for g in gens])
+    return torch.cat([_draw(block, g, dtype, device, uniform) for g in gens])
 
 
-def _randn(shape: tuple[int, ...], g: torch.Generator | None, dtype: torch.dtype, device) -> Tensor:
+def _draw(shape: tuple[int, ...], g: torch.Generator | None, dtype: torch.dtype, device, uniform: bool) -> Tensor:
     # Draw on the generator's own device and move: a CPU generator then gives the same
     # numbers whether the sampler runs on CPU or GPU.
     gdev = g.device if g is not None else device
-    return torch.randn(shape, generator=g, dtype=dtype, device=gdev).to(device)
+    draw = torch.rand if uniform else torch.randn
+    return draw(shape, generator=g, dtype=dtype, device=gdev).to(device)
 
 
 def _per_source(sig: Tensor, x: Tensor) -> Tensor:
