@@ -196,7 +196,7 @@ class FakePrior:
         assert source in self.sources, f"unknown source {source}"
         return torch.randn((n, *self.shape), generator=generator)
 
-    def separate(self, y, noise_var, operator, *, n_samples, steps, cg_iterations, sampler="pc", generators=None, device="cpu", trust=0.0):
+    def separate(self, y, noise_var, operator, *, n_samples, steps, cg_iterations, sampler="pc", generators=None, device="cpu", trust=0.0, particles=16):
         self.calls.append({"y": y.clone(), "noise_var": noise_var.clone(), "operator": operator, "n_samples": n_samples, "generators": generators})
         if self.fail_value is not None and bool((y == self.fail_value).any()):
             raise RuntimeError("fake sampler failure")

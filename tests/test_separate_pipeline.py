@@ -253,3 +253,16 @@ def test_center_radec_equals_the_pixel_centre(tmp_path):
     ha = fits.getheader(tmp_path / "a" / "c.galprism.fits")
     hb = fits.getheader(tmp_path / "b" / "c.galprism.fits")
     assert (ha["CROPX0"], ha["CROPY0"]) == (9 - 8, 20 - 8) == (hb["CROPX0"], hb["CROPY0"])
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"sampler": "euler"}, "unknown sampler 'euler'"),
+    ({"sampler": "smc", "particles": 0}, "particles must be at least 1"),
+])
+def test_bad_sampler_settings_are_refused_before_any_file_is_read(kw, message):
+    """A misspelt sampler or zero SMC particles would otherwise fail deep inside the first batch
+    (or, for particles, silently draw nothing), once per cutout of a million-file run."""
+    from galprism.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        SeparateConfig(**kw)

@@ -56,19 +56,24 @@ def prior_folder(tmp_path_factory):
     return folder, priors
 
 
-def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, prior_folder):
-    """Output samples (nJy input, prior at AB 27, 2x finer grid) match the closed-form Gaussian posterior."""
+@pytest.mark.parametrize("sampler", [[], ["--sampler", "smc", "--particles", "4", "--steps", "64"]], ids=["ddim", "smc"])
+def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, prior_folder, sampler):
+    """Output samples (nJy input, prior at AB 27, 2x finer grid) match the closed-form Gaussian posterior,
+    with the default sampler and with SMC (whose particle weights and resampling must not bias it)."""
     folder, priors = prior_folder
     cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), sigma=0.05, bunit="nJy")
     out = tmp_path / "cut.galprism.fits"
     n = 64
     code, recs, _, err = run_cli(
-        ["separate", cut, "--prior", folder, "-n", n, "--steps", 32, "--cg-iterations", 16, "-o", out, "--json", "-q", "--device", "cpu"],
+        ["separate", cut, "--prior", folder, "-n", n, "--steps", 32, "--cg-iterations", 16, "-o", out, "--json", "-q",
+         "--device", "cpu", *sampler],
         capsys, monkeypatch,
     )
     assert code == 0 and recs[0]["status"] == "ok", err
     with fits.open(out) as h:
         assert h[0].header["PRIOR"] == "tiny-gauss" and h[0].header["GRIDFAC"] == 2 and h[0].header["NCGITER"] == 16
+        assert h[0].header["SAMPLER"] == ("smc" if sampler else "ddim")
+        assert h[0].header["NPARTIC"] == (4 if sampler else 16), "the particle count is not recorded"
         x = np.stack([h["GALAXY"].data, h["SKY"].data], axis=1).astype(np.float64)  # (n, 2, 8, 8) in nJy
     # Reference, independently of the pipeline's stacking: data and noise on the prior's zero point.
     k = 10 ** (0.4 * (27.0 + 2.5 * np.log10(1e-9 / 3631.0)))  # nJy -> AB 27 (3631 Jy is AB 0)

@@ -155,6 +155,7 @@ class PriorSet:
         device: str | torch.device = "cpu",
         callback=None,
         trust: float = 0.0,
+        particles: int = 16,
     ) -> Tensor:
         """Joint posterior samples ``(B, n_samples, K, *shape)`` in the prior's flux units.
 
@@ -163,7 +164,8 @@ class PriorSet:
         ``trust`` caps the MMPS corrections of diffusion priors
         (:mod:`galprism.posterior`; 0 = no cap, the default here: EM needs the cap
         against rare exploding E-step samples, but on cutouts brighter than the
-        training data it keeps the posterior from fitting them).
+        training data it keeps the posterior from fitting them). ``particles`` is the
+        number of chains per sample of ``sampler="smc"`` (:mod:`galprism.smc`).
         """
         scale = self.flux_scale
         dtype = torch.float32 if y.dtype != torch.float64 else torch.float64
@@ -174,7 +176,7 @@ class PriorSet:
             (y / scale).to(device=device, dtype=dtype),
             (noise_var / scale**2).to(device=device, dtype=dtype),
             n_samples=n_samples,
-            config=SamplerConfig(method=sampler, steps=steps),
+            config=SamplerConfig(method=sampler, steps=steps, particles=particles),
             cg_iterations=cg_iterations,
             generators=generators,
             callback=callback,

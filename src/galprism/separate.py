@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .diffusion.samplers import METHODS as SAMPLERS
 from .errors import ConfigError, GalprismError, ShapeError, UsageError
 from .freeform import Box, FreeformConfig, build_freeform, find_residual_boxes
 from .io.flux import zeropoint_of_unit
@@ -54,6 +55,7 @@ from .support import (
 
 __all__ = [
     "DEFAULTS",
+    "SAMPLERS",
     "Separator",
     "SeparateConfig",
     "SeparationResult",
@@ -77,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "steps": 32,  # DDIM 16 -> 32: RMSE 0.118 -> 0.108, abs flux err 0.256 -> 0.217 on the report's 200 test cutouts (docs/evaluation.md)
     "cg_iterations": 1,
     "sampler": "ddim",
+    "particles": 16,  # smc only: 16 x 64 steps costs PC 256 x 3 (docs/em.md, sixteenth session)
     "trust": 0.0,  # cap off: on the real HSC blend it tripled chi^2 (994 vs 428), no effect in-distribution
     "batch_size": 4,
     "seed": 0,
@@ -111,6 +114,7 @@ class Separator(Protocol):
         generators: Sequence[torch.Generator] | None = None,
         device: str = "cpu",
         trust: float = ...,
+        particles: int = ...,
     ) -> torch.Tensor: ...
 
 
@@ -121,7 +125,10 @@ class SeparateConfig:
     Attributes
     ----------
     n_samples, steps, cg_iterations, sampler
-        Posterior sampler settings passed to the prior.
+        Posterior sampler settings passed to the prior: ``sampler`` is ``"ddim"``,
+        ``"heun"``, ``"pc"`` or ``"smc"`` (:class:`galprism.diffusion.SamplerConfig`).
+    particles
+        Chains per posterior sample of ``sampler="smc"`` (:mod:`galprism.smc`).
     trust
         Trust radius of the MMPS corrections of diffusion priors, in units of the
         denoiser's own error scale (:mod:`galprism.posterior`); 0 turns the cap off.
@@ -158,6 +165,7 @@ class SeparateConfig:
     steps: int = DEFAULTS["steps"]
     cg_iterations: int = DEFAULTS["cg_iterations"]
     sampler: str = DEFAULTS["sampler"]
+    particles: int = DEFAULTS["particles"]
     trust: float = DEFAULTS["trust"]
     batch_size: int = DEFAULTS["batch_size"]
     device: str = "cpu"
@@ -175,7 +183,9 @@ class SeparateConfig:
     freeform: FreeformConfig = field(default_factory=FreeformConfig)
 
     def __post_init__(self) -> None:
-        for name in ("n_samples", "steps", "batch_size"):
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        for name in ("n_samples", "steps", "batch_size", "particles"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not float(self.trust) >= 0:
@@ -564,6 +574,7 @@ def _separate_once(
         generators=generators,
         device=device,
         trust=config.trust,
+        particles=config.particles,
     )
     b, k = len(observations), len(prior.sources)
     shape = tuple(samples.shape)
@@ -635,6 +646,7 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "NCGITER": (int(config.cg_iterations), "conjugate-gradient iterations per step"),
         "TRUST": (float(config.trust), "MMPS trust radius (0 = off)"),
         "SAMPLER": (config.sampler, "posterior sampler"),
+        "NPARTIC": (int(config.particles), "chains per sample (smc sampler only)"),
         "SUPPORT": (_support_text(effective_support(prior, config), result.support_radii), "source=radius [prior px]: zero beyond"),
         "FFBRIGHT": (_none_text(config.freeform.bright), "free-form box above this peak [flux_scale]"),
         "FFEDGE": (_none_text(config.freeform.edge), "free-form box for edge peaks above this S/N"),

@@ -70,8 +70,9 @@ class ASVDPriorSet:
         device: str | torch.device = "cpu",
         callback=None,
         trust: float = 0.0,
+        particles: int = 16,
     ) -> Tensor:
-        """Point estimate ``(B, 1, 2, *shape)``; sampler settings (and ``trust``) do not apply."""
+        """Point estimate ``(B, 1, 2, *shape)``; sampler settings (``trust``, ``particles``) do not apply."""
         op = _without_psf(operator)
         out = self.model.separate(y.to(torch.float64), op, noise_var.to(torch.float64))
         return out[:, None].to(y.dtype)

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from ..separate import DEFAULTS
+from ..separate import DEFAULTS, SAMPLERS
 from ._threads import set_threads, threads_option
 
 __all__ = ["separate", "load_prior"]
@@ -101,7 +101,10 @@ class _Output:
 @click.option("-n", "--n-samples", type=int, default=DEFAULTS["n_samples"], show_default=True, help="Posterior samples per cutout.")
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
 @click.option("--cg-iterations", type=int, default=DEFAULTS["cg_iterations"], show_default=True, help="Conjugate-gradient iterations per step.")
-@click.option("--sampler", default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=DEFAULTS["sampler"], show_default=True,
+              help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.")
+@click.option("--particles", type=click.IntRange(min=1), default=DEFAULTS["particles"], show_default=True,
+              help="Chains per posterior sample of --sampler smc.")
 @click.option("--trust", type=float, default=DEFAULTS["trust"], show_default=True, help="Trust radius of diffusion-prior MMPS corrections (0 = off).")
 @click.option("--support", "support", multiple=True, metavar="SOURCE=[auto:]RADIUS|none",
               help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre, or auto:RADIUS for "
@@ -165,7 +168,7 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
     )
     config = SeparateConfig(
         n_samples=kw["n_samples"], steps=kw["steps"], cg_iterations=kw["cg_iterations"], sampler=kw["sampler"],
-        trust=kw["trust"], batch_size=kw["batch_size"], device=kw["device"], seed=kw["seed"],
+        particles=kw["particles"], trust=kw["trust"], batch_size=kw["batch_size"], device=kw["device"], seed=kw["seed"],
         center=_pair(kw["center"], "--center"), center_radec=_pair(kw["center_radec"], "--center-radec"),
         read=read, output_dir=output_dir, output=output, overwrite=kw["overwrite"],
         skip_existing=kw["skip_existing"], shard=shard, command_line=command_line(ctx),

@@ -24,7 +24,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["JointDenoiser", "SamplerConfig", "sample", "randn_rows", "denoiser_calls"]
+__all__ = ["METHODS", "JointDenoiser", "SamplerConfig", "sample", "randn_rows", "denoiser_calls"]
+
+#: The sampler methods of :class:`SamplerConfig`.
+METHODS = ("ddim", "heun", "pc", "smc")
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -69,8 +72,8 @@ class SamplerConfig:
     particles: int = 16
 
     def __post_init__(self) -> None:
-        if self.method not in ("ddim", "heun", "pc", "smc"):
-            raise ValueError(f"SamplerConfig: unknown method {self.method!r} (ddim, heun, pc, smc)")
+        if self.method not in METHODS:
+            raise ValueError(f"SamplerConfig: unknown method {self.method!r} ({', '.join(METHODS)})")
         if self.particles < 1:
             raise ValueError(f"SamplerConfig: particles must be >= 1, got {self.particles}")
         if self.steps < 1:
