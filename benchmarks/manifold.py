@@ -70,7 +70,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # to the later stages: ``stage_laps`` = (first stage, every later stage). 20 later-stage
     # laps keep the 2-source row inside its hour on both cores (seventeenth session: 16 laps
     # with 8 evaluation particles took 41 minutes and gave 38.5 / 37.6 dB, short of the
-    # paper's 38.27; fewer particles at evaluation cost about 2 dB).
+    # paper's 38.27, where the 24-lap run's priors after 16 laps gave 40.4 / 39.4 dB with 16
+    # evaluation particles at n = 2,048).
     "full": dict(
         n_obs=65536, eval_n=16384, eval_steps=64, eval_corrections=1, stage_laps=(8, 20),
         em=dict(gaussian_laps=4, diffusion_laps=24, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
