@@ -60,7 +60,13 @@ def prior_folder(tmp_path_factory):
 def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, prior_folder, sampler):
     """Output samples (nJy input, prior at AB 27, 2x finer grid) match the closed-form Gaussian posterior,
     with the default sampler and with SMC (whose particle weights and resampling must not bias it)."""
+    import galprism.posterior
+
     folder, priors = prior_folder
+    used = []  # the particle count SMC really ran with, not only the one the header claims
+    real_smc = galprism.posterior.sample_smc
+    monkeypatch.setattr(galprism.posterior, "sample_smc",
+                        lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw))
     cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), sigma=0.05, bunit="nJy")
     out = tmp_path / "cut.galprism.fits"
     n = 64
@@ -75,6 +81,7 @@ def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, p
         assert h[0].header["SAMPLER"] == ("smc" if sampler else "ddim")
         assert h[0].header["NPARTIC"] == (4 if sampler else 16), "the particle count is not recorded"
         x = np.stack([h["GALAXY"].data, h["SKY"].data], axis=1).astype(np.float64)  # (n, 2, 8, 8) in nJy
+    assert used == ([4] if sampler else []), f"SMC ran with particles {used}, not what --particles asked for"
     # Reference, independently of the pipeline's stacking: data and noise on the prior's zero point.
     k = 10 ** (0.4 * (27.0 + 2.5 * np.log10(1e-9 / 3631.0)))  # nJy -> AB 27 (3631 Jy is AB 0)
     obs = read_cutout(cut)
