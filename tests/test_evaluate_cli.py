@@ -125,3 +125,48 @@ def test_evaluate_rejects_train_split_and_bad_options(tmp_path, capsys, monkeypa
                                "--methods", "galprism", "--no-real", "--support", "star=3", "-q"], capsys, monkeypatch)
     assert code == 2 and len(err) == 1 and "'star'" in err[0], err
     assert not (tmp_path / "s").exists(), "a usage error still wrote a report"
+
+
+def truth_prior(testset: Path, folder: Path) -> Path:
+    """A rank-2 Gaussian prior of galaxy and sky fitted on the test set's own four truths: no shared data needed,
+    enough to drive the sampler (the scores are not the point)."""
+    from astropy.io import fits
+
+    truths = sorted((testset / "truth").glob("*.truth.fits"))
+    scale = 0.05
+    stack = {k: torch.from_numpy(np.stack([fits.getdata(t, f"TRUE_{k.upper()}") for t in truths])[:, None] / scale).float()
+             for k in ("galaxy", "sky")}
+    ps = PriorSet(
+        "truthfit", "gaussian", ["galaxy", "sky"], [GaussianPrior.fit(stack[k], 2) for k in ("galaxy", "sky")], (1, 48, 48),
+        pixel_scale=0.168, zeropoint=27.0, bunit="count", flux_scale=scale,
+    )
+    return ps.save(folder)
+
+
+def test_evaluate_smc_runs_with_the_particles_asked_for(tmp_path, capsys, monkeypatch):
+    """--sampler smc --particles P reaches the SMC sampler with P chains and is recorded in summary.json; if the
+    pipeline dropped the setting, SMC would silently run with the default 16 (or another sampler would run)."""
+    import galprism.posterior
+
+    used = []
+    real_smc = galprism.posterior.sample_smc
+    monkeypatch.setattr(galprism.posterior, "sample_smc",
+                        lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw))
+    ts = copy_testset(tmp_path / "ts")
+    prior = truth_prior(ts, tmp_path / "prior")
+    out = tmp_path / "report"
+    code, recs, _, err = run_cli(
+        ["evaluate", "-o", out, "--test-dir", ts, "--prior", prior, "--methods", "galprism", "--n-samples", "2",
+         "--steps", "4", "--batch-size", "2", "--sampler", "smc", "--particles", "3", "--no-real", "--json", "-q"],
+        capsys, monkeypatch,
+    )
+    assert code == 0, err
+    assert recs[0]["methods"]["galprism"]["status"] == "ok", recs[0]["methods"]["galprism"]
+    assert used and set(used) == {3}, f"SMC ran with particles {used}, not the 3 asked for"
+    summary = json.loads((out / "summary.json").read_text())
+    run = summary["meta"]["settings"]
+    assert run["sampler"] == "smc" and run["particles"] == 3, run
+    assert '"particles": 3' in (out / "summary.md").read_text(), "the method's settings in the report omit particles"
+    code, _, _, err = run_cli(["evaluate", "-o", tmp_path / "r2", "--test-dir", ts, "--methods", "galprism",
+                               "--particles", "0", "--no-real", "-q"], capsys, monkeypatch)
+    assert code == 2 and any("particles" in line for line in err), err

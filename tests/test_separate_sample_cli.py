@@ -33,3 +33,10 @@ def test_unknown_source_is_a_usage_error(tmp_path, capsys, monkeypatch):
     code, _, _, err = run_cli(["sample", "-n", "2", "-o", tmp_path / "s.fits", "--source", "star"], capsys, monkeypatch, prior=FakePrior())
     assert code == 2 and "star" in err[-1] and "galaxy" in err[-1]
     assert not (tmp_path / "s.fits").exists()
+
+
+def test_unknown_sampler_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """A misspelt --sampler exits 2 naming the choices before any prior is sampled, not a traceback from inside."""
+    code, _, _, err = run_cli(["sample", "-n", "2", "-o", tmp_path / "s.fits", "--sampler", "pcc"], capsys, monkeypatch, prior=FakePrior())
+    assert code == 2 and any("pcc" in line and "ddim" in line for line in err), err
+    assert not (tmp_path / "s.fits").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..separate import DEFAULTS
+from ..separate import DEFAULTS, SAMPLERS
 from ._threads import set_threads, threads_option
 
 __all__ = ["evaluate"]
@@ -102,7 +102,10 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--n-samples", type=click.IntRange(min=2), default=DEFAULTS["n_samples"], show_default=True, help="Posterior samples per cutout.")
 @click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
 @click.option("--cg-iterations", type=click.IntRange(min=0), default=DEFAULTS["cg_iterations"], show_default=True, help="CG iterations per step.")
-@click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default=DEFAULTS["sampler"], show_default=True, help="Posterior sampler.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=DEFAULTS["sampler"], show_default=True,
+              help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.")
+@click.option("--particles", type=click.IntRange(min=1), default=DEFAULTS["particles"], show_default=True,
+              help="Chains per posterior sample of --sampler smc.")
 @click.option("--support", multiple=True, metavar="SOURCE=[auto:]RADIUS|none",
               help="Source supports of the probabilistic methods, as for `galprism separate` (default: each prior's own).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Cutouts per sampler call.")

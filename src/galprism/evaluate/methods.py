@@ -28,7 +28,13 @@ from ..errors import ConfigError, ShapeError
 from ..io.inputs import cutout_seed
 from ..observation import Observation, stack_observations
 from ..priorset import PriorSet
-from ..separate import SeparateConfig, effective_support, fit_to_prior, separate_observations
+from ..separate import (
+    DEFAULTS,
+    SeparateConfig,
+    effective_support,
+    fit_to_prior,
+    separate_observations,
+)
 from .testset import EvalCutout
 
 __all__ = [
@@ -89,8 +95,8 @@ class GalprismMethod:
         The loaded prior set; must have a source named ``galaxy_source``.
     name, label
         Short key (results) and display name (report).
-    n_samples, steps, cg_iterations, sampler
-        Posterior sampler settings.
+    n_samples, steps, cg_iterations, sampler, particles
+        Posterior sampler settings (``particles``: chains per sample of ``sampler="smc"``).
     batch_size
         Cutouts per sampler call.
     seed
@@ -114,6 +120,7 @@ class GalprismMethod:
         steps: int,
         cg_iterations: int = 1,
         sampler: str = "pc",
+        particles: int = DEFAULTS["particles"],
         batch_size: int = 8,
         seed: int = 0,
         device: str = "cpu",
@@ -136,6 +143,7 @@ class GalprismMethod:
             steps=steps,
             cg_iterations=cg_iterations,
             sampler=sampler,
+            particles=particles,
             batch_size=batch_size,
             seed=seed,
             device=device,
@@ -154,6 +162,7 @@ class GalprismMethod:
             "steps": c.steps,
             "cg_iterations": c.cg_iterations,
             "sampler": c.sampler,
+            "particles": c.particles,
             "support": {k: str(v) for k, v in effective_support(self.prior, c).items()},
             "batch_size": c.batch_size,
             "seed": c.seed,

@@ -33,7 +33,7 @@ from ..errors import ShapeError
 from ..io.inputs import cutout_seed
 from ..operators import Composition, Convolve, Identity, LinearOperator, Mask, SourceSum
 from ..priorset import PriorSet
-from ..separate import SeparateConfig, effective_support, prior_zeropoint
+from ..separate import DEFAULTS, SeparateConfig, effective_support, prior_zeropoint
 from ..support import resolve_support_masks, supported_operator, zero_outside_supports
 from .real import COVERAGE_MIN, RealCase
 
@@ -105,13 +105,15 @@ def two_view_separation(
     steps: int = 32,
     cg_iterations: int = 1,
     sampler: str = "pc",
+    particles: int = DEFAULTS["particles"],
     seed: int = 0,
     galaxy_source: str = "galaxy",
     support: dict[str, float | str] | None = None,
 ) -> TwoViewResult:
     """Sample the posterior of the real cutout with and without the HST view (same seed).
 
-    ``support`` as :attr:`galprism.separate.SeparateConfig.support` (None: the prior's own).
+    ``support`` as :attr:`galprism.separate.SeparateConfig.support` (None: the prior's own);
+    ``particles``: chains per sample of ``sampler="smc"``.
     """
     import time
 
@@ -153,6 +155,7 @@ def two_view_separation(
             steps=steps,
             cg_iterations=cg_iterations,
             sampler=sampler,
+            particles=particles,
             generators=[gen],
         )
         x = zero_outside_supports(x, prior.sources, masks)

@@ -54,8 +54,9 @@ class EvaluateConfig:
     prior, gaussian_prior
         Prior of ``galprism`` (name or folder) and of ``gaussian`` (``"auto"``: the
         Gaussian PPCA prior from the same EM run, see :func:`find_gaussian_prior`).
-    n_samples, steps, cg_iterations, sampler, batch_size, device
-        Posterior sampling of the probabilistic methods.
+    n_samples, steps, cg_iterations, sampler, particles, batch_size, device
+        Posterior sampling of the probabilistic methods (``particles``: chains per sample
+        of ``sampler="smc"``).
     support
         Source supports of the probabilistic methods (``None``: each prior's own, ``{}``:
         none; see :attr:`galprism.separate.SeparateConfig.support`).
@@ -85,6 +86,7 @@ class EvaluateConfig:
     steps: int = SEPARATE_DEFAULTS["steps"]
     cg_iterations: int = SEPARATE_DEFAULTS["cg_iterations"]
     sampler: str = SEPARATE_DEFAULTS["sampler"]
+    particles: int = SEPARATE_DEFAULTS["particles"]
     support: dict[str, float | str] | None = None
     batch_size: int = 8
     device: str = "cpu"
@@ -171,6 +173,7 @@ def _build_methods(
         steps=cfg.steps,
         cg_iterations=cfg.cg_iterations,
         sampler=cfg.sampler,
+        particles=cfg.particles,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=cfg.device,
@@ -320,7 +323,7 @@ def run_evaluation(
                         try:
                             tv = two_view_separation(
                                 m.prior, case, n_samples=cfg.two_view_samples, steps=cfg.steps,
-                                cg_iterations=cfg.cg_iterations, sampler=cfg.sampler, seed=cfg.seed,
+                                cg_iterations=cfg.cg_iterations, sampler=cfg.sampler, particles=cfg.particles, seed=cfg.seed,
                                 support=m.config.support,
                             )
                             two_view.append(tv.as_dict())
