@@ -48,17 +48,17 @@ import torch
 
 #: EM settings per budget (EMConfig fields) and evaluation settings.
 BUDGETS: dict[str, dict[str, Any]] = {
-    # Aimed at 5 minutes on one core: E-steps on 4,096-observation subsets, SMC with 4
-    # particles (docs/em.md, sixteenth session: 2 sources 230 s; mixed 430 s and 3 sources
-    # 577 s on the slower machine of then, where PC 16 x 1 took 374 and 490 s).
+    # Aimed at 5 minutes: E-steps on 4,096-observation subsets, SMC with 4 particles
+    # (docs/em.md, "The quick budget with SMC E-steps"). Eighteenth session, both cores,
+    # --no-eval-gaussian: 2 sources 194 s; mixed 383 s with 10 diffusion laps, 226 s with 6.
     "quick": dict(
         n_obs=65536, eval_n=2048, eval_steps=32, eval_corrections=1,
         em=dict(gaussian_laps=4, diffusion_laps=4, gaussian_rank=5, estep_observations=4096, estep_batch=4096,
                 sampler="smc", particles=4, steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
                 backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=0.0, redraws=0),
-        # The mixed problem has one joint stage: more laps fit in the same time.
-        mixed_em=dict(diffusion_laps=10),
+        # The mixed problem has one joint stage of two sources: 6 laps fit in 5 minutes.
+        mixed_em=dict(diffusion_laps=6),
     ),
     # docs/em.md section 3: MMPS alone samples a learned prior's modes near their prior
     # weight, which kept a broad cloud in the crowded-view source however many laps ran
