@@ -238,3 +238,15 @@ def run_cli(argv, capsys, monkeypatch, *, prior=None, stdin: str | None = None):
     out, err = capsys.readouterr()
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return exc.value.code, records, out, [line for line in err.splitlines() if line.strip()]
+
+
+def spy_smc_particles(monkeypatch) -> list[int]:
+    """Record the particle count of every SMC sampler run (``galprism.posterior.sample_smc``), so a test checks
+    what SMC really ran with, not only the setting a header or summary claims."""
+    import galprism.posterior
+
+    used: list[int] = []
+    real_smc = galprism.posterior.sample_smc
+    monkeypatch.setattr(galprism.posterior, "sample_smc",
+                        lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw))
+    return used

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fits_factory import run_cli
+from fits_factory import run_cli, spy_smc_particles
 
 from galprism.gaussian import GaussianPrior
 from galprism.priorset import PriorSet
@@ -146,12 +146,7 @@ def truth_prior(testset: Path, folder: Path) -> Path:
 def test_evaluate_smc_runs_with_the_particles_asked_for(tmp_path, capsys, monkeypatch):
     """--sampler smc --particles P reaches the SMC sampler with P chains and is recorded in summary.json; if the
     pipeline dropped the setting, SMC would silently run with the default 16 (or another sampler would run)."""
-    import galprism.posterior
-
-    used = []
-    real_smc = galprism.posterior.sample_smc
-    monkeypatch.setattr(galprism.posterior, "sample_smc",
-                        lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw))
+    used = spy_smc_particles(monkeypatch)
     ts = copy_testset(tmp_path / "ts")
     prior = truth_prior(ts, tmp_path / "prior")
     out = tmp_path / "report"

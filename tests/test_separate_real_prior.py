@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from astropy.io import fits
-from fits_factory import gaussian_psf, make_cutout, run_cli
+from fits_factory import gaussian_psf, make_cutout, run_cli, spy_smc_particles
 
 from galprism.gaussian import GaussianPrior, gaussian_posterior
 from galprism.io.read import read_cutout
@@ -60,13 +60,8 @@ def prior_folder(tmp_path_factory):
 def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, prior_folder, sampler):
     """Output samples (nJy input, prior at AB 27, 2x finer grid) match the closed-form Gaussian posterior,
     with the default sampler and with SMC (whose particle weights and resampling must not bias it)."""
-    import galprism.posterior
-
     folder, priors = prior_folder
-    used = []  # the particle count SMC really ran with, not only the one the header claims
-    real_smc = galprism.posterior.sample_smc
-    monkeypatch.setattr(galprism.posterior, "sample_smc",
-                        lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw))
+    used = spy_smc_particles(monkeypatch)
     cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), sigma=0.05, bunit="nJy")
     out = tmp_path / "cut.galprism.fits"
     n = 64

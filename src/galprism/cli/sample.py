@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..separate import DEFAULTS
+from ..separate import DEFAULTS, SAMPLERS
 from . import separate as _separate_cli
 from .separate import command_line
 
@@ -21,8 +21,8 @@ __all__ = ["sample"]
 @click.option("-n", "--n-samples", type=int, default=DEFAULTS["n_samples"], show_default=True, help="Samples per source.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output FITS file.")
 @click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
-@click.option("--sampler", type=click.Choice(["pc", "ddim", "heun"]), default=DEFAULTS["sampler"], show_default=True,
-              help="Prior sampler (smc needs an observation to weigh its particles; use separate).")
+@click.option("--sampler", type=click.Choice([m for m in SAMPLERS if m != "smc"]), default=DEFAULTS["sampler"],
+              show_default=True, help="Prior sampler (smc needs an observation to weigh its particles; use separate).")
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Run seed; each source's derives from it and its name.")
 @click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
