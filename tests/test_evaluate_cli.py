@@ -51,11 +51,17 @@ def standin_prior(folder: Path) -> Path:
 
     sim = Simulator(SimulationConfig(view="galaxies", split="train", n=24, seed=11, mask_fraction=0.0))
     cuts = [sim.cutout(i) for i in range(24)]
+    truths = {k: np.stack([c.truth[k] for c in cuts]) for k in ("galaxy", "sky")}
+    return gaussian_priorset("standin", truths, 8, folder)
+
+
+def gaussian_priorset(name: str, truths: dict[str, np.ndarray], rank: int, folder: Path) -> Path:
+    """Save a Gaussian prior set of galaxy and sky of the given ``rank``, fitted on ``truths`` (``(n, 48, 48)`` per
+    source, in counts), with the test set's pixel scale and zeropoint."""
     scale = 0.05
-    gal = torch.from_numpy(np.stack([c.truth["galaxy"] for c in cuts])[:, None] / scale).float()
-    sky = torch.from_numpy(np.stack([c.truth["sky"] for c in cuts])[:, None] / scale).float()
+    stack = {k: torch.from_numpy(truths[k][:, None] / scale).float() for k in ("galaxy", "sky")}
     ps = PriorSet(
-        "standin", "gaussian", ["galaxy", "sky"], [GaussianPrior.fit(gal, 8), GaussianPrior.fit(sky, 8)], (1, 48, 48),
+        name, "gaussian", ["galaxy", "sky"], [GaussianPrior.fit(stack[k], rank) for k in ("galaxy", "sky")], (1, 48, 48),
         pixel_scale=0.168, zeropoint=27.0, bunit="count", flux_scale=scale,
     )
     return ps.save(folder)
@@ -132,15 +138,9 @@ def truth_prior(testset: Path, folder: Path) -> Path:
     enough to drive the sampler (the scores are not the point)."""
     from astropy.io import fits
 
-    truths = sorted((testset / "truth").glob("*.truth.fits"))
-    scale = 0.05
-    stack = {k: torch.from_numpy(np.stack([fits.getdata(t, f"TRUE_{k.upper()}") for t in truths])[:, None] / scale).float()
-             for k in ("galaxy", "sky")}
-    ps = PriorSet(
-        "truthfit", "gaussian", ["galaxy", "sky"], [GaussianPrior.fit(stack[k], 2) for k in ("galaxy", "sky")], (1, 48, 48),
-        pixel_scale=0.168, zeropoint=27.0, bunit="count", flux_scale=scale,
-    )
-    return ps.save(folder)
+    files = sorted((testset / "truth").glob("*.truth.fits"))
+    truths = {k: np.stack([fits.getdata(t, f"TRUE_{k.upper()}") for t in files]) for k in ("galaxy", "sky")}
+    return gaussian_priorset("truthfit", truths, 2, folder)
 
 
 def test_evaluate_smc_runs_with_the_particles_asked_for(tmp_path, capsys, monkeypatch):
