@@ -14,8 +14,9 @@ ONE JSON object:
 * ``prior``: per source, the Sinkhorn divergence between prior samples and fresh truth.
 * Sinkhorn values with the paper's settings (``reg=1e-3``, ``stopThr=1e-2``, 1,024
   iterations) at ``eval_n`` samples (16,384 in the paper; that test passes after one
-  iteration there, see docs/metrics.md) and, as a converged companion, the debiased exact
-  transport cost (``wasserstein``, ``ot.emd2``) at ``min(eval_n, 2048)`` samples.
+  iteration there, see docs/metrics.md; a budget's row may use fewer, ``sinkhorn_n``) and,
+  as a converged companion, the debiased exact transport cost (``wasserstein``,
+  ``ot.emd2``) at ``min(eval_n, 2048)`` samples.
 * the same metrics for the Gaussian warm start (``gaussian``; without Sinkhorn in the quick
   budget, where it alone would take minutes), EM laps, wall times,
   device, the settings used and the per-lap history (chi^2 per view).
@@ -57,8 +58,10 @@ BUDGETS: dict[str, dict[str, Any]] = {
                 sampler="smc", particles=4, steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
                 backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=0.0, redraws=0),
-        # The mixed problem has one joint stage of two sources: 6 laps fit in 5 minutes.
-        mixed_em=dict(diffusion_laps=6),
+        rows={
+            # The mixed problem has one joint stage of two sources: 6 laps fit in 5 minutes.
+            "mixed": dict(em=dict(diffusion_laps=6)),
+        },
     ),
     # docs/em.md section 3: MMPS alone samples a learned prior's modes near their prior
     # weight, which kept a broad cloud in the crowded-view source however many laps ran
@@ -71,18 +74,26 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # laps keep the 2-source row inside its hour on both cores (seventeenth session: 16 laps
     # with 8 evaluation particles took 41 minutes and gave 38.5 / 37.6 dB, short of the
     # paper's 38.27, where the 24-lap run's priors after 16 laps gave 40.4 / 39.4 dB with 16
-    # evaluation particles at n = 2,048). The 3-source row runs the same 8 / 20 / 20 laps
-    # (nineteenth session: 97 minutes on both cores; its 20 stage-3 diffusion laps, with a
-    # 3-source SMC sampler, took 33).
+    # evaluation particles at n = 2,048). The 3-source row has laps of its own (``rows``):
+    # with 8 / 20 / 20 source 3 stopped at 18.4 dB, still learning (nineteenth session, 97
+    # minutes); 8 / 16 / 32 gave 22.5 / 22.8 / 20.2 dB but took 124 minutes, about 9 of
+    # them lost to other guests of the shared machine (twentieth session, docs/em.md).
     "full": dict(
         n_obs=65536, eval_n=16384, eval_steps=64, eval_corrections=1, stage_laps=(8, 20),
         em=dict(gaussian_laps=4, diffusion_laps=24, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
                 sampler="smc", particles=16, steps=64, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="cosine", time_sampling="uniform",
                 backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=20.0, redraws=2),
-        mixed_em=dict(diffusion_laps=24),
+        rows={
+            "mixed": dict(em=dict(diffusion_laps=24)),
+            "sources3": dict(em=dict(diffusion_laps=[8, 16, 32])),
+        },
     ),
 }
+
+
+#: Settings of the evaluation (the rest of ``--set`` goes to :class:`galprism.em.EMConfig`).
+EVAL_SETTINGS = ("n_obs", "eval_n", "eval_steps", "eval_corrections", "eval_sampler", "eval_particles", "sinkhorn_n")
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -121,6 +132,7 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
 
     em = settings["em"]
     n = settings["eval_n"]
+    n_sinkhorn = settings.get("sinkhorn_n") or n
     sampler = SamplerConfig(settings.get("eval_sampler") or em["sampler"], settings["eval_steps"],
                             corrections=settings["eval_corrections"], tau=0.1,
                             particles=settings.get("eval_particles") or em.get("particles", 16))
@@ -156,7 +168,7 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
         x = cache[v][:, view.sources.index(name)]
         truth = mv.x[idx, b]
         chi2 = view.chi2_per_observation(cache[v], idx)
-        sk = timed("sinkhorn", sinkhorn_divergence_details, x, truth, n_samples=n) if sinkhorn else None
+        sk = timed("sinkhorn", sinkhorn_divergence_details, x, truth, n_samples=n_sinkhorn) if sinkhorn else None
         out["posterior"][name] = {
             "view": mv.name,
             "sinkhorn": sk.divergence if sk else None,
@@ -171,7 +183,7 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
     xp = timed("prior_sampling", sample_prior, priors, n, config=sampler, generators=gen)
     for b, name in enumerate(names):
         truth = problem.sample_source(b, n, seed=seed + 1)
-        sk = timed("sinkhorn", sinkhorn_divergence_details, xp[:, b], truth, n_samples=n) if sinkhorn else None
+        sk = timed("sinkhorn", sinkhorn_divergence_details, xp[:, b], truth, n_samples=n_sinkhorn) if sinkhorn else None
         out["prior"][name] = {
             "sinkhorn": sk.divergence if sk else None,
             "sinkhorn_iterations": list(sk.iterations) if sk else None,
@@ -252,6 +264,31 @@ def oracle_priors(problem, config, n_obs: int, steps: int, device: str) -> list[
     return priors
 
 
+def cpu_counters() -> tuple[float, list[int] | None]:
+    """This process's CPU seconds, and the machine's ``/proc/stat`` CPU tick counters (None
+    where there is no ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        ticks = None
+    return time.process_time(), ticks
+
+
+def cpu_report(start: tuple[float, list[int] | None]) -> dict[str, Any]:
+    """CPU use since ``start`` (:func:`cpu_counters`): the process's CPU seconds and the
+    share of the machine's CPU time the hypervisor gave to other guests ("steal"). Our
+    2-core machine is a shared virtual one; a wall time taken while much was stolen says
+    more about the neighbours than about the code (docs/em.md, twentieth session)."""
+    process, ticks = cpu_counters()
+    out: dict[str, Any] = {"process_seconds": process - start[0], "steal_share": None}
+    if ticks is not None and start[1] is not None and len(ticks) == len(start[1]) == 8:
+        delta = [b - a for a, b in zip(start[1], ticks, strict=True)]
+        # user nice system idle iowait irq softirq steal
+        out["steal_share"] = delta[7] / max(sum(delta), 1)
+    return out
+
+
 def device_info(device: str) -> dict[str, Any]:
     """Where a benchmark ran: torch device, threads, CPU, load."""
     return {"torch": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
@@ -266,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
     parser.add_argument("--seed", type=int, default=0, help="seed of the problem and of the EM run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an EMConfig field (JSON value) or n_obs/eval_n/eval_steps/eval_corrections/"
-                             "eval_sampler/eval_particles (evaluation sampler; default: the E-step's)")
+                        help="override an EMConfig field (JSON value) or an evaluation setting: n_obs/eval_n/eval_steps/"
+                             "eval_corrections/eval_sampler/eval_particles (evaluation sampler; default: the "
+                             "E-step's)/sinkhorn_n (Sinkhorn samples; default: eval_n)")
     parser.add_argument("--arrangement", choices=("stagewise", "joint"), default=None,
                         help="default: stagewise for contrastive views, joint for mixed ones")
     parser.add_argument("--no-eval-gaussian", action="store_true", help="skip the metrics of the Gaussian warm start")
@@ -287,19 +325,19 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BUDGETS[args.budget].items()}
     settings["em"] = dict(settings["em"])
-    mixed_em = settings.pop("mixed_em", {})
+    rows = settings.pop("rows", {})
     stage_laps = settings.pop("stage_laps", None)
-    if args.mixed is not None:
-        settings["em"].update(mixed_em)
-    elif stage_laps is not None and args.sources > 1:
+    if args.mixed is None and stage_laps is not None and args.sources > 1:
         first, later = stage_laps
         settings["em"]["diffusion_laps"] = [first] + [later] * (args.sources - 1)
-    for key, value in _parse_set(args.set).items():
-        if key in ("n_obs", "eval_n", "eval_steps", "eval_corrections", "eval_sampler", "eval_particles"):
+    row = dict(rows.get("mixed" if args.mixed is not None else f"sources{args.sources}", {}))
+    settings["em"].update(row.pop("em", {}))
+    for key, value in [*row.items(), *_parse_set(args.set).items()]:
+        if key in EVAL_SETTINGS:
             settings[key] = value
         else:
             settings["em"][key] = value
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), cpu_counters()
     problem = build_problem(args, settings["n_obs"])
     names = problem.source_names
     views = [View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator) for v in problem.views]
@@ -315,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                   "problem": problem.config.to_dict(), "budget": args.budget,
                   "settings": {**{k: v for k, v in settings.items() if k != "em"}, "em": settings["em"]},
                   "posterior": metrics["posterior"], "prior": metrics["prior"],
+                  "cpu": cpu_report(cpu_start),
                   "wall_seconds": {"total": time.perf_counter() - t_start, "fit": fit_seconds,
                                    "eval": sum(metrics["seconds"].values()), "eval_parts": metrics["parts"]},
                   "device": device_info(args.device),
@@ -342,12 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         "posterior": metrics["posterior"],
         "prior": metrics["prior"],
         "gaussian": None if gaussian is None else {"posterior": gaussian["posterior"], "prior": gaussian["prior"]},
-        "sinkhorn_settings": {"reg": 1e-3, "stop_thr": 1e-2, "max_iter": 1024, "n_samples": settings["eval_n"],
+        "sinkhorn_settings": {"reg": 1e-3, "stop_thr": 1e-2, "max_iter": 1024, "n_samples": settings.get("sinkhorn_n") or settings["eval_n"],
                               "wasserstein_n": min(settings["eval_n"], 2048)},
         "history": [{k: h[k] for k in ("lap", "stage", "phase", "learning", "loss", "chi2", "rejected", "seconds",
                                        "w2", "curve_distance")
                      if k in h}
                     for h in result.history],
+        "cpu": cpu_report(cpu_start),
         "wall_seconds": {"total": time.perf_counter() - t_start, "em": em_seconds,
                          "eval": sum(metrics["seconds"].values()), "eval_parts": metrics["parts"]},
         "device": device_info(args.device),
