@@ -14,7 +14,7 @@ ONE JSON object:
 * ``prior``: per source, the Sinkhorn divergence between prior samples and fresh truth.
 * Sinkhorn values with the paper's settings (``reg=1e-3``, ``stopThr=1e-2``, 1,024
   iterations) at ``eval_n`` samples (16,384 in the paper; that test passes after one
-  iteration there, see docs/metrics.md; a budget's row may use fewer, ``sinkhorn_n``) and,
+  iteration there, see docs/metrics.md; ``--set sinkhorn_n=N`` uses fewer) and,
   as a converged companion, the debiased exact transport cost (``wasserstein``,
   ``ot.emd2``) at ``min(eval_n, 2048)`` samples.
 * the same metrics for the Gaussian warm start (``gaussian``; without Sinkhorn in the quick
