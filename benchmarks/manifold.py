@@ -70,7 +70,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # in every M-step the 2-source row reaches 41.9 / 42.6 dB after 8 / 24 diffusion laps
     # (sixteenth session). Fewer E-step observations (2,048) pay for the dear sampler. The
     # first stage (a source seen alone) converges within ~8 diffusion laps, so the laps go
-    # to the later stages: ``stage_laps`` = (first stage, every later stage). 20 later-stage
+    # to the later stages (``rows``: laps per stage for each contrastive row). 20 later-stage
     # laps keep the 2-source row inside its hour on both cores (seventeenth session: 16 laps
     # with 8 evaluation particles took 41 minutes and gave 38.5 / 37.6 dB, short of the
     # paper's 38.27, where the 24-lap run's priors after 16 laps gave 40.4 / 39.4 dB with 16
@@ -79,13 +79,14 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # minutes); 8 / 16 / 32 gave 22.5 / 22.8 / 20.2 dB but took 124 minutes, about 9 of
     # them lost to other guests of the shared machine (twentieth session, docs/em.md).
     "full": dict(
-        n_obs=65536, eval_n=16384, eval_steps=64, eval_corrections=1, stage_laps=(8, 20),
+        n_obs=65536, eval_n=16384, eval_steps=64, eval_corrections=1,
         em=dict(gaussian_laps=4, diffusion_laps=24, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
                 sampler="smc", particles=16, steps=64, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
                 train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="cosine", time_sampling="uniform",
                 backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=20.0, redraws=2),
+        # ``em.diffusion_laps`` (24) serves the mixed row and --sources 1.
         rows={
-            "mixed": dict(em=dict(diffusion_laps=24)),
+            "sources2": dict(em=dict(diffusion_laps=[8, 20])),
             "sources3": dict(em=dict(diffusion_laps=[8, 16, 32])),
         },
     ),
@@ -326,10 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BUDGETS[args.budget].items()}
     settings["em"] = dict(settings["em"])
     rows = settings.pop("rows", {})
-    stage_laps = settings.pop("stage_laps", None)
-    if args.mixed is None and stage_laps is not None and args.sources > 1:
-        first, later = stage_laps
-        settings["em"]["diffusion_laps"] = [first] + [later] * (args.sources - 1)
     row = dict(rows.get("mixed" if args.mixed is not None else f"sources{args.sources}", {}))
     settings["em"].update(row.pop("em", {}))
     for key, value in [*row.items(), *_parse_set(args.set).items()]:
