@@ -76,8 +76,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # paper's 38.27, where the 24-lap run's priors after 16 laps gave 40.4 / 39.4 dB with 16
     # evaluation particles at n = 2,048). The 3-source row has laps of its own (``rows``):
     # with 8 / 20 / 20 source 3 stopped at 18.4 dB, still learning (nineteenth session, 97
-    # minutes); 8 / 16 / 32 gave 22.5 / 22.8 / 20.2 dB but took 124 minutes, about 9 of
-    # them lost to other guests of the shared machine (twentieth session, docs/em.md).
+    # minutes); 8 / 16 / 32 gives 22.6 / 22.8 / 20.2 dB in 87 minutes (twenty-first
+    # session; 124 minutes in the twentieth, on a machine losing CPU to other guests).
     "full": dict(
         n_obs=65536, eval_n=16384, eval_steps=64, eval_corrections=1,
         em=dict(gaussian_laps=4, diffusion_laps=24, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
