@@ -107,6 +107,13 @@ BUDGETS: dict[str, dict[str, Any]] = {
 EVAL_SETTINGS = ("n_obs", "eval_n", "eval_steps", "eval_corrections", "eval_sampler", "eval_particles", "sinkhorn_n")
 
 
+def sinkhorn_samples(settings: dict[str, Any]) -> int:
+    """Number of evaluation samples the Sinkhorn divergence is taken on: ``sinkhorn_n``
+    where a row or ``--set`` gives it (at most ``eval_n``, the samples there are), else
+    all ``eval_n``."""
+    return min(settings.get("sinkhorn_n") or settings["eval_n"], settings["eval_n"])
+
+
 def _parse_set(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -143,7 +150,7 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
 
     em = settings["em"]
     n = settings["eval_n"]
-    n_sinkhorn = settings.get("sinkhorn_n") or n
+    n_sinkhorn = sinkhorn_samples(settings)
     sampler = SamplerConfig(settings.get("eval_sampler") or em["sampler"], settings["eval_steps"],
                             corrections=settings["eval_corrections"], tau=0.1,
                             particles=settings.get("eval_particles") or em.get("particles", 16))
@@ -388,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "posterior": metrics["posterior"],
         "prior": metrics["prior"],
         "gaussian": None if gaussian is None else {"posterior": gaussian["posterior"], "prior": gaussian["prior"]},
-        "sinkhorn_settings": {"reg": 1e-3, "stop_thr": 1e-2, "max_iter": 1024, "n_samples": settings.get("sinkhorn_n") or settings["eval_n"],
+        "sinkhorn_settings": {"reg": 1e-3, "stop_thr": 1e-2, "max_iter": 1024, "n_samples": sinkhorn_samples(settings),
                               "wasserstein_n": min(settings["eval_n"], 2048)},
         "history": [{k: h[k] for k in ("lap", "stage", "phase", "learning", "loss", "chi2", "rejected", "seconds",
                                        "w2", "curve_distance")
