@@ -53,7 +53,10 @@ from galprism.datasets.grassy import GrassyView, grassy_view
 from galprism.operators import Composition, Convolve, Downsample
 
 RANKS = ((16, 8), (128, 64))
-TALK = {"16x8": {"svd_psnr": 21.55, "asvd_psnr": 24.00}, "128x64": {"svd_psnr": 15.41, "asvd_psnr": 25.04}}
+TALK = {
+    "16x8": {"svd_psnr": 21.55, "asvd_psnr": 24.00},
+    "128x64": {"svd_psnr": 15.41, "asvd_psnr": 25.04},
+}
 
 
 def log(message: str) -> None:
@@ -97,7 +100,12 @@ def evaluate_curve(
 
 
 def quality(args: argparse.Namespace) -> dict[str, Any]:
-    common = {"size": args.size, "amplitude": args.amplitude, "noise_sigma": args.noise, "seed": args.seed}
+    common = {
+        "size": args.size,
+        "amplitude": args.amplitude,
+        "noise_sigma": args.noise,
+        "seed": args.seed,
+    }
     clean = grassy_view("grass", args.n_train, split="train", **common)
     mixed = grassy_view("mixed", args.n_train, split="train", **common)
     val = grassy_view("mixed", args.n_val, split="val", **common)
@@ -115,7 +123,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         best = max(curve, key=lambda r: (r["val_psnr"], -r["tau"]))
         entry: dict[str, Any] = {}
         for label, tau in (("svd", 0.0), ("asvd", best["tau"])):
-            model = fit_asvd(clean.y, mixed.y, d0, d1, tau, sources=("grass", "digit"), seed=args.seed)
+            model = fit_asvd(
+                clean.y, mixed.y, d0, d1, tau, sources=("grass", "digit"), seed=args.seed
+            )
             p = psnr(model.separate(test.y), truth_of(test))
             entry[f"{label}_psnr"] = float(p.mean())
             entry[f"{label}_psnr_grass"] = float(p[:, 0].mean())
@@ -130,7 +140,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             psnr(projected.reshape(len(test), 1, -1), grass.reshape(len(test), 1, -1)).mean()
         )
         t0 = time.perf_counter()
-        auto = fit_asvd(clean.y, mixed.y, d0, d1, "auto", sources=("grass", "digit"), seed=args.seed)
+        auto = fit_asvd(
+            clean.y, mixed.y, d0, d1, "auto", sources=("grass", "digit"), seed=args.seed
+        )
         entry["auto_fit_seconds"] = time.perf_counter() - t0
         entry["auto_tau"] = auto.tau
         entry["auto_psnr"] = float(psnr(auto.separate(test.y), truth_of(test)).mean())
@@ -155,8 +167,12 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     n = args.n_speed
     log(f"speed: drawing {n} clean + {n} mixtures of 64x64")
-    clean = grassy_view("grass", n, split="train", size=64, amplitude=args.amplitude, seed=args.seed)
-    mixed = grassy_view("mixed", n, split="train", size=64, amplitude=args.amplitude, seed=args.seed + 1)
+    clean = grassy_view(
+        "grass", n, split="train", size=64, amplitude=args.amplitude, seed=args.seed
+    )
+    mixed = grassy_view(
+        "mixed", n, split="train", size=64, amplitude=args.amplitude, seed=args.seed + 1
+    )
     out: dict[str, Any] = {"n_clean": n, "n_mixed": n, "shape": [1, 64, 64], "tau": 0.2}
     psf = torch.tensor(np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]), dtype=torch.float32)
     operator = Composition([Downsample(2, (1, 64, 64)), Convolve(psf, (1, 64, 64))])
@@ -181,11 +197,18 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             "eigensolver": model.info["eigensolver"],
             "loadavg_1min_at_start": load,
         }
-        log(f"speed {key}: fit {fit_s:.1f} s, separate {sep_rate:.0f}/s, through PSF+2x {op_rate:.0f}/s (load {load:.1f})")
+        log(
+            f"speed {key}: fit {fit_s:.1f} s, separate {sep_rate:.0f}/s, through PSF+2x {op_rate:.0f}/s (load {load:.1f})"
+        )
     return out
 
 
-def plot(result: dict[str, Any], folder: Path, views: tuple[GrassyView, tuple[int, ...]], args: argparse.Namespace) -> list[str]:
+def plot(
+    result: dict[str, Any],
+    folder: Path,
+    views: tuple[GrassyView, tuple[int, ...]],
+    args: argparse.Namespace,
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,16 +220,38 @@ def plot(result: dict[str, Any], folder: Path, views: tuple[GrassyView, tuple[in
     for key, color in (("16x8", "tab:blue"), ("128x64", "tab:red")):
         entry = result["quality"][key]
         taus = [r["tau"] for r in entry["curve"]]
-        axes[0].plot(taus, [r["test_psnr"] for r in entry["curve"]], "-o", ms=3, color=color, label=f"{key} test")
-        axes[0].plot(taus, [r["val_psnr"] for r in entry["curve"]], "--", color=color, alpha=0.6, label=f"{key} validation")
+        axes[0].plot(
+            taus,
+            [r["test_psnr"] for r in entry["curve"]],
+            "-o",
+            ms=3,
+            color=color,
+            label=f"{key} test",
+        )
+        axes[0].plot(
+            taus,
+            [r["val_psnr"] for r in entry["curve"]],
+            "--",
+            color=color,
+            alpha=0.6,
+            label=f"{key} validation",
+        )
         axes[0].axvline(entry["tau"], color=color, lw=0.8, ls=":")
         auto = entry["auto_curve"]
-        axes[1].plot([r["tau"] for r in auto], [r["score"] for r in auto], "-o", ms=3, color=color, label=key)
+        axes[1].plot(
+            [r["tau"] for r in auto], [r["score"] for r in auto], "-o", ms=3, color=color, label=key
+        )
         axes[1].axvline(entry["auto_tau"], color=color, lw=0.8, ls=":")
-    axes[0].axhline(result["quality"]["half_split_psnr"], color="grey", lw=0.8, label="half/half split")
-    axes[0].set(xlabel="tau", ylabel="mean PSNR of both sources [dB]", title="Separation quality vs tau")
+    axes[0].axhline(
+        result["quality"]["half_split_psnr"], color="grey", lw=0.8, label="half/half split"
+    )
+    axes[0].set(
+        xlabel="tau", ylabel="mean PSNR of both sources [dB]", title="Separation quality vs tau"
+    )
     axes[0].legend(fontsize=7)
-    axes[1].set(xlabel="tau", ylabel="held-out moment mismatch", title="tau='auto' score (no digit truth)")
+    axes[1].set(
+        xlabel="tau", ylabel="held-out moment mismatch", title="tau='auto' score (no digit truth)"
+    )
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     path = folder / "asvd_tau_curve.png"
@@ -215,18 +260,38 @@ def plot(result: dict[str, Any], folder: Path, views: tuple[GrassyView, tuple[in
     written.append(str(path))
 
     test, shape = views
-    clean = grassy_view("grass", args.n_train, split="train", size=args.size, amplitude=args.amplitude,
-                        noise_sigma=args.noise, seed=args.seed)
-    mixed = grassy_view("mixed", args.n_train, split="train", size=args.size, amplitude=args.amplitude,
-                        noise_sigma=args.noise, seed=args.seed)
+    clean = grassy_view(
+        "grass",
+        args.n_train,
+        split="train",
+        size=args.size,
+        amplitude=args.amplitude,
+        noise_sigma=args.noise,
+        seed=args.seed,
+    )
+    mixed = grassy_view(
+        "mixed",
+        args.n_train,
+        split="train",
+        size=args.size,
+        amplitude=args.amplitude,
+        noise_sigma=args.noise,
+        seed=args.seed,
+    )
     key = "128x64"
     models = {
         "SVD": fit_asvd(clean.y, mixed.y, 128, 64, 0.0),
-        f"ASVD tau={result['quality'][key]['tau']}": fit_asvd(clean.y, mixed.y, 128, 64, result["quality"][key]["tau"]),
+        f"ASVD tau={result['quality'][key]['tau']}": fit_asvd(
+            clean.y, mixed.y, 128, 64, result["quality"][key]["tau"]
+        ),
     }
     n_show = 6
     truth = truth_of(test)[:n_show, :, 0]
-    rows = [("mixture", test.y[:n_show, 0]), ("true grass", truth[:, 0]), ("true digit", truth[:, 1])]
+    rows = [
+        ("mixture", test.y[:n_show, 0]),
+        ("true grass", truth[:, 0]),
+        ("true digit", truth[:, 1]),
+    ]
     for name, model in models.items():
         est = model.separate(test.y[:n_show])[:, :, 0]
         rows += [(f"{name} grass", est[:, 0]), (f"{name} digit", est[:, 1])]
@@ -247,19 +312,34 @@ def plot(result: dict[str, Any], folder: Path, views: tuple[GrassyView, tuple[in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test, < 1 minute)")
-    parser.add_argument("--plot", type=Path, default=None, help="folder for asvd_tau_curve.png and asvd_examples.png")
-    parser.add_argument("--amplitude", type=float, default=1.0, help="digit amplitude in the mixture (default 1)")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="folder for asvd_tau_curve.png and asvd_examples.png",
+    )
+    parser.add_argument(
+        "--amplitude", type=float, default=1.0, help="digit amplitude in the mixture (default 1)"
+    )
     parser.add_argument("--noise", type=float, default=0.01, help="noise sigma (default 0.01)")
-    parser.add_argument("--size", type=int, default=28, help="crop size of the quality run (default 28)")
+    parser.add_argument(
+        "--size", type=int, default=28, help="crop size of the quality run (default 28)"
+    )
     parser.add_argument("--n-train", type=int, default=5000)
     parser.add_argument("--n-val", type=int, default=1000)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--n-speed", type=int, default=10000)
-    parser.add_argument("--part", choices=("all", "quality", "speed"), default="all", help="run only one part")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--part", choices=("all", "quality", "speed"), default="all", help="run only one part"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -276,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         # scipy's BLAS (the second moments) reads these when it loads; --threads cannot
         # change it afterwards, so set them on the command line for single-thread runs.
-        "blas_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+        "blas_env": {
+            k: os.environ.get(k)
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        },
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "quick": bool(args.quick),

@@ -59,13 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reject-chi2", type=float, default=20.0)
     parser.add_argument("--redraws", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=1000)
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                        help="learning rate within each lap's M-step (EMConfig.lr_schedule)")
-    parser.add_argument("--truth-mstep", action="store_true",
-                        help="M-step on the true source-2 values of the same observations (isolates the M-step)")
-    parser.add_argument("--source1", type=Path, default=None, metavar="RUN_DIR:LAP",
-                        help="freeze source 1 at the prior of an EM run's lap checkpoint (a run of "
-                             "manifold.py --sources 1|2 --run-dir) instead of its oracle")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate within each lap's M-step (EMConfig.lr_schedule)",
+    )
+    parser.add_argument(
+        "--truth-mstep",
+        action="store_true",
+        help="M-step on the true source-2 values of the same observations (isolates the M-step)",
+    )
+    parser.add_argument(
+        "--source1",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR:LAP",
+        help="freeze source 1 at the prior of an EM run's lap checkpoint (a run of "
+        "manifold.py --sources 1|2 --run-dir) instead of its oracle",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
@@ -85,8 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     problem = contrastive_problem(2, 65536, seed=args.seed)
     names = problem.source_names
     # The quick/full budgets' network and training settings (benchmarks/manifold.py).
-    config = EMConfig(sources=names, shape=[5], seed=args.seed, backbone_kwargs={"hidden": 128, "blocks": 2},
-                      train_batch=256, lr=1e-3, ema_decay=0.99, time_sampling="uniform")
+    config = EMConfig(
+        sources=names,
+        shape=[5],
+        seed=args.seed,
+        backbone_kwargs={"hidden": 128, "blocks": 2},
+        train_batch=256,
+        lr=1e-3,
+        ema_decay=0.99,
+        time_sampling="uniform",
+    )
     oracle1, oracle2 = oracle_priors(problem, config, 65536, 5000, "cpu")
     if args.source1 is not None:
         run_dir, _, lap = str(args.source1).rpartition(":")
@@ -94,8 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed + 5)
     truth2 = problem.sample_source(1, 2048, seed=args.seed + 7)
 
-    net = DiffusionPrior([5], "mlp", {"features": 5, **config.backbone_kwargs},
-                         VESchedule(config.sigma_min, config.sigma_max), float(oracle2.sigma_data))
+    net = DiffusionPrior(
+        [5],
+        "mlp",
+        {"features": 5, **config.backbone_kwargs},
+        VESchedule(config.sigma_min, config.sigma_max),
+        float(oracle2.sigma_data),
+    )
     if args.start == "oracle":
         net.load_state_dict(oracle2.state_dict())
     elif args.start != "gaussian":
@@ -109,47 +134,87 @@ def main(argv: list[str] | None = None) -> int:
         warm = Trainer(net, lr=config.lr, ema_decay=config.ema_decay, time_sampling="uniform")
         warm.fit(gauss.sample((65536,)), 3000, config.train_batch, generator=gen)
         net.load_state_dict(warm.snapshot().state_dict())
-    trainer = Trainer(net, lr=config.lr, ema_decay=config.ema_decay, time_sampling="uniform",
-                      lr_schedule=args.lr_schedule)
+    trainer = Trainer(
+        net,
+        lr=config.lr,
+        ema_decay=config.ema_decay,
+        time_sampling="uniform",
+        lr_schedule=args.lr_schedule,
+    )
     current = trainer.snapshot()
 
     mview = problem.views[1]
     view = View.from_source_sum(mview.name, names, mview.y, mview.noise_var, mview.operator)
-    sampler = SamplerConfig(args.sampler, args.steps, eta=args.eta, corrections=args.corrections, tau=0.1)
+    sampler = SamplerConfig(
+        args.sampler, args.steps, eta=args.eta, corrections=args.corrections, tau=0.1
+    )
     from galprism.metrics import wasserstein_divergence
 
     def prior_metrics(prior: torch.nn.Module) -> dict[str, float]:
         x = prior_samples(prior, truth2.shape[0])
-        return {"prior_w2": wasserstein_divergence(x, truth2),
-                "prior_curve_distance": curve_distance(problem, 1, x)["curve_distance_median"]}
+        return {
+            "prior_w2": wasserstein_divergence(x, truth2),
+            "prior_curve_distance": curve_distance(problem, 1, x)["curve_distance_median"],
+        }
 
     laps = [{"lap": 0, **prior_metrics(current)}]
     for lap in range(1, args.laps + 1):
         t0 = time.perf_counter()
         index = torch.randperm(mview.n_obs, generator=gen)[: args.estep]
-        est = posterior_samples(view, [oracle1, current], index, sampler, cg_iterations=3, trust=4.0,
-                                batch=args.estep, generator=gen, reject_chi2=args.reject_chi2, redraws=args.redraws)
+        est = posterior_samples(
+            view,
+            [oracle1, current],
+            index,
+            sampler,
+            cg_iterations=3,
+            trust=4.0,
+            batch=args.estep,
+            generator=gen,
+            reject_chi2=args.reject_chi2,
+            redraws=args.redraws,
+        )
         keep = ~est.failed
         truth = mview.x[est.index]
         psnr = [mean_psnr(truth[keep, b], est.x[keep, b], 4.0) for b in range(2)]
         data = truth[keep, 1] if args.truth_mstep else est.x[keep, 1]
         trainer.fit(data.contiguous(), args.train_steps, config.train_batch, generator=gen)
         current = trainer.snapshot()
-        laps.append({"lap": lap, **prior_metrics(current), "estep_psnr": psnr,
-                     "estep_curve_distance": [curve_distance(problem, b, est.x[keep, b])["curve_distance_median"]
-                                              for b in range(2)],
-                     "estep_chi2_median": float(est.chi2.median()), "redrawn": est.redrawn,
-                     "left_out": int(est.failed.sum()), "seconds": time.perf_counter() - t0})
+        laps.append(
+            {
+                "lap": lap,
+                **prior_metrics(current),
+                "estep_psnr": psnr,
+                "estep_curve_distance": [
+                    curve_distance(problem, b, est.x[keep, b])["curve_distance_median"]
+                    for b in range(2)
+                ],
+                "estep_chi2_median": float(est.chi2.median()),
+                "redrawn": est.redrawn,
+                "left_out": int(est.failed.sum()),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if not args.json:
             print(json.dumps(laps[-1]), file=sys.stderr, flush=True)
-    report = {"benchmark": "em_fixed_point", "start": args.start, "seed": args.seed,
-              "settings": {"sampler": sampler.to_dict(), "estep_observations": args.estep,
-                           "reject_chi2": args.reject_chi2, "redraws": args.redraws,
-                           "train_steps": args.train_steps, "lr_schedule": args.lr_schedule,
-                           "truth_mstep": args.truth_mstep,
-                           "source1": None if args.source1 is None else str(args.source1),
-                           "backbone_kwargs": config.backbone_kwargs},
-              "laps": laps, "wall_seconds": time.perf_counter() - t_start, "device": device_info("cpu")}
+    report = {
+        "benchmark": "em_fixed_point",
+        "start": args.start,
+        "seed": args.seed,
+        "settings": {
+            "sampler": sampler.to_dict(),
+            "estep_observations": args.estep,
+            "reject_chi2": args.reject_chi2,
+            "redraws": args.redraws,
+            "train_steps": args.train_steps,
+            "lr_schedule": args.lr_schedule,
+            "truth_mstep": args.truth_mstep,
+            "source1": None if args.source1 is None else str(args.source1),
+            "backbone_kwargs": config.backbone_kwargs,
+        },
+        "laps": laps,
+        "wall_seconds": time.perf_counter() - t_start,
+        "device": device_info("cpu"),
+    }
     print(json.dumps(report) if args.json else json.dumps(report, indent=1))
     return 0
 

@@ -27,7 +27,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8, help="source image side (pixels)")
     ap.add_argument("--sampler", default="pc", choices=["ddim", "heun", "pc"])
     ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--cg", type=int, default=None, help="CG iterations (default: observed pixels, i.e. exact)")
+    ap.add_argument(
+        "--cg", type=int, default=None, help="CG iterations (default: observed pixels, i.e. exact)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -46,7 +48,9 @@ def main() -> None:
         generators=torch.Generator().manual_seed(args.seed + 1),
     )
     seconds = time.perf_counter() - t0
-    mean_err, std_err = exactness_errors(x[0].reshape(args.n_samples, -1), prob.post_mean, prob.post_cov)
+    mean_err, std_err = exactness_errors(
+        x[0].reshape(args.n_samples, -1), prob.post_mean, prob.post_cov
+    )
     result = {
         "mean_err": mean_err,
         "std_err": std_err,

@@ -56,11 +56,32 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # Twenty-first session, on a faster machine: 2 sources 131 s, mixed 177 s, 3 sources
     # (with ``rows.sources3``) 195 s.
     "quick": dict(
-        n_obs=65536, eval_n=2048, eval_steps=32, eval_corrections=1,
-        em=dict(gaussian_laps=4, diffusion_laps=4, gaussian_rank=5, estep_observations=4096, estep_batch=4096,
-                sampler="smc", particles=4, steps=16, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
-                train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="constant", time_sampling="uniform",
-                backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=0.0, redraws=0),
+        n_obs=65536,
+        eval_n=2048,
+        eval_steps=32,
+        eval_corrections=1,
+        em=dict(
+            gaussian_laps=4,
+            diffusion_laps=4,
+            gaussian_rank=5,
+            estep_observations=4096,
+            estep_batch=4096,
+            sampler="smc",
+            particles=4,
+            steps=16,
+            corrections=1,
+            cg_iterations=3,
+            trust=4.0,
+            train_steps=1000,
+            train_batch=256,
+            lr=1e-3,
+            ema_decay=0.99,
+            lr_schedule="constant",
+            time_sampling="uniform",
+            backbone_kwargs={"hidden": 128, "blocks": 2},
+            reject_chi2=0.0,
+            redraws=0,
+        ),
         rows={
             # The mixed problem has one joint stage of two sources: 6 laps fit in 5 minutes.
             "mixed": dict(em=dict(diffusion_laps=6)),
@@ -69,8 +90,15 @@ BUDGETS: dict[str, dict[str, Any]] = {
             # as the fit worsens (hundreds at n = 2,048; docs/em.md, twenty-first session).
             # Fewer laps on fewer observations and the Sinkhorn on 1,024 of the 2,048
             # evaluation samples: 195 s instead of 401 to 535 s, 0.4 to 1.6 dB less.
-            "sources3": dict(sinkhorn_n=1024, em=dict(gaussian_laps=2, estep_observations=2048,
-                                                      estep_batch=2048, diffusion_laps=[4, 3, 3])),
+            "sources3": dict(
+                sinkhorn_n=1024,
+                em=dict(
+                    gaussian_laps=2,
+                    estep_observations=2048,
+                    estep_batch=2048,
+                    diffusion_laps=[4, 3, 3],
+                ),
+            ),
         },
     ),
     # docs/em.md section 3: MMPS alone samples a learned prior's modes near their prior
@@ -89,11 +117,32 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # minutes); 8 / 16 / 32 gives 22.6 / 22.8 / 20.2 dB in 87 minutes (twenty-first
     # session; 124 minutes in the twentieth, on a machine losing CPU to other guests).
     "full": dict(
-        n_obs=65536, eval_n=16384, eval_steps=64, eval_corrections=1,
-        em=dict(gaussian_laps=4, diffusion_laps=24, gaussian_rank=5, estep_observations=2048, estep_batch=2048,
-                sampler="smc", particles=16, steps=64, corrections=1, cg_iterations=3, trust=4.0, train_steps=1000,
-                train_batch=256, lr=1e-3, ema_decay=0.99, lr_schedule="cosine", time_sampling="uniform",
-                backbone_kwargs={"hidden": 128, "blocks": 2}, reject_chi2=20.0, redraws=2),
+        n_obs=65536,
+        eval_n=16384,
+        eval_steps=64,
+        eval_corrections=1,
+        em=dict(
+            gaussian_laps=4,
+            diffusion_laps=24,
+            gaussian_rank=5,
+            estep_observations=2048,
+            estep_batch=2048,
+            sampler="smc",
+            particles=16,
+            steps=64,
+            corrections=1,
+            cg_iterations=3,
+            trust=4.0,
+            train_steps=1000,
+            train_batch=256,
+            lr=1e-3,
+            ema_decay=0.99,
+            lr_schedule="cosine",
+            time_sampling="uniform",
+            backbone_kwargs={"hidden": 128, "blocks": 2},
+            reject_chi2=20.0,
+            redraws=2,
+        ),
         # ``em.diffusion_laps`` (24) serves the mixed row and --sources 1.
         rows={
             "sources2": dict(em=dict(diffusion_laps=[8, 20])),
@@ -104,7 +153,15 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 
 #: Settings of the evaluation (the rest of ``--set`` goes to :class:`galprism.em.EMConfig`).
-EVAL_SETTINGS = ("n_obs", "eval_n", "eval_steps", "eval_corrections", "eval_sampler", "eval_particles", "sinkhorn_n")
+EVAL_SETTINGS = (
+    "n_obs",
+    "eval_n",
+    "eval_steps",
+    "eval_corrections",
+    "eval_sampler",
+    "eval_particles",
+    "sinkhorn_n",
+)
 
 
 def sinkhorn_samples(settings: dict[str, Any]) -> int:
@@ -140,8 +197,14 @@ def eval_view(problem, b: int) -> int:
     return max(i for i, w in enumerate(ws) if w == best)
 
 
-def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, Any], seed: int,
-             sinkhorn: bool = True) -> dict[str, Any]:
+def evaluate(
+    problem,
+    views,
+    priors: list[torch.nn.Module],
+    settings: dict[str, Any],
+    seed: int,
+    sinkhorn: bool = True,
+) -> dict[str, Any]:
     """Posterior and prior metrics of ``priors`` (one per source); ``sinkhorn=False`` skips
     the paper's Sinkhorn divergence (minutes per call for a poor model, docs/metrics.md)."""
     from galprism.diffusion import SamplerConfig
@@ -151,9 +214,13 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
     em = settings["em"]
     n = settings["eval_n"]
     n_sinkhorn = sinkhorn_samples(settings)
-    sampler = SamplerConfig(settings.get("eval_sampler") or em["sampler"], settings["eval_steps"],
-                            corrections=settings["eval_corrections"], tau=0.1,
-                            particles=settings.get("eval_particles") or em.get("particles", 16))
+    sampler = SamplerConfig(
+        settings.get("eval_sampler") or em["sampler"],
+        settings["eval_steps"],
+        corrections=settings["eval_corrections"],
+        tau=0.1,
+        particles=settings.get("eval_particles") or em.get("particles", 16),
+    )
     gen = torch.Generator().manual_seed(10_000 + seed)
     names = problem.source_names
     out: dict[str, Any] = {"posterior": {}, "prior": {}}
@@ -178,20 +245,36 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
             for start in range(0, idx.numel(), 4096):
                 i = idx[start : start + 4096]
                 op = view.operator.take(i)
-                xs.append(timed("posterior_sampling", sample_posterior,
-                                [priors[names.index(s)] for s in view.sources], op, view.y[i], view.noise_var[i],
-                                config=sampler, cg_iterations=em["cg_iterations"], generators=gen,
-                                trust=em["trust"])[:, 0])
+                xs.append(
+                    timed(
+                        "posterior_sampling",
+                        sample_posterior,
+                        [priors[names.index(s)] for s in view.sources],
+                        op,
+                        view.y[i],
+                        view.noise_var[i],
+                        config=sampler,
+                        cg_iterations=em["cg_iterations"],
+                        generators=gen,
+                        trust=em["trust"],
+                    )[:, 0]
+                )
             cache[v] = torch.cat(xs)
         x = cache[v][:, view.sources.index(name)]
         truth = mv.x[idx, b]
         chi2 = view.chi2_per_observation(cache[v], idx)
-        sk = timed("sinkhorn", sinkhorn_divergence_details, x, truth, n_samples=n_sinkhorn) if sinkhorn else None
+        sk = (
+            timed("sinkhorn", sinkhorn_divergence_details, x, truth, n_samples=n_sinkhorn)
+            if sinkhorn
+            else None
+        )
         out["posterior"][name] = {
             "view": mv.name,
             "sinkhorn": sk.divergence if sk else None,
             "sinkhorn_iterations": list(sk.iterations) if sk else None,
-            "wasserstein": timed("wasserstein", wasserstein_divergence, x, truth, n_samples=min(n, 2048)),
+            "wasserstein": timed(
+                "wasserstein", wasserstein_divergence, x, truth, n_samples=min(n, 2048)
+            ),
             "psnr": mean_psnr(truth, x, 4.0),
             **curve_distance(problem, b, x),
             "chi2_median": float(chi2.median()),
@@ -201,11 +284,17 @@ def evaluate(problem, views, priors: list[torch.nn.Module], settings: dict[str, 
     xp = timed("prior_sampling", sample_prior, priors, n, config=sampler, generators=gen)
     for b, name in enumerate(names):
         truth = problem.sample_source(b, n, seed=seed + 1)
-        sk = timed("sinkhorn", sinkhorn_divergence_details, xp[:, b], truth, n_samples=n_sinkhorn) if sinkhorn else None
+        sk = (
+            timed("sinkhorn", sinkhorn_divergence_details, xp[:, b], truth, n_samples=n_sinkhorn)
+            if sinkhorn
+            else None
+        )
         out["prior"][name] = {
             "sinkhorn": sk.divergence if sk else None,
             "sinkhorn_iterations": list(sk.iterations) if sk else None,
-            "wasserstein": timed("wasserstein", wasserstein_divergence, xp[:, b], truth, n_samples=min(n, 2048)),
+            "wasserstein": timed(
+                "wasserstein", wasserstein_divergence, xp[:, b], truth, n_samples=min(n, 2048)
+            ),
             **curve_distance(problem, b, xp[:, b]),
         }
     out["seconds"] = {"posterior": t1 - t0, "prior": time.perf_counter() - t1}
@@ -218,7 +307,10 @@ def curve_distance(problem, b: int, x: torch.Tensor) -> dict[str, float]:
     learned prior's samples scatter off the manifold, which W2 at a few thousand samples
     hardly sees (docs/em.md, "Thick priors")."""
     dist, _ = problem.curves[b].distance(x)
-    return {"curve_distance_median": float(np.median(dist)), "curve_distance_rms": float(np.sqrt(np.mean(dist**2)))}
+    return {
+        "curve_distance_median": float(np.median(dist)),
+        "curve_distance_rms": float(np.sqrt(np.mean(dist**2))),
+    }
 
 
 def prior_samples(prior: torch.nn.Module, n: int) -> torch.Tensor:
@@ -227,8 +319,12 @@ def prior_samples(prior: torch.nn.Module, n: int) -> torch.Tensor:
     from galprism.diffusion import SamplerConfig
     from galprism.posterior import sample_prior
 
-    return sample_prior([prior], n, config=SamplerConfig("pc", 64, corrections=1, tau=0.1),
-                        generators=torch.Generator().manual_seed(1))[:, 0]
+    return sample_prior(
+        [prior],
+        n,
+        config=SamplerConfig("pc", 64, corrections=1, tau=0.1),
+        generators=torch.Generator().manual_seed(1),
+    )[:, 0]
 
 
 def prior_w2(prior: torch.nn.Module, truth: torch.Tensor) -> float:
@@ -251,7 +347,9 @@ def track_hook(problem, seed: int):
         for s, p in priors.items():
             b = names.index(s)
             x = prior_samples(p, 2048)
-            w2[s] = round(wasserstein_divergence(x, problem.sample_source(b, 2048, seed=seed + 7)), 4)
+            w2[s] = round(
+                wasserstein_divergence(x, problem.sample_source(b, 2048, seed=seed + 7)), 4
+            )
             dist[s] = round(curve_distance(problem, b, x)["curve_distance_median"], 4)
         return {"w2": w2, "curve_distance": dist}
 
@@ -275,8 +373,13 @@ def oracle_priors(problem, config, n_obs: int, steps: int, device: str) -> list[
         kwargs = {"features": 5, **config.backbone_kwargs}
         schedule = VESchedule(config.sigma_min, config.sigma_max)
         prior = DiffusionPrior([5], "mlp", kwargs, schedule, float(x.std())).to(device)
-        trainer = Trainer(prior, lr=config.lr, ema_decay=config.ema_decay, time_sampling=config.time_sampling,
-                          lr_schedule="cosine")
+        trainer = Trainer(
+            prior,
+            lr=config.lr,
+            ema_decay=config.ema_decay,
+            time_sampling=config.time_sampling,
+            lr_schedule="cosine",
+        )
         trainer.fit(x.to(device), steps, config.train_batch, generator=gen)
         priors.append(trainer.snapshot())
     return priors
@@ -309,33 +412,75 @@ def cpu_report(start: tuple[float, list[int] | None]) -> dict[str, Any]:
 
 def device_info(device: str) -> dict[str, Any]:
     """Where a benchmark ran: torch device, threads, CPU, load."""
-    return {"torch": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "load_average": list(os.getloadavg()), "torch_version": torch.__version__}
+    return {
+        "torch": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "torch_version": torch.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sources", type=int, default=2, choices=(1, 2, 3),
-                        help="contrastive problem with this many sources (1: source 1 alone, for trade-off studies)")
-    parser.add_argument("--mixed", type=float, default=None, metavar="F", help="mixed variant with f_mix = F (2 sources)")
+    parser.add_argument(
+        "--sources",
+        type=int,
+        default=2,
+        choices=(1, 2, 3),
+        help="contrastive problem with this many sources (1: source 1 alone, for trade-off studies)",
+    )
+    parser.add_argument(
+        "--mixed",
+        type=float,
+        default=None,
+        metavar="F",
+        help="mixed variant with f_mix = F (2 sources)",
+    )
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
     parser.add_argument("--seed", type=int, default=0, help="seed of the problem and of the EM run")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an EMConfig field (JSON value) or an evaluation setting: n_obs/eval_n/eval_steps/"
-                             "eval_corrections/eval_sampler/eval_particles (evaluation sampler; default: the "
-                             "E-step's)/sinkhorn_n (Sinkhorn samples; default: eval_n)")
-    parser.add_argument("--arrangement", choices=("stagewise", "joint"), default=None,
-                        help="default: stagewise for contrastive views, joint for mixed ones")
-    parser.add_argument("--no-eval-gaussian", action="store_true", help="skip the metrics of the Gaussian warm start")
-    parser.add_argument("--run-dir", default=None, help="keep the EM run folder here (default: a temporary one)")
-    parser.add_argument("--oracle", type=int, default=None, metavar="STEPS",
-                        help="no EM: train each prior for STEPS steps on true source samples and evaluate it")
-    parser.add_argument("--track", action="store_true",
-                        help="record each learned prior's W2 against fresh truth and the median distance of its "
-                             "samples to the true curve after every lap (history 'w2', 'curve_distance')")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an EMConfig field (JSON value) or an evaluation setting: n_obs/eval_n/eval_steps/"
+        "eval_corrections/eval_sampler/eval_particles (evaluation sampler; default: the "
+        "E-step's)/sinkhorn_n (Sinkhorn samples; default: eval_n)",
+    )
+    parser.add_argument(
+        "--arrangement",
+        choices=("stagewise", "joint"),
+        default=None,
+        help="default: stagewise for contrastive views, joint for mixed ones",
+    )
+    parser.add_argument(
+        "--no-eval-gaussian",
+        action="store_true",
+        help="skip the metrics of the Gaussian warm start",
+    )
+    parser.add_argument(
+        "--run-dir", default=None, help="keep the EM run folder here (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--oracle",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="no EM: train each prior for STEPS steps on true source samples and evaluate it",
+    )
+    parser.add_argument(
+        "--track",
+        action="store_true",
+        help="record each learned prior's W2 against fresh truth and the median distance of its "
+        "samples to the true curve after every lap (history 'w2', 'curve_distance')",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (otherwise a summary)")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (otherwise a summary)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -354,37 +499,68 @@ def main(argv: list[str] | None = None) -> int:
     t_start, cpu_start = time.perf_counter(), cpu_counters()
     problem = build_problem(args, settings["n_obs"])
     names = problem.source_names
-    views = [View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator) for v in problem.views]
+    views = [
+        View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator) for v in problem.views
+    ]
     arrangement = args.arrangement or ("joint" if args.mixed is not None else "stagewise")
-    config = EMConfig(sources=names, shape=[5], arrangement=arrangement, seed=args.seed, initial_variance="auto",
-                      grid_samples=0, **settings["em"])
+    config = EMConfig(
+        sources=names,
+        shape=[5],
+        arrangement=arrangement,
+        seed=args.seed,
+        initial_variance="auto",
+        grid_samples=0,
+        **settings["em"],
+    )
     if args.oracle is not None:
         t_fit = time.perf_counter()
         priors = oracle_priors(problem, config, settings["n_obs"], args.oracle, args.device)
         fit_seconds = time.perf_counter() - t_fit
         metrics = evaluate(problem, views, priors, settings, args.seed)
-        report = {"benchmark": "manifold", "oracle": True, "oracle_steps": args.oracle,
-                  "problem": problem.config.to_dict(), "budget": args.budget,
-                  "settings": {**{k: v for k, v in settings.items() if k != "em"}, "em": settings["em"]},
-                  "posterior": metrics["posterior"], "prior": metrics["prior"],
-                  "cpu": cpu_report(cpu_start),
-                  "wall_seconds": {"total": time.perf_counter() - t_start, "fit": fit_seconds,
-                                   "eval": sum(metrics["seconds"].values()), "eval_parts": metrics["parts"]},
-                  "device": device_info(args.device),
-                  "seed": args.seed}
+        report = {
+            "benchmark": "manifold",
+            "oracle": True,
+            "oracle_steps": args.oracle,
+            "problem": problem.config.to_dict(),
+            "budget": args.budget,
+            "settings": {**{k: v for k, v in settings.items() if k != "em"}, "em": settings["em"]},
+            "posterior": metrics["posterior"],
+            "prior": metrics["prior"],
+            "cpu": cpu_report(cpu_start),
+            "wall_seconds": {
+                "total": time.perf_counter() - t_start,
+                "fit": fit_seconds,
+                "eval": sum(metrics["seconds"].values()),
+                "eval_parts": metrics["parts"],
+            },
+            "device": device_info(args.device),
+            "seed": args.seed,
+        }
         print(json.dumps(report) if args.json else json.dumps(report, indent=1))
         return 0
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="galprism-manifold-")
     t_em = time.perf_counter()
-    result = run_em(views, config, run_dir, device=args.device, progress=None if not args.json else False,
-                    hook=track_hook(problem, args.seed) if args.track else None)
+    result = run_em(
+        views,
+        config,
+        run_dir,
+        device=args.device,
+        progress=None if not args.json else False,
+        hook=track_hook(problem, args.seed) if args.track else None,
+    )
     em_seconds = time.perf_counter() - t_em
     final = [p.to(args.device) for p in result.priors.priors]
     metrics = evaluate(problem, views, final, settings, args.seed)
     gaussian = None
     if not args.no_eval_gaussian:
-        gaussian = evaluate(problem, views, list(result.gaussian_priors.priors), settings, args.seed,
-                            sinkhorn=args.budget == "full")
+        gaussian = evaluate(
+            problem,
+            views,
+            list(result.gaussian_priors.priors),
+            settings,
+            args.seed,
+            sinkhorn=args.budget == "full",
+        )
     report = {
         "benchmark": "manifold",
         "problem": problem.config.to_dict(),
@@ -394,16 +570,42 @@ def main(argv: list[str] | None = None) -> int:
         "em_laps": len(result.history),
         "posterior": metrics["posterior"],
         "prior": metrics["prior"],
-        "gaussian": None if gaussian is None else {"posterior": gaussian["posterior"], "prior": gaussian["prior"]},
-        "sinkhorn_settings": {"reg": 1e-3, "stop_thr": 1e-2, "max_iter": 1024, "n_samples": sinkhorn_samples(settings),
-                              "wasserstein_n": min(settings["eval_n"], 2048)},
-        "history": [{k: h[k] for k in ("lap", "stage", "phase", "learning", "loss", "chi2", "rejected", "seconds",
-                                       "w2", "curve_distance")
-                     if k in h}
-                    for h in result.history],
+        "gaussian": None
+        if gaussian is None
+        else {"posterior": gaussian["posterior"], "prior": gaussian["prior"]},
+        "sinkhorn_settings": {
+            "reg": 1e-3,
+            "stop_thr": 1e-2,
+            "max_iter": 1024,
+            "n_samples": sinkhorn_samples(settings),
+            "wasserstein_n": min(settings["eval_n"], 2048),
+        },
+        "history": [
+            {
+                k: h[k]
+                for k in (
+                    "lap",
+                    "stage",
+                    "phase",
+                    "learning",
+                    "loss",
+                    "chi2",
+                    "rejected",
+                    "seconds",
+                    "w2",
+                    "curve_distance",
+                )
+                if k in h
+            }
+            for h in result.history
+        ],
         "cpu": cpu_report(cpu_start),
-        "wall_seconds": {"total": time.perf_counter() - t_start, "em": em_seconds,
-                         "eval": sum(metrics["seconds"].values()), "eval_parts": metrics["parts"]},
+        "wall_seconds": {
+            "total": time.perf_counter() - t_start,
+            "em": em_seconds,
+            "eval": sum(metrics["seconds"].values()),
+            "eval_parts": metrics["parts"],
+        },
         "device": device_info(args.device),
         "seed": args.seed,
     }
@@ -416,7 +618,10 @@ def main(argv: list[str] | None = None) -> int:
             for s, m in report[kind].items():
                 extra = f" PSNR {m['psnr']:.2f} dB" if "psnr" in m else ""
                 print(f"{kind:9s} {s}: Sinkhorn {m['sinkhorn']} W2 {m['wasserstein']:.3f}{extra}")
-        print(f"laps {report['em_laps']}, wall {report['wall_seconds']['total']:.0f} s", file=sys.stderr)
+        print(
+            f"laps {report['em_laps']}, wall {report['wall_seconds']['total']:.0f} s",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -33,12 +33,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--laps", type=int, nargs="+", required=True)
-    parser.add_argument("--n-obs", type=int, default=65536, help="observations per view the run was made with")
-    parser.add_argument("--eval-n", type=int, default=2048, help="posterior and prior samples per source")
+    parser.add_argument(
+        "--n-obs", type=int, default=65536, help="observations per view the run was made with"
+    )
+    parser.add_argument(
+        "--eval-n", type=int, default=2048, help="posterior and prior samples per source"
+    )
     parser.add_argument("--eval-steps", type=int, default=256)
     parser.add_argument("--eval-corrections", type=int, default=3)
-    parser.add_argument("--eval-sampler", default=None, help="evaluation sampler (default: the run's E-step sampler)")
-    parser.add_argument("--eval-particles", type=int, default=None, help="particles of the smc sampler (default: the run's)")
+    parser.add_argument(
+        "--eval-sampler",
+        default=None,
+        help="evaluation sampler (default: the run's E-step sampler)",
+    )
+    parser.add_argument(
+        "--eval-particles",
+        type=int,
+        default=None,
+        help="particles of the smc sampler (default: the run's)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -52,26 +65,60 @@ def main(argv: list[str] | None = None) -> int:
     config = run_config(args.run_dir, args.laps)
     problem = contrastive_problem(len(config.sources), args.n_obs, seed=config.seed)
     if problem.source_names != list(config.sources):
-        raise ConfigError(f"{args.run_dir}: run sources {config.sources} are not the contrastive problem's "
-                          f"{problem.source_names}")
+        raise ConfigError(
+            f"{args.run_dir}: run sources {config.sources} are not the contrastive problem's "
+            f"{problem.source_names}"
+        )
     names = problem.source_names
-    views = [View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator) for v in problem.views]
-    settings = {"eval_n": args.eval_n, "eval_steps": args.eval_steps, "eval_corrections": args.eval_corrections,
-                "eval_sampler": args.eval_sampler, "eval_particles": args.eval_particles,
-                "em": {"sampler": config.sampler, "cg_iterations": config.cg_iterations, "trust": config.trust,
-                       "particles": config.particles}}
+    views = [
+        View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator) for v in problem.views
+    ]
+    settings = {
+        "eval_n": args.eval_n,
+        "eval_steps": args.eval_steps,
+        "eval_corrections": args.eval_corrections,
+        "eval_sampler": args.eval_sampler,
+        "eval_particles": args.eval_particles,
+        "em": {
+            "sampler": config.sampler,
+            "cg_iterations": config.cg_iterations,
+            "trust": config.trust,
+            "particles": config.particles,
+        },
+    }
     rows = []
     for lap in args.laps:
         priors = run_priors(args.run_dir, lap, names)
         metrics = evaluate(problem, views, priors, settings, config.seed, sinkhorn=False)
-        rows.append({"lap": lap, "posterior": metrics["posterior"], "prior": metrics["prior"],
-                     "seconds": sum(metrics["seconds"].values())})
+        rows.append(
+            {
+                "lap": lap,
+                "posterior": metrics["posterior"],
+                "prior": metrics["prior"],
+                "seconds": sum(metrics["seconds"].values()),
+            }
+        )
         if not args.json:
-            print(json.dumps({"lap": lap, "psnr": {s: round(m["psnr"], 2) for s, m in metrics["posterior"].items()}}),
-                  file=sys.stderr, flush=True)
-    report = {"benchmark": "manifold_laps", "run_dir": str(args.run_dir), "settings": settings, "n_obs": args.n_obs,
-              "laps": rows, "wall_seconds": time.perf_counter() - t0, "device": device_info("cpu"),
-              "seed": config.seed}
+            print(
+                json.dumps(
+                    {
+                        "lap": lap,
+                        "psnr": {s: round(m["psnr"], 2) for s, m in metrics["posterior"].items()},
+                    }
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+    report = {
+        "benchmark": "manifold_laps",
+        "run_dir": str(args.run_dir),
+        "settings": settings,
+        "n_obs": args.n_obs,
+        "laps": rows,
+        "wall_seconds": time.perf_counter() - t0,
+        "device": device_info("cpu"),
+        "seed": config.seed,
+    }
     print(json.dumps(report) if args.json else json.dumps(report, indent=1))
     return 0
 

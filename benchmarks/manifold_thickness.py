@@ -36,8 +36,12 @@ def describe(curve, x) -> dict[str, float]:
     zs = np.sort(z)
     n = len(zs)
     ks = float(max(np.max(np.arange(1, n + 1) / n - zs), np.max(zs - np.arange(n) / n)))
-    return {"distance_median": float(np.median(dist)), "distance_p90": float(np.quantile(dist, 0.9)),
-            "distance_rms": float(np.sqrt(np.mean(dist**2))), "ks_z": ks}
+    return {
+        "distance_median": float(np.median(dist)),
+        "distance_p90": float(np.quantile(dist, 0.9)),
+        "distance_rms": float(np.sqrt(np.mean(dist**2))),
+        "ks_z": ks,
+    }
 
 
 def run_config(run_dir: Path, laps: list[int] | tuple[int, ...] = ()):
@@ -62,8 +66,12 @@ def run_priors(run_dir: Path, lap: int, sources: list[str]) -> list[torch.nn.Mod
     config = run_config(run_dir, [lap])
     unknown = [s for s in sources if s not in config.sources]
     if unknown:
-        raise ConfigError(f"{run_dir}: run has no source {unknown[0]!r} (sources: {config.sources})")
-    state = torch.load(run_dir / "checkpoints" / f"lap-{lap:04d}.pt", map_location="cpu", weights_only=True)
+        raise ConfigError(
+            f"{run_dir}: run has no source {unknown[0]!r} (sources: {config.sources})"
+        )
+    state = torch.load(
+        run_dir / "checkpoints" / f"lap-{lap:04d}.pt", map_location="cpu", weights_only=True
+    )
     em = EMState(config, torch.device("cpu"))
     em.load_state_dict({k: state[k] for k in ("gaussians", "trainers", "frozen", "rng")})
     return [em.final_prior(s) for s in sources]
@@ -91,18 +99,32 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     config = run_config(args.run_dir, args.laps)
     if args.source not in config.sources:
-        raise ConfigError(f"{args.run_dir}: run has no source {args.source!r} (sources: {config.sources})")
+        raise ConfigError(
+            f"{args.run_dir}: run has no source {args.source!r} (sources: {config.sources})"
+        )
     b = config.sources.index(args.source)
     # A source's curve does not depend on the number of sources (tests/test_manifold.py).
     problem = contrastive_problem(len(config.sources), 16, seed=config.seed)
     curve = problem.curves[b]
     rows = [{"lap": "truth", **describe(curve, problem.sample_source(b, args.n, seed=99))}]
     for lap in args.laps:
-        rows.append({"lap": lap, **describe(curve, prior_samples(run_prior(args.run_dir, lap, args.source), args.n))})
+        rows.append(
+            {
+                "lap": lap,
+                **describe(curve, prior_samples(run_prior(args.run_dir, lap, args.source), args.n)),
+            }
+        )
         if not args.json:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    report = {"benchmark": "manifold_thickness", "run_dir": str(args.run_dir), "source": args.source, "n": args.n,
-              "laps": rows, "wall_seconds": time.perf_counter() - t0, "device": device_info("cpu")}
+    report = {
+        "benchmark": "manifold_thickness",
+        "run_dir": str(args.run_dir),
+        "source": args.source,
+        "n": args.n,
+        "laps": rows,
+        "wall_seconds": time.perf_counter() - t0,
+        "device": device_info("cpu"),
+    }
     print(json.dumps(report) if args.json else json.dumps(report, indent=1))
     return 0
 

@@ -47,8 +47,10 @@ def evaluate(model: PCPCA, view, seed: int) -> dict:
     y, digit, amp = flat(view.y), flat(view.x[:, 1]), view.amplitude
     mean = model.posterior_mean(y) / amp
     sample = model.sample_posterior(y, 1, seed=seed)[:, 0] / amp
-    return {"psnr_posterior_mean": round(mean_psnr(digit, mean, 1.0), 3),
-            "psnr_posterior_sample": round(mean_psnr(digit, sample, 1.0), 3)}
+    return {
+        "psnr_posterior_mean": round(mean_psnr(digit, mean, 1.0), 3),
+        "psnr_posterior_sample": round(mean_psnr(digit, sample, 1.0), 3),
+    }
 
 
 def main() -> None:
@@ -56,7 +58,9 @@ def main() -> None:
     parser.add_argument("--components", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.0, 0.5, 0.9, 0.99])
     parser.add_argument("--n-train", type=int, default=20000, help="observations per training view")
-    parser.add_argument("--n-eval", type=int, default=2000, help="mixed observations for val and test")
+    parser.add_argument(
+        "--n-eval", type=int, default=2000, help="mixed observations for val and test"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
@@ -88,19 +92,29 @@ def main() -> None:
     test_scores["per_pixel_averaged_psnr_posterior_mean"] = round(
         per_pixel_psnr(digit, model.posterior_mean(flat(test.y)) / test.amplitude), 3
     )
-    test_scores["per_pixel_averaged_psnr_mean_digit"] = round(per_pixel_psnr(digit, mean_digit[None]), 3)
+    test_scores["per_pixel_averaged_psnr_mean_digit"] = round(
+        per_pixel_psnr(digit, mean_digit[None]), 3
+    )
     result = {
         "benchmark": "pcpca_grassy",
         "selected_on_val": {"n_components": best["n_components"], "gamma": best["gamma"]},
         "test": test_scores,
-        "test_reference_mean_digit_psnr": round(mean_psnr(digit, np.broadcast_to(mean_digit, digit.shape), 1.0), 3),
+        "test_reference_mean_digit_psnr": round(
+            mean_psnr(digit, np.broadcast_to(mean_digit, digit.shape), 1.0), 3
+        ),
         "test_reference_zero_psnr": round(mean_psnr(digit, np.zeros_like(digit), 1.0), 3),
         "val_grid": grid,
         "paper_pcpca_psnr": 18.99,
         "paper_ddprism_psnr": 25.60,
-        "settings": {"n_train": args.n_train, "n_eval": args.n_eval, "seed": args.seed,
-                     "amplitude": test.amplitude, "noise_sigma": float(test.noise_var) ** 0.5,
-                     "size": test.size, "downsample": test.downsample},
+        "settings": {
+            "n_train": args.n_train,
+            "n_eval": args.n_eval,
+            "seed": args.seed,
+            "amplitude": test.amplitude,
+            "noise_sigma": float(test.noise_var) ** 0.5,
+            "size": test.size,
+            "downsample": test.downsample,
+        },
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "device": "cpu",
         "cpu_count": os.cpu_count(),

@@ -59,8 +59,15 @@ def main() -> None:
     shape = (1, args.size, args.size)
     priors = []
     for _ in range(2):
-        p = DiffusionPrior(shape, "unet", {"channels": 1, "widths": args.widths, "blocks": 1}, VESchedule(1e-3, 1e2))
-        with torch.no_grad():  # random but non-trivial weights (zero-initialised layers made active)
+        p = DiffusionPrior(
+            shape,
+            "unet",
+            {"channels": 1, "widths": args.widths, "blocks": 1},
+            VESchedule(1e-3, 1e2),
+        )
+        with (
+            torch.no_grad()
+        ):  # random but non-trivial weights (zero-initialised layers made active)
             for q in p.parameters():
                 q.add_(0.02 * torch.randn_like(q))
         priors.append(p.to(device).eval().requires_grad_(False))
@@ -79,7 +86,9 @@ def main() -> None:
     f = priors[0]
     with torch.no_grad():
         t_plain = _median_time(lambda: f.denoise(x, sigma), device, args.reps)
-    t_fwd = _median_time(lambda: torch.func.vjp(lambda z: f.denoise(z, sigma), x), device, args.reps)
+    t_fwd = _median_time(
+        lambda: torch.func.vjp(lambda z: f.denoise(z, sigma), x), device, args.reps
+    )
     _, vjp = torch.func.vjp(lambda z: f.denoise(z, sigma), x)
     with torch.no_grad():
         vjp(x)  # first call pays one-time lazy imports inside torch.func
@@ -95,8 +104,16 @@ def main() -> None:
         for r in range(args.runs):
             _sync(device)
             t0 = time.perf_counter()
-            sample_posterior(priors, op, y[:1], noise_var[:1], n_samples=args.batch, config=config,
-                             cg_iterations=cg, generators=torch.Generator().manual_seed(r))
+            sample_posterior(
+                priors,
+                op,
+                y[:1],
+                noise_var[:1],
+                n_samples=args.batch,
+                config=config,
+                cg_iterations=cg,
+                generators=torch.Generator().manual_seed(r),
+            )
             _sync(device)
             times.append(time.perf_counter() - t0)
         seconds = statistics.median(times)
@@ -113,7 +130,9 @@ def main() -> None:
             "overhead": seconds / predicted,
         }
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
         "batch_size": args.batch,
         "image": [args.size, args.size],
         "sources": 2,

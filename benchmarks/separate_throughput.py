@@ -45,7 +45,14 @@ def rss_mb() -> float:
     return 0.0
 
 
-def write_cutouts(folder: Path, n: int, shape: tuple[int, int, int], pixel_scale: float | None, zeropoint: float | None, seed: int = 0) -> list[str]:
+def write_cutouts(
+    folder: Path,
+    n: int,
+    shape: tuple[int, int, int],
+    pixel_scale: float | None,
+    zeropoint: float | None,
+    seed: int = 0,
+) -> list[str]:
     """Synthetic cutouts the size of the prior grid; returns their paths."""
     rng = np.random.default_rng(seed)
     c, h, w = shape
@@ -73,9 +80,16 @@ def write_cutouts(folder: Path, n: int, shape: tuple[int, int, int], pixel_scale
         hdus = fits.HDUList(
             [
                 fits.PrimaryHDU(),
-                fits.ImageHDU(img.astype(np.float32) if c > 1 else img[0].astype(np.float32), header=hdr, name="SCI"),
+                fits.ImageHDU(
+                    img.astype(np.float32) if c > 1 else img[0].astype(np.float32),
+                    header=hdr,
+                    name="SCI",
+                ),
                 fits.ImageHDU(psf.astype(np.float32), name="PSF"),
-                fits.ImageHDU(np.full(img.shape if c > 1 else img.shape[1:], sigma**2, np.float32), name="VARIANCE"),
+                fits.ImageHDU(
+                    np.full(img.shape if c > 1 else img.shape[1:], sigma**2, np.float32),
+                    name="VARIANCE",
+                ),
             ]
         )
         p = folder / f"cut{i:05d}.fits"
@@ -88,10 +102,19 @@ def run_once(prior, paths: list[str], out: Path, device: str, args: argparse.Nam
     from galprism.separate import RunWarnings, SeparateConfig, run_separate
 
     config = SeparateConfig(
-        n_samples=args.n_samples, steps=args.steps, cg_iterations=args.cg_iterations, batch_size=args.batch_size,
-        device=device, output_dir=out, command_line="benchmarks/separate_throughput.py",
+        n_samples=args.n_samples,
+        steps=args.steps,
+        cg_iterations=args.cg_iterations,
+        batch_size=args.batch_size,
+        device=device,
+        output_dir=out,
+        command_line="benchmarks/separate_throughput.py",
     )
-    marks = {max(1, len(paths) // 10): "rss_mb_10pct", max(1, len(paths) // 2): "rss_mb_50pct", len(paths): "rss_mb_100pct"}
+    marks = {
+        max(1, len(paths) // 10): "rss_mb_10pct",
+        max(1, len(paths) // 2): "rss_mb_50pct",
+        len(paths): "rss_mb_100pct",
+    }
     memory: dict[str, float] = {}
     done = [0]
     errors: list[str] = []
@@ -111,7 +134,9 @@ def run_once(prior, paths: list[str], out: Path, device: str, args: argparse.Nam
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    summary = run_separate(paths, prior, config, on_record=on_record, warnings=RunWarnings(lambda m: None))
+    summary = run_separate(
+        paths, prior, config, on_record=on_record, warnings=RunWarnings(lambda m: None)
+    )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -136,13 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prior", default="default", help="built-in prior name or prior folder")
     ap.add_argument("--n-cutouts", type=int, default=100)
     ap.add_argument("--n-samples", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: galprism's default)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="sampler steps (default: galprism's default)"
+    )
     ap.add_argument("--cg-iterations", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--devices", default="auto", help="comma list, or 'auto' = cpu plus cuda when available")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--trim", action="store_true",
-                    help="also report the RSS after glibc's malloc_trim at each mark (Linux)")
+    ap.add_argument(
+        "--devices", default="auto", help="comma list, or 'auto' = cpu plus cuda when available"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    ap.add_argument(
+        "--trim",
+        action="store_true",
+        help="also report the RSS after glibc's malloc_trim at each mark (Linux)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
@@ -154,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, DEFAULTS[key])
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    devices = (
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        if args.devices == "auto"
+        else args.devices.split(",")
+    )
     t0 = time.perf_counter()
     prior = load_priorset(args.prior)
     load_seconds = time.perf_counter() - t0
@@ -177,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="galprism-bench-") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "in").mkdir()
-        paths = write_cutouts(tmp_path / "in", args.n_cutouts, tuple(prior.shape), prior.pixel_scale, prior.zeropoint)
+        paths = write_cutouts(
+            tmp_path / "in", args.n_cutouts, tuple(prior.shape), prior.pixel_scale, prior.zeropoint
+        )
         for device in devices:
             out = tmp_path / f"out-{device.replace(':', '')}"
             report["runs"].append(run_once(prior, paths, out, device, args))
@@ -185,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         for r in report["runs"]:
-            print(f"{r['device']}: {r['cutouts_per_minute']} cutouts/min ({args.n_samples} samples, {args.steps} steps), "
-                  f"{r['seconds']} s for {args.n_cutouts}", file=sys.stderr)
+            print(
+                f"{r['device']}: {r['cutouts_per_minute']} cutouts/min ({args.n_samples} samples, {args.steps} steps), "
+                f"{r['seconds']} s for {args.n_cutouts}",
+                file=sys.stderr,
+            )
     return 0 if all(r["errors"] == 0 for r in report["runs"]) else 1
 
 

@@ -88,14 +88,21 @@ def one_iteration(n: int, backend: str, dtype: str, threads: int, extra: int) ->
     t0, c0 = time.perf_counter(), time.process_time()
     transport_cost(pu, pv, max_iter=1, stop_thr=1e-30)
     first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
-    row = {"n": n, "backend": backend, "dtype": dtype, "threads": threads,
-           "seconds_first_iteration_total": round(first, 3),
-           "cpu_seconds_first_iteration_total": round(first_cpu, 3)}
+    row = {
+        "n": n,
+        "backend": backend,
+        "dtype": dtype,
+        "threads": threads,
+        "seconds_first_iteration_total": round(first, 3),
+        "cpu_seconds_first_iteration_total": round(first_cpu, 3),
+    }
     if extra > 0:
         t0, c0 = time.perf_counter(), time.process_time()
         transport_cost(pu, pv, max_iter=1 + extra, stop_thr=1e-30)
         row["seconds_per_further_iteration"] = round((time.perf_counter() - t0 - first) / extra, 3)
-        row["cpu_seconds_per_further_iteration"] = round((time.process_time() - c0 - first_cpu) / extra, 3)
+        row["cpu_seconds_per_further_iteration"] = round(
+            (time.process_time() - c0 - first_cpu) / extra, 3
+        )
     row["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return row
 
@@ -114,25 +121,48 @@ def divergence(n: int, pair: str, backend: str, dtype: str, threads: int) -> dic
     if backend == "emd":
         t0, c0 = time.perf_counter(), time.process_time()
         value = wasserstein_divergence(u, v, n_samples=n)
-        return {"n": n, "pair": pair, "backend": "emd", "dtype": "float64", "threads": threads,
-                "divergence": round(value, 5), "seconds": round(time.perf_counter() - t0, 2),
-                "cpu_seconds": round(time.process_time() - c0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        return {
+            "n": n,
+            "pair": pair,
+            "backend": "emd",
+            "dtype": "float64",
+            "threads": threads,
+            "divergence": round(value, 5),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "cpu_seconds": round(time.process_time() - c0, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
     t0, c0 = time.perf_counter(), time.process_time()
     r = sinkhorn_divergence_details(u, v, n_samples=n, backend=backend, dtype=dtype)
     cpu = time.process_time() - c0
-    return {"n": n, "pair": pair, "backend": backend, "dtype": dtype, "threads": threads,
-            "divergence": round(r.divergence, 5), "ot_uv": round(r.ot_uv, 5),
-            "ot_uu": round(r.ot_uu, 5), "ot_vv": round(r.ot_vv, 5),
-            "iterations": list(r.iterations), "converged": list(r.converged),
-            "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(cpu, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "n": n,
+        "pair": pair,
+        "backend": backend,
+        "dtype": dtype,
+        "threads": threads,
+        "divergence": round(r.divergence, 5),
+        "ot_uv": round(r.ot_uv, 5),
+        "ot_uu": round(r.ot_uu, 5),
+        "ot_vv": round(r.ot_vv, 5),
+        "iterations": list(r.iterations),
+        "converged": list(r.converged),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "cpu_seconds": round(cpu, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def run_child(args: list[str]) -> dict:
     """Run one configuration in a fresh interpreter and parse its JSON line."""
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True
+    )
     if out.returncode != 0:
-        return {"args": args, "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+        return {
+            "args": args,
+            "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed",
+        }
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -140,11 +170,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["iteration", "divergence"], default="iteration")
     parser.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096])
-    parser.add_argument("--backends", nargs="+", default=["torch:float32", "torch:float64", "numpy:float64"])
+    parser.add_argument(
+        "--backends", nargs="+", default=["torch:float32", "torch:float64", "numpy:float64"]
+    )
     parser.add_argument("--pairs", nargs="+", default=["same", "noisy", "gaussian", "other"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--extra-iterations", type=int, default=10,
-                        help="iteration mode: also time this many further iterations")
+    parser.add_argument(
+        "--extra-iterations",
+        type=int,
+        default=10,
+        help="iteration mode: also time this many further iterations",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -166,7 +202,16 @@ def main() -> None:
         for spec in args.backends:
             backend, dtype = spec.split(":")
             if args.mode == "iteration":
-                row = run_child(["iteration", str(n), backend, dtype, str(args.threads), str(args.extra_iterations)])
+                row = run_child(
+                    [
+                        "iteration",
+                        str(n),
+                        backend,
+                        dtype,
+                        str(args.threads),
+                        str(args.extra_iterations),
+                    ]
+                )
                 rows.append(row)
                 if not args.json:
                     print(row, flush=True)

@@ -35,7 +35,11 @@ from galprism.evaluate.report import blendedness_edges, stat, third_of
 
 def summarise(folder: Path, method: str, limit: int | None, n_samples: int = 8) -> dict:
     """Summary of ``method``'s rows in ``folder/results.jsonl`` (first ``limit`` cutouts)."""
-    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (folder / "results.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     rows = [r for r in rows if r["method"] == method]
     if limit is not None:
         rows = rows[:limit]
@@ -77,7 +81,11 @@ def by_galaxy(folders: list[Path], method: str, limit: int | None) -> dict:
     """Flux error and coverage per test galaxy over the pooled rows of ``folders``."""
     rows = []
     for folder in folders:
-        mine = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+        mine = [
+            json.loads(line)
+            for line in (folder / "results.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
         mine = [r for r in mine if r["method"] == method]
         rows += mine[:limit] if limit is not None else mine
     if not rows or "flux_in68" not in rows[0]:
@@ -114,9 +122,13 @@ def main() -> None:
     ap.add_argument("folders", nargs="+", type=Path)
     ap.add_argument("--method", default="galprism")
     ap.add_argument("--limit", type=int, default=None, help="first N cutouts of each folder")
-    ap.add_argument("--n-samples", type=int, default=8, help="posterior samples per cutout of the runs")
+    ap.add_argument(
+        "--n-samples", type=int, default=8, help="posterior samples per cutout of the runs"
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    ap.add_argument("--by-galaxy", action="store_true", help="pool the folders; one line per test galaxy")
+    ap.add_argument(
+        "--by-galaxy", action="store_true", help="pool the folders; one line per test galaxy"
+    )
     args = ap.parse_args()
     if args.by_galaxy:
         res = by_galaxy(args.folders, args.method, args.limit)
@@ -141,7 +153,9 @@ def main() -> None:
     if args.json:
         print(json.dumps({"method": args.method, "limit": args.limit, "runs": table}))
         return
-    print("| run | n | RMSE all / most blended | abs flux err all / most blended | flux err | 68% / 95% coverage | z median, robust std | SBC ranks |")
+    print(
+        "| run | n | RMSE all / most blended | abs flux err all / most blended | flux err | 68% / 95% coverage | z median, robust std | SBC ranks |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for t in table:
         calibration = "| – | – | – |"
@@ -152,7 +166,8 @@ def main() -> None:
             )
         print(
             f"| {Path(t['folder']).name} | {t['n']} | {t['rmse']:.3f} / {t['rmse_most_blended']:.3f} | "
-            f"{t['abs_flux_err']:.3f} / {t['abs_flux_err_most_blended']:.3f} | {t['flux_err']:+.3f} " + calibration
+            f"{t['abs_flux_err']:.3f} / {t['abs_flux_err_most_blended']:.3f} | {t['flux_err']:+.3f} "
+            + calibration
         )
 
 

@@ -52,7 +52,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         inputs = [str(args.testset / t.name.replace(".truth.fits", ".fits")) for t in picked]
-        config = SeparateConfig(output_dir=Path(tmp), steps=args.steps, cg_iterations=args.cg_iterations)
+        config = SeparateConfig(
+            output_dir=Path(tmp), steps=args.steps, cg_iterations=args.cg_iterations
+        )
         if run_separate(inputs, prior, config).exit_code != 0:
             raise SystemExit("separation failed")
         for t in picked:

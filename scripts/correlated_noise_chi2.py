@@ -45,7 +45,9 @@ def correlation_kernel(e: float) -> np.ndarray:
     return k / np.sqrt((k**2).sum())
 
 
-def write_copies(sim_dir: Path, n: int, e: float, out: Path, seed: int) -> tuple[list[Path], list[Path]]:
+def write_copies(
+    sim_dir: Path, n: int, e: float, out: Path, seed: int
+) -> tuple[list[Path], list[Path]]:
     """The white and correlated copies of the first ``n`` cutouts of ``sim_dir``."""
     files = sorted(p for p in sim_dir.glob("*.fits"))[:n]
     if len(files) < n:
@@ -56,7 +58,9 @@ def write_copies(sim_dir: Path, n: int, e: float, out: Path, seed: int) -> tuple
     white.mkdir()
     corr.mkdir()
     for f in files:
-        noise = fits.getdata(sim_dir / "truth" / f.name.replace(".fits", ".truth.fits"), "TRUE_NOISE")
+        noise = fits.getdata(
+            sim_dir / "truth" / f.name.replace(".fits", ".truth.fits"), "TRUE_NOISE"
+        )
         with fits.open(f) as h:
             h.writeto(white / f.name)
             sigma = float(np.sqrt(np.median(h["VARIANCE"].data)))
@@ -80,7 +84,15 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     prior = load_priorset(args.prior)
-    options = {k: v for k, v in (("steps", args.steps), ("cg_iterations", args.cg_iterations), ("sampler", args.sampler)) if v is not None}
+    options = {
+        k: v
+        for k, v in (
+            ("steps", args.steps),
+            ("cg_iterations", args.cg_iterations),
+            ("sampler", args.sampler),
+        )
+        if v is not None
+    }
     if args.freeform_residual is not None:
         options["freeform"] = FreeformConfig(residual=args.freeform_residual)
     report: dict[str, object] = {"cutouts": args.n, "kernel_e": args.rho_kernel, **options}
@@ -88,12 +100,20 @@ def main() -> None:
         report["freeform"] = f"residual={args.freeform_residual}"
     with tempfile.TemporaryDirectory() as tmp:
         sets = write_copies(args.sim_dir, args.n, args.rho_kernel, Path(tmp), args.noise_seed)
-        z = ndimage.convolve(np.random.default_rng(0).standard_normal((512, 512)), correlation_kernel(args.rho_kernel), mode="wrap")
-        report["noise_rho_x"] = round(float(np.corrcoef(z[:, 1:].ravel(), z[:, :-1].ravel())[0, 1]), 3)
+        z = ndimage.convolve(
+            np.random.default_rng(0).standard_normal((512, 512)),
+            correlation_kernel(args.rho_kernel),
+            mode="wrap",
+        )
+        report["noise_rho_x"] = round(
+            float(np.corrcoef(z[:, 1:].ravel(), z[:, :-1].ravel())[0, 1]), 3
+        )
         for name, files in zip(("white", "correlated"), sets, strict=True):
             out = Path(tmp) / f"out_{name}"
             out.mkdir()
-            summary = run_separate([str(f) for f in files], prior, SeparateConfig(output_dir=out, **options))
+            summary = run_separate(
+                [str(f) for f in files], prior, SeparateConfig(output_dir=out, **options)
+            )
             if summary.exit_code != 0:
                 raise SystemExit(f"{name}: separation failed")
             chi2, chi2mod = [], []

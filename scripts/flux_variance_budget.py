@@ -92,7 +92,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("testset", type=Path)
     ap.add_argument("outputs", type=Path)
-    ap.add_argument("--json", action="store_true", help="print the per-cutout rows too, as one JSON object")
+    ap.add_argument(
+        "--json", action="store_true", help="print the per-cutout rows too, as one JSON object"
+    )
     args = ap.parse_args()
     result = budget(args.testset, args.outputs)
     print(json.dumps(result if args.json else result["summary"]))

@@ -41,20 +41,28 @@ def main() -> None:
         var = fits.getdata(path, "VARIANCE").astype(float)
         sigma = float(np.sqrt(np.median(var)))
         seg = detect_sources(convolve(data, make_2dgaussian_kernel(2.0, 5)), 1.5 * sigma, 5)
-        sources = np.zeros(data.shape, bool) if seg is None else ndimage.binary_dilation(seg.data > 0, iterations=3)
+        sources = (
+            np.zeros(data.shape, bool)
+            if seg is None
+            else ndimage.binary_dilation(seg.data > 0, iterations=3)
+        )
         ok = ~sources & np.isfinite(data)
         with fits.open(path) as hdul:
             if "MASK" in hdul:
                 ok &= hdul["MASK"].data == 0  # any flagged bit: not a clean background pixel
         z = np.where(ok, data - np.median(data[ok]), 0.0)
-        print(json.dumps({
-            "input": path,
-            "background_pixels": int(ok.sum()),
-            "variance_ratio": round(float((z[ok] ** 2).mean() / np.median(var)), 3),
-            "rho_x": round(neighbour_correlation(z, ok, 0, 1), 3),
-            "rho_y": round(neighbour_correlation(z, ok, 1, 0), 3),
-            "rho_diag": round(neighbour_correlation(z, ok, 1, 1), 3),
-        }))
+        print(
+            json.dumps(
+                {
+                    "input": path,
+                    "background_pixels": int(ok.sum()),
+                    "variance_ratio": round(float((z[ok] ** 2).mean() / np.median(var)), 3),
+                    "rho_x": round(neighbour_correlation(z, ok, 0, 1), 3),
+                    "rho_y": round(neighbour_correlation(z, ok, 1, 0), 3),
+                    "rho_diag": round(neighbour_correlation(z, ok, 1, 1), 3),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,19 @@ def sampler_speed() -> Path | None:
         ax.bar([i - 0.2 for i in x], predicted, 0.4, label="network evaluations alone")
         ax.bar([i + 0.2 for i in x], measured, 0.4, label="whole sampler (measured)")
         for i, c in enumerate(cgs):
-            ax.text(i + 0.2, measured[i], f"x{r['runs'][c]['overhead']:.2f}", ha="center", va="bottom", fontsize=8)
+            ax.text(
+                i + 0.2,
+                measured[i],
+                f"x{r['runs'][c]['overhead']:.2f}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax.set_xticks(list(x), [f"{c} CG it." for c in cgs])
         ax.set_ylabel("seconds per batch")
-        ax.set_title(f"{r['device']}\nbatch {r['batch_size']}, {r['steps']} {r['sampler']} steps", fontsize=9)
+        ax.set_title(
+            f"{r['device']}\nbatch {r['batch_size']}, {r['steps']} {r['sampler']} steps", fontsize=9
+        )
     axes[0][0].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out = FIGURES / "bench_sampler_speed.png"

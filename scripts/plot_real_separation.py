@@ -60,21 +60,48 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", default="default")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps [separate's default]")
-    ap.add_argument("--cg-iterations", type=int, default=None, help="CG iterations [separate's default]")
+    ap.add_argument(
+        "--cg-iterations", type=int, default=None, help="CG iterations [separate's default]"
+    )
     ap.add_argument("--sampler", default=None, help="posterior sampler [separate's default]")
     ap.add_argument("--seed", type=int, default=0, help="run seed [0]")
-    ap.add_argument("--no-freeform", action="store_true", help="no free-form components (galprism.freeform)")
-    ap.add_argument("--freeform-residual", type=float, default=None, help="residual boxes above this S/N [none]")
+    ap.add_argument(
+        "--no-freeform", action="store_true", help="no free-form components (galprism.freeform)"
+    )
+    ap.add_argument(
+        "--freeform-residual", type=float, default=None, help="residual boxes above this S/N [none]"
+    )
     ap.add_argument("--no-noise-matched-zeropoint", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures" / "real_hsc_separation.png")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "docs" / "figures" / "real_hsc_separation.png"
+    )
     args = ap.parse_args()
     prior = load_priorset(args.prior)
-    cols = ["data", "galaxy mean", "sky mean", "free-form mean", "galaxy sample", "galaxy std", "model", "residual / sigma"]
-    fig, axes = plt.subplots(len(CUTOUTS), len(cols), figsize=(2.1 * len(cols), 2.4 * len(CUTOUTS)), squeeze=False)
+    cols = [
+        "data",
+        "galaxy mean",
+        "sky mean",
+        "free-form mean",
+        "galaxy sample",
+        "galaxy std",
+        "model",
+        "residual / sigma",
+    ]
+    fig, axes = plt.subplots(
+        len(CUTOUTS), len(cols), figsize=(2.1 * len(cols), 2.4 * len(CUTOUTS)), squeeze=False
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for row, name in enumerate(CUTOUTS):
             out = Path(tmp) / (Path(name).stem + ".galprism.fits")
-            options = {k: v for k, v in (("steps", args.steps), ("cg_iterations", args.cg_iterations), ("sampler", args.sampler)) if v is not None}
+            options = {
+                k: v
+                for k, v in (
+                    ("steps", args.steps),
+                    ("cg_iterations", args.cg_iterations),
+                    ("sampler", args.sampler),
+                )
+                if v is not None
+            }
             options["seed"] = args.seed
             if args.no_freeform:
                 options["freeform"] = FreeformConfig(bright=None, edge=None)
@@ -84,7 +111,9 @@ def main() -> None:
             if name in NO_ZEROPOINT and not args.no_noise_matched_zeropoint:
                 zp = cutout_zeropoint(ROOT / name)
             read = ReadOptions(zeropoint=zp)
-            summary = run_separate([str(ROOT / name)], prior, SeparateConfig(output=out, read=read, **options))
+            summary = run_separate(
+                [str(ROOT / name)], prior, SeparateConfig(output=out, read=read, **options)
+            )
             if summary.exit_code != 0:
                 raise SystemExit(f"{name}: separation failed")
             with fits.open(out) as h:
@@ -100,18 +129,34 @@ def main() -> None:
                 image = src["SCI"].data.astype(float)
             ok = np.isfinite(resid)  # RESID is NaN at masked pixels (RESIDDEF)
             chi2 = float(np.mean(resid[ok] ** 2))
-            print(json.dumps({"input": name, "prior": prior.name, "reduced_chi2": round(chi2, 2), "reduced_chi2_samples": round(chi2_samples, 2), "pixels": int(ok.sum()),
-                              "zeropoint_assumed": None if zp is None else round(zp, 3), "freeform_boxes": boxes,
-                              **{k: v for k, v in options.items() if k != "freeform"}, "freeform": not args.no_freeform,
-                              "freeform_residual": args.freeform_residual}))
+            print(
+                json.dumps(
+                    {
+                        "input": name,
+                        "prior": prior.name,
+                        "reduced_chi2": round(chi2, 2),
+                        "reduced_chi2_samples": round(chi2_samples, 2),
+                        "pixels": int(ok.sum()),
+                        "zeropoint_assumed": None if zp is None else round(zp, 3),
+                        "freeform_boxes": boxes,
+                        **{k: v for k, v in options.items() if k != "freeform"},
+                        "freeform": not args.no_freeform,
+                        "freeform_residual": args.freeform_residual,
+                    }
+                )
+            )
             # The outputs are on the crop's grid (CROPX0/CROPY0: its origin in the input,
             # negative where it was padded); show the same crop of the input.
             ny, nx = model.shape[-2:]
             data = np.full((ny, nx), np.nan)
             ys = slice(max(y0, 0), min(y0 + ny, image.shape[0]))
             xs = slice(max(x0, 0), min(x0 + nx, image.shape[1]))
-            data[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = image[ys, xs]
-            norm = ImageNormalize(data[np.isfinite(data)], interval=PercentileInterval(99.5), stretch=AsinhStretch(0.02))
+            data[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = image[ys, xs]
+            norm = ImageNormalize(
+                data[np.isfinite(data)],
+                interval=PercentileInterval(99.5),
+                stretch=AsinhStretch(0.02),
+            )
             panels = [data, gal, sky, free, sample, std, model, resid]
             for col, (title, img) in enumerate(zip(cols, panels, strict=True)):
                 ax = axes[row][col]
@@ -125,7 +170,9 @@ def main() -> None:
                 ax.set_yticks([])
                 if row == 0:
                     ax.set_title(title, fontsize=9)
-            axes[row][0].set_ylabel(f"{Path(name).stem}\nCHI2 {chi2_samples:.2f} (MODEL {chi2:.2f})", fontsize=8)
+            axes[row][0].set_ylabel(
+                f"{Path(name).stem}\nCHI2 {chi2_samples:.2f} (MODEL {chi2:.2f})", fontsize=8
+            )
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)

@@ -33,7 +33,10 @@ PERCENTILES = (5, 25, 50, 75, 95, 99)
 
 def summary(flux: np.ndarray) -> dict[str, float]:
     """Percentiles and bright fractions of a set of total fluxes."""
-    out = {f"p{p}": round(float(v), 3) for p, v in zip(PERCENTILES, np.percentile(flux, PERCENTILES), strict=True)}
+    out = {
+        f"p{p}": round(float(v), 3)
+        for p, v in zip(PERCENTILES, np.percentile(flux, PERCENTILES), strict=True)
+    }
     out["frac_above_10"] = round(float((flux > 10).mean()), 4)
     out["frac_above_20"] = round(float((flux > 20).mean()), 4)
     out["n"] = int(flux.size)
@@ -59,16 +62,34 @@ def main() -> None:
     ap.add_argument("--source", default="galaxy")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--truth", help="truth HDF5 of the training view (dataset named like the source)")
+    ap.add_argument(
+        "--truth", help="truth HDF5 of the training view (dataset named like the source)"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--outer-radius", type=float, default=16.0, help="pixels; the outskirts statistics use the light beyond it")
+    ap.add_argument(
+        "--outer-radius",
+        type=float,
+        default=16.0,
+        help="pixels; the outskirts statistics use the light beyond it",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ps = load_priorset(args.prior)
-    x = ps.sample_prior(args.source, args.n, steps=args.steps, sampler="ddim", generator=torch.Generator().manual_seed(args.seed))
-    result = {"prior": args.prior, "source": args.source, "steps": args.steps, "seed": args.seed,
-              "prior_samples": summary(x.sum(dim=(-1, -2)).flatten().numpy())}
+    x = ps.sample_prior(
+        args.source,
+        args.n,
+        steps=args.steps,
+        sampler="ddim",
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    result = {
+        "prior": args.prior,
+        "source": args.source,
+        "steps": args.steps,
+        "seed": args.seed,
+        "prior_samples": summary(x.sum(dim=(-1, -2)).flatten().numpy()),
+    }
     images = x.reshape(-1, *x.shape[-2:]).numpy()
     result["prior_samples"].update(outskirts(images, args.outer_radius, hsc_i_sigma()))
     if args.truth:

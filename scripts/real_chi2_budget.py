@@ -33,7 +33,9 @@ from galprism.priorset import load_priorset
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("output", type=Path)
-    ap.add_argument("--input", type=Path, default=None, help="the separated cutout [the output's INFILE]")
+    ap.add_argument(
+        "--input", type=Path, default=None, help="the separated cutout [the output's INFILE]"
+    )
     ap.add_argument("--radius", type=float, default=6.0)
     ap.add_argument("--fit-shape", type=int, default=11)
     ap.add_argument("--json", action="store_true")
@@ -57,12 +59,20 @@ def main() -> None:
     order = np.argsort(crop[ys, xs])[::-1][:2]
     yy, xx = np.mgrid[: resid.shape[0], : resid.shape[1]]
     phot = PSFPhotometry(
-        ImagePSF(psf / psf.sum(), x_0=psf.shape[1] // 2, y_0=psf.shape[0] // 2), args.fit_shape, aperture_radius=4.0
+        ImagePSF(psf / psf.sum(), x_0=psf.shape[1] // 2, y_0=psf.shape[0] // 2),
+        args.fit_shape,
+        aperture_radius=4.0,
     )
     try:
         prior = load_priorset(prior_name)
-        sigma_max = {s: float(p.schedule.sigma_max) for s, p in zip(prior.sources, prior.priors, strict=True) if hasattr(p, "schedule")}
-        flux_scale = prior.flux_scale * 10 ** (-0.4 * (float(hdr["ZPINPUT"]) - float(hdr["ZPPRIOR"])))
+        sigma_max = {
+            s: float(p.schedule.sigma_max)
+            for s, p in zip(prior.sources, prior.priors, strict=True)
+            if hasattr(p, "schedule")
+        }
+        flux_scale = prior.flux_scale * 10 ** (
+            -0.4 * (float(hdr["ZPINPUT"]) - float(hdr["ZPPRIOR"]))
+        )
     except Exception:  # a prior folder not found from here: report without it
         sigma_max, flux_scale = {}, float("nan")
     rows = []
@@ -75,13 +85,15 @@ def main() -> None:
         yi, xi = int(round(float(table["y_fit"][0]))), int(round(float(table["x_fit"][0])))
         box = (slice(yi - half, yi + half + 1), slice(xi - half, xi + half + 1))
         box_chi2 = float(np.mean((sci[box] - model[box]) ** 2 / var[box]))
-        rows.append({
-            "peak_xy_input": [x + x0, y + y0],
-            "share_of_chi2_within_radius": round(float(chi2[near].sum()) / total, 3),
-            "psf_fit_flux": round(float(table["flux_fit"][0]), 2),
-            "psf_fit_flux_prior_units": round(float(table["flux_fit"][0]) / flux_scale, 1),
-            "psf_fit_mean_chi2_in_box": round(box_chi2, 2),
-        })
+        rows.append(
+            {
+                "peak_xy_input": [x + x0, y + y0],
+                "share_of_chi2_within_radius": round(float(chi2[near].sum()) / total, 3),
+                "psf_fit_flux": round(float(table["flux_fit"][0]), 2),
+                "psf_fit_flux_prior_units": round(float(table["flux_fit"][0]) / flux_scale, 1),
+                "psf_fit_mean_chi2_in_box": round(box_chi2, 2),
+            }
+        )
     out = {
         "output": str(args.output),
         "input": str(path),

@@ -47,10 +47,14 @@ def fit_widths(radius: int, widths: list[float]) -> dict:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     data, sigma = sci[box].ravel(), np.sqrt(var[box]).ravel()
     ok = ((mask[box] & ~DETECTED) == 0).ravel()
-    psf_profile = galsim.InterpolatedImage(galsim.Image(psf, scale=1.0), x_interpolant="lanczos5", flux=1.0)
+    psf_profile = galsim.InterpolatedImage(
+        galsim.Image(psf, scale=1.0), x_interpolant="lanczos5", flux=1.0
+    )
 
     def residual(shift: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
-        prof = psf_profile if width <= 0 else galsim.Convolve(psf_profile, galsim.Gaussian(fwhm=width))
+        prof = (
+            psf_profile if width <= 0 else galsim.Convolve(psf_profile, galsim.Gaussian(fwhm=width))
+        )
         img = prof.drawImage(nx=n, ny=n, scale=1.0, method="no_pixel", offset=tuple(shift)).array
         design = np.stack([img.ravel(), np.ones(n * n), xx.ravel(), yy.ravel()], axis=1)
         a = design[ok] / sigma[ok, None]
@@ -95,9 +99,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(out))
         return
-    print(f"{out['cutout']}: box radius {args.radius} px, {out['pixels']} pixels, peak {out['peak_over_sigma']} sigma")
+    print(
+        f"{out['cutout']}: box radius {args.radius} px, {out['pixels']} pixels, peak {out['peak_over_sigma']} sigma"
+    )
     for r in out["fits"]:
-        print(f"  PSF x Gaussian FWHM {r['gauss_fwhm_px']:5.2f} px: reduced chi^2 {r['reduced_chi2']:8.2f}, flux {r['flux']}")
+        print(
+            f"  PSF x Gaussian FWHM {r['gauss_fwhm_px']:5.2f} px: reduced chi^2 {r['reduced_chi2']:8.2f}, flux {r['flux']}"
+        )
 
 
 if __name__ == "__main__":

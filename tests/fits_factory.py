@@ -16,10 +16,29 @@ import torch
 from astropy.io import fits
 from astropy.wcs import WCS, Sip
 
-HSC_PLANES = {"BAD": 0, "SAT": 1, "INTRP": 2, "CR": 3, "EDGE": 4, "DETECTED": 5, "DETECTED_NEGATIVE": 6, "SUSPECT": 7, "NO_DATA": 8}
+HSC_PLANES = {
+    "BAD": 0,
+    "SAT": 1,
+    "INTRP": 2,
+    "CR": 3,
+    "EDGE": 4,
+    "DETECTED": 5,
+    "DETECTED_NEGATIVE": 6,
+    "SUSPECT": 7,
+    "NO_DATA": 8,
+}
 
 
-def make_wcs(ny: int, nx: int, *, scale: float = 0.2, ra: float = 150.1, dec: float = 2.2, sip: bool = False, rotate: float = 0.3) -> WCS:
+def make_wcs(
+    ny: int,
+    nx: int,
+    *,
+    scale: float = 0.2,
+    ra: float = 150.1,
+    dec: float = 2.2,
+    sip: bool = False,
+    rotate: float = 0.3,
+) -> WCS:
     """A TAN (optionally TAN-SIP) WCS with ``scale`` arcsec pixels, slightly rotated."""
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"] if sip else ["RA---TAN", "DEC--TAN"]
@@ -37,7 +56,9 @@ def make_wcs(ny: int, nx: int, *, scale: float = 0.2, ra: float = 150.1, dec: fl
     return w
 
 
-def gaussian_psf(size: int = 11, sigma: float = 1.2, n_bands: int | None = None, total: float = 1.0) -> np.ndarray:
+def gaussian_psf(
+    size: int = 11, sigma: float = 1.2, n_bands: int | None = None, total: float = 1.0
+) -> np.ndarray:
     """Centred Gaussian kernel(s) summing to ``total``."""
     r = np.arange(size) - (size - 1) / 2
     k = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
@@ -45,7 +66,14 @@ def gaussian_psf(size: int = 11, sigma: float = 1.2, n_bands: int | None = None,
     return k if n_bands is None else np.stack([k] * n_bands)
 
 
-def galaxy_image(shape: tuple[int, ...], *, flux: float = 100.0, radius: float = 2.5, seed: int = 0, sigma: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def galaxy_image(
+    shape: tuple[int, ...],
+    *,
+    flux: float = 100.0,
+    radius: float = 2.5,
+    seed: int = 0,
+    sigma: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
     """A round exponential-ish blob plus Gaussian noise; returns (noisy image, noiseless)."""
     *lead, ny, nx = shape
     y, x = np.mgrid[0:ny, 0:nx]
@@ -124,7 +152,11 @@ def make_cutout(
         img_hdu.scale("int16", bscale=0.001, bzero=10.0)
     else:
         data = np.asarray(image).astype(image_dtype)
-        img_hdu = fits.PrimaryHDU(data, header=hdr) if image_ext is None else fits.ImageHDU(data, header=hdr)
+        img_hdu = (
+            fits.PrimaryHDU(data, header=hdr)
+            if image_ext is None
+            else fits.ImageHDU(data, header=hdr)
+        )
     hdus: list = []
     if image_ext is None:
         hdus.append(img_hdu)
@@ -139,7 +171,15 @@ def make_cutout(
         if noise_values is None:
             kind = noise.upper()
             base = np.full(shape, sigma, dtype=np.float64)
-            noise_values = {"VARIANCE": base**2, "VAR": base**2, "ERR": base, "SIGMA": base, "IVAR": base**-2, "WHT": base**-2, "WEIGHT": base**-2}[kind]
+            noise_values = {
+                "VARIANCE": base**2,
+                "VAR": base**2,
+                "ERR": base,
+                "SIGMA": base,
+                "IVAR": base**-2,
+                "WHT": base**-2,
+                "WEIGHT": base**-2,
+            }[kind]
         hdus.append(fits.ImageHDU(np.asarray(noise_values, dtype=">f4"), name=noise))
     if mask is not None:
         mh = fits.ImageHDU(np.asarray(mask, dtype=">i4"), name=mask_ext)
@@ -190,18 +230,47 @@ class FakePrior:
         self.calls: list[dict] = []
 
     def describe(self) -> dict:
-        return {"name": self.name, "sources": self.sources, "pixel_scale": self.pixel_scale, "training_data": "none (test stand-in)"}
+        return {
+            "name": self.name,
+            "sources": self.sources,
+            "pixel_scale": self.pixel_scale,
+            "training_data": "none (test stand-in)",
+        }
 
     def sample_prior(self, source, n, *, steps, sampler="pc", generator=None, device="cpu"):
         assert source in self.sources, f"unknown source {source}"
         return torch.randn((n, *self.shape), generator=generator)
 
-    def separate(self, y, noise_var, operator, *, n_samples, steps, cg_iterations, sampler="pc", generators=None, device="cpu", trust=0.0, particles=16):
-        self.calls.append({"y": y.clone(), "noise_var": noise_var.clone(), "operator": operator, "n_samples": n_samples, "generators": generators})
+    def separate(
+        self,
+        y,
+        noise_var,
+        operator,
+        *,
+        n_samples,
+        steps,
+        cg_iterations,
+        sampler="pc",
+        generators=None,
+        device="cpu",
+        trust=0.0,
+        particles=16,
+    ):
+        self.calls.append(
+            {
+                "y": y.clone(),
+                "noise_var": noise_var.clone(),
+                "operator": operator,
+                "n_samples": n_samples,
+                "generators": generators,
+            }
+        )
         if self.fail_value is not None and bool((y == self.fail_value).any()):
             raise RuntimeError("fake sampler failure")
         assert generators is not None and len(generators) == y.shape[0], "one generator per cutout"
-        assert torch.isfinite(noise_var).all() and (noise_var > 0).all(), "noise variance handed to the sampler must be finite and positive"
+        assert torch.isfinite(noise_var).all() and (noise_var > 0).all(), (
+            "noise variance handed to the sampler must be finite and positive"
+        )
         k = len(self.sources)
         n = 1 if self.point_estimate else n_samples
         back = operator.ops[0].adjoint(y.to(torch.float64))  # (B, C, H, W) on the prior grid
@@ -247,6 +316,9 @@ def spy_smc_particles(monkeypatch) -> list[int]:
 
     used: list[int] = []
     real_smc = galprism.posterior.sample_smc
-    monkeypatch.setattr(galprism.posterior, "sample_smc",
-                        lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw))
+    monkeypatch.setattr(
+        galprism.posterior,
+        "sample_smc",
+        lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw),
+    )
     return used

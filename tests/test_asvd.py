@@ -62,12 +62,18 @@ def test_adversarial_basis_beats_random_bases_on_its_objective(pair, tau):
     w = adversarial_basis(cu, cv, 6, tau).vectors
     best = adversarial_objective(w, cu, cv, tau)
     gen = torch.Generator().manual_seed(0)
-    random_values = [adversarial_objective(_random_orthonormal(40, 6, gen), cu, cv, tau) for _ in range(200)]
-    assert best < min(random_values) - 1e-3, "a random orthonormal basis matched the adversarial basis"
+    random_values = [
+        adversarial_objective(_random_orthonormal(40, 6, gen), cu, cv, tau) for _ in range(200)
+    ]
+    assert best < min(random_values) - 1e-3, (
+        "a random orthonormal basis matched the adversarial basis"
+    )
     # The minimum is known in closed form: tr C_U - tau tr C_V - (sum of the top-6 eigenvalues).
     eig = torch.linalg.eigvalsh(cu.matrix - tau * cv.matrix).flip(0)[:6].sum()
     expected = cu.trace() - tau * cv.trace() - float(eig)
-    assert best == pytest.approx(expected, rel=1e-9, abs=1e-9), "objective is not at its closed-form minimum"
+    assert best == pytest.approx(expected, rel=1e-9, abs=1e-9), (
+        "objective is not at its closed-form minimum"
+    )
 
 
 @pytest.mark.parametrize("solver", ["dense", "krylov"])
@@ -77,8 +83,12 @@ def test_tau_zero_is_the_svd_subspace(pair, solver):
     clean, mixed = pair
     w = adversarial_basis(SecondMoment(clean), SecondMoment(mixed), 5, 0.0, solver=solver).vectors
     svd_basis = torch.linalg.svd(clean.T, full_matrices=False).U[:, :5]
-    assert _subspace_overlap(w, svd_basis) == pytest.approx(1.0, abs=1e-8), "tau=0 basis differs from the SVD basis"
-    assert torch.allclose(w.T @ w, torch.eye(5, dtype=w.dtype), atol=1e-10), "basis is not orthonormal"
+    assert _subspace_overlap(w, svd_basis) == pytest.approx(1.0, abs=1e-8), (
+        "tau=0 basis differs from the SVD basis"
+    )
+    assert torch.allclose(w.T @ w, torch.eye(5, dtype=w.dtype), atol=1e-10), (
+        "basis is not orthonormal"
+    )
 
 
 def test_krylov_and_matrix_free_agree_with_dense():
@@ -93,7 +103,9 @@ def test_krylov_and_matrix_free_agree_with_dense():
     free = adversarial_basis(free_u, free_v, 12, 0.4, solver="krylov", tol=1e-8)
     assert free.solver == "block-krylov (matrix-free)" and free_u.matrix is None
     for res in (krylov, free):
-        assert torch.allclose(res.values, dense.values, rtol=1e-5, atol=1e-6), "eigenvalues differ from dense eigh"
+        assert torch.allclose(res.values, dense.values, rtol=1e-5, atol=1e-6), (
+            "eigenvalues differ from dense eigh"
+        )
         assert _subspace_overlap(res.vectors, dense.vectors) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -114,7 +126,9 @@ def test_unseen_alternation_decreases_to_the_closed_form_optimum(pair):
     clean, mixed = pair
     cu, cv = SecondMoment(clean), SecondMoment(mixed)
     w0 = adversarial_basis(cu, cv, 6, 0.3).vectors
-    fit = fit_unseen_basis(w0, cv, 4, init="random", tol=1e-12, max_iter=2000, compute_optimum=True, seed=3)
+    fit = fit_unseen_basis(
+        w0, cv, 4, init="random", tol=1e-12, max_iter=2000, compute_optimum=True, seed=3
+    )
     obj = np.array(fit.objective)
     assert fit.iterations > 1, "random start should need several iterations"
     assert np.all(np.diff(obj) <= 1e-9 * obj[:-1]), "objective increased during the alternation"
@@ -132,7 +146,9 @@ def _nonneg_problem(shape: tuple[int, ...], d0: int, d1: int, n: int, seed: int)
     atoms = [torch.rand(p, d, generator=gen, dtype=torch.float64) * 0.5 for d in (d0, d1)]
     bases = [torch.linalg.qr(a).Q for a in atoms]
     coeffs = [torch.rand(n, d, generator=gen, dtype=torch.float64) / d for d in (d0, d1)]
-    sources = torch.stack([c @ a.T for c, a in zip(coeffs, atoms, strict=True)], dim=1)  # in [0, 0.5]
+    sources = torch.stack(
+        [c @ a.T for c, a in zip(coeffs, atoms, strict=True)], dim=1
+    )  # in [0, 0.5]
     return bases, sources.reshape(n, 2, *shape)
 
 
@@ -145,7 +161,9 @@ def test_separation_is_exact_when_sources_lie_in_their_bases(split):
     mixtures = truth.sum(dim=1)
     est = separate_with_bases(mixtures, bases, shape, split=split)
     assert est.shape == truth.shape
-    assert torch.allclose(est, truth, atol=1e-9), f"max error {float((est - truth).abs().max()):.3g}"
+    assert torch.allclose(est, truth, atol=1e-9), (
+        f"max error {float((est - truth).abs().max()):.3g}"
+    )
 
 
 def test_separation_is_exact_through_operators():
@@ -183,7 +201,9 @@ def test_wiener_split_conserves_the_mixture_and_shares_zeros_equally():
     out = wiener_split(mixture, comps, "unit")
     assert torch.allclose(out.sum(dim=1), mixture)
     assert torch.allclose(out[0, :, 0], torch.tensor([0.25, 0.75]))
-    assert torch.allclose(out[0, :, 1], torch.tensor([1.0, 1.0])), "zero components must share equally"
+    assert torch.allclose(out[0, :, 1], torch.tensor([1.0, 1.0])), (
+        "zero components must share equally"
+    )
     with pytest.raises(ConfigError, match="projection"):
         wiener_split(mixture, comps, "none")
 
@@ -197,7 +217,9 @@ def test_moment_mismatch_known_answers():
     assert moment_mismatch(2 * a, a) == pytest.approx(3.0, rel=1e-12)
     wide = torch.randn(10, 200, generator=gen, dtype=torch.float64)
     other = torch.randn(12, 200, generator=gen, dtype=torch.float64)
-    direct = torch.linalg.matrix_norm(wide.T @ wide / 10 - other.T @ other / 12) / torch.linalg.matrix_norm(other.T @ other / 12)
+    direct = torch.linalg.matrix_norm(
+        wide.T @ wide / 10 - other.T @ other / 12
+    ) / torch.linalg.matrix_norm(other.T @ other / 12)
     assert moment_mismatch(wide, other) == pytest.approx(float(direct), rel=1e-10)
 
 
@@ -252,7 +274,9 @@ def test_bad_parameters_give_one_line_errors(kwargs, error, text):
     args = {"rank_clean": 4, "rank_unseen": 2, "tau": 0.2}
     args.update(kwargs)
     with pytest.raises(error, match=text) as info:
-        fit_asvd(clean, mixed, args.pop("rank_clean"), args.pop("rank_unseen"), args.pop("tau"), **args)
+        fit_asvd(
+            clean, mixed, args.pop("rank_clean"), args.pop("rank_unseen"), args.pop("tau"), **args
+        )
     assert "\n" not in str(info.value)
 
 
@@ -289,11 +313,19 @@ def test_prior_folder_round_trip_and_safety(tmp_path):
     folder = tmp_path / "prior"
     model.save(folder)
     manifest = json.loads((folder / "prior.json").read_text())
-    for key, value in {"method": "asvd", "sources": ["sky", "galaxy"], "shape": [1, 8, 8],
-                       "pixel_scale": 0.2, "tau": 0.3, "ranks": [4, 2]}.items():
+    for key, value in {
+        "method": "asvd",
+        "sources": ["sky", "galaxy"],
+        "shape": [1, 8, 8],
+        "pixel_scale": 0.2,
+        "tau": 0.3,
+        "ranks": [4, 2],
+    }.items():
         assert manifest[key] == value, key
     loaded = load_asvd(folder)
-    assert torch.equal(loaded.clean_basis, model.clean_basis) and torch.equal(loaded.unseen_basis, model.unseen_basis)
+    assert torch.equal(loaded.clean_basis, model.clean_basis) and torch.equal(
+        loaded.unseen_basis, model.unseen_basis
+    )
     assert torch.equal(loaded.separate(mixed[:5]), model.separate(mixed[:5]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prior"], "temporary files left behind"
 

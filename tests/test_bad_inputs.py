@@ -85,7 +85,11 @@ BAD = {
 
 
 def _batch(tmp_path: Path, bad: Path) -> list[Path]:
-    return [make_cutout(tmp_path / "good1.fits", seed=1, header=ZP), bad, make_cutout(tmp_path / "good2.fits", seed=2, header=ZP)]
+    return [
+        make_cutout(tmp_path / "good1.fits", seed=1, header=ZP),
+        bad,
+        make_cutout(tmp_path / "good2.fits", seed=2, header=ZP),
+    ]
 
 
 def _check_rest_completed(recs: list[dict], tmp_path: Path) -> None:
@@ -103,14 +107,28 @@ def test_bad_input_is_reported_and_the_batch_completes(tmp_path, capsys, monkeyp
     prior = FakePrior(shape=(3, 16, 16)) if case == "wrong band count" else FakePrior()
     paths = _batch(tmp_path, bad)
     if case == "wrong band count":  # a 3-band prior, so that the good files are 3-band too
-        paths = [make_cutout(tmp_path / f"good{i}.fits", shape=(3, 16, 16), seed=i, header=ZP) for i in (1, 2)]
+        paths = [
+            make_cutout(tmp_path / f"good{i}.fits", shape=(3, 16, 16), seed=i, header=ZP)
+            for i in (1, 2)
+        ]
         paths.insert(1, bad)
-    code, recs, _, err = run_cli(["separate", *paths, "--output-dir", tmp_path / "out", "--json", "-q"], capsys, monkeypatch, prior=prior)
+    code, recs, _, err = run_cli(
+        ["separate", *paths, "--output-dir", tmp_path / "out", "--json", "-q"],
+        capsys,
+        monkeypatch,
+        prior=prior,
+    )
     assert code == 1, f"{case}: exit status {code}, expected 1"
     assert len(err) == 1, f"{case}: expected exactly one stderr line, got {err}"
-    assert str(bad) in err[0] and problem in err[0], f"{case}: error line does not name the file and the problem: {err[0]}"
+    assert str(bad) in err[0] and problem in err[0], (
+        f"{case}: error line does not name the file and the problem: {err[0]}"
+    )
     bad_rec = next(r for r in recs if r["input"] == str(bad))
-    assert bad_rec["status"] == "error" and problem in bad_rec["error"] and "\n" not in bad_rec["error"]
+    assert (
+        bad_rec["status"] == "error"
+        and problem in bad_rec["error"]
+        and "\n" not in bad_rec["error"]
+    )
     assert not (tmp_path / "out" / "bad.galprism.fits").exists()
     _check_rest_completed(recs, tmp_path)
 
@@ -118,7 +136,13 @@ def test_bad_input_is_reported_and_the_batch_completes(tmp_path, capsys, monkeyp
 def test_missing_file_in_a_stdin_list(tmp_path, capsys, monkeypatch):
     """A path on stdin that does not exist is one error; the other listed files are separated."""
     paths = _batch(tmp_path, tmp_path / "nowhere" / "gone.fits")
-    code, recs, _, err = run_cli(["separate", "-", "--output-dir", tmp_path / "out", "--json", "-q"], capsys, monkeypatch, prior=FakePrior(), stdin="\n".join(map(str, paths)) + "\n")
+    code, recs, _, err = run_cli(
+        ["separate", "-", "--output-dir", tmp_path / "out", "--json", "-q"],
+        capsys,
+        monkeypatch,
+        prior=FakePrior(),
+        stdin="\n".join(map(str, paths)) + "\n",
+    )
     assert code == 1
     assert len(err) == 1 and "gone.fits" in err[0] and "no such file" in err[0], err
     _check_rest_completed(recs, tmp_path)
@@ -129,10 +153,26 @@ def test_big_endian_data_works(tmp_path, capsys, monkeypatch):
     img = np.random.default_rng(0).normal(size=(16, 16))
     bad = make_cutout(tmp_path / "be.fits", image=img, image_dtype=">f8", header=ZP)
     prior = FakePrior()
-    code, recs, _, err = run_cli(["separate", *_batch(tmp_path, bad), "--output-dir", tmp_path / "out", "--json", "-q", "--batch-size", "1"], capsys, monkeypatch, prior=prior)
+    code, recs, _, err = run_cli(
+        [
+            "separate",
+            *_batch(tmp_path, bad),
+            "--output-dir",
+            tmp_path / "out",
+            "--json",
+            "-q",
+            "--batch-size",
+            "1",
+        ],
+        capsys,
+        monkeypatch,
+        prior=prior,
+    )
     assert code == 0 and err == [], err
     assert all(r["status"] == "ok" for r in recs)
-    np.testing.assert_allclose(prior.calls[1]["y"][0, 0].numpy(), img.astype(np.float32), err_msg="big-endian data misread")
+    np.testing.assert_allclose(
+        prior.calls[1]["y"][0, 0].numpy(), img.astype(np.float32), err_msg="big-endian data misread"
+    )
 
 
 def test_scaled_integer_image_works(tmp_path, capsys, monkeypatch):
@@ -141,7 +181,23 @@ def test_scaled_integer_image_works(tmp_path, capsys, monkeypatch):
     bad = make_cutout(tmp_path / "int.fits", image=img, int_scaled=True, header=ZP)
     assert fits.getheader(bad, "SCI")["BITPIX"] == 16
     prior = FakePrior()
-    code, recs, _, err = run_cli(["separate", *_batch(tmp_path, bad), "--output-dir", tmp_path / "out", "--json", "-q", "--batch-size", "1"], capsys, monkeypatch, prior=prior)
+    code, recs, _, err = run_cli(
+        [
+            "separate",
+            *_batch(tmp_path, bad),
+            "--output-dir",
+            tmp_path / "out",
+            "--json",
+            "-q",
+            "--batch-size",
+            "1",
+        ],
+        capsys,
+        monkeypatch,
+        prior=prior,
+    )
     assert code == 0 and err == [], err
     assert all(r["status"] == "ok" for r in recs)
-    np.testing.assert_allclose(prior.calls[1]["y"][0, 0].numpy(), img, atol=1e-3, err_msg="BSCALE/BZERO not applied")
+    np.testing.assert_allclose(
+        prior.calls[1]["y"][0, 0].numpy(), img, atol=1e-3, err_msg="BSCALE/BZERO not applied"
+    )

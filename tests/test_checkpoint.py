@@ -15,7 +15,13 @@ from galprism.priorset import PriorSet, load_priorset
 
 def _unet_prior():
     torch.manual_seed(0)
-    p = DiffusionPrior((1, 8, 8), "unet", {"channels": 1, "widths": [8, 16], "emb_features": 16}, VESchedule(1e-3, 20.0), 0.4)
+    p = DiffusionPrior(
+        (1, 8, 8),
+        "unet",
+        {"channels": 1, "widths": [8, 16], "emb_features": 16},
+        VESchedule(1e-3, 20.0),
+        0.4,
+    )
     with torch.no_grad():
         for q in p.parameters():
             q.add_(0.01 * torch.randn_like(q))
@@ -29,9 +35,15 @@ def test_diffusion_and_gaussian_priors_round_trip(tmp_path):
     x = torch.randn(3, 1, 8, 8)
     for prior in (diff, gauss):
         path = tmp_path / "p.pt"
-        save_prior(PriorCheckpoint(prior, "galaxy", 0.168, {"flux_scale": 2.0, "zeropoint": 27.0}), path)
+        save_prior(
+            PriorCheckpoint(prior, "galaxy", 0.168, {"flux_scale": 2.0, "zeropoint": 27.0}), path
+        )
         got = load_prior(path)
-        assert got.name == "galaxy" and got.pixel_scale == 0.168 and got.normalisation["zeropoint"] == 27.0
+        assert (
+            got.name == "galaxy"
+            and got.pixel_scale == 0.168
+            and got.normalisation["zeropoint"] == 27.0
+        )
         assert torch.allclose(got.prior.denoise(x, 0.5), prior.denoise(x, 0.5), atol=1e-6)
         assert not any(p.requires_grad for p in got.prior.parameters())
 
@@ -44,7 +56,9 @@ class _Evil:
 def test_checkpoint_with_code_is_refused(tmp_path):
     """A pickle that would run code on load must be refused (weights_only=True)."""
     path = tmp_path / "evil.pt"
-    torch.save({"format": "galprism-prior", "x": _Evil()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save(
+        {"format": "galprism-prior", "x": _Evil()}, path, pickle_protocol=pickle.DEFAULT_PROTOCOL
+    )
     with pytest.raises(CheckpointError, match="refused"):
         load_prior(path)
 
@@ -81,8 +95,18 @@ def test_damaged_checkpoints_give_one_line_errors(tmp_path, damage):
 def test_prior_folder_round_trip_and_errors(tmp_path):
     """A prior folder reloads with its sources, units and a stable digest."""
     priors = [_unet_prior(), GaussianPrior.fit(torch.randn(40, 1, 8, 8), 3)]
-    ps = PriorSet("test", "diffusion", ["galaxy", "sky"], priors, (1, 8, 8), 0.168, 27.0, "count", 0.5,
-                  manifest={"training": {"data": "unit test"}})
+    ps = PriorSet(
+        "test",
+        "diffusion",
+        ["galaxy", "sky"],
+        priors,
+        (1, 8, 8),
+        0.168,
+        27.0,
+        "count",
+        0.5,
+        manifest={"training": {"data": "unit test"}},
+    )
     ps.save(tmp_path / "prior")
     got = load_priorset(tmp_path / "prior")
     assert got.sources == ["galaxy", "sky"] and got.flux_scale == 0.5 and got.sha256 == ps.sha256
@@ -94,7 +118,9 @@ def test_prior_folder_round_trip_and_errors(tmp_path):
     (tmp_path / "prior" / "prior.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupted manifest"):
         load_priorset(tmp_path / "prior")
-    (tmp_path / "prior" / "prior.json").write_text(json.dumps({"format": "galprism-priorset", "format_version": 7}))
+    (tmp_path / "prior" / "prior.json").write_text(
+        json.dumps({"format": "galprism-priorset", "format_version": 7})
+    )
     with pytest.raises(CheckpointError, match="version 7"):
         load_priorset(tmp_path / "prior")
 
@@ -106,9 +132,18 @@ def test_priorset_separate_converts_flux_units():
     prob = gaussian_problem(size=4, seed=0)
     ps = PriorSet("g", "gaussian", ["a", "b"], prob.priors, (1, 4, 4), flux_scale=3.0)
     gens = [torch.Generator().manual_seed(1)]
-    x = ps.separate(prob.y * 3.0, prob.noise_var * 9.0, prob.operator, n_samples=2, steps=4, generators=gens)
+    x = ps.separate(
+        prob.y * 3.0, prob.noise_var * 9.0, prob.operator, n_samples=2, steps=4, generators=gens
+    )
     ps1 = PriorSet("g", "gaussian", ["a", "b"], prob.priors, (1, 4, 4), flux_scale=1.0)
-    x1 = ps1.separate(prob.y, prob.noise_var, prob.operator, n_samples=2, steps=4, generators=[torch.Generator().manual_seed(1)])
+    x1 = ps1.separate(
+        prob.y,
+        prob.noise_var,
+        prob.operator,
+        n_samples=2,
+        steps=4,
+        generators=[torch.Generator().manual_seed(1)],
+    )
     assert torch.allclose(x, 3.0 * x1, atol=1e-8)
 
 
@@ -121,11 +156,35 @@ def test_composed_prior_takes_each_source_from_its_part(tmp_path):
     """
     from galprism.priorset import compose_priorsets
 
-    g1, g2 = GaussianPrior.fit(torch.randn(40, 1, 8, 8), 3), GaussianPrior.fit(torch.randn(40, 1, 8, 8) * 2, 3)
-    a = PriorSet("a", "gaussian", ["galaxy", "sky"], [g1, g1], (1, 8, 8), 0.168, 27.0, "count", 0.5,
-                 manifest={"training": {"run": "a"}}, support={"galaxy": "auto:5"})
-    b = PriorSet("b", "gaussian", ["sky"], [g2], (1, 8, 8), 0.168, 27.0, "count", 0.5,
-                 manifest={"training": {"run": "b"}})
+    g1, g2 = (
+        GaussianPrior.fit(torch.randn(40, 1, 8, 8), 3),
+        GaussianPrior.fit(torch.randn(40, 1, 8, 8) * 2, 3),
+    )
+    a = PriorSet(
+        "a",
+        "gaussian",
+        ["galaxy", "sky"],
+        [g1, g1],
+        (1, 8, 8),
+        0.168,
+        27.0,
+        "count",
+        0.5,
+        manifest={"training": {"run": "a"}},
+        support={"galaxy": "auto:5"},
+    )
+    b = PriorSet(
+        "b",
+        "gaussian",
+        ["sky"],
+        [g2],
+        (1, 8, 8),
+        0.168,
+        27.0,
+        "count",
+        0.5,
+        manifest={"training": {"run": "b"}},
+    )
     ps = compose_priorsets("c", [("galaxy", a), ("sky", b)])
     assert ps.priors[0] is g1 and ps.priors[1] is g2 and str(ps.support["galaxy"]) == "auto:5"
     ps.save(tmp_path / "c")

@@ -18,11 +18,23 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("command", ["separate", "fit", "evaluate"])
-def test_threads_below_one_is_a_usage_error(command, tmp_path, capsys, monkeypatch, restore_threads):
+def test_threads_below_one_is_a_usage_error(
+    command, tmp_path, capsys, monkeypatch, restore_threads
+):
     """--threads 0 must stop with exit status 2 and one line naming the option, writing nothing."""
     argv = {
         "separate": ["separate", make_cutout(tmp_path / "c.fits"), "--output-dir", tmp_path / "o"],
-        "fit": ["fit", "--view", f"v:a:{tmp_path / 'none.h5'}", "--sources", "a", "--size", "8", "-o", tmp_path / "o"],
+        "fit": [
+            "fit",
+            "--view",
+            f"v:a:{tmp_path / 'none.h5'}",
+            "--sources",
+            "a",
+            "--size",
+            "8",
+            "-o",
+            tmp_path / "o",
+        ],
         "evaluate": ["evaluate", "-o", tmp_path / "o"],
     }[command]
     code, _, _, err = run_cli([*argv, "--threads", "0"], capsys, monkeypatch, prior=FakePrior())
@@ -36,7 +48,9 @@ def test_set_threads_defaults(monkeypatch, restore_threads):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     torch.set_num_threads(2)
     set_threads(None, default_one=False)
-    assert torch.get_num_threads() == 2, "fit/evaluate changed torch's thread count without --threads"
+    assert torch.get_num_threads() == 2, (
+        "fit/evaluate changed torch's thread count without --threads"
+    )
     set_threads(None, default_one=True)
     assert torch.get_num_threads() == 1, "separate did not default to one thread"
     set_threads(2, default_one=True)

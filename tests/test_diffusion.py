@@ -48,16 +48,26 @@ def test_unet_prior_learns_a_multimodal_image_distribution():
     templates = _bars()
     data = templates[torch.randint(8, (4096,), generator=gen)]
     prior = DiffusionPrior(
-        (1, 8, 8), "unet", {"channels": 1, "widths": [16, 32], "blocks": 1, "emb_features": 32},
-        VESchedule(1e-3, 10.0), sigma_data=0.35,
+        (1, 8, 8),
+        "unet",
+        {"channels": 1, "widths": [16, 32], "blocks": 1, "emb_features": 32},
+        VESchedule(1e-3, 10.0),
+        sigma_data=0.35,
     )
     trainer = Trainer(prior, lr=2e-3, ema_decay=0.99, warmup=50)
     trainer.fit(data, 300, 64, generator=gen)
-    x = sample_prior([trainer.ema_prior], 128, config=SamplerConfig("pc", 32), generators=torch.Generator().manual_seed(1))
+    x = sample_prior(
+        [trainer.ema_prior],
+        128,
+        config=SamplerConfig("pc", 32),
+        generators=torch.Generator().manual_seed(1),
+    )
     matched, horizontal = _match(x[:, 0], templates)
     assert matched > 0.85, f"only {matched:.0%} of samples look like a bar"
     assert 0.25 < horizontal < 0.75, f"orientation balance {horizontal:.0%}: a mode was dropped"
-    control, _ = _match(GaussianPrior.fit(data, 8).sample(128, torch.Generator().manual_seed(2)), templates)
+    control, _ = _match(
+        GaussianPrior.fit(data, 8).sample(128, torch.Generator().manual_seed(2)), templates
+    )
     assert control < 0.2, "the test does not discriminate: a Gaussian passes it too"
 
 
@@ -74,17 +84,27 @@ def test_training_reduces_loss_and_resumes_exactly():
     """Loss must fall; a trainer restored from its state dict continues identically."""
     gen = torch.Generator().manual_seed(0)
     data = torch.randn(512, 5) * torch.tensor([2.0, 1.0, 0.5, 0.1, 1.0])
-    prior = DiffusionPrior((5,), "mlp", {"features": 5, "hidden": 64, "blocks": 2, "emb_features": 16})
+    prior = DiffusionPrior(
+        (5,), "mlp", {"features": 5, "hidden": 64, "blocks": 2, "emb_features": 16}
+    )
     trainer = Trainer(prior, lr=1e-3, warmup=10)
     with torch.no_grad():
-        before = float(sum(denoising_loss(prior, data, torch.Generator().manual_seed(i)) for i in range(5)))
+        before = float(
+            sum(denoising_loss(prior, data, torch.Generator().manual_seed(i)) for i in range(5))
+        )
     trainer.fit(data, 200, 64, generator=gen)
     with torch.no_grad():
-        after = float(sum(denoising_loss(prior, data, torch.Generator().manual_seed(i)) for i in range(5)))
+        after = float(
+            sum(denoising_loss(prior, data, torch.Generator().manual_seed(i)) for i in range(5))
+        )
     assert after < before
 
     state = copy.deepcopy(trainer.state_dict())
-    clone = Trainer(DiffusionPrior((5,), "mlp", {"features": 5, "hidden": 64, "blocks": 2, "emb_features": 16}), lr=1e-3, warmup=10)
+    clone = Trainer(
+        DiffusionPrior((5,), "mlp", {"features": 5, "hidden": 64, "blocks": 2, "emb_features": 16}),
+        lr=1e-3,
+        warmup=10,
+    )
     clone.load_state_dict(state)
     trainer.fit(data, 5, 64, generator=torch.Generator().manual_seed(5))
     clone.fit(data, 5, 64, generator=torch.Generator().manual_seed(5))
@@ -150,7 +170,12 @@ def test_flux_augmentation_teaches_the_prior_brighter_copies():
         prior = DiffusionPrior((2,), "mlp", kwargs, VESchedule(1e-3, 20.0), sigma_data=1.0)
         trainer = Trainer(prior, lr=2e-3, ema_decay=0.99, warmup=20)
         trainer.fit(data, 400, 256, generator=torch.Generator().manual_seed(1), augment=augment)
-        x = sample_prior([trainer.ema_prior], 2048, config=SamplerConfig("pc", 32), generators=torch.Generator().manual_seed(2))
+        x = sample_prior(
+            [trainer.ema_prior],
+            2048,
+            config=SamplerConfig("pc", 32),
+            generators=torch.Generator().manual_seed(2),
+        )
         stds.append(float(x.std()))
     assert 0.35 < stds[0] < 0.65, f"plain prior std {stds[0]:.2f}, data 0.5"
     assert 1.6 < stds[1] < 2.4, f"augmented prior std {stds[1]:.2f}, expected 4 x 0.5"

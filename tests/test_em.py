@@ -22,7 +22,10 @@ from galprism.posterior import sample_prior
 
 
 def _views(problem) -> list[View]:
-    return [View.from_source_sum(v.name, problem.source_names, v.y, v.noise_var, v.operator) for v in problem.views]
+    return [
+        View.from_source_sum(v.name, problem.source_names, v.y, v.noise_var, v.operator)
+        for v in problem.views
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +35,23 @@ def tiny():
 
 
 def _tiny_config(**kw) -> EMConfig:
-    base = dict(sources=["source1", "source2"], shape=[5], gaussian_laps=1, diffusion_laps=1, gaussian_rank=3,
-                estep_batch=64, sampler="pc", steps=4, cg_iterations=3, train_steps=20, train_batch=32,
-                backbone_kwargs={"hidden": 16, "blocks": 1, "emb_features": 8}, initial_variance="auto",
-                grid_samples=0, seed=5)
+    base = dict(
+        sources=["source1", "source2"],
+        shape=[5],
+        gaussian_laps=1,
+        diffusion_laps=1,
+        gaussian_rank=3,
+        estep_batch=64,
+        sampler="pc",
+        steps=4,
+        cg_iterations=3,
+        train_steps=20,
+        train_batch=32,
+        backbone_kwargs={"hidden": 16, "blocks": 1, "emb_features": 8},
+        initial_variance="auto",
+        grid_samples=0,
+        seed=5,
+    )
     base.update(kw)
     return EMConfig(**base)
 
@@ -84,15 +100,30 @@ def test_em_beats_its_gaussian_warm_start_on_the_manifold_problem(tmp_path):
     E-step is broken (chi^2 >> 1)."""
     problem = contrastive_problem(2, 2048, seed=1)
     config = EMConfig(
-        sources=problem.source_names, shape=[5], gaussian_laps=3, diffusion_laps=2, gaussian_rank=5,
-        estep_observations=1024, estep_batch=1024, sampler="pc", steps=16, cg_iterations=3, train_steps=400,
-        train_batch=256, ema_decay=0.99, backbone_kwargs={"hidden": 64, "blocks": 2, "emb_features": 32},
-        initial_variance="auto", grid_samples=0, seed=0,
+        sources=problem.source_names,
+        shape=[5],
+        gaussian_laps=3,
+        diffusion_laps=2,
+        gaussian_rank=5,
+        estep_observations=1024,
+        estep_batch=1024,
+        sampler="pc",
+        steps=16,
+        cg_iterations=3,
+        train_steps=400,
+        train_batch=256,
+        ema_decay=0.99,
+        backbone_kwargs={"hidden": 64, "blocks": 2, "emb_features": 32},
+        initial_variance="auto",
+        grid_samples=0,
+        seed=0,
     )
     result = run_em(_views(problem), config, tmp_path / "run", progress=False)
     last = [h for h in result.history if h["phase"] == "diffusion"][-1]
     for view, chi2 in last["chi2"].items():
-        assert chi2 < 3.0, f"{view}: E-step samples of the last lap do not explain the data (chi^2 {chi2:.2f})"
+        assert chi2 < 3.0, (
+            f"{view}: E-step samples of the last lap do not explain the data (chi^2 {chi2:.2f})"
+        )
     gen = torch.Generator().manual_seed(0)
     n = 1024
     learned = sample_prior(list(result.priors.priors), n, generators=gen)
@@ -122,8 +153,12 @@ def test_resume_after_stop_between_laps_gives_the_uninterrupted_result(tiny, tmp
     assert RunStore(tmp_path / "cut").last_lap() == 2
     assert len(RunStore(tmp_path / "cut").history()) == 2
     resumed = run_em(views, _tiny_config(), tmp_path / "cut", progress=False)
-    assert _strip(resumed.history) == _strip(full.history), "resumed history differs from the uninterrupted run"
-    assert _same_priors(resumed.priors, full.priors), "resumed priors differ from the uninterrupted run"
+    assert _strip(resumed.history) == _strip(full.history), (
+        "resumed history differs from the uninterrupted run"
+    )
+    assert _same_priors(resumed.priors, full.priors), (
+        "resumed priors differ from the uninterrupted run"
+    )
 
 
 def test_kill_in_the_middle_of_a_lap_loses_no_completed_lap(tiny, tmp_path, monkeypatch):
@@ -209,7 +244,13 @@ def test_observations_that_do_not_match_their_operator_are_refused(tiny):
     ShapeError naming both shapes."""
     v = tiny.views[0]
     with pytest.raises(ShapeError) as info:
-        View("view1", ["source1"], torch.zeros(64, 4), torch.ones(64, 4), SourceSum([v.operator.ops[0]]))
+        View(
+            "view1",
+            ["source1"],
+            torch.zeros(64, 4),
+            torch.ones(64, 4),
+            SourceSum([v.operator.ops[0]]),
+        )
     msg = _one_line(info.value)
     assert "(4,)" in msg and "(3,)" in msg
     # also: as many matrices as observations
@@ -225,11 +266,19 @@ def test_empty_views_are_refused(tiny):
         View("empty", [], v.y, v.noise_var, SourceSum([v.operator.ops[0]]))
     _one_line(info.value)
     with pytest.raises(ConfigError, match="no observations") as info:
-        View("empty", ["source1"], v.y[:0], v.noise_var[:0], SourceSum([MatrixOperator(torch.zeros(0, 3, 5))]))
+        View(
+            "empty",
+            ["source1"],
+            v.y[:0],
+            v.noise_var[:0],
+            SourceSum([MatrixOperator(torch.zeros(0, 3, 5))]),
+        )
     _one_line(info.value)
 
 
-def test_flux_augment_laps_augments_only_the_first_laps_and_may_change_for_laps_to_come(tiny, tmp_path, monkeypatch):
+def test_flux_augment_laps_augments_only_the_first_laps_and_may_change_for_laps_to_come(
+    tiny, tmp_path, monkeypatch
+):
     """``flux_augment_laps=1`` with 2 diffusion laps per stage must augment source 2's first
     diffusion lap only; a finished run without the limit (every lap augmented) extended by
     one more unaugmented lap must end as the run planned that way from the start; and
@@ -248,16 +297,28 @@ def test_flux_augment_laps_augments_only_the_first_laps_and_may_change_for_laps_
     monkeypatch.setattr(Trainer, "fit", spy)
     views = _views(tiny)
     aug = {"source2": [2.0, 2.0]}
-    run_em(views, _tiny_config(diffusion_laps=2, flux_augment=aug, flux_augment_laps=1), tmp_path / "a",
-           progress=False)
+    run_em(
+        views,
+        _tiny_config(diffusion_laps=2, flux_augment=aug, flux_augment_laps=1),
+        tmp_path / "a",
+        progress=False,
+    )
     assert calls == [False, False, True, False]  # source1 laps 0, 1; source2 laps 0, 1
 
-    planned = run_em(views, _tiny_config(diffusion_laps=[1, 2], flux_augment=aug, flux_augment_laps=1),
-                     tmp_path / "planned", progress=False)
+    planned = run_em(
+        views,
+        _tiny_config(diffusion_laps=[1, 2], flux_augment=aug, flux_augment_laps=1),
+        tmp_path / "planned",
+        progress=False,
+    )
     run_em(views, _tiny_config(flux_augment=aug), tmp_path / "run", progress=False)
     calls.clear()
-    extended = run_em(views, _tiny_config(diffusion_laps=[1, 2], flux_augment=aug, flux_augment_laps=1),
-                      tmp_path / "run", progress=False)
+    extended = run_em(
+        views,
+        _tiny_config(diffusion_laps=[1, 2], flux_augment=aug, flux_augment_laps=1),
+        tmp_path / "run",
+        progress=False,
+    )
     assert calls == [False], "only the new, unaugmented lap may run"
     assert _strip(extended.history) == _strip(planned.history)
     assert _same_priors(extended.priors, planned.priors)
@@ -279,10 +340,16 @@ def test_a_finished_run_trains_longer_when_its_last_stage_gets_more_laps(tiny, t
     short = run_em(views, _tiny_config(), tmp_path / "run", progress=False)
     assert [h["lap"] for h in short.history] == [1, 2, 3, 4]
     extended = run_em(views, _tiny_config(diffusion_laps=[1, 2]), tmp_path / "run", progress=False)
-    assert _strip(extended.history) == _strip(longer.history), "extended history differs from the longer run's"
-    assert _same_priors(extended.priors, longer.priors), "extended priors differ from the longer run's"
+    assert _strip(extended.history) == _strip(longer.history), (
+        "extended history differs from the longer run's"
+    )
+    assert _same_priors(extended.priors, longer.priors), (
+        "extended priors differ from the longer run's"
+    )
     store = RunStore(tmp_path / "run")
-    assert store.last_lap() == 5 and json.loads(store.config_path.read_text())["diffusion_laps"] == [1, 2]
+    assert store.last_lap() == 5 and json.loads(store.config_path.read_text())[
+        "diffusion_laps"
+    ] == [1, 2]
 
     config_before = store.config_path.read_text()
     with pytest.raises(ConfigError) as info:
@@ -361,13 +428,17 @@ def test_a_corrections_schedule_sets_each_laps_langevin_corrections(tiny, tmp_pa
     and later laps with none, alongside a ``steps`` schedule; ``corrections=[1]`` is the
     same run as ``corrections=1``. Fails if the schedule is ignored or mis-indexed, or if a
     negative or empty schedule is accepted."""
-    seen, restore = _record_e_step_samplers(monkeypatch, lambda sampler: (sampler.steps, sampler.corrections))
+    seen, restore = _record_e_step_samplers(
+        monkeypatch, lambda sampler: (sampler.steps, sampler.corrections)
+    )
     views = _views(tiny)
     config = _tiny_config(diffusion_laps=2, sampler="pc", steps=[4, 8], corrections=[2, 0])
     run_em(views, config, tmp_path / "sched", progress=False)
     assert seen == [(4, 2), (4, 2), (8, 0)] * 2
     restore()
-    a = run_em(views, _tiny_config(sampler="pc", corrections=[1]), tmp_path / "list", progress=False)
+    a = run_em(
+        views, _tiny_config(sampler="pc", corrections=[1]), tmp_path / "list", progress=False
+    )
     b = run_em(views, _tiny_config(sampler="pc", corrections=1), tmp_path / "int", progress=False)
     assert _strip(a.history) == _strip(b.history) and _same_priors(a.priors, b.priors)
     for bad in ([], [-1], [1, 0.5], -1):
@@ -390,27 +461,48 @@ def test_flux_augment_reaches_the_m_step_of_its_source_only(tiny, tmp_path, monk
         return real(self, data, steps, batch_size, **kw)
 
     monkeypatch.setattr(Trainer, "fit", spy)
-    run_em(_views(tiny), _tiny_config(flux_augment={"source2": [2.0, 2.0]}), tmp_path / "aug", progress=False)
+    run_em(
+        _views(tiny),
+        _tiny_config(flux_augment={"source2": [2.0, 2.0]}),
+        tmp_path / "aug",
+        progress=False,
+    )
     assert calls == [None, 2.0]  # one diffusion lap per stage: source1, then source2
-    for bad, word in (({"galaxy": [1, 2]}, "unknown source"), ({"source2": [3, 2]}, "low <= high"),
-                      ({"source2": [1, 2, 0]}, "fraction"), ({"source2": [1]}, "low, high")):
+    for bad, word in (
+        ({"galaxy": [1, 2]}, "unknown source"),
+        ({"source2": [3, 2]}, "low <= high"),
+        ({"source2": [1, 2, 0]}, "fraction"),
+        ({"source2": [1]}, "low, high"),
+    ):
         with pytest.raises(ConfigError, match=word):
             _tiny_config(flux_augment=bad)
 
 
-def test_an_smc_run_gives_its_particles_to_every_e_step_and_resumes_exactly(tiny, tmp_path, monkeypatch):
+def test_an_smc_run_gives_its_particles_to_every_e_step_and_resumes_exactly(
+    tiny, tmp_path, monkeypatch
+):
     """``sampler="smc"`` with ``particles=3`` must reach every E-step with 3 particles (not the
     sampler's default), learn finite priors, and resume bit for bit: its resampling draws
     come from the run's checkpointed generator like every other draw."""
-    seen, restore = _record_e_step_samplers(monkeypatch, lambda sampler: (sampler.method, sampler.particles))
+    seen, restore = _record_e_step_samplers(
+        monkeypatch, lambda sampler: (sampler.method, sampler.particles)
+    )
     views = _views(tiny)
     config = _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 2])
     full = run_em(views, config, tmp_path / "full", progress=False)
     assert seen and set(seen) == {("smc", 3)}
-    assert all(torch.isfinite(p).all() for prior in full.priors.priors for p in prior.state_dict().values())
+    assert all(
+        torch.isfinite(p).all() for prior in full.priors.priors for p in prior.state_dict().values()
+    )
     restore()
-    first = run_em(views, _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 1]), tmp_path / "resumed",
-                   progress=False)
+    first = run_em(
+        views,
+        _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 1]),
+        tmp_path / "resumed",
+        progress=False,
+    )
     assert len(first.history) < len(full.history)
     resumed = run_em(views, config, tmp_path / "resumed", progress=False)
-    assert _strip(resumed.history) == _strip(full.history) and _same_priors(resumed.priors, full.priors)
+    assert _strip(resumed.history) == _strip(full.history) and _same_priors(
+        resumed.priors, full.priors
+    )

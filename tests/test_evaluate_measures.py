@@ -19,7 +19,15 @@ from galprism.evaluate.measures import (
 )
 
 
-def gaussian_image(sigma: float = 3.0, g1: float = 0.0, g2: float = 0.0, dx: float = 0.0, dy: float = 0.0, n: int = 64, flux: float = 100.0) -> np.ndarray:
+def gaussian_image(
+    sigma: float = 3.0,
+    g1: float = 0.0,
+    g2: float = 0.0,
+    dx: float = 0.0,
+    dy: float = 0.0,
+    n: int = 64,
+    flux: float = 100.0,
+) -> np.ndarray:
     prof = galsim.Gaussian(sigma=sigma, flux=flux).shear(g1=g1, g2=g2).shift(dx, dy)
     return prof.drawImage(nx=n, ny=n, scale=1.0).array.astype(np.float64)
 
@@ -31,7 +39,9 @@ def test_identical_images_give_zero_errors_and_infinite_psnr():
     assert rec["rmse"] == 0.0 and rec["flux_err"] == 0.0
     assert math.isinf(rec["psnr"]) and rec["psnr"] > 0
     assert rec["centroid_err"] == pytest.approx(0.0, abs=1e-9)
-    assert rec["g_err"] == pytest.approx(0.0, abs=1e-9) and rec["size_err"] == pytest.approx(0.0, abs=1e-9)
+    assert rec["g_err"] == pytest.approx(0.0, abs=1e-9) and rec["size_err"] == pytest.approx(
+        0.0, abs=1e-9
+    )
     assert rec["hsm_ok"] == 1.0
 
 
@@ -43,7 +53,9 @@ def test_pure_flux_offset():
     assert flux_error(t, 0.75 * t) == pytest.approx(-0.25, rel=1e-12)
     sigma = 0.3
     assert rmse_noise(t, e, sigma) == pytest.approx(0.1 * np.sqrt(np.mean(t**2)) / sigma, rel=1e-12)
-    assert psnr_peak(t, e) == pytest.approx(20 * np.log10(t.max() / (0.1 * np.sqrt(np.mean(t**2)))), rel=1e-12)
+    assert psnr_peak(t, e) == pytest.approx(
+        20 * np.log10(t.max() / (0.1 * np.sqrt(np.mean(t**2)))), rel=1e-12
+    )
     rec = compare(t, e, sigma)
     assert rec["centroid_err"] < 1e-6 and rec["g_err"] < 1e-6 and abs(rec["size_err"]) < 1e-6
 
@@ -62,7 +74,9 @@ def test_known_ellipticity_size_and_centroid():
     rec = compare(t, e, 1.0)
     assert rec["centroid_err"] == pytest.approx(math.hypot(1.5, 0.7), abs=0.01)
     bigger = compare(t, gaussian_image(sigma=3.6), 1.0)
-    assert bigger["size_err"] == pytest.approx((np.sqrt(3.6**2 + 1 / 12) - np.sqrt(9 + 1 / 12)) / np.sqrt(9 + 1 / 12), abs=0.005)
+    assert bigger["size_err"] == pytest.approx(
+        (np.sqrt(3.6**2 + 1 / 12) - np.sqrt(9 + 1 / 12)) / np.sqrt(9 + 1 / 12), abs=0.005
+    )
 
 
 def test_adaptive_moments_failure_is_nan_and_counted():
@@ -97,7 +111,13 @@ def test_student_interval_has_nominal_coverage_for_calibrated_gaussian_posterior
     samples = mu[:, None] + scale[:, None] * rng.standard_normal((n, s))
     truth = mu + scale * rng.standard_normal(n)
     assert interval_method(s) == "student"
-    cal = summarize_calibration(samples, truth, [samples[:, :, None].transpose(1, 0, 2).reshape(s, -1)], [truth], method="auto")
+    cal = summarize_calibration(
+        samples,
+        truth,
+        [samples[:, :, None].transpose(1, 0, 2).reshape(s, -1)],
+        [truth],
+        method="auto",
+    )
     for lv in (0.68, 0.95):
         err = np.sqrt(lv * (1 - lv) / n)
         assert abs(cal.flux_coverage[lv] - lv) < 3 * err, (lv, cal.flux_coverage[lv])

@@ -33,7 +33,11 @@ def test_resampler_matches_direct_rendering_on_the_coarse_grid():
     psf_src = galsim.Gaussian(fwhm=0.1)
     psf_dst = galsim.Moffat(beta=3.0, fwhm=0.6)
     xs, ys = 112.3, 93.6  # 0-based source pixel of the galaxy centre
-    src_img = galsim.Convolve(gal, psf_src).drawImage(nx=200, ny=200, scale=fine, offset=(xs - 99.5, ys - 99.5)).array
+    src_img = (
+        galsim.Convolve(gal, psf_src)
+        .drawImage(nx=200, ny=200, scale=fine, offset=(xs - 99.5, ys - 99.5))
+        .array
+    )
     src_psf = psf_src.drawImage(nx=41, ny=41, scale=fine).array
     dst_psf = psf_dst.drawImage(nx=25, ny=25, scale=coarse).array
     a, t, resid = pixel_affine(src, dst, (200, 200))
@@ -42,18 +46,24 @@ def test_resampler_matches_direct_rendering_on_the_coarse_grid():
     xd, yd = (float(v) for v in dst.world_to_pixel(src.pixel_to_world(xs, ys)))
     rs = Resampler(a, t, (200, 200), (0, 0), (40, 40), src_psf, dst_psf)
     off = (xd - 19.5, yd - 19.5)
-    expect_conv = galsim.Convolve(gal, psf_dst).drawImage(nx=40, ny=40, scale=coarse, offset=off).array
+    expect_conv = (
+        galsim.Convolve(gal, psf_dst).drawImage(nx=40, ny=40, scale=coarse, offset=off).array
+    )
     got_conv = rs.convolved(src_img)
     assert np.abs(got_conv - expect_conv).max() < 0.01 * expect_conv.max()
     assert got_conv.sum() == pytest.approx(expect_conv.sum(), rel=0.005)
     kernel = galsim.Gaussian(fwhm=0.2)
-    expect_int = galsim.Convolve(gal, kernel).drawImage(nx=40, ny=40, scale=coarse, offset=off).array
+    expect_int = (
+        galsim.Convolve(gal, kernel).drawImage(nx=40, ny=40, scale=coarse, offset=off).array
+    )
     got_int = rs.intrinsic(src_img, 0.2 / coarse)
     assert np.abs(got_int - expect_int).max() < 0.01 * expect_int.max()
     assert got_int.sum() == pytest.approx(expect_int.sum(), rel=0.005)
     cover = rs.coverage()
     assert cover[20, 20] == pytest.approx(1.0, abs=0.01)  # well inside the fine image's footprint
-    assert cover[0, 0] < 0.5  # the fine image covers 6" of the 6.7" coarse crop, centred: corners are outside
+    assert (
+        cover[0, 0] < 0.5
+    )  # the fine image covers 6" of the 6.7" coarse crop, centred: corners are outside
 
 
 def test_central_footprint_grows_into_unassigned_pixels_only():
@@ -73,7 +83,9 @@ def test_channel_stack_adjoint_and_shapes():
     psf = torch.rand(5, 5, dtype=torch.float64)
     m1 = torch.rand(shape) > 0.2
     m2 = torch.rand(shape) > 0.5
-    op = ChannelStack([Composition([Mask(m1), Convolve(psf, shape)]), Composition([Mask(m2), Identity(shape)])])
+    op = ChannelStack(
+        [Composition([Mask(m1), Convolve(psf, shape)]), Composition([Mask(m2), Identity(shape)])]
+    )
     assert op.out_shape == (2, 16, 16)
     x = torch.randn(3, *shape, dtype=torch.float64)
     y = torch.randn(3, 2, 16, 16, dtype=torch.float64)

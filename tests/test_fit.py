@@ -32,7 +32,9 @@ def sims(tmp_path_factory):
     root = tmp_path_factory.mktemp("sims")
     out = {}
     for view, seed in (("sky", 1), ("galaxies", 2)):
-        cfg = SimulationConfig(view=view, split="train", n=24, size=SIZE, seed=seed, psf="multiview")
+        cfg = SimulationConfig(
+            view=view, split="train", n=24, size=SIZE, seed=seed, psf="multiview"
+        )
         res = simulate_batch(cfg, root / view)
         out[view] = res
     return root, out
@@ -58,12 +60,12 @@ pixel_scale = 0.168
 [[views]]
 name = "sky"
 sources = ["sky"]
-data = "sky/{[n for n in (root / 'sky').glob('*.h5') if 'truth' not in n.name][0].name}"
+data = "sky/{[n for n in (root / "sky").glob("*.h5") if "truth" not in n.name][0].name}"
 
 [[views]]
 name = "galaxies"
 sources = ["galaxy", "sky"]
-data = "galaxies/{[n for n in (root / 'galaxies').glob('*.h5') if 'truth' not in n.name][0].name}"
+data = "galaxies/{[n for n in (root / "galaxies").glob("*.h5") if "truth" not in n.name][0].name}"
 
 [em]
 gaussian_laps = 1
@@ -91,11 +93,15 @@ def test_fit_then_separate_with_the_learned_prior(sims, tmp_path, capsys):
     the per-lap history, checkpoints and PNG grids."""
     root, _ = sims
     fit_file = _fit_file(root, extra="support = {galaxy = 5}")
-    code, out, err = _run(["fit", str(fit_file), "-o", str(tmp_path / "run"), "--json", "-q"], capsys)
+    code, out, err = _run(
+        ["fit", str(fit_file), "-o", str(tmp_path / "run"), "--json", "-q"], capsys
+    )
     assert code == 0, err
     summary = json.loads(out)
     assert summary["laps"] == 4  # (1 gaussian + 1 diffusion) x 2 stages
-    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    ]
     assert [h["learning"] for h in history] == [["sky"], ["sky"], ["galaxy"], ["galaxy"]]
     assert all("chi2" in h and h["seconds"] > 0 for h in history)
     assert len(list((tmp_path / "run" / "checkpoints").glob("lap-*.pt"))) == 4
@@ -103,8 +109,22 @@ def test_fit_then_separate_with_the_learned_prior(sims, tmp_path, capsys):
 
     cutout = sorted((root / "galaxies").glob("*.fits"))[0]
     code, out, err = _run(
-        ["separate", str(cutout), "--prior", summary["prior"], "--output-dir", str(tmp_path / "sep"),
-         "-n", "2", "--steps", "3", "--json", "-q"], capsys)
+        [
+            "separate",
+            str(cutout),
+            "--prior",
+            summary["prior"],
+            "--output-dir",
+            str(tmp_path / "sep"),
+            "-n",
+            "2",
+            "--steps",
+            "3",
+            "--json",
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     record = json.loads(out.splitlines()[0])
     with fits.open(record["output"]) as hdul:
@@ -112,11 +132,15 @@ def test_fit_then_separate_with_the_learned_prior(sims, tmp_path, capsys):
         assert hdul["SKY_MEAN"].data.shape == (SIZE, SIZE)
         assert hdul[0].header["PRIOR"] == "tiny"
         # the fit file's support reaches prior.json and confines the galaxy at separation
-        assert json.loads((Path(summary["prior"]) / "prior.json").read_text())["support"] == {"galaxy": 5.0}
+        assert json.loads((Path(summary["prior"]) / "prior.json").read_text())["support"] == {
+            "galaxy": 5.0
+        }
         assert hdul[0].header["SUPPORT"] == "galaxy=5"
         yy, xx = np.mgrid[:SIZE, :SIZE]
         outside = np.hypot(yy - (SIZE - 1) / 2, xx - (SIZE - 1) / 2) > 5
-        assert np.all(hdul["GALAXY"].data[:, outside] == 0) and np.any(hdul["SKY"].data[:, outside] != 0)
+        assert np.all(hdul["GALAXY"].data[:, outside] == 0) and np.any(
+            hdul["SKY"].data[:, outside] != 0
+        )
 
 
 def test_fit_asvd_then_separate_asvd(sims, tmp_path, capsys):
@@ -124,35 +148,93 @@ def test_fit_asvd_then_separate_asvd(sims, tmp_path, capsys):
     the same inputs and outputs: one point-estimate 'sample' flagged in the header."""
     root, _ = sims
     fit_file = _fit_file(root, "tiny-asvd")
-    code, out, err = _run(["fit", str(fit_file), "--method", "asvd", "-o", str(tmp_path / "asvd"),
-                           "--rank-clean", "4", "--rank-unseen", "2", "--tau", "0.2", "--json", "-q"], capsys)
+    code, out, err = _run(
+        [
+            "fit",
+            str(fit_file),
+            "--method",
+            "asvd",
+            "-o",
+            str(tmp_path / "asvd"),
+            "--rank-clean",
+            "4",
+            "--rank-unseen",
+            "2",
+            "--tau",
+            "0.2",
+            "--json",
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads(out)["sources"] == ["sky", "galaxy"]
     cutout = sorted((root / "galaxies").glob("*.fits"))[0]
-    code, out, err = _run(["separate", str(cutout), "--prior", str(tmp_path / "asvd"), "--method", "asvd",
-                           "--output-dir", str(tmp_path / "sep"), "--json", "-q"], capsys)
+    code, out, err = _run(
+        [
+            "separate",
+            str(cutout),
+            "--prior",
+            str(tmp_path / "asvd"),
+            "--method",
+            "asvd",
+            "--output-dir",
+            str(tmp_path / "sep"),
+            "--json",
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 0, err
     with fits.open(json.loads(out)["output"]) as hdul:
         assert hdul["GALAXY"].data.shape == (1, SIZE, SIZE)
         assert hdul[0].header["POINTEST"] is True and hdul[0].header["PSFINCL"] is True
-    code, out, err = _run(["separate", str(cutout), "--prior", str(tmp_path / "asvd"), "--method", "diffusion",
-                           "--output-dir", str(tmp_path / "sep2"), "-q"], capsys)
+    code, out, err = _run(
+        [
+            "separate",
+            str(cutout),
+            "--prior",
+            str(tmp_path / "asvd"),
+            "--method",
+            "diffusion",
+            "--output-dir",
+            str(tmp_path / "sep2"),
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 2 and "asvd prior" in err
-    code, out, err = _run(["separate", str(cutout), "--prior", str(tmp_path / "asvd"), "--support", "galaxy=5",
-                           "--output-dir", str(tmp_path / "sep3"), "-q"], capsys)
+    code, out, err = _run(
+        [
+            "separate",
+            str(cutout),
+            "--prior",
+            str(tmp_path / "asvd"),
+            "--support",
+            "galaxy=5",
+            "--output-dir",
+            str(tmp_path / "sep3"),
+            "-q",
+        ],
+        capsys,
+    )
     assert code == 2 and "asvd prior" in err and not (tmp_path / "sep3").exists()
 
 
 def test_fit_file_errors_name_the_problem(tmp_path):
     """Unknown sources, unknown settings and missing files are one-line config errors."""
     bad = tmp_path / "bad.toml"
-    bad.write_text('sources = ["galaxy"]\nsize = 8\n[[views]]\nname = "v"\nsources = ["star"]\ndata = "x.h5"\n')
+    bad.write_text(
+        'sources = ["galaxy"]\nsize = 8\n[[views]]\nname = "v"\nsources = ["star"]\ndata = "x.h5"\n'
+    )
     with pytest.raises(ConfigError, match="unknown source 'star'"):
         load_fit_spec(bad)
     bad.write_text('sources = ["galaxy"]\nsize = 8\ncolour = 3\nviews = []\n')
     with pytest.raises(ConfigError, match="unknown settings"):
         load_fit_spec(bad)
-    bad.write_text('sources = ["galaxy"]\nsize = 8\nsupport = {star = 3}\n[[views]]\nname = "v"\nsources = ["galaxy"]\ndata = "x.h5"\n')
+    bad.write_text(
+        'sources = ["galaxy"]\nsize = 8\nsupport = {star = 3}\n[[views]]\nname = "v"\nsources = ["galaxy"]\ndata = "x.h5"\n'
+    )
     with pytest.raises(ConfigError, match="support names source 'star'"):
         load_fit_spec(bad)
     with pytest.raises(ConfigError, match="no such fit file"):

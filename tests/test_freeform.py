@@ -28,7 +28,15 @@ def _model(prob, k: int = 5, seed: int = 0) -> FreeformModel:
     factors = torch.randn(1, k, k, generator=gen, dtype=torch.float64) * 3.0
     valid = torch.ones_like(prob.y, dtype=torch.bool)
     valid.view(-1)[::5] = False  # some masked pixels: the columns must not see them
-    return FreeformModel([[Box(0, 0, "bright", 1.0, 1.0)]], columns, factors, prob.noise_var.sqrt(), valid, 1, (1, 8, 8)), valid
+    return FreeformModel(
+        [[Box(0, 0, "bright", 1.0, 1.0)]],
+        columns,
+        factors,
+        prob.noise_var.sqrt(),
+        valid,
+        1,
+        (1, 8, 8),
+    ), valid
 
 
 def _dense_marginal_cov(prob, model, valid):
@@ -53,16 +61,28 @@ def test_whitened_likelihood_gives_the_exact_marginal_posterior_denoiser():
     post = JointPosterior(prob.priors, op_w, y_w, nv_w, cg_iterations=y_w[0].numel() + 8)
     t = torch.tensor(0.5, dtype=torch.float64)
     sig = post.sigma(t)
-    x_t = torch.randn(1, 2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2
+    x_t = (
+        torch.randn(1, 2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        * 2
+    )
     got = post(x_t, t).reshape(-1)
 
     d = 64
     cov_y, _, _ = _dense_marginal_cov(prob, model, valid)
     mu = torch.cat([p.mean.reshape(-1) for p in prob.priors])
     s = torch.block_diag(*[p.covariance() for p in prob.priors])
-    m_y = operator.apply(torch.eye(2 * d, dtype=torch.float64).reshape(2 * d, 2, 1, 8, 8)).reshape(2 * d, -1).T
+    m_y = (
+        operator.apply(torch.eye(2 * d, dtype=torch.float64).reshape(2 * d, 2, 1, 8, 8))
+        .reshape(2 * d, -1)
+        .T
+    )
     m = torch.cat([torch.eye(2 * d, dtype=torch.float64), m_y])
-    noise = torch.block_diag(torch.diag(torch.cat([sig[0] ** 2 * torch.ones(d), sig[1] ** 2 * torch.ones(d)]).to(torch.float64)), cov_y)
+    noise = torch.block_diag(
+        torch.diag(
+            torch.cat([sig[0] ** 2 * torch.ones(d), sig[1] ** 2 * torch.ones(d)]).to(torch.float64)
+        ),
+        cov_y,
+    )
     obs = torch.cat([x_t.reshape(-1), (prob.y * valid).reshape(-1)])
     g = m @ s @ m.T + noise
     want = mu + s @ m.T @ torch.linalg.solve(g, obs - m @ mu)
@@ -81,7 +101,9 @@ def test_box_pixels_are_drawn_from_their_exact_conditional(k):
     gen = torch.Generator().manual_seed(5)
     residual = (torch.randn(1, *prob.y.shape[1:], generator=gen, dtype=torch.float64) * 2.0) * valid
     n = 40_000
-    c = model.sample(residual[:, None].expand(1, n, *prob.y.shape[1:]), [torch.Generator().manual_seed(6)])[0]
+    c = model.sample(
+        residual[:, None].expand(1, n, *prob.y.shape[1:]), [torch.Generator().manual_seed(6)]
+    )[0]
     cov_y, b, lam = _dense_marginal_cov(prob, model, valid)
     gain = lam @ b.T @ torch.linalg.inv(cov_y)
     mean = gain @ residual.reshape(-1)
@@ -90,13 +112,17 @@ def test_box_pixels_are_drawn_from_their_exact_conditional(k):
     z = (c.mean(0) - mean) / std * n**0.5
     assert float(z.abs().max()) < 5, f"conditional mean off: z-scores {z.tolist()}"
     ratio = c.std(0) / std
-    assert float((ratio - 1).abs().max()) < 0.03, f"conditional spread off: std ratios {ratio.tolist()}"
+    assert float((ratio - 1).abs().max()) < 0.03, (
+        f"conditional spread off: std ratios {ratio.tolist()}"
+    )
     # the light of the boxes is the columns applied to the pixels
     light = model.model(c[:3][None])
     assert torch.allclose(light.reshape(3, -1), (model.columns[0] @ c[:3].T).T)
 
 
-def _scene(peak: float, at: tuple[int, int], size: int = 24, sigma: float = 0.01) -> tuple[np.ndarray, ...]:
+def _scene(
+    peak: float, at: tuple[int, int], size: int = 24, sigma: float = 0.01
+) -> tuple[np.ndarray, ...]:
     yy, xx = np.mgrid[:size, :size]
     img = peak * np.exp(-((yy - at[0]) ** 2 + (xx - at[1]) ** 2) / (2 * 1.5**2))
     return img[None], np.full((1, size, size), sigma**2), np.ones((1, size, size), bool)
@@ -117,7 +143,9 @@ def test_boxes_go_to_peaks_too_bright_for_the_prior_and_to_edge_peaks_only():
     # masked pixels are never peaks
     y, nv, valid = _scene(12.0, (10, 12))
     valid[:, 8:13, 10:15] = False
-    assert all(b.kind != "bright" or b.peak < 6.0 for b in find_boxes(y, nv, valid, cfg, flux_scale=2.0))
+    assert all(
+        b.kind != "bright" or b.peak < 6.0 for b in find_boxes(y, nv, valid, cfg, flux_scale=2.0)
+    )
 
 
 def test_build_freeform_puts_a_box_on_a_star_and_its_light_through_the_psf():
@@ -126,14 +154,35 @@ def test_build_freeform_puts_a_box_on_a_star_and_its_light_through_the_psf():
     psf[2, 2], psf[2, 3] = 0.75, 0.25
     y, nv, valid = _scene(100.0, (0, 12), size=16)
     t = lambda a: torch.from_numpy(a)[None]  # noqa: E731
-    model = build_freeform(t(y), t(nv), t(valid), [psf], (1, 16, 16), 1, 1.0, FreeformConfig(bright=5.0, edge=None, half_width=1))
+    model = build_freeform(
+        t(y),
+        t(nv),
+        t(valid),
+        [psf],
+        (1, 16, 16),
+        1,
+        1.0,
+        FreeformConfig(bright=5.0, edge=None, half_width=1),
+    )
     assert model is not None and [(b.row, b.col) for b in model.boxes[0]] == [(0, 12)]
     cols = model.columns[0].reshape(16, 16, 9)
     # pixel (dr, dc) = (0, 0) of the box is column 4: the PSF centred at (0, 12)
     assert cols[0, 12, 4] == pytest.approx(0.75) and cols[0, 13, 4] == pytest.approx(0.25)
     # pixel (-1, 0) lies above the grid: its light never reaches it (PSF one row tall)
     assert float(cols[..., 1].abs().max()) < 1e-12
-    assert build_freeform(t(y), t(nv), t(valid), [psf], (1, 16, 16), 1, 1.0, FreeformConfig(bright=None, edge=None)) is None
+    assert (
+        build_freeform(
+            t(y),
+            t(nv),
+            t(valid),
+            [psf],
+            (1, 16, 16),
+            1,
+            1.0,
+            FreeformConfig(bright=None, edge=None),
+        )
+        is None
+    )
 
 
 def test_residual_boxes_go_to_point_sources_the_model_missed_and_not_to_noise():
@@ -154,17 +203,36 @@ def test_residual_boxes_go_to_point_sources_the_model_missed_and_not_to_noise():
     [box] = find_residual_boxes(resid, nv, valid, psf[None], [], cfg, flux_scale=2.0)
     assert (box.row, box.col, box.kind) == (10, 20, "residual")
     assert box.snr == pytest.approx(8.0, abs=1.5)
-    assert box.peak == pytest.approx(flux * psf.max() / 2.0, rel=0.25)  # the missed source's peak, flux_scale units
+    assert box.peak == pytest.approx(
+        flux * psf.max() / 2.0, rel=0.25
+    )  # the missed source's peak, flux_scale units
     # inside an existing box: already modelled
-    assert find_residual_boxes(resid, nv, valid, psf[None], [Box(11, 19, "bright", 9.0, 90.0)], cfg, 2.0) == []
+    assert (
+        find_residual_boxes(
+            resid, nv, valid, psf[None], [Box(11, 19, "bright", 9.0, 90.0)], cfg, 2.0
+        )
+        == []
+    )
     # masked pixels carry no signal
     masked = valid.copy()
     masked[0, 6:15, 16:25] = False
     assert find_residual_boxes(resid, nv, masked, psf[None], [], cfg, 2.0) == []
-    assert find_residual_boxes(resid, nv, valid, psf[None], [], FreeformConfig(residual=None), 2.0) == []
+    assert (
+        find_residual_boxes(resid, nv, valid, psf[None], [], FreeformConfig(residual=None), 2.0)
+        == []
+    )
 
 
-@pytest.mark.parametrize("kw", [dict(bright=-1.0), dict(edge=float("nan")), dict(residual=0.0), dict(half_width=40), dict(correlation=-0.5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(bright=-1.0),
+        dict(edge=float("nan")),
+        dict(residual=0.0),
+        dict(half_width=40),
+        dict(correlation=-0.5),
+    ],
+)
 def test_bad_freeform_settings_are_refused(kw):
     with pytest.raises(ConfigError, match="freeform"):
         FreeformConfig(**kw)
@@ -186,16 +254,23 @@ def test_real_hsc_blend_star_gets_a_box_and_the_fit_reaches_the_noise(tmp_path):
     chi2 = {}
     for tag, ff in (("on", FreeformConfig()), ("off", FreeformConfig(bright=None, edge=None))):
         out = tmp_path / f"{tag}.fits"
-        summary = run_separate([str(cutout)], prior, SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff))
+        summary = run_separate(
+            [str(cutout)], prior, SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff)
+        )
         assert summary.exit_code == 0
         with fits.open(out) as h:
             resid = h["RESID"].data
             chi2[tag] = float(np.nanmean(resid**2))
             if tag == "on":
-                kinds = [h["FREEFORM"].header[f"FFBOX{i}"].split()[0] for i in range(h[0].header["FFBOXES"])]
+                kinds = [
+                    h["FREEFORM"].header[f"FFBOX{i}"].split()[0]
+                    for i in range(h[0].header["FFBOXES"])
+                ]
                 assert kinds == ["bright", "bright"], kinds
                 assert "FREEFORM_MEAN" in h and h["FREEFORM"].data.shape[0] == 2
-    assert chi2["off"] > 100, f"without free-form components chi^2 {chi2['off']:.1f} (about 300 expected)"
+    assert chi2["off"] > 100, (
+        f"without free-form components chi^2 {chi2['off']:.1f} (about 300 expected)"
+    )
     assert chi2["on"] < 3, f"with free-form components chi^2 {chi2['on']:.2f}"
 
 
@@ -214,15 +289,25 @@ def test_residual_boxes_take_the_cores_the_prior_draws_too_faint(tmp_path):
 
     cutout = Path(__file__).resolve().parents[1] / "sample_fits" / "multiview_hsc_i.fits"
     prior = load_priorset("default")
-    read = ReadOptions(zeropoint=29.405)  # the noise-matched zero point (docs/user-guide.md, "Flux scale")
+    read = ReadOptions(
+        zeropoint=29.405
+    )  # the noise-matched zero point (docs/user-guide.md, "Flux scale")
     chi2, kinds = {}, {}
     for tag, ff in (("off", FreeformConfig()), ("on", FreeformConfig(residual=5.0))):
         out = tmp_path / f"{tag}.fits"
-        summary = run_separate([str(cutout)], prior, SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff, read=read))
+        summary = run_separate(
+            [str(cutout)],
+            prior,
+            SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff, read=read),
+        )
         assert summary.exit_code == 0
         with fits.open(out) as h:
             chi2[tag] = h[0].header["CHI2"]
             assert h[0].header["FFRESID"] == ("none" if tag == "off" else 5.0)
-            kinds[tag] = [h["FREEFORM"].header[f"FFBOX{i}"].split()[0] for i in range(h[0].header["FFBOXES"])]
+            kinds[tag] = [
+                h["FREEFORM"].header[f"FFBOX{i}"].split()[0] for i in range(h[0].header["FFBOXES"])
+            ]
     assert "residual" not in kinds["off"] and kinds["on"].count("residual") >= 2, kinds
-    assert chi2["on"] < chi2["off"] - 0.3, f"residual boxes left chi^2 {chi2['on']:.2f} (without: {chi2['off']:.2f})"
+    assert chi2["on"] < chi2["off"] - 0.3, (
+        f"residual boxes left chi^2 {chi2['on']:.2f} (without: {chi2['off']:.2f})"
+    )

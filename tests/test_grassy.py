@@ -114,7 +114,9 @@ def test_views_are_independent_and_reproducible(data_dir):
     b = grassy_problem(400, 400, data_dir=data_dir, seed=5)
     c = grassy_problem(400, 400, data_dir=data_dir, seed=6)
     for name in ("grass", "mixed"):
-        assert torch.equal(a[name].y, b[name].y) and torch.equal(a[name].crop_origin, b[name].crop_origin)
+        assert torch.equal(a[name].y, b[name].y) and torch.equal(
+            a[name].crop_origin, b[name].crop_origin
+        )
         assert not torch.equal(a[name].y, c[name].y)
     g, m = a["grass"], a["mixed"]
     same_origin = (g.crop_origin == m.crop_origin).all(dim=1).float().mean()
@@ -123,14 +125,20 @@ def test_views_are_independent_and_reproducible(data_dir):
     assert abs(corr) < 0.05, f"grass crops of the two views are correlated ({corr:.3f})"
     noise_g = (g.y - g.operator.apply(g.x)).flatten()
     noise_m = (m.y - m.operator.apply(m.x)).flatten()
-    assert abs(float(np.corrcoef(noise_g.numpy(), noise_m.numpy())[0, 1])) < 0.02, "views share noise"
+    assert abs(float(np.corrcoef(noise_g.numpy(), noise_m.numpy())[0, 1])) < 0.02, (
+        "views share noise"
+    )
 
 
 def test_splits_are_disjoint(data_dir):
     """Train, validation and test must use disjoint digits and disjoint rows of the
     texture; otherwise test scores are measured on training material."""
     pools = {s: set(digit_indices(N_DIGITS, s).tolist()) for s in ("train", "val", "test")}
-    assert not (pools["train"] & pools["test"]) and not (pools["train"] & pools["val"]) and not (pools["val"] & pools["test"])
+    assert (
+        not (pools["train"] & pools["test"])
+        and not (pools["train"] & pools["val"])
+        and not (pools["val"] & pools["test"])
+    )
     assert set().union(*pools.values()) == set(range(N_DIGITS))
     assert torch.equal(digit_indices(N_DIGITS, "test", 1), digit_indices(N_DIGITS, "test", 1))
     assert not torch.equal(digit_indices(N_DIGITS, "test", 0), digit_indices(N_DIGITS, "test", 1))
@@ -139,7 +147,9 @@ def test_splits_are_disjoint(data_dir):
         assert set(view.digit_index.tolist()) <= pools[split]
         lo, hi = GRASS_ROWS[split]
         rows = view.crop_origin[:, 0]
-        assert int(rows.min()) >= lo and int(rows.max()) + 28 <= hi, f"{split} crops leave their band"
+        assert int(rows.min()) >= lo and int(rows.max()) + 28 <= hi, (
+            f"{split} crops leave their band"
+        )
 
 
 def test_bad_requests_give_one_line_errors(data_dir, tmp_path):
@@ -177,4 +187,6 @@ def test_real_files_match_their_description():
     assert images.shape == (5000, 28, 28) and float(images.max()) <= 1.0
     assert torch.bincount(labels).tolist() == [500] * 10
     texture = load_grass()
-    assert texture.shape == (512, 512) and 0.0 <= float(texture.min()) and float(texture.max()) <= 1.0
+    assert (
+        texture.shape == (512, 512) and 0.0 <= float(texture.min()) and float(texture.max()) <= 1.0
+    )

@@ -39,11 +39,18 @@ def test_three_d_image_has_bands_first_and_per_band_psf(tmp_path):
     p = make_cutout(tmp_path / "b.fits", shape=(3, 16, 16), psf=gaussian_psf(9, 1.0))
     obs = read_cutout(p)
     assert obs.shape == (3, 16, 16)
-    assert obs.psf.shape == (3, 9, 9) and np.allclose(obs.psf[0], obs.psf[2]), "2-D PSF not broadcast to bands"
+    assert obs.psf.shape == (3, 9, 9) and np.allclose(obs.psf[0], obs.psf[2]), (
+        "2-D PSF not broadcast to bands"
+    )
     psfs = np.stack([gaussian_psf(9, s) for s in (0.8, 1.0, 1.4)])
     p = make_cutout(tmp_path / "c.fits", shape=(3, 16, 16), psf=psfs)
     obs = read_cutout(p)
-    np.testing.assert_allclose(obs.psf, psfs / psfs.sum(axis=(1, 2), keepdims=True), atol=1e-6, err_msg="per-band PSFs mixed up")
+    np.testing.assert_allclose(
+        obs.psf,
+        psfs / psfs.sum(axis=(1, 2), keepdims=True),
+        atol=1e-6,
+        err_msg="per-band PSFs mixed up",
+    )
 
 
 def test_psf_sidecar_and_template(tmp_path):
@@ -80,7 +87,9 @@ def test_mask_planes_default_and_names(tmp_path):
     assert valid[1, 1] and not valid[2, 2] and not valid[3, 3], "named planes not honoured"
     valid = read_cutout(p, ReadOptions(mask_bits=str(1 << HSC_PLANES["SAT"]))).valid[0]
     assert not valid[1, 1] and valid[2, 2] and valid[3, 3], "numeric bit values not honoured"
-    assert read_cutout(p, ReadOptions(mask_bits="none")).valid.all(), "'none' should ignore the mask"
+    assert read_cutout(p, ReadOptions(mask_bits="none")).valid.all(), (
+        "'none' should ignore the mask"
+    )
     assert read_cutout(p, ReadOptions(mask_bits="all")).valid.sum() == 256 - 3
     with pytest.raises(InputError, match="NOPE.*MP_"):
         read_cutout(p, ReadOptions(mask_bits="NOPE"))
@@ -159,7 +168,10 @@ def test_wcs_pixel_scale_and_override(tmp_path):
         ({"BUNIT": "uJy"}, 23.9),
         ({"BUNIT": "nanomaggy"}, 22.5),
         ({"MAGZERO": 27.0, "BUNIT": "nJy"}, 27.0),
-        ({"BUNIT": "electron/s", "PHOTFLAM": 7.0e-20, "PHOTPLAM": 8045.0}, 25.95),  # STScI ABMAG formula
+        (
+            {"BUNIT": "electron/s", "PHOTFLAM": 7.0e-20, "PHOTPLAM": 8045.0},
+            25.95,
+        ),  # STScI ABMAG formula
         ({}, None),
     ],
 )
@@ -170,7 +182,12 @@ def test_zeropoint_sources(tmp_path, header, expected):
         assert obs.zeropoint is None
     else:
         assert obs.zeropoint == pytest.approx(expected, abs=0.01), f"{header} -> {obs.zeropoint}"
-    assert read_cutout(make_cutout(tmp_path / "b.fits", header=header), ReadOptions(zeropoint=20.0)).zeropoint == 20.0
+    assert (
+        read_cutout(
+            make_cutout(tmp_path / "b.fits", header=header), ReadOptions(zeropoint=20.0)
+        ).zeropoint
+        == 20.0
+    )
 
 
 def test_big_endian_and_scaled_integer_images(tmp_path):

@@ -22,7 +22,9 @@ def test_shift_matches_original_pixels(sip):
         s = shift_wcs(w, x0, y0)
         a = np.array(w.all_pix2world(x + x0, y + y0, 0))
         b = np.array(s.all_pix2world(x, y, 0))
-        assert np.abs(a - b).max() < TOL_DEG, f"shift ({x0}, {y0}) moved the sky by {np.abs(a - b).max()} deg"
+        assert np.abs(a - b).max() < TOL_DEG, (
+            f"shift ({x0}, {y0}) moved the sky by {np.abs(a - b).max()} deg"
+        )
 
 
 @pytest.mark.parametrize("sip", [False, True])
@@ -36,7 +38,9 @@ def test_refine_puts_fine_pixels_inside_their_coarse_pixel(sip, factor):
     a = np.array(w.all_pix2world(c, c[::-1], 0))
     b = np.array(r.all_pix2world(q, q[::-1], 0))
     assert np.abs(a - b).max() < TOL_DEG, f"refined WCS off by {np.abs(a - b).max()} deg"
-    assert pixel_scale_arcsec(r, "fine") == pytest.approx(pixel_scale_arcsec(w, "coarse") / factor, rel=1e-6)
+    assert pixel_scale_arcsec(r, "fine") == pytest.approx(
+        pixel_scale_arcsec(w, "coarse") / factor, rel=1e-6
+    )
 
 
 def test_cube_header_adds_linear_sample_and_band_axes():
@@ -48,7 +52,9 @@ def test_cube_header_adds_linear_sample_and_band_axes():
     world = c.wcs_pix2world([[4.0, 5.0, 2.0, 6.0]], 0)[0]
     ra, dec = w.all_pix2world([4.0], [5.0], 0)
     assert abs(world[0] - ra[0]) < TOL_DEG and abs(world[1] - dec[0]) < TOL_DEG
-    assert world[2] == pytest.approx(2.0) and world[3] == pytest.approx(6.0), "SAMPLE/BAND axis values are not the 0-based index"
+    assert world[2] == pytest.approx(2.0) and world[3] == pytest.approx(6.0), (
+        "SAMPLE/BAND axis values are not the 0-based index"
+    )
 
 
 def test_cube_header_with_sip_stays_readable():

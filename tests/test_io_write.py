@@ -14,7 +14,12 @@ from galprism.io.write import OutputExistsError, image_hdu, primary_hdu, source_
 
 
 def _hdul(value: float = 1.0) -> fits.HDUList:
-    return fits.HDUList([primary_hdu({"SEED": (5, "seed")}, ["galprism separate a.fits"]), image_hdu(np.full((4, 4), value), "X", wcs=None, bunit="nJy")])
+    return fits.HDUList(
+        [
+            primary_hdu({"SEED": (5, "seed")}, ["galprism separate a.fits"]),
+            image_hdu(np.full((4, 4), value), "X", wcs=None, bunit="nJy"),
+        ]
+    )
 
 
 def test_write_has_checksums_and_refuses_to_clobber(tmp_path):
@@ -83,12 +88,18 @@ def test_source_hdus_layout():
     cube, mean, _ = source_hdus("g", rng.normal(size=(4, 3, 6, 7)), wcs=None, bunit=None)
     assert cube.data.shape == (4, 3, 6, 7) and mean.data.shape == (3, 6, 7)
     cube, _, std = source_hdus("g", s[:1], wcs=None, bunit=None)
-    assert cube.data.shape == (1, 6, 7) and np.all(std.data == 0), "a point estimate has zero spread"
+    assert cube.data.shape == (1, 6, 7) and np.all(std.data == 0), (
+        "a point estimate has zero spread"
+    )
 
 
 def test_history_wraps_long_command_lines_at_spaces():
     """A long command line survives in HISTORY: joining the cards with spaces gives it back."""
-    line = "galprism separate " + " ".join(f"/data/survey/tract{i:04d}/cutout_{i:06d}.fits" for i in range(6)) + " --n-samples 8"
+    line = (
+        "galprism separate "
+        + " ".join(f"/data/survey/tract{i:04d}/cutout_{i:06d}.fits" for i in range(6))
+        + " --n-samples 8"
+    )
     hdu = primary_hdu({}, [line])
     cards = [str(c) for c in hdu.header["HISTORY"]]
     assert len(cards) > 1 and all(len(c) <= 72 for c in cards)

@@ -10,7 +10,9 @@ from galprism.gaussian import GaussianPrior
 
 
 def _exact(prior, x, sigma):
-    cov = prior.covariance() + sigma**2 * torch.eye(prior.covariance().shape[0], dtype=torch.float64)
+    cov = prior.covariance() + sigma**2 * torch.eye(
+        prior.covariance().shape[0], dtype=torch.float64
+    )
     dist = torch.distributions.MultivariateNormal(prior.mean.reshape(-1), covariance_matrix=cov)
     return dist.log_prob(x.reshape(x.shape[0], -1))
 
@@ -18,8 +20,11 @@ def _exact(prior, x, sigma):
 def _prior():
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(16, 16, generator=gen, dtype=torch.float64)
-    prior = GaussianPrior.from_covariance(0.1 * torch.randn(1, 4, 4, generator=gen, dtype=torch.float64),
-                                          a @ a.T / 16 + 0.05 * torch.eye(16, dtype=torch.float64), VESchedule(1e-3, 100.0))
+    prior = GaussianPrior.from_covariance(
+        0.1 * torch.randn(1, 4, 4, generator=gen, dtype=torch.float64),
+        a @ a.T / 16 + 0.05 * torch.eye(16, dtype=torch.float64),
+        VESchedule(1e-3, 100.0),
+    )
     prior.sigma_data = 1.0
     return prior
 
@@ -41,7 +46,12 @@ def test_hutchinson_log_prob_is_unbiased_within_its_spread():
     agree within a few standard errors."""
     prior = _prior()
     x = prior.sample(2, torch.Generator().manual_seed(2))
-    runs = torch.stack([log_prob(prior, x, steps=32, probes=4, generator=torch.Generator().manual_seed(s)) for s in range(8)])
+    runs = torch.stack(
+        [
+            log_prob(prior, x, steps=32, probes=4, generator=torch.Generator().manual_seed(s))
+            for s in range(8)
+        ]
+    )
     want = _exact(prior, x, 1e-3)
     err = runs.mean(0) - want
     se = runs.std(0) / math.sqrt(runs.shape[0])

@@ -38,7 +38,9 @@ def test_shapes_and_operator_types(three):
         assert view.x.shape == (N_OBS, 3, 5), "truth must be (N, K, feat_dim)"
         assert view.y.shape == (N_OBS, 3), "observations must be (N, obs_dim)"
         assert view.noise_var.shape == (N_OBS, 3)
-        assert torch.allclose(view.noise_var, torch.tensor(1e-4)), "noise variance must be sigma^2 = 1e-4"
+        assert torch.allclose(view.noise_var, torch.tensor(1e-4)), (
+            "noise variance must be sigma^2 = 1e-4"
+        )
         assert isinstance(view.operator, SourceSum) and view.operator.n_sources == 3
         assert view.operator.batch_size == N_OBS, "operators must hold one matrix per observation"
 
@@ -48,11 +50,17 @@ def test_view_k_contains_sources_one_to_k(three):
         assert view.sources == tuple(range(k)), f"view {k} must hold sources 1..{k}"
         for b, op in enumerate(view.operator.ops):
             if b < k:
-                assert isinstance(op, MatrixOperator), f"source {b + 1} is in view {k} and needs its matrix"
+                assert isinstance(op, MatrixOperator), (
+                    f"source {b + 1} is in view {k} and needs its matrix"
+                )
                 assert torch.isfinite(view.x[:, b]).all()
             else:
-                assert isinstance(op, Zero), f"source {b + 1} is absent from view {k} and must map to zero"
-                assert torch.isnan(view.x[:, b]).all(), "truth of an absent source must be NaN, not data"
+                assert isinstance(op, Zero), (
+                    f"source {b + 1} is absent from view {k} and must map to zero"
+                )
+                assert torch.isnan(view.x[:, b]).all(), (
+                    "truth of an absent source must be NaN, not data"
+                )
 
 
 def test_features_lie_in_and_span_minus_two_two(three):
@@ -72,7 +80,9 @@ def test_curve_matches_the_formula(three):
     """x_j = sum_f a/f^alpha sin(2 pi (f b z + c)), rescaled with the stored constants, recomputed by loops."""
     for curve, alpha in zip(three.curves, (3.0, 4.0, 5.0), strict=True):
         assert curve.alpha == alpha
-        assert curve.cutoff == math.ceil(1e-3 ** (-1 / alpha)), "frequency cutoff is ceil(eps^(-1/alpha))"
+        assert curve.cutoff == math.ceil(1e-3 ** (-1 / alpha)), (
+            "frequency cutoff is ceil(eps^(-1/alpha))"
+        )
         for coef in (curve.a, curve.b, curve.c):
             assert coef.shape == (5, curve.cutoff) and coef.min() >= 0 and coef.max() < 1
         z = np.array([0.0, 0.123, 0.5, 0.987])
@@ -80,10 +90,14 @@ def test_curve_matches_the_formula(three):
         for i, zi in enumerate(z):
             for j in range(5):
                 raw = sum(
-                    curve.a[j, f - 1] / f**alpha * math.sin(2 * math.pi * (f * curve.b[j, f - 1] * zi + curve.c[j, f - 1]))
+                    curve.a[j, f - 1]
+                    / f**alpha
+                    * math.sin(2 * math.pi * (f * curve.b[j, f - 1] * zi + curve.c[j, f - 1]))
                     for f in range(1, curve.cutoff + 1)
                 )
-                expected[i, j] = MAX_SPREAD * (raw - curve.lo[j]) / (curve.hi[j] - curve.lo[j]) - 2.0
+                expected[i, j] = (
+                    MAX_SPREAD * (raw - curve.lo[j]) / (curve.hi[j] - curve.lo[j]) - 2.0
+                )
         np.testing.assert_allclose(curve(z), np.clip(expected, -2, 2), atol=1e-12)
 
 
@@ -108,7 +122,9 @@ def test_curve_distance_is_zero_on_the_curve_and_the_offset_off_it(three):
         v /= np.linalg.norm(v)
         d, _ = curve.distance(point[None] + offset * v)
         # The curve bends, so a far part could be closer; for a small offset it is not.
-        assert abs(d[0] - offset) < 2e-3, f"a point {offset} off the curve along a normal reads {d[0]:.4f}"
+        assert abs(d[0] - offset) < 2e-3, (
+            f"a point {offset} off the curve along a normal reads {d[0]:.4f}"
+        )
     with pytest.raises(ConfigError, match="shape"):
         curve.distance(np.zeros((3, 4)))
 
@@ -117,9 +133,13 @@ def test_matrices_have_unit_rows_and_are_shared_by_the_sources_of_an_observation
     view = three.views[2]
     norms = torch.linalg.vector_norm(view.matrices, dim=-1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5), "rows of A must have unit norm"
-    assert torch.equal(view.matrices[:, 0], view.matrices[:, 1]), "contrastive sources share one A per observation"
+    assert torch.equal(view.matrices[:, 0], view.matrices[:, 1]), (
+        "contrastive sources share one A per observation"
+    )
     assert torch.equal(view.matrices[:, 0], view.matrices[:, 2])
-    assert not torch.allclose(view.matrices[0, 0], view.matrices[1, 0]), "each observation needs its own A"
+    assert not torch.allclose(view.matrices[0, 0], view.matrices[1, 0]), (
+        "each observation needs its own A"
+    )
 
 
 def test_operator_reproduces_y_up_to_noise(three):
@@ -127,7 +147,9 @@ def test_operator_reproduces_y_up_to_noise(three):
         x = torch.nan_to_num(view.x.double(), nan=0.0)
         resid = view.y.double() - view.operator.apply(x)
         chi2 = float((resid**2 / view.noise_var.double()).mean())
-        assert abs(chi2 - 1) < 0.05, f"{view.name}: y - A x is not N(0, 0.01^2) noise (chi2/dof {chi2:.3f})"
+        assert abs(chi2 - 1) < 0.05, (
+            f"{view.name}: y - A x is not N(0, 0.01^2) noise (chi2/dof {chi2:.3f})"
+        )
         assert abs(float(resid.mean())) < 5 * 0.01 / math.sqrt(resid.numel())
 
 
@@ -137,7 +159,9 @@ def test_views_are_independent(three):
     a, b = v1.x[:, 0].double(), v2.x[:, 0].double()
     assert not torch.allclose(a, b), "view 2 reuses view 1's draws of source 1"
     corr = np.corrcoef(a[:, 0].numpy(), b[:, 0].numpy())[0, 1]
-    assert abs(corr) < 5 / math.sqrt(N_OBS), f"source 1 draws of views 1 and 2 are correlated ({corr:.3f})"
+    assert abs(corr) < 5 / math.sqrt(N_OBS), (
+        f"source 1 draws of views 1 and 2 are correlated ({corr:.3f})"
+    )
     assert not torch.allclose(v1.matrices[:, 0], v3.matrices[:, 0]), "views share matrices"
     n1 = v1.y.double() - v1.operator.apply(torch.nan_to_num(v1.x.double()))
     n2 = v2.y.double() - v2.operator.apply(torch.nan_to_num(v2.x.double()))
@@ -151,7 +175,9 @@ def test_reproducible_from_seed_and_seed_matters(three):
         assert torch.equal(a.y, b.y) and torch.equal(a.matrices, b.matrices)
         assert torch.equal(torch.nan_to_num(a.x), torch.nan_to_num(b.x))
     other = contrastive_problem(3, N_OBS, seed=8)
-    assert not torch.allclose(three.views[0].y, other.views[0].y), "a different seed must give different data"
+    assert not torch.allclose(three.views[0].y, other.views[0].y), (
+        "a different seed must give different data"
+    )
     assert torch.equal(three.sample_source(1, 100, seed=3), again.sample_source(1, 100, seed=3))
     assert not torch.equal(three.sample_source(1, 100, seed=3), three.sample_source(1, 100, seed=4))
 
@@ -199,7 +225,12 @@ def test_mixed_variant_options():
 def test_config_is_recorded_and_bad_settings_are_refused():
     cfg = ManifoldConfig(n_sources=2, n_obs=8, seed=3)
     d = make_manifold_problem(cfg).config.to_dict()
-    assert d["seed"] == 3 and d["n_obs"] == 8 and d["noise_sigma"] == 0.01 and d["alphas"] == [3.0, 4.0, 5.0]
+    assert (
+        d["seed"] == 3
+        and d["n_obs"] == 8
+        and d["noise_sigma"] == 0.01
+        and d["alphas"] == [3.0, 4.0, 5.0]
+    )
     with pytest.raises(ConfigError, match="n_sources"):
         ManifoldConfig(n_sources=4)
     with pytest.raises(ConfigError, match="f_mix"):

@@ -86,15 +86,27 @@ def test_matches_the_reference_formula_written_out():
     u, v = rng.normal(size=(61, 5)), rng.normal(size=(50, 5)) * 1.5
 
     def ref_ot(p, q):
-        return ot.sinkhorn2(a=[], b=[], M=ot.dist(p, q), reg=1e-3, method="sinkhorn_log",
-                            numItermax=1024, stopThr=1e-2, warn=False)
+        return ot.sinkhorn2(
+            a=[],
+            b=[],
+            M=ot.dist(p, q),
+            reg=1e-3,
+            method="sinkhorn_log",
+            numItermax=1024,
+            stopThr=1e-2,
+            warn=False,
+        )
 
     hu, hv = len(u) // 2, len(v) // 2
     expected = ref_ot(u, v) - ref_ot(u[:hu], u[-hu:]) / 2 - ref_ot(v[:hv], v[-hv:]) / 2
     got = sinkhorn_divergence_details(u, v, backend="numpy", dtype="float64")
     assert got.divergence == pytest.approx(float(expected), rel=1e-10)
     assert (got.n_u, got.n_v) == (61, 50)
-    assert got.settings["reg"] == 1e-3 and got.settings["stop_thr"] == 1e-2 and got.settings["max_iter"] == 1024
+    assert (
+        got.settings["reg"] == 1e-3
+        and got.settings["stop_thr"] == 1e-2
+        and got.settings["max_iter"] == 1024
+    )
 
 
 def test_torch_float32_agrees_with_numpy_float64(one_thread):
@@ -102,7 +114,9 @@ def test_torch_float32_agrees_with_numpy_float64(one_thread):
     rng = np.random.default_rng(4)
     u, v = rng.normal(size=(100, 5)), rng.normal(size=(100, 5)) + 0.3
     a = sinkhorn_divergence_details(u, v, backend="numpy", dtype="float64")
-    b = sinkhorn_divergence_details(torch.from_numpy(u), torch.from_numpy(v), backend="torch", dtype="float32")
+    b = sinkhorn_divergence_details(
+        torch.from_numpy(u), torch.from_numpy(v), backend="torch", dtype="float32"
+    )
     assert b.divergence == pytest.approx(a.divergence, rel=1e-3, abs=1e-4)
     assert a.iterations == b.iterations, "float32 changed the number of Sinkhorn iterations"
 
@@ -122,7 +136,9 @@ def test_paper_settings_separate_a_wrong_source_from_the_truth():
     s_same = sinkhorn_divergence(truth, fresh, **opts)
     s_other = sinkhorn_divergence(truth, other, **opts)
     assert s_other > 5.0, f"a different source scored only {s_other:.3f}"
-    assert abs(s_same) < 0.02 * s_other, f"same distribution scored {s_same:.3f} vs other source {s_other:.3f}"
+    assert abs(s_same) < 0.02 * s_other, (
+        f"same distribution scored {s_same:.3f} vs other source {s_other:.3f}"
+    )
 
 
 def test_n_samples_takes_the_first_rows_and_inputs_are_untouched(one_thread):
@@ -200,7 +216,9 @@ def test_psnr_bad_input():
 
 
 # -- calibration ---------------------------------------------------------------------------
-def _gaussian_posteriors(width: float, n_obs: int = 3000, n_samples: int = 99, dim: int = 2, seed: int = 0):
+def _gaussian_posteriors(
+    width: float, n_obs: int = 3000, n_samples: int = 99, dim: int = 2, seed: int = 0
+):
     """Truth ~ N(mu, 1) per coordinate; samples ~ N(mu, width^2): calibrated iff width == 1."""
     rng = np.random.default_rng(seed)
     mu = rng.normal(size=(n_obs, dim)) * 3
@@ -214,7 +232,9 @@ def test_calibrated_gaussian_posterior_has_nominal_coverage_and_uniform_ranks():
     cov = coverage(torch.from_numpy(samples), truth)
     for level, res in cov.items():
         se = math.sqrt(level * (1 - level) / truth.size)
-        assert abs(res.fraction - level) < 4 * se, f"{level}: coverage {res.fraction:.4f} is not nominal"
+        assert abs(res.fraction - level) < 4 * se, (
+            f"{level}: coverage {res.fraction:.4f} is not nominal"
+        )
         assert res.per_coordinate.shape == (2,)
     sbc = sbc_test(samples, truth)
     assert sbc.p_value > 1e-3, f"calibrated ranks rejected as non-uniform (p = {sbc.p_value:.2g})"
@@ -224,7 +244,9 @@ def test_calibrated_gaussian_posterior_has_nominal_coverage_and_uniform_ranks():
 def test_too_narrow_posterior_under_covers_and_fails_sbc():
     samples, truth = _gaussian_posteriors(0.6)
     cov = coverage(samples, truth)
-    assert cov[0.68].fraction < 0.68 - 0.1 and cov[0.95].fraction < 0.95 - 0.05, "over-confident posterior not caught"
+    assert cov[0.68].fraction < 0.68 - 0.1 and cov[0.95].fraction < 0.95 - 0.05, (
+        "over-confident posterior not caught"
+    )
     assert sbc_test(samples, truth).p_value < 1e-6
 
 

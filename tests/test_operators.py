@@ -61,13 +61,18 @@ def _random_ops(gen, b):
         "weight_batched": Weight(torch.rand(b, *shape, generator=gen, dtype=torch.float64), shape),
         "low_rank_update": LowRankUpdate(
             torch.linalg.qr(torch.randn(b, c * h * w, 3, generator=gen, dtype=torch.float64))[0],
-            torch.rand(b, 3, generator=gen, dtype=torch.float64), shape,
+            torch.rand(b, 3, generator=gen, dtype=torch.float64),
+            shape,
         ),
     }
-    view = Composition([Mask(torch.rand(b, *coarse, generator=gen) > 0.2, coarse), Downsample(2, shape), conv_b])
+    view = Composition(
+        [Mask(torch.rand(b, *coarse, generator=gen) > 0.2, coarse), Downsample(2, shape), conv_b]
+    )
     ops["composition"] = Composition([view, Scale(torch.rand(b, generator=gen), shape)])
     ops["matmul_syntax"] = Downsample(2, shape) @ Convolve(psf(c), shape) @ Scale(0.3, shape)
-    ops["source_sum"] = SourceSum([view, Composition([view, Scale(0.5, shape)]), Zero(shape, coarse)])
+    ops["source_sum"] = SourceSum(
+        [view, Composition([view, Scale(0.5, shape)]), Zero(shape, coarse)]
+    )
     return ops
 
 
@@ -83,7 +88,9 @@ def test_adjoint_identity_every_operator(device, dtype, seed):
         y = torch.randn(b, *op.out_shape, generator=gen, dtype=dtype).to(device)
         lhs, rhs = _dot(op.apply(x), y), _dot(x, op.adjoint(y))
         scale = max(1.0, abs(float(lhs)))
-        assert abs(float(lhs - rhs)) <= TOL[dtype] * scale * 10, f"{name}: {float(lhs)} != {float(rhs)}"
+        assert abs(float(lhs - rhs)) <= TOL[dtype] * scale * 10, (
+            f"{name}: {float(lhs)} != {float(rhs)}"
+        )
         assert op.apply(x).dtype == dtype and op.apply(x).device.type == device, name
 
 
@@ -107,7 +114,9 @@ def test_convolution_and_downsampling_conserve_flux():
     x[0, :, 8, 8] = torch.tensor([3.0, 5.0])
     psf = torch.rand(2, 5, 5, dtype=torch.float64) + 0.5
     op = Downsample(4, shape) @ Convolve(psf, shape)
-    assert torch.allclose(op.apply(x).sum(dim=(-2, -1)), torch.tensor([[3.0, 5.0]], dtype=torch.float64))
+    assert torch.allclose(
+        op.apply(x).sum(dim=(-2, -1)), torch.tensor([[3.0, 5.0]], dtype=torch.float64)
+    )
 
 
 def test_take_selects_observations_and_rejects_batch_mismatch():

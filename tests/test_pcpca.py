@@ -40,8 +40,12 @@ def test_recovers_planted_target_structure_better_than_pca():
     target, background, source, basis = _planted()
     pca = PCPCA(2, 0.0).fit(target, background)
     pcpca = PCPCA(2, 0.99).fit(target, background)
-    assert _alignment(pca.weights, basis) < 0.05, "the test is meaningless if PCA already finds the target directions"
-    assert _alignment(pcpca.weights, basis) > 0.95, "PCPCA did not find the planted target directions"
+    assert _alignment(pca.weights, basis) < 0.05, (
+        "the test is meaningless if PCA already finds the target directions"
+    )
+    assert _alignment(pcpca.weights, basis) > 0.95, (
+        "PCPCA did not find the planted target directions"
+    )
     psnr_pca = mean_psnr(source, pca.posterior_mean(target), 4.0)
     psnr_pcpca = mean_psnr(source, pcpca.posterior_mean(target), 4.0)
     assert psnr_pcpca > psnr_pca + 10, f"PCPCA {psnr_pcpca:.1f} dB vs PCA {psnr_pca:.1f} dB"

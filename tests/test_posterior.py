@@ -38,18 +38,29 @@ def test_posterior_samples_match_closed_form_gaussian_posterior():
 def test_posterior_denoiser_equals_exact_gaussian_conditional():
     """At any noise level the MMPS denoiser must equal E[x | x_t, y] computed densely."""
     prob = gaussian_problem(size=4, seed=1)
-    post = JointPosterior(prob.priors, prob.operator, prob.y, prob.noise_var, cg_iterations=prob.y[0].numel() + 4)
+    post = JointPosterior(
+        prob.priors, prob.operator, prob.y, prob.noise_var, cg_iterations=prob.y[0].numel() + 4
+    )
     t = torch.tensor(0.6, dtype=torch.float64)
     sig = post.sigma(t)
-    x_t = torch.randn(1, 2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 3
+    x_t = (
+        torch.randn(1, 2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        * 3
+    )
     got = post(x_t, t).reshape(-1)
     # Dense: prior on (x) with observations x_t = x + sigma n and y = A x + n.
     d = 16
     mu = torch.cat([p.mean.reshape(-1) for p in prob.priors])
     s = torch.block_diag(*[p.covariance() for p in prob.priors])
-    m_y = prob.operator.apply(torch.eye(2 * d, dtype=torch.float64).reshape(2 * d, 2, 1, 4, 4)).reshape(2 * d, -1).T
+    m_y = (
+        prob.operator.apply(torch.eye(2 * d, dtype=torch.float64).reshape(2 * d, 2, 1, 4, 4))
+        .reshape(2 * d, -1)
+        .T
+    )
     m = torch.cat([torch.eye(2 * d, dtype=torch.float64), m_y])
-    noise = torch.cat([sig[0] ** 2 * torch.ones(d), sig[1] ** 2 * torch.ones(d), prob.noise_var.reshape(-1)]).to(torch.float64)
+    noise = torch.cat(
+        [sig[0] ** 2 * torch.ones(d), sig[1] ** 2 * torch.ones(d), prob.noise_var.reshape(-1)]
+    ).to(torch.float64)
     obs = torch.cat([x_t.reshape(-1), prob.y.reshape(-1)])
     g = m @ s @ m.T + torch.diag(noise)
     want = mu + s @ m.T @ torch.linalg.solve(g, obs - m @ mu)
@@ -90,10 +101,24 @@ def test_per_observation_generators_make_samples_independent_of_batch():
     prob = gaussian_problem(size=4, seed=3)
     y2 = torch.cat([prob.y, prob.y + 0.1])
     cfg = SamplerConfig(method="pc", steps=4)
-    alone = sample_posterior(prob.priors, prob.operator, prob.y, prob.noise_var, n_samples=3, config=cfg,
-                             generators=[torch.Generator().manual_seed(7)])
-    both = sample_posterior(prob.priors, prob.operator, y2, prob.noise_var.expand_as(y2), n_samples=3, config=cfg,
-                            generators=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)])
+    alone = sample_posterior(
+        prob.priors,
+        prob.operator,
+        prob.y,
+        prob.noise_var,
+        n_samples=3,
+        config=cfg,
+        generators=[torch.Generator().manual_seed(7)],
+    )
+    both = sample_posterior(
+        prob.priors,
+        prob.operator,
+        y2,
+        prob.noise_var.expand_as(y2),
+        n_samples=3,
+        config=cfg,
+        generators=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)],
+    )
     assert torch.allclose(alone[0], both[0], atol=1e-10)
 
 

@@ -16,21 +16,43 @@ from galprism.operators import Convolve, Downsample, Mask
 def _obs(shape=(1, 12, 12), psf=None, **kw) -> Observation:
     rng = np.random.default_rng(0)
     image = rng.normal(size=shape)
-    return Observation(image=image, variance=np.full(shape, 0.25), psf=gaussian_psf(5, 1.0) if psf is None else psf, **kw)
+    return Observation(
+        image=image,
+        variance=np.full(shape, 0.25),
+        psf=gaussian_psf(5, 1.0) if psf is None else psf,
+        **kw,
+    )
 
 
 def test_consistency_checks():
     """Bad combinations are refused with the observation's name in the message."""
     with pytest.raises(InputError, match="obs1.*zero or negative"):
-        Observation(image=np.ones((4, 4)), variance=np.zeros((4, 4)), psf=gaussian_psf(3), name="obs1")
+        Observation(
+            image=np.ones((4, 4)), variance=np.zeros((4, 4)), psf=gaussian_psf(3), name="obs1"
+        )
     with pytest.raises(InputError, match="obs2.*all pixels are masked"):
-        Observation(image=np.ones((4, 4)), variance=1.0, psf=gaussian_psf(3), mask=np.zeros((4, 4), bool), name="obs2")
+        Observation(
+            image=np.ones((4, 4)),
+            variance=1.0,
+            psf=gaussian_psf(3),
+            mask=np.zeros((4, 4), bool),
+            name="obs2",
+        )
     with pytest.raises(PSFError, match="obs3.*2 band.*3"):
-        Observation(image=np.ones((3, 8, 8)), variance=1.0, psf=gaussian_psf(3, n_bands=2), name="obs3")
+        Observation(
+            image=np.ones((3, 8, 8)), variance=1.0, psf=gaussian_psf(3, n_bands=2), name="obs3"
+        )
     with pytest.raises(ShapeError, match="obs4.*variance"):
-        Observation(image=np.ones((4, 4)), variance=np.ones((5, 5)), psf=gaussian_psf(3), name="obs4")
+        Observation(
+            image=np.ones((4, 4)), variance=np.ones((5, 5)), psf=gaussian_psf(3), name="obs4"
+        )
     # Masked pixels may hold anything: they become 0 data and unit variance.
-    o = Observation(image=np.ones((4, 4)), variance=np.where(np.eye(4) > 0, -1.0, 1.0), psf=gaussian_psf(3), mask=np.eye(4) == 0)
+    o = Observation(
+        image=np.ones((4, 4)),
+        variance=np.where(np.eye(4) > 0, -1.0, 1.0),
+        psf=gaussian_psf(3),
+        mask=np.eye(4) == 0,
+    )
     assert np.all(o.variance > 0) and np.all(o.image[0][np.eye(4) > 0] == 0)
 
 
@@ -89,13 +111,17 @@ def test_operator_is_mask_downsample_convolve():
     op = o.operator((1, 12, 12), o.grid_factor(0.1))
     x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
     psf = torch.from_numpy(o.prior_grid_psf(2))
-    manual = Mask(torch.from_numpy(mask)).apply(Downsample(2, (1, 12, 12)).apply(Convolve(psf, (1, 12, 12)).apply(x)))
+    manual = Mask(torch.from_numpy(mask)).apply(
+        Downsample(2, (1, 12, 12)).apply(Convolve(psf, (1, 12, 12)).apply(x))
+    )
     torch.testing.assert_close(op.apply(x), manual)
     assert torch.all(op.apply(x)[:, 0, 2, 3] == 0), "masked pixel not removed"
     y = torch.randn(3, 1, 6, 6, dtype=torch.float64)
     lhs = (op.apply(x) * y).sum()
     rhs = (x * op.adjoint(y)).sum()
-    assert abs(float(lhs - rhs)) < 1e-9 * float(abs(lhs)), "adjoint of the observation operator is wrong"
+    assert abs(float(lhs - rhs)) < 1e-9 * float(abs(lhs)), (
+        "adjoint of the observation operator is wrong"
+    )
     with pytest.raises(ShapeError, match="crop it first"):
         o.operator((1, 16, 16), 2)
 
@@ -115,7 +141,9 @@ def test_refined_psf_reproduces_a_coarse_rendering(factor):
     n_coarse = 24
     x_fine = gal.drawImage(nx=n_coarse * factor, ny=n_coarse * factor, scale=fine).array
     y_true = galsim.Convolve(gal, optics).drawImage(nx=n_coarse, ny=n_coarse, scale=coarse).array
-    o = Observation(image=np.zeros((n_coarse, n_coarse)), variance=1.0, psf=psf_coarse, pixel_scale=coarse)
+    o = Observation(
+        image=np.zeros((n_coarse, n_coarse)), variance=1.0, psf=psf_coarse, pixel_scale=coarse
+    )
     op = o.operator((1, n_coarse * factor, n_coarse * factor), o.grid_factor(fine))
     y = op.apply(torch.from_numpy(x_fine)[None, None])[0, 0].numpy()
     err = np.abs(y - y_true).max() / y_true.max()

@@ -19,7 +19,13 @@ TOL_DEG = 1e-9
 def run(paths, prior, **kw):
     records = []
     messages = []
-    summary = run_separate([str(p) for p in paths], prior, SeparateConfig(**kw), on_record=records.append, warnings=RunWarnings(messages.append))
+    summary = run_separate(
+        [str(p) for p in paths],
+        prior,
+        SeparateConfig(**kw),
+        on_record=records.append,
+        warnings=RunWarnings(messages.append),
+    )
     return summary, records, messages
 
 
@@ -32,16 +38,37 @@ def test_output_layout_provenance_and_wcs(tmp_path):
     """One file per input with the documented HDUs, provenance, and the input's WCS to 1e-9 deg."""
     p = make_cutout(tmp_path / "cut.fits", shape=(20, 20), bunit="nJy")
     prior = FakePrior(shape=(1, 16, 16), zeropoint=31.4)
-    summary, recs, _ = run([p], prior, output_dir=tmp_path / "out", command_line="galprism separate cut.fits", n_samples=3)
+    summary, recs, _ = run(
+        [p],
+        prior,
+        output_dir=tmp_path / "out",
+        command_line="galprism separate cut.fits",
+        n_samples=3,
+    )
     assert summary.exit_code == 0 and recs[0].status == "ok", recs
     out = tmp_path / "out" / "cut.galprism.fits"
     with fits.open(out, checksum=True) as h:
         names = [hdu.name for hdu in h]
-        assert names == ["PRIMARY", "GALAXY", "GALAXY_MEAN", "GALAXY_STD", "BACKGROUND", "BACKGROUND_MEAN", "BACKGROUND_STD", "MODEL", "RESID"]
+        assert names == [
+            "PRIMARY",
+            "GALAXY",
+            "GALAXY_MEAN",
+            "GALAXY_STD",
+            "BACKGROUND",
+            "BACKGROUND_MEAN",
+            "BACKGROUND_STD",
+            "MODEL",
+            "RESID",
+        ]
         p0 = h[0].header
         assert h[0].data is None
         assert p0["PRIOR"] == "fake" and p0["PRIORSHA"] == prior.sha256 and p0["NSAMPLE"] == 3
-        assert p0["NSTEPS"] == DEFAULTS["steps"] and p0["NCGITER"] == DEFAULTS["cg_iterations"] and p0["DEVICE"] == "cpu" and p0["METHOD"] == "diffusion"
+        assert (
+            p0["NSTEPS"] == DEFAULTS["steps"]
+            and p0["NCGITER"] == DEFAULTS["cg_iterations"]
+            and p0["DEVICE"] == "cpu"
+            and p0["METHOD"] == "diffusion"
+        )
         assert p0["SEED"] == recs[0].seed and p0["INFILE"] == str(p)
         import hashlib
 
@@ -60,7 +87,9 @@ def test_output_layout_provenance_and_wcs(tmp_path):
             w = WCS(h[ext].header).celestial
             a = np.array(src.all_pix2world([x0 + 3.0, x0 + 11.0], [y0 + 7.0, y0 + 0.0], 0))
             b = np.array(w.all_pix2world([3.0, 11.0], [7.0, 0.0], 0))
-            assert np.abs(a - b).max() < TOL_DEG, f"{ext}: WCS differs from the input's by {np.abs(a - b).max()} deg"
+            assert np.abs(a - b).max() < TOL_DEG, (
+                f"{ext}: WCS differs from the input's by {np.abs(a - b).max()} deg"
+            )
         assert WCS(h["GALAXY"].header).wcs.ctype[2] == "SAMPLE"
 
 
@@ -92,12 +121,28 @@ def test_flux_is_converted_to_the_prior_and_back(tmp_path):
     assert [r.status for r in recs] == ["ok", "ok"], recs
     zp_njy = -2.5 * np.log10(1e-9 / 3631.0)  # AB definition: 3631 Jy is magnitude 0
     k = 10 ** (0.4 * (27.0 - zp_njy))
-    np.testing.assert_allclose(prior.calls[1]["y"].numpy()[0, 0], pix.astype(np.float32) * k, rtol=1e-5, err_msg="sampler got data in the input's units")
+    np.testing.assert_allclose(
+        prior.calls[1]["y"].numpy()[0, 0],
+        pix.astype(np.float32) * k,
+        rtol=1e-5,
+        err_msg="sampler got data in the input's units",
+    )
     np.testing.assert_allclose(prior.calls[1]["noise_var"].numpy(), 0.01 * k**2, rtol=1e-4)
-    da, db = data_of(tmp_path / "o" / "a.galprism.fits"), data_of(tmp_path / "o" / "b.galprism.fits")
+    da, db = (
+        data_of(tmp_path / "o" / "a.galprism.fits"),
+        data_of(tmp_path / "o" / "b.galprism.fits"),
+    )
     for ext in ("GALAXY", "MODEL", "RESID"):
-        np.testing.assert_allclose(db[ext], da[ext], rtol=1e-4, atol=1e-6, err_msg=f"{ext} not converted back to the input's units")
-    assert fits.getval(tmp_path / "o" / "b.galprism.fits", "ZPINPUT") == pytest.approx(31.4, abs=1e-3)
+        np.testing.assert_allclose(
+            db[ext],
+            da[ext],
+            rtol=1e-4,
+            atol=1e-6,
+            err_msg=f"{ext} not converted back to the input's units",
+        )
+    assert fits.getval(tmp_path / "o" / "b.galprism.fits", "ZPINPUT") == pytest.approx(
+        31.4, abs=1e-3
+    )
 
 
 def test_missing_zero_point_assumes_the_prior_and_warns_once(tmp_path):
@@ -106,13 +151,19 @@ def test_missing_zero_point_assumes_the_prior_and_warns_once(tmp_path):
     _, recs, messages = run(paths, FakePrior(zeropoint=27.0), output_dir=tmp_path / "o")
     assert all(r.status == "ok" for r in recs)
     zp_msgs = [m for m in messages if "zero point" in m]
-    assert len(zp_msgs) == 2 and "assuming the prior's AB zero point 27" in zp_msgs[0] and "2 more" in zp_msgs[1], messages
+    assert (
+        len(zp_msgs) == 2
+        and "assuming the prior's AB zero point 27" in zp_msgs[0]
+        and "2 more" in zp_msgs[1]
+    ), messages
     assert fits.getval(tmp_path / "o" / "0.galprism.fits", "ZPASSUME") is True
 
 
 def test_same_seed_same_output_regardless_of_batching_and_order(tmp_path):
     """Each cutout's randomness derives from --seed and its name only: batch size and order do not matter."""
-    paths = [make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(5)]
+    paths = [
+        make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(5)
+    ]
     run(paths, FakePrior(), output_dir=tmp_path / "a", batch_size=1)
     run(paths[::-1], FakePrior(), output_dir=tmp_path / "b", batch_size=3)
     run(paths, FakePrior(), output_dir=tmp_path / "c", seed=1)
@@ -121,8 +172,12 @@ def test_same_seed_same_output_regardless_of_batching_and_order(tmp_path):
         db = data_of(tmp_path / "b" / f"c{i}.galprism.fits")
         dc = data_of(tmp_path / "c" / f"c{i}.galprism.fits")
         for ext in da:
-            np.testing.assert_array_equal(da[ext], db[ext], err_msg=f"c{i} {ext} depends on batching/order")
-        assert not np.array_equal(da["GALAXY"], dc["GALAXY"]), "a different --seed gave identical samples"
+            np.testing.assert_array_equal(
+                da[ext], db[ext], err_msg=f"c{i} {ext} depends on batching/order"
+            )
+        assert not np.array_equal(da["GALAXY"], dc["GALAXY"]), (
+            "a different --seed gave identical samples"
+        )
     seeds = {fits.getval(tmp_path / "a" / f"c{i}.galprism.fits", "SEED") for i in range(5)}
     assert len(seeds) == 5, "cutouts share a seed"
 
@@ -137,7 +192,13 @@ def test_skip_existing_finishes_only_what_is_missing(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     summary, recs, _ = run(paths, FakePrior(), output_dir=out, skip_existing=True)
     status = {Path(r.input).name: r.status for r in recs}
-    assert status == {"c0.fits": "skipped", "c1.fits": "ok", "c2.fits": "skipped", "c3.fits": "ok", "c4.fits": "skipped"}
+    assert status == {
+        "c0.fits": "skipped",
+        "c1.fits": "ok",
+        "c2.fits": "skipped",
+        "c3.fits": "ok",
+        "c4.fits": "skipped",
+    }
     assert summary.exit_code == 0
     for name, content in before.items():
         assert (out / name).read_bytes() == content, f"{name} was rewritten"
@@ -177,11 +238,15 @@ def test_shards_partition_the_batch_exactly(tmp_path):
 
 def test_a_failing_cutout_does_not_take_its_batch_down(tmp_path):
     """When the sampler fails on a batch, the cutouts are retried alone and only the bad one fails."""
-    paths = [make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(4)]
+    paths = [
+        make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(4)
+    ]
     img = fits.getdata(paths[0], "SCI").astype(float)
     img[5, 5] = 123.0
     paths[2] = make_cutout(tmp_path / "c2.fits", image=img, header={"MAGZERO": 27.0})
-    summary, recs, _ = run(paths, FakePrior(fail_value=123.0), output_dir=tmp_path / "o", batch_size=4)
+    summary, recs, _ = run(
+        paths, FakePrior(fail_value=123.0), output_dir=tmp_path / "o", batch_size=4
+    )
     status = {Path(r.input).name: r.status for r in recs}
     assert status == {"c0.fits": "ok", "c1.fits": "ok", "c2.fits": "error", "c3.fits": "ok"}
     bad = next(r for r in recs if r.status == "error")
@@ -196,7 +261,10 @@ def test_duplicate_output_names_are_reported(tmp_path):
     a = make_cutout(tmp_path / "x" / "c.fits", seed=1)
     b = make_cutout(tmp_path / "y" / "c.fits", seed=2)
     summary, recs, _ = run([a, b], FakePrior(), output_dir=tmp_path / "o")
-    assert [r.status for r in recs] == ["error", "ok"] or [r.status for r in recs] == ["ok", "error"]
+    assert [r.status for r in recs] == ["error", "ok"] or [r.status for r in recs] == [
+        "ok",
+        "error",
+    ]
     err = next(r for r in recs if r.status == "error")
     assert str(b) in err.error and "same output" in err.error
 
@@ -217,8 +285,16 @@ def test_inputs_are_streamed_batch_by_batch(tmp_path):
         if not seen_at_first_output:
             seen_at_first_output.append(len(consumed))
 
-    run_separate(gen(), FakePrior(), SeparateConfig(output_dir=tmp_path / "o", batch_size=2), on_record=on_record, warnings=RunWarnings(lambda m: None))
-    assert seen_at_first_output == [2], f"first output written after reading {seen_at_first_output} inputs, not one batch"
+    run_separate(
+        gen(),
+        FakePrior(),
+        SeparateConfig(output_dir=tmp_path / "o", batch_size=2),
+        on_record=on_record,
+        warnings=RunWarnings(lambda m: None),
+    )
+    assert seen_at_first_output == [2], (
+        f"first output written after reading {seen_at_first_output} inputs, not one batch"
+    )
 
 
 def test_point_estimate_prior_writes_one_sample(tmp_path):
@@ -255,10 +331,13 @@ def test_center_radec_equals_the_pixel_centre(tmp_path):
     assert (ha["CROPX0"], ha["CROPY0"]) == (9 - 8, 20 - 8) == (hb["CROPX0"], hb["CROPY0"])
 
 
-@pytest.mark.parametrize(("kw", "message"), [
-    ({"sampler": "euler"}, "unknown sampler 'euler'"),
-    ({"sampler": "smc", "particles": 0}, "particles must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"sampler": "euler"}, "unknown sampler 'euler'"),
+        ({"sampler": "smc", "particles": 0}, "particles must be at least 1"),
+    ],
+)
 def test_bad_sampler_settings_are_refused_before_any_file_is_read(kw, message):
     """A misspelt sampler or zero SMC particles would otherwise fail deep inside the first batch
     (or, for particles, silently draw nothing), once per cutout of a million-file run."""

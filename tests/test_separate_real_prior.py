@@ -30,7 +30,9 @@ def _smooth_cov(n: int, length: float, amplitude: float) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     pos = torch.stack([yy.flatten(), xx.flatten()], 1).to(torch.float64)
     d2 = ((pos[:, None] - pos[None]) ** 2).sum(-1)
-    return amplitude * torch.exp(-d2 / (2 * length**2)) + 1e-3 * torch.eye(n * n, dtype=torch.float64)
+    return amplitude * torch.exp(-d2 / (2 * length**2)) + 1e-3 * torch.eye(
+        n * n, dtype=torch.float64
+    )
 
 
 def assert_follows(samples: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, what: str) -> None:
@@ -48,35 +50,84 @@ def prior_folder(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     dt = torch.float64
     priors = [
-        GaussianPrior.from_covariance(0.5 + 0.3 * torch.randn((1, N, N), generator=g, dtype=dt), _smooth_cov(N, 2.0, 1.0)),
+        GaussianPrior.from_covariance(
+            0.5 + 0.3 * torch.randn((1, N, N), generator=g, dtype=dt), _smooth_cov(N, 2.0, 1.0)
+        ),
         GaussianPrior.from_covariance(torch.zeros((1, N, N), dtype=dt), _smooth_cov(N, 0.7, 0.3)),
     ]
     folder = tmp_path_factory.mktemp("prior") / "tiny-gauss"
-    PriorSet(name="tiny-gauss", method="gaussian", sources=["galaxy", "sky"], priors=priors, shape=(1, N, N), pixel_scale=0.1, zeropoint=27.0).save(folder)
+    PriorSet(
+        name="tiny-gauss",
+        method="gaussian",
+        sources=["galaxy", "sky"],
+        priors=priors,
+        shape=(1, N, N),
+        pixel_scale=0.1,
+        zeropoint=27.0,
+    ).save(folder)
     return folder, priors
 
 
-@pytest.mark.parametrize("sampler", [[], ["--sampler", "smc", "--particles", "4", "--steps", "64"]], ids=["ddim", "smc"])
-def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, prior_folder, sampler):
+@pytest.mark.parametrize(
+    "sampler", [[], ["--sampler", "smc", "--particles", "4", "--steps", "64"]], ids=["ddim", "smc"]
+)
+def test_cli_samples_follow_the_exact_posterior(
+    tmp_path, capsys, monkeypatch, prior_folder, sampler
+):
     """Output samples (nJy input, prior at AB 27, 2x finer grid) match the closed-form Gaussian posterior,
     with the default sampler and with SMC (whose particle weights and resampling must not bias it)."""
     folder, priors = prior_folder
     used = spy_smc_particles(monkeypatch)
-    cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), sigma=0.05, bunit="nJy")
+    cut = make_cutout(
+        tmp_path / "cut.fits",
+        shape=(4, 4),
+        scale=0.2,
+        psf=gaussian_psf(3, 0.7),
+        sigma=0.05,
+        bunit="nJy",
+    )
     out = tmp_path / "cut.galprism.fits"
     n = 64
     code, recs, _, err = run_cli(
-        ["separate", cut, "--prior", folder, "-n", n, "--steps", 32, "--cg-iterations", 16, "-o", out, "--json", "-q",
-         "--device", "cpu", *sampler],
-        capsys, monkeypatch,
+        [
+            "separate",
+            cut,
+            "--prior",
+            folder,
+            "-n",
+            n,
+            "--steps",
+            32,
+            "--cg-iterations",
+            16,
+            "-o",
+            out,
+            "--json",
+            "-q",
+            "--device",
+            "cpu",
+            *sampler,
+        ],
+        capsys,
+        monkeypatch,
     )
     assert code == 0 and recs[0]["status"] == "ok", err
     with fits.open(out) as h:
-        assert h[0].header["PRIOR"] == "tiny-gauss" and h[0].header["GRIDFAC"] == 2 and h[0].header["NCGITER"] == 16
+        assert (
+            h[0].header["PRIOR"] == "tiny-gauss"
+            and h[0].header["GRIDFAC"] == 2
+            and h[0].header["NCGITER"] == 16
+        )
         assert h[0].header["SAMPLER"] == ("smc" if sampler else "ddim")
-        assert h[0].header["NPARTIC"] == (4 if sampler else 16), "the particle count is not recorded"
-        x = np.stack([h["GALAXY"].data, h["SKY"].data], axis=1).astype(np.float64)  # (n, 2, 8, 8) in nJy
-    assert used == ([4] if sampler else []), f"SMC ran with particles {used}, not what --particles asked for"
+        assert h[0].header["NPARTIC"] == (4 if sampler else 16), (
+            "the particle count is not recorded"
+        )
+        x = np.stack([h["GALAXY"].data, h["SKY"].data], axis=1).astype(
+            np.float64
+        )  # (n, 2, 8, 8) in nJy
+    assert used == ([4] if sampler else []), (
+        f"SMC ran with particles {used}, not what --particles asked for"
+    )
     # Reference, independently of the pipeline's stacking: data and noise on the prior's zero point.
     k = 10 ** (0.4 * (27.0 + 2.5 * np.log10(1e-9 / 3631.0)))  # nJy -> AB 27 (3631 Jy is AB 0)
     obs = read_cutout(cut)
@@ -87,19 +138,59 @@ def test_cli_samples_follow_the_exact_posterior(tmp_path, capsys, monkeypatch, p
     assert_follows(torch.from_numpy(x * k).reshape(n, -1), mean, cov.diagonal().sqrt(), "")
 
 
-def test_real_prior_is_reproducible_and_batch_independent(tmp_path, capsys, monkeypatch, prior_folder):
+def test_real_prior_is_reproducible_and_batch_independent(
+    tmp_path, capsys, monkeypatch, prior_folder
+):
     """With the real sampler, the same seed gives the same files, whatever the batch size."""
     folder, _ = prior_folder
-    cuts = [make_cutout(tmp_path / f"c{i}.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.5 + 0.1 * i), seed=i, header={"MAGZERO": 27.0}) for i in range(3)]
+    cuts = [
+        make_cutout(
+            tmp_path / f"c{i}.fits",
+            shape=(4, 4),
+            scale=0.2,
+            psf=gaussian_psf(3, 0.5 + 0.1 * i),
+            seed=i,
+            header={"MAGZERO": 27.0},
+        )
+        for i in range(3)
+    ]
     outs = {}
     for tag, batch in (("a", 1), ("b", 3), ("c", 3)):
-        code, _, _, err = run_cli(["separate", *cuts, "--prior", folder, "-n", 4, "--steps", 8, "--batch-size", batch, "--output-dir", tmp_path / tag, "-q"], capsys, monkeypatch)
+        code, _, _, err = run_cli(
+            [
+                "separate",
+                *cuts,
+                "--prior",
+                folder,
+                "-n",
+                4,
+                "--steps",
+                8,
+                "--batch-size",
+                batch,
+                "--output-dir",
+                tmp_path / tag,
+                "-q",
+            ],
+            capsys,
+            monkeypatch,
+        )
         assert code == 0, err
-        outs[tag] = [fits.getdata(tmp_path / tag / f"c{i}.galprism.fits", "GALAXY") for i in range(3)]
+        outs[tag] = [
+            fits.getdata(tmp_path / tag / f"c{i}.galprism.fits", "GALAXY") for i in range(3)
+        ]
     for i in range(3):
-        np.testing.assert_array_equal(outs["b"][i], outs["c"][i], err_msg="same seed and batch gave different samples")
+        np.testing.assert_array_equal(
+            outs["b"][i], outs["c"][i], err_msg="same seed and batch gave different samples"
+        )
         # Batched PSFs are zero-padded to a common size, so FFT rounding may differ slightly.
-        np.testing.assert_allclose(outs["a"][i], outs["b"][i], rtol=1e-4, atol=1e-5, err_msg="samples depend on the batch size")
+        np.testing.assert_allclose(
+            outs["a"][i],
+            outs["b"][i],
+            rtol=1e-4,
+            atol=1e-5,
+            err_msg="samples depend on the batch size",
+        )
 
 
 def test_priors_lists_builtins_and_describes_a_folder(tmp_path, capsys, monkeypatch, prior_folder):
@@ -112,7 +203,11 @@ def test_priors_lists_builtins_and_describes_a_folder(tmp_path, capsys, monkeypa
     code, _, out, err = run_cli(["priors", folder, "--json"], capsys, monkeypatch)
     assert code == 0, err
     info = json.loads(out)["priors"][0]
-    assert info["sources"] == ["galaxy", "sky"] and info["pixel_scale"] == 0.1 and info["shape"] == [1, N, N]
+    assert (
+        info["sources"] == ["galaxy", "sky"]
+        and info["pixel_scale"] == 0.1
+        and info["shape"] == [1, N, N]
+    )
     code, _, out, _ = run_cli(["priors", folder], capsys, monkeypatch)
     assert code == 0 and "galaxy, sky" in out and "0.1" in out
     code, _, _, err = run_cli(["priors", tmp_path / "nowhere"], capsys, monkeypatch)
@@ -124,7 +219,11 @@ def test_sample_draws_from_the_prior(tmp_path, capsys, monkeypatch, prior_folder
     folder, priors = prior_folder
     out = tmp_path / "s.fits"
     n = 256
-    code, _, _, err = run_cli(["sample", "--prior", folder, "-n", n, "--steps", 32, "-o", out, "--device", "cpu"], capsys, monkeypatch)
+    code, _, _, err = run_cli(
+        ["sample", "--prior", folder, "-n", n, "--steps", 32, "-o", out, "--device", "cpu"],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     with fits.open(out) as h:
         for k, name in enumerate(("GALAXY", "SKY")):
@@ -134,7 +233,9 @@ def test_sample_draws_from_the_prior(tmp_path, capsys, monkeypatch, prior_folder
             assert float(z.pow(2).mean().sqrt()) < 1.5, f"{name}: prior samples biased"
 
 
-def test_support_confines_a_source_and_follows_the_exact_posterior(tmp_path, capsys, monkeypatch, prior_folder):
+def test_support_confines_a_source_and_follows_the_exact_posterior(
+    tmp_path, capsys, monkeypatch, prior_folder
+):
     """A prior's ``support`` makes its galaxy zero outside a disk and the rest follow the confined model exactly.
 
     If the support were only applied to the outputs (not to the operator), the galaxy
@@ -153,7 +254,14 @@ def test_support_confines_a_source_and_follows_the_exact_posterior(tmp_path, cap
     ps.support = {"galaxy": 2.5}
     ps.save(confined)
     assert load_priorset(confined).support == {"galaxy": Support(2.5)}, "support lost in prior.json"
-    cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), sigma=0.05, header={"MAGZERO": 27.0})
+    cut = make_cutout(
+        tmp_path / "cut.fits",
+        shape=(4, 4),
+        scale=0.2,
+        psf=gaussian_psf(3, 0.7),
+        sigma=0.05,
+        header={"MAGZERO": 27.0},
+    )
     n = 64
     outs = {}
     # Every pixel of a 4x4 cutout is an edge pixel: its brightest peak would get a
@@ -162,18 +270,40 @@ def test_support_confines_a_source_and_follows_the_exact_posterior(tmp_path, cap
     for tag, extra in (("prior", []), ("none", ["--support", "none"])):
         out = tmp_path / f"{tag}.fits"
         code, _, _, err = run_cli(
-            ["separate", cut, "--prior", confined, "-n", n, "--steps", 32, "--cg-iterations", 16, "-o", out, "-q", *no_ff, *extra],
-            capsys, monkeypatch,
+            [
+                "separate",
+                cut,
+                "--prior",
+                confined,
+                "-n",
+                n,
+                "--steps",
+                32,
+                "--cg-iterations",
+                16,
+                "-o",
+                out,
+                "-q",
+                *no_ff,
+                *extra,
+            ],
+            capsys,
+            monkeypatch,
         )
         assert code == 0, err
         with fits.open(out) as h:
-            outs[tag] = (h[0].header["SUPPORT"], np.stack([h["GALAXY"].data, h["SKY"].data], axis=1).astype(np.float64))
+            outs[tag] = (
+                h[0].header["SUPPORT"],
+                np.stack([h["GALAXY"].data, h["SKY"].data], axis=1).astype(np.float64),
+            )
     assert outs["prior"][0] == "galaxy=2.5" and outs["none"][0] == "none"
     disk = disk_support((1, N, N), 2.5)
     assert 0 < int(disk.sum()) < N * N
     outside = ~disk[0].numpy()  # single-band outputs are (samples, H, W)
     assert np.all(outs["prior"][1][:, 0][:, outside] == 0), "galaxy light outside its support"
-    assert np.abs(outs["none"][1][:, 0][:, outside]).max() > 0, "--support none still confined the galaxy"
+    assert np.abs(outs["none"][1][:, 0][:, outside]).max() > 0, (
+        "--support none still confined the galaxy"
+    )
 
     obs = read_cutout(cut)
     y = torch.from_numpy(fits.getdata(cut, "SCI").astype(np.float64))[None, None]
@@ -181,7 +311,11 @@ def test_support_confines_a_source_and_follows_the_exact_posterior(tmp_path, cap
     op = obs.operator((1, N, N), obs.grid_factor(0.1))
     for tag, galaxy_op in (("prior", op @ Mask(disk)), ("none", op)):
         mean, cov = gaussian_posterior(priors, SourceSum([galaxy_op, op]), y, noise_var)
-        keep = torch.cat([disk.flatten(), torch.ones(N * N, dtype=torch.bool)]) if tag == "prior" else torch.ones(2 * N * N, dtype=torch.bool)
+        keep = (
+            torch.cat([disk.flatten(), torch.ones(N * N, dtype=torch.bool)])
+            if tag == "prior"
+            else torch.ones(2 * N * N, dtype=torch.bool)
+        )
         samples = torch.from_numpy(outs[tag][1]).reshape(n, -1)[:, keep]
         assert_follows(samples, mean[keep], cov.diagonal().sqrt()[keep], f"{tag}: ")
 
@@ -189,9 +323,19 @@ def test_support_confines_a_source_and_follows_the_exact_posterior(tmp_path, cap
 def test_bad_support_is_refused_with_one_line(tmp_path, capsys, monkeypatch, prior_folder):
     """A support naming an unknown source or a radius <= 0 is a usage error (exit 2) or a broken prior folder (exit 1)."""
     folder, _ = prior_folder
-    cut = make_cutout(tmp_path / "cut.fits", shape=(4, 4), scale=0.2, psf=gaussian_psf(3, 0.7), header={"MAGZERO": 27.0})
+    cut = make_cutout(
+        tmp_path / "cut.fits",
+        shape=(4, 4),
+        scale=0.2,
+        psf=gaussian_psf(3, 0.7),
+        header={"MAGZERO": 27.0},
+    )
     for bad, needle in (("star=3", "star"), ("galaxy=0", "galaxy=0"), ("galaxy", "SOURCE=RADIUS")):
-        code, _, _, err = run_cli(["separate", cut, "--prior", folder, "--support", bad, "-o", tmp_path / "x.fits", "-q"], capsys, monkeypatch)
+        code, _, _, err = run_cli(
+            ["separate", cut, "--prior", folder, "--support", bad, "-o", tmp_path / "x.fits", "-q"],
+            capsys,
+            monkeypatch,
+        )
         assert code == 2 and len(err) == 1 and needle in err[0], (bad, code, err)
     assert not (tmp_path / "x.fits").exists()
     broken = tmp_path / "broken"
@@ -201,7 +345,9 @@ def test_bad_support_is_refused_with_one_line(tmp_path, capsys, monkeypatch, pri
     manifest = json.loads((broken / "prior.json").read_text())
     manifest["support"] = {"sky": -1}
     (broken / "prior.json").write_text(json.dumps(manifest))
-    code, _, _, err = run_cli(["separate", cut, "--prior", broken, "-o", tmp_path / "y.fits", "-q"], capsys, monkeypatch)
+    code, _, _, err = run_cli(
+        ["separate", cut, "--prior", broken, "-o", tmp_path / "y.fits", "-q"], capsys, monkeypatch
+    )
     assert code == 1 and len(err) == 1 and "prior.json" in err[0] and "sky" in err[0], (code, err)
 
 
@@ -217,28 +363,85 @@ def test_chi2_of_the_samples_is_one_when_the_data_follow_the_prior(tmp_path, cap
     g = torch.Generator().manual_seed(5)
     dt = torch.float64
     priors = [
-        GaussianPrior.from_covariance(torch.full((1, n_prior, n_prior), 0.3, dtype=dt), _smooth_cov(n_prior, 2.5, 1.0)),
-        GaussianPrior.from_covariance(torch.zeros((1, n_prior, n_prior), dtype=dt), _smooth_cov(n_prior, 1.0, 0.2)),
+        GaussianPrior.from_covariance(
+            torch.full((1, n_prior, n_prior), 0.3, dtype=dt), _smooth_cov(n_prior, 2.5, 1.0)
+        ),
+        GaussianPrior.from_covariance(
+            torch.zeros((1, n_prior, n_prior), dtype=dt), _smooth_cov(n_prior, 1.0, 0.2)
+        ),
     ]
     folder = tmp_path / "prior"
-    PriorSet(name="g16", method="gaussian", sources=["galaxy", "sky"], priors=priors, shape=(1, n_prior, n_prior),
-             pixel_scale=0.1, zeropoint=27.0).save(folder)
+    PriorSet(
+        name="g16",
+        method="gaussian",
+        sources=["galaxy", "sky"],
+        priors=priors,
+        shape=(1, n_prior, n_prior),
+        pixel_scale=0.1,
+        zeropoint=27.0,
+    ).save(folder)
     psf, sigma = gaussian_psf(5, 0.8), 0.1
-    template = read_cutout(make_cutout(tmp_path / "t.fits", shape=(n_cut, n_cut), scale=0.2, psf=psf, sigma=sigma, header={"MAGZERO": 27.0}))
+    template = read_cutout(
+        make_cutout(
+            tmp_path / "t.fits",
+            shape=(n_cut, n_cut),
+            scale=0.2,
+            psf=psf,
+            sigma=sigma,
+            header={"MAGZERO": 27.0},
+        )
+    )
     op = template.operator((1, n_prior, n_prior), 2)
     cuts = []
     for i in range(16):
         x = sum(p.sample(1, generator=g) for p in priors)  # (1, 1, N, N)
-        y = op.apply(x.to(dt))[0, 0].numpy() + sigma * torch.randn((n_cut, n_cut), generator=g, dtype=dt).numpy()
-        cuts.append(make_cutout(tmp_path / f"c{i:02d}.fits", shape=(n_cut, n_cut), scale=0.2, psf=psf, sigma=sigma,
-                                image=y, header={"MAGZERO": 27.0}))
+        y = (
+            op.apply(x.to(dt))[0, 0].numpy()
+            + sigma * torch.randn((n_cut, n_cut), generator=g, dtype=dt).numpy()
+        )
+        cuts.append(
+            make_cutout(
+                tmp_path / f"c{i:02d}.fits",
+                shape=(n_cut, n_cut),
+                scale=0.2,
+                psf=psf,
+                sigma=sigma,
+                image=y,
+                header={"MAGZERO": 27.0},
+            )
+        )
     code, recs, _, err = run_cli(
-        ["separate", *cuts, "--prior", folder, "-n", 8, "--steps", 32, "--cg-iterations", 16, "--output-dir", tmp_path / "out",
-         "--json", "-q", "--freeform-edge", "none", "--freeform-bright", "none"],
-        capsys, monkeypatch,
+        [
+            "separate",
+            *cuts,
+            "--prior",
+            folder,
+            "-n",
+            8,
+            "--steps",
+            32,
+            "--cg-iterations",
+            16,
+            "--output-dir",
+            tmp_path / "out",
+            "--json",
+            "-q",
+            "--freeform-edge",
+            "none",
+            "--freeform-bright",
+            "none",
+        ],
+        capsys,
+        monkeypatch,
     )
     assert code == 0, err
     chi2 = np.array([r["chi2"] for r in recs])
-    chi2_model = np.array([fits.getheader(tmp_path / "out" / f"c{i:02d}.galprism.fits")["CHI2MOD"] for i in range(16)])
-    assert abs(chi2.mean() - 1.0) < 0.2, f"mean CHI2 {chi2.mean():.3f} over data drawn from the prior (1 expected)"
-    assert chi2_model.mean() < chi2.mean() - 0.05, f"CHI2MOD {chi2_model.mean():.3f} not below CHI2 {chi2.mean():.3f}"
+    chi2_model = np.array(
+        [fits.getheader(tmp_path / "out" / f"c{i:02d}.galprism.fits")["CHI2MOD"] for i in range(16)]
+    )
+    assert abs(chi2.mean() - 1.0) < 0.2, (
+        f"mean CHI2 {chi2.mean():.3f} over data drawn from the prior (1 expected)"
+    )
+    assert chi2_model.mean() < chi2.mean() - 0.05, (
+        f"CHI2MOD {chi2_model.mean():.3f} not below CHI2 {chi2.mean():.3f}"
+    )

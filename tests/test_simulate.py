@@ -365,7 +365,9 @@ def test_raised_central_noise_keeps_the_cap_and_records_the_noise(catalog, tmp_p
         assert sigma == pytest.approx(c.noise_sigma, rel=1e-6) and sigma >= sigma0 * (1 - 1e-6)
         assert central.hst_noise_ratio <= cap + 1e-9, "central stamp noise above the cap"
         if sigma > sigma0 * 1.001:
-            assert central.hst_noise_ratio == pytest.approx(cap, rel=1e-6), "noise raised more than needed"
+            assert central.hst_noise_ratio == pytest.approx(cap, rel=1e-6), (
+                "noise raised more than needed"
+            )
         for s in c.sources[1:]:
             assert s.hst_noise_ratio <= cap * sigma0 / sigma + 1e-9, "neighbours keep the base cap"
         assert abs(c.truth["noise"].std() / sigma - 1) < 0.1
@@ -405,7 +407,9 @@ def test_centre_exclusion_keeps_neighbours_off_the_centre(catalog):
     assert d_plain == dists(same)
     assert min(d_plain) < 4.0, "without exclusion some neighbour should fall near the centre"
     assert min(d_excl) >= 4.0
-    assert abs(len(d_excl) - len(d_plain)) < 0.1 * len(d_plain), "exclusion moves neighbours, keeps their number"
+    assert abs(len(d_excl) - len(d_plain)) < 0.1 * len(d_plain), (
+        "exclusion moves neighbours, keeps their number"
+    )
     huge = replace(base, scene=replace(base.scene, centre_exclusion=1000.0))
     with pytest.raises(ConfigError, match="centre_exclusion"):
         Simulator(huge, catalog).plan(0)
@@ -662,15 +666,18 @@ def test_star_is_the_psf_at_its_subpixel_position():
         assert canvas.sum() == pytest.approx(100.0, rel=1e-12)
         observed = fftconvolve(canvas, psf, mode="same")
         want = galsim.Image(41, 41, scale=1.0)
-        psf_profile.withFlux(100.0 * psf.sum()).drawImage(
-            image=want, offset=(x - 20.0, y - 20.0)
-        )
+        psf_profile.withFlux(100.0 * psf.sum()).drawImage(image=want, offset=(x - 20.0, y - 20.0))
         err = np.abs(observed - want.array).max() / want.array.max()
         assert err < 0.005, f"star at ({x}, {y}): {err:.4f} of the peak off the shifted PSF"
     edge, padded = np.zeros((10, 10)), np.zeros((30, 30))
     draw_point(edge, Placement(0.3, 5.0, 1.0))
     draw_point(padded, Placement(10.3, 15.0, 1.0))
-    np.testing.assert_allclose(edge, padded[10:20, 10:20], atol=1e-15, err_msg="a star at the edge keeps only the weights inside")
+    np.testing.assert_allclose(
+        edge,
+        padded[10:20, 10:20],
+        atol=1e-15,
+        err_msg="a star at the edge keeps only the weights inside",
+    )
 
 
 def test_sersic_neighbour_flux_and_shape():
@@ -701,7 +708,9 @@ def test_stars_and_bright_sersic_neighbours(catalog):
     plain = Simulator(base, catalog)
     scene = replace(base.scene, star_density=2.0, bright_sersic=True)
     rich = Simulator(replace(base, scene=scene), catalog)
-    off = Simulator(replace(base, scene=replace(scene, star_density=0.0, bright_sersic=False)), catalog)
+    off = Simulator(
+        replace(base, scene=replace(scene, star_density=0.0, bright_sersic=False)), catalog
+    )
     n = 300
     assert [_specs(plain, i) for i in range(20)] == [_specs(off, i) for i in range(20)]
     specs = [s for i in range(n) for s in _specs(rich, i)]

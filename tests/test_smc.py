@@ -53,7 +53,10 @@ def _mixture_case():
     op = SourceSum([MatrixOperator(a)])
     y = torch.full((n, 1), 1.0, dtype=torch.float64)
     noise_var = torch.full((n, 1), 1e-4, dtype=torch.float64)
-    ev = [0.5 * math.exp(-0.5 * (1.0 - m) ** 2 / (s**2 + 1e-4)) / math.sqrt(s**2 + 1e-4) for m, s in ((1.0, 0.05), (0.0, 1.0))]
+    ev = [
+        0.5 * math.exp(-0.5 * (1.0 - m) ** 2 / (s**2 + 1e-4)) / math.sqrt(s**2 + 1e-4)
+        for m, s in ((1.0, 0.05), (0.0, 1.0))
+    ]
     return prior, op, y, noise_var, ev[0] / sum(ev)
 
 
@@ -68,12 +71,25 @@ def test_smc_weights_the_modes_by_their_evidence():
     case also checks is off, so that the test can tell the two apart)."""
     prior, op, y, noise_var, exact = _mixture_case()
     g = torch.Generator().manual_seed(0)
-    smc = sample_posterior([prior], op, y, noise_var, config=SamplerConfig("smc", 64, particles=16),
-                           cg_iterations=1, generators=g)
-    mmps = sample_posterior([prior], op, y, noise_var, config=SamplerConfig("pc", 64), cg_iterations=1, generators=g)
+    smc = sample_posterior(
+        [prior],
+        op,
+        y,
+        noise_var,
+        config=SamplerConfig("smc", 64, particles=16),
+        cg_iterations=1,
+        generators=g,
+    )
+    mmps = sample_posterior(
+        [prior], op, y, noise_var, config=SamplerConfig("pc", 64), cg_iterations=1, generators=g
+    )
     assert abs(exact - 0.97) < 0.005
-    assert abs(_narrow_share(smc) - exact) < 0.04, f"smc narrow share {_narrow_share(smc):.3f}, exact {exact:.3f}"
-    assert abs(_narrow_share(mmps) - exact) > 0.1, f"MMPS narrow share {_narrow_share(mmps):.3f} is already exact"
+    assert abs(_narrow_share(smc) - exact) < 0.04, (
+        f"smc narrow share {_narrow_share(smc):.3f}, exact {exact:.3f}"
+    )
+    assert abs(_narrow_share(mmps) - exact) > 0.1, (
+        f"MMPS narrow share {_narrow_share(mmps):.3f} is already exact"
+    )
     # Every sample still fits the observation.
     assert (smc[:, 0, 0, 0] - 1.0).abs().max() < 0.05
 
@@ -87,9 +103,16 @@ def test_smc_matches_closed_form_gaussian_posterior():
     ``ddim`` with ``eta = 1``)."""
     prob = gaussian_problem(size=4, seed=0)
     n = 1024
-    x = sample_posterior(prob.priors, prob.operator, prob.y, prob.noise_var, n_samples=n,
-                         config=SamplerConfig("smc", 128, particles=4), cg_iterations=prob.y[0].numel(),
-                         generators=torch.Generator().manual_seed(1))
+    x = sample_posterior(
+        prob.priors,
+        prob.operator,
+        prob.y,
+        prob.noise_var,
+        n_samples=n,
+        config=SamplerConfig("smc", 128, particles=4),
+        cg_iterations=prob.y[0].numel(),
+        generators=torch.Generator().manual_seed(1),
+    )
     mean_err, std_err = exactness_errors(x[0].reshape(n, -1), prob.post_mean, prob.post_cov)
     assert mean_err < 0.1, f"posterior mean off by {mean_err:.3f} sigma"
     assert std_err < 0.1, f"posterior std off by {std_err:.3f} (relative)"
@@ -100,11 +123,24 @@ def test_smc_samples_do_not_depend_on_the_rest_of_the_batch():
     generator, or a cutout's samples would change with its batch."""
     prior, op, y, noise_var, _ = _mixture_case()
     cfg = SamplerConfig("smc", 8, particles=4)
-    alone = sample_posterior([prior], SourceSum([MatrixOperator(op.ops[0].matrix[:1])]), y[:1], noise_var[:1],
-                             n_samples=3, config=cfg, generators=[torch.Generator().manual_seed(7)])
-    both = sample_posterior([prior], SourceSum([MatrixOperator(op.ops[0].matrix[:2])]), y[:2] + torch.tensor([[0.0], [0.3]]),
-                            noise_var[:2], n_samples=3, config=cfg,
-                            generators=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)])
+    alone = sample_posterior(
+        [prior],
+        SourceSum([MatrixOperator(op.ops[0].matrix[:1])]),
+        y[:1],
+        noise_var[:1],
+        n_samples=3,
+        config=cfg,
+        generators=[torch.Generator().manual_seed(7)],
+    )
+    both = sample_posterior(
+        [prior],
+        SourceSum([MatrixOperator(op.ops[0].matrix[:2])]),
+        y[:2] + torch.tensor([[0.0], [0.3]]),
+        noise_var[:2],
+        n_samples=3,
+        config=cfg,
+        generators=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)],
+    )
     assert torch.equal(alone[0], both[0])
 
 
@@ -114,9 +150,20 @@ def test_smc_settings_are_checked():
     with pytest.raises(ValueError, match="particles"):
         SamplerConfig("smc", 8, particles=0)
     joint = JointPrior([IsotropicMixture([1.0], [[0.0, 0.0]], [1.0])])
-    a = sample(joint, (3, 1, 2), SamplerConfig("smc", 4), generators=torch.Generator().manual_seed(2), dtype=torch.float64)
-    b = sample(joint, (3, 1, 2), SamplerConfig("ddim", 4, eta=1.0), generators=torch.Generator().manual_seed(2),
-               dtype=torch.float64)
+    a = sample(
+        joint,
+        (3, 1, 2),
+        SamplerConfig("smc", 4),
+        generators=torch.Generator().manual_seed(2),
+        dtype=torch.float64,
+    )
+    b = sample(
+        joint,
+        (3, 1, 2),
+        SamplerConfig("ddim", 4, eta=1.0),
+        generators=torch.Generator().manual_seed(2),
+        dtype=torch.float64,
+    )
     assert torch.equal(a, b)
     assert denoiser_calls(SamplerConfig("smc", 10, particles=8)) == 88
     with pytest.raises(ConfigError, match="particles"):

@@ -49,7 +49,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         raise
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = True
+) -> Path:
     """Call ``write(tmp_path)`` and atomically move the result to ``path``."""
     with atomic_path(path, overwrite=overwrite) as tmp:
         write(tmp)

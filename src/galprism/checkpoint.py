@@ -29,7 +29,14 @@ from .diffusion.denoiser import DiffusionPrior
 from .errors import CheckpointError
 from .gaussian import GaussianPrior
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PriorCheckpoint", "save_prior", "load_prior", "safe_torch_load"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PriorCheckpoint",
+    "save_prior",
+    "load_prior",
+    "safe_torch_load",
+]
 
 FORMAT = "galprism-prior"
 FORMAT_VERSION = 1
@@ -51,7 +58,9 @@ class PriorCheckpoint:
         for kind, cls in KINDS.items():
             if isinstance(self.prior, cls):
                 return kind
-        raise CheckpointError(f"prior {self.name!r}: unsupported module {type(self.prior).__name__}")
+        raise CheckpointError(
+            f"prior {self.name!r}: unsupported module {type(self.prior).__name__}"
+        )
 
 
 def save_prior(ckpt: PriorCheckpoint, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
@@ -85,13 +94,22 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "disallowed object")
-        raise CheckpointError(f"{path}: refused to load: not a plain-data checkpoint ({detail[:160]})") from exc
+        detail = next(
+            (line.strip() for line in text.splitlines() if "Unsupported" in line),
+            "disallowed object",
+        )
+        raise CheckpointError(
+            f"{path}: refused to load: not a plain-data checkpoint ({detail[:160]})"
+        ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({type(exc).__name__})") from exc
+        raise CheckpointError(
+            f"{path}: corrupted or truncated checkpoint ({type(exc).__name__})"
+        ) from exc
 
 
-def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PriorCheckpoint:
+def load_prior(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> PriorCheckpoint:
     """Load a prior checkpoint written by :func:`save_prior` (eval mode, frozen weights).
 
     Raises
@@ -117,7 +135,9 @@ def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         prior.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         msg = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{path}: weights do not match the prior's configuration ({msg})") from exc
+        raise CheckpointError(
+            f"{path}: weights do not match the prior's configuration ({msg})"
+        ) from exc
     prior.eval().requires_grad_(False)
     return PriorCheckpoint(
         prior=prior,

@@ -91,13 +91,17 @@ class FitSpec:
 
     def __post_init__(self) -> None:
         if self.method not in ("diffusion", "asvd"):
-            raise ConfigError(f"fit {self.name!r}: method must be 'diffusion' or 'asvd', got {self.method!r}")
+            raise ConfigError(
+                f"fit {self.name!r}: method must be 'diffusion' or 'asvd', got {self.method!r}"
+            )
         if not self.views:
             raise ConfigError(f"fit {self.name!r}: no views given")
         for v in self.views:
             for s in v.sources:
                 if s not in self.sources:
-                    raise ConfigError(f"view {v.name!r}: names unknown source {s!r} (sources: {', '.join(self.sources)})")
+                    raise ConfigError(
+                        f"view {v.name!r}: names unknown source {s!r} (sources: {', '.join(self.sources)})"
+                    )
             if v.data is None and not v.files:
                 raise ConfigError(f"view {v.name!r}: give `data` (HDF5) or `files` (FITS)")
         self.support = check_support(self.support, self.sources, f"fit {self.name!r}")
@@ -120,8 +124,21 @@ def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = No
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     base = path.parent
-    known = {"name", "sources", "size", "pixel_scale", "zeropoint", "arrangement", "flux_scale", "method",
-             "views", "em", "network", "asvd", "support"}
+    known = {
+        "name",
+        "sources",
+        "size",
+        "pixel_scale",
+        "zeropoint",
+        "arrangement",
+        "flux_scale",
+        "method",
+        "views",
+        "em",
+        "network",
+        "asvd",
+        "support",
+    }
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown settings {sorted(unknown)}")
@@ -138,8 +155,15 @@ def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = No
             if not matches:
                 raise ConfigError(f"{path}: view {v['name']!r}: no file matches {pattern!r}")
             files += [Path(m) for m in matches]
-        views.append(ViewSpec(v["name"], list(v["sources"]), base / v["data"] if "data" in v else None, files,
-                              int(v.get("limit", 0))))
+        views.append(
+            ViewSpec(
+                v["name"],
+                list(v["sources"]),
+                base / v["data"] if "data" in v else None,
+                files,
+                int(v.get("limit", 0)),
+            )
+        )
     return FitSpec(
         name=str(raw.get("name", path.stem)),
         sources=list(raw["sources"]),
@@ -181,7 +205,9 @@ def _load_hdf5(spec: ViewSpec) -> ViewData:
     with f:
         for key in ("images", "variance", "mask", "psf", "psf_index"):
             if key not in f:
-                raise InputError(f"{path}: missing dataset {key!r} (expected a `galprism simulate` HDF5 batch)")
+                raise InputError(
+                    f"{path}: missing dataset {key!r} (expected a `galprism simulate` HDF5 batch)"
+                )
         n = f["images"].shape[0] if not spec.limit else min(spec.limit, f["images"].shape[0])
         y = torch.from_numpy(np.asarray(f["images"][:n], dtype=np.float32))
         var = torch.from_numpy(np.asarray(f["variance"][:n], dtype=np.float32))
@@ -189,15 +215,25 @@ def _load_hdf5(spec: ViewSpec) -> ViewData:
         psfs = np.asarray(f["psf"], dtype=np.float64)
         psf = torch.from_numpy(psfs[np.asarray(f["psf_index"][:n])])
         attrs = dict(f.attrs)
-    return ViewData(spec, y, var, valid, psf, _opt_float(attrs.get("pixel_scale")), _opt_float(attrs.get("zeropoint")),
-                    str(attrs["bunit"]) if "bunit" in attrs else None)
+    return ViewData(
+        spec,
+        y,
+        var,
+        valid,
+        psf,
+        _opt_float(attrs.get("pixel_scale")),
+        _opt_float(attrs.get("zeropoint")),
+        str(attrs["bunit"]) if "bunit" in attrs else None,
+    )
 
 
 def _opt_float(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
-def _load_fits(spec: ViewSpec, size: int, pixel_scale: float | None, zeropoint: float | None) -> ViewData:
+def _load_fits(
+    spec: ViewSpec, size: int, pixel_scale: float | None, zeropoint: float | None
+) -> ViewData:
     from .io.read import read_cutout  # local: FITS reading pulls in astropy's WCS machinery
 
     files = spec.files[: spec.limit] if spec.limit else spec.files
@@ -206,16 +242,28 @@ def _load_fits(spec: ViewSpec, size: int, pixel_scale: float | None, zeropoint: 
         o = read_cutout(p)
         f = o.grid_factor(pixel_scale)
         if f != 1:
-            raise ConfigError(f"{p}: pixel scale differs from the prior grid's; fit on cutouts at the prior's scale")
+            raise ConfigError(
+                f"{p}: pixel scale differs from the prior grid's; fit on cutouts at the prior's scale"
+            )
         obs.append(o.crop(None, (size, size)))
     y = np.stack([o.image * o.flux_factor_to(zeropoint) for o in obs])
-    var = np.stack([np.where(o.valid, o.variance, 1.0) * o.flux_factor_to(zeropoint) ** 2 for o in obs])
+    var = np.stack(
+        [np.where(o.valid, o.variance, 1.0) * o.flux_factor_to(zeropoint) ** 2 for o in obs]
+    )
     valid = np.stack([o.valid for o in obs])
     kh = max(o.psf.shape[-2] for o in obs)
     kw = max(o.psf.shape[-1] for o in obs)
     psf = np.stack([_pad(o.psf, kh, kw) for o in obs])
-    return ViewData(spec, torch.from_numpy(y).float(), torch.from_numpy(var).float(), torch.from_numpy(valid),
-                    torch.from_numpy(psf), pixel_scale, zeropoint, obs[0].bunit)
+    return ViewData(
+        spec,
+        torch.from_numpy(y).float(),
+        torch.from_numpy(var).float(),
+        torch.from_numpy(valid),
+        torch.from_numpy(psf),
+        pixel_scale,
+        zeropoint,
+        obs[0].bunit,
+    )
 
 
 def _pad(psf: np.ndarray, kh: int, kw: int) -> np.ndarray:
@@ -225,16 +273,22 @@ def _pad(psf: np.ndarray, kh: int, kw: int) -> np.ndarray:
 
 def load_view(spec: ViewSpec, fit: FitSpec) -> ViewData:
     """Read a view's cutouts (HDF5 or FITS), checking they match the prior grid."""
-    data = _load_hdf5(spec) if spec.data is not None else _load_fits(spec, fit.size, fit.pixel_scale, fit.zeropoint)
+    data = (
+        _load_hdf5(spec)
+        if spec.data is not None
+        else _load_fits(spec, fit.size, fit.pixel_scale, fit.zeropoint)
+    )
     if data.y.shape[-2:] != (fit.size, fit.size):
         raise ConfigError(
             f"view {spec.name!r}: cutouts are {tuple(data.y.shape[-2:])} pixels but the prior is {fit.size}x{fit.size}"
         )
-    if fit.pixel_scale is not None and data.pixel_scale is not None and not math.isclose(
-        data.pixel_scale, fit.pixel_scale, rel_tol=1e-3
+    if (
+        fit.pixel_scale is not None
+        and data.pixel_scale is not None
+        and not math.isclose(data.pixel_scale, fit.pixel_scale, rel_tol=1e-3)
     ):
         raise ConfigError(
-            f"view {spec.name!r}: data at {data.pixel_scale}\"/px but the prior grid is {fit.pixel_scale}\"/px"
+            f'view {spec.name!r}: data at {data.pixel_scale}"/px but the prior grid is {fit.pixel_scale}"/px'
         )
     if data.y.shape[0] == 0:
         raise ConfigError(f"view {spec.name!r}: no cutouts")
@@ -268,9 +322,23 @@ def to_view(data: ViewData, flux_scale: float) -> View:
     var = torch.where(data.valid, var / flux_scale**2, var)
     bad = data.valid & ~(var > 0)
     if bad.any():
-        raise InputError(f"view {data.spec.name!r}: {int(bad.sum())} valid pixels have variance <= 0")
-    op = Composition([Mask(data.valid, shape=shape), Convolve(data.psf, shape, name=f"view {data.spec.name} PSF")])
-    return View(data.spec.name, data.spec.sources, y, var, SourceSum([op] * len(data.spec.sources)), data.valid)
+        raise InputError(
+            f"view {data.spec.name!r}: {int(bad.sum())} valid pixels have variance <= 0"
+        )
+    op = Composition(
+        [
+            Mask(data.valid, shape=shape),
+            Convolve(data.psf, shape, name=f"view {data.spec.name} PSF"),
+        ]
+    )
+    return View(
+        data.spec.name,
+        data.spec.sources,
+        y,
+        var,
+        SourceSum([op] * len(data.spec.sources)),
+        data.valid,
+    )
 
 
 def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
@@ -289,8 +357,13 @@ def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
         "support": {k: v.to_json() for k, v in fit.support.items()},
         "training": {
             "fit_file": str(fit.source_file) if fit.source_file else None,
-            "views": {v.name: {"sources": v.sources, "data": str(v.data) if v.data else [str(f) for f in v.files[:3]]}
-                      for v in fit.views},
+            "views": {
+                v.name: {
+                    "sources": v.sources,
+                    "data": str(v.data) if v.data else [str(f) for f in v.files[:3]],
+                }
+                for v in fit.views
+            },
         },
     }
     try:
@@ -340,7 +413,9 @@ def fit_asvd_prior(
     from .asvd import fit_asvd  # local: only this method needs it
 
     if fit.support:
-        raise ConfigError(f"fit {fit.name!r}: `support` applies to diffusion and Gaussian priors, not to --method asvd")
+        raise ConfigError(
+            f"fit {fit.name!r}: `support` applies to diffusion and Gaussian priors, not to --method asvd"
+        )
     data = [load_view(v, fit) for v in fit.views]
     clean = [d for d in data if len(d.spec.sources) == 1]
     mixed = [d for d in data if len(d.spec.sources) == 2]
@@ -354,14 +429,24 @@ def fit_asvd_prior(
     def whole(d: ViewData) -> torch.Tensor:
         keep = d.valid.flatten(1).all(1)
         if not keep.any():
-            raise InputError(f"view {d.spec.name!r}: every cutout has masked pixels; asvd needs whole cutouts")
+            raise InputError(
+                f"view {d.spec.name!r}: every cutout has masked pixels; asvd needs whole cutouts"
+            )
         return d.y[keep].to(torch.float64)
 
     zeropoint = fit.zeropoint if fit.zeropoint is not None else clean[0].zeropoint
     model = fit_asvd(
-        whole(clean[0]), whole(mixed[0]), rank_clean, rank_unseen, tau,
-        sources=(known, unseen), projection="none", split="components",
-        pixel_scale=fit.pixel_scale or clean[0].pixel_scale, zeropoint=zeropoint, bunit=clean[0].bunit,
+        whole(clean[0]),
+        whole(mixed[0]),
+        rank_clean,
+        rank_unseen,
+        tau,
+        sources=(known, unseen),
+        projection="none",
+        split="components",
+        pixel_scale=fit.pixel_scale or clean[0].pixel_scale,
+        zeropoint=zeropoint,
+        bunit=clean[0].bunit,
     )
     model.save(out_dir, overwrite=overwrite)
     return model

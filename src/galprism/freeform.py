@@ -44,7 +44,14 @@ from torch import Tensor
 from .errors import ConfigError
 from .operators import Composition, Convolve, Downsample, LowRankUpdate, SourceSum, Weight
 
-__all__ = ["FreeformConfig", "Box", "FreeformModel", "find_boxes", "find_residual_boxes", "build_freeform"]
+__all__ = [
+    "FreeformConfig",
+    "Box",
+    "FreeformModel",
+    "find_boxes",
+    "find_residual_boxes",
+    "build_freeform",
+]
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,9 @@ class FreeformConfig:
         if not (isinstance(self.rounds, int) and 1 <= self.rounds <= 8):
             raise ConfigError(f"freeform rounds must be an integer in [1, 8], got {self.rounds!r}")
         if not (isinstance(self.half_width, int) and 0 <= self.half_width <= 16):
-            raise ConfigError(f"freeform half_width must be an integer in [0, 16], got {self.half_width!r}")
+            raise ConfigError(
+                f"freeform half_width must be an integer in [0, 16], got {self.half_width!r}"
+            )
         if not (math.isfinite(self.correlation) and self.correlation >= 0):
             raise ConfigError(f"freeform correlation must be >= 0, got {self.correlation!r}")
 
@@ -111,7 +120,12 @@ class Box:
 
 
 def find_boxes(
-    y: np.ndarray, noise_var: np.ndarray, valid: np.ndarray, config: FreeformConfig, flux_scale: float, factor: int = 1
+    y: np.ndarray,
+    noise_var: np.ndarray,
+    valid: np.ndarray,
+    config: FreeformConfig,
+    flux_scale: float,
+    factor: int = 1,
 ) -> list[Box]:
     """Boxes of one observation ``(C, h, w)`` (at the prior's zero point), on the prior grid.
 
@@ -186,7 +200,9 @@ def find_residual_boxes(
         den += ndimage.correlate(w[band], psi**2, mode="constant")
         peaks.append(psi.max())
     ok = den > 0
-    snr = np.divide(num, np.sqrt(den, where=ok, out=np.ones_like(den)), out=np.zeros_like(num), where=ok)
+    snr = np.divide(
+        num, np.sqrt(den, where=ok, out=np.ones_like(den)), out=np.zeros_like(num), where=ok
+    )
     flux = np.divide(num, den, out=np.zeros_like(num), where=ok)
     local = _local_maxima(snr, ok)
     hw = config.half_width
@@ -242,7 +258,11 @@ class FreeformModel:
         w = Weight(1.0 / self.sigma, shape)
         m = LowRankUpdate(self.u, self.gains, shape)
         y_w = m.apply(w.apply(y))
-        return y_w, torch.ones_like(y_w), SourceSum([Composition([m, w, op]) for op in operator.ops])
+        return (
+            y_w,
+            torch.ones_like(y_w),
+            SourceSum([Composition([m, w, op]) for op in operator.ops]),
+        )
 
     def sample(self, residual: Tensor, generator: Sequence[torch.Generator]) -> Tensor:
         """Box pixels ``(B, S, k)`` given the residuals ``y - A x`` ``(B, S, *obs_shape)`` of S samples.
@@ -257,7 +277,9 @@ class FreeformModel:
         mean = proj * (self.s / denom)[:, None]
         # z = xi + V (mean + (D^-1/2 - 1) V^T xi) with xi ~ N(0, I_k): the directions the
         # data never see (more box pixels than pixels) keep their prior N(0, 1).
-        xi = torch.stack([torch.randn(n_s, self.n_columns, generator=g, dtype=r.dtype) for g in generator])
+        xi = torch.stack(
+            [torch.randn(n_s, self.n_columns, generator=g, dtype=r.dtype) for g in generator]
+        )
         along = torch.einsum("bjk,bsj->bsk", self.v, xi)
         draw = mean + (denom.rsqrt() - 1.0)[:, None] * along
         z_post = xi + torch.einsum("bjk,bsk->bsj", self.v, draw)
@@ -277,15 +299,24 @@ class FreeformModel:
         out = coefficients.new_zeros((coefficients.shape[0], coefficients.shape[1], c, hh, ww))
         for i, boxes in enumerate(self.boxes):
             for j, box in enumerate(boxes):
-                block = coefficients[i, :, j * c * side * side : (j + 1) * c * side * side].reshape(-1, c, side, side)
+                block = coefficients[i, :, j * c * side * side : (j + 1) * c * side * side].reshape(
+                    -1, c, side, side
+                )
                 r0, c0 = box.row - hw, box.col - hw
-                rs, cs = slice(max(r0, 0), min(r0 + side, hh)), slice(max(c0, 0), min(c0 + side, ww))
+                rs, cs = (
+                    slice(max(r0, 0), min(r0 + side, hh)),
+                    slice(max(c0, 0), min(c0 + side, ww)),
+                )
                 if rs.start < rs.stop and cs.start < cs.stop:
-                    out[i, :, :, rs, cs] += block[:, :, rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0]
+                    out[i, :, :, rs, cs] += block[
+                        :, :, rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0
+                    ]
         return out
 
 
-def _columns(boxes: list[Box], psf: Tensor, prior_shape: tuple[int, int, int], factor: int, half_width: int) -> Tensor:
+def _columns(
+    boxes: list[Box], psf: Tensor, prior_shape: tuple[int, int, int], factor: int, half_width: int
+) -> Tensor:
     """The light ``(n, k)`` of each box pixel at unit value in the cutout, through PSF and downsampling.
 
     The PSF is applied on the grid widened by the box size, so that pixels beyond the
@@ -378,7 +409,9 @@ def _correlation_factor(bands: int, half_width: int, length: float) -> Tensor:
     yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     p = torch.stack([yy.flatten(), xx.flatten()], 1).to(torch.float64)
     if length > 0:
-        corr = torch.exp(-torch.cdist(p, p) ** 2 / (2 * length**2)) + 1e-6 * torch.eye(side * side, dtype=torch.float64)
+        corr = torch.exp(-(torch.cdist(p, p) ** 2) / (2 * length**2)) + 1e-6 * torch.eye(
+            side * side, dtype=torch.float64
+        )
         one = torch.linalg.cholesky(corr)
     else:
         one = torch.eye(side * side, dtype=torch.float64)

@@ -51,12 +51,22 @@ class GaussianPrior(nn.Module):
         self.shape = tuple(mean.shape)
         d = math.prod(self.shape)
         if components.ndim != 2 or components.shape[0] != d:
-            raise ShapeError(f"GaussianPrior: components must be ({d}, r), got {tuple(components.shape)}")
+            raise ShapeError(
+                f"GaussianPrior: components must be ({d}, r), got {tuple(components.shape)}"
+            )
         if variances.shape != (components.shape[1],):
-            raise ShapeError(f"GaussianPrior: variances must be ({components.shape[1]},), got {tuple(variances.shape)}")
+            raise ShapeError(
+                f"GaussianPrior: variances must be ({components.shape[1]},), got {tuple(variances.shape)}"
+            )
         noise = torch.as_tensor(noise, dtype=mean.dtype)
-        if float(noise) < 0 or (float(noise) == 0 and components.shape[1] < d) or (variances < 0).any():
-            raise ShapeError("GaussianPrior: variances must be >= 0 and the isotropic noise > 0 unless full rank")
+        if (
+            float(noise) < 0
+            or (float(noise) == 0 and components.shape[1] < d)
+            or (variances < 0).any()
+        ):
+            raise ShapeError(
+                "GaussianPrior: variances must be >= 0 and the isotropic noise > 0 unless full rank"
+            )
         self.register_buffer("mean", mean.clone())
         self.register_buffer("components", components.clone())
         self.register_buffer("variances", variances.clone())
@@ -65,7 +75,9 @@ class GaussianPrior(nn.Module):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_covariance(cls, mean: Tensor, cov: Tensor, schedule: VESchedule | None = None) -> GaussianPrior:
+    def from_covariance(
+        cls, mean: Tensor, cov: Tensor, schedule: VESchedule | None = None
+    ) -> GaussianPrior:
         """Exact full-rank prior from a dense covariance ``(D, D)``."""
         lam, vec = torch.linalg.eigh(cov)
         return cls(mean, vec, lam.clamp_min(0), 0.0, schedule)
@@ -84,7 +96,9 @@ class GaussianPrior(nn.Module):
         floored at ``min_noise`` times the mean variance so the prior stays proper.
         """
         if samples.ndim < 2 or samples.shape[0] < 2:
-            raise ShapeError(f"GaussianPrior.fit: need at least 2 samples, got shape {tuple(samples.shape)}")
+            raise ShapeError(
+                f"GaussianPrior.fit: need at least 2 samples, got shape {tuple(samples.shape)}"
+            )
         if not torch.isfinite(samples).all():
             raise ShapeError("GaussianPrior.fit: samples contain non-finite values")
         n = samples.shape[0]
@@ -115,14 +129,22 @@ class GaussianPrior(nn.Module):
 
     # -- interface shared with DiffusionPrior ------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "rank": int(self.components.shape[1]), "schedule": self.schedule.to_dict()}
+        return {
+            "shape": list(self.shape),
+            "rank": int(self.components.shape[1]),
+            "schedule": self.schedule.to_dict(),
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> GaussianPrior:
         d = math.prod(config["shape"])
         r = int(config["rank"])
         return cls(
-            torch.zeros(config["shape"]), torch.zeros(d, r), torch.zeros(r), 1.0, VESchedule(**config["schedule"])
+            torch.zeros(config["shape"]),
+            torch.zeros(d, r),
+            torch.zeros(r),
+            1.0,
+            VESchedule(**config["schedule"]),
         )
 
     def denoise(self, x_t: Tensor, sigma: Tensor | float) -> Tensor:
@@ -145,7 +167,9 @@ class GaussianPrior(nn.Module):
         """Dense covariance ``(D, D)`` (for tests and small problems)."""
         u = self.components
         d = u.shape[0]
-        return (u * self.variances) @ u.T + self.noise * torch.eye(d, dtype=u.dtype, device=u.device)
+        return (u * self.variances) @ u.T + self.noise * torch.eye(
+            d, dtype=u.dtype, device=u.device
+        )
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` exact samples."""

@@ -99,11 +99,15 @@ class Observation:
         if image.ndim == 2:
             image = image[None]
         if image.ndim != 3:
-            raise ShapeError(f"{name}: image must be (H, W) or (bands, H, W), got shape {image.shape}")
+            raise ShapeError(
+                f"{name}: image must be (H, W) or (bands, H, W), got shape {image.shape}"
+            )
         if min(image.shape) == 0:
             raise ShapeError(f"{name}: image is empty (shape {image.shape})")
         try:
-            variance = np.array(np.broadcast_to(np.asarray(self.variance, dtype=np.float64), image.shape))
+            variance = np.array(
+                np.broadcast_to(np.asarray(self.variance, dtype=np.float64), image.shape)
+            )
         except ValueError as exc:
             raise ShapeError(
                 f"{name}: variance of shape {np.shape(self.variance)} does not match the image {image.shape}"
@@ -134,14 +138,25 @@ class Observation:
         psf, _ = prepare_psf(self.psf, c, f"{name} PSF")
         kh, kw = psf.shape[-2:]
         if kh > 2 * h - 1 or kw > 2 * w - 1:
-            raise PSFError(f"{name}: PSF of {kh}x{kw} pixels is larger than the {h}x{w} image can use")
+            raise PSFError(
+                f"{name}: PSF of {kh}x{kw} pixels is larger than the {h}x{w} image can use"
+            )
         if self.wcs is not None and (not self.wcs.has_celestial or self.wcs.naxis != 2):
-            raise InputError(f"{name}: WCS must be a 2-axis celestial WCS, got {self.wcs.naxis} axes")
-        if self.pixel_scale is not None and not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
+            raise InputError(
+                f"{name}: WCS must be a 2-axis celestial WCS, got {self.wcs.naxis} axes"
+            )
+        if self.pixel_scale is not None and not (
+            math.isfinite(self.pixel_scale) and self.pixel_scale > 0
+        ):
             raise InputError(f"{name}: pixel scale must be positive, got {self.pixel_scale}")
         if self.zeropoint is not None and not math.isfinite(self.zeropoint):
             raise InputError(f"{name}: zero point must be finite, got {self.zeropoint}")
-        for attr, value in (("image", image), ("variance", variance), ("mask", valid), ("psf", psf)):
+        for attr, value in (
+            ("image", image),
+            ("variance", variance),
+            ("mask", valid),
+            ("psf", psf),
+        ):
             value.setflags(write=False)
             object.__setattr__(self, attr, value)
         object.__setattr__(self, "notes", tuple(self.notes))
@@ -177,7 +192,9 @@ class Observation:
             If the observation has no WCS or the position does not project.
         """
         if self.wcs is None:
-            raise InputError(f"{self.name}: has no celestial WCS, cannot place RA,Dec = {ra},{dec}; use --center X,Y")
+            raise InputError(
+                f"{self.name}: has no celestial WCS, cannot place RA,Dec = {ra},{dec}; use --center X,Y"
+            )
         x, y = self.wcs.all_world2pix([[ra, dec]], 0)[0]
         if not (np.isfinite(x) and np.isfinite(y)):
             raise InputError(f"{self.name}: RA,Dec = {ra},{dec} does not project onto the image")
@@ -200,8 +217,12 @@ class Observation:
             raise ShapeError(f"{self.name}: crop size must be positive, got {ny}x{nx}")
         c, h, w = self.shape
         cx, cy = self.default_center() if center is None else center
-        if not (np.isfinite(cx) and np.isfinite(cy)) or not (-0.5 <= cx < w - 0.5 and -0.5 <= cy < h - 0.5):
-            raise InputError(f"{self.name}: centre ({cx:.2f}, {cy:.2f}) is outside the {w}x{h} image")
+        if not (np.isfinite(cx) and np.isfinite(cy)) or not (
+            -0.5 <= cx < w - 0.5 and -0.5 <= cy < h - 0.5
+        ):
+            raise InputError(
+                f"{self.name}: centre ({cx:.2f}, {cy:.2f}) is outside the {w}x{h} image"
+            )
         x0 = math.floor(cx + 0.5) - nx // 2
         y0 = math.floor(cy + 0.5) - ny // 2
         if (x0, y0) == (0, 0) and (ny, nx) == (h, w):
@@ -217,7 +238,9 @@ class Observation:
         variance[:, dy, dx] = self.variance[:, sy, sx]
         valid[:, dy, dx] = self.valid[:, sy, sx]
         if not valid.any():
-            raise InputError(f"{self.name}: no valid pixel in the {nx}x{ny} crop around ({cx:.2f}, {cy:.2f})")
+            raise InputError(
+                f"{self.name}: no valid pixel in the {nx}x{ny} crop around ({cx:.2f}, {cy:.2f})"
+            )
         # Kernel offsets beyond +-(n - 1) never link two pixels of an n-pixel image, so
         # trimming the PSF to 2n - 1 only loses flux that falls outside the crop anyway
         # (Convolve renormalises the trimmed kernel: a change of the dropped wings' flux).
@@ -309,7 +332,9 @@ def grid_factor(cutout_scale: float | None, prior_scale: float | None, name: str
     return int(n)
 
 
-def _check_prior_shape(obs: Observation, prior_shape: Sequence[int], factor: int) -> tuple[int, int, int]:
+def _check_prior_shape(
+    obs: Observation, prior_shape: Sequence[int], factor: int
+) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in prior_shape)
     if len(shape) != 3:
         raise ShapeError(f"prior shape must be (C, H, W), got {shape}")
@@ -390,14 +415,18 @@ def stack_observations(
         raise ShapeError("stack_observations: no observation given")
     factors = {o.grid_factor(prior_pixel_scale) for o in observations}
     if len(factors) != 1:
-        raise ShapeError(f"stack_observations: observations have different grid factors {sorted(factors)}")
+        raise ShapeError(
+            f"stack_observations: observations have different grid factors {sorted(factors)}"
+        )
     f = factors.pop()
     shape = _check_prior_shape(observations[0], prior_shape, f)
     for o in observations[1:]:
         _check_prior_shape(o, shape, f)
     flux = np.array([o.flux_factor_to(prior_zeropoint) for o in observations])
     y = np.stack([o.image * k for o, k in zip(observations, flux, strict=True)])
-    var = np.stack([np.where(o.valid, o.variance * k**2, 1.0) for o, k in zip(observations, flux, strict=True)])
+    var = np.stack(
+        [np.where(o.valid, o.variance * k**2, 1.0) for o, k in zip(observations, flux, strict=True)]
+    )
     valid = np.stack([o.valid for o in observations])
     psfs = [o.prior_grid_psf(f) for o in observations]
     kh = max(p.shape[-2] for p in psfs)

@@ -226,7 +226,9 @@ class MatrixOperator(LinearOperator):
     def __init__(self, matrix: Tensor) -> None:
         matrix = torch.as_tensor(matrix)
         if matrix.ndim not in (2, 3):
-            raise ShapeError(f"MatrixOperator: matrix must be (m, n) or (B, m, n), got {tuple(matrix.shape)}")
+            raise ShapeError(
+                f"MatrixOperator: matrix must be (m, n) or (B, m, n), got {tuple(matrix.shape)}"
+            )
         self.matrix = matrix
         self.out_shape = (int(matrix.shape[-2]),)
         self.in_shape = (int(matrix.shape[-1]),)
@@ -249,8 +251,13 @@ class Weight(LinearOperator):
     def __init__(self, weights: Tensor, shape: Sequence[int] | int) -> None:
         self.in_shape = self.out_shape = _as_shape(shape)
         w = torch.as_tensor(weights)
-        if tuple(w.shape[-len(self.in_shape) :]) != self.in_shape or w.ndim > len(self.in_shape) + 1:
-            raise ShapeError(f"Weight: weights of shape {tuple(w.shape)} do not match {self.in_shape}")
+        if (
+            tuple(w.shape[-len(self.in_shape) :]) != self.in_shape
+            or w.ndim > len(self.in_shape) + 1
+        ):
+            raise ShapeError(
+                f"Weight: weights of shape {tuple(w.shape)} do not match {self.in_shape}"
+            )
         if not torch.isfinite(w).all():
             raise ShapeError("Weight: weights contain non-finite values")
         self.weights = w
@@ -278,7 +285,11 @@ class LowRankUpdate(LinearOperator):
         self.in_shape = self.out_shape = _as_shape(shape)
         basis, gains = torch.as_tensor(basis), torch.as_tensor(gains)
         n = math.prod(self.in_shape)
-        if basis.ndim != 3 or basis.shape[1] != n or gains.shape != (basis.shape[0], basis.shape[2]):
+        if (
+            basis.ndim != 3
+            or basis.shape[1] != n
+            or gains.shape != (basis.shape[0], basis.shape[2])
+        ):
             raise ShapeError(
                 f"LowRankUpdate: basis {tuple(basis.shape)} and gains {tuple(gains.shape)} must be "
                 f"(B, {n}, k) and (B, k) for images of shape {self.in_shape}"
@@ -338,16 +349,22 @@ def validate_psf(
     """
     psf = torch.as_tensor(psf)
     if psf.ndim < 2:
-        raise PSFError(f"{name}: a PSF must be 2-D (or one 2-D kernel per band), got shape {tuple(psf.shape)}")
+        raise PSFError(
+            f"{name}: a PSF must be 2-D (or one 2-D kernel per band), got shape {tuple(psf.shape)}"
+        )
     kh, kw = psf.shape[-2:]
     if kh % 2 == 0 or kw % 2 == 0:
-        raise PSFError(f"{name}: PSF size {kh}x{kw} is even; galprism needs odd sizes so that the kernel has a central pixel")
+        raise PSFError(
+            f"{name}: PSF size {kh}x{kw} is even; galprism needs odd sizes so that the kernel has a central pixel"
+        )
     if not torch.isfinite(psf).all():
         raise PSFError(f"{name}: PSF contains non-finite values (NaN or inf)")
     psf = psf.to(torch.float64)
     total = psf.sum(dim=(-2, -1), keepdim=True)
     if (total <= 0).any():
-        raise PSFError(f"{name}: PSF sums to {float(total.min()):.3g}, which cannot be normalised to unit flux")
+        raise PSFError(
+            f"{name}: PSF sums to {float(total.min()):.3g}, which cannot be normalised to unit flux"
+        )
     # Centroid of each kernel relative to the central pixel.
     yy = torch.arange(kh, dtype=torch.float64) - (kh - 1) / 2
     xx = torch.arange(kw, dtype=torch.float64) - (kw - 1) / 2
@@ -449,7 +466,9 @@ class Downsample(LinearOperator):
         self.factor = int(factor)
         c, h, w = self.in_shape
         if h % self.factor or w % self.factor:
-            raise ShapeError(f"Downsample: image {h}x{w} is not divisible by the factor {self.factor}")
+            raise ShapeError(
+                f"Downsample: image {h}x{w} is not divisible by the factor {self.factor}"
+            )
         self.out_shape = (c, h // self.factor, w // self.factor)
 
     def _apply(self, x: Tensor) -> Tensor:
@@ -479,7 +498,9 @@ class Composition(LinearOperator):
                 )
         sizes = {op.batch_size for op in flat} - {None}
         if len(sizes) > 1:
-            raise ShapeError(f"Composition: operators hold different numbers of observations {sorted(sizes)}")
+            raise ShapeError(
+                f"Composition: operators hold different numbers of observations {sorted(sizes)}"
+            )
         self.ops = flat
         self.in_shape = flat[-1].in_shape
         self.out_shape = flat[0].out_shape
@@ -520,7 +541,9 @@ class SourceSum(LinearOperator):
                 )
         sizes = {op.batch_size for op in ops} - {None}
         if len(sizes) > 1:
-            raise ShapeError(f"SourceSum: source operators hold different numbers of observations {sorted(sizes)}")
+            raise ShapeError(
+                f"SourceSum: source operators hold different numbers of observations {sorted(sizes)}"
+            )
         self.ops = ops
         self.source_shape = ops[0].in_shape
         self.in_shape = (len(ops), *ops[0].in_shape)

@@ -40,7 +40,14 @@ from .linalg import conjugate_gradient
 from .operators import SourceSum
 from .smc import sample_smc
 
-__all__ = ["SourcePrior", "JointPrior", "JointPosterior", "sample_prior", "sample_posterior", "DEFAULT_TRUST"]
+__all__ = [
+    "SourcePrior",
+    "JointPrior",
+    "JointPosterior",
+    "sample_prior",
+    "sample_posterior",
+    "DEFAULT_TRUST",
+]
 
 #: Default trust radius of diffusion-prior corrections (see the module docstring).
 DEFAULT_TRUST = 4.0
@@ -116,7 +123,9 @@ class JointPosterior(JointPrior):
     ) -> None:
         super().__init__(priors)
         if not isinstance(operator, SourceSum):
-            raise ShapeError(f"JointPosterior: operator must be a SourceSum, got {type(operator).__name__}")
+            raise ShapeError(
+                f"JointPosterior: operator must be a SourceSum, got {type(operator).__name__}"
+            )
         if operator.n_sources != self.n_sources:
             raise ShapeError(
                 f"JointPosterior: operator mixes {operator.n_sources} sources but {self.n_sources} priors were given"
@@ -135,9 +144,13 @@ class JointPosterior(JointPrior):
             )
         noise_var = torch.as_tensor(noise_var, dtype=y.dtype, device=y.device)
         if not torch.isfinite(y).all():
-            raise InputError("JointPosterior: observations contain non-finite values (mask them and set them to 0)")
+            raise InputError(
+                "JointPosterior: observations contain non-finite values (mask them and set them to 0)"
+            )
         if not torch.isfinite(noise_var).all() or (noise_var <= 0).any():
-            raise InputError("JointPosterior: noise variance must be finite and > 0 everywhere (use the mask for bad pixels)")
+            raise InputError(
+                "JointPosterior: noise variance must be finite and > 0 everywhere (use the mask for bad pixels)"
+            )
         self.operator = operator
         self.y = y
         self.noise_var = noise_var.expand_as(y)
@@ -179,7 +192,9 @@ class JointPosterior(JointPrior):
         def cov_x(u: Tensor) -> Tensor:
             """``sigma_b^2 J_b u_b`` for every source (J symmetric, so J^T = J)."""
             with torch.no_grad():
-                return torch.stack([var[k] * vjps[k](u[:, k])[0] for k in range(self.n_sources)], dim=1)
+                return torch.stack(
+                    [var[k] * vjps[k](u[:, k])[0] for k in range(self.n_sources)], dim=1
+                )
 
         d = torch.stack(means, dim=1).detach()
         residual = self.y - a.apply(d)
@@ -187,7 +202,9 @@ class JointPosterior(JointPrior):
             lambda v: self.noise_var * v + a.apply(cov_x(a.adjoint(v))),
             residual,
             iterations=self.cg_iterations,
-            curvature_floor=lambda p: (self.noise_var * p * p).sum(dim=tuple(range(1, p.ndim)), keepdim=True),
+            curvature_floor=lambda p: (self.noise_var * p * p).sum(
+                dim=tuple(range(1, p.ndim)), keepdim=True
+            ),
         )
         correction = cov_x(a.adjoint(v))
         if self.trust > 0 and any(isinstance(p, DiffusionPrior) for p in self.priors):
@@ -281,4 +298,11 @@ def sample_prior(
 ) -> Tensor:
     """Draw ``n`` samples of every source's prior: ``(n, K, *shape)``."""
     joint = JointPrior(priors)
-    return sample(joint, (n, joint.n_sources, *joint.shape), config, generators=generators, dtype=dtype, device=device)
+    return sample(
+        joint,
+        (n, joint.n_sources, *joint.shape),
+        config,
+        generators=generators,
+        dtype=dtype,
+        device=device,
+    )

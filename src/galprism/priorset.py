@@ -108,12 +108,16 @@ class PriorSet:
 
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.priors):
-            raise ConfigError(f"prior {self.name!r}: {len(self.sources)} source names for {len(self.priors)} priors")
+            raise ConfigError(
+                f"prior {self.name!r}: {len(self.sources)} source names for {len(self.priors)} priors"
+            )
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"prior {self.name!r}: duplicate source names {self.sources}")
         for s, p in zip(self.sources, self.priors, strict=True):
             if tuple(p.shape) != tuple(self.shape):
-                raise ConfigError(f"prior {self.name!r}: source {s!r} has shape {tuple(p.shape)}, expected {tuple(self.shape)}")
+                raise ConfigError(
+                    f"prior {self.name!r}: source {s!r} has shape {tuple(p.shape)}, expected {tuple(self.shape)}"
+                )
         if not self.flux_scale > 0:
             raise ConfigError(f"prior {self.name!r}: flux_scale must be > 0, got {self.flux_scale}")
         self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
@@ -196,9 +200,17 @@ class PriorSet:
     ) -> Tensor:
         """``n`` prior samples ``(n, *shape)`` of one source, in the prior's flux units."""
         if source not in self.sources:
-            raise ConfigError(f"prior {self.name!r} has no source {source!r}; sources: {', '.join(self.sources)}")
+            raise ConfigError(
+                f"prior {self.name!r} has no source {source!r}; sources: {', '.join(self.sources)}"
+            )
         prior = self.priors[self.sources.index(source)].to(device)
-        x = sample_prior([prior], n, config=SamplerConfig(method=sampler, steps=steps), generators=generator, device=device)
+        x = sample_prior(
+            [prior],
+            n,
+            config=SamplerConfig(method=sampler, steps=steps),
+            generators=generator,
+            device=device,
+        )
         return x[:, 0] * self.flux_scale
 
     def log_prob(
@@ -220,13 +232,23 @@ class PriorSet:
         from .diffusion.likelihood import log_prob  # local: only logprob needs it
 
         if source not in self.sources:
-            raise ConfigError(f"prior {self.name!r} has no source {source!r}; sources: {', '.join(self.sources)}")
+            raise ConfigError(
+                f"prior {self.name!r} has no source {source!r}; sources: {', '.join(self.sources)}"
+            )
         if tuple(images.shape[1:]) != tuple(self.shape):
-            raise ConfigError(f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} expects {tuple(self.shape)}")
+            raise ConfigError(
+                f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} expects {tuple(self.shape)}"
+            )
         prior = self.priors[self.sources.index(source)].to(device)
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
-        lp = log_prob(prior, (images / self.flux_scale).to(device=device, dtype=dtype), steps=steps, exact=exact,
-                      probes=probes, generator=generator)
+        lp = log_prob(
+            prior,
+            (images / self.flux_scale).to(device=device, dtype=dtype),
+            steps=steps,
+            exact=exact,
+            probes=probes,
+            generator=generator,
+        )
         return lp.cpu() - images[0].numel() * math.log(self.flux_scale)
 
     # -- persistence --------------------------------------------------------------------
@@ -236,10 +258,16 @@ class PriorSet:
         if (folder / "prior.json").exists() and not overwrite:
             raise ConfigError(f"{folder}: already holds a prior; pass --overwrite to replace it")
         folder.mkdir(parents=True, exist_ok=True)
-        normalisation = {"flux_scale": self.flux_scale, "zeropoint": self.zeropoint, "bunit": self.bunit}
+        normalisation = {
+            "flux_scale": self.flux_scale,
+            "zeropoint": self.zeropoint,
+            "bunit": self.bunit,
+        }
         for name, prior in zip(self.sources, self.priors, strict=True):
             save_prior(
-                PriorCheckpoint(prior, name, self.pixel_scale, normalisation, self.manifest.get("training", {})),
+                PriorCheckpoint(
+                    prior, name, self.pixel_scale, normalisation, self.manifest.get("training", {})
+                ),
                 folder / f"{name}.pt",
             )
         manifest = {
@@ -309,13 +337,21 @@ def compose_priorsets(
     priors, record, own_support = [], {}, {}
     for source, part in parts:
         if source not in part.sources:
-            raise ConfigError(f"prior {part.name!r} has no source {source!r} (it has {', '.join(part.sources)})")
+            raise ConfigError(
+                f"prior {part.name!r} has no source {source!r} (it has {', '.join(part.sources)})"
+            )
         for key in keys:
             a, b = getattr(first, key), getattr(part, key)
             if (tuple(a) if key == "shape" else a) != (tuple(b) if key == "shape" else b):
-                raise ConfigError(f"priors {first.name!r} and {part.name!r} differ in {key}: {a} vs {b}")
+                raise ConfigError(
+                    f"priors {first.name!r} and {part.name!r} differ in {key}: {a} vs {b}"
+                )
         priors.append(part.priors[part.sources.index(source)])
-        record[source] = {"prior": part.name, "sha256": part.sha256, "training": part.manifest.get("training", {})}
+        record[source] = {
+            "prior": part.name,
+            "sha256": part.sha256,
+            "training": part.manifest.get("training", {}),
+        }
         if source in part.support:
             own_support[source] = part.support[source]
     return PriorSet(
@@ -374,7 +410,9 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupted manifest ({exc.msg if hasattr(exc, 'msg') else exc})") from exc
+        raise CheckpointError(
+            f"{path}: corrupted manifest ({exc.msg if hasattr(exc, 'msg') else exc})"
+        ) from exc
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path}: not a galprism prior manifest")
     if manifest.get("method") == "asvd":
@@ -388,7 +426,9 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_priorset(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PriorSet:
+def load_priorset(
+    name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> PriorSet:
     """Load a built-in prior by name, or a prior folder written by ``galprism fit``.
 
     Raises
@@ -404,7 +444,9 @@ def load_priorset(name_or_path: str | os.PathLike, map_location: str | torch.dev
             path = builtin_prior_path(str(name_or_path))
         else:
             known = ", ".join(list_builtin_priors()) or "none installed"
-            raise CheckpointError(f"{name_or_path}: no such prior folder or built-in prior (built-in: {known})")
+            raise CheckpointError(
+                f"{name_or_path}: no such prior folder or built-in prior (built-in: {known})"
+            )
     if path.is_file() and path.name == "prior.json":
         path = path.parent
     manifest = _read_manifest(path)
@@ -422,7 +464,9 @@ def load_priorset(name_or_path: str | os.PathLike, map_location: str | torch.dev
     for s in sources:
         ckpt = load_prior(path / f"{s}.pt", map_location)
         if ckpt.name != s:
-            raise CheckpointError(f"{path / (s + '.pt')}: holds source {ckpt.name!r}, manifest says {s!r}")
+            raise CheckpointError(
+                f"{path / (s + '.pt')}: holds source {ckpt.name!r}, manifest says {s!r}"
+            )
         ckpts.append(ckpt)
     return PriorSet(
         name=str(manifest.get("name", path.name)),

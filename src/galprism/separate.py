@@ -184,10 +184,14 @@ class SeparateConfig:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise UsageError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+            raise UsageError(
+                f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
+            )
         for name in ("n_samples", "steps", "batch_size", "particles"):
             if int(getattr(self, name)) < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(
+                    f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
         if not float(self.trust) >= 0:
             raise UsageError(f"trust must be >= 0, got {self.trust}")
         if int(self.cg_iterations) < 0:
@@ -255,7 +259,10 @@ class SeparationResult:
         n = totals.shape[0]
         std = totals.std(axis=0, ddof=1) if n > 1 else np.zeros(totals.shape[1:])
         return {
-            s: {"flux_mean": [float(v) for v in totals[:, k].mean(axis=0)], "flux_std": [float(v) for v in std[k]]}
+            s: {
+                "flux_mean": [float(v) for v in totals[:, k].mean(axis=0)],
+                "flux_std": [float(v) for v in std[k]],
+            }
             for k, s in enumerate(self.sources)
         }
 
@@ -378,7 +385,9 @@ def fit_to_prior(
     """Check an observation against a prior and crop it to the prior's footprint."""
     c, h, w = (int(s) for s in prior.shape)
     if obs.n_bands != c:
-        raise ShapeError(f"{obs.name}: cutout has {obs.n_bands} band(s) but prior {prior.name!r} models {c}")
+        raise ShapeError(
+            f"{obs.name}: cutout has {obs.n_bands} band(s) but prior {prior.name!r} models {c}"
+        )
     if obs.pixel_scale is None and prior.pixel_scale is not None and warnings is not None:
         warnings.warn(
             "pixel scale assumed",
@@ -407,7 +416,9 @@ def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
         return None
     if any(v.strip().lower() == "none" for v in values):
         if len(values) > 1:
-            raise UsageError(f"--support none excludes other --support values, got {', '.join(values)}")
+            raise UsageError(
+                f"--support none excludes other --support values, got {', '.join(values)}"
+            )
         return {}
     out: dict[str, float | str] = {}
     for v in values:
@@ -418,7 +429,9 @@ def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
         except ValueError:
             pass
         if not sep or not name.strip():
-            raise UsageError(f"--support {v!r}: expected SOURCE=RADIUS or SOURCE=auto:RADIUS (prior pixels), or 'none'")
+            raise UsageError(
+                f"--support {v!r}: expected SOURCE=RADIUS or SOURCE=auto:RADIUS (prior pixels), or 'none'"
+            )
         try:
             Support.parse(value, f"--support {v!r}")
         except ConfigError as exc:
@@ -439,7 +452,9 @@ def parse_freeform(
         try:
             values[name] = float(v)
         except ValueError:
-            raise UsageError(f"--freeform-{name} {v!r}: expected a positive number or 'none'") from None
+            raise UsageError(
+                f"--freeform-{name} {v!r}: expected a positive number or 'none'"
+            ) from None
     for name, v in values.items():
         if v is not None and not (math.isfinite(v) and v > 0):
             raise UsageError(f"--freeform-{name} {v:g}: expected a positive number or 'none'")
@@ -451,7 +466,9 @@ def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, Sup
     if config.support is None:
         return dict(getattr(prior, "support", {}) or {})
     if config.support and prior.method == "asvd":
-        raise UsageError(f"--support: prior {prior.name!r} is an asvd prior; supports apply to diffusion and Gaussian priors")
+        raise UsageError(
+            f"--support: prior {prior.name!r} is an asvd prior; supports apply to diffusion and Gaussian priors"
+        )
     try:
         return check_support(config.support, prior.sources, f"--support for prior {prior.name!r}")
     except ConfigError as exc:
@@ -504,8 +521,14 @@ def separate_observations(
             res = results[i]
             obs, fac = res.observation, res.flux_factor
             found = find_residual_boxes(
-                (obs.image - res.model) * fac, obs.variance * fac**2, obs.valid, obs.psf, res.boxes,
-                config.freeform, flux_scale, res.factor,
+                (obs.image - res.model) * fac,
+                obs.variance * fac**2,
+                obs.valid,
+                obs.psf,
+                res.boxes,
+                config.freeform,
+                flux_scale,
+                res.factor,
             )
             if found:
                 extra[i].extend(found)
@@ -513,7 +536,11 @@ def separate_observations(
         if not redo:
             break
         again = _separate_once(
-            [observations[i] for i in redo], prior, config, [seeds[i] for i in redo], device=device,
+            [observations[i] for i in redo],
+            prior,
+            config,
+            [seeds[i] for i in redo],
+            device=device,
             extra_boxes=[extra[i] for i in redo],
         )
         for i, res in zip(redo, again, strict=True):
@@ -550,8 +577,15 @@ def _separate_once(
     if config.freeform.enabled and _freeform_applies(prior):
         psfs = [o.prior_grid_psf(batch.factor) for o in observations]
         freeform = build_freeform(
-            batch.y, batch.noise_var, batch.valid, psfs, prior.shape, batch.factor, float(prior.flux_scale),
-            config.freeform, extra=extra_boxes,
+            batch.y,
+            batch.noise_var,
+            batch.valid,
+            psfs,
+            prior.shape,
+            batch.factor,
+            float(prior.flux_scale),
+            config.freeform,
+            extra=extra_boxes,
         )
     y, noise_var, base_operator = batch.y, batch.noise_var, batch.operator
     if freeform is not None:
@@ -559,8 +593,15 @@ def _separate_once(
         y, noise_var = y.to(batch.y.dtype), noise_var.to(batch.y.dtype)
 
     supports, radii = resolve_support_masks(
-        effective_support(prior, config), prior, y, noise_var, base_operator, seeds,
-        cg_iterations=config.cg_iterations, trust=config.trust, device=device,
+        effective_support(prior, config),
+        prior,
+        y,
+        noise_var,
+        base_operator,
+        seeds,
+        cg_iterations=config.cg_iterations,
+        trust=config.trust,
+        device=device,
     )
     operator = supported_operator(base_operator, prior.sources, supports)
     samples = prior.separate(
@@ -592,11 +633,17 @@ def _separate_once(
     # and each one's residual is the posterior-predictive check of that sample.
     n_s = x.shape[1]
     rows = torch.arange(b).repeat_interleave(n_s)
-    light = batch.forward.take(rows).apply(x.sum(dim=2).flatten(0, 1)).reshape(b, n_s, *batch.y.shape[1:])
+    light = (
+        batch.forward.take(rows)
+        .apply(x.sum(dim=2).flatten(0, 1))
+        .reshape(b, n_s, *batch.y.shape[1:])
+    )
     if freeform is not None:
         # The box pixels are drawn per sample given that sample's light.
         residual = (batch.y.to(x.dtype)[:, None] - light) * batch.valid[:, None].to(x.dtype)
-        ff_pixels = freeform.sample(residual, [torch.Generator().manual_seed(int(s) ^ FREEFORM_SALT) for s in seeds])
+        ff_pixels = freeform.sample(
+            residual, [torch.Generator().manual_seed(int(s) ^ FREEFORM_SALT) for s in seeds]
+        )
         light = light + freeform.model(ff_pixels)
         ff_images = freeform.images(ff_pixels)
     predicted = light.mean(dim=1)
@@ -622,14 +669,18 @@ def _separate_once(
                 flux_factor=fac,
                 zeropoint_assumed=obs.zeropoint is None and zp is not None,
                 support_radii={name: r[i] for name, r in radii.items()},
-                freeform=None if ff_images is None or not freeform.boxes[i] else (ff_images[i].numpy() / fac).astype(np.float32),
+                freeform=None
+                if ff_images is None or not freeform.boxes[i]
+                else (ff_images[i].numpy() / fac).astype(np.float32),
                 boxes=[] if freeform is None else list(freeform.boxes[i]),
             )
         )
     return results
 
 
-def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, device: str) -> dict[str, tuple[Any, str]]:
+def _cards(
+    result: SeparationResult, prior: Separator, config: SeparateConfig, device: str
+) -> dict[str, tuple[Any, str]]:
     obs = result.observation
     n = int(result.samples.shape[0])
     zp_prior = prior_zeropoint(prior)
@@ -640,21 +691,42 @@ def _cards(result: SeparationResult, prior: Separator, config: SeparateConfig, d
         "METHOD": (prior.method, "separation method of the prior"),
         "SOURCES": (",".join(prior.sources), "sources, in HDU order"),
         "NSAMPLE": (n, "posterior samples per source"),
-        "POINTEST": (n == 1 and prior.method == "asvd", "single point estimate, no posterior spread"),
-        "PSFINCL": (bool(getattr(prior, "psf_included", False)), "source images include the PSF (asvd bases)"),
+        "POINTEST": (
+            n == 1 and prior.method == "asvd",
+            "single point estimate, no posterior spread",
+        ),
+        "PSFINCL": (
+            bool(getattr(prior, "psf_included", False)),
+            "source images include the PSF (asvd bases)",
+        ),
         "NSTEPS": (int(config.steps), "sampler steps"),
         "NCGITER": (int(config.cg_iterations), "conjugate-gradient iterations per step"),
         "TRUST": (float(config.trust), "MMPS trust radius (0 = off)"),
         "SAMPLER": (config.sampler, "posterior sampler"),
         "NPARTIC": (int(config.particles), "chains per sample (smc sampler only)"),
-        "SUPPORT": (_support_text(effective_support(prior, config), result.support_radii), "source=radius [prior px]: zero beyond"),
-        "FFBRIGHT": (_none_text(config.freeform.bright), "free-form box above this peak [flux_scale]"),
+        "SUPPORT": (
+            _support_text(effective_support(prior, config), result.support_radii),
+            "source=radius [prior px]: zero beyond",
+        ),
+        "FFBRIGHT": (
+            _none_text(config.freeform.bright),
+            "free-form box above this peak [flux_scale]",
+        ),
         "FFEDGE": (_none_text(config.freeform.edge), "free-form box for edge peaks above this S/N"),
-        "FFRESID": (_none_text(config.freeform.residual), "free-form box for residual peaks above this S/N"),
+        "FFRESID": (
+            _none_text(config.freeform.residual),
+            "free-form box for residual peaks above this S/N",
+        ),
         "FFROUNDS": (int(config.freeform.rounds), "at most this many redraws for residual boxes"),
         "FFBOXES": (len(result.boxes), "free-form components in this cutout (FREEFORM HDU)"),
-        "CHI2": (round(float(np.mean(result.chi2_samples)), 4), "reduced chi2 of the samples' data, mean over samples"),
-        "CHI2MOD": (round(float(np.nanmean(result.resid**2)), 4), "reduced chi2 of MODEL (mean of RESID**2)"),
+        "CHI2": (
+            round(float(np.mean(result.chi2_samples)), 4),
+            "reduced chi2 of the samples' data, mean over samples",
+        ),
+        "CHI2MOD": (
+            round(float(np.nanmean(result.resid**2)), 4),
+            "reduced chi2 of MODEL (mean of RESID**2)",
+        ),
         "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
         "RUNSEED": (int(config.seed), "--seed of the run"),
         "DEVICE": (device, "torch device"),
@@ -685,7 +757,9 @@ def _support_text(support: dict[str, Support], radii: dict[str, float]) -> str:
     return ",".join(parts) or "none"
 
 
-def build_hdulist(result: SeparationResult, prior: Separator, config: SeparateConfig, device: str) -> Any:
+def build_hdulist(
+    result: SeparationResult, prior: Separator, config: SeparateConfig, device: str
+) -> Any:
     """The output HDUList of one result (see :mod:`galprism.io.write` for the layout)."""
     from astropy.io import fits
 
@@ -695,28 +769,58 @@ def build_hdulist(result: SeparationResult, prior: Separator, config: SeparateCo
     for note in obs.notes:
         primary.header.add_comment(note)
     bunit = obs.bunit or (prior.bunit if result.zeropoint_assumed else None)
-    zp = obs.zeropoint if obs.zeropoint is not None else (prior_zeropoint(prior) if result.zeropoint_assumed else None)
+    zp = (
+        obs.zeropoint
+        if obs.zeropoint is not None
+        else (prior_zeropoint(prior) if result.zeropoint_assumed else None)
+    )
     extra = {"MAGZERO": (zp, "AB zero point of the values")}
     fine_wcs = obs.prior_grid_wcs(result.factor)
     hdus = [primary]
     cache: dict = {}  # WCS header cards per grid and axes, built once per file
     for k, name in enumerate(result.sources):
-        cards = {**extra, "SOURCE": (name, "source of the prior"), "NSAMPLE": (int(result.samples.shape[0]), "samples")}
-        hdus.extend(source_hdus(name, result.samples[:, k], wcs=fine_wcs, bunit=bunit, cards=cards, cache=cache))
+        cards = {
+            **extra,
+            "SOURCE": (name, "source of the prior"),
+            "NSAMPLE": (int(result.samples.shape[0]), "samples"),
+        }
+        hdus.extend(
+            source_hdus(
+                name, result.samples[:, k], wcs=fine_wcs, bunit=bunit, cards=cards, cache=cache
+            )
+        )
     if result.freeform is not None:
-        cards = {**extra, "SOURCE": ("freeform", "free-form components (galprism.freeform)"),
-                 "NSAMPLE": (int(result.freeform.shape[0]), "samples"),
-                 "FFHALF": (int(config.freeform.half_width), "box half-width [prior px]")}
+        cards = {
+            **extra,
+            "SOURCE": ("freeform", "free-form components (galprism.freeform)"),
+            "NSAMPLE": (int(result.freeform.shape[0]), "samples"),
+            "FFHALF": (int(config.freeform.half_width), "box half-width [prior px]"),
+        }
         for i, box in enumerate(result.boxes):
-            cards[f"FFBOX{i}"] = (f"{box.kind} row={box.row} col={box.col}", f"peak {box.peak:.4g} S/N {box.snr:.4g}")
-        hdus.extend(source_hdus("FREEFORM", result.freeform, wcs=fine_wcs, bunit=bunit, cards=cards, cache=cache))
+            cards[f"FFBOX{i}"] = (
+                f"{box.kind} row={box.row} col={box.col}",
+                f"peak {box.peak:.4g} S/N {box.snr:.4g}",
+            )
+        hdus.extend(
+            source_hdus(
+                "FREEFORM", result.freeform, wcs=fine_wcs, bunit=bunit, cards=cards, cache=cache
+            )
+        )
     banded = obs.n_bands > 1
     leading = ("BAND",) if banded else ()
     model = result.model if banded else result.model[0]
     resid = result.resid if banded else result.resid[0]
-    hdus.append(image_hdu(model, "MODEL", wcs=obs.wcs, bunit=bunit, leading=leading, cards=extra, cache=cache))
+    hdus.append(
+        image_hdu(
+            model, "MODEL", wcs=obs.wcs, bunit=bunit, leading=leading, cards=extra, cache=cache
+        )
+    )
     resid_cards = {"RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels")}
-    hdus.append(image_hdu(resid, "RESID", wcs=obs.wcs, bunit=None, leading=leading, cards=resid_cards, cache=cache))
+    hdus.append(
+        image_hdu(
+            resid, "RESID", wcs=obs.wcs, bunit=None, leading=leading, cards=resid_cards, cache=cache
+        )
+    )
     return fits.HDUList(hdus)
 
 
@@ -729,7 +833,9 @@ def write_result(
     device: str = "cpu",
 ) -> Path:
     """Write one result atomically (no overwrite unless ``config.overwrite``)."""
-    return write_atomic(build_hdulist(result, prior, config, device), path, overwrite=config.overwrite)
+    return write_atomic(
+        build_hdulist(result, prior, config, device), path, overwrite=config.overwrite
+    )
 
 
 @dataclass
@@ -786,7 +892,9 @@ def run_separate(
         try:
             Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"--output-dir {config.output_dir}: cannot create it ({exc.strerror})") from exc
+            raise UsageError(
+                f"--output-dir {config.output_dir}: cannot create it ({exc.strerror})"
+            ) from exc
     seen: dict[str, str] = {}
     pending: dict[tuple, list[_Pending]] = {}
 
@@ -821,28 +929,68 @@ def run_separate(
         share = (time.perf_counter() - t0) / len(group)
         for p, res in zip(group, results, strict=True):
             if isinstance(res, BaseException):
-                report(InputRecord(p.path, str(p.output), "error", p.seconds + share, p.seed, error=_error_text(res, p.path)))
+                report(
+                    InputRecord(
+                        p.path,
+                        str(p.output),
+                        "error",
+                        p.seconds + share,
+                        p.seed,
+                        error=_error_text(res, p.path),
+                    )
+                )
                 continue
             t1 = time.perf_counter()
             try:
                 write_result(res, p.output, prior, config, device=device)
             except Exception as exc:  # noqa: BLE001 - one unwritable output must not stop the run
-                report(InputRecord(p.path, str(p.output), "error", p.seconds + share, p.seed, error=_error_text(exc, p.path)))
+                report(
+                    InputRecord(
+                        p.path,
+                        str(p.output),
+                        "error",
+                        p.seconds + share,
+                        p.seed,
+                        error=_error_text(exc, p.path),
+                    )
+                )
                 continue
             seconds = p.seconds + share + time.perf_counter() - t1
-            report(InputRecord(p.path, str(p.output), "ok", seconds, p.seed, sources=res.flux_summary(),
-                                chi2=float(np.mean(res.chi2_samples))))
+            report(
+                InputRecord(
+                    p.path,
+                    str(p.output),
+                    "ok",
+                    seconds,
+                    p.seed,
+                    sources=res.flux_summary(),
+                    chi2=float(np.mean(res.chi2_samples)),
+                )
+            )
 
     for path in inputs:
         path = str(path)
         if config.shard is not None and not in_shard(path, *config.shard):
             continue
         t0 = time.perf_counter()
-        out = Path(config.output) if config.output is not None else output_path(path, config.output_dir)
+        out = (
+            Path(config.output)
+            if config.output is not None
+            else output_path(path, config.output_dir)
+        )
         seed = cutout_seed(config.seed, path)
         key = os.path.abspath(out)
         if key in seen:
-            report(InputRecord(path, str(out), "error", 0.0, seed, error=f"{path}: writes the same output {out} as {seen[key]}"))
+            report(
+                InputRecord(
+                    path,
+                    str(out),
+                    "error",
+                    0.0,
+                    seed,
+                    error=f"{path}: writes the same output {out} as {seen[key]}",
+                )
+            )
             continue
         seen[key] = path
         if out.exists():
@@ -850,17 +998,32 @@ def run_separate(
                 report(InputRecord(path, str(out), "skipped", 0.0, seed))
                 continue
             if not config.overwrite:
-                exc = OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or --skip-existing")
-                report(InputRecord(path, str(out), "error", 0.0, seed, error=_error_text(exc, path)))
+                exc = OutputExistsError(
+                    f"{out}: output exists; pass --overwrite to replace it or --skip-existing"
+                )
+                report(
+                    InputRecord(path, str(out), "error", 0.0, seed, error=_error_text(exc, path))
+                )
                 continue
         try:
             obs, factor = prepare_observation(path, prior, config, warn)
         except Exception as exc:  # noqa: BLE001 - a bad file never stops the batch
-            report(InputRecord(path, str(out), "error", time.perf_counter() - t0, seed, error=_error_text(exc, path)))
+            report(
+                InputRecord(
+                    path,
+                    str(out),
+                    "error",
+                    time.perf_counter() - t0,
+                    seed,
+                    error=_error_text(exc, path),
+                )
+            )
             continue
         _warn_notes(obs, prior, warn)
         group_key = (obs.shape, factor)
-        pending.setdefault(group_key, []).append(_Pending(path, out, obs, seed, time.perf_counter() - t0))
+        pending.setdefault(group_key, []).append(
+            _Pending(path, out, obs, seed, time.perf_counter() - t0)
+        )
         if len(pending[group_key]) >= config.batch_size:
             flush(group_key)
     for key in list(pending):
@@ -883,5 +1046,7 @@ def _warn_notes(obs: Observation, prior: Separator, warn: RunWarnings) -> None:
             f"{obs.name}: no --zeropoint, MAGZERO/MAGZPT/ZP or flux BUNIT; assuming the prior's AB zero point {zp:.4g}",
         )
     elif obs.zeropoint is not None and zp is None:
-        warn.warn("prior zero point unknown", f"prior {prior.name!r} records no zero point; fluxes of {obs.name} used as they are")
-
+        warn.warn(
+            "prior zero point unknown",
+            f"prior {prior.name!r} records no zero point; fluxes of {obs.name} used as they are",
+        )

@@ -87,7 +87,11 @@ def sample_smc(
     ts = torch.linspace(1.0, 0.0, config.steps + 1, dtype=torch.float64)
 
     def per_source(t: Tensor) -> Tensor:
-        return posterior.sigma(t).to(device=y.device, dtype=y.dtype).reshape(1, -1, *([1] * len(posterior.shape)))
+        return (
+            posterior.sigma(t)
+            .to(device=y.device, dtype=y.dtype)
+            .reshape(1, -1, *([1] * len(posterior.shape)))
+        )
 
     x = per_source(ts[0]) * randn_rows(shape, generators, dtype=y.dtype, device=y.device)
     d_prior, d_post, log_twist = posterior.twisted(x, ts[0])
@@ -124,4 +128,3 @@ def sample_smc(
     u = randn_rows((groups, 1), generators, dtype=y.dtype, device=y.device, uniform=True)
     pick = torch.searchsorted(torch.softmax(log_w, dim=1).cumsum(1), u).clamp_max(p - 1)[:, 0]
     return d_post.view(groups, p, *shape[1:])[torch.arange(groups, device=y.device), pick]
-

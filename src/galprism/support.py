@@ -44,7 +44,14 @@ __all__ = [
 #: Settings of the pilot run of adaptive supports. ``salt`` is XORed into each cutout's
 #: seed, so the pilot's draws derive from the seed recorded in the output, yet differ
 #: from the main run's.
-PILOT: dict[str, Any] = {"n_samples": 2, "steps": 8, "sampler": "ddim", "fraction": 0.95, "pad": 4.0, "salt": 0x5EED}
+PILOT: dict[str, Any] = {
+    "n_samples": 2,
+    "steps": 8,
+    "sampler": "ddim",
+    "fraction": 0.95,
+    "pad": 4.0,
+    "salt": 0x5EED,
+}
 
 
 @dataclass(frozen=True)
@@ -64,10 +71,19 @@ class Support:
             except ValueError:
                 radius = float("nan")
             if not (math.isfinite(radius) and radius > 0):
-                raise ConfigError(f"{where}: adaptive support must read 'auto:R' with a maximum radius R > 0 pixels, got {value!r}")
+                raise ConfigError(
+                    f"{where}: adaptive support must read 'auto:R' with a maximum radius R > 0 pixels, got {value!r}"
+                )
             return cls(radius, True)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{where}: support radius must be a number of pixels > 0 or 'auto:R', got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ConfigError(
+                f"{where}: support radius must be a number of pixels > 0 or 'auto:R', got {value!r}"
+            )
         return cls(float(value), False)
 
     def to_json(self) -> float | str:
@@ -82,24 +98,34 @@ def check_support(support: Any, sources: Sequence[str], where: str) -> dict[str,
     if support is None:
         return {}
     if not isinstance(support, Mapping):
-        raise ConfigError(f"{where}: support must map source names to radii in pixels, got {support!r}")
+        raise ConfigError(
+            f"{where}: support must map source names to radii in pixels, got {support!r}"
+        )
     out = {}
     for name, value in support.items():
         if name not in sources:
-            raise ConfigError(f"{where}: support names source {name!r}, but the sources are {', '.join(sources)}")
-        out[str(name)] = value if isinstance(value, Support) else Support.parse(value, f"{where}, {name!r}")
+            raise ConfigError(
+                f"{where}: support names source {name!r}, but the sources are {', '.join(sources)}"
+            )
+        out[str(name)] = (
+            value if isinstance(value, Support) else Support.parse(value, f"{where}, {name!r}")
+        )
     return out
 
 
 def disk(shape: Sequence[int], radius: float) -> Tensor:
     """Boolean ``shape`` mask of the pixels within ``radius`` pixels of the grid centre."""
     h, w = int(shape[-2]), int(shape[-1])
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     inside = torch.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) <= radius
     return inside.expand(*shape).clone()
 
 
-def enclosed_radius(image: Tensor, max_radius: float, fraction: float = PILOT["fraction"], pad: float = PILOT["pad"]) -> float:
+def enclosed_radius(
+    image: Tensor, max_radius: float, fraction: float = PILOT["fraction"], pad: float = PILOT["pad"]
+) -> float:
     """``min(max_radius, r + pad)`` with ``r`` the smallest whole radius whose disk holds ``fraction``
     of the light of ``image`` (``(..., H, W)``, summed over leading axes) within ``max_radius``.
 
@@ -107,7 +133,9 @@ def enclosed_radius(image: Tensor, max_radius: float, fraction: float = PILOT["f
     """
     img = image.reshape(-1, *image.shape[-2:]).sum(0).to(torch.float64)
     h, w = img.shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     r = torch.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2)
     total = float(img[r <= max_radius].sum())
     if not total > 0:
@@ -118,7 +146,9 @@ def enclosed_radius(image: Tensor, max_radius: float, fraction: float = PILOT["f
     return float(max_radius)
 
 
-def supported_operator(operator: SourceSum, sources: Sequence[str], masks: Mapping[str, Tensor]) -> SourceSum:
+def supported_operator(
+    operator: SourceSum, sources: Sequence[str], masks: Mapping[str, Tensor]
+) -> SourceSum:
     """``operator`` with each supported source's term applied to that source inside its mask only.
 
     Masks are ``(C, H, W)`` (shared) or ``(B, C, H, W)`` (one per observation).
@@ -181,21 +211,40 @@ def resolve_support_masks(
     """
     sources, shape, n_obs = list(prior.sources), tuple(prior.shape), len(seeds)
     radii = {name: [s.radius] * n_obs for name, s in supports.items()}
-    widest = {name: disk(shape, s.radius).expand(n_obs, *shape).clone() for name, s in supports.items()}
+    widest = {
+        name: disk(shape, s.radius).expand(n_obs, *shape).clone() for name, s in supports.items()
+    }
     adaptive = [name for name, s in supports.items() if s.adaptive]
     if adaptive:
-        generators = [torch.Generator(device=device).manual_seed(int(s) ^ PILOT["salt"]) for s in seeds]
-        x = prior.separate(
-            y, noise_var, supported_operator(operator, sources, widest), n_samples=PILOT["n_samples"],
-            steps=PILOT["steps"], cg_iterations=cg_iterations, sampler=PILOT["sampler"], generators=generators,
-            device=device, trust=trust,
-        ).detach().to("cpu", torch.float64)
+        generators = [
+            torch.Generator(device=device).manual_seed(int(s) ^ PILOT["salt"]) for s in seeds
+        ]
+        x = (
+            prior.separate(
+                y,
+                noise_var,
+                supported_operator(operator, sources, widest),
+                n_samples=PILOT["n_samples"],
+                steps=PILOT["steps"],
+                cg_iterations=cg_iterations,
+                sampler=PILOT["sampler"],
+                generators=generators,
+                device=device,
+                trust=trust,
+            )
+            .detach()
+            .to("cpu", torch.float64)
+        )
         x = zero_outside_supports(x, sources, widest)
         for name in adaptive:
             k = sources.index(name)
-            radii[name] = [enclosed_radius(x[b, :, k].mean(0), supports[name].radius) for b in range(n_obs)]
+            radii[name] = [
+                enclosed_radius(x[b, :, k].mean(0), supports[name].radius) for b in range(n_obs)
+            ]
     masks = {
-        name: torch.stack([disk(shape, r) for r in radii[name]]) if name in adaptive else widest[name]
+        name: torch.stack([disk(shape, r) for r in radii[name]])
+        if name in adaptive
+        else widest[name]
         for name in supports
     }
     return masks, radii

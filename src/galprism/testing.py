@@ -33,7 +33,9 @@ def _smooth_cov(h: int, w: int, length: float, amplitude: float, dtype: torch.dt
     return amplitude * torch.exp(-d2 / (2 * length**2)) + 1e-3 * torch.eye(h * w, dtype=dtype)
 
 
-def gaussian_problem(size: int = 8, seed: int = 0, noise: float = 0.05, dtype: torch.dtype = torch.float64) -> GaussianProblem:
+def gaussian_problem(
+    size: int = 8, seed: int = 0, noise: float = 0.05, dtype: torch.dtype = torch.float64
+) -> GaussianProblem:
     """A 2-source problem whose posterior is known in closed form.
 
     Source 1 is smooth with a non-zero mean, source 2 rougher; both are blurred by an
@@ -44,9 +46,12 @@ def gaussian_problem(size: int = 8, seed: int = 0, noise: float = 0.05, dtype: t
     shape = (1, size, size)
     priors = [
         GaussianPrior.from_covariance(
-            0.3 * torch.randn(shape, generator=gen, dtype=dtype), _smooth_cov(size, size, 2.0, 1.0, dtype)
+            0.3 * torch.randn(shape, generator=gen, dtype=dtype),
+            _smooth_cov(size, size, 2.0, 1.0, dtype),
         ),
-        GaussianPrior.from_covariance(torch.zeros(shape, dtype=dtype), _smooth_cov(size, size, 0.7, 0.5, dtype)),
+        GaussianPrior.from_covariance(
+            torch.zeros(shape, dtype=dtype), _smooth_cov(size, size, 0.7, 0.5, dtype)
+        ),
     ]
     psf = torch.rand(5, 5, generator=gen, dtype=dtype) + 1
     psf[2, 2] += 3
@@ -56,7 +61,9 @@ def gaussian_problem(size: int = 8, seed: int = 0, noise: float = 0.05, dtype: t
     operator = SourceSum([view, Composition([view, Scale(0.7, shape)])])
     truth = torch.stack([p.sample(1, generator=gen) for p in priors], dim=1)
     noise_var = torch.full((1, *coarse), noise, dtype=dtype)
-    y = operator.apply(truth) + noise_var.sqrt() * torch.randn(1, *coarse, generator=gen, dtype=dtype)
+    y = operator.apply(truth) + noise_var.sqrt() * torch.randn(
+        1, *coarse, generator=gen, dtype=dtype
+    )
     mean, cov = gaussian_posterior(priors, operator, y, noise_var)
     return GaussianProblem(priors, operator, y, noise_var, truth, mean, cov)
 

@@ -17,11 +17,18 @@ def as_data(data: object, name: str) -> Tensor:
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(np.ascontiguousarray(data))
     if not isinstance(data, Tensor):
-        raise InputError(f"ASVD {name}: expected a tensor or numpy array, got {type(data).__name__}")
-    if not (torch.is_floating_point(data) or data.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)):
+        raise InputError(
+            f"ASVD {name}: expected a tensor or numpy array, got {type(data).__name__}"
+        )
+    if not (
+        torch.is_floating_point(data)
+        or data.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)
+    ):
         raise InputError(f"ASVD {name}: unsupported dtype {data.dtype}")
     if data.ndim < 2:
-        raise ShapeError(f"ASVD {name}: expected (N, ...) with one cutout per row, got shape {tuple(data.shape)}")
+        raise ShapeError(
+            f"ASVD {name}: expected (N, ...) with one cutout per row, got shape {tuple(data.shape)}"
+        )
     if data.shape[0] < 1 or math.prod(data.shape[1:]) < 1:
         raise ShapeError(f"ASVD {name}: empty data of shape {tuple(data.shape)}")
     data = data.detach().to("cpu")
@@ -46,7 +53,9 @@ def check_pair(clean: Tensor, mixed: Tensor) -> tuple[int, ...]:
     return tuple(int(s) for s in clean.shape[1:])
 
 
-def check_ranks(rank_clean: object, rank_unseen: object, n_clean: int, n_mixed: int, dim: int) -> tuple[int, int]:
+def check_ranks(
+    rank_clean: object, rank_unseen: object, n_clean: int, n_mixed: int, dim: int
+) -> tuple[int, int]:
     """Ranks must be positive integers that the data can support."""
     for label, value in (("rank_clean", rank_clean), ("rank_unseen", rank_unseen)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -58,9 +67,13 @@ def check_ranks(rank_clean: object, rank_unseen: object, n_clean: int, n_mixed: 
             f"(min of {n_clean} cutouts and {dim} pixels)"
         )
     if d1 > n_mixed:
-        raise ConfigError(f"ASVD: rank_unseen={d1} is larger than the number of mixtures ({n_mixed})")
+        raise ConfigError(
+            f"ASVD: rank_unseen={d1} is larger than the number of mixtures ({n_mixed})"
+        )
     if d0 + d1 > dim:
-        raise ConfigError(f"ASVD: rank_clean + rank_unseen = {d0 + d1} exceeds the {dim} pixels per cutout")
+        raise ConfigError(
+            f"ASVD: rank_clean + rank_unseen = {d0 + d1} exceeds the {dim} pixels per cutout"
+        )
     return d0, d1
 
 
@@ -101,5 +114,7 @@ def check_sources(sources: object) -> tuple[str, str]:
         or not all(isinstance(s, str) and s for s in sources)
         or sources[0] == sources[1]
     ):
-        raise ConfigError(f"ASVD: sources must be two distinct names (clean, unseen), got {sources!r}")
+        raise ConfigError(
+            f"ASVD: sources must be two distinct names (clean, unseen), got {sources!r}"
+        )
     return (str(sources[0]), str(sources[1]))

@@ -237,7 +237,11 @@ def top_eigenvectors(
     if solver != "krylov":
         raise ValueError(f"unknown eigensolver {solver!r}")
     result = _block_krylov(matmul, dim, k, seed=seed, tol=tol, max_blocks=max_blocks)
-    kind = "block-krylov (formed second moments)" if dense is not None else "block-krylov (matrix-free)"
+    kind = (
+        "block-krylov (formed second moments)"
+        if dense is not None
+        else "block-krylov (matrix-free)"
+    )
     return EigenResult(result.values, result.vectors, kind, result.max_residual, result.krylov_dim)
 
 

@@ -170,7 +170,9 @@ class ASVDModel:
         """Write the prior folder atomically; refuse to replace one unless ``overwrite``."""
         dest = Path(os.fspath(folder))
         if dest.exists() and not overwrite:
-            raise OutputExistsError(f"{dest}: prior folder exists; pass overwrite=True (--overwrite) to replace it")
+            raise OutputExistsError(
+                f"{dest}: prior folder exists; pass overwrite=True (--overwrite) to replace it"
+            )
         if dest.exists() and not dest.is_dir():
             raise GalprismError(f"{dest}: exists and is not a folder")
         if not dest.parent.is_dir():
@@ -192,7 +194,12 @@ class ASVDModel:
                 fh.flush()
                 os.fsync(fh.fileno())
             with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
-                json.dump(self.manifest(hashlib.sha256(payload).hexdigest()), fh, indent=2, allow_nan=False)
+                json.dump(
+                    self.manifest(hashlib.sha256(payload).hexdigest()),
+                    fh,
+                    indent=2,
+                    allow_nan=False,
+                )
                 fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -205,7 +212,9 @@ class ASVDModel:
         except OSError as exc:
             if old.exists() and not dest.exists():
                 os.rename(old, dest)  # put the previous prior back
-            raise GalprismError(f"{dest}: cannot write the prior folder ({exc.strerror or exc})") from exc
+            raise GalprismError(
+                f"{dest}: cannot write the prior folder ({exc.strerror or exc})"
+            ) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest
@@ -241,7 +250,9 @@ def load_asvd(folder: str | os.PathLike[str]) -> ASVDModel:
         raise CheckpointError(f"{path}: prior method is {method!r}, not 'asvd'")
     version = _require(manifest, "format_version", path)
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {version!r} is not supported (this galprism reads {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is not supported (this galprism reads {FORMAT_VERSION})"
+        )
     try:
         shape = tuple(int(s) for s in _require(manifest, "shape", path))
         ranks = tuple(int(r) for r in _require(manifest, "ranks", path))
@@ -256,10 +267,14 @@ def load_asvd(folder: str | os.PathLike[str]) -> ASVDModel:
     try:
         payload = bases_path.read_bytes()
     except OSError as exc:
-        raise CheckpointError(f"{bases_path}: cannot read the bases ({exc.strerror or exc})") from exc
+        raise CheckpointError(
+            f"{bases_path}: cannot read the bases ({exc.strerror or exc})"
+        ) from exc
     digest = hashlib.sha256(payload).hexdigest()
     if digest != _require(manifest, "sha256", path):
-        raise CheckpointError(f"{bases_path}: SHA-256 does not match the manifest (file changed or corrupted)")
+        raise CheckpointError(
+            f"{bases_path}: SHA-256 does not match the manifest (file changed or corrupted)"
+        )
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
             w0 = torch.from_numpy(np.array(arrays["clean_basis"], dtype=np.float32))
@@ -269,7 +284,9 @@ def load_asvd(folder: str | os.PathLike[str]) -> ASVDModel:
     p = math.prod(shape)
     for label, w, d in (("clean_basis", w0, ranks[0]), ("unseen_basis", w1, ranks[1])):
         if tuple(w.shape) != (p, d):
-            raise CheckpointError(f"{bases_path}: {label} has shape {tuple(w.shape)}, the manifest says ({p}, {d})")
+            raise CheckpointError(
+                f"{bases_path}: {label} has shape {tuple(w.shape)}, the manifest says ({p}, {d})"
+            )
         if not torch.isfinite(w).all():
             raise CheckpointError(f"{bases_path}: {label} contains non-finite values")
         gram = w.to(torch.float64).T @ w.to(torch.float64)
@@ -372,7 +389,9 @@ def fit_asvd(
     if not 0.0 < holdout < 1.0:
         raise ConfigError(f"ASVD: holdout must be a fraction in (0, 1), got {holdout!r}")
     if int(max_iter) != max_iter or max_iter < 0 or not tol >= 0:
-        raise ConfigError(f"ASVD: max_iter must be an integer >= 0 and tol >= 0, got {max_iter!r}, {tol!r}")
+        raise ConfigError(
+            f"ASVD: max_iter must be an integer >= 0 and tol >= 0, got {max_iter!r}, {tol!r}"
+        )
     u_flat, w_flat = u.reshape(u.shape[0], -1), w.reshape(w.shape[0], -1)
 
     def report(stage: str, **details: Any) -> None:
@@ -416,7 +435,14 @@ def fit_asvd(
     eig = adversarial_basis(moment_u, moment_v, d0, tau_value, solver=solver, seed=seed)
     report("clean_basis", solver=eig.solver, residual=eig.max_residual)
     unseen = fit_unseen_basis(
-        eig.vectors, moment_v, d1, init=unseen_init, tol=tol, max_iter=max_iter, seed=seed, solver=solver
+        eig.vectors,
+        moment_v,
+        d1,
+        init=unseen_init,
+        tol=tol,
+        max_iter=max_iter,
+        seed=seed,
+        solver=solver,
     )
     report("unseen_basis", iterations=unseen.iterations, objective=unseen.objective[-1])
     info: dict[str, Any] = {

@@ -78,7 +78,9 @@ class ASVDPriorSet:
         return out[:, None].to(y.dtype)
 
     def sample_prior(self, source: str, n: int, **kwargs: Any) -> Tensor:
-        raise ConfigError(f"prior {self.name!r}: adversarial-SVD bases are not a generative model; use a diffusion prior")
+        raise ConfigError(
+            f"prior {self.name!r}: adversarial-SVD bases are not a generative model; use a diffusion prior"
+        )
 
 
 def _without_psf(operator: SourceSum) -> SourceSum:

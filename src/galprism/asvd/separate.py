@@ -31,7 +31,14 @@ from torch import Tensor
 from ..errors import ConfigError, InputError, ShapeError
 from ..operators import LinearOperator, SourceSum
 
-__all__ = ["PROJECTIONS", "SPLITS", "project", "wiener_split", "separate_with_bases", "pseudo_inverse"]
+__all__ = [
+    "PROJECTIONS",
+    "SPLITS",
+    "project",
+    "wiener_split",
+    "separate_with_bases",
+    "pseudo_inverse",
+]
 
 #: Valid-range projections: ``[0, 1]`` (images), ``>= 0`` (fluxes), or none.
 PROJECTIONS = ("unit", "nonneg", "none")
@@ -50,7 +57,9 @@ def project(x: Tensor, projection: str) -> Tensor:
         return x.clamp_min(0.0)
     if projection == "none":
         return x
-    raise ConfigError(f"ASVD: unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}")
+    raise ConfigError(
+        f"ASVD: unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}"
+    )
 
 
 def wiener_split(mixture: Tensor, components: Tensor, projection: str) -> Tensor:
@@ -91,14 +100,18 @@ def _weights(
 ) -> Tensor | None:
     """Per-pixel least-squares weights ``(B or 1, P_obs)``, or ``None`` for uniform weights."""
     w = None
-    if noise_var is not None and not (isinstance(noise_var, (int, float)) or torch.as_tensor(noise_var).ndim == 0):
+    if noise_var is not None and not (
+        isinstance(noise_var, (int, float)) or torch.as_tensor(noise_var).ndim == 0
+    ):
         var = torch.as_tensor(noise_var, dtype=torch.float64)
         if tuple(var.shape) not in (obs_shape, (n, *obs_shape)):
             raise ShapeError(
                 f"ASVD: noise_var has shape {tuple(var.shape)}, expected a scalar, {obs_shape} or ({n}, {', '.join(map(str, obs_shape))})"
             )
         if torch.isnan(var).any() or (var <= 0).any():
-            raise InputError("ASVD: noise_var must be positive (use inf for pixels to ignore); found NaN or values <= 0")
+            raise InputError(
+                "ASVD: noise_var must be positive (use inf for pixels to ignore); found NaN or values <= 0"
+            )
         w = (1.0 / var).reshape(-1 if var.ndim > len(obs_shape) else 1, *obs_shape)
     elif noise_var is not None:
         value = float(noise_var)
@@ -110,12 +123,18 @@ def _weights(
             raise ShapeError(
                 f"ASVD: mask has shape {tuple(m.shape)}, expected {obs_shape} or ({n}, {', '.join(map(str, obs_shape))})"
             )
-        m = m.to(torch.bool).reshape(-1 if m.ndim > len(obs_shape) else 1, *obs_shape).to(torch.float64)
+        m = (
+            m.to(torch.bool)
+            .reshape(-1 if m.ndim > len(obs_shape) else 1, *obs_shape)
+            .to(torch.float64)
+        )
         w = m if w is None else w * m
     return None if w is None else w.reshape(w.shape[0], -1)
 
 
-def _basis_images(op: LinearOperator, basis: Tensor, shape: tuple[int, ...], index: Tensor | None) -> Tensor:
+def _basis_images(
+    op: LinearOperator, basis: Tensor, shape: tuple[int, ...], index: Tensor | None
+) -> Tensor:
     """``A W`` as ``(P_obs, d)`` (shared operator) or ``(b, P_obs, d)`` (per observation)."""
     d = basis.shape[1]
     columns = basis.T.reshape(d, *shape)
@@ -173,7 +192,9 @@ def separate_with_bases(
         ``(B, K, *shape)`` separated sources, in the dtype of ``y``.
     """
     if projection not in PROJECTIONS:
-        raise ConfigError(f"ASVD: unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}")
+        raise ConfigError(
+            f"ASVD: unknown projection {projection!r}; choose one of {', '.join(PROJECTIONS)}"
+        )
     if split not in SPLITS:
         raise ConfigError(f"ASVD: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if split == "wiener" and projection == "none":
@@ -186,13 +207,17 @@ def separate_with_bases(
     if operator is not None:
         if isinstance(operator, SourceSum):
             if operator.n_sources != k:
-                raise ShapeError(f"ASVD: {operator!r} has {operator.n_sources} sources, the model has {k}")
+                raise ShapeError(
+                    f"ASVD: {operator!r} has {operator.n_sources} sources, the model has {k}"
+                )
             ops = list(operator.ops)
         else:
             ops = [operator] * k
         for op in ops:
             if op.in_shape != tuple(shape):
-                raise ShapeError(f"ASVD: {op!r} expects sources of shape {op.in_shape}, the model's are {tuple(shape)}")
+                raise ShapeError(
+                    f"ASVD: {op!r} expects sources of shape {op.in_shape}, the model's are {tuple(shape)}"
+                )
         obs_shape = tuple(ops[0].out_shape)
     else:
         obs_shape = tuple(shape)
@@ -203,7 +228,9 @@ def separate_with_bases(
     n = y.shape[0]
     batch_sizes = {op.batch_size for op in ops or []} - {None}
     if batch_sizes and batch_sizes != {n}:
-        raise ShapeError(f"ASVD: the operator holds {sorted(batch_sizes)} observations but {n} were given")
+        raise ShapeError(
+            f"ASVD: the operator holds {sorted(batch_sizes)} observations but {n} were given"
+        )
     weights = _weights(noise_var, mask, obs_shape, n)
     flat = y.reshape(n, -1)
     finite = torch.isfinite(flat)
@@ -214,7 +241,10 @@ def separate_with_bases(
     if ops is None:
         shared_design = torch.cat(b64, dim=1)
     elif not per_obs_op:
-        shared_design = torch.cat([_basis_images(op, w, tuple(shape), None) for op, w in zip(ops, b64, strict=True)], dim=1)
+        shared_design = torch.cat(
+            [_basis_images(op, w, tuple(shape), None) for op, w in zip(ops, b64, strict=True)],
+            dim=1,
+        )
     total_d = sum(dims)
 
     # Fast path (no operator, uniform weights): one precomputed pseudo-inverse, in the
@@ -240,10 +270,22 @@ def separate_with_bases(
         yb = flat[start:stop].to(work)
         if per_obs_op:
             index = torch.arange(start, stop)
-            design = torch.cat([_basis_images(op, w, tuple(shape), index) for op, w in zip(ops or [], b64, strict=True)], dim=2)
+            design = torch.cat(
+                [
+                    _basis_images(op, w, tuple(shape), index)
+                    for op, w in zip(ops or [], b64, strict=True)
+                ],
+                dim=2,
+            )
         else:
             design = shared_design
-        wb = None if weights is None else weights[start:stop] if weights.shape[0] > 1 else weights[:1]
+        wb = (
+            None
+            if weights is None
+            else weights[start:stop]
+            if weights.shape[0] > 1
+            else weights[:1]
+        )
         # Pixels that carry no information may hold anything (NaN included): zero weight
         # (noise_var = inf, mask) or not reached by the operator (a Mask inside it).
         ignore = None if wb is None else wb == 0
@@ -253,7 +295,9 @@ def separate_with_bases(
         bad = ~finite[start:stop] if ignore is None else ~finite[start:stop] & ~ignore
         if bad.any():
             first = start + int(bad.any(dim=1).nonzero()[0, 0])
-            raise InputError(f"ASVD: observation {first} has non-finite values at pixels that are observed (not masked)")
+            raise InputError(
+                f"ASVD: observation {first} has non-finite values at pixels that are observed (not masked)"
+            )
         if ignore is not None:
             yb = torch.where(ignore, torch.zeros((), dtype=work), yb)
         if p_work is not None:
@@ -267,7 +311,8 @@ def separate_with_bases(
             rhs = (weighted.transpose(1, 2) @ yb[..., None])[..., 0]
             h = (_pinv_psd(g, rcond) @ rhs[..., None])[..., 0]
         comps = torch.stack(
-            [hp @ w.T for hp, w in zip(torch.split(h.to(work), dims, dim=1), b_work, strict=True)], dim=1
+            [hp @ w.T for hp, w in zip(torch.split(h.to(work), dims, dim=1), b_work, strict=True)],
+            dim=1,
         )
         if split == "components":
             sources = project(comps, projection)

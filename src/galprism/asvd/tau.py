@@ -123,17 +123,30 @@ def select_tau(
         tau = round(min(max(tau, 0.0), 1.0), 6)
         if tau in scores:
             return
-        w0 = adversarial_basis(moment_u, moment_v, rank_clean, tau, solver=solver, seed=seed).vectors
+        w0 = adversarial_basis(
+            moment_u, moment_v, rank_clean, tau, solver=solver, seed=seed
+        ).vectors
         w1 = fit_unseen_basis(
-            w0, moment_v, rank_unseen, init=unseen_init, tol=tol, max_iter=max_iter, seed=seed, solver=solver
+            w0,
+            moment_v,
+            rank_unseen,
+            init=unseen_init,
+            tol=tol,
+            max_iter=max_iter,
+            seed=seed,
+            solver=solver,
         ).basis
         sep_mixed = separate_with_bases(
             held_mixed.reshape(-1, *shape), [w0, w1], shape, projection=projection, split=split
         )
         score = moment_mismatch(sep_mixed[:, 0].reshape(held_mixed.shape[0], -1), held_clean)
-        sep_clean = separate_with_bases(
-            held_clean.reshape(-1, *shape), [w0, w1], shape, projection=projection, split=split
-        ).reshape(held_clean.shape[0], 2, -1).to(torch.float64)
+        sep_clean = (
+            separate_with_bases(
+                held_clean.reshape(-1, *shape), [w0, w1], shape, projection=projection, split=split
+            )
+            .reshape(held_clean.shape[0], 2, -1)
+            .to(torch.float64)
+        )
         clean_err = float(
             ((sep_clean[:, 0] - held_clean.to(torch.float64)) ** 2 + sep_clean[:, 1] ** 2).mean()
         )

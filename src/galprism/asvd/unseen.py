@@ -76,7 +76,9 @@ def unseen_objective(w0: Tensor, w1: Tensor, mixed: SecondMoment) -> float:
     return mixed.trace() - float(torch.sum(g_pinv * (b.T @ mixed.matmul(b))))
 
 
-def deflated_basis(w0: Tensor, mixed: SecondMoment, rank: int, *, seed: int = 0, solver: str = "auto") -> Tensor:
+def deflated_basis(
+    w0: Tensor, mixed: SecondMoment, rank: int, *, seed: int = 0, solver: str = "auto"
+) -> Tensor:
     """Top-``rank`` eigenvectors of ``P C_V P`` with ``P = I - W0 W0^T`` (orthogonal to ``W0``)."""
     w0 = w0.to(torch.float64)
 
@@ -93,6 +95,7 @@ def deflated_basis(w0: Tensor, mixed: SecondMoment, rank: int, *, seed: int = 0,
 
     def matmul(b: Tensor) -> Tensor:
         return project(mixed.matmul(project(b)))
+
     return top_eigenvectors(matmul, mixed.dim, rank, dense=dense, solver=solver, seed=seed).vectors
 
 

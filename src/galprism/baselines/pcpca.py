@@ -135,10 +135,14 @@ class PCPCA:
         n, d = x.shape
         m = y.shape[0]
         if y.shape[1] != d:
-            raise ShapeError(f"PCPCA: target has {d} features per sample but background has {y.shape[1]}")
+            raise ShapeError(
+                f"PCPCA: target has {d} features per sample but background has {y.shape[1]}"
+            )
         k = int(self.n_components)
         if not 1 <= k < d:
-            raise ConfigError(f"PCPCA: n_components must lie between 1 and {d - 1}, got {self.n_components}")
+            raise ConfigError(
+                f"PCPCA: n_components must lie between 1 and {d - 1}, got {self.n_components}"
+            )
         scale = n - self.gamma * m
         if self.gamma < 0 or scale <= 0:
             raise ConfigError(

@@ -59,7 +59,9 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
     names = tuple(v.strip() for v in value.split(",") if v.strip())
     bad = [n for n in names if n not in ALL_METHODS]
     if bad or not names:
-        raise click.BadParameter(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_METHODS)}")
+        raise click.BadParameter(
+            f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_METHODS)}"
+        )
     return names
 
 
@@ -68,23 +70,50 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
         try:
             t = float(value)
         except ValueError:
-            raise click.BadParameter(f"expected 'auto' or a number in [0, 1], got {value!r}") from None
+            raise click.BadParameter(
+                f"expected 'auto' or a number in [0, 1], got {value!r}"
+            ) from None
         if not 0.0 <= t <= 1.0:
             raise click.BadParameter(f"tau must lie in [0, 1], got {value!r}")
     return value
 
 
 @click.command("evaluate")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Report folder.",
+)
 @click.option(
     "--test-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Existing test set (galprism simulate --view galaxies --split test); default: simulate one into OUTPUT_DIR/testset.",
 )
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Test cutouts to simulate.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N cutouts of --test-dir.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the test set, ASVD training sets and sampling.")
+@click.option(
+    "-n",
+    "--n",
+    "n",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Test cutouts to simulate.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N cutouts of --test-dir.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the test set, ASVD training sets and sampling.",
+)
 @click.option(
     "--methods",
     callback=_methods,
@@ -92,23 +121,66 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Comma-separated methods to compare.",
 )
-@click.option("--prior", default="default", show_default=True, help="Prior of galprism: built-in name or prior folder.")
+@click.option(
+    "--prior",
+    default="default",
+    show_default=True,
+    help="Prior of galprism: built-in name or prior folder.",
+)
 @click.option(
     "--gaussian-prior",
     default="auto",
     show_default=True,
     help="Gaussian (PPCA) prior folder or name; auto: the one from the same EM run as --prior.",
 )
-@click.option("--n-samples", type=click.IntRange(min=2), default=DEFAULTS["n_samples"], show_default=True, help="Posterior samples per cutout.")
-@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
-@click.option("--cg-iterations", type=click.IntRange(min=0), default=DEFAULTS["cg_iterations"], show_default=True, help="CG iterations per step.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default=DEFAULTS["sampler"], show_default=True,
-              help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.")
-@click.option("--particles", type=click.IntRange(min=1), default=DEFAULTS["particles"], show_default=True,
-              help="Chains per posterior sample of --sampler smc.")
-@click.option("--support", multiple=True, metavar="SOURCE=[auto:]RADIUS|none",
-              help="Source supports of the probabilistic methods, as for `galprism separate` (default: each prior's own).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Cutouts per sampler call.")
+@click.option(
+    "--n-samples",
+    type=click.IntRange(min=2),
+    default=DEFAULTS["n_samples"],
+    show_default=True,
+    help="Posterior samples per cutout.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=DEFAULTS["steps"],
+    show_default=True,
+    help="Sampler steps.",
+)
+@click.option(
+    "--cg-iterations",
+    type=click.IntRange(min=0),
+    default=DEFAULTS["cg_iterations"],
+    show_default=True,
+    help="CG iterations per step.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(SAMPLERS),
+    default=DEFAULTS["sampler"],
+    show_default=True,
+    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
+)
+@click.option(
+    "--particles",
+    type=click.IntRange(min=1),
+    default=DEFAULTS["particles"],
+    show_default=True,
+    help="Chains per posterior sample of --sampler smc.",
+)
+@click.option(
+    "--support",
+    multiple=True,
+    metavar="SOURCE=[auto:]RADIUS|none",
+    help="Source supports of the probabilistic methods, as for `galprism separate` (default: each prior's own).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Cutouts per sampler call.",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option(
     "--interval",
@@ -117,12 +189,42 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Credible intervals: sample quantiles or Student-t prediction intervals (auto: quantiles when resolved).",
 )
-@click.option("--asvd-train", type=click.IntRange(min=20), default=400, show_default=True, help="ASVD training cutouts per view.")
-@click.option("--asvd-ranks", callback=_ranks, default="32,16", show_default=True, help="ASVD ranks of the sky and galaxy bases.")
-@click.option("--asvd-tau", callback=_tau, default="auto", show_default=True, help="ASVD adversarial weight, or auto.")
-@click.option("--real/--no-real", default=True, show_default=True, help="Compare on the real HSC cutout against HST.")
-@click.option("--two-view/--no-two-view", default=True, show_default=True, help="Also separate the real cutout with the HST view added.")
-@click.option("--data-dir", default=None, help="Folder with cosmos/, hsc/, multiview/ [default: searched].")
+@click.option(
+    "--asvd-train",
+    type=click.IntRange(min=20),
+    default=400,
+    show_default=True,
+    help="ASVD training cutouts per view.",
+)
+@click.option(
+    "--asvd-ranks",
+    callback=_ranks,
+    default="32,16",
+    show_default=True,
+    help="ASVD ranks of the sky and galaxy bases.",
+)
+@click.option(
+    "--asvd-tau",
+    callback=_tau,
+    default="auto",
+    show_default=True,
+    help="ASVD adversarial weight, or auto.",
+)
+@click.option(
+    "--real/--no-real",
+    default=True,
+    show_default=True,
+    help="Compare on the real HSC cutout against HST.",
+)
+@click.option(
+    "--two-view/--no-two-view",
+    default=True,
+    show_default=True,
+    help="Also separate the real cutout with the HST view added.",
+)
+@click.option(
+    "--data-dir", default=None, help="Folder with cosmos/, hsc/, multiview/ [default: searched]."
+)
 @click.option(
     "--scarlet2-python",
     type=click.Path(dir_okay=False, exists=True),
@@ -130,10 +232,19 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     envvar="GALPRISM_SCARLET2_PYTHON",
     help="Python of an environment with scarlet2 installed [$GALPRISM_SCARLET2_PYTHON].",
 )
-@click.option("--scarlet2-limit", type=click.IntRange(min=1), default=None, help="Run scarlet2 on the first N cutouts only.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing report (and simulated test set).")
+@click.option(
+    "--scarlet2-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run scarlet2 on the first N cutouts only.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing report (and simulated test set)."
+)
 @threads_option(default_one=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress or log lines on stderr.")
 def evaluate(**opts) -> None:
     """Compare deblenders on a simulated test set with truth and on real HSC data against HST.
@@ -163,4 +274,7 @@ def evaluate(**opts) -> None:
     if as_json:
         click.echo(json.dumps(out.summary, default=str))
     if not quiet and sys.stderr.isatty():
-        click.echo(f"galprism evaluate: report in {cfg.output_dir}/summary.md ({out.seconds:.0f} s)", err=True)
+        click.echo(
+            f"galprism evaluate: report in {cfg.output_dir}/summary.md ({out.seconds:.0f} s)",
+            err=True,
+        )

@@ -21,7 +21,9 @@ def _tau(value: str) -> float | str:
     try:
         return float(value)
     except ValueError as exc:
-        raise click.BadParameter(f"expected a number in [0, 1] or 'auto', got {value!r}", param_hint="--tau") from exc
+        raise click.BadParameter(
+            f"expected a number in [0, 1] or 'auto', got {value!r}", param_hint="--tau"
+        ) from exc
 
 
 def _view_option(spec: str) -> dict[str, Any]:
@@ -36,24 +38,61 @@ def _view_option(spec: str) -> dict[str, Any]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default: runs/<name>).")
-@click.option("--method", type=click.Choice(["diffusion", "asvd"]), help="Override the fit file's method.")
-@click.option("--view", "views", multiple=True, help="NAME:SOURCES:PATH view (instead of a fit file); repeatable.")
+@click.option(
+    "-o",
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder (default: runs/<name>).",
+)
+@click.option(
+    "--method", type=click.Choice(["diffusion", "asvd"]), help="Override the fit file's method."
+)
+@click.option(
+    "--view",
+    "views",
+    multiple=True,
+    help="NAME:SOURCES:PATH view (instead of a fit file); repeatable.",
+)
 @click.option("--sources", help="Comma-separated source names (instead of a fit file).")
 @click.option("--size", type=int, help="Prior image side in pixels (instead of a fit file).")
 @click.option("--pixel-scale", type=float, help="Prior pixel scale in arcsec.")
 @click.option("--name", help="Prior name.")
-@click.option("--arrangement", type=click.Choice(["stagewise", "joint"]), help="How views are used (default stagewise).")
+@click.option(
+    "--arrangement",
+    type=click.Choice(["stagewise", "joint"]),
+    help="How views are used (default stagewise).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue a run found in the run folder.")
-@click.option("--rank-clean", type=int, default=16, show_default=True, help="asvd: rank of the clean source's basis.")
-@click.option("--rank-unseen", type=int, default=8, show_default=True, help="asvd: rank of the unseen source's basis.")
-@click.option("--tau", default="auto", show_default=True, help="asvd: adversarial weight in [0, 1] or 'auto'.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue a run found in the run folder.",
+)
+@click.option(
+    "--rank-clean",
+    type=int,
+    default=16,
+    show_default=True,
+    help="asvd: rank of the clean source's basis.",
+)
+@click.option(
+    "--rank-unseen",
+    type=int,
+    default=8,
+    show_default=True,
+    help="asvd: rank of the unseen source's basis.",
+)
+@click.option(
+    "--tau", default="auto", show_default=True, help="asvd: adversarial weight in [0, 1] or 'auto'."
+)
 @click.option("--overwrite", is_flag=True, help="asvd: replace an existing prior folder.")
 @threads_option(default_one=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def fit(config: Path | None, run_dir: Path | None, method: str | None, views: tuple[str, ...], **kw: Any) -> None:
+def fit(
+    config: Path | None, run_dir: Path | None, method: str | None, views: tuple[str, ...], **kw: Any
+) -> None:
     """Learn priors from observations: diffusion priors by EM, or asvd bases.
 
     CONFIG is a TOML fit file (see docs/user-guide.md); without it, give --view (one per
@@ -63,7 +102,12 @@ def fit(config: Path | None, run_dir: Path | None, method: str | None, views: tu
     from ..fitting import FitSpec, ViewSpec, fit_asvd_prior, fit_priors, load_fit_spec
 
     set_threads(kw["threads"], default_one=False)
-    overrides = {"name": kw["name"], "pixel_scale": kw["pixel_scale"], "arrangement": kw["arrangement"], "method": method}
+    overrides = {
+        "name": kw["name"],
+        "pixel_scale": kw["pixel_scale"],
+        "arrangement": kw["arrangement"],
+        "method": method,
+    }
     if config is not None:
         if views:
             raise UsageError("give either a fit file or --view options, not both")
@@ -76,8 +120,15 @@ def fit(config: Path | None, run_dir: Path | None, method: str | None, views: tu
             name=kw["name"] or "prior",
             sources=kw["sources"].split(","),
             size=kw["size"],
-            views=[ViewSpec(t["name"], t["sources"], Path(t["data"]) if "data" in t else None,
-                            [Path(p) for pat in t.get("files", []) for p in sorted(Path().glob(pat))]) for t in tables],
+            views=[
+                ViewSpec(
+                    t["name"],
+                    t["sources"],
+                    Path(t["data"]) if "data" in t else None,
+                    [Path(p) for pat in t.get("files", []) for p in sorted(Path().glob(pat))],
+                )
+                for t in tables
+            ],
             pixel_scale=kw["pixel_scale"],
             arrangement=kw["arrangement"] or "stagewise",
             method=method or "diffusion",
@@ -85,11 +136,23 @@ def fit(config: Path | None, run_dir: Path | None, method: str | None, views: tu
     run_dir = run_dir or Path("runs") / spec.name
     t0 = time.perf_counter()
     if spec.method == "asvd":
-        model = fit_asvd_prior(spec, run_dir, rank_clean=kw["rank_clean"], rank_unseen=kw["rank_unseen"],
-                               tau=_tau(kw["tau"]), overwrite=kw["overwrite"])
-        summary = {"method": "asvd", "prior": str(run_dir), "sources": list(model.sources), "tau": model.tau,
-                   "ranks": list(model.ranks), "tau_selection": model.info.get("tau_selection"),
-                   "seconds": time.perf_counter() - t0}
+        model = fit_asvd_prior(
+            spec,
+            run_dir,
+            rank_clean=kw["rank_clean"],
+            rank_unseen=kw["rank_unseen"],
+            tau=_tau(kw["tau"]),
+            overwrite=kw["overwrite"],
+        )
+        summary = {
+            "method": "asvd",
+            "prior": str(run_dir),
+            "sources": list(model.sources),
+            "tau": model.tau,
+            "ranks": list(model.ranks),
+            "tau_selection": model.info.get("tau_selection"),
+            "seconds": time.perf_counter() - t0,
+        }
         if summary["tau_selection"] and not kw["as_json"] and not kw["quiet"]:
             for point in summary["tau_selection"]["curve"]:
                 click.echo(f"galprism: tau curve: {json.dumps(point)}", err=True)
@@ -99,7 +162,13 @@ def fit(config: Path | None, run_dir: Path | None, method: str | None, views: tu
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        result = fit_priors(spec, run_dir, device=device, resume=kw["resume"], progress=None if not kw["quiet"] else False)
+        result = fit_priors(
+            spec,
+            run_dir,
+            device=device,
+            resume=kw["resume"],
+            progress=None if not kw["quiet"] else False,
+        )
         summary = {
             "method": "diffusion",
             "prior": str(result.priors.path),

@@ -13,17 +13,45 @@ __all__ = ["logprob"]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("candidates", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--prior", "prior_spec", default="default", show_default=True, help="Built-in prior name or prior folder.")
+@click.argument(
+    "candidates", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--prior",
+    "prior_spec",
+    default="default",
+    show_default=True,
+    help="Built-in prior name or prior folder.",
+)
 @click.option("--source", required=True, help="Source of the prior to score against (e.g. galaxy).")
-@click.option("--hdu", default=None, help="HDU holding the image(s) (default: the first with data).")
-@click.option("--zeropoint", type=float, help="AB zero point of the candidates (default: header MAGZERO, else the prior's).")
-@click.option("--steps", type=int, default=128, show_default=True, help="Heun steps of the probability-flow ODE.")
-@click.option("--exact", is_flag=True, help="Exact Jacobian trace (one VJP per pixel: small images only).")
-@click.option("--probes", type=int, default=8, show_default=True, help="Hutchinson probes per evaluation.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson probes.")
+@click.option(
+    "--hdu", default=None, help="HDU holding the image(s) (default: the first with data)."
+)
+@click.option(
+    "--zeropoint",
+    type=float,
+    help="AB zero point of the candidates (default: header MAGZERO, else the prior's).",
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Heun steps of the probability-flow ODE.",
+)
+@click.option(
+    "--exact", is_flag=True, help="Exact Jacobian trace (one VJP per pixel: small images only)."
+)
+@click.option(
+    "--probes", type=int, default=8, show_default=True, help="Hutchinson probes per evaluation."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson probes."
+)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per candidate image on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON line per candidate image on stdout."
+)
 def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: Any) -> None:
     """Print log p(CANDIDATE) in nats under SOURCE's prior (probability-flow ODE).
 
@@ -40,7 +68,11 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
     prior = load_priorset(prior_spec)
     for path in candidates:
         hdul = read_hdulist(str(path))
-        hdu = hdul[kw["hdu"]] if kw["hdu"] is not None else next((h for h in hdul if h.data is not None), None)
+        hdu = (
+            hdul[kw["hdu"]]
+            if kw["hdu"] is not None
+            else next((h for h in hdul if h.data is not None), None)
+        )
         if hdu is None or hdu.data is None:
             raise click.ClickException(f"{path}: no image data")
         data = np.asarray(hdu_array(hdu.data, f"{path}"), dtype=np.float64)
@@ -50,16 +82,45 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
         elif data.shape[1:] == shape[1:] and shape[0] == 1:
             data = data[:, None]
         elif data.shape[1:] != shape:
-            raise click.ClickException(f"{path}: image of shape {data.shape} does not match prior shape {shape}")
-        zp = kw["zeropoint"] if kw["zeropoint"] is not None else hdu.header.get("MAGZERO", prior.zeropoint)
-        factor = 1.0 if zp is None or prior.zeropoint is None else 10 ** (-0.4 * (float(zp) - float(prior.zeropoint)))
+            raise click.ClickException(
+                f"{path}: image of shape {data.shape} does not match prior shape {shape}"
+            )
+        zp = (
+            kw["zeropoint"]
+            if kw["zeropoint"] is not None
+            else hdu.header.get("MAGZERO", prior.zeropoint)
+        )
+        factor = (
+            1.0
+            if zp is None or prior.zeropoint is None
+            else 10 ** (-0.4 * (float(zp) - float(prior.zeropoint)))
+        )
         images = torch.from_numpy(data * factor)
-        lp = prior.log_prob(source, images, steps=kw["steps"], exact=kw["exact"], probes=kw["probes"],
-                            generator=torch.Generator().manual_seed(kw["seed"]), device=kw["device"])
+        lp = prior.log_prob(
+            source,
+            images,
+            steps=kw["steps"],
+            exact=kw["exact"],
+            probes=kw["probes"],
+            generator=torch.Generator().manual_seed(kw["seed"]),
+            device=kw["device"],
+        )
         # Back to the candidate's own units: p_input(x) = p_prior(k x) k^D.
         lp = lp + images[0].numel() * math.log(factor)
         for i, value in enumerate(lp.tolist()):
-            rec = {"file": str(path), "index": i, "source": source, "prior": prior.name, "log_prob": value,
-                   "log_prob_per_pixel": value / images[0].numel(), "steps": kw["steps"],
-                   "trace": "exact" if kw["exact"] else f"hutchinson({kw['probes']})", "seed": kw["seed"]}
-            click.echo(json.dumps(rec) if kw["as_json"] else f"{path}[{i}] {source}: log p = {value:.3f} nats")
+            rec = {
+                "file": str(path),
+                "index": i,
+                "source": source,
+                "prior": prior.name,
+                "log_prob": value,
+                "log_prob_per_pixel": value / images[0].numel(),
+                "steps": kw["steps"],
+                "trace": "exact" if kw["exact"] else f"hutchinson({kw['probes']})",
+                "seed": kw["seed"],
+            }
+            click.echo(
+                json.dumps(rec)
+                if kw["as_json"]
+                else f"{path}[{i}] {source}: log p = {value:.3f} nats"
+            )

@@ -17,13 +17,29 @@ from ..errors import GalprismError
 
 #: command name -> (module, attribute, one-line help shown in ``galprism --help``)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "separate": ("galprism.cli.separate", "separate", "Sample the posterior of each source for FITS cutouts."),
+    "separate": (
+        "galprism.cli.separate",
+        "separate",
+        "Sample the posterior of each source for FITS cutouts.",
+    ),
     "fit": ("galprism.cli.fit", "fit", "Learn priors from observations by EM (diffusion or asvd)."),
-    "simulate": ("galprism.cli.simulate", "simulate", "Make realistic cutouts from real HST COSMOS galaxies."),
+    "simulate": (
+        "galprism.cli.simulate",
+        "simulate",
+        "Make realistic cutouts from real HST COSMOS galaxies.",
+    ),
     "priors": ("galprism.cli.priors", "priors", "List the built-in priors."),
     "sample": ("galprism.cli.sample", "sample", "Draw prior samples of a source as a FITS cube."),
-    "logprob": ("galprism.cli.logprob", "logprob", "Log-probability of a candidate image under a source prior."),
-    "evaluate": ("galprism.cli.evaluate", "evaluate", "Compare deblenders on a simulated test set with truth."),
+    "logprob": (
+        "galprism.cli.logprob",
+        "logprob",
+        "Log-probability of a candidate image under a source prior.",
+    ),
+    "evaluate": (
+        "galprism.cli.evaluate",
+        "evaluate",
+        "Compare deblenders on a simulated test set with truth.",
+    ),
 }
 
 

@@ -37,7 +37,11 @@ def describe_prior(prior: Any) -> dict[str, Any]:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value) if not all(isinstance(v, int) for v in value) else "x".join(map(str, value))
+        return (
+            ", ".join(_fmt(v) for v in value)
+            if not all(isinstance(v, int) for v in value)
+            else "x".join(map(str, value))
+        )
     if isinstance(value, dict):
         return "; ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
     return "-" if value is None else str(value)
@@ -45,7 +49,9 @@ def _fmt(value: Any) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("names", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"priors\": [...]} on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print one JSON object {"priors": [...]} on stdout.'
+)
 def priors(names: tuple[str, ...], as_json: bool) -> None:
     """List the built-in priors: sources, pixel scale, size and training data.
 

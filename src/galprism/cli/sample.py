@@ -16,15 +16,54 @@ __all__ = ["sample"]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--prior", "prior_spec", default="default", show_default=True, help="Built-in prior name or prior folder.")
-@click.option("--source", "sources", multiple=True, help="Source to sample (repeatable; default: every source).")
-@click.option("-n", "--n-samples", type=int, default=DEFAULTS["n_samples"], show_default=True, help="Samples per source.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output FITS file.")
-@click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
-@click.option("--sampler", type=click.Choice([m for m in SAMPLERS if m != "smc"]), default=DEFAULTS["sampler"],
-              show_default=True, help="Prior sampler (smc needs an observation to weigh its particles; use separate).")
-@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Run seed; each source's derives from it and its name.")
-@click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--prior",
+    "prior_spec",
+    default="default",
+    show_default=True,
+    help="Built-in prior name or prior folder.",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="Source to sample (repeatable; default: every source).",
+)
+@click.option(
+    "-n",
+    "--n-samples",
+    type=int,
+    default=DEFAULTS["n_samples"],
+    show_default=True,
+    help="Samples per source.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output FITS file.",
+)
+@click.option(
+    "--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps."
+)
+@click.option(
+    "--sampler",
+    type=click.Choice([m for m in SAMPLERS if m != "smc"]),
+    default=DEFAULTS["sampler"],
+    show_default=True,
+    help="Prior sampler (smc needs an observation to weigh its particles; use separate).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=DEFAULTS["seed"],
+    show_default=True,
+    help="Run seed; each source's derives from it and its name.",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context
@@ -56,11 +95,29 @@ def sample(
     prior = _separate_cli.load_prior(prior_spec)
     t0 = time.perf_counter()
     hdul, summary = prior_samples_hdulist(
-        prior, n=n_samples, steps=steps, seed=seed, sources=sources, sampler=sampler, device=dev,
+        prior,
+        n=n_samples,
+        steps=steps,
+        seed=seed,
+        sources=sources,
+        sampler=sampler,
+        device=dev,
         command_line=command_line(ctx),
     )
     write_atomic(hdul, output, overwrite=overwrite)
     if as_json:
-        click.echo(json.dumps({"output": str(output), "prior": prior.name, "n_samples": n_samples, "seconds": round(time.perf_counter() - t0, 3), "sources": summary}))
+        click.echo(
+            json.dumps(
+                {
+                    "output": str(output),
+                    "prior": prior.name,
+                    "n_samples": n_samples,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                    "sources": summary,
+                }
+            )
+        )
     else:
-        click.echo(f"galprism: wrote {n_samples} sample(s) of {', '.join(summary)} to {output}", err=True)
+        click.echo(
+            f"galprism: wrote {n_samples} sample(s) of {', '.join(summary)} to {output}", err=True
+        )

@@ -30,7 +30,9 @@ def _pair(value: str | None, option: str) -> tuple[float, float] | None:
     try:
         a, b = (float(t) for t in value.split(","))
     except ValueError as exc:
-        raise click.BadParameter(f"expected two comma-separated numbers, got {value!r}", param_hint=option) from exc
+        raise click.BadParameter(
+            f"expected two comma-separated numbers, got {value!r}", param_hint=option
+        ) from exc
     return a, b
 
 
@@ -46,7 +48,10 @@ def command_line(ctx: click.Context) -> str:
     for param in ctx.command.params:
         name = param.name or ""
         value = ctx.params.get(name)
-        if ctx.get_parameter_source(name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+        if ctx.get_parameter_source(name) not in (
+            ParameterSource.COMMANDLINE,
+            ParameterSource.ENVIRONMENT,
+        ):
             continue
         if isinstance(param, click.Argument):
             words.extend(str(v) for v in (value if isinstance(value, tuple) else (value,)))
@@ -95,52 +100,162 @@ class _Output:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--prior", "prior_spec", default="default", show_default=True, help="Built-in prior name or prior folder.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Output file (one input only).")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Folder for <stem>.galprism.fits files.")
-@click.option("-n", "--n-samples", type=int, default=DEFAULTS["n_samples"], show_default=True, help="Posterior samples per cutout.")
-@click.option("--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps.")
-@click.option("--cg-iterations", type=int, default=DEFAULTS["cg_iterations"], show_default=True, help="Conjugate-gradient iterations per step.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default=DEFAULTS["sampler"], show_default=True,
-              help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.")
-@click.option("--particles", type=click.IntRange(min=1), default=DEFAULTS["particles"], show_default=True,
-              help="Chains per posterior sample of --sampler smc.")
-@click.option("--trust", type=float, default=DEFAULTS["trust"], show_default=True, help="Trust radius of diffusion-prior MMPS corrections (0 = off).")
-@click.option("--support", "support", multiple=True, metavar="SOURCE=[auto:]RADIUS|none",
-              help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre, or auto:RADIUS for "
-              "a disk fitted per cutout up to RADIUS (repeatable); 'none' drops the prior's own supports "
-              "(default: the prior's, see `galprism priors`).")
-@click.option("--freeform-bright", default="5", show_default=True, metavar="PEAK|none",
-              help="Give a peak brighter than PEAK (units of the prior's flux_scale) a free-form component "
-              "integrated out of the likelihood: stars and sources too bright for the priors.")
-@click.option("--freeform-edge", default="30", show_default=True, metavar="SNR|none",
-              help="Give a peak on the cutout's outermost pixels above this signal-to-noise a free-form "
-              "component reaching beyond the grid (light from sources centred outside it).")
-@click.option("--freeform-residual", default="none", show_default=True, metavar="SNR|none",
-              help="After a first draw, give each point-source peak of its residual above this matched-filter "
-              "signal-to-noise a free-form component and draw that cutout again (light the priors draw too faint).")
-@click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Cutouts per sampler call.")
-@click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N.")
+@click.option(
+    "--prior",
+    "prior_spec",
+    default="default",
+    show_default=True,
+    help="Built-in prior name or prior folder.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file (one input only).",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder for <stem>.galprism.fits files.",
+)
+@click.option(
+    "-n",
+    "--n-samples",
+    type=int,
+    default=DEFAULTS["n_samples"],
+    show_default=True,
+    help="Posterior samples per cutout.",
+)
+@click.option(
+    "--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps."
+)
+@click.option(
+    "--cg-iterations",
+    type=int,
+    default=DEFAULTS["cg_iterations"],
+    show_default=True,
+    help="Conjugate-gradient iterations per step.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(SAMPLERS),
+    default=DEFAULTS["sampler"],
+    show_default=True,
+    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
+)
+@click.option(
+    "--particles",
+    type=click.IntRange(min=1),
+    default=DEFAULTS["particles"],
+    show_default=True,
+    help="Chains per posterior sample of --sampler smc.",
+)
+@click.option(
+    "--trust",
+    type=float,
+    default=DEFAULTS["trust"],
+    show_default=True,
+    help="Trust radius of diffusion-prior MMPS corrections (0 = off).",
+)
+@click.option(
+    "--support",
+    "support",
+    multiple=True,
+    metavar="SOURCE=[auto:]RADIUS|none",
+    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre, or auto:RADIUS for "
+    "a disk fitted per cutout up to RADIUS (repeatable); 'none' drops the prior's own supports "
+    "(default: the prior's, see `galprism priors`).",
+)
+@click.option(
+    "--freeform-bright",
+    default="5",
+    show_default=True,
+    metavar="PEAK|none",
+    help="Give a peak brighter than PEAK (units of the prior's flux_scale) a free-form component "
+    "integrated out of the likelihood: stars and sources too bright for the priors.",
+)
+@click.option(
+    "--freeform-edge",
+    default="30",
+    show_default=True,
+    metavar="SNR|none",
+    help="Give a peak on the cutout's outermost pixels above this signal-to-noise a free-form "
+    "component reaching beyond the grid (light from sources centred outside it).",
+)
+@click.option(
+    "--freeform-residual",
+    default="none",
+    show_default=True,
+    metavar="SNR|none",
+    help="After a first draw, give each point-source peak of its residual above this matched-filter "
+    "signal-to-noise a free-form component and draw that cutout again (light the priors draw too faint).",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=DEFAULTS["batch_size"],
+    show_default=True,
+    help="Cutouts per sampler call.",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
+)
 @threads_option(default_one=True)
-@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True, help="Run seed; each cutout's derives from it and its file name.")
+@click.option(
+    "--seed",
+    type=int,
+    default=DEFAULTS["seed"],
+    show_default=True,
+    help="Run seed; each cutout's derives from it and its file name.",
+)
 @click.option("--center", help="Crop centre X,Y in 0-based pixels (default: image centre).")
 @click.option("--center-radec", help="Crop centre RA,DEC in degrees, through the WCS.")
 @click.option("--image-hdu", help="Image HDU name or index (default: SCI, IMAGE, else primary).")
-@click.option("--psf", "psf_file", help="PSF FITS file for every input ({stem}, {name}, {dir} templates allowed).")
-@click.option("--mask", "mask_file", help="Mask FITS file ({stem}, {name}, {dir} templates allowed).")
-@click.option("--mask-bits", help="Bad-pixel bits: MP_* plane names and/or bit values, 'all' or 'none'.")
-@click.option("--noise-sigma", help="Noise standard deviation (one, or one per band comma separated).")
+@click.option(
+    "--psf",
+    "psf_file",
+    help="PSF FITS file for every input ({stem}, {name}, {dir} templates allowed).",
+)
+@click.option(
+    "--mask", "mask_file", help="Mask FITS file ({stem}, {name}, {dir} templates allowed)."
+)
+@click.option(
+    "--mask-bits", help="Bad-pixel bits: MP_* plane names and/or bit values, 'all' or 'none'."
+)
+@click.option(
+    "--noise-sigma", help="Noise standard deviation (one, or one per band comma separated)."
+)
 @click.option("--pixel-scale", type=float, help="Cutout pixel scale in arcsec (overrides the WCS).")
 @click.option("--zeropoint", type=float, help="AB zero point of the inputs (overrides the header).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume a run).")
-@click.option("--shard", help="Process shard I/N (0 <= I < N); default from SLURM_ARRAY_TASK_ID/COUNT.")
+@click.option(
+    "--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume a run)."
+)
+@click.option(
+    "--shard", help="Process shard I/N (0 <= I < N); default from SLURM_ARRAY_TASK_ID/COUNT."
+)
 @click.option("--json", "json_lines", is_flag=True, help="One JSON line per input on stdout.")
-@click.option("--method", type=click.Choice(["auto", "diffusion", "gaussian", "asvd"]), default="auto", show_default=True,
-              help="Separation method; must match the prior (auto: the prior's own).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or warnings (errors are still shown).")
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "diffusion", "gaussian", "asvd"]),
+    default="auto",
+    show_default=True,
+    help="Separation method; must match the prior (auto: the prior's own).",
+)
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bar or warnings (errors are still shown)."
+)
 @click.pass_context
-def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, output: Path | None, output_dir: Path, **kw: Any) -> None:
+def separate(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    prior_spec: str,
+    output: Path | None,
+    output_dir: Path,
+    **kw: Any,
+) -> None:
     """Sample the posterior of each source of a prior for FITS cutouts.
 
     INPUTS are FITS files, or '-' to read one path per line from stdin. Each input
@@ -161,19 +276,41 @@ def separate(ctx: click.Context, inputs: tuple[str, ...], prior_spec: str, outpu
     if not paths:
         raise UsageError("no input files given (an empty list on stdin?)")
     if output is not None and len(paths) > 1:
-        raise UsageError(f"-o/--output names one file but {len(paths)} inputs were given; use --output-dir")
+        raise UsageError(
+            f"-o/--output names one file but {len(paths)} inputs were given; use --output-dir"
+        )
     read = ReadOptions(
-        image_hdu=kw["image_hdu"], psf=kw["psf_file"], mask=kw["mask_file"], mask_bits=kw["mask_bits"],
-        noise_sigma=kw["noise_sigma"], pixel_scale=kw["pixel_scale"], zeropoint=kw["zeropoint"],
+        image_hdu=kw["image_hdu"],
+        psf=kw["psf_file"],
+        mask=kw["mask_file"],
+        mask_bits=kw["mask_bits"],
+        noise_sigma=kw["noise_sigma"],
+        pixel_scale=kw["pixel_scale"],
+        zeropoint=kw["zeropoint"],
     )
     config = SeparateConfig(
-        n_samples=kw["n_samples"], steps=kw["steps"], cg_iterations=kw["cg_iterations"], sampler=kw["sampler"],
-        particles=kw["particles"], trust=kw["trust"], batch_size=kw["batch_size"], device=kw["device"], seed=kw["seed"],
-        center=_pair(kw["center"], "--center"), center_radec=_pair(kw["center_radec"], "--center-radec"),
-        read=read, output_dir=output_dir, output=output, overwrite=kw["overwrite"],
-        skip_existing=kw["skip_existing"], shard=shard, command_line=command_line(ctx),
+        n_samples=kw["n_samples"],
+        steps=kw["steps"],
+        cg_iterations=kw["cg_iterations"],
+        sampler=kw["sampler"],
+        particles=kw["particles"],
+        trust=kw["trust"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        seed=kw["seed"],
+        center=_pair(kw["center"], "--center"),
+        center_radec=_pair(kw["center_radec"], "--center-radec"),
+        read=read,
+        output_dir=output_dir,
+        output=output,
+        overwrite=kw["overwrite"],
+        skip_existing=kw["skip_existing"],
+        shard=shard,
+        command_line=command_line(ctx),
         support=parse_support(kw["support"]),
-        freeform=parse_freeform(kw["freeform_bright"], kw["freeform_edge"], kw["freeform_residual"]),
+        freeform=parse_freeform(
+            kw["freeform_bright"], kw["freeform_edge"], kw["freeform_residual"]
+        ),
     )
     total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
     prior = load_prior(prior_spec)

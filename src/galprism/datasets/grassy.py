@@ -214,14 +214,20 @@ def digit_indices(n_digits: int, split: str, split_seed: int = 0) -> Tensor:
     perm = np.random.default_rng(np.random.SeedSequence([split_seed, 0xD161])).permutation(n_digits)
     n_train = int(round(DIGIT_FRACTIONS["train"] * n_digits))
     n_val = int(round(DIGIT_FRACTIONS["val"] * n_digits))
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n_digits)}
+    bounds = {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, n_digits),
+    }
     start, stop = bounds[split]
     return torch.from_numpy(np.sort(perm[start:stop]).astype(np.int64))
 
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ConfigError(f"grassy digits: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise ConfigError(
+            f"grassy digits: unknown split {split!r}; choose one of {', '.join(SPLITS)}"
+        )
 
 
 def _fit_digits(digits: Tensor, size: int) -> Tensor:
@@ -237,7 +243,9 @@ def _fit_digits(digits: Tensor, size: int) -> Tensor:
 
 
 def _stream(seed: int, split: str, view: str) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), VIEWS.index(view)]))
+    return np.random.default_rng(
+        np.random.SeedSequence([seed, SPLITS.index(split), VIEWS.index(view)])
+    )
 
 
 def _observation_operator(size: int, downsample: int) -> LinearOperator:
@@ -318,7 +326,9 @@ def grassy_view(
             f"grassy digits: downsample must be a positive integer dividing size={size}, got {downsample!r}"
         )
     if not np.isfinite(noise_sigma) or noise_sigma < 0:
-        raise ConfigError(f"grassy digits: noise_sigma must be finite and >= 0, got {noise_sigma!r}")
+        raise ConfigError(
+            f"grassy digits: noise_sigma must be finite and >= 0, got {noise_sigma!r}"
+        )
     if not np.isfinite(amplitude):
         raise ConfigError(f"grassy digits: amplitude must be finite, got {amplitude!r}")
     n, size, downsample = int(n), int(size), int(downsample)

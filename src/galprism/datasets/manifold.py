@@ -174,7 +174,9 @@ class ManifoldCurve:
         """``n`` points at uniformly random positions, shape ``(n, feat_dim)``."""
         return self(rng.uniform(size=n))
 
-    def distance(self, x: np.ndarray | Tensor, grid_points: int = 2**15 + 1) -> tuple[np.ndarray, np.ndarray]:
+    def distance(
+        self, x: np.ndarray | Tensor, grid_points: int = 2**15 + 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Distance of points to the curve, and the curve position nearest each.
 
         A learned prior can match the truth's distribution along the curve while its
@@ -202,7 +204,9 @@ class ManifoldCurve:
 
         points = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
         if points.ndim != 2 or points.shape[1] != self.feat_dim:
-            raise ConfigError(f"manifold curve: points must have shape (n, {self.feat_dim}), got {points.shape}")
+            raise ConfigError(
+                f"manifold curve: points must have shape (n, {self.feat_dim}), got {points.shape}"
+            )
         z = np.linspace(0.0, 1.0, grid_points)
         dist, index = cKDTree(self(z)).query(points)
         return dist, z[index]
@@ -251,7 +255,9 @@ class ManifoldConfig:
     def __post_init__(self) -> None:
         where = "manifold problem"
         if self.variant not in ("contrastive", "mixed"):
-            raise ConfigError(f"{where}: variant must be 'contrastive' or 'mixed', got {self.variant!r}")
+            raise ConfigError(
+                f"{where}: variant must be 'contrastive' or 'mixed', got {self.variant!r}"
+            )
         if not 1 <= self.n_sources <= len(self.alphas):
             raise ConfigError(
                 f"{where}: n_sources must be between 1 and {len(self.alphas)} (one alpha per "
@@ -262,7 +268,9 @@ class ManifoldConfig:
         if not 0.0 <= self.f_mix <= 1.0:
             raise ConfigError(f"{where}: f_mix must lie in [0, 1], got {self.f_mix}")
         if self.variant == "contrastive" and (self.f_mix != 0.0 or self.source_mix_varies):
-            raise ConfigError(f"{where}: f_mix and source_mix_varies only apply to the mixed variant")
+            raise ConfigError(
+                f"{where}: f_mix and source_mix_varies only apply to the mixed variant"
+            )
         if not self.noise_sigma > 0:
             raise ConfigError(f"{where}: noise_sigma must be positive, got {self.noise_sigma}")
         if self.feat_dim < 1 or self.obs_dim < 1:
@@ -368,7 +376,9 @@ class ManifoldProblem:
                 f"{self.config.n_sources} source(s)"
             )
         if n < 1 or int(seed) != seed or seed < 0:
-            raise ConfigError(f"manifold problem: need n >= 1 and a non-negative integer seed (got {n}, {seed})")
+            raise ConfigError(
+                f"manifold problem: need n >= 1 and a non-negative integer seed (got {n}, {seed})"
+            )
         rng = _rng(self.config.seed, _KEY_FRESH, source, int(seed))
         return torch.from_numpy(self.curves[source].sample(n, rng)).to(dtype)
 
@@ -393,9 +403,13 @@ def _make_view(
 
     rng_a = _rng(cfg.seed, key, v, _KEY_A)
     if cfg.source_mix_varies:
-        base = np.stack([_unit_row_matrices(rng_a, n, cfg.obs_dim, cfg.feat_dim) for _ in range(k)], 1)
+        base = np.stack(
+            [_unit_row_matrices(rng_a, n, cfg.obs_dim, cfg.feat_dim) for _ in range(k)], 1
+        )
     else:
-        base = np.repeat(_unit_row_matrices(rng_a, n, cfg.obs_dim, cfg.feat_dim)[:, None], k, axis=1)
+        base = np.repeat(
+            _unit_row_matrices(rng_a, n, cfg.obs_dim, cfg.feat_dim)[:, None], k, axis=1
+        )
     matrices = base * weights[None, :, None, None]
 
     clean = np.einsum("nkij,nkj->ni", matrices[:, list(present)], x[:, list(present)])
@@ -404,7 +418,9 @@ def _make_view(
 
     t_matrices = torch.from_numpy(matrices).to(dtype)
     ops: list[LinearOperator] = [
-        MatrixOperator(t_matrices[:, b].contiguous()) if weights[b] != 0 else Zero(cfg.feat_dim, cfg.obs_dim)
+        MatrixOperator(t_matrices[:, b].contiguous())
+        if weights[b] != 0
+        else Zero(cfg.feat_dim, cfg.obs_dim)
         for b in range(k)
     ]
     return ManifoldView(
@@ -425,7 +441,9 @@ def _curve(seed: int, source: int, alpha: float, feat_dim: int, epsilon: float) 
     return ManifoldCurve.random(_rng(seed, _KEY_CURVE, source), alpha, feat_dim, epsilon)
 
 
-def make_manifold_problem(config: ManifoldConfig, *, dtype: torch.dtype = torch.float32) -> ManifoldProblem:
+def make_manifold_problem(
+    config: ManifoldConfig, *, dtype: torch.dtype = torch.float32
+) -> ManifoldProblem:
     """Generate a manifold problem from its settings (deterministic in ``config.seed``).
 
     Parameters
@@ -448,7 +466,12 @@ def make_manifold_problem(config: ManifoldConfig, *, dtype: torch.dtype = torch.
 
 
 def contrastive_problem(
-    n_sources: int = 2, n_obs: int = 65536, seed: int = 0, *, dtype: torch.dtype = torch.float32, **kwargs: Any
+    n_sources: int = 2,
+    n_obs: int = 65536,
+    seed: int = 0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
 ) -> ManifoldProblem:
     """The contrastive problem: view ``k`` holds sources ``1..k`` (paper Table 1).
 
@@ -466,7 +489,9 @@ def contrastive_problem(
         Other :class:`ManifoldConfig` fields (``noise_sigma``, ``alphas`` ...).
     """
     return make_manifold_problem(
-        ManifoldConfig(n_sources=n_sources, n_obs=n_obs, seed=seed, variant="contrastive", **kwargs),
+        ManifoldConfig(
+            n_sources=n_sources, n_obs=n_obs, seed=seed, variant="contrastive", **kwargs
+        ),
         dtype=dtype,
     )
 

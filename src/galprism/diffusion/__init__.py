@@ -7,4 +7,13 @@ from .samplers import SamplerConfig, sample
 from .schedule import VESchedule
 from .training import Trainer, random_flux_scaling
 
-__all__ = ["DiffusionPrior", "EMA", "SamplerConfig", "Trainer", "VESchedule", "denoising_loss", "random_flux_scaling", "sample"]
+__all__ = [
+    "DiffusionPrior",
+    "EMA",
+    "SamplerConfig",
+    "Trainer",
+    "VESchedule",
+    "denoising_loss",
+    "random_flux_scaling",
+    "sample",
+]

@@ -24,7 +24,9 @@ from torch import Tensor, nn
 __all__ = ["log_prob"]
 
 
-def _divergence(prior: nn.Module, x: Tensor, sigma: Tensor, probes: Tensor | None) -> tuple[Tensor, Tensor]:
+def _divergence(
+    prior: nn.Module, x: Tensor, sigma: Tensor, probes: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """``(f, tr J)`` with ``f = x - D(x)``; exact when ``probes`` is None."""
     d, vjp = torch.func.vjp(lambda z: prior.denoise(z, sigma), x)
     b = x.shape[0]
@@ -34,7 +36,7 @@ def _divergence(prior: nn.Module, x: Tensor, sigma: Tensor, probes: Tensor | Non
             eye = torch.eye(dims, dtype=x.dtype, device=x.device).reshape(dims, *x.shape[1:])
             tr = torch.zeros(b, dtype=x.dtype, device=x.device)
             for i in range(dims):
-                tr += (vjp(eye[i].expand_as(x))[0].reshape(b, -1)[:, i])
+                tr += vjp(eye[i].expand_as(x))[0].reshape(b, -1)[:, i]
         else:
             tr = torch.stack([(vjp(z)[0] * z).reshape(b, -1).sum(1) for z in probes]).mean(0)
     return (x - d).detach(), tr
@@ -73,12 +75,20 @@ def log_prob(
         ``(B,)`` log-probabilities in nats (normalised units).
     """
     sched = prior.schedule
-    u = torch.linspace(math.log(sched.sigma_min), math.log(sched.sigma_max), steps + 1, dtype=torch.float64)
+    u = torch.linspace(
+        math.log(sched.sigma_min), math.log(sched.sigma_max), steps + 1, dtype=torch.float64
+    )
     b = x.shape[0]
     dims = x[0].numel()
     z = None
     if not exact:
-        z = (torch.randint(0, 2, (probes, *x.shape), generator=generator, dtype=torch.int64).to(x.device) * 2 - 1).to(x.dtype)
+        z = (
+            torch.randint(0, 2, (probes, *x.shape), generator=generator, dtype=torch.int64).to(
+                x.device
+            )
+            * 2
+            - 1
+        ).to(x.dtype)
     logdet = torch.zeros(b, dtype=torch.float64, device=x.device)
     for i in range(steps):
         h = float(u[i + 1] - u[i])
@@ -90,5 +100,7 @@ def log_prob(
         x = x + h * (f0 + f1) / 2
         logdet += h * ((dims - tr0) + (dims - tr1)).to(torch.float64) / 2
     var = sched.sigma_max**2 + float(getattr(prior, "sigma_data", 1.0)) ** 2
-    end = -0.5 * (x.to(torch.float64) ** 2).reshape(b, -1).sum(1) / var - 0.5 * dims * math.log(2 * math.pi * var)
+    end = -0.5 * (x.to(torch.float64) ** 2).reshape(b, -1).sum(1) / var - 0.5 * dims * math.log(
+        2 * math.pi * var
+    )
     return end + logdet

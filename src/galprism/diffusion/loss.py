@@ -43,7 +43,9 @@ def denoising_loss(
         an untrained one there made EM posterior samples explode (docs/em.md).
     """
     if time_sampling not in TIME_SAMPLINGS:
-        raise ValueError(f"denoising_loss: unknown time_sampling {time_sampling!r} ({', '.join(TIME_SAMPLINGS)})")
+        raise ValueError(
+            f"denoising_loss: unknown time_sampling {time_sampling!r} ({', '.join(TIME_SAMPLINGS)})"
+        )
     b = x.shape[0]
     # Beta(3, 3) by inverse CDF of uniforms so that the caller's generator controls the draw
     # (torch.distributions samples from the global generator only).

@@ -73,7 +73,9 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"SamplerConfig: unknown method {self.method!r} ({', '.join(METHODS)})")
+            raise ValueError(
+                f"SamplerConfig: unknown method {self.method!r} ({', '.join(METHODS)})"
+            )
         if self.particles < 1:
             raise ValueError(f"SamplerConfig: particles must be >= 1, got {self.particles}")
         if self.steps < 1:
@@ -93,8 +95,14 @@ def denoiser_calls(config: SamplerConfig) -> int:
     return config.steps * per_step + 1
 
 
-def randn_rows(shape: Sequence[int], generators: Generators, *, dtype: torch.dtype, device: torch.device | str,
-               uniform: bool = False) -> Tensor:
+def randn_rows(
+    shape: Sequence[int],
+    generators: Generators,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    uniform: bool = False,
+) -> Tensor:
     """Standard normal draws of ``shape``, row blocks drawn from their own generators.
 
     With a list of ``G`` generators the ``N = shape[0]`` rows are split into ``G``
@@ -112,7 +120,9 @@ def randn_rows(shape: Sequence[int], generators: Generators, *, dtype: torch.dty
     return torch.cat([_draw(block, g, dtype, device, uniform) for g in gens])
 
 
-def _draw(shape: tuple[int, ...], g: torch.Generator | None, dtype: torch.dtype, device, uniform: bool) -> Tensor:
+def _draw(
+    shape: tuple[int, ...], g: torch.Generator | None, dtype: torch.dtype, device, uniform: bool
+) -> Tensor:
     # Draw on the generator's own device and move: a CPU generator then gives the same
     # numbers whether the sampler runs on CPU or GPU.
     gdev = g.device if g is not None else device

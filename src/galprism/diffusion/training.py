@@ -60,7 +60,9 @@ class Trainer:
         lr_schedule: str = "constant",
     ) -> None:
         if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"Trainer: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+            raise ValueError(
+                f"Trainer: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}"
+            )
         self.prior = prior
         self.lr = lr
         self.grad_clip = grad_clip
@@ -100,7 +102,12 @@ class Trainer:
         use_amp = self.amp and device.type == "cuda"
         tail: list[float] = []
         for i in range(steps):
-            idx = torch.randint(n, (min(batch_size, n),), generator=generator, device=generator.device if generator else "cpu")
+            idx = torch.randint(
+                n,
+                (min(batch_size, n),),
+                generator=generator,
+                device=generator.device if generator else "cpu",
+            )
             batch = data[idx.to(device)]
             if augment is not None:
                 batch = augment(batch, generator)
@@ -111,7 +118,10 @@ class Trainer:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = denoising_loss(
-                    self.prior, batch, generator=_gen_for(generator, device), time_sampling=self.time_sampling
+                    self.prior,
+                    batch,
+                    generator=_gen_for(generator, device),
+                    time_sampling=self.time_sampling,
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -158,7 +168,9 @@ def random_flux_scaling(
     shapes it has seen at fluxes it has seen too rarely (EM's ``flux_augment``).
     """
     if not (0 < low <= high and 0 < fraction <= 1):
-        raise ValueError(f"random_flux_scaling: need 0 < low <= high and 0 < fraction <= 1, got {low}, {high}, {fraction}")
+        raise ValueError(
+            f"random_flux_scaling: need 0 < low <= high and 0 < fraction <= 1, got {low}, {high}, {fraction}"
+        )
     lo, hi = math.log(low), math.log(high)
 
     def scale(batch: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -139,40 +139,67 @@ class EMConfig:
         if not self.sources or len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"EM: source names must be non-empty and unique, got {self.sources}")
         if self.arrangement not in ("stagewise", "joint"):
-            raise ConfigError(f"EM: arrangement must be 'stagewise' or 'joint', got {self.arrangement!r}")
+            raise ConfigError(
+                f"EM: arrangement must be 'stagewise' or 'joint', got {self.arrangement!r}"
+            )
         # Counts that may also be given as a list (per stage, or a schedule over laps).
-        for name, least in (("gaussian_laps", 0), ("diffusion_laps", 0), ("steps", 1), ("corrections", 0)):
+        for name, least in (
+            ("gaussian_laps", 0),
+            ("diffusion_laps", 0),
+            ("steps", 1),
+            ("corrections", 0),
+        ):
             value = getattr(self, name)
             counts = value if isinstance(value, list | tuple) else [value]
             if not counts or any(int(c) != c or c < least for c in counts):
                 raise ConfigError(
                     f"EM: {name} must be a count >= {least} or a non-empty list of them, got {value!r}"
                 )
-            setattr(self, name, [int(c) for c in value] if isinstance(value, list | tuple) else int(value))
-        for name in ("estep_observations", "keep_checkpoints", "grid_samples", "redraws", "flux_augment_laps"):
+            setattr(
+                self,
+                name,
+                [int(c) for c in value] if isinstance(value, list | tuple) else int(value),
+            )
+        for name in (
+            "estep_observations",
+            "keep_checkpoints",
+            "grid_samples",
+            "redraws",
+            "flux_augment_laps",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"EM: {name} must be >= 0")
         if self.reject_chi2 < 0 or self.trust < 0:
             raise ConfigError("EM: reject_chi2 and trust must be >= 0")
         if self.time_sampling not in TIME_SAMPLINGS:
-            raise ConfigError(f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {self.time_sampling!r}")
+            raise ConfigError(
+                f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {self.time_sampling!r}"
+            )
         if self.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"EM: lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+            raise ConfigError(
+                f"EM: lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
         for name in ("estep_batch", "train_batch", "gaussian_rank", "particles"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EM: {name} must be >= 1")
         for name, spec in self.flux_augment.items():
             if name not in self.sources:
-                raise ConfigError(f"EM: flux_augment names unknown source {name!r} (sources: {', '.join(self.sources)})")
+                raise ConfigError(
+                    f"EM: flux_augment names unknown source {name!r} (sources: {', '.join(self.sources)})"
+                )
             values = list(spec) if isinstance(spec, list | tuple) else [spec]
             if len(values) not in (2, 3):
-                raise ConfigError(f"EM: flux_augment[{name!r}] must be [low, high] or [low, high, fraction], got {spec!r}")
+                raise ConfigError(
+                    f"EM: flux_augment[{name!r}] must be [low, high] or [low, high, fraction], got {spec!r}"
+                )
             self.flux_augment[name] = [float(v) for v in values]
             try:  # the augmentation's own check is the one rule for valid ranges
                 random_flux_scaling(*self.flux_augment[name])
             except ValueError as err:
                 raise ConfigError(f"EM: flux_augment[{name!r}] = {spec!r}: {err}") from None
-        total = sum(sum(v) if isinstance(v, list) else v for v in (self.gaussian_laps, self.diffusion_laps))
+        total = sum(
+            sum(v) if isinstance(v, list) else v for v in (self.gaussian_laps, self.diffusion_laps)
+        )
         if total == 0:
             raise ConfigError("EM: needs at least one lap")
 
@@ -184,7 +211,9 @@ class EMConfig:
         """Langevin corrections per sampler step of lap ``phase_lap`` (from 0) of a phase."""
         return _scheduled(self.corrections, phase_lap)
 
-    def augment_of(self, sources: Sequence[str], phase_lap: int) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    def augment_of(
+        self, sources: Sequence[str], phase_lap: int
+    ) -> tuple[tuple[str, tuple[float, ...]], ...]:
         """Flux augmentations ``(source, spec)`` of the M-step of diffusion lap
         ``phase_lap`` (from 0) of a stage learning ``sources``; ``spec`` are the arguments
         of :func:`~galprism.diffusion.random_flux_scaling` as given in ``flux_augment``."""
@@ -204,7 +233,9 @@ class EMConfig:
         if isinstance(value, int):
             return value
         if len(value) != n_stages:
-            raise ConfigError(f"EM: {phase}_laps lists {len(value)} stage(s) but the views make {n_stages}")
+            raise ConfigError(
+                f"EM: {phase}_laps lists {len(value)} stage(s) but the views make {n_stages}"
+            )
         return value[stage]
 
     def to_dict(self) -> dict[str, Any]:

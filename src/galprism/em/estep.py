@@ -88,7 +88,9 @@ def posterior_samples(
     progress
         Called after each sampler call.
     """
-    x = _draw(view, priors, index, sampler, cg_iterations, trust, batch, generator, device, progress)
+    x = _draw(
+        view, priors, index, sampler, cg_iterations, trust, batch, generator, device, progress
+    )
     chi2 = view.chi2_per_observation(x, index)
     redrawn = 0
     if reject_chi2 > 0:
@@ -97,22 +99,49 @@ def posterior_samples(
             if bad.numel() == 0:
                 break
             redrawn += int(bad.numel())
-            x[bad] = _draw(view, priors, index[bad], sampler, cg_iterations, trust, batch, generator, device, None)
+            x[bad] = _draw(
+                view,
+                priors,
+                index[bad],
+                sampler,
+                cg_iterations,
+                trust,
+                batch,
+                generator,
+                device,
+                None,
+            )
             chi2[bad] = view.chi2_per_observation(x[bad], index[bad])
     failed = chi2 > reject_chi2 if reject_chi2 > 0 else torch.zeros_like(chi2, dtype=torch.bool)
     return EStepResult(x, index, chi2, failed, redrawn)
 
 
-def _draw(view: View, priors: Sequence[nn.Module], index: Tensor, sampler: SamplerConfig, cg_iterations: int,
-          trust: float, batch: int, generator: torch.Generator, device: torch.device | str,
-          progress: Callable[..., None] | None) -> Tensor:
+def _draw(
+    view: View,
+    priors: Sequence[nn.Module],
+    index: Tensor,
+    sampler: SamplerConfig,
+    cg_iterations: int,
+    trust: float,
+    batch: int,
+    generator: torch.Generator,
+    device: torch.device | str,
+    progress: Callable[..., None] | None,
+) -> Tensor:
     out = []
     for start in range(0, index.numel(), batch):
         idx = index[start : start + batch]
         op = view.operator.take(idx) if view.operator.batch_size is not None else view.operator
         x = sample_posterior(
-            priors, op, view.y[idx].to(device), view.noise_var[idx].to(device),
-            n_samples=1, config=sampler, cg_iterations=cg_iterations, generators=generator, trust=trust,
+            priors,
+            op,
+            view.y[idx].to(device),
+            view.noise_var[idx].to(device),
+            n_samples=1,
+            config=sampler,
+            cg_iterations=cg_iterations,
+            generators=generator,
+            trust=trust,
         )
         out.append(x[:, 0].cpu())
         if progress is not None:

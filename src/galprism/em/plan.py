@@ -60,7 +60,9 @@ def plan_stages(views: Sequence[View], config: EMConfig) -> list[Stage]:
     for v in views:
         for s in v.sources:
             if s not in config.sources:
-                raise ConfigError(f"view {v.name!r}: names unknown source {s!r} (sources: {', '.join(config.sources)})")
+                raise ConfigError(
+                    f"view {v.name!r}: names unknown source {s!r} (sources: {', '.join(config.sources)})"
+                )
         if v.source_shape != tuple(config.shape):
             raise ShapeError(
                 f"view {v.name!r}: operator expects sources of shape {v.source_shape}, config says {tuple(config.shape)}"

@@ -124,7 +124,9 @@ def run_em(
     laps = plan_laps(stages, config)
     by_name = {v.name: v for v in views}
     store = RunStore(run_dir)
-    done = store.init(config, resume=resume, extends=lambda stored, n: plan_laps(stages, stored)[:n] == laps[:n])
+    done = store.init(
+        config, resume=resume, extends=lambda stored, n: plan_laps(stages, stored)[:n] == laps[:n]
+    )
     if done > len(laps):
         raise ConfigError(f"{run_dir}: holds {done} laps but this configuration plans {len(laps)}")
     state = EMState(config, device)
@@ -132,7 +134,9 @@ def run_em(
         state.load_state_dict(store.load_checkpoint(done))
     else:
         for source in config.sources:
-            state.gaussians[source] = state.initial_gaussian(_initial_variance(views, source, config))
+            state.gaussians[source] = state.initial_gaussian(
+                _initial_variance(views, source, config)
+            )
 
     with Progress(len(laps), progress) as bar:
         bar.lap_done(done)
@@ -144,18 +148,32 @@ def run_em(
                 _grids(store, plan, current, data, config, state.generator, device)
             if hook is not None:
                 record.update(hook(record, current, data))
-            ckpt = {"lap": plan.lap, "galprism_version": __version__, "config": config.to_dict(), **state.state_dict()}
+            ckpt = {
+                "lap": plan.lap,
+                "galprism_version": __version__,
+                "config": config.to_dict(),
+                **state.state_dict(),
+            }
             store.save_checkpoint(plan.lap, ckpt, keep=config.keep_checkpoints)
             store.append_history(record)
             bar.lap_done(plan.lap)
-            bar.log(f"lap {plan.lap}/{len(laps)} {plan.phase} {','.join(record['learning'])}: "
-                    f"loss {record['loss']} chi2 {record['chi2']}")
+            bar.log(
+                f"lap {plan.lap}/{len(laps)} {plan.phase} {','.join(record['learning'])}: "
+                f"loss {record['loss']} chi2 {record['chi2']}"
+            )
 
     return _finish(state, config, store)
 
 
-def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state: EMState, config: EMConfig,
-         device: torch.device, bar: Progress) -> tuple[dict[str, Any], dict[str, nn.Module], dict[str, Tensor]]:
+def _lap(
+    plan: LapPlan,
+    stages: Sequence[Stage],
+    by_name: dict[str, View],
+    state: EMState,
+    config: EMConfig,
+    device: torch.device,
+    bar: Progress,
+) -> tuple[dict[str, Any], dict[str, nn.Module], dict[str, Tensor]]:
     """One E-step and M-step; returns the history record, current priors and samples."""
     stage = stages[plan.stage]
     t0 = time.perf_counter()
@@ -163,7 +181,10 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
         for s in earlier.learn:
             state.freeze(s)
     sampler = SamplerConfig(
-        config.sampler, config.steps_of(plan.phase_lap), corrections=config.corrections_of(plan.phase_lap), tau=config.tau,
+        config.sampler,
+        config.steps_of(plan.phase_lap),
+        corrections=config.corrections_of(plan.phase_lap),
+        tau=config.tau,
         particles=config.particles,
     )
     samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
@@ -174,9 +195,17 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
         index = torch.randperm(view.n_obs, generator=state.generator)[:n].sort().values
         step = bar.start(f"lap {plan.lap} {plan.phase} E-step {vname}", -(-n // config.estep_batch))
         res = posterior_samples(
-            view, [state.prior_for(s, plan.phase).to(device) for s in view.sources], index, sampler,
-            cg_iterations=config.cg_iterations, trust=config.trust, batch=config.estep_batch,
-            generator=state.generator, device=device, reject_chi2=config.reject_chi2, redraws=config.redraws,
+            view,
+            [state.prior_for(s, plan.phase).to(device) for s in view.sources],
+            index,
+            sampler,
+            cg_iterations=config.cg_iterations,
+            trust=config.trust,
+            batch=config.estep_batch,
+            generator=state.generator,
+            device=device,
+            reject_chi2=config.reject_chi2,
+            redraws=config.redraws,
             progress=step,
         )
         chi2[vname] = float(res.chi2.nanmean())
@@ -191,7 +220,9 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
     loss: dict[str, float] = {}
     for s in stage.learn:
         if data[s].shape[0] < 2:
-            raise ConfigError(f"EM lap {plan.lap}: source {s!r} has {data[s].shape[0]} usable E-step samples")
+            raise ConfigError(
+                f"EM lap {plan.lap}: source {s!r} has {data[s].shape[0]} usable E-step samples"
+            )
         if plan.phase == "gaussian":
             state.gaussians[s] = GaussianPrior.fit(data[s], config.gaussian_rank, state.schedule())
             continue
@@ -201,7 +232,11 @@ def _lap(plan: LapPlan, stages: Sequence[Stage], by_name: dict[str, View], state
         spec = dict(plan.augment).get(s)
         augment = random_flux_scaling(*spec) if spec is not None else None
         loss[s] = state.trainers[s].fit(
-            data[s].to(device), config.train_steps, config.train_batch, generator=state.generator, callback=step,
+            data[s].to(device),
+            config.train_steps,
+            config.train_batch,
+            generator=state.generator,
+            callback=step,
             augment=augment,
         )
     record = {
@@ -235,14 +270,35 @@ def _initial_variance(views: Sequence[View], source: str, config: EMConfig) -> f
     return max(min(estimates), 1e-4 * scale)
 
 
-def _grids(store: RunStore, plan: LapPlan, priors: dict[str, nn.Module], data: dict[str, Tensor],
-           config: EMConfig, generator: torch.Generator, device: torch.device) -> None:
+def _grids(
+    store: RunStore,
+    plan: LapPlan,
+    priors: dict[str, nn.Module],
+    data: dict[str, Tensor],
+    config: EMConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> None:
     n = config.grid_samples
     for s, prior in priors.items():
         store.grids.mkdir(exist_ok=True)
-        save_grid(data[s][:n], store.grids / f"lap-{plan.lap:04d}-{s}-posterior.png", f"lap {plan.lap} {s} posterior")
-        x = sample_prior([prior.to(device)], n, config=SamplerConfig("pc", config.grid_steps), generators=generator, device=device)
-        save_grid(x[:, 0].cpu(), store.grids / f"lap-{plan.lap:04d}-{s}-prior.png", f"lap {plan.lap} {s} prior")
+        save_grid(
+            data[s][:n],
+            store.grids / f"lap-{plan.lap:04d}-{s}-posterior.png",
+            f"lap {plan.lap} {s} posterior",
+        )
+        x = sample_prior(
+            [prior.to(device)],
+            n,
+            config=SamplerConfig("pc", config.grid_steps),
+            generators=generator,
+            device=device,
+        )
+        save_grid(
+            x[:, 0].cpu(),
+            store.grids / f"lap-{plan.lap:04d}-{s}-prior.png",
+            f"lap {plan.lap} {s} prior",
+        )
 
 
 def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
@@ -263,9 +319,17 @@ def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
     name = meta.get("name", store.root.name)
     finals = [state.final_prior(s).cpu() for s in config.sources]
     method = "diffusion" if any(isinstance(p, DiffusionPrior) for p in finals) else "gaussian"
-    diff = PriorSet(name, method, list(config.sources), finals, manifest={"training": training}, **common)
+    diff = PriorSet(
+        name, method, list(config.sources), finals, manifest={"training": training}, **common
+    )
     diff.save(store.root / "prior", overwrite=True)
-    gauss = PriorSet(f"{name}-gaussian", "gaussian", list(config.sources), [state.gaussians[s] for s in config.sources],
-                     manifest={"training": training}, **common)
+    gauss = PriorSet(
+        f"{name}-gaussian",
+        "gaussian",
+        list(config.sources),
+        [state.gaussians[s] for s in config.sources],
+        manifest={"training": training},
+        **common,
+    )
     gauss.save(store.root / "prior-gaussian", overwrite=True)
     return EMResult(diff, gauss, store.history(), store.root)

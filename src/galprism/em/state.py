@@ -45,7 +45,9 @@ class EMState:
         """Zero-mean isotropic Gaussian of the given variance per value."""
         shape = tuple(self.config.shape)
         d = int(torch.tensor(shape).prod())
-        return GaussianPrior(torch.zeros(shape), torch.zeros(d, 0), torch.zeros(0), variance, self.schedule())
+        return GaussianPrior(
+            torch.zeros(shape), torch.zeros(d, 0), torch.zeros(0), variance, self.schedule()
+        )
 
     def prior_for(self, source: str, phase: str) -> nn.Module:
         """The prior the E-step of a ``phase`` lap uses for ``source``."""
@@ -81,18 +83,35 @@ class EMState:
         # torch initialises weights from the global generator: seed it from the run's
         # stream so that runs are reproducible.
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
-        prior = DiffusionPrior(c.shape, c.backbone, kwargs, self.schedule(), sigma_data).to(self.device)
+        prior = DiffusionPrior(c.shape, c.backbone, kwargs, self.schedule(), sigma_data).to(
+            self.device
+        )
         return self._trainer(prior)
 
     def _trainer(self, prior: DiffusionPrior) -> Trainer:
         c = self.config
-        return Trainer(prior, lr=c.lr, ema_decay=c.ema_decay, time_sampling=c.time_sampling, lr_schedule=c.lr_schedule)
+        return Trainer(
+            prior,
+            lr=c.lr,
+            ema_decay=c.ema_decay,
+            time_sampling=c.time_sampling,
+            lr_schedule=c.lr_schedule,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "gaussians": {s: {"config": g.config(), "state": g.state_dict()} for s, g in self.gaussians.items()},
-            "trainers": {s: {"config": t.prior.config(), "state": t.state_dict()} for s, t in self.trainers.items()},
-            "frozen": {s: {"config": p.config(), "state": p.state_dict(), "kind": _kind(p)} for s, p in self.frozen.items()},
+            "gaussians": {
+                s: {"config": g.config(), "state": g.state_dict()}
+                for s, g in self.gaussians.items()
+            },
+            "trainers": {
+                s: {"config": t.prior.config(), "state": t.state_dict()}
+                for s, t in self.trainers.items()
+            },
+            "frozen": {
+                s: {"config": p.config(), "state": p.state_dict(), "kind": _kind(p)}
+                for s, p in self.frozen.items()
+            },
             "rng": self.generator.get_state(),
         }
 

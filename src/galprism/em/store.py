@@ -72,7 +72,9 @@ class RunStore:
             try:
                 stored = EMConfig.from_dict(json.loads(self.config_path.read_text()))
             except (json.JSONDecodeError, TypeError) as exc:
-                raise ConfigError(f"{self.config_path}: unreadable run configuration ({exc})") from exc
+                raise ConfigError(
+                    f"{self.config_path}: unreadable run configuration ({exc})"
+                ) from exc
             diff = config.differences(stored)
             a, b = config.to_dict(), stored.to_dict()
             if diff and all(k in EMConfig.EXTENDABLE for k in diff):
@@ -90,7 +92,9 @@ class RunStore:
                 detail = "; ".join(f"{k}: run has {b[k]!r}, now {a[k]!r}" for k in diff[:4])
                 raise ConfigError(f"{self.root}: was written by another configuration ({detail})")
             if not resume and self.last_lap() > 0:
-                raise ConfigError(f"{self.root}: holds a run already; resume it or choose another folder")
+                raise ConfigError(
+                    f"{self.root}: holds a run already; resume it or choose another folder"
+                )
         else:
             self._write_json(self.config_path, config.to_dict())
         self.checkpoints.mkdir(exist_ok=True)

@@ -70,7 +70,9 @@ class View:
         if not torch.isfinite(self.noise_var).all() or (self.noise_var <= 0).any():
             raise ShapeError(f"view {self.name!r}: noise variance must be finite and > 0")
         if self.valid is not None and self.valid.shape != self.y.shape:
-            raise ShapeError(f"view {self.name!r}: valid mask has shape {tuple(self.valid.shape)}, expected {tuple(self.y.shape)}")
+            raise ShapeError(
+                f"view {self.name!r}: valid mask has shape {tuple(self.valid.shape)}, expected {tuple(self.y.shape)}"
+            )
 
     @classmethod
     def from_source_sum(
@@ -84,10 +86,18 @@ class View:
     ) -> View:
         """Build a view from an operator over *all* sources, dropping absent (``Zero``) ones."""
         if operator.n_sources != len(source_names):
-            raise ShapeError(f"view {name!r}: {len(source_names)} source names for {operator.n_sources} operator terms")
+            raise ShapeError(
+                f"view {name!r}: {len(source_names)} source names for {operator.n_sources} operator terms"
+            )
         keep = [k for k, op in enumerate(operator.ops) if not isinstance(op, Zero)]
-        return cls(name, [source_names[k] for k in keep], y, torch.as_tensor(noise_var, dtype=y.dtype),
-                   SourceSum([operator.ops[k] for k in keep]), valid)
+        return cls(
+            name,
+            [source_names[k] for k in keep],
+            y,
+            torch.as_tensor(noise_var, dtype=y.dtype),
+            SourceSum([operator.ops[k] for k in keep]),
+            valid,
+        )
 
     @property
     def n_obs(self) -> int:

@@ -20,15 +20,25 @@ from .methods import ASVDMethod
 __all__ = ["training_cutouts", "fit_asvd_method"]
 
 
-def training_cutouts(view: str, n: int, seed: int, data_dir: str | None = None) -> tuple[np.ndarray, dict[str, float]]:
+def training_cutouts(
+    view: str, n: int, seed: int, data_dir: str | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
     """``(n, 1, H, W)`` training-split cutouts of one view (no defects) and the instrument's
     ``noise_sigma``, ``pixel_scale`` and ``zeropoint``."""
     from ..simulate import SimulationConfig, Simulator  # local: loads the GalSim catalogue
 
-    sim = Simulator(SimulationConfig(view=view, split="train", n=n, seed=seed, mask_fraction=0.0, data_dir=data_dir))
+    sim = Simulator(
+        SimulationConfig(
+            view=view, split="train", n=n, seed=seed, mask_fraction=0.0, data_dir=data_dir
+        )
+    )
     images = np.stack([sim.cutout(i).image for i in range(n)]).astype(np.float64)
     inst = sim.instrument
-    meta = {"noise_sigma": float(inst.noise_sigma), "pixel_scale": float(inst.pixel_scale), "zeropoint": float(inst.zeropoint)}
+    meta = {
+        "noise_sigma": float(inst.noise_sigma),
+        "pixel_scale": float(inst.pixel_scale),
+        "zeropoint": float(inst.zeropoint),
+    }
     return images[:, None], meta
 
 

@@ -45,7 +45,9 @@ def interval_method(n_samples: int, levels: Sequence[float] = LEVELS, method: st
     if method not in ("auto", "quantile", "student"):
         raise ConfigError(f"interval method must be auto, quantile or student, got {method!r}")
     if n_samples < 2:
-        raise ConfigError(f"calibration needs at least 2 posterior samples per cutout, got {n_samples}")
+        raise ConfigError(
+            f"calibration needs at least 2 posterior samples per cutout, got {n_samples}"
+        )
     resolved = all((1 - lv) / 2 >= 1 / (n_samples + 1) for lv in levels)
     if method == "quantile" and not resolved:
         raise ConfigError(
@@ -56,7 +58,9 @@ def interval_method(n_samples: int, levels: Sequence[float] = LEVELS, method: st
     return method
 
 
-def credible_interval(samples: np.ndarray, level: float, method: str) -> tuple[np.ndarray, np.ndarray]:
+def credible_interval(
+    samples: np.ndarray, level: float, method: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper ends of the central ``level`` interval over axis 0 of ``samples``."""
     s = np.asarray(samples, dtype=np.float64)
     if s.ndim < 1 or s.shape[0] < 2:
@@ -150,7 +154,9 @@ def summarize_calibration(
     kind = interval_method(s, levels, method)
     flux_cov = {float(lv): float(inside(fs.T, ft, lv, kind).mean()) for lv in levels}
     flux_err = {float(lv): float(np.sqrt(lv * (1 - lv) / n)) for lv in levels}
-    ps = np.concatenate([np.asarray(p, dtype=np.float64).reshape(s, -1) for p in pixel_samples], axis=1)
+    ps = np.concatenate(
+        [np.asarray(p, dtype=np.float64).reshape(s, -1) for p in pixel_samples], axis=1
+    )
     pt = np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in pixel_truth])
     if pt.size:
         pix_cov = {float(lv): float(inside(ps, pt, lv, kind).mean()) for lv in levels}

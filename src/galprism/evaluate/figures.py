@@ -82,7 +82,13 @@ def gallery_indices(blendedness: Sequence[float], n: int) -> list[int]:
 
 def show_image(ax, image: np.ndarray, scale: float, title: str | None = None) -> None:
     """asinh stretch with softening ``scale`` (about the noise), shared within a row."""
-    ax.imshow(np.arcsinh(np.asarray(image) / scale), origin="lower", cmap="magma", vmin=-1.0, vmax=np.arcsinh(50.0))
+    ax.imshow(
+        np.arcsinh(np.asarray(image) / scale),
+        origin="lower",
+        cmap="magma",
+        vmin=-1.0,
+        vmax=np.arcsinh(50.0),
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -117,8 +123,13 @@ def gallery(result: EvalResult, path: Path, overwrite: bool, n: int = 6) -> Path
                 if est is None or est.galaxy is None:
                     row[base + 1 + k].set_axis_off()
                     continue
-                show_image(row[base + 1 + k], est.galaxy, s, f"{m.label} (intr.)" if first else None)
-    fig.suptitle("Gallery: observation, truth and each method's central galaxy (asinh, softening = noise σ)", fontsize=10)
+                show_image(
+                    row[base + 1 + k], est.galaxy, s, f"{m.label} (intr.)" if first else None
+                )
+    fig.suptitle(
+        "Gallery: observation, truth and each method's central galaxy (asinh, softening = noise σ)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return save_figure(fig, path, overwrite)
 
@@ -141,21 +152,37 @@ def calibration(result: EvalResult, path: Path, overwrite: bool) -> Path | None:
             expected = h.sum() / len(h)
             ax.bar(np.arange(len(h)), h, color="tab:blue", alpha=0.7)
             ax.axhline(expected, color="k")
-            ax.axhspan(expected - 2 * np.sqrt(expected), expected + 2 * np.sqrt(expected), color="k", alpha=0.1)
+            ax.axhspan(
+                expected - 2 * np.sqrt(expected),
+                expected + 2 * np.sqrt(expected),
+                color="k",
+                alpha=0.1,
+            )
             ax.set_title(f"{labels[name]}\nSBC ranks, {what} (p={p:.2g})", fontsize=9)
             ax.set_xlabel(f"rank of truth among S={c.n_samples} samples (bins)")
         ax = row[2]
         levels = sorted(c.flux_coverage)
         x = np.arange(len(levels))
         ax.bar(x - 0.2, [100 * c.flux_coverage[lv] for lv in levels], 0.4, label="total flux")
-        ax.bar(x + 0.2, [100 * c.pixel_coverage[lv] for lv in levels], 0.4, label="footprint pixels")
+        ax.bar(
+            x + 0.2, [100 * c.pixel_coverage[lv] for lv in levels], 0.4, label="footprint pixels"
+        )
         for k, lv in enumerate(levels):
             ax.hlines(100 * lv, k - 0.45, k + 0.45, color="k")
-            ax.axhspan(100 * lv - 5, 100 * lv + 5, xmin=(k + 0.05) / len(levels), xmax=(k + 0.95) / len(levels), color="k", alpha=0.1)
+            ax.axhspan(
+                100 * lv - 5,
+                100 * lv + 5,
+                xmin=(k + 0.05) / len(levels),
+                xmax=(k + 0.95) / len(levels),
+                color="k",
+                alpha=0.1,
+            )
         ax.set_xticks(x, [f"{int(100 * lv)}%" for lv in levels])
         ax.set_ylim(0, 100)
         ax.set_ylabel("coverage [%]")
-        ax.set_title(f"{labels[name]}\ncoverage ({c.method} intervals; bands ±5 points)", fontsize=9)
+        ax.set_title(
+            f"{labels[name]}\ncoverage ({c.method} intervals; bands ±5 points)", fontsize=9
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, overwrite)
@@ -164,7 +191,9 @@ def calibration(result: EvalResult, path: Path, overwrite: bool) -> Path | None:
 def write_figures(result: EvalResult, folder: Path, *, overwrite: bool = False) -> dict[str, Path]:
     """Write every figure of the simulated evaluation; returns ``{name: path}``."""
     out = {
-        "eval_metric_vs_blendedness": metric_vs_blendedness(result, folder / "eval_metric_vs_blendedness.png", overwrite),
+        "eval_metric_vs_blendedness": metric_vs_blendedness(
+            result, folder / "eval_metric_vs_blendedness.png", overwrite
+        ),
         "eval_gallery": gallery(result, folder / "eval_gallery.png", overwrite),
     }
     cal = calibration(result, folder / "eval_calibration.png", overwrite)
@@ -191,12 +220,17 @@ def real_figure(result: EvalResult, path: Path, overwrite: bool = False) -> Path
             continue
         show_image(axes[0, 3 + k], est.galaxy_conv, s, m.label)
         ax = axes[1, 3 + k]
-        ax.imshow((est.galaxy_conv - c.galaxy_conv) / s, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)
+        ax.imshow(
+            (est.galaxy_conv - c.galaxy_conv) / s, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title("estimate − truth [σ]", fontsize=8)
     for ax in axes[1, :3]:
         ax.set_axis_off()
-    fig.suptitle("Real data: HSC i-band central galaxy against HST (asinh, softening = HSC noise σ)", fontsize=10)
+    fig.suptitle(
+        "Real data: HSC i-band central galaxy against HST (asinh, softening = HSC noise σ)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return save_figure(fig, path, overwrite)

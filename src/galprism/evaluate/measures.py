@@ -48,7 +48,9 @@ def _pair(truth: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarr
     t = np.asarray(truth, dtype=np.float64)
     e = np.asarray(estimate, dtype=np.float64)
     if t.shape != e.shape or t.ndim != 2:
-        raise ShapeError(f"measures: truth {t.shape} and estimate {e.shape} must be equal 2-D images")
+        raise ShapeError(
+            f"measures: truth {t.shape} and estimate {e.shape} must be equal 2-D images"
+        )
     return t, e
 
 
@@ -114,7 +116,9 @@ class Moments:
         return cls(nan, nan, nan, nan, nan, nan, False, error)
 
 
-def adaptive_moments(image: np.ndarray, guess_sigma: float = 2.0, guess_center: tuple[float, float] | None = None) -> Moments:
+def adaptive_moments(
+    image: np.ndarray, guess_sigma: float = 2.0, guess_center: tuple[float, float] | None = None
+) -> Moments:
     """Elliptical Gaussian-weighted moments (GalSim ``hsm.FindAdaptiveMom``).
 
     Parameters

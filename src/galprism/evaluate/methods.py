@@ -70,10 +70,14 @@ class Method(Protocol):
 
     def settings(self) -> dict[str, object]: ...
 
-    def estimate(self, cutouts: Sequence[EvalCutout], progress: Progress | None = None) -> list[Estimate]: ...
+    def estimate(
+        self, cutouts: Sequence[EvalCutout], progress: Progress | None = None
+    ) -> list[Estimate]: ...
 
 
-def forward_model(obs: Observation, image: np.ndarray, prior_shape: Sequence[int], factor: int = 1) -> np.ndarray:
+def forward_model(
+    obs: Observation, image: np.ndarray, prior_shape: Sequence[int], factor: int = 1
+) -> np.ndarray:
     """``Downsample o Convolve(PSF)`` of an intrinsic ``(C, H, W)`` image, masked pixels included.
 
     This is galprism's own forward model (zero-padded FFT convolution with the cutout's
@@ -81,7 +85,9 @@ def forward_model(obs: Observation, image: np.ndarray, prior_shape: Sequence[int
     """
     batch = stack_observations([obs], prior_shape, 1, prior_pixel_scale=None)
     if factor != 1:
-        raise ShapeError(f"{obs.name}: forward_model handles cutouts on the prior's grid only (factor {factor})")
+        raise ShapeError(
+            f"{obs.name}: forward_model handles cutouts on the prior's grid only (factor {factor})"
+        )
     x = torch.from_numpy(np.asarray(image, dtype=np.float64))[None]
     return batch.forward.apply(x)[0].numpy()
 
@@ -132,7 +138,9 @@ class GalprismMethod:
                 f"prior {prior.name!r} has no source {galaxy_source!r} (sources: {', '.join(prior.sources)})"
             )
         if n_samples < 2:
-            raise ConfigError(f"{name}: needs at least 2 posterior samples per cutout for calibration, got {n_samples}")
+            raise ConfigError(
+                f"{name}: needs at least 2 posterior samples per cutout for calibration, got {n_samples}"
+            )
         self.prior = prior
         self.name = name
         self.label = label
@@ -149,7 +157,9 @@ class GalprismMethod:
             device=device,
             support=support,
         )
-        effective_support(prior, self.config)  # a bad --support is a usage error before any sampling
+        effective_support(
+            prior, self.config
+        )  # a bad --support is a usage error before any sampling
 
     def settings(self) -> dict[str, object]:
         c = self.config
@@ -169,7 +179,9 @@ class GalprismMethod:
             "device": self.device,
         }
 
-    def estimate(self, cutouts: Sequence[EvalCutout], progress: Progress | None = None) -> list[Estimate]:
+    def estimate(
+        self, cutouts: Sequence[EvalCutout], progress: Progress | None = None
+    ) -> list[Estimate]:
         out: list[Estimate] = []
         bs = self.config.batch_size
         for start in range(0, len(cutouts), bs):
@@ -189,7 +201,9 @@ class GalprismMethod:
                         "simulate the test set at the prior's size"
                     )
             seeds = [cutout_seed(self.config.seed, c.name) for c in group]
-            results = separate_observations(observations, self.prior, self.config, seeds, device=self.device)
+            results = separate_observations(
+                observations, self.prior, self.config, seeds, device=self.device
+            )
             share = (time.perf_counter() - t0) / len(group)
             for obs, res in zip(observations, results, strict=True):
                 samples = res.samples[:, self.galaxy_index, 0].astype(np.float64)  # (S, H, W)
@@ -212,7 +226,9 @@ class ASVDMethod:
     probabilistic = False
     intrinsic = False
 
-    def __init__(self, model, scale: float, *, name: str = "asvd", label: str = "adversarial SVD") -> None:
+    def __init__(
+        self, model, scale: float, *, name: str = "asvd", label: str = "adversarial SVD"
+    ) -> None:
         self.model = model
         self.scale = float(scale)
         self.name = name
@@ -233,12 +249,16 @@ class ASVDMethod:
             "n_mixed": info.get("n_mixed"),
         }
 
-    def estimate(self, cutouts: Sequence[EvalCutout], progress: Progress | None = None) -> list[Estimate]:
+    def estimate(
+        self, cutouts: Sequence[EvalCutout], progress: Progress | None = None
+    ) -> list[Estimate]:
         if not cutouts:
             return []
         t0 = time.perf_counter()
         # Cutouts on another zero point (real data) are brought to the training one first.
-        fac = np.array([c.observation.flux_factor_to(self.model.zeropoint) for c in cutouts])[:, None, None, None]
+        fac = np.array([c.observation.flux_factor_to(self.model.zeropoint) for c in cutouts])[
+            :, None, None, None
+        ]
         y = np.stack([c.observation.image for c in cutouts]) * fac / self.scale
         var = np.stack([c.observation.variance for c in cutouts]) * fac**2 / self.scale**2
         valid = np.stack([c.observation.valid for c in cutouts])
@@ -302,7 +322,9 @@ class PhotutilsMethod:
             "max_distance": self.max_distance,
         }
 
-    def segment(self, image: np.ndarray, variance: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def segment(
+        self, image: np.ndarray, variance: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Background-subtracted image and the deblended segmentation map (0 = none)."""
         import importlib.util
 
@@ -311,7 +333,9 @@ class PhotutilsMethod:
         from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
 
         if importlib.util.find_spec("skimage") is None:
-            raise ConfigError("photutils: deblend_sources needs scikit-image; pip install 'galprism[evaluate]'")
+            raise ConfigError(
+                "photutils: deblend_sources needs scikit-image; pip install 'galprism[evaluate]'"
+            )
 
         _, median, _ = sigma_clipped_stats(image[valid], sigma=3.0)
         data = np.where(valid, image - median, 0.0)
@@ -324,7 +348,12 @@ class PhotutilsMethod:
             return data, np.zeros(image.shape, dtype=np.int64)
         try:
             segm = deblend_sources(
-                smooth, segm, self.npixels, n_levels=self.nlevels, contrast=self.contrast, progress_bar=False
+                smooth,
+                segm,
+                self.npixels,
+                n_levels=self.nlevels,
+                contrast=self.contrast,
+                progress_bar=False,
             )
         except ValueError:  # photutils refuses to deblend some tiny segments: keep them whole
             pass
@@ -343,7 +372,9 @@ class PhotutilsMethod:
         k = int(np.argmin(d))
         return int(labels[yy[k], xx[k]]) if d[k] <= self.max_distance else 0
 
-    def estimate(self, cutouts: Sequence[EvalCutout], progress: Progress | None = None) -> list[Estimate]:
+    def estimate(
+        self, cutouts: Sequence[EvalCutout], progress: Progress | None = None
+    ) -> list[Estimate]:
         out = []
         for c in cutouts:
             t0 = time.perf_counter()

@@ -130,7 +130,12 @@ def two_view_separation(
     # the HSC data in both runs: the comparison then differs only by the HST view.
     y_hsc = (obs.image - offset) * fac
     var_hsc = np.where(obs.valid, obs.variance, 1.0) * fac**2
-    hsc_op = Composition([Mask(torch.from_numpy(obs.valid.copy())), Convolve(torch.from_numpy(np.array(obs.prior_grid_psf(1))), shape)])
+    hsc_op = Composition(
+        [
+            Mask(torch.from_numpy(obs.valid.copy())),
+            Convolve(torch.from_numpy(np.array(obs.prior_grid_psf(1))), shape),
+        ]
+    )
     covered = (case.coverage > COVERAGE_MIN)[None]
     y_hst = np.where(covered, case.hst_truth_view[None], 0.0) * fac
     var_hst = np.full(shape, (case.hst_truth_noise * fac) ** 2)
@@ -141,11 +146,18 @@ def two_view_separation(
     runs = {}
     for label, op, y, var in (
         ("hsc", hsc_op, y_hsc, var_hsc),
-        ("both", ChannelStack([hsc_op, hst_op]), np.concatenate([y_hsc, y_hst]), np.concatenate([var_hsc, var_hst])),
+        (
+            "both",
+            ChannelStack([hsc_op, hst_op]),
+            np.concatenate([y_hsc, y_hst]),
+            np.concatenate([var_hsc, var_hst]),
+        ),
     ):
         y_t, var_t = torch.from_numpy(y[None]).float(), torch.from_numpy(var[None]).float()
         full = SourceSum([op] * len(prior.sources))
-        masks, _ = resolve_support_masks(supports, prior, y_t, var_t, full, [gen_seed], cg_iterations=cg_iterations)
+        masks, _ = resolve_support_masks(
+            supports, prior, y_t, var_t, full, [gen_seed], cg_iterations=cg_iterations
+        )
         gen = torch.Generator().manual_seed(gen_seed)
         x = prior.separate(
             y_t,
@@ -163,7 +175,10 @@ def two_view_separation(
         runs[label] = gal
     foot = cut.galaxy_conv >= cut.sigma
     flux = {k_: v.sum(axis=(1, 2)) for k_, v in runs.items()}
-    pix = {k_: float(v.std(axis=0, ddof=1)[foot].mean()) if foot.any() else float("nan") for k_, v in runs.items()}
+    pix = {
+        k_: float(v.std(axis=0, ddof=1)[foot].mean()) if foot.any() else float("nan")
+        for k_, v in runs.items()
+    }
     return TwoViewResult(
         prior=prior.name,
         flux_std_hsc=float(flux["hsc"].std(ddof=1)),

@@ -25,7 +25,13 @@ from .report import write_report
 from .run import EvalResult, evaluate_methods
 from .testset import find_testset_files, load_testset, make_testset
 
-__all__ = ["EvaluateConfig", "ALL_METHODS", "run_evaluation", "find_gaussian_prior", "EvaluationOutput"]
+__all__ = [
+    "EvaluateConfig",
+    "ALL_METHODS",
+    "run_evaluation",
+    "find_gaussian_prior",
+    "EvaluationOutput",
+]
 
 ALL_METHODS: tuple[str, ...] = ("galprism", "gaussian", "asvd", "photutils", "scarlet2")
 
@@ -106,7 +112,9 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
-            raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}")
+            raise ConfigError(
+                f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}"
+            )
         if not self.methods:
             raise ConfigError("--methods: no method selected")
 
@@ -141,7 +149,11 @@ def find_gaussian_prior(prior: PriorSet) -> Path | str | None:
             other = load_priorset(name)
         except GalprismError:
             continue
-        if other.method == "gaussian" and other.sources == prior.sources and tuple(other.shape) == tuple(prior.shape):
+        if (
+            other.method == "gaussian"
+            and other.sources == prior.sources
+            and tuple(other.shape) == tuple(prior.shape)
+        ):
             return name
     return None
 
@@ -154,9 +166,15 @@ def _load_priors(cfg: EvaluateConfig) -> tuple[PriorSet | None, PriorSet | None,
     if "galprism" in cfg.methods or ("gaussian" in cfg.methods and cfg.gaussian_prior == "auto"):
         main = load_priorset(cfg.prior)
     if "gaussian" in cfg.methods:
-        target = find_gaussian_prior(main) if cfg.gaussian_prior == "auto" and main is not None else cfg.gaussian_prior
+        target = (
+            find_gaussian_prior(main)
+            if cfg.gaussian_prior == "auto" and main is not None
+            else cfg.gaussian_prior
+        )
         if target is None:
-            skipped["gaussian"] = f"no Gaussian (PPCA) prior found beside prior {cfg.prior!r}; pass --gaussian-prior"
+            skipped["gaussian"] = (
+                f"no Gaussian (PPCA) prior found beside prior {cfg.prior!r}; pass --gaussian-prior"
+            )
         else:
             gauss = load_priorset(target)
     return (main if "galprism" in cfg.methods else None), gauss, skipped
@@ -182,18 +200,26 @@ def _build_methods(
     if main is not None:
         methods.append(GalprismMethod(main, "galprism", f"galprism ({main.name})", **sampling))
     if gauss is not None:
-        methods.append(GalprismMethod(gauss, "gaussian", f"Gaussian PPCA ({gauss.name})", **sampling))
+        methods.append(
+            GalprismMethod(gauss, "gaussian", f"Gaussian PPCA ({gauss.name})", **sampling)
+        )
     if "asvd" in cfg.methods:
         from .asvd_fit import fit_asvd_method
 
         log(f"fitting the adversarial SVD on {cfg.asvd_train} + {cfg.asvd_train} training cutouts")
         tau: float | str = cfg.asvd_tau if cfg.asvd_tau == "auto" else float(cfg.asvd_tau)
-        methods.append(fit_asvd_method(cfg.asvd_train, cfg.seed, ranks=cfg.asvd_ranks, tau=tau, data_dir=cfg.data_dir))
+        methods.append(
+            fit_asvd_method(
+                cfg.asvd_train, cfg.seed, ranks=cfg.asvd_ranks, tau=tau, data_dir=cfg.data_dir
+            )
+        )
     if "photutils" in cfg.methods:
         methods.append(PhotutilsMethod())
     if "scarlet2" in cfg.methods:
         if cfg.scarlet2_python is None:
-            skipped["scarlet2"] = "no scarlet2 environment given (--scarlet2-python); see docs/evaluation.md"
+            skipped["scarlet2"] = (
+                "no scarlet2 environment given (--scarlet2-python); see docs/evaluation.md"
+            )
         else:
             from .scarlet import Scarlet2Method
 
@@ -201,7 +227,9 @@ def _build_methods(
     return methods, skipped
 
 
-def _real_section(real: EvalResult | None, info: dict[str, Any], two_view: list[dict[str, Any]], error: str | None) -> str:
+def _real_section(
+    real: EvalResult | None, info: dict[str, Any], two_view: list[dict[str, Any]], error: str | None
+) -> str:
     from .report import HEADLINE, INTRINSIC, _fmt
 
     lines = ["## Real data (HSC i band against HST)", ""]
@@ -212,7 +240,7 @@ def _real_section(real: EvalResult | None, info: dict[str, Any], two_view: list[
     lines += [
         "`multiview/Cut_HSC.fits` i band, cropped around the central galaxy, through every method; truth: "
         "the HST image of that galaxy (its deblended HST segment) on the HSC grid through the two WCS "
-        "(GalSim, flux-conserving), HST PSF replaced by the HSC PSF (convolved truth) or by the 0.2\" truth "
+        '(GalSim, flux-conserving), HST PSF replaced by the HSC PSF (convolved truth) or by the 0.2" truth '
         "kernel (intrinsic truth), one flux scale fitted on the whole scene. One cutout, so one value per method.",
         "",
         f"- HSC noise σ = {info['hsc_noise_sigma']:.4g} (cube units, source-free pixels); the cube has no zero point: "
@@ -228,12 +256,20 @@ def _real_section(real: EvalResult | None, info: dict[str, Any], two_view: list[
         "",
     ]
     cols = [c for c in HEADLINE if c[0] != "flux_err"]
-    head = "| method | " + " | ".join(t for _, t, _ in cols) + " | intrinsic RMSE | intrinsic abs flux err |"
+    head = (
+        "| method | "
+        + " | ".join(t for _, t, _ in cols)
+        + " | intrinsic RMSE | intrinsic abs flux err |"
+    )
     lines += [head, "|---|" + "---:|" * (len(cols) + 2)]
     labels = {m.name: m.label for m in real.methods}
     for r in real.rows:
         cells = [_fmt(float(r.get(k, math.nan)), f) for k, _, f in cols]
-        cells += [_fmt(float(r.get(k, math.nan)), f) for k, _, f in INTRINSIC if k in ("int_rmse", "int_abs_flux_err")]
+        cells += [
+            _fmt(float(r.get(k, math.nan)), f)
+            for k, _, f in INTRINSIC
+            if k in ("int_rmse", "int_abs_flux_err")
+        ]
         lines.append(f"| {labels[r['method']]} | " + " | ".join(cells) + " |")
     for m in real.methods:
         if m.error is not None:
@@ -286,7 +322,9 @@ def run_evaluation(
         test_dir = out / "testset"
         existing = list(test_dir.glob("*.fits")) if test_dir.is_dir() else []
         if existing and not cfg.overwrite:
-            raise GalprismError(f"{test_dir}: test set exists; pass --overwrite or --test-dir {test_dir}")
+            raise GalprismError(
+                f"{test_dir}: test set exists; pass --overwrite or --test-dir {test_dir}"
+            )
         log(f"simulating {cfg.n} test cutouts (seed {cfg.seed}) into {test_dir}")
         make_testset(test_dir, cfg.n, cfg.seed, data_dir=cfg.data_dir, overwrite=cfg.overwrite)
         testset_seed: Any = cfg.seed
@@ -304,7 +342,9 @@ def run_evaluation(
     def on_error(name: str, exc: BaseException) -> None:
         warn(f"{name}: failed: {' '.join(str(exc).split())}")
 
-    result = evaluate_methods(cutouts, methods, interval=cfg.interval, seed=cfg.seed, progress=progress, on_error=on_error)
+    result = evaluate_methods(
+        cutouts, methods, interval=cfg.interval, seed=cfg.seed, progress=progress, on_error=on_error
+    )
     real_result, info, two_view, real_error = None, {}, [], None
     if cfg.real:
         from .real import build_real_case
@@ -314,7 +354,9 @@ def run_evaluation(
             case = build_real_case(cfg.data_dir)
             info = case.info
             real_methods = [m for m in methods if m.name != "scarlet2" or cfg.scarlet2_python]
-            real_result = evaluate_methods([case.cutout], real_methods, interval="student", seed=cfg.seed, on_error=on_error)
+            real_result = evaluate_methods(
+                [case.cutout], real_methods, interval="student", seed=cfg.seed, on_error=on_error
+            )
             if cfg.two_view:
                 from .multiview import two_view_separation
 
@@ -322,14 +364,24 @@ def run_evaluation(
                     if isinstance(m, GalprismMethod):
                         try:
                             tv = two_view_separation(
-                                m.prior, case, n_samples=cfg.two_view_samples, steps=cfg.steps,
-                                cg_iterations=cfg.cg_iterations, sampler=cfg.sampler, particles=cfg.particles, seed=cfg.seed,
+                                m.prior,
+                                case,
+                                n_samples=cfg.two_view_samples,
+                                steps=cfg.steps,
+                                cg_iterations=cfg.cg_iterations,
+                                sampler=cfg.sampler,
+                                particles=cfg.particles,
+                                seed=cfg.seed,
                                 support=m.config.support,
                             )
                             two_view.append(tv.as_dict())
                         except Exception as exc:  # noqa: BLE001 - report, keep the rest
-                            two_view.append({"prior": m.prior.name, "error": " ".join(str(exc).split())})
-                            warn(f"two-view separation with {m.prior.name}: failed: {two_view[-1]['error']}")
+                            two_view.append(
+                                {"prior": m.prior.name, "error": " ".join(str(exc).split())}
+                            )
+                            warn(
+                                f"two-view separation with {m.prior.name}: failed: {two_view[-1]['error']}"
+                            )
         except GalprismError as exc:
             real_error = str(exc)
             warn(f"real data: not run: {real_error}")
@@ -343,20 +395,34 @@ def run_evaluation(
         "testset": str(test_dir),
         "testset_seed": testset_seed,
         "skipped": skipped,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "command"},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(cfg).items()
+            if k != "command"
+        },
     }
     sections = [_real_section(real_result, info, two_view, real_error)]
     if skipped:
-        sections.append("## Methods not run\n\n" + "\n".join(f"- {k}: {v}" for k, v in skipped.items()) + "\n")
+        sections.append(
+            "## Methods not run\n\n" + "\n".join(f"- {k}: {v}" for k, v in skipped.items()) + "\n"
+        )
     extra_json = {"real": _real_json(real_result, info, two_view, real_error)}
     figures = {}
     if real_result is not None:
         from .figures import real_figure
 
         out.mkdir(parents=True, exist_ok=True)
-        figures["eval_real"] = real_figure(real_result, out / "eval_real.png", overwrite=cfg.overwrite)
+        figures["eval_real"] = real_figure(
+            real_result, out / "eval_real.png", overwrite=cfg.overwrite
+        )
     paths = write_report(
-        result, out, meta, overwrite=cfg.overwrite, extra_sections=sections, extra_json=extra_json, extra_figures=figures
+        result,
+        out,
+        meta,
+        overwrite=cfg.overwrite,
+        extra_sections=sections,
+        extra_json=extra_json,
+        extra_figures=figures,
     )
     from .report import summary_json
 
@@ -364,7 +430,12 @@ def run_evaluation(
     return EvaluationOutput(result, real_result, paths, summary, time.perf_counter() - t_start)
 
 
-def _real_json(real: EvalResult | None, info: dict[str, Any], two_view: Sequence[dict[str, Any]], error: str | None) -> dict[str, Any]:
+def _real_json(
+    real: EvalResult | None,
+    info: dict[str, Any],
+    two_view: Sequence[dict[str, Any]],
+    error: str | None,
+) -> dict[str, Any]:
     if error is not None:
         return {"status": "failed", "error": error}
     if real is None:

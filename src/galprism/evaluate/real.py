@@ -96,8 +96,15 @@ def load_multiview(data_dir: str | os.PathLike[str] | None = None) -> MultiviewD
     hsc_psf = _read(folder / "PSF_HSC.fits").data
     hst_psf = _read(folder / "PSF_HST.fits").data
     if hsc.data.ndim != 3 or hsc.data.shape[0] <= HSC_BAND or hsc_psf.ndim != 3:
-        raise InputError(f"{folder}/Cut_HSC.fits: expected a (bands, H, W) cube with an i band and a matching PSF cube")
-    for name, arr in (("Cut_HSC", hsc.data), ("Cut_HST", hst.data), ("PSF_HSC", hsc_psf), ("PSF_HST", hst_psf)):
+        raise InputError(
+            f"{folder}/Cut_HSC.fits: expected a (bands, H, W) cube with an i band and a matching PSF cube"
+        )
+    for name, arr in (
+        ("Cut_HSC", hsc.data),
+        ("Cut_HST", hst.data),
+        ("PSF_HSC", hsc_psf),
+        ("PSF_HST", hst_psf),
+    ):
         if not np.isfinite(arr).all():
             raise InputError(f"{folder}/{name}.fits: contains non-finite values")
     psf_i = hsc_psf[HSC_BAND] / hsc_psf[HSC_BAND].sum()
@@ -112,7 +119,9 @@ def load_multiview(data_dir: str | os.PathLike[str] | None = None) -> MultiviewD
     )
 
 
-def pixel_affine(src: WCS, dst: WCS, shape: tuple[int, int], n: int = 7) -> tuple[np.ndarray, np.ndarray, float]:
+def pixel_affine(
+    src: WCS, dst: WCS, shape: tuple[int, int], n: int = 7
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Affine map ``p_dst = A p_src + t`` (0-based pixels) fitted through the two WCS.
 
     Returns ``A`` (2x2), ``t`` (2,) and the largest residual in destination pixels over an
@@ -133,7 +142,9 @@ def pixel_affine(src: WCS, dst: WCS, shape: tuple[int, int], n: int = 7) -> tupl
 
 def recentred_psf(psf: np.ndarray, wcs: galsim.BaseWCS) -> galsim.GSObject:
     """A unit-flux ``InterpolatedImage`` of ``psf`` shifted so that its centroid is at the origin."""
-    ii = galsim.InterpolatedImage(galsim.Image(np.ascontiguousarray(psf), wcs=wcs), x_interpolant="lanczos5", flux=1.0)
+    ii = galsim.InterpolatedImage(
+        galsim.Image(np.ascontiguousarray(psf), wcs=wcs), x_interpolant="lanczos5", flux=1.0
+    )
     h, w = psf.shape
     yy, xx = np.indices(psf.shape)
     total = psf.sum()
@@ -168,7 +179,9 @@ class Resampler:
     size: tuple[int, int]
     src_psf: np.ndarray
     dst_psf: np.ndarray
-    gsparams: galsim.GSParams = field(default_factory=lambda: galsim.GSParams(maximum_fft_size=16384))
+    gsparams: galsim.GSParams = field(
+        default_factory=lambda: galsim.GSParams(maximum_fft_size=16384)
+    )
 
     def __post_init__(self) -> None:
         self.jac = galsim.JacobianWCS(self.a[0, 0], self.a[0, 1], self.a[1, 0], self.a[1, 1])
@@ -191,13 +204,19 @@ class Resampler:
 
     def convolved(self, image: np.ndarray) -> np.ndarray:
         """``image`` with its PSF replaced by the destination PSF, on the destination crop."""
-        prof = galsim.Convolve([self._profile(image), galsim.Deconvolve(self.src_psf_obj), self.dst_psf_obj], gsparams=self.gsparams)
+        prof = galsim.Convolve(
+            [self._profile(image), galsim.Deconvolve(self.src_psf_obj), self.dst_psf_obj],
+            gsparams=self.gsparams,
+        )
         return self._draw(prof, "no_pixel")
 
     def intrinsic(self, image: np.ndarray, fwhm_dst_pixels: float) -> np.ndarray:
         """``image`` with its PSF replaced by a Gaussian (FWHM in destination pixels), pixel-integrated."""
         kernel = galsim.Gaussian(fwhm=fwhm_dst_pixels)
-        prof = galsim.Convolve([self._profile(image), galsim.Deconvolve(self.src_psf_obj), kernel], gsparams=self.gsparams)
+        prof = galsim.Convolve(
+            [self._profile(image), galsim.Deconvolve(self.src_psf_obj), kernel],
+            gsparams=self.gsparams,
+        )
         return self._draw(prof, "auto")
 
     def _draw(self, prof: galsim.GSObject, method: str) -> np.ndarray:
@@ -213,7 +232,9 @@ class Resampler:
         return self.convolved(ones) * area
 
 
-def hst_segments(image: np.ndarray, sigma: float, fwhm: float = 5.0, nsigma: float = 2.0, npixels: int = 30) -> np.ndarray:
+def hst_segments(
+    image: np.ndarray, sigma: float, fwhm: float = 5.0, nsigma: float = 2.0, npixels: int = 30
+) -> np.ndarray:
     """Deblended segmentation of a background-subtracted HST image (photutils)."""
     from astropy.convolution import convolve
     from photutils.segmentation import deblend_sources, detect_sources, make_2dgaussian_kernel
@@ -234,7 +255,9 @@ class RealCase:
 
     cutout: EvalCutout
     info: dict[str, Any]
-    hst_truth_view: np.ndarray  # intrinsic truth of the whole scene (for the two-view run), HSC units
+    hst_truth_view: (
+        np.ndarray
+    )  # intrinsic truth of the whole scene (for the two-view run), HSC units
     hst_truth_noise: float  # per-pixel noise std of the intrinsic scene truth, HSC units
     coverage: np.ndarray
 
@@ -294,7 +317,10 @@ def build_real_case(
         pixel_scale=float(np.sqrt(abs(np.linalg.det(mv.hsc_wcs.pixel_scale_matrix))) * 3600.0),
         zeropoint=zp,
         name="multiview/Cut_HSC.fits[i]",
-        notes=(f"noise sigma {sigma:.4g} estimated from source-free pixels", f"zero point {zp:.3f} assumed (noise matched to {sim_sigma:.4g} at ZP {prior_zeropoint:g})"),
+        notes=(
+            f"noise sigma {sigma:.4g} estimated from source-free pixels",
+            f"zero point {zp:.3f} assumed (noise matched to {sim_sigma:.4g} at ZP {prior_zeropoint:g})",
+        ),
     )
     obs = obs_full.crop(centre, (size, size))
     x0, y0 = obs.origin
@@ -407,12 +433,24 @@ def align_scene(
         design = np.c_[scene[mask], np.ones(int(mask.sum()))]
         (scale, offset), *_ = np.linalg.lstsq(design, image[mask], rcond=None)
         chi2 = float(np.mean((image[mask] - design @ np.array([scale, offset])) ** 2))
-        return {"resampler": rs, "scene": scene, "coverage": cover, "mask": mask, "scale": float(scale), "offset": float(offset), "chi2": chi2}
+        return {
+            "resampler": rs,
+            "scene": scene,
+            "coverage": cover,
+            "mask": mask,
+            "scale": float(scale),
+            "offset": float(offset),
+            "chi2": chi2,
+        }
 
     shift = np.zeros(2)
     if refine:
-        res = minimize(lambda s: fit(np.clip(s, -1.5, 1.5))["chi2"], shift, method="Nelder-Mead",
-                       options={"initial_simplex": [[0, 0], [0.3, 0], [0, 0.3]], "xatol": 0.02, "fatol": 1e-9})
+        res = minimize(
+            lambda s: fit(np.clip(s, -1.5, 1.5))["chi2"],
+            shift,
+            method="Nelder-Mead",
+            options={"initial_simplex": [[0, 0], [0.3, 0], [0, 0.3]], "xatol": 0.02, "fatol": 1e-9},
+        )
         shift = np.clip(res.x, -1.5, 1.5)
     return shift, fit(shift)
 

@@ -89,14 +89,18 @@ def third_of(b: float, edges: np.ndarray) -> int:
     return int(min(2, max(0, np.searchsorted(edges[1:3], b, side="right"))))
 
 
-def _rows_of(result: EvalResult, method: str, third: int | None = None, edges: np.ndarray | None = None) -> list[dict]:
+def _rows_of(
+    result: EvalResult, method: str, third: int | None = None, edges: np.ndarray | None = None
+) -> list[dict]:
     rows = [r for r in result.rows if r["method"] == method]
     if third is not None and edges is not None:
         rows = [r for r in rows if third_of(r["blendedness"], edges) == third]
     return rows
 
 
-def _table(result: EvalResult, columns: Sequence[tuple[str, str, str]], rows_for, methods: Sequence[str]) -> str:
+def _table(
+    result: EvalResult, columns: Sequence[tuple[str, str, str]], rows_for, methods: Sequence[str]
+) -> str:
     labels = {m.name: m.label for m in result.methods}
     head = "| method | n | " + " | ".join(t for _, t, _ in columns) + " |"
     sep = "|---|---:|" + "---:|" * len(columns)
@@ -116,10 +120,15 @@ def summary_tables(result: EvalResult) -> dict[str, str]:
     edges = blendedness_edges([c.blendedness for c in result.cutouts])
     out = {"overall": _table(result, HEADLINE, lambda m: _rows_of(result, m), methods)}
     for k in range(3):
-        out[f"third{k}"] = _table(result, HEADLINE, lambda m, k=k: _rows_of(result, m, k, edges), methods)
+        out[f"third{k}"] = _table(
+            result, HEADLINE, lambda m, k=k: _rows_of(result, m, k, edges), methods
+        )
     intr = [m.name for m in result.methods if m.error is None and m.intrinsic]
     out["intrinsic"] = _table(result, INTRINSIC, lambda m: _rows_of(result, m), intr)
-    cal = ["| method | interval | flux 68% | flux 95% | pixel 68% | pixel 95% | flux SBC p | pixel SBC p |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    cal = [
+        "| method | interval | flux 68% | flux 95% | pixel 68% | pixel 95% | flux SBC p | pixel SBC p |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     labels = {m.name: m.label for m in result.methods}
     for name, c in result.calibration.items():
         cal.append(
@@ -130,11 +139,16 @@ def summary_tables(result: EvalResult) -> dict[str, str]:
             f"{c.flux_sbc_p:.3g} | {_fmt(c.pixel_sbc_p, '{:.3g}')} |"
         )
     out["calibration"] = "\n".join(cal)
-    tim = ["| method | cutouts | total [s] | per cutout [s] | adaptive-moments failures | not detected or failed | status |", "|---|---:|---:|---:|---:|---:|---|"]
+    tim = [
+        "| method | cutouts | total [s] | per cutout [s] | adaptive-moments failures | not detected or failed | status |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for m in result.methods:
         per = m.seconds / m.n_cutouts if m.n_cutouts else math.nan
         status = "ok" if m.error is None else f"failed: {m.error}"
-        tim.append(f"| {m.label} | {m.n_cutouts} | {m.seconds:.1f} | {_fmt(per, '{:.3f}')} | {m.hsm_failures} | {m.not_detected} | {status} |")
+        tim.append(
+            f"| {m.label} | {m.n_cutouts} | {m.seconds:.1f} | {_fmt(per, '{:.3f}')} | {m.hsm_failures} | {m.not_detected} | {status} |"
+        )
     out["timing"] = "\n".join(tim)
     out["edges"] = ", ".join(f"{e:.3f}" for e in edges)
     return out
@@ -169,7 +183,9 @@ def verdict(result: EvalResult, main: str = "galprism", tolerance: float = 0.05)
                 continue
             ok = best == main
             others = ", ".join(f"{labels[k]} {v:.3f}" for k, v in meds.items())
-            lines.append(f"- {what}, {scope}: {labels[main]} is {'the best' if ok else 'NOT the best (best: ' + labels[best] + ')'} ({others}).")
+            lines.append(
+                f"- {what}, {scope}: {labels[main]} is {'the best' if ok else 'NOT the best (best: ' + labels[best] + ')'} ({others})."
+            )
     cal = result.calibration.get(main)
     if cal is not None:
         for lv in (0.68, 0.95):
@@ -182,7 +198,9 @@ def verdict(result: EvalResult, main: str = "galprism", tolerance: float = 0.05)
     return lines
 
 
-def summary_markdown(result: EvalResult, meta: dict[str, Any], extra_sections: Sequence[str] = ()) -> str:
+def summary_markdown(
+    result: EvalResult, meta: dict[str, Any], extra_sections: Sequence[str] = ()
+) -> str:
     """The whole ``summary.md``."""
     t = summary_tables(result)
     n = len(result.cutouts)
@@ -239,7 +257,14 @@ def summary_markdown(result: EvalResult, meta: dict[str, Any], extra_sections: S
     ]
     parts += list(extra_sections)
     settings = {m.name: m.settings for m in result.methods}
-    parts += ["## Settings", "", "```json", json.dumps({"run": meta.get("settings", {}), "methods": settings}, indent=2, default=str), "```", ""]
+    parts += [
+        "## Settings",
+        "",
+        "```json",
+        json.dumps({"run": meta.get("settings", {}), "methods": settings}, indent=2, default=str),
+        "```",
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -288,19 +313,31 @@ def write_text(path: Path, text: str, overwrite: bool) -> Path:
     return path
 
 
-def summary_json(result: EvalResult, meta: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def summary_json(
+    result: EvalResult, meta: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Machine-readable summary (``--json`` and ``summary.json``)."""
     edges = blendedness_edges([c.blendedness for c in result.cutouts])
     methods = {}
     for m in result.methods:
-        entry: dict[str, Any] = {"label": m.label, "status": "ok" if m.error is None else "failed", "seconds": m.seconds}
+        entry: dict[str, Any] = {
+            "label": m.label,
+            "status": "ok" if m.error is None else "failed",
+            "seconds": m.seconds,
+        }
         if m.error is not None:
             entry["error"] = m.error
         else:
             for scope, third in (("all", None), ("third0", 0), ("third1", 1), ("third2", 2)):
                 rows = _rows_of(result, m.name, third, edges)
                 entry[scope] = {
-                    k: dict(zip(("median", "p16", "p84", "n"), stat([r.get(k, math.nan) for r in rows]), strict=True))
+                    k: dict(
+                        zip(
+                            ("median", "p16", "p84", "n"),
+                            stat([r.get(k, math.nan) for r in rows]),
+                            strict=True,
+                        )
+                    )
                     for k, _, _ in HEADLINE + (INTRINSIC if m.intrinsic else ())
                 }
             entry["hsm_failures"] = m.hsm_failures
@@ -349,9 +386,15 @@ def write_report(
 
         paths.update(write_figures(result, root, overwrite=overwrite))
     paths.update(extra_figures or {})
-    fig_lines = ["## Figures", ""] + [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"] + [""]
+    fig_lines = (
+        ["## Figures", ""]
+        + [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"]
+        + [""]
+    )
     summary = summary_markdown(result, meta, [*extra_sections, *fig_lines])
     paths["summary_md"] = write_text(root / "summary.md", summary, overwrite)
     data = summary_json(result, meta, extra_json)
-    paths["summary_json"] = write_text(root / "summary.json", json.dumps(data, indent=2, default=_json_default) + "\n", overwrite)
+    paths["summary_json"] = write_text(
+        root / "summary.json", json.dumps(data, indent=2, default=_json_default) + "\n", overwrite
+    )
     return paths

@@ -82,18 +82,30 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def measure_estimate(cutout: EvalCutout, est: Estimate, truth_moments: Any, truth_int_moments: Any) -> dict[str, Any]:
+def measure_estimate(
+    cutout: EvalCutout, est: Estimate, truth_moments: Any, truth_int_moments: Any
+) -> dict[str, Any]:
     """Per-cutout record of one estimate (see module docstring)."""
-    row: dict[str, Any] = dict(compare(cutout.galaxy_conv, est.galaxy_conv, cutout.sigma, truth_moments=truth_moments))
+    row: dict[str, Any] = dict(
+        compare(cutout.galaxy_conv, est.galaxy_conv, cutout.sigma, truth_moments=truth_moments)
+    )
     row["abs_flux_err"] = abs(row["flux_err"])
     if est.galaxy is not None:
-        intr = compare(cutout.galaxy, est.galaxy, cutout.sigma, truth_moments=truth_int_moments, guess_sigma=1.5)
+        intr = compare(
+            cutout.galaxy,
+            est.galaxy,
+            cutout.sigma,
+            truth_moments=truth_int_moments,
+            guess_sigma=1.5,
+        )
         intr["abs_flux_err"] = abs(intr["flux_err"])
         row.update({f"int_{k}": v for k, v in intr.items()})
     return row
 
 
-def _calibration_row(cutout: EvalCutout, samples: np.ndarray, kind: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def _calibration_row(
+    cutout: EvalCutout, samples: np.ndarray, kind: str
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     flux = samples.sum(axis=(1, 2))
     true_flux = float(cutout.galaxy.sum())
     std = float(flux.std(ddof=1))
@@ -111,7 +123,9 @@ def _calibration_row(cutout: EvalCutout, samples: np.ndarray, kind: str) -> tupl
     for lv in LEVELS:
         pct = int(round(100 * lv))
         row[f"flux_in{pct}"] = bool(inside(flux, np.array(true_flux), lv, kind))
-        row[f"pix_cov{pct}"] = float(inside(pix_s, pix_t, lv, kind).mean()) if pix_t.size else math.nan
+        row[f"pix_cov{pct}"] = (
+            float(inside(pix_s, pix_t, lv, kind).mean()) if pix_t.size else math.nan
+        )
     return row, pix_s, pix_t
 
 
@@ -156,7 +170,11 @@ def evaluate_methods(
         # A method may cover only the first cutouts (e.g. scarlet2 with --scarlet2-limit).
         run.n_cutouts = len(ests)
         flux_s, flux_t, pix_s, pix_t = [], [], [], []
-        kind = interval_method(ests[0].samples.shape[0], LEVELS, interval) if method.probabilistic and ests else ""
+        kind = (
+            interval_method(ests[0].samples.shape[0], LEVELS, interval)
+            if method.probabilistic and ests
+            else ""
+        )
         for i, (c, e) in enumerate(zip(cutouts[: len(ests)], ests, strict=True)):
             row: dict[str, Any] = {
                 "cutout": c.name,
@@ -183,7 +201,9 @@ def evaluate_methods(
                 np.stack(flux_s), np.array(flux_t), pix_s, pix_t, method=kind, seed=seed
             )
         # Keep the point estimates for figures; samples are large and already summarised.
-        kept: list[Estimate | None] = [Estimate(e.galaxy_conv, e.galaxy, None, e.seconds, e.note) for e in ests]
+        kept: list[Estimate | None] = [
+            Estimate(e.galaxy_conv, e.galaxy, None, e.seconds, e.note) for e in ests
+        ]
         estimates[method.name] = kept + [None] * (len(cutouts) - len(ests))
     return EvalResult(
         cutouts=cutouts,

@@ -59,8 +59,16 @@ class Scarlet2Method:
     probabilistic = False
     intrinsic = False
 
-    def __init__(self, python: str | os.PathLike[str], *, max_iter: int = 200, limit: int | None = None, timeout: float = 3600.0,
-                 name: str = "scarlet2", label: str = "scarlet2") -> None:
+    def __init__(
+        self,
+        python: str | os.PathLike[str],
+        *,
+        max_iter: int = 200,
+        limit: int | None = None,
+        timeout: float = 3600.0,
+        name: str = "scarlet2",
+        label: str = "scarlet2",
+    ) -> None:
         self.python = str(python)
         if not Path(self.python).is_file():
             raise ConfigError(f"--scarlet2-python {self.python}: not found")
@@ -73,10 +81,17 @@ class Scarlet2Method:
         self.version = "unknown"
 
     def settings(self) -> dict[str, object]:
-        return {"python": self.python, "max_iter": self.max_iter, "limit": self.limit, "scarlet2": self.version,
-                "detection": self.detector.settings()}
+        return {
+            "python": self.python,
+            "max_iter": self.max_iter,
+            "limit": self.limit,
+            "scarlet2": self.version,
+            "detection": self.detector.settings(),
+        }
 
-    def estimate(self, cutouts: Sequence[EvalCutout], progress: Progress | None = None) -> list[Estimate]:
+    def estimate(
+        self, cutouts: Sequence[EvalCutout], progress: Progress | None = None
+    ) -> list[Estimate]:
         cuts = list(cutouts)[: self.limit] if self.limit else list(cutouts)
         centers, central = [], []
         for i, c in enumerate(cuts):
@@ -101,24 +116,44 @@ class Scarlet2Method:
                 central=np.array(central, dtype=np.int64),
                 max_iter=np.array(self.max_iter),
             )
-            env = {**os.environ, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                   "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+            env = {
+                **os.environ,
+                "JAX_PLATFORMS": "cpu",
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+            }
             t0 = time.perf_counter()
             try:
-                proc = subprocess.run([self.python, str(WORKER), str(inp), str(out)], env=env, capture_output=True, text=True,
-                                      timeout=self.timeout, check=False)
+                proc = subprocess.run(
+                    [self.python, str(WORKER), str(inp), str(out)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout,
+                    check=False,
+                )
             except subprocess.TimeoutExpired as exc:
-                raise GalprismError(f"scarlet2: worker exceeded {self.timeout:.0f} s on {len(cuts)} cutouts") from exc
+                raise GalprismError(
+                    f"scarlet2: worker exceeded {self.timeout:.0f} s on {len(cuts)} cutouts"
+                ) from exc
             if proc.returncode != 0 or not out.is_file():
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise GalprismError(f"scarlet2: worker failed (exit {proc.returncode}): {last}")
             with np.load(out, allow_pickle=False) as res:
-                conv, seconds, status = res["galaxy_conv"], res["seconds"], [str(s) for s in res["status"]]
+                conv, seconds, status = (
+                    res["galaxy_conv"],
+                    res["seconds"],
+                    [str(s) for s in res["status"]],
+                )
                 self.version = str(res["version"])
             if progress is not None:
                 progress(len(cuts))
             _ = time.perf_counter() - t0
         return [
-            Estimate(galaxy_conv=np.asarray(conv[i], dtype=np.float64), seconds=float(seconds[i]), note="" if status[i] == "ok" else status[i])
+            Estimate(
+                galaxy_conv=np.asarray(conv[i], dtype=np.float64),
+                seconds=float(seconds[i]),
+                note="" if status[i] == "ok" else status[i],
+            )
             for i in range(len(cuts))
         ]

@@ -31,7 +31,9 @@ def deblend(image, variance, valid, psf, centers, central, max_iter):
     from numpyro.distributions import constraints
 
     weights = np.where(valid, 1.0 / variance, 0.0)
-    obs = s2.Observation(np.where(valid, image, 0.0)[None], weights[None], psf=s2.ArrayPSF(psf[None]))
+    obs = s2.Observation(
+        np.where(valid, image, 0.0)[None], weights[None], psf=s2.ArrayPSF(psf[None])
+    )
     frame = s2.Frame.from_observations(obs)
     with s2.Scene(frame) as scene:
         for y, x in centers:
@@ -44,8 +46,18 @@ def deblend(image, variance, valid, psf, centers, central, max_iter):
             s2.Source(center, spectrum, morph)
     with s2.Parameters(scene):
         for j, src in enumerate(scene.sources):
-            s2.Parameter(src.spectrum, name=f"spectrum:{j}", constraint=constraints.positive, stepsize=s2.relative_step)
-            s2.Parameter(src.morphology, name=f"morph:{j}", constraint=constraints.unit_interval, stepsize=0.1)
+            s2.Parameter(
+                src.spectrum,
+                name=f"spectrum:{j}",
+                constraint=constraints.positive,
+                stepsize=s2.relative_step,
+            )
+            s2.Parameter(
+                src.morphology,
+                name=f"morph:{j}",
+                constraint=constraints.unit_interval,
+                stepsize=0.1,
+            )
     fitted = scene.fit(obs, max_iter=int(max_iter), progress_bar=False)
     model = fitted.evaluate_source(fitted.sources[central])
     return np.asarray(obs.render(model))[0]
@@ -71,13 +83,21 @@ def main(argv: list[str]) -> int:
             continue
         try:
             k = int(np.nonzero(rows == central[i])[0][0])
-            result[i] = deblend(images[i], variances[i], valid[i], psfs[i], centers[rows, 1:], k, max_iter)
+            result[i] = deblend(
+                images[i], variances[i], valid[i], psfs[i], centers[rows, 1:], k, max_iter
+            )
             status.append("ok")
         except Exception as exc:  # noqa: BLE001 - report per cutout, keep going
             status.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
         seconds[i] = time.perf_counter() - t0
         print(f"scarlet2 {i + 1}/{n} {status[-1]} {seconds[i]:.1f}s", file=sys.stderr, flush=True)
-    np.savez(out, galaxy_conv=result, seconds=seconds, status=np.array(status), version=np.array(scarlet2.__version__))
+    np.savez(
+        out,
+        galaxy_conv=result,
+        seconds=seconds,
+        status=np.array(status),
+        version=np.array(scarlet2.__version__),
+    )
     return 0
 
 

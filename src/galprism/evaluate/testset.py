@@ -83,10 +83,14 @@ def sky_plane(header: fits.Header, size: tuple[int, int]) -> np.ndarray:
 
 def _truth_array(hdul: fits.HDUList, name: str, path: Path, shape: tuple[int, int]) -> np.ndarray:
     if name not in hdul:
-        raise InputError(f"{path}: truth file has no {name} HDU (is it a galaxies-view truth file?)")
+        raise InputError(
+            f"{path}: truth file has no {name} HDU (is it a galaxies-view truth file?)"
+        )
     data = hdul[name].data
     if data is None or data.shape != shape:
-        raise InputError(f"{path}[{name}]: expected a {shape[1]}x{shape[0]} image, got {None if data is None else data.shape}")
+        raise InputError(
+            f"{path}[{name}]: expected a {shape[1]}x{shape[0]} image, got {None if data is None else data.shape}"
+        )
     arr = np.asarray(data, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise InputError(f"{path}[{name}]: contains non-finite values")
@@ -100,11 +104,15 @@ def find_testset_files(folder: str | os.PathLike[str], pattern: str = "*.fits") 
         raise InputError(f"{root}: test set folder not found")
     files = sorted(p for p in root.glob(pattern) if p.is_file())
     if not files:
-        raise InputError(f"{root}: no {pattern} observation files (make one with galprism simulate --split test)")
+        raise InputError(
+            f"{root}: no {pattern} observation files (make one with galprism simulate --split test)"
+        )
     return files
 
 
-def load_cutout(path: str | os.PathLike[str], truth_dir: str | os.PathLike[str] | None = None) -> EvalCutout:
+def load_cutout(
+    path: str | os.PathLike[str], truth_dir: str | os.PathLike[str] | None = None
+) -> EvalCutout:
     """Read one observation and its truth file.
 
     Raises
@@ -118,9 +126,13 @@ def load_cutout(path: str | os.PathLike[str], truth_dir: str | os.PathLike[str] 
         split = str(hdul[0].header.get("SPLIT", "")).strip()
         view = str(hdul[0].header.get("VIEW", "")).strip()
     if split != "test":
-        raise InputError(f"{path}: SPLIT = {split or 'missing'!r}; evaluations use test-split cutouts only")
+        raise InputError(
+            f"{path}: SPLIT = {split or 'missing'!r}; evaluations use test-split cutouts only"
+        )
     if view != "galaxies":
-        raise InputError(f"{path}: VIEW = {view or 'missing'!r}; evaluations need galaxies-view cutouts")
+        raise InputError(
+            f"{path}: VIEW = {view or 'missing'!r}; evaluations need galaxies-view cutouts"
+        )
     obs = read_cutout(path)
     if obs.n_bands != 1:
         raise InputError(f"{path}: {obs.n_bands} bands; the evaluation handles single-band cutouts")
@@ -149,7 +161,9 @@ def load_cutout(path: str | os.PathLike[str], truth_dir: str | os.PathLike[str] 
     )
 
 
-def load_testset(folder: str | os.PathLike[str], limit: int | None = None, pattern: str = "*.fits") -> list[EvalCutout]:
+def load_testset(
+    folder: str | os.PathLike[str], limit: int | None = None, pattern: str = "*.fits"
+) -> list[EvalCutout]:
     """Every cutout of a test-set folder (the first ``limit`` by name when given)."""
     files = find_testset_files(folder, pattern)
     if limit is not None:
@@ -171,9 +185,13 @@ def make_testset(
     """
     from ..simulate import SimulationConfig, simulate_batch  # local: loads GalSim data
 
-    config = SimulationConfig(view="galaxies", split="test", n=int(n), seed=int(seed), data_dir=data_dir)
+    config = SimulationConfig(
+        view="galaxies", split="test", n=int(n), seed=int(seed), data_dir=data_dir
+    )
     result = simulate_batch(config, folder, hdf5=None, overwrite=overwrite)
     if result.failed:
         index, reason = result.failed[0]
-        raise InputError(f"{folder}: simulating the test set failed for {len(result.failed)} cutout(s), e.g. #{index}: {reason}")
+        raise InputError(
+            f"{folder}: simulating the test set failed for {len(result.failed)} cutout(s), e.g. #{index}: {reason}"
+        )
     return Path(folder)

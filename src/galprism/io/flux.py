@@ -89,7 +89,11 @@ def header_zeropoint(*headers: fits.Header | None) -> Zeropoint | None:
     for h in hs:
         for key in ZEROPOINT_KEYS:
             value = h.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 return Zeropoint(float(value), f"header {key}")
     for h in hs:
         bunit = h.get("BUNIT")
@@ -98,14 +102,21 @@ def header_zeropoint(*headers: fits.Header | None) -> Zeropoint | None:
             return Zeropoint(zp, f"BUNIT {bunit.strip()}")
     for h in hs:
         photflam, photplam = h.get("PHOTFLAM"), h.get("PHOTPLAM")
-        if isinstance(photflam, (int, float)) and isinstance(photplam, (int, float)) and photflam > 0 and photplam > 0:
+        if (
+            isinstance(photflam, (int, float))
+            and isinstance(photplam, (int, float))
+            and photflam > 0
+            and photplam > 0
+        ):
             # STScI's AB zero point of an HST image in electrons/s.
             zp = -2.5 * math.log10(photflam) - 5 * math.log10(photplam) - 2.408
             return Zeropoint(zp, "header PHOTFLAM/PHOTPLAM")
     return None
 
 
-def noise_matched_zeropoint(sigma: float, reference_sigma: float, reference_zeropoint: float) -> float:
+def noise_matched_zeropoint(
+    sigma: float, reference_sigma: float, reference_zeropoint: float
+) -> float:
     """Zero point that gives noise ``sigma`` the level ``reference_sigma`` has at ``reference_zeropoint``.
 
     The guess for an image without a zero point whose depth is like the reference data's

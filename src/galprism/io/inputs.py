@@ -92,7 +92,9 @@ def shard_from_env(env: Mapping[str, str]) -> tuple[int, int] | None:
         index = int(task) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
         n = int(count)
     except ValueError as exc:
-        raise UsageError(f"SLURM_ARRAY_TASK_ID={task!r}/SLURM_ARRAY_TASK_COUNT={count!r} are not integers") from exc
+        raise UsageError(
+            f"SLURM_ARRAY_TASK_ID={task!r}/SLURM_ARRAY_TASK_COUNT={count!r} are not integers"
+        ) from exc
     if n < 1 or not 0 <= index < n:
         raise UsageError(
             f"SLURM array task {task} (min {env.get('SLURM_ARRAY_TASK_MIN', '0')}) is outside 0..{n - 1}; "

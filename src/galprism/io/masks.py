@@ -48,7 +48,11 @@ def mask_planes(header: fits.Header) -> dict[str, int]:
     """
     planes: dict[str, int] = {}
     for key, value in header.items():
-        if key.upper().startswith("MP_") and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if (
+            key.upper().startswith("MP_")
+            and isinstance(value, (int, np.integer))
+            and not isinstance(value, bool)
+        ):
             planes[key[3:].upper()] = int(value)
     return planes
 

@@ -20,7 +20,14 @@ from astropy.stats import sigma_clipped_stats
 
 from ..errors import InputError
 
-__all__ = ["NOISE_HDUS", "NoiseKind", "NoiseResult", "to_variance", "estimate_variance", "parse_sigma"]
+__all__ = [
+    "NOISE_HDUS",
+    "NoiseKind",
+    "NoiseResult",
+    "to_variance",
+    "estimate_variance",
+    "parse_sigma",
+]
 
 NoiseKind = str  # "variance" | "sigma" | "ivar"
 
@@ -78,7 +85,9 @@ def to_variance(values: np.ndarray, kind: NoiseKind, valid: np.ndarray, what: st
     if kind == "ivar":
         bad = valid & ~nonfinite & (v < 0)
         if bad.any():
-            raise InputError(f"{what}: negative inverse variance at {int(bad.sum())} unmasked pixel(s)")
+            raise InputError(
+                f"{what}: negative inverse variance at {int(bad.sum())} unmasked pixel(s)"
+            )
         invalid = nonfinite | (v == 0)
         with np.errstate(divide="ignore"):
             var = np.where(invalid, 1.0, 1.0 / np.where(invalid, 1.0, v))
@@ -125,7 +134,9 @@ def estimate_variance(image: np.ndarray, valid: np.ndarray, what: str) -> NoiseR
     for c in range(image.shape[0]):
         pix = image[c][valid[c]]
         if pix.size < 10:
-            raise InputError(f"{what}: band {c} has only {pix.size} valid pixel(s), too few to estimate the noise")
+            raise InputError(
+                f"{what}: band {c} has only {pix.size} valid pixel(s), too few to estimate the noise"
+            )
         _, _, std = sigma_clipped_stats(pix, sigma=3.0, maxiters=10, stdfunc="mad_std")
         if not np.isfinite(std) or std <= 0:
             raise InputError(
@@ -134,7 +145,9 @@ def estimate_variance(image: np.ndarray, valid: np.ndarray, what: str) -> NoiseR
         var[c] = std**2
         sigmas.append(std)
     text = ", ".join(f"{s:.4g}" for s in sigmas)
-    return NoiseResult(var, np.zeros(image.shape, bool), f"estimated (sigma-clipped MAD) sigma = {text}")
+    return NoiseResult(
+        var, np.zeros(image.shape, bool), f"estimated (sigma-clipped MAD) sigma = {text}"
+    )
 
 
 def parse_sigma(spec: str, n_bands: int, what: str) -> np.ndarray:
@@ -148,7 +161,9 @@ def parse_sigma(spec: str, n_bands: int, what: str) -> np.ndarray:
     try:
         values = [float(t) for t in str(spec).split(",") if t.strip()]
     except ValueError as exc:
-        raise InputError(f"{what}: --noise-sigma {spec!r} is not a number or comma-separated numbers") from exc
+        raise InputError(
+            f"{what}: --noise-sigma {spec!r} is not a number or comma-separated numbers"
+        ) from exc
     if len(values) == 1:
         values = values * n_bands
     if len(values) != n_bands:

@@ -68,7 +68,9 @@ def prior_samples_hdulist(
     wanted = list(prior.sources) if not sources else []
     for s in sources or ():
         if s.lower() not in known:
-            raise UsageError(f"prior {prior.name!r} has no source {s!r} (sources: {', '.join(prior.sources)})")
+            raise UsageError(
+                f"prior {prior.name!r} has no source {s!r} (sources: {', '.join(prior.sources)})"
+            )
         wanted.append(known[s.lower()])
     cards = {
         "GPVERS": (__version__, "galprism version"),
@@ -83,7 +85,9 @@ def prior_samples_hdulist(
         "DEVICE": (device, "torch device"),
         "PIXSCALE": (prior.pixel_scale, "[arcsec] pixel scale of the prior grid"),
     }
-    hdus: list = [primary_hdu(cards, [f"galprism {__version__}: {command_line}"] if command_line else [])]
+    hdus: list = [
+        primary_hdu(cards, [f"galprism {__version__}: {command_line}"] if command_line else [])
+    ]
     summary: dict[str, dict[str, Any]] = {}
     for name in wanted:
         s_seed = derive_seed(seed, name)
@@ -93,7 +97,9 @@ def prior_samples_hdulist(
         x = x.detach().to("cpu", torch.float64).numpy()
         seconds = time.perf_counter() - t0
         if x.ndim != 4 or x.shape[0] != n:
-            raise UsageError(f"prior {prior.name!r} returned samples of shape {x.shape} for {name!r}, expected ({n}, C, H, W)")
+            raise UsageError(
+                f"prior {prior.name!r} returned samples of shape {x.shape} for {name!r}, expected ({n}, C, H, W)"
+            )
         data = x if x.shape[1] > 1 else x[:, 0]
         leading = ("SAMPLE", "BAND") if x.shape[1] > 1 else ("SAMPLE",)
         extra = {
@@ -101,12 +107,16 @@ def prior_samples_hdulist(
             "SEED": (s_seed, "seed of this source: sha256(RUNSEED:source)"),
             "MAGZERO": (prior.zeropoint, "AB zero point of the values"),
         }
-        hdus.append(image_hdu(data, name.upper(), wcs=None, bunit=prior.bunit, leading=leading, cards=extra))
+        hdus.append(
+            image_hdu(data, name.upper(), wcs=None, bunit=prior.bunit, leading=leading, cards=extra)
+        )
         totals = x.sum(axis=(-2, -1))
         summary[name] = {
             "seed": s_seed,
             "seconds": round(seconds, 4),
             "flux_mean": [float(v) for v in totals.mean(axis=0)],
-            "flux_std": [float(v) for v in (totals.std(axis=0, ddof=1) if n > 1 else np.zeros(x.shape[1]))],
+            "flux_std": [
+                float(v) for v in (totals.std(axis=0, ddof=1) if n > 1 else np.zeros(x.shape[1]))
+            ],
         }
     return fits.HDUList(hdus), summary

@@ -85,7 +85,9 @@ def refine_psf(psf: np.ndarray, factor: int) -> np.ndarray:
     out = np.empty((c, ny, nx))
     coarse, fine = 1.0, 1.0 / f  # only the ratio matters
     for b in range(c):
-        ii = galsim.InterpolatedImage(galsim.Image(np.ascontiguousarray(psf[b]), scale=coarse), x_interpolant="quintic")
+        ii = galsim.InterpolatedImage(
+            galsim.Image(np.ascontiguousarray(psf[b]), scale=coarse), x_interpolant="quintic"
+        )
         profile = galsim.Convolve(ii, galsim.Deconvolve(galsim.Pixel(coarse)), galsim.Pixel(fine))
         try:
             img = profile.drawImage(nx=nx, ny=ny, scale=fine, method="no_pixel").array

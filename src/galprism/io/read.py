@@ -41,7 +41,16 @@ IMAGE_HDUS: tuple[str, ...] = ("SCI", "IMAGE")
 PSF_HDUS: tuple[str, ...] = ("PSF",)
 MASK_HDUS: tuple[str, ...] = ("MASK", "DQ")
 #: file-name endings removed to make an output stem
-FITS_SUFFIXES: tuple[str, ...] = (".fits.gz", ".fits.fz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".fz")
+FITS_SUFFIXES: tuple[str, ...] = (
+    ".fits.gz",
+    ".fits.fz",
+    ".fit.gz",
+    ".fts.gz",
+    ".fits",
+    ".fit",
+    ".fts",
+    ".fz",
+)
 
 
 @dataclass(frozen=True)
@@ -90,11 +99,15 @@ def _sidecar_path(template: str, path: str) -> str:
     try:
         return template.format(stem=output_stem(p), name=p.name, dir=str(p.parent))
     except (KeyError, IndexError, ValueError) as exc:
-        raise InputError(f"sidecar template {template!r}: only {{stem}}, {{name}} and {{dir}} are allowed") from exc
+        raise InputError(
+            f"sidecar template {template!r}: only {{stem}}, {{name}} and {{dir}} are allowed"
+        ) from exc
 
 
 @functools.lru_cache(maxsize=8)
-def _read_sidecar_cached(path: str, mtime_ns: int, size: int, names: tuple[str, ...]) -> tuple[np.ndarray, fits.Header]:
+def _read_sidecar_cached(
+    path: str, mtime_ns: int, size: int, names: tuple[str, ...]
+) -> tuple[np.ndarray, fits.Header]:
     hdul = read_hdulist(path)
     found = find_hdu(hdul, names)
     if found is None:
@@ -125,7 +138,9 @@ def _native_kind(raw: np.ndarray) -> type:
     return np.float64
 
 
-def _select_image(hdul: fits.HDUList, path: str, image_hdu: str | None) -> tuple[str, fits.PrimaryHDU | fits.ImageHDU]:
+def _select_image(
+    hdul: fits.HDUList, path: str, image_hdu: str | None
+) -> tuple[str, fits.PrimaryHDU | fits.ImageHDU]:
     if image_hdu is not None:
         key: str | int = int(image_hdu) if str(image_hdu).lstrip("-").isdigit() else str(image_hdu)
         try:
@@ -139,8 +154,12 @@ def _select_image(hdul: fits.HDUList, path: str, image_hdu: str | None) -> tuple
     if hdul[0].data is not None:
         return "PRIMARY", hdul[0]
     if len(hdul) == 1:
-        raise InputError(f"{path}: empty HDU: the primary HDU has no data and there is no other HDU")
-    raise InputError(f"{path}: no image: the primary HDU is empty and there is no SCI or IMAGE extension")
+        raise InputError(
+            f"{path}: empty HDU: the primary HDU has no data and there is no other HDU"
+        )
+    raise InputError(
+        f"{path}: no image: the primary HDU is empty and there is no SCI or IMAGE extension"
+    )
 
 
 #: header keywords holding a pixel scale in arcsec, used when there is no celestial WCS
@@ -177,7 +196,9 @@ def _broadcast(arr: np.ndarray, shape: tuple[int, ...], what: str, kind: str) ->
     try:
         return np.broadcast_to(a, shape)
     except ValueError as exc:
-        raise ShapeError(f"{what}: {kind} of shape {arr.shape} does not match the image {shape}") from exc
+        raise ShapeError(
+            f"{what}: {kind} of shape {arr.shape} does not match the image {shape}"
+        ) from exc
 
 
 def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None) -> Observation:
@@ -270,7 +291,9 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
         raise PSFError(f"{pwhat}: PSF of {kh}x{kw} pixels is larger than the {h}x{w} image")
     sums = pdata.reshape(-1, kh, kw).sum(axis=(-2, -1)) if pdata.ndim >= 2 else np.array([])
     if np.all(np.isfinite(sums)) and np.any(np.abs(sums - 1) > 1e-3) and np.all(sums > 0):
-        notes.append(f"PSF {pwhat} renormalised to unit sum (sum was {', '.join(f'{s:.4g}' for s in sums)})")
+        notes.append(
+            f"PSF {pwhat} renormalised to unit sum (sum was {', '.join(f'{s:.4g}' for s in sums)})"
+        )
 
     # Sky geometry and flux scale.
     wcs = celestial_wcs(header, what)

@@ -84,7 +84,9 @@ def shift_wcs(wcs: WCS, x0: int, y0: int) -> WCS:
     offset = np.array([x0, y0], dtype=float)
     new.wcs.crpix = new.wcs.crpix - offset
     if new.sip is not None:
-        new.sip = Sip(wcs.sip.a, wcs.sip.b, wcs.sip.ap, wcs.sip.bp, np.asarray(wcs.sip.crpix) - offset)
+        new.sip = Sip(
+            wcs.sip.a, wcs.sip.b, wcs.sip.ap, wcs.sip.bp, np.asarray(wcs.sip.crpix) - offset
+        )
     for table in (new.cpdis1, new.cpdis2, new.det2im1, new.det2im2):
         if table is not None:
             table.crval = tuple(np.asarray(table.crval, float) - offset)
@@ -108,7 +110,9 @@ def refine_wcs(wcs: WCS, factor: int) -> WCS:
     if f == 1:
         return wcs.deepcopy()
     if any(t is not None for t in (wcs.cpdis1, wcs.cpdis2, wcs.det2im1, wcs.det2im2)):
-        raise InputError("WCS with lookup-table distortions cannot be refined to the prior's finer grid")
+        raise InputError(
+            "WCS with lookup-table distortions cannot be refined to the prior's finer grid"
+        )
     new = wcs.deepcopy()
     # 1-based FITS pixel p (coarse) and q (fine) with p = (q - 0.5) / f + 0.5.
     new.wcs.crpix = f * (wcs.wcs.crpix - 0.5) + 0.5
@@ -160,7 +164,9 @@ def image_header(
     n_extra = len(leading)
     if n_extra == 0:
         return wcs.to_header(relax=True)
-    if wcs.sip is not None or any(t is not None for t in (wcs.cpdis1, wcs.cpdis2, wcs.det2im1, wcs.det2im2)):
+    if wcs.sip is not None or any(
+        t is not None for t in (wcs.cpdis1, wcs.cpdis2, wcs.det2im1, wcs.det2im2)
+    ):
         # astropy (and WCSLIB's distortion papers) only accept SIP or lookup-table
         # distortions in a 2-D WCS: keep the exact celestial WCS (WCSAXES = 2, valid
         # for any NAXIS) rather than a SAMPLE axis that would make the header unreadable.

@@ -36,7 +36,15 @@ from astropy.wcs import WCS
 from ..errors import GalprismError
 from .wcsutil import image_header
 
-__all__ = ["OutputExistsError", "write_atomic", "source_hdus", "image_hdu", "primary_hdu", "temp_path", "set_card"]
+__all__ = [
+    "OutputExistsError",
+    "write_atomic",
+    "source_hdus",
+    "image_hdu",
+    "primary_hdu",
+    "temp_path",
+    "set_card",
+]
 
 
 class OutputExistsError(GalprismError):
@@ -48,7 +56,9 @@ def temp_path(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
-def write_atomic(hdul: fits.HDUList, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def write_atomic(
+    hdul: fits.HDUList, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
     """Write ``hdul`` with checksums to ``path`` atomically.
 
     The file is written and flushed to a temporary name first. Without ``overwrite`` it
@@ -79,7 +89,9 @@ def write_atomic(hdul: fits.HDUList, path: str | os.PathLike[str], *, overwrite:
     """
     dest = Path(os.fspath(path))
     if not overwrite and dest.exists():
-        raise OutputExistsError(f"{dest}: output exists; pass --overwrite to replace it or --skip-existing")
+        raise OutputExistsError(
+            f"{dest}: output exists; pass --overwrite to replace it or --skip-existing"
+        )
     if not dest.parent.is_dir():
         raise GalprismError(f"{dest}: output folder {dest.parent} does not exist")
     tmp = temp_path(dest)
@@ -103,11 +115,15 @@ def _link_no_clobber(tmp: Path, dest: Path) -> None:
     try:
         os.link(tmp, dest)
     except FileExistsError as exc:
-        raise OutputExistsError(f"{dest}: output exists; pass --overwrite to replace it or --skip-existing") from exc
+        raise OutputExistsError(
+            f"{dest}: output exists; pass --overwrite to replace it or --skip-existing"
+        ) from exc
     except OSError:
         # File systems without hard links: fall back to check + rename.
         if dest.exists():
-            raise OutputExistsError(f"{dest}: output exists; pass --overwrite to replace it or --skip-existing") from None
+            raise OutputExistsError(
+                f"{dest}: output exists; pass --overwrite to replace it or --skip-existing"
+            ) from None
         os.replace(tmp, dest)
 
 
@@ -126,7 +142,9 @@ def set_card(header: fits.Header, key: str, value: Any, comment: str = "") -> No
     header[key] = (card.value, card.comment)
 
 
-def primary_hdu(cards: Mapping[str, tuple[Any, str]], history: Sequence[str] = ()) -> fits.PrimaryHDU:
+def primary_hdu(
+    cards: Mapping[str, tuple[Any, str]], history: Sequence[str] = ()
+) -> fits.PrimaryHDU:
     """Data-less primary HDU with provenance ``cards`` (KEY -> (value, comment)) and HISTORY.
 
     Each ``history`` line is wrapped at spaces over as many ``HISTORY`` cards as needed.
@@ -176,7 +194,9 @@ def image_hdu(
     """
     arr = np.ascontiguousarray(data, dtype=np.float32)
     if len(leading) != arr.ndim - 2:
-        raise ValueError(f"image_hdu {extname}: {arr.ndim}-D data needs {arr.ndim - 2} leading axis names")
+        raise ValueError(
+            f"image_hdu {extname}: {arr.ndim}-D data needs {arr.ndim - 2} leading axis names"
+        )
     key = (id(wcs), tuple(leading))
     if cache is not None and key in cache:
         header = cache[key].copy()
@@ -230,7 +250,13 @@ def source_hdus(
     ext = name.upper()
     band_axes: tuple[str, ...] = ("BAND",) if banded else ()
     return [
-        image_hdu(s, ext, wcs=wcs, bunit=bunit, leading=("SAMPLE", *band_axes), cards=cards, cache=cache),
-        image_hdu(mean, f"{ext}_MEAN", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards, cache=cache),
-        image_hdu(std, f"{ext}_STD", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards, cache=cache),
+        image_hdu(
+            s, ext, wcs=wcs, bunit=bunit, leading=("SAMPLE", *band_axes), cards=cards, cache=cache
+        ),
+        image_hdu(
+            mean, f"{ext}_MEAN", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards, cache=cache
+        ),
+        image_hdu(
+            std, f"{ext}_STD", wcs=wcs, bunit=bunit, leading=band_axes, cards=cards, cache=cache
+        ),
     ]

@@ -32,14 +32,18 @@ def _pair(samples: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]
     s = to_numpy(samples, "posterior samples")
     t = to_numpy(truth, "truth")
     if s.ndim < 2:
-        raise ShapeError(f"posterior samples: have shape {s.shape}, expected (n_obs, n_samples, ...)")
+        raise ShapeError(
+            f"posterior samples: have shape {s.shape}, expected (n_obs, n_samples, ...)"
+        )
     if t.shape[:1] != s.shape[:1] or t.shape[1:] != s.shape[2:]:
         raise ShapeError(
             f"calibration: posterior samples {s.shape} do not match truth {t.shape}; expected "
             f"samples (N, S, *shape) for truth (N, *shape)"
         )
     if s.shape[0] == 0 or s.shape[1] < 2:
-        raise ShapeError(f"posterior samples: need at least 1 observation and 2 samples each, got shape {s.shape}")
+        raise ShapeError(
+            f"posterior samples: need at least 1 observation and 2 samples each, got shape {s.shape}"
+        )
     require_finite(s, "posterior samples")
     require_finite(t, "truth")
     return s, t
@@ -164,7 +168,9 @@ class SBCResult:
     seed: int
 
 
-def sbc_test(samples: ArrayLike, truth: ArrayLike, *, n_bins: int | None = None, seed: int = 0) -> SBCResult:
+def sbc_test(
+    samples: ArrayLike, truth: ArrayLike, *, n_bins: int | None = None, seed: int = 0
+) -> SBCResult:
     """Simulation-based-calibration ranks, histogram and uniformity test.
 
     All ranks (every observation and coordinate) are pooled. Coordinates of one
@@ -192,7 +198,9 @@ def sbc_test(samples: ArrayLike, truth: ArrayLike, *, n_bins: int | None = None,
     n_values = n_s + 1
     n_bins = min(n_values, 20) if n_bins is None else int(n_bins)
     if not 2 <= n_bins <= n_values:
-        raise ConfigError(f"sbc_test: n_bins must lie between 2 and S + 1 = {n_values}, got {n_bins}")
+        raise ConfigError(
+            f"sbc_test: n_bins must lie between 2 and S + 1 = {n_values}, got {n_bins}"
+        )
     # Bin b holds the rank values [edges[b], edges[b+1]).
     edges = np.floor(np.linspace(0, n_values, n_bins + 1)).astype(np.int64)
     histogram = np.histogram(ranks.ravel(), bins=edges)[0]

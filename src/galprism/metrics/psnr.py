@@ -21,7 +21,9 @@ from ._arrays import ArrayLike, require_finite, require_ndim, to_numpy
 __all__ = ["psnr", "mean_psnr"]
 
 
-def psnr(truth: ArrayLike, estimate: ArrayLike, max_spread: float, *, eps: float = 1e-6) -> np.ndarray:
+def psnr(
+    truth: ArrayLike, estimate: ArrayLike, max_spread: float, *, eps: float = 1e-6
+) -> np.ndarray:
     """PSNR of each sample in dB.
 
     Parameters
@@ -66,6 +68,8 @@ def psnr(truth: ArrayLike, estimate: ArrayLike, max_spread: float, *, eps: float
     return 20.0 * (np.log10(max_spread) - np.log10(rmse + eps))
 
 
-def mean_psnr(truth: ArrayLike, estimate: ArrayLike, max_spread: float, *, eps: float = 1e-6) -> float:
+def mean_psnr(
+    truth: ArrayLike, estimate: ArrayLike, max_spread: float, *, eps: float = 1e-6
+) -> float:
     """Mean over samples of :func:`psnr` (the figure the paper reports)."""
     return float(np.mean(psnr(truth, estimate, max_spread, eps=eps)))

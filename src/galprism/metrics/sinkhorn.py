@@ -135,7 +135,9 @@ def _prepare(
 ) -> np.ndarray | torch.Tensor:
     arr = as_samples(x, name)[:n_samples]
     if arr.shape[0] < 2:
-        raise ShapeError(f"{name}: needs at least 2 samples for the half-split debiasing, got {arr.shape[0]}")
+        raise ShapeError(
+            f"{name}: needs at least 2 samples for the half-split debiasing, got {arr.shape[0]}"
+        )
     np_dtype, torch_dtype = _DTYPES[dtype]
     if backend == "numpy":
         return arr.astype(np_dtype)
@@ -192,9 +194,13 @@ def sinkhorn_divergence_details(
         For an unknown backend or dtype or a non-positive setting.
     """
     if backend not in _BACKENDS:
-        raise ConfigError(f"sinkhorn_divergence: backend must be one of {_BACKENDS}, got {backend!r}")
+        raise ConfigError(
+            f"sinkhorn_divergence: backend must be one of {_BACKENDS}, got {backend!r}"
+        )
     if dtype not in _DTYPES:
-        raise ConfigError(f"sinkhorn_divergence: dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+        raise ConfigError(
+            f"sinkhorn_divergence: dtype must be one of {tuple(_DTYPES)}, got {dtype!r}"
+        )
     if device is not None and backend != "torch":
         raise ConfigError("sinkhorn_divergence: a device can only be given with backend='torch'")
     if n_samples < 2 or reg <= 0 or max_iter < 1 or stop_thr <= 0:

@@ -31,7 +31,9 @@ def _emd(p: np.ndarray, q: np.ndarray, max_iter: int) -> float:
         warnings.simplefilter("ignore", UserWarning)  # an unfinished solve raises below
         cost, log = ot.emd2([], [], ot.dist(p, q), numItermax=max_iter, log=True)
     if log.get("warning"):
-        raise ConfigError(f"wasserstein_divergence: exact transport did not finish ({log['warning']}); raise max_iter")
+        raise ConfigError(
+            f"wasserstein_divergence: exact transport did not finish ({log['warning']}); raise max_iter"
+        )
     return float(cost)
 
 
@@ -69,7 +71,9 @@ def wasserstein_divergence(
     pv = as_samples(v, names[1])[:n_samples]
     for arr, name in ((pu, names[0]), (pv, names[1])):
         if arr.shape[0] < 2:
-            raise ShapeError(f"{name}: needs at least 2 samples for the half-split debiasing, got {arr.shape[0]}")
+            raise ShapeError(
+                f"{name}: needs at least 2 samples for the half-split debiasing, got {arr.shape[0]}"
+            )
     if pu.shape[1] != pv.shape[1]:
         raise ShapeError(
             f"wasserstein_divergence: {names[0]} has {pu.shape[1]} features per sample but "

@@ -36,7 +36,9 @@ class MLP(nn.Module):
         Width of the noise embedding.
     """
 
-    def __init__(self, features: int, hidden: int = 256, blocks: int = 3, emb_features: int = 64) -> None:
+    def __init__(
+        self, features: int, hidden: int = 256, blocks: int = 3, emb_features: int = 64
+    ) -> None:
         super().__init__()
         self.embed = NoiseEmbedding(emb_features)
         self.inp = nn.Linear(features, hidden)

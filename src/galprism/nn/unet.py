@@ -58,7 +58,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        out = F.scaled_dot_product_attention(
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+        )
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -126,7 +128,11 @@ class UNet(nn.Module):
                 skips.append(cin)
 
         self.mid = nn.ModuleList(
-            [ResBlock(cin, cin, emb_features, dropout), Attention(cin), ResBlock(cin, cin, emb_features, dropout)]
+            [
+                ResBlock(cin, cin, emb_features, dropout),
+                Attention(cin),
+                ResBlock(cin, cin, emb_features, dropout),
+            ]
         )
 
         self.up = nn.ModuleList()
@@ -142,12 +148,20 @@ class UNet(nn.Module):
             if i > 0:
                 self.upsample.append(nn.Conv2d(cin, cin, 3, padding=1))
 
-        self.out = nn.Sequential(nn.GroupNorm(_groups(cin), cin), nn.SiLU(), nn.Conv2d(cin, channels, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.GroupNorm(_groups(cin), cin), nn.SiLU(), nn.Conv2d(cin, channels, 3, padding=1)
+        )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
     @staticmethod
-    def _run(stage: nn.ModuleList, h: Tensor, e: Tensor, skips: list[Tensor] | None = None, pop: bool = False) -> Tensor:
+    def _run(
+        stage: nn.ModuleList,
+        h: Tensor,
+        e: Tensor,
+        skips: list[Tensor] | None = None,
+        pop: bool = False,
+    ) -> Tensor:
         for layer in stage:
             if isinstance(layer, ResBlock):
                 if pop:

@@ -177,7 +177,9 @@ def _transformed(template: GalaxyTemplate, p: Placement) -> galsim.GSObject:
     return obj
 
 
-def _stamp(shape: tuple[int, ...], placement: Placement, r: int) -> tuple[int, int, int, int] | None:
+def _stamp(
+    shape: tuple[int, ...], placement: Placement, r: int
+) -> tuple[int, int, int, int] | None:
     """``(x0, x1, y0, y1)`` of the square of half-side ``r`` around the placement, clipped to
     the canvas; None when nothing of it is inside."""
     cx, cy = round(placement.x), round(placement.y)

@@ -184,7 +184,9 @@ class SceneConfig:
             )
         n_lo, n_hi = self.sersic_n_range
         r_lo, r_hi = self.sersic_hlr_range
-        if not (0.3 <= n_lo <= n_hi <= 6.2 and 0 < r_lo <= r_hi and 0 <= self.sersic_shear_max < 0.9):
+        if not (
+            0.3 <= n_lo <= n_hi <= 6.2 and 0 < r_lo <= r_hi and 0 <= self.sersic_shear_max < 0.9
+        ):
             raise ConfigError(
                 f"scene: Sersic neighbours need 0.3 <= n_low <= n_high <= 6.2 (GalSim's range), "
                 f"0 < hlr_low <= hlr_high and shear in [0, 0.9), got {self.sersic_n_range}, "
@@ -526,7 +528,9 @@ def cutout_noise_sigma(specs: list[SourceSpec], noise_sigma: float, cfg: SceneCo
     """
     if cfg.central_noise != "raise" or cfg.max_hst_noise_ratio is None:
         return float(noise_sigma)
-    ratios = [s.hst_noise_ratio for s in specs if s.role == "central" and math.isfinite(s.hst_noise_ratio)]
+    ratios = [
+        s.hst_noise_ratio for s in specs if s.role == "central" and math.isfinite(s.hst_noise_ratio)
+    ]
     worst = max(ratios, default=0.0)
     return float(noise_sigma * max(1.0, worst / cfg.max_hst_noise_ratio))
 
@@ -612,7 +616,8 @@ def render_scene(
     noise = (
         noise_field
         if noise_field is not None
-        else (noise_sigma if cutout_sigma is None else cutout_sigma) * rng.standard_normal((size, size))
+        else (noise_sigma if cutout_sigma is None else cutout_sigma)
+        * rng.standard_normal((size, size))
     )
     truth["noise"] = np.asarray(noise, dtype=np.float64)
     image = truth["sky_conv"] + truth["noise"]

@@ -305,7 +305,10 @@ class Simulator:
         sigma = cutout_noise_sigma(specs, inst.noise_sigma, cfg.scene)
         if sigma != inst.noise_sigma:
             # Recorded ratios are relative to the noise this cutout actually has.
-            specs = [replace(s, hst_noise_ratio=s.hst_noise_ratio * inst.noise_sigma / sigma) for s in specs]
+            specs = [
+                replace(s, hst_noise_ratio=s.hst_noise_ratio * inst.noise_sigma / sigma)
+                for s in specs
+            ]
         psf = inst.psfs[psf_index]
         noise_field = None
         if inst.correlated_noise is not None:
