@@ -13,9 +13,8 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-
-from galprism.datasets import grassy
-from galprism.datasets.grassy import (
+from paper import grassy
+from paper.grassy import (
     GRASS_ROWS,
     default_data_dir,
     digit_indices,
@@ -24,6 +23,7 @@ from galprism.datasets.grassy import (
     load_grass,
     load_mnist,
 )
+
 from galprism.errors import ConfigError, InputError
 from galprism.operators import SourceSum, Zero
 
