@@ -172,6 +172,35 @@ def test_any_catalogue_file_is_used_wherever_it_lies(shared_data, catalog, tmp_p
 
 
 @needs_data
+def test_catalogue_without_stamp_flux(shared_data, catalog, tmp_path):
+    """A catalogue without the optional stamp_flux column simulates HSC-like cutouts (its
+    stamp noise measured, not taken from the cache of another catalogue) and refuses the
+    HST-like instrument, which needs it, with one line naming the column."""
+    from astropy.table import Table
+
+    for p in (shared_data / "cosmos").glob("*.fits"):
+        if "catalog_dev" not in p.name:  # the images, PSFs and noise file it lists
+            (tmp_path / p.name).write_bytes(p.read_bytes())
+    table = Table.read(catalog.path)
+    table.remove_column("stamp_flux")
+    mine = tmp_path / "no_flux.fits"
+    table.write(mine)
+    split = tmp_path / "split.txt"
+    split.write_text("0\n42\n")
+    config = SimulationConfig(view="galaxies", split="test", n=1, seed=4, mask_fraction=0.0)
+    config = replace(config, catalog=str(mine), split_file=str(split))
+    sim = Simulator(config)
+    assert sim.catalog.fingerprint != catalog.fingerprint
+    assert math.isfinite(sim.cutout(0).image.sum()) and sim.cutout(0).central_ident in (0, 42)
+    cached = CosmosCatalog(data_dir=shared_data, split_file=split)
+    reference = Simulator(replace(config, catalog=None), cached)
+    for ident in (0, 42):
+        assert sim.hst_std[ident] == pytest.approx(reference.hst_std[ident], rel=1e-6)
+    with pytest.raises(ConfigError, match="no stamp_flux column"):
+        Simulator(replace(config, instrument="hst"))
+
+
+@needs_data
 def test_noise_cache_serves_only_its_own_catalogue(catalog):
     """The cached stamp-noise values are keyed to the catalogue's fingerprint: another
     catalogue whose IDENTs happen to coincide must not get them."""
@@ -416,7 +445,7 @@ def test_hst_noise_scaling_matches_monte_carlo(catalog):
     rec = catalog.by_ident[0]
     psf = Simulator(SimulationConfig(view="sky", split="train", n=1), catalog).instrument.psfs[0]
     predicted = hst_noise(catalog, rec, psf, 0.168, 0.2, catalog.acs_zeropoint).obs_std
-    noise_cf, scale, var = catalog.noise_image(rec)
+    noise_cf, scale, var = catalog.galsim_catalog.getNoiseProperties(rec.index)
     field_ = galsim.Image(800, 800, scale=0.03)
     field_.addNoise(catalog.galsim_catalog.getNoise(rec.index, rng=galsim.BaseDeviate(4)))
     rg = galsim.RealGalaxy(

@@ -42,8 +42,8 @@ __all__ = [
 
 #: default seed of the split draw; changing it changes which galaxies are held out
 SPLIT_SEED = 20251005
-#: catalogue columns the simulator reads
-COLUMNS = ("IDENT", "MAG", "stamp_flux", "NOISE_VARIANCE", "PIXEL_SCALE")
+#: catalogue columns the simulator reads (and ``stamp_flux``, for the HST-like instrument)
+COLUMNS = ("IDENT", "MAG", "NOISE_VARIANCE", "PIXEL_SCALE")
 #: what :func:`read_split_file` accepts, for help texts
 SPLIT_FILE_FORMAT = (
     "the test galaxies, one per line: IDENTs, or catalogue row numbers (0-based) under a "
@@ -67,7 +67,8 @@ class GalaxyRecord:
     mag
         F814W AB magnitude (``MAG``), used as the i-band magnitude.
     stamp_flux
-        Sum of the HST stamp in its native units (electrons/s).
+        The catalogue's ``stamp_flux``: the galaxy's flux in the stamp's native units
+        (electrons/s); NaN when the catalogue has no such column.
     noise_variance
         Per-pixel variance of the stamp's own noise, native units.
     pixel_scale
@@ -255,12 +256,13 @@ class CosmosCatalog:
                     int(i): float(r)
                     for i, r in zip(fits_table["IDENT"], fits_table["flux_radius"], strict=True)
                 }
+        has_flux = "stamp_flux" in table.colnames
         self.records: list[GalaxyRecord] = [
             GalaxyRecord(
                 ident=int(row["IDENT"]),
                 index=k,
                 mag=float(row["MAG"]),
-                stamp_flux=float(row["stamp_flux"]),
+                stamp_flux=float(row["stamp_flux"]) if has_flux else math.nan,
                 noise_variance=float(row["NOISE_VARIANCE"]),
                 pixel_scale=float(row["PIXEL_SCALE"]),
                 flux_radius=radii.get(int(row["IDENT"]), math.nan),
@@ -302,7 +304,18 @@ class CosmosCatalog:
 
     @cached_property
     def acs_zeropoint(self) -> float:
-        """AB zero point of the stamps' native units, ``MAG + 2.5 log10(stamp_flux)`` (median)."""
+        """AB zero point of the stamps' native units, ``MAG + 2.5 log10(stamp_flux)`` (median).
+
+        Raises
+        ------
+        ConfigError
+            If the catalogue has no ``stamp_flux`` column.
+        """
+        if any(math.isnan(r.stamp_flux) for r in self.records):
+            raise ConfigError(
+                f"{self.path}: no stamp_flux column; the HST-like instrument needs it to put "
+                "the stamps' noise on the AB flux scale"
+            )
         return float(np.median([r.mag + 2.5 * math.log10(r.stamp_flux) for r in self.records]))
 
     def members(self, split: str) -> list[GalaxyRecord]:
@@ -323,7 +336,3 @@ class CosmosCatalog:
         """The ACS PSF of the galaxy's stamp, float64, normalised to unit sum."""
         psf = np.asarray(self.galsim_catalog.getPSFImage(record.index).array, dtype=np.float64)
         return psf / psf.sum()
-
-    def noise_image(self, record: GalaxyRecord) -> tuple[galsim.Image | None, float, float]:
-        """GalSim's (correlation-function image, pixel scale, variance) of the stamp's noise."""
-        return self.galsim_catalog.getNoiseProperties(record.index)

@@ -89,11 +89,6 @@ class Instrument:
     truth_fwhm: float = 0.2
     hst_noise_psf: str | None = None
 
-    @property
-    def psf_shape(self) -> tuple[int, int]:
-        """``(kh, kw)`` of the PSF images."""
-        return int(self.psfs.shape[-2]), int(self.psfs.shape[-1])
-
 
 def check_psf(psf: np.ndarray, what: str) -> np.ndarray:
     """Validate and normalise one PSF image for the simulator.
