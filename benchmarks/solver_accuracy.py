@@ -1,0 +1,153 @@
+"""Discretisation error of few-step posterior samplers against a fine-step reference.
+
+The deterministic samplers (DDIM, Heun, DPM-Solver++(2M) of
+:mod:`galprism.diffusion.multistep`) integrate the same probability-flow ODE of the MMPS
+posterior from the same initial noise (same seeds), so each one's samples can be compared
+sample by sample with a many-step run. The error is reported in units of the posterior's
+own spread (the standard deviation across a cutout's samples of the reference), for the
+galaxy image and for its total flux, together with the network evaluations each run made.
+
+It runs the pipeline's own batch (:func:`galprism.separate.separate_observations`: free-form
+components, supports, operators) on test-set cutouts, with ``galprism.posterior.sample``
+swapped for the sampler under test. Use a fixed support (default ``galaxy=20``) so that
+every run sees the same operator (an adaptive support's pilot would itself change).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/solver_accuracy.py TESTSET_DIR --n 4 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+CONFIGS = {
+    # name: (sampler, steps, extra keyword arguments of sample_multistep or None)
+    "ddim8": ("ddim", 8, None),
+    "ddim16": ("ddim", 16, None),
+    "ddim32": ("ddim", 32, None),
+    "heun4": ("heun", 4, None),
+    "heun6": ("heun", 6, None),
+    "heun8": ("heun", 8, None),
+    "dpm2m4": ("ddim", 4, {"order": 2}),
+    "dpm2m6": ("ddim", 6, {"order": 2}),
+    "dpm2m8": ("ddim", 8, {"order": 2}),
+    "dpm2m8k": ("ddim", 8, {"order": 2, "schedule": "karras"}),
+    "dpm2m6k": ("ddim", 6, {"order": 2, "schedule": "karras"}),
+    "ddim8k": ("ddim", 8, {"order": 1, "schedule": "karras"}),
+    "ms1_8": ("ddim", 8, {"order": 1}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("testset", help="folder of galprism simulate --split test cutouts")
+    ap.add_argument("--n", type=int, default=4, help="first N cutouts")
+    ap.add_argument("--n-samples", type=int, default=4)
+    ap.add_argument("--cg-iterations", type=int, default=1)
+    ap.add_argument("--reference", default="ddim:128", help="SAMPLER:STEPS of the reference")
+    ap.add_argument("--configs", default="ddim8,ddim16,heun4,heun8,dpm2m4,dpm2m6,dpm2m8")
+    ap.add_argument("--support", default="galaxy=20")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import galprism.posterior as post
+    from galprism.diffusion.multistep import sample_multistep
+    from galprism.diffusion.samplers import sample
+    from galprism.evaluate.testset import find_testset_files, load_cutout
+    from galprism.io.inputs import cutout_seed
+    from galprism.priorset import load_priorset
+    from galprism.separate import (
+        SeparateConfig,
+        fit_to_prior,
+        parse_support,
+        separate_observations,
+    )
+
+    torch.set_num_threads(args.threads)
+    prior = load_priorset("default")
+    cutouts = [load_cutout(p) for p in find_testset_files(args.testset)[: args.n]]
+    calls = [0]
+    rows = [0]
+
+    def counting(fn):
+        def wrapped(denoiser, *a, **k):
+            inner = denoiser.__call__
+
+            class Counted:
+                def __getattr__(self, name):
+                    return getattr(denoiser, name)
+
+                def __call__(self, x, t):
+                    calls[0] += 1
+                    rows[0] += x.shape[0]
+                    return inner(x, t)
+
+            return fn(Counted(), *a, **k)
+
+        return wrapped
+
+    def run(sampler: str, steps: int, extra: dict | None) -> tuple[np.ndarray, float, int]:
+        post.sample = counting(
+            sample if extra is None else functools.partial(sample_multistep, **extra)
+        )
+        config = SeparateConfig(
+            n_samples=args.n_samples,
+            steps=steps,
+            sampler=sampler,
+            cg_iterations=args.cg_iterations,
+            support=parse_support([args.support]),
+        )
+        obs = [fit_to_prior(c.observation, prior, config)[0] for c in cutouts]
+        seeds = [cutout_seed(0, c.name) for c in cutouts]
+        calls[0] = 0
+        t0 = time.process_time()
+        res = separate_observations(obs, prior, config, seeds)
+        cpu = time.process_time() - t0
+        gal = np.stack([r.samples[:, prior.sources.index("galaxy"), 0] for r in res])
+        return gal.astype(np.float64), cpu, calls[0]
+
+    ref_sampler, ref_steps = args.reference.split(":")
+    ref, ref_cpu, ref_calls = run(ref_sampler, int(ref_steps), None)
+    spread = ref.std(axis=1, ddof=1)  # (B, H, W) posterior sd per pixel
+    flux_ref = ref.sum(axis=(2, 3))  # (B, S)
+    flux_sd = flux_ref.std(axis=1, ddof=1)  # (B,)
+    out = {
+        "benchmark": "solver_accuracy",
+        "n_cutouts": len(cutouts),
+        "n_samples": args.n_samples,
+        "cg_iterations": args.cg_iterations,
+        "support": args.support,
+        "reference": {"name": args.reference, "cpu_seconds": round(ref_cpu, 2), "calls": ref_calls},
+        "results": {},
+    }
+    for name in args.configs.split(","):
+        sampler, steps, extra = CONFIGS[name]
+        gal, cpu, n_calls = run(sampler, steps, extra)
+        err = gal - ref
+        # RMS over pixels of (error / posterior sd), then median over cutouts and samples.
+        pix = np.sqrt(np.mean(err**2, axis=(2, 3)) / np.mean(spread**2, axis=(1, 2))[:, None])
+        flux = np.abs(gal.sum(axis=(2, 3)) - flux_ref) / flux_sd[:, None]
+        out["results"][name] = {
+            "denoiser_calls": n_calls,
+            "cpu_seconds": round(cpu, 2),
+            "image_error_in_posterior_sd_median": round(float(np.median(pix)), 4),
+            "image_error_in_posterior_sd_max": round(float(np.max(pix)), 4),
+            "flux_error_in_posterior_sd_median": round(float(np.median(flux)), 4),
+            "flux_error_in_posterior_sd_max": round(float(np.max(flux)), 4),
+        }
+        print(name, out["results"][name], file=sys.stderr, flush=True)
+    print(json.dumps(out, indent=None if args.json else 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
