@@ -16,6 +16,8 @@ import torch
 from astropy.io import fits
 from astropy.wcs import WCS, Sip
 
+from galprism.diffusion.samplers import SamplerConfig
+
 HSC_PLANES = {
     "BAD": 0,
     "SAT": 1,
@@ -246,22 +248,20 @@ class FakePrior:
         y,
         noise_var,
         operator,
+        sampler=None,
         *,
-        n_samples,
-        steps,
-        cg_iterations,
-        sampler="pc",
         generators=None,
         device="cpu",
-        trust=0.0,
-        particles=16,
     ):
+        sampler = sampler if sampler is not None else SamplerConfig()
+        n_samples = sampler.n_samples
         self.calls.append(
             {
                 "y": y.clone(),
                 "noise_var": noise_var.clone(),
                 "operator": operator,
                 "n_samples": n_samples,
+                "sampler": sampler,
                 "generators": generators,
             }
         )
@@ -310,14 +310,14 @@ def run_cli(argv, capsys, monkeypatch, *, prior=None, stdin: str | None = None):
 
 
 def spy_smc_particles(monkeypatch) -> list[int]:
-    """Record the particle count of every SMC sampler run (``galprism.posterior.sample_smc``), so a test checks
+    """Record the particle count of every SMC sampler run (``galprism.sampling.sample_smc``), so a test checks
     what SMC really ran with, not only the setting a header or summary claims."""
-    import galprism.posterior
+    import galprism.sampling
 
     used: list[int] = []
-    real_smc = galprism.posterior.sample_smc
+    real_smc = galprism.sampling.sample_smc
     monkeypatch.setattr(
-        galprism.posterior,
+        galprism.sampling,
         "sample_smc",
         lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw),
     )

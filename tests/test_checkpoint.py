@@ -127,21 +127,25 @@ def test_prior_folder_round_trip_and_errors(tmp_path):
 
 def test_priorset_separate_converts_flux_units():
     """Separating data in data units must equal separating scaled data in prior units."""
+    from galprism.diffusion import SamplerConfig
     from galprism.testing import gaussian_problem
 
     prob = gaussian_problem(size=4, seed=0)
     ps = PriorSet("g", "gaussian", ["a", "b"], prob.priors, (1, 4, 4), flux_scale=3.0)
     gens = [torch.Generator().manual_seed(1)]
     x = ps.separate(
-        prob.y * 3.0, prob.noise_var * 9.0, prob.operator, n_samples=2, steps=4, generators=gens
+        prob.y * 3.0,
+        prob.noise_var * 9.0,
+        prob.operator,
+        SamplerConfig(n_samples=2, steps=4),
+        generators=gens,
     )
     ps1 = PriorSet("g", "gaussian", ["a", "b"], prob.priors, (1, 4, 4), flux_scale=1.0)
     x1 = ps1.separate(
         prob.y,
         prob.noise_var,
         prob.operator,
-        n_samples=2,
-        steps=4,
+        SamplerConfig(n_samples=2, steps=4),
         generators=[torch.Generator().manual_seed(1)],
     )
     assert torch.allclose(x, 3.0 * x1, atol=1e-8)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from galprism.diffusion import SamplerConfig
 from galprism.errors import ConfigError
 from galprism.freeform import (
     Box,
@@ -255,7 +256,9 @@ def test_real_hsc_blend_star_gets_a_box_and_the_fit_reaches_the_noise(tmp_path):
     for tag, ff in (("on", FreeformConfig()), ("off", FreeformConfig(bright=None, edge=None))):
         out = tmp_path / f"{tag}.fits"
         summary = run_separate(
-            [str(cutout)], prior, SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff)
+            [str(cutout)],
+            prior,
+            SeparateConfig(output=out, sampler=SamplerConfig(n_samples=2, steps=16), freeform=ff),
         )
         assert summary.exit_code == 0
         with fits.open(out) as h:
@@ -298,7 +301,9 @@ def test_residual_boxes_take_the_cores_the_prior_draws_too_faint(tmp_path):
         summary = run_separate(
             [str(cutout)],
             prior,
-            SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff, read=read),
+            SeparateConfig(
+                output=out, sampler=SamplerConfig(n_samples=2, steps=16), freeform=ff, read=read
+            ),
         )
         assert summary.exit_code == 0
         with fits.open(out) as h:

@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,7 +42,7 @@ from .checkpoint import PriorCheckpoint, load_prior, save_prior
 from .diffusion.samplers import SamplerConfig
 from .errors import CheckpointError, ConfigError
 from .operators import SourceSum
-from .posterior import sample_posterior, sample_prior
+from .sampling import sample_posterior, sample_prior
 from .support import Support, check_support
 
 __all__ = [
@@ -150,27 +150,20 @@ class PriorSet:
         y: Tensor,
         noise_var: Tensor,
         operator: SourceSum,
+        sampler: SamplerConfig | None = None,
         *,
-        n_samples: int = 8,
-        steps: int = 64,
-        cg_iterations: int = 1,
-        sampler: str = "pc",
         generators: Sequence[torch.Generator] | torch.Generator | None = None,
         device: str | torch.device = "cpu",
-        callback=None,
-        trust: float = 0.0,
-        particles: int = 16,
+        callback: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Joint posterior samples ``(B, n_samples, K, *shape)`` in the prior's flux units.
 
         ``y`` and ``noise_var`` are ``(B, *obs_shape)`` at the prior's zero point;
         ``operator`` maps the K sources on the prior's grid to the observations.
-        ``trust`` caps the MMPS corrections of diffusion priors
-        (:mod:`galprism.posterior`; 0 = no cap, the default here: EM needs the cap
-        against rare exploding E-step samples, but on cutouts brighter than the
-        training data it keeps the posterior from fitting them). ``particles`` is the
-        number of chains per sample of ``sampler="smc"`` (:mod:`galprism.smc`).
+        ``sampler`` holds every sampler setting; its default is the default of
+        ``galprism separate``.
         """
+        sampler = sampler if sampler is not None else SamplerConfig()
         scale = self.flux_scale
         dtype = torch.float32 if y.dtype != torch.float64 else torch.float64
         self.to(device)
@@ -179,12 +172,9 @@ class PriorSet:
             operator,
             (y / scale).to(device=device, dtype=dtype),
             (noise_var / scale**2).to(device=device, dtype=dtype),
-            n_samples=n_samples,
-            config=SamplerConfig(method=sampler, steps=steps, particles=particles),
-            cg_iterations=cg_iterations,
+            sampler,
             generators=generators,
             callback=callback,
-            trust=trust,
         )
         return x * scale
 

@@ -38,6 +38,7 @@ import torch
 
 from . import __version__
 from .diffusion.samplers import METHODS as SAMPLERS
+from .diffusion.samplers import SamplerConfig
 from .errors import ConfigError, GalprismError, ShapeError, UsageError
 from .freeform import Box, FreeformConfig, build_freeform, find_residual_boxes
 from .io.flux import zeropoint_of_unit
@@ -54,8 +55,8 @@ from .support import (
 )
 
 __all__ = [
-    "DEFAULTS",
     "SAMPLERS",
+    "SamplerConfig",
     "Separator",
     "SeparateConfig",
     "SeparationResult",
@@ -73,17 +74,6 @@ __all__ = [
     "prior_zeropoint",
 ]
 
-#: defaults shared by the CLI and the library
-DEFAULTS: dict[str, Any] = {
-    "n_samples": 8,
-    "steps": 32,  # DDIM 16 -> 32: RMSE 0.118 -> 0.108, abs flux err 0.256 -> 0.217 on the report's 200 test cutouts (docs/evaluation.md)
-    "cg_iterations": 1,
-    "sampler": "ddim",
-    "particles": 16,  # smc only: 16 x 64 steps costs PC 256 x 3 (docs/em.md, sixteenth session)
-    "trust": 0.0,  # cap off: on the real HSC blend it tripled chi^2 (994 vs 428), no effect in-distribution
-    "batch_size": 4,
-    "seed": 0,
-}
 
 #: XORed into each cutout's seed for the free-form components' draws (after the sampler).
 FREEFORM_SALT = 0xF4EE
@@ -106,15 +96,10 @@ class Separator(Protocol):
         y: torch.Tensor,
         noise_var: torch.Tensor,
         operator: Any,
+        sampler: SamplerConfig | None = None,
         *,
-        n_samples: int,
-        steps: int,
-        cg_iterations: int,
-        sampler: str = "pc",
         generators: Sequence[torch.Generator] | None = None,
         device: str = "cpu",
-        trust: float = ...,
-        particles: int = ...,
     ) -> torch.Tensor: ...
 
 
@@ -124,14 +109,9 @@ class SeparateConfig:
 
     Attributes
     ----------
-    n_samples, steps, cg_iterations, sampler
-        Posterior sampler settings passed to the prior: ``sampler`` is ``"ddim"``,
-        ``"heun"``, ``"pc"`` or ``"smc"`` (:class:`galprism.diffusion.SamplerConfig`).
-    particles
-        Chains per posterior sample of ``sampler="smc"`` (:mod:`galprism.smc`).
-    trust
-        Trust radius of the MMPS corrections of diffusion priors, in units of the
-        denoiser's own error scale (:mod:`galprism.posterior`); 0 turns the cap off.
+    sampler
+        Posterior sampler settings passed to the prior
+        (:class:`galprism.diffusion.SamplerConfig`; its defaults are the CLI's).
     batch_size
         Cutouts per call of the sampler.
     device
@@ -161,15 +141,10 @@ class SeparateConfig:
         a free-form component integrated out of the likelihood (:mod:`galprism.freeform`).
     """
 
-    n_samples: int = DEFAULTS["n_samples"]
-    steps: int = DEFAULTS["steps"]
-    cg_iterations: int = DEFAULTS["cg_iterations"]
-    sampler: str = DEFAULTS["sampler"]
-    particles: int = DEFAULTS["particles"]
-    trust: float = DEFAULTS["trust"]
-    batch_size: int = DEFAULTS["batch_size"]
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    batch_size: int = 4
     device: str = "cpu"
-    seed: int = DEFAULTS["seed"]
+    seed: int = 0
     center: tuple[float, float] | None = None
     center_radec: tuple[float, float] | None = None
     read: ReadOptions = field(default_factory=ReadOptions)
@@ -183,23 +158,16 @@ class SeparateConfig:
     freeform: FreeformConfig = field(default_factory=FreeformConfig)
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise UsageError(
-                f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
+        if not isinstance(self.sampler, SamplerConfig):
+            raise ConfigError(
+                f"separate: sampler must be a SamplerConfig, got {type(self.sampler).__name__}"
             )
-        for name in ("n_samples", "steps", "batch_size", "particles"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(
-                    f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
-        if not float(self.trust) >= 0:
-            raise UsageError(f"trust must be >= 0, got {self.trust}")
-        if int(self.cg_iterations) < 0:
-            raise UsageError(f"cg-iterations must be >= 0, got {self.cg_iterations}")
+        if isinstance(self.batch_size, bool) or int(self.batch_size) < 1:
+            raise ConfigError(f"separate: batch_size must be at least 1, got {self.batch_size}")
         if self.overwrite and self.skip_existing:
-            raise UsageError("--overwrite and --skip-existing exclude each other")
+            raise ConfigError("separate: overwrite and skip_existing exclude each other")
         if self.center is not None and self.center_radec is not None:
-            raise UsageError("--center and --center-radec exclude each other")
+            raise ConfigError("separate: center and center_radec exclude each other")
 
 
 @dataclass(eq=False)
@@ -599,23 +567,12 @@ def _separate_once(
         noise_var,
         base_operator,
         seeds,
-        cg_iterations=config.cg_iterations,
-        trust=config.trust,
+        sampler=config.sampler,
         device=device,
     )
     operator = supported_operator(base_operator, prior.sources, supports)
     samples = prior.separate(
-        y,
-        noise_var,
-        operator,
-        n_samples=config.n_samples,
-        steps=config.steps,
-        cg_iterations=config.cg_iterations,
-        sampler=config.sampler,
-        generators=generators,
-        device=device,
-        trust=config.trust,
-        particles=config.particles,
+        y, noise_var, operator, config.sampler, generators=generators, device=device
     )
     b, k = len(observations), len(prior.sources)
     shape = tuple(samples.shape)
@@ -699,11 +656,11 @@ def _cards(
             bool(getattr(prior, "psf_included", False)),
             "source images include the PSF (asvd bases)",
         ),
-        "NSTEPS": (int(config.steps), "sampler steps"),
-        "NCGITER": (int(config.cg_iterations), "conjugate-gradient iterations per step"),
-        "TRUST": (float(config.trust), "MMPS trust radius (0 = off)"),
-        "SAMPLER": (config.sampler, "posterior sampler"),
-        "NPARTIC": (int(config.particles), "chains per sample (smc sampler only)"),
+        "NSTEPS": (int(config.sampler.steps), "sampler steps"),
+        "NCGITER": (int(config.sampler.cg_iterations), "conjugate-gradient iterations per step"),
+        "TRUST": (float(config.sampler.trust), "MMPS trust radius (0 = off)"),
+        "SAMPLER": (config.sampler.method, "posterior sampler"),
+        "NPARTIC": (int(config.sampler.particles), "chains per sample (smc sampler only)"),
         "SUPPORT": (
             _support_text(effective_support(prior, config), result.support_radii),
             "source=radius [prior px]: zero beyond",

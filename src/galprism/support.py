@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .diffusion.samplers import SamplerConfig
 from .errors import ConfigError
 from .operators import Mask, SourceSum
 
@@ -188,8 +189,7 @@ def resolve_support_masks(
     operator: SourceSum,
     seeds: Sequence[int],
     *,
-    cg_iterations: int = 1,
-    trust: float = 0.0,
+    sampler: SamplerConfig | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[dict[str, Tensor], dict[str, list[float]]]:
     """Per-observation masks ``(B, *shape)`` and radii of ``supports``.
@@ -206,7 +206,9 @@ def resolve_support_masks(
     seeds
         One seed per observation; the pilot's generators are seeded with
         ``seed ^ PILOT["salt"]``.
-    cg_iterations, trust, device
+    sampler
+        The main run's settings: the pilot keeps its ``cg_iterations`` and ``trust``.
+    device
         As for the main run.
     """
     sources, shape, n_obs = list(prior.sources), tuple(prior.shape), len(seeds)
@@ -216,6 +218,14 @@ def resolve_support_masks(
     }
     adaptive = [name for name, s in supports.items() if s.adaptive]
     if adaptive:
+        main = sampler if sampler is not None else SamplerConfig()
+        pilot = SamplerConfig(
+            method=PILOT["sampler"],
+            steps=PILOT["steps"],
+            n_samples=PILOT["n_samples"],
+            cg_iterations=main.cg_iterations,
+            trust=main.trust,
+        )
         generators = [
             torch.Generator(device=device).manual_seed(int(s) ^ PILOT["salt"]) for s in seeds
         ]
@@ -224,13 +234,9 @@ def resolve_support_masks(
                 y,
                 noise_var,
                 supported_operator(operator, sources, widest),
-                n_samples=PILOT["n_samples"],
-                steps=PILOT["steps"],
-                cg_iterations=cg_iterations,
-                sampler=PILOT["sampler"],
+                pilot,
                 generators=generators,
                 device=device,
-                trust=trust,
             )
             .detach()
             .to("cpu", torch.float64)

@@ -9,13 +9,14 @@ separated sources are PSF-convolved images (the output header says so).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError
 from ..operators import Composition, Convolve, SourceSum
 from .model import ASVDModel, load_asvd
@@ -61,18 +62,13 @@ class ASVDPriorSet:
         y: Tensor,
         noise_var: Tensor,
         operator: SourceSum,
+        sampler: SamplerConfig | None = None,
         *,
-        n_samples: int = 1,
-        steps: int = 0,
-        cg_iterations: int = 0,
-        sampler: str = "pc",
         generators: Sequence[torch.Generator] | torch.Generator | None = None,
         device: str | torch.device = "cpu",
-        callback=None,
-        trust: float = 0.0,
-        particles: int = 16,
+        callback: Callable[[int, int], None] | None = None,
     ) -> Tensor:
-        """Point estimate ``(B, 1, 2, *shape)``; sampler settings (``trust``, ``particles``) do not apply."""
+        """Point estimate ``(B, 1, 2, *shape)``: no sampler setting applies."""
         op = _without_psf(operator)
         out = self.model.separate(y.to(torch.float64), op, noise_var.to(torch.float64))
         return out[:, None].to(y.dtype)

@@ -10,11 +10,44 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
-from ..separate import DEFAULTS, SAMPLERS
+from ..diffusion.samplers import METHODS as SAMPLERS
+from ..diffusion.samplers import SamplerConfig
+from ..errors import ConfigError, UsageError
+from ..separate import SeparateConfig
 from ._threads import set_threads, threads_option
 
-__all__ = ["separate", "load_prior"]
+__all__ = ["separate", "load_prior", "sampler_from_flags", "SAMPLER_DEFAULTS", "SAMPLER_FLAGS"]
+
+#: The run defaults of ``galprism separate``: those of the library's :class:`SeparateConfig`.
+RUN_DEFAULTS = SeparateConfig()
+#: The sampler defaults of every command: those of the library's :class:`SamplerConfig`.
+SAMPLER_DEFAULTS = SamplerConfig()
+#: The flag of each :class:`SamplerConfig` field, for error messages.
+SAMPLER_FLAGS = {
+    "method": "--sampler",
+    "steps": "--steps",
+    "n_samples": "-n/--n-samples",
+    "cg_iterations": "--cg-iterations",
+    "particles": "--particles",
+    "trust": "--trust",
+}
+
+
+def sampler_from_flags(**values: Any) -> SamplerConfig:
+    """A :class:`SamplerConfig` from flag values, a bad one reported by its flag name.
+
+    Raises
+    ------
+    UsageError
+        Naming the first flag whose value the sampler refuses.
+    """
+    for key, value in values.items():
+        try:
+            SamplerConfig(**{key: value})
+        except ConfigError as exc:
+            reason = str(exc).partition(": ")[2] or str(exc)
+            raise UsageError(f"{SAMPLER_FLAGS.get(key, key)} {value}: {reason}") from None
+    return SamplerConfig(**values)
 
 
 def load_prior(spec: str) -> Any:
@@ -124,38 +157,38 @@ class _Output:
     "-n",
     "--n-samples",
     type=int,
-    default=DEFAULTS["n_samples"],
+    default=SAMPLER_DEFAULTS.n_samples,
     show_default=True,
     help="Posterior samples per cutout.",
 )
 @click.option(
-    "--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps."
+    "--steps", type=int, default=SAMPLER_DEFAULTS.steps, show_default=True, help="Sampler steps."
 )
 @click.option(
     "--cg-iterations",
     type=int,
-    default=DEFAULTS["cg_iterations"],
+    default=SAMPLER_DEFAULTS.cg_iterations,
     show_default=True,
     help="Conjugate-gradient iterations per step.",
 )
 @click.option(
     "--sampler",
     type=click.Choice(SAMPLERS),
-    default=DEFAULTS["sampler"],
+    default=SAMPLER_DEFAULTS.method,
     show_default=True,
     help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
 )
 @click.option(
     "--particles",
     type=click.IntRange(min=1),
-    default=DEFAULTS["particles"],
+    default=SAMPLER_DEFAULTS.particles,
     show_default=True,
     help="Chains per posterior sample of --sampler smc.",
 )
 @click.option(
     "--trust",
     type=float,
-    default=DEFAULTS["trust"],
+    default=SAMPLER_DEFAULTS.trust,
     show_default=True,
     help="Trust radius of diffusion-prior MMPS corrections (0 = off).",
 )
@@ -195,7 +228,7 @@ class _Output:
 @click.option(
     "--batch-size",
     type=int,
-    default=DEFAULTS["batch_size"],
+    default=RUN_DEFAULTS.batch_size,
     show_default=True,
     help="Cutouts per sampler call.",
 )
@@ -206,7 +239,7 @@ class _Output:
 @click.option(
     "--seed",
     type=int,
-    default=DEFAULTS["seed"],
+    default=RUN_DEFAULTS.seed,
     show_default=True,
     help="Run seed; each cutout's derives from it and its file name.",
 )
@@ -264,7 +297,7 @@ def separate(
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
-    from ..separate import RunWarnings, SeparateConfig, parse_freeform, parse_support, run_separate
+    from ..separate import RunWarnings, parse_freeform, parse_support, run_separate
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
@@ -288,13 +321,20 @@ def separate(
         pixel_scale=kw["pixel_scale"],
         zeropoint=kw["zeropoint"],
     )
-    config = SeparateConfig(
-        n_samples=kw["n_samples"],
+    if kw["overwrite"] and kw["skip_existing"]:
+        raise UsageError("--overwrite and --skip-existing exclude each other")
+    if kw["center"] is not None and kw["center_radec"] is not None:
+        raise UsageError("--center and --center-radec exclude each other")
+    sampler = sampler_from_flags(
+        method=kw["sampler"],
         steps=kw["steps"],
+        n_samples=kw["n_samples"],
         cg_iterations=kw["cg_iterations"],
-        sampler=kw["sampler"],
         particles=kw["particles"],
         trust=kw["trust"],
+    )
+    config = SeparateConfig(
+        sampler=sampler,
         batch_size=kw["batch_size"],
         device=kw["device"],
         seed=kw["seed"],

@@ -29,8 +29,8 @@ from .. import __version__
 from ..diffusion import DiffusionPrior, SamplerConfig, random_flux_scaling
 from ..errors import ConfigError
 from ..gaussian import GaussianPrior
-from ..posterior import sample_prior
 from ..priorset import PriorSet
+from ..sampling import sample_prior
 from .config import EMConfig
 from .estep import posterior_samples
 from .grids import save_grid
@@ -186,6 +186,9 @@ def _lap(
         corrections=config.corrections_of(plan.phase_lap),
         tau=config.tau,
         particles=config.particles,
+        n_samples=1,
+        cg_iterations=config.cg_iterations,
+        trust=config.trust,
     )
     samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
     chi2, redrawn, rejected = {}, {}, {}
@@ -199,8 +202,6 @@ def _lap(
             [state.prior_for(s, plan.phase).to(device) for s in view.sources],
             index,
             sampler,
-            cg_iterations=config.cg_iterations,
-            trust=config.trust,
             batch=config.estep_batch,
             generator=state.generator,
             device=device,

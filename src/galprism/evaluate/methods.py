@@ -24,15 +24,16 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, ShapeError
 from ..io.inputs import cutout_seed
 from ..observation import Observation, stack_observations
 from ..priorset import PriorSet
 from ..separate import (
-    DEFAULTS,
     SeparateConfig,
     effective_support,
     fit_to_prior,
+    resolve_device,
     separate_observations,
 )
 from .testset import EvalCutout
@@ -101,8 +102,8 @@ class GalprismMethod:
         The loaded prior set; must have a source named ``galaxy_source``.
     name, label
         Short key (results) and display name (report).
-    n_samples, steps, cg_iterations, sampler, particles
-        Posterior sampler settings (``particles``: chains per sample of ``sampler="smc"``).
+    sampler
+        Posterior sampler settings (at least 2 samples, for calibration).
     batch_size
         Cutouts per sampler call.
     seed
@@ -122,11 +123,7 @@ class GalprismMethod:
         name: str,
         label: str,
         *,
-        n_samples: int,
-        steps: int,
-        cg_iterations: int = 1,
-        sampler: str = "pc",
-        particles: int = DEFAULTS["particles"],
+        sampler: SamplerConfig,
         batch_size: int = 8,
         seed: int = 0,
         device: str = "cpu",
@@ -137,21 +134,18 @@ class GalprismMethod:
             raise ConfigError(
                 f"prior {prior.name!r} has no source {galaxy_source!r} (sources: {', '.join(prior.sources)})"
             )
-        if n_samples < 2:
+        if sampler.n_samples < 2:
             raise ConfigError(
-                f"{name}: needs at least 2 posterior samples per cutout for calibration, got {n_samples}"
+                f"{name}: needs at least 2 posterior samples per cutout for calibration, "
+                f"got {sampler.n_samples}"
             )
         self.prior = prior
         self.name = name
         self.label = label
         self.galaxy_index = prior.sources.index(galaxy_source)
-        self.device = device
+        self.device = resolve_device(device)
         self.config = SeparateConfig(
-            n_samples=n_samples,
-            steps=steps,
-            cg_iterations=cg_iterations,
             sampler=sampler,
-            particles=particles,
             batch_size=batch_size,
             seed=seed,
             device=device,
@@ -168,11 +162,12 @@ class GalprismMethod:
             "prior_path": str(self.prior.path) if self.prior.path else None,
             "prior_method": self.prior.method,
             "prior_sha256": self.prior.sha256,
-            "n_samples": c.n_samples,
-            "steps": c.steps,
-            "cg_iterations": c.cg_iterations,
-            "sampler": c.sampler,
-            "particles": c.particles,
+            "n_samples": c.sampler.n_samples,
+            "steps": c.sampler.steps,
+            "cg_iterations": c.sampler.cg_iterations,
+            "sampler": c.sampler.method,
+            "particles": c.sampler.particles,
+            "trust": c.sampler.trust,
             "support": {k: str(v) for k, v in effective_support(self.prior, c).items()},
             "batch_size": c.batch_size,
             "seed": c.seed,

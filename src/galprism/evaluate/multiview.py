@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..diffusion.samplers import SamplerConfig
 from ..errors import ShapeError
 from ..io.inputs import cutout_seed
 from ..operators import Composition, Convolve, Identity, LinearOperator, Mask, SourceSum
 from ..priorset import PriorSet
-from ..separate import DEFAULTS, SeparateConfig, effective_support, prior_zeropoint
+from ..separate import SeparateConfig, effective_support, prior_zeropoint
 from ..support import resolve_support_masks, supported_operator, zero_outside_supports
 from .real import COVERAGE_MIN, RealCase
 
@@ -101,11 +102,7 @@ def two_view_separation(
     prior: PriorSet,
     case: RealCase,
     *,
-    n_samples: int = 16,
-    steps: int = 32,
-    cg_iterations: int = 1,
-    sampler: str = "pc",
-    particles: int = DEFAULTS["particles"],
+    sampler: SamplerConfig | None = None,
     seed: int = 0,
     galaxy_source: str = "galaxy",
     support: dict[str, float | str] | None = None,
@@ -113,11 +110,12 @@ def two_view_separation(
     """Sample the posterior of the real cutout with and without the HST view (same seed).
 
     ``support`` as :attr:`galprism.separate.SeparateConfig.support` (None: the prior's own);
-    ``particles``: chains per sample of ``sampler="smc"``.
+    ``sampler`` every sampler setting (default: ``galprism separate``'s).
     """
     import time
 
     t0 = time.perf_counter()
+    sampler = sampler if sampler is not None else SamplerConfig()
     cut = case.cutout
     obs = cut.observation
     shape = tuple(prior.shape)
@@ -156,18 +154,14 @@ def two_view_separation(
         y_t, var_t = torch.from_numpy(y[None]).float(), torch.from_numpy(var[None]).float()
         full = SourceSum([op] * len(prior.sources))
         masks, _ = resolve_support_masks(
-            supports, prior, y_t, var_t, full, [gen_seed], cg_iterations=cg_iterations
+            supports, prior, y_t, var_t, full, [gen_seed], sampler=sampler
         )
         gen = torch.Generator().manual_seed(gen_seed)
         x = prior.separate(
             y_t,
             var_t,
             supported_operator(full, prior.sources, masks),
-            n_samples=n_samples,
-            steps=steps,
-            cg_iterations=cg_iterations,
-            sampler=sampler,
-            particles=particles,
+            sampler,
             generators=[gen],
         )
         x = zero_outside_supports(x, prior.sources, masks)
@@ -188,6 +182,6 @@ def two_view_separation(
         flux_mean_hsc=float(flux["hsc"].mean()),
         flux_mean_both=float(flux["both"].mean()),
         truth_flux=float(cut.galaxy.sum()),
-        n_samples=n_samples,
+        n_samples=sampler.n_samples,
         seconds=time.perf_counter() - t0,
     )
