@@ -17,6 +17,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, Sip
 
 from galprism.diffusion.samplers import SamplerConfig
+from galprism.separate import Capabilities
 
 HSC_PLANES = {
     "BAD": 0,
@@ -229,6 +230,17 @@ class FakePrior:
         self.jitter = jitter
         self.fail_value = fail_value
         self.point_estimate = point_estimate
+        self.flux_scale = 1.0
+        self.support: dict = {}
+        # The stand-in's "samples" are no posterior: free-form components would whiten the
+        # data it echoes, so it declares none.
+        self.capabilities = (
+            Capabilities(
+                posterior_samples=False, source_supports=False, freeform=False, psf_included=True
+            )
+            if method == "asvd"
+            else Capabilities(freeform=False)
+        )
         self.calls: list[dict] = []
 
     def describe(self) -> dict:

@@ -8,9 +8,10 @@ import torch
 from astropy.io import fits
 from fits_factory import FakePrior, galaxy_image, make_cutout
 
+from galprism.cli.separate import parse_support
 from galprism.diffusion import SamplerConfig
 from galprism.errors import ConfigError, UsageError
-from galprism.separate import RunWarnings, SeparateConfig, parse_support, run_separate
+from galprism.separate import RunWarnings, SeparateConfig, run_separate
 from galprism.support import PILOT, Support, check_support, disk, enclosed_radius
 
 

@@ -18,6 +18,7 @@ while the mask operator removes them; pixel coordinates are 0-based (``x`` = col
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -33,10 +34,39 @@ from .io.psf import pad_psf, prepare_psf, refine_psf
 from .io.wcsutil import refine_wcs, shift_wcs
 from .operators import Composition, Convolve, Downsample, Mask, SourceSum
 
-__all__ = ["Observation", "ObservationBatch", "grid_factor", "stack_observations"]
+__all__ = [
+    "Note",
+    "NoteKind",
+    "Observation",
+    "ObservationBatch",
+    "grid_factor",
+    "stack_observations",
+]
 
 #: relative tolerance when deciding that one pixel scale is an integer multiple of another
 SCALE_TOLERANCE = 1e-3
+
+
+class NoteKind(enum.Enum):
+    """What a :class:`Note` is about; the pipeline warns on the kinds that assume something."""
+
+    MASK = "mask"
+    NOISE = "noise"
+    NOISE_ESTIMATED = "noise estimated"
+    PSF_RENORMALISED = "PSF renormalised"
+    ZEROPOINT = "zero point"
+
+
+@dataclass(frozen=True)
+class Note:
+    """A fact about how an observation was assembled: its kind, and the sentence recorded in
+    the outputs' header comments."""
+
+    kind: NoteKind
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +121,7 @@ class Observation:
     name: str = "<observation>"
     checksum: str | None = None
     origin: tuple[int, int] = (0, 0)
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[Note, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         name = self.name
@@ -159,7 +189,10 @@ class Observation:
         ):
             value.setflags(write=False)
             object.__setattr__(self, attr, value)
-        object.__setattr__(self, "notes", tuple(self.notes))
+        notes = tuple(self.notes)
+        if not all(isinstance(n, Note) for n in notes):
+            raise InputError(f"{name}: notes must be galprism.observation.Note objects")
+        object.__setattr__(self, "notes", notes)
 
     # -- shape ---------------------------------------------------------------------
     @property

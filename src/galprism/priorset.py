@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ from .diffusion.samplers import SamplerConfig
 from .errors import CheckpointError, ConfigError
 from .operators import SourceSum
 from .sampling import sample_posterior, sample_prior
+from .separate.prior import Capabilities
 from .support import Support, check_support
 
 __all__ = [
@@ -105,6 +106,9 @@ class PriorSet:
     sha256: str = ""
     path: Path | None = None
     support: dict[str, Support] = field(default_factory=dict)
+
+    #: Diffusion and Gaussian priors draw posterior samples of intrinsic source images.
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.priors):

@@ -19,6 +19,8 @@ from torch import Tensor
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError
 from ..operators import Composition, Convolve, SourceSum
+from ..separate.prior import Capabilities
+from ..support import Support
 from .model import ASVDModel, load_asvd
 
 __all__ = ["ASVDPriorSet", "load_asvd_priorset"]
@@ -29,7 +31,10 @@ class ASVDPriorSet:
 
     method = "asvd"
     flux_scale = 1.0
-    psf_included = True
+    #: One point estimate of PSF-convolved sources; no supports or free-form components.
+    capabilities = Capabilities(
+        posterior_samples=False, source_supports=False, freeform=False, psf_included=True
+    )
 
     def __init__(self, model: ASVDModel, path: Path, manifest: dict[str, Any]) -> None:
         self.model = model
@@ -42,6 +47,7 @@ class ASVDPriorSet:
         self.zeropoint = model.zeropoint
         self.bunit = model.bunit
         self.sha256 = str(manifest.get("sha256", ""))
+        self.support: dict[str, Support] = {}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -256,12 +257,13 @@ def evaluate(**opts) -> None:
     """
 
     from ..evaluate.pipeline import EvaluateConfig, run_evaluation
-    from ..separate import parse_support
+    from .separate import device_from_flag, parse_support
 
     set_threads(opts.pop("threads"), default_one=False)
     as_json = opts.pop("as_json")
     quiet = opts.pop("quiet")
     opts["support"] = parse_support(opts["support"])
+    opts["device"] = device_from_flag(opts["device"])
     opts["sampler"] = sampler_from_flags(
         method=opts.pop("sampler"),
         steps=opts.pop("steps"),
@@ -270,6 +272,8 @@ def evaluate(**opts) -> None:
         particles=opts.pop("particles"),
     )
     cfg = EvaluateConfig(**opts)
+    if cfg.support:
+        _check_support(cfg)
     progress = _Progress(not quiet)
     try:
         out = run_evaluation(
@@ -287,3 +291,16 @@ def evaluate(**opts) -> None:
             f"galprism evaluate: report in {cfg.output_dir}/summary.md ({out.seconds:.0f} s)",
             err=True,
         )
+
+
+def _check_support(cfg: Any) -> None:
+    """A --support naming a source the prior lacks is a usage error before any sampling."""
+    from ..errors import ConfigError, UsageError
+    from ..priorset import load_priorset
+    from ..separate import SeparateConfig, effective_support
+
+    prior = load_priorset(cfg.prior)
+    try:
+        effective_support(prior, SeparateConfig(support=cfg.support))
+    except ConfigError as exc:
+        raise UsageError(f"--support: {exc}") from None

@@ -48,7 +48,9 @@ __all__ = ["logprob"]
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson probes."
 )
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
+)
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON line per candidate image on stdout."
 )
@@ -64,7 +66,9 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
 
     from ..io.fitsfile import hdu_array, read_hdulist
     from ..priorset import load_priorset
+    from .separate import device_from_flag
 
+    device = device_from_flag(kw["device"])
     prior = load_priorset(prior_spec)
     for path in candidates:
         hdul = read_hdulist(str(path))
@@ -103,7 +107,7 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
             exact=kw["exact"],
             probes=kw["probes"],
             generator=torch.Generator().manual_seed(kw["seed"]),
-            device=kw["device"],
+            device=device,
         )
         # Back to the candidate's own units: p_input(x) = p_prior(k x) k^D.
         lp = lp + images[0].numel() * math.log(factor)

@@ -86,11 +86,10 @@ def sample(
     """
     from ..io.prior_samples import prior_samples_hdulist
     from ..io.write import OutputExistsError, write_atomic
-    from ..separate import resolve_device
 
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output}: output exists; pass --overwrite to replace it")
-    dev = resolve_device(device)
+    dev = _separate_cli.device_from_flag(device)
     prior = _separate_cli.load_prior(prior_spec)
     t0 = time.perf_counter()
     hdul, summary = prior_samples_hdulist(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,22 @@ import click
 from ..diffusion.samplers import METHODS as SAMPLERS
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, UsageError
+from ..freeform import FreeformConfig
 from ..separate import SeparateConfig
+from ..support import Support
 from ._threads import set_threads, threads_option
 
-__all__ = ["separate", "load_prior", "sampler_from_flags", "SAMPLER_DEFAULTS", "SAMPLER_FLAGS"]
+__all__ = [
+    "separate",
+    "load_prior",
+    "parse_support",
+    "parse_freeform",
+    "device_from_flag",
+    "sampler_from_flags",
+    "SAMPLER_DEFAULTS",
+    "SAMPLER_FLAGS",
+    "RUN_DEFAULTS",
+]
 
 #: The run defaults of ``galprism separate``: those of the library's :class:`SeparateConfig`.
 RUN_DEFAULTS = SeparateConfig()
@@ -48,6 +62,71 @@ def sampler_from_flags(**values: Any) -> SamplerConfig:
             reason = str(exc).partition(": ")[2] or str(exc)
             raise UsageError(f"{SAMPLER_FLAGS.get(key, key)} {value}: {reason}") from None
     return SamplerConfig(**values)
+
+
+def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
+    """``--support`` values (``SOURCE=RADIUS``, ``SOURCE=auto:RADIUS`` or ``none``) as a
+    :attr:`~galprism.separate.SeparateConfig.support`.
+
+    No values gives ``None`` (the prior's own supports); ``none`` gives ``{}``.
+    """
+    if not values:
+        return None
+    if any(v.strip().lower() == "none" for v in values):
+        if len(values) > 1:
+            raise UsageError(
+                f"--support none excludes other --support values, got {', '.join(values)}"
+            )
+        return {}
+    out: dict[str, float | str] = {}
+    for v in values:
+        name, sep, radius = v.partition("=")
+        value: float | str = radius.strip()
+        try:
+            value = float(radius)
+        except ValueError:
+            pass
+        if not sep or not name.strip():
+            raise UsageError(
+                f"--support {v!r}: expected SOURCE=RADIUS or SOURCE=auto:RADIUS (prior pixels), or 'none'"
+            )
+        try:
+            Support.parse(value, f"--support {v!r}")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        out[name.strip()] = value
+    return out
+
+
+def parse_freeform(
+    bright: str | float | None, edge: str | float | None, residual: str | float | None = None
+) -> FreeformConfig:
+    """``--freeform-bright`` / ``-edge`` / ``-residual`` values (a number or ``none``) as a :class:`FreeformConfig`."""
+    values: dict[str, float | None] = {}
+    for name, v in (("bright", bright), ("edge", edge), ("residual", residual)):
+        if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
+            values[name] = None
+            continue
+        try:
+            values[name] = float(v)
+        except ValueError:
+            raise UsageError(
+                f"--freeform-{name} {v!r}: expected a positive number or 'none'"
+            ) from None
+    for name, v in values.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UsageError(f"--freeform-{name} {v:g}: expected a positive number or 'none'")
+    return FreeformConfig(bright=values["bright"], edge=values["edge"], residual=values["residual"])
+
+
+def device_from_flag(device: str) -> str:
+    """``--device`` resolved (``auto``: CUDA when available); a bad one is a usage error."""
+    from ..separate import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ConfigError as exc:
+        raise UsageError(f"--device {device}: {str(exc).partition(': ')[2] or exc}") from None
 
 
 def load_prior(spec: str) -> Any:
@@ -297,7 +376,7 @@ def separate(
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
-    from ..separate import RunWarnings, parse_freeform, parse_support, run_separate
+    from ..separate import RunWarnings, effective_support, run_separate
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
@@ -356,6 +435,11 @@ def separate(
     prior = load_prior(prior_spec)
     if kw["method"] != "auto" and prior.method != kw["method"]:
         raise UsageError(f"--method {kw['method']}: prior {prior_spec!r} is a {prior.method} prior")
+    device_from_flag(config.device)
+    try:
+        effective_support(prior, config)
+    except ConfigError as exc:
+        raise UsageError(f"--support: {exc}") from None
     out = _Output(kw["json_lines"], kw["quiet"], total)
     warnings = RunWarnings(None if not kw["quiet"] else (lambda msg: None))
     if not kw["quiet"]:

@@ -28,7 +28,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import InputError, PSFError, ShapeError
-from ..observation import Observation
+from ..observation import Note, NoteKind, Observation
 from .fitsfile import describe, find_hdu, hdu_array, read_hdulist, sha256_file
 from .flux import Zeropoint, header_zeropoint
 from .masks import bad_pixels, mask_planes, parse_mask_bits
@@ -225,7 +225,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     name = os.fspath(path)
     hdul = read_hdulist(name)
     checksum = sha256_file(name)
-    notes: list[str] = []
+    notes: list[Note] = []
 
     ext, img_hdu = _select_image(hdul, name, opts.image_hdu)
     what = describe(name, ext)
@@ -254,13 +254,15 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
         bits = parse_mask_bits(opts.mask_bits, mask_planes(mheader), mwhat)
         bad = _broadcast(bad_pixels(mdata, bits, mwhat), image.shape, mwhat, "mask")
         valid &= ~bad
-        notes.append(f"mask from {mwhat} (bits {bits if bits >= 0 else 'all'})")
+        notes.append(
+            Note(NoteKind.MASK, f"mask from {mwhat} (bits {bits if bits >= 0 else 'all'})")
+        )
 
     # Noise: an explicit sigma, a noise HDU, or an estimate.
     if opts.noise_sigma is not None:
         sigma = parse_sigma(opts.noise_sigma, c, name)
         variance = np.broadcast_to(sigma**2, image.shape).copy()
-        notes.append(f"noise sigma {opts.noise_sigma} from --noise-sigma")
+        notes.append(Note(NoteKind.NOISE, f"noise sigma {opts.noise_sigma} from --noise-sigma"))
     else:
         found = find_hdu(hdul, tuple(NOISE_HDUS))
         if found is not None:
@@ -270,7 +272,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
             noise = to_variance(values, kind, valid, nwhat)
         else:
             noise = estimate_variance(image, valid, what)
-            notes.append(f"noise {noise.description}")
+            notes.append(Note(NoteKind.NOISE_ESTIMATED, f"noise {noise.description}"))
         variance = noise.variance
         valid &= ~noise.invalid
 
@@ -291,8 +293,12 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
         raise PSFError(f"{pwhat}: PSF of {kh}x{kw} pixels is larger than the {h}x{w} image")
     sums = pdata.reshape(-1, kh, kw).sum(axis=(-2, -1)) if pdata.ndim >= 2 else np.array([])
     if np.all(np.isfinite(sums)) and np.any(np.abs(sums - 1) > 1e-3) and np.all(sums > 0):
+        sum_text = ", ".join(f"{s:.4g}" for s in sums)
         notes.append(
-            f"PSF {pwhat} renormalised to unit sum (sum was {', '.join(f'{s:.4g}' for s in sums)})"
+            Note(
+                NoteKind.PSF_RENORMALISED,
+                f"PSF {pwhat} renormalised to unit sum (sum was {sum_text})",
+            )
         )
 
     # Sky geometry and flux scale.
@@ -311,7 +317,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     else:
         zp = header_zeropoint(header, primary)
     if zp is not None:
-        notes.append(f"zero point {zp.value:.4f} from {zp.source}")
+        notes.append(Note(NoteKind.ZEROPOINT, f"zero point {zp.value:.4f} from {zp.source}"))
 
     try:
         return Observation(
