@@ -49,7 +49,6 @@ from .support import Support, check_support
 __all__ = [
     "PriorSet",
     "load_priorset",
-    "compose_priorsets",
     "list_builtin_priors",
     "builtin_prior_path",
     "DEFAULT_PRIOR",
@@ -289,78 +288,6 @@ class PriorSet:
         self.sha256 = folder_digest(folder)
         self.path = folder
         return folder
-
-
-def compose_priorsets(
-    name: str,
-    parts: Sequence[tuple[str, PriorSet]],
-    support: dict[str, Any] | None = None,
-) -> PriorSet:
-    """A prior set taking each source from another prior set, with one shared convention.
-
-    Used when one source is retrained alone: e.g. a new ``sky`` learned from a richer sky
-    view, paired with the ``galaxy`` of an earlier stage-wise run (whose galaxy stage saw
-    the sky frozen, so it is a prior of galaxies whatever sky it is later paired with).
-
-    Parameters
-    ----------
-    name
-        Name of the new prior.
-    parts
-        ``(source, prior set)`` pairs, in the order of the new set's sources.
-    support
-        Supports of the new set (as in ``prior.json``); None keeps the parts' own.
-
-    Returns
-    -------
-    PriorSet
-        Not yet saved; ``manifest["training"]["composed_from"]`` records, per source, the
-        part's name, digest and training record.
-
-    Raises
-    ------
-    ConfigError
-        A source missing from its part, a repeated source, or parts that differ in method,
-        shape, pixel scale, zero point, unit or flux scale (the networks would then not
-        share one normalisation of the data).
-    """
-    if not parts:
-        raise ConfigError(f"prior {name!r}: nothing to compose")
-    first = parts[0][1]
-    keys = ("method", "shape", "pixel_scale", "zeropoint", "bunit", "flux_scale")
-    priors, record, own_support = [], {}, {}
-    for source, part in parts:
-        if source not in part.sources:
-            raise ConfigError(
-                f"prior {part.name!r} has no source {source!r} (it has {', '.join(part.sources)})"
-            )
-        for key in keys:
-            a, b = getattr(first, key), getattr(part, key)
-            if (tuple(a) if key == "shape" else a) != (tuple(b) if key == "shape" else b):
-                raise ConfigError(
-                    f"priors {first.name!r} and {part.name!r} differ in {key}: {a} vs {b}"
-                )
-        priors.append(part.priors[part.sources.index(source)])
-        record[source] = {
-            "prior": part.name,
-            "sha256": part.sha256,
-            "training": part.manifest.get("training", {}),
-        }
-        if source in part.support:
-            own_support[source] = part.support[source]
-    return PriorSet(
-        name=name,
-        method=first.method,
-        sources=[s for s, _ in parts],
-        priors=priors,
-        shape=tuple(first.shape),
-        pixel_scale=first.pixel_scale,
-        zeropoint=first.zeropoint,
-        bunit=first.bunit,
-        flux_scale=first.flux_scale,
-        manifest={"training": {"composed_from": record}},
-        support=own_support if support is None else support,
-    )
 
 
 def _manifest_support(manifest: dict[str, Any], path: Path) -> dict[str, Support]:
