@@ -17,6 +17,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, Sip
 
 from galprism.diffusion.samplers import SamplerConfig
+from galprism.frame import Frame
 from galprism.separate import Capabilities
 
 HSC_PLANES = {
@@ -222,15 +223,12 @@ class FakePrior:
         self.name = "fake"
         self.sources = list(sources)
         self.shape = tuple(shape)
-        self.pixel_scale = pixel_scale
-        self.zeropoint = zeropoint
-        self.bunit = bunit
+        self.frame = Frame(self.shape, pixel_scale=pixel_scale, zeropoint=zeropoint, bunit=bunit)
         self.method = method
         self.sha256 = hashlib.sha256(b"fake prior").hexdigest()
         self.jitter = jitter
         self.fail_value = fail_value
         self.point_estimate = point_estimate
-        self.flux_scale = 1.0
         self.support: dict = {}
         # The stand-in's "samples" are no posterior: free-form components would whiten the
         # data it echoes, so it declares none.
@@ -247,7 +245,7 @@ class FakePrior:
         return {
             "name": self.name,
             "sources": self.sources,
-            "pixel_scale": self.pixel_scale,
+            "pixel_scale": self.frame.pixel_scale,
             "training_data": "none (test stand-in)",
         }
 

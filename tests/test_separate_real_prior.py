@@ -17,6 +17,7 @@ import torch
 from astropy.io import fits
 from fits_factory import gaussian_psf, make_cutout, run_cli, spy_smc_particles
 
+from galprism.frame import Frame
 from galprism.gaussian import GaussianPrior, gaussian_posterior
 from galprism.io.read import read_cutout
 from galprism.operators import SourceSum
@@ -61,9 +62,7 @@ def prior_folder(tmp_path_factory):
         method="gaussian",
         sources=["galaxy", "sky"],
         priors=priors,
-        shape=(1, N, N),
-        pixel_scale=0.1,
-        zeropoint=27.0,
+        frame=Frame((1, N, N), pixel_scale=0.1, zeropoint=27.0),
     ).save(folder)
     return folder, priors
 
@@ -376,9 +375,7 @@ def test_chi2_of_the_samples_is_one_when_the_data_follow_the_prior(tmp_path, cap
         method="gaussian",
         sources=["galaxy", "sky"],
         priors=priors,
-        shape=(1, n_prior, n_prior),
-        pixel_scale=0.1,
-        zeropoint=27.0,
+        frame=Frame((1, n_prior, n_prior), pixel_scale=0.1, zeropoint=27.0),
     ).save(folder)
     psf, sigma = gaussian_psf(5, 0.8), 0.1
     template = read_cutout(

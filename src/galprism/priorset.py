@@ -4,12 +4,13 @@ A prior folder (what ``galprism fit`` writes and ``galprism separate --prior`` r
 holds ``prior.json`` and one checkpoint per source::
 
     my-prior/
-      prior.json        {"format": "galprism-priorset", "format_version": 1,
+      prior.json        {"format": "galprism-priorset", "format_version": 2,
                          "name": ..., "method": "diffusion" | "gaussian",
-                         "sources": ["galaxy", "sky"], "shape": [C, H, W],
-                         "pixel_scale": 0.168, "zeropoint": 27.0, "bunit": ...,
-                         "flux_scale": ..., "support": {"galaxy": "auto:20"},
-                         "training": {...}}
+                         "sources": ["galaxy", "sky"],
+                         "frame": {"shape": [C, H, W], "bands": null,
+                                   "pixel_scale": 0.168, "zeropoint": 27.0,
+                                   "bunit": ..., "flux_scale": ...},
+                         "support": {"galaxy": "auto:20"}, "training": {...}}
       galaxy.pt         checkpoints of :mod:`galprism.checkpoint`
       sky.pt
 
@@ -17,8 +18,10 @@ holds ``prior.json`` and one checkpoint per source::
 radius in prior pixels or adaptive up to one (``"auto:20"``): outside it the source is
 zero (:mod:`galprism.support`). ``galprism separate --support`` overrides it.
 
-Priors work in normalised units ``data / flux_scale`` at the recorded zero point; a
-:class:`PriorSet` converts on the way in and out.
+``frame`` (:class:`~galprism.frame.Frame`) is the one record of the grid and the flux
+convention: the checkpoints hold networks and provenance only. Priors work in
+normalised units ``data / flux_scale`` at the recorded zero point; a :class:`PriorSet`
+converts on the way in and out.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .atomic import atomic_path
 from .checkpoint import PriorCheckpoint, load_prior, save_prior
 from .diffusion.samplers import SamplerConfig
 from .errors import CheckpointError, ConfigError
+from .frame import Frame
 from .operators import SourceSum
 from .sampling import sample_posterior, sample_prior
 from .separate.prior import Capabilities
@@ -55,7 +59,18 @@ __all__ = [
 ]
 
 SET_FORMAT = "galprism-priorset"
-SET_FORMAT_VERSION = 1
+SET_FORMAT_VERSION = 2
+#: Entries of prior.json written from the PriorSet itself (never copied from ``manifest``).
+_OWN_KEYS = (
+    "format",
+    "format_version",
+    "galprism_version",
+    "name",
+    "method",
+    "sources",
+    "frame",
+    "support",
+)
 DEFAULT_PRIOR = "hsc-galaxy"
 
 
@@ -74,14 +89,9 @@ class PriorSet:
         Source names in the order of the stacked state.
     priors
         One prior module per source.
-    shape
-        Event shape ``(C, H, W)`` (or ``(D,)``) of each source on the prior's grid.
-    pixel_scale
-        Arcseconds per pixel of that grid (None for non-image sources).
-    zeropoint, bunit
-        Flux convention of the data the priors were learned from.
-    flux_scale
-        Data units per normalised prior unit.
+    frame
+        The grid of every source and the flux convention of the data the priors were
+        learned from (:class:`~galprism.frame.Frame`).
     support
         Source name -> :class:`~galprism.support.Support`: the disk around the grid
         centre (fixed radius in prior pixels, or adaptive up to one) outside which that
@@ -96,11 +106,7 @@ class PriorSet:
     method: str
     sources: list[str]
     priors: list[nn.Module]
-    shape: tuple[int, ...]
-    pixel_scale: float | None = None
-    zeropoint: float | None = None
-    bunit: str | None = None
-    flux_scale: float = 1.0
+    frame: Frame
     manifest: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     path: Path | None = None
@@ -116,14 +122,43 @@ class PriorSet:
             )
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"prior {self.name!r}: duplicate source names {self.sources}")
+        if not isinstance(self.frame, Frame):
+            raise ConfigError(
+                f"prior {self.name!r}: frame must be a Frame, got {type(self.frame).__name__}"
+            )
         for s, p in zip(self.sources, self.priors, strict=True):
-            if tuple(p.shape) != tuple(self.shape):
+            if tuple(p.shape) != self.frame.shape:
                 raise ConfigError(
-                    f"prior {self.name!r}: source {s!r} has shape {tuple(p.shape)}, expected {tuple(self.shape)}"
+                    f"prior {self.name!r}: source {s!r} has shape {tuple(p.shape)}, "
+                    f"the frame {self.frame.shape}"
                 )
-        if not self.flux_scale > 0:
-            raise ConfigError(f"prior {self.name!r}: flux_scale must be > 0, got {self.flux_scale}")
         self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
+
+    # Read-only views of the frame, for the many readers of a single fact.
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Event shape of each source (``frame.shape``)."""
+        return self.frame.shape
+
+    @property
+    def pixel_scale(self) -> float | None:
+        """Arcseconds per pixel of the grid (``frame.pixel_scale``)."""
+        return self.frame.pixel_scale
+
+    @property
+    def zeropoint(self) -> float | None:
+        """AB zero point of the priors' data (``frame.zeropoint``)."""
+        return self.frame.zeropoint
+
+    @property
+    def bunit(self) -> str | None:
+        """Unit of the priors' data (``frame.bunit``)."""
+        return self.frame.bunit
+
+    @property
+    def flux_scale(self) -> float:
+        """Data units per normalised prior unit (``frame.flux_scale``)."""
+        return self.frame.flux_scale
 
     # -- description --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -136,6 +171,8 @@ class PriorSet:
             "pixel_scale": self.pixel_scale,
             "zeropoint": self.zeropoint,
             "bunit": self.bunit,
+            "bands": None if self.frame.bands is None else list(self.frame.bands),
+            "flux_scale": self.flux_scale,
             "support": {k: str(v) for k, v in self.support.items()},
             "training": self.manifest.get("training", {}),
             "sha256": self.sha256,
@@ -251,31 +288,20 @@ class PriorSet:
         if (folder / "prior.json").exists() and not overwrite:
             raise ConfigError(f"{folder}: already holds a prior; pass --overwrite to replace it")
         folder.mkdir(parents=True, exist_ok=True)
-        normalisation = {
-            "flux_scale": self.flux_scale,
-            "zeropoint": self.zeropoint,
-            "bunit": self.bunit,
-        }
         for name, prior in zip(self.sources, self.priors, strict=True):
             save_prior(
-                PriorCheckpoint(
-                    prior, name, self.pixel_scale, normalisation, self.manifest.get("training", {})
-                ),
+                PriorCheckpoint(prior, name, self.manifest.get("training", {})),
                 folder / f"{name}.pt",
             )
         manifest = {
-            **self.manifest,
+            **{k: v for k, v in self.manifest.items() if k not in _OWN_KEYS},
             "format": SET_FORMAT,
             "format_version": SET_FORMAT_VERSION,
             "galprism_version": __version__,
             "name": self.name,
             "method": self.method,
             "sources": list(self.sources),
-            "shape": list(self.shape),
-            "pixel_scale": self.pixel_scale,
-            "zeropoint": self.zeropoint,
-            "bunit": self.bunit,
-            "flux_scale": self.flux_scale,
+            "frame": self.frame.to_json(),
         }
         self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
         if self.support:
@@ -389,18 +415,21 @@ def load_priorset(
                 f"{path / (s + '.pt')}: holds source {ckpt.name!r}, manifest says {s!r}"
             )
         ckpts.append(ckpt)
-    return PriorSet(
-        name=str(manifest.get("name", path.name)),
-        method=method,
-        sources=list(sources),
-        priors=[c.prior for c in ckpts],
-        shape=tuple(manifest["shape"]),
-        pixel_scale=manifest.get("pixel_scale"),
-        zeropoint=manifest.get("zeropoint"),
-        bunit=manifest.get("bunit"),
-        flux_scale=float(manifest.get("flux_scale", 1.0)),
-        support=_manifest_support(manifest, path),
-        manifest=manifest,
-        sha256=folder_digest(path),
-        path=path,
-    )
+    try:
+        frame = Frame.from_json(manifest.get("frame"), f"{path}/prior.json")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        return PriorSet(
+            name=str(manifest.get("name", path.name)),
+            method=method,
+            sources=list(sources),
+            priors=[c.prior for c in ckpts],
+            frame=frame,
+            support=_manifest_support(manifest, path),
+            manifest=manifest,
+            sha256=folder_digest(path),
+            path=path,
+        )
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}/prior.json: {exc}") from None

@@ -211,7 +211,7 @@ def resolve_support_masks(
     device
         As for the main run.
     """
-    sources, shape, n_obs = list(prior.sources), tuple(prior.shape), len(seeds)
+    sources, shape, n_obs = list(prior.sources), tuple(prior.frame.shape), len(seeds)
     radii = {name: [s.radius] * n_obs for name, s in supports.items()}
     widest = {
         name: disk(shape, s.radius).expand(n_obs, *shape).clone() for name, s in supports.items()

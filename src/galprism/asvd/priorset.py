@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError
+from ..frame import Frame
 from ..operators import Composition, Convolve, SourceSum
 from ..separate.prior import Capabilities
 from ..support import Support
@@ -30,7 +31,6 @@ class ASVDPriorSet:
     """Adapter from :class:`ASVDModel` to the separation pipeline's prior interface."""
 
     method = "asvd"
-    flux_scale = 1.0
     #: One point estimate of PSF-convolved sources; no supports or free-form components.
     capabilities = Capabilities(
         posterior_samples=False, source_supports=False, freeform=False, psf_included=True
@@ -42,10 +42,13 @@ class ASVDPriorSet:
         self.manifest = manifest
         self.name = str(manifest.get("name", path.name))
         self.sources = list(model.sources)
-        self.shape = tuple(model.shape)
-        self.pixel_scale = model.pixel_scale
-        self.zeropoint = model.zeropoint
-        self.bunit = model.bunit
+        # The bases are fitted in the data's own units: a flux scale of 1.
+        self.frame = Frame(
+            tuple(model.shape),
+            pixel_scale=model.pixel_scale,
+            zeropoint=model.zeropoint,
+            bunit=model.bunit,
+        )
         self.sha256 = str(manifest.get("sha256", ""))
         self.support: dict[str, Support] = {}
 
@@ -54,10 +57,10 @@ class ASVDPriorSet:
             "name": self.name,
             "method": self.method,
             "sources": self.sources,
-            "shape": list(self.shape),
-            "pixel_scale": self.pixel_scale,
-            "zeropoint": self.zeropoint,
-            "bunit": self.bunit,
+            "shape": list(self.frame.shape),
+            "pixel_scale": self.frame.pixel_scale,
+            "zeropoint": self.frame.zeropoint,
+            "bunit": self.frame.bunit,
             "training": {"tau": self.manifest.get("tau"), "ranks": self.manifest.get("ranks")},
             "sha256": self.sha256,
             "path": str(self.path),

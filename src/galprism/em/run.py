@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..diffusion import DiffusionPrior, SamplerConfig, random_flux_scaling
 from ..errors import ConfigError
+from ..frame import Frame
 from ..gaussian import GaussianPrior
 from ..priorset import PriorSet
 from ..sampling import sample_prior
@@ -305,11 +306,14 @@ def _grids(
 def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
     meta = config.metadata
     common = dict(
-        shape=tuple(config.shape),
-        pixel_scale=meta.get("pixel_scale"),
-        zeropoint=meta.get("zeropoint"),
-        bunit=meta.get("bunit"),
-        flux_scale=float(meta.get("flux_scale", 1.0)),
+        frame=Frame(
+            tuple(config.shape),
+            bands=meta.get("bands"),
+            pixel_scale=meta.get("pixel_scale"),
+            zeropoint=meta.get("zeropoint"),
+            bunit=meta.get("bunit"),
+            flux_scale=float(meta.get("flux_scale", 1.0)),
+        ),
         support=dict(meta.get("support") or {}),
     )
     training = {

@@ -192,7 +192,7 @@ class GalprismMethod:
             for o, c in zip(observations, group, strict=True):
                 if o.shape != c.observation.shape:
                     raise ShapeError(
-                        f"{c.name}: cutout {c.observation.shape[1:]} differs from prior {tuple(self.prior.shape[1:])}; "
+                        f"{c.name}: cutout {c.observation.shape[1:]} differs from prior {tuple(self.prior.frame.shape[1:])}; "
                         "simulate the test set at the prior's size"
                     )
             seeds = [cutout_seed(self.config.seed, c.name) for c in group]
@@ -203,7 +203,7 @@ class GalprismMethod:
             for obs, res in zip(observations, results, strict=True):
                 samples = res.samples[:, self.galaxy_index, 0].astype(np.float64)  # (S, H, W)
                 mean = samples.mean(axis=0)
-                conv = forward_model(obs, mean[None], self.prior.shape)[0]
+                conv = forward_model(obs, mean[None], self.prior.frame.shape)[0]
                 out.append(Estimate(galaxy_conv=conv, galaxy=mean, samples=samples, seconds=share))
             if progress is not None:
                 progress(len(group))
@@ -389,8 +389,8 @@ def prior_matches_cutouts(prior: PriorSet, cutouts: Sequence[EvalCutout]) -> Non
     if not cutouts:
         return
     c = cutouts[0]
-    if tuple(prior.shape) != tuple(c.observation.shape):
+    if tuple(prior.frame.shape) != tuple(c.observation.shape):
         raise ConfigError(
-            f"prior {prior.name!r} models {tuple(prior.shape)} cutouts but {c.name} is {c.observation.shape}; "
+            f"prior {prior.name!r} models {tuple(prior.frame.shape)} cutouts but {c.name} is {c.observation.shape}; "
             "simulate the test set at the prior's size"
         )

@@ -118,7 +118,7 @@ def two_view_separation(
     sampler = sampler if sampler is not None else SamplerConfig()
     cut = case.cutout
     obs = cut.observation
-    shape = tuple(prior.shape)
+    shape = tuple(prior.frame.shape)
     if obs.shape != shape:
         raise ShapeError(f"{obs.name}: cutout {obs.shape} does not match prior {shape}")
     zp = prior_zeropoint(prior)

@@ -159,7 +159,7 @@ def find_gaussian_prior(prior: PriorSet) -> Path | str | None:
         if (
             other.method == "gaussian"
             and other.sources == prior.sources
-            and tuple(other.shape) == tuple(prior.shape)
+            and tuple(other.frame.shape) == tuple(prior.frame.shape)
         ):
             return name
     return None

@@ -129,21 +129,21 @@ def fit_to_prior(
     obs: Observation, prior: Separator, config: SeparateConfig, warnings: RunWarnings | None = None
 ) -> tuple[Observation, int]:
     """Check an observation against a prior and crop it to the prior's footprint."""
-    c, h, w = (int(s) for s in prior.shape)
+    c, h, w = (int(s) for s in prior.frame.shape)
     if obs.n_bands != c:
         raise ShapeError(
             f"{obs.name}: cutout has {obs.n_bands} band(s) but prior {prior.name!r} models {c}"
         )
-    if obs.pixel_scale is None and prior.pixel_scale is not None and warnings is not None:
+    if obs.pixel_scale is None and prior.frame.pixel_scale is not None and warnings is not None:
         warnings.warn(
             "pixel scale assumed",
-            f"{obs.name}: no pixel scale (WCS, PIXSCALE or --pixel-scale); assuming the prior's {prior.pixel_scale:g} arcsec/pixel",
+            f"{obs.name}: no pixel scale (WCS, PIXSCALE or --pixel-scale); assuming the prior's {prior.frame.pixel_scale:g} arcsec/pixel",
         )
-    factor = obs.grid_factor(prior.pixel_scale)
+    factor = obs.grid_factor(prior.frame.pixel_scale)
     if h % factor or w % factor:
         raise ShapeError(
             f"{obs.name}: prior grid {h}x{w} is not divisible by the downsampling factor {factor} "
-            f"(cutout {obs.pixel_scale:.6g} vs prior {prior.pixel_scale:.6g} arcsec/pixel)"
+            f"(cutout {obs.pixel_scale:.6g} vs prior {prior.frame.pixel_scale:.6g} arcsec/pixel)"
         )
     if config.center_radec is not None:
         center: tuple[float, float] | None = obs.pixel_of(*config.center_radec)
@@ -189,7 +189,7 @@ def separate_observations(
     results = _separate_once(observations, prior, config, seeds, device=device)
     if config.freeform.residual is None or not _freeform_applies(prior):
         return results
-    flux_scale = float(prior.flux_scale)
+    flux_scale = float(prior.frame.flux_scale)
     extra: list[list[Box]] = [[] for _ in observations]
     searched = range(len(results))  # later rounds: only the redrawn cutouts have a new residual
     for _ in range(config.freeform.rounds):
@@ -243,9 +243,9 @@ def _separate_once(
     zp = prior_zeropoint(prior)
     batch = stack_observations(
         observations,
-        prior.shape,
+        prior.frame.shape,
         len(prior.sources),
-        prior_pixel_scale=prior.pixel_scale,
+        prior_pixel_scale=prior.frame.pixel_scale,
         prior_zeropoint=zp,
     )
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -258,9 +258,9 @@ def _separate_once(
             batch.noise_var,
             batch.valid,
             psfs,
-            prior.shape,
+            prior.frame.shape,
             batch.factor,
-            float(prior.flux_scale),
+            float(prior.frame.flux_scale),
             config.freeform,
             extra=extra_boxes,
         )
@@ -285,10 +285,10 @@ def _separate_once(
     )
     b, k = len(observations), len(prior.sources)
     shape = tuple(samples.shape)
-    if len(shape) != 6 or shape[0] != b or shape[2] != k or shape[3:] != tuple(prior.shape):
+    if len(shape) != 6 or shape[0] != b or shape[2] != k or shape[3:] != tuple(prior.frame.shape):
         raise ShapeError(
             f"prior {prior.name!r} returned samples of shape {shape}, expected "
-            f"({b}, n_samples, {k}, {', '.join(map(str, prior.shape))})"
+            f"({b}, n_samples, {k}, {', '.join(map(str, prior.frame.shape))})"
         )
     x = samples.detach().to("cpu", torch.float64)
     x = zero_outside_supports(x, prior.sources, supports)

@@ -112,7 +112,7 @@ def build_hdulist(
     primary = primary_hdu(_cards(result, prior, config, device), history)
     for note in obs.notes:
         primary.header.add_comment(note.text)
-    bunit = obs.bunit or (prior.bunit if result.zeropoint_assumed else None)
+    bunit = obs.bunit or (prior.frame.bunit if result.zeropoint_assumed else None)
     zp = (
         obs.zeropoint
         if obs.zeropoint is not None

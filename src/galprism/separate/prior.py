@@ -10,6 +10,7 @@ import torch
 
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError
+from ..frame import Frame
 from ..io.flux import zeropoint_of_unit
 from ..support import Support, check_support
 
@@ -49,11 +50,7 @@ class Separator(Protocol):
     name: str
     method: str
     sources: list[str]
-    shape: tuple[int, int, int]
-    pixel_scale: float | None
-    zeropoint: float | None
-    bunit: str | None
-    flux_scale: float
+    frame: Frame
     sha256: str
     support: Mapping[str, Support]
     capabilities: Capabilities
@@ -71,10 +68,10 @@ class Separator(Protocol):
 
 
 def prior_zeropoint(prior: Separator) -> float | None:
-    """The prior's AB zero point, from its ``zeropoint`` or else its ``bunit``."""
-    if prior.zeropoint is not None:
-        return float(prior.zeropoint)
-    return zeropoint_of_unit(prior.bunit)
+    """The prior's AB zero point, from its frame's ``zeropoint`` or else its ``bunit``."""
+    if prior.frame.zeropoint is not None:
+        return float(prior.frame.zeropoint)
+    return zeropoint_of_unit(prior.frame.bunit)
 
 
 def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, Support]:
