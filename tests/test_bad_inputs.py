@@ -79,7 +79,7 @@ BAD = {
     "zero variance": (_zero_variance, "zero or negative"),
     "PSF larger than the image": (_psf_larger_than_image, "larger than the 16x16 image"),
     "even-sized PSF": (_even_psf, "even"),
-    "off-centre PSF": (_off_centre_psf, "off-centre"),
+    "off-centre PSF": (_off_centre_psf, "off-center"),
     "wrong band count": (_wrong_band_count, "2 band"),
 }
 

@@ -57,7 +57,8 @@ def test_whitened_likelihood_gives_the_exact_marginal_posterior_denoiser():
     model, valid = _model(prob)
     # as in a cutout, masked pixels are masked in the operator too
     operator = SourceSum([Composition([Mask(valid[0]), op]) for op in prob.operator.ops])
-    y_w, nv_w, op_w = model.whiten(prob.y * valid, operator)
+    y_w, nv_w = model.whiten(prob.y * valid)
+    op_w = SourceSum([Composition([*model.whitening(), op]) for op in operator.ops])
     assert torch.equal(nv_w, torch.ones_like(nv_w))
     post = JointPosterior(prob.priors, op_w, y_w, nv_w, cg_iterations=y_w[0].numel() + 8)
     t = torch.tensor(0.5, dtype=torch.float64)

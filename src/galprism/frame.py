@@ -87,6 +87,15 @@ class Frame:
         object.__setattr__(self, "flux_scale", float(self.flux_scale))
 
     @property
+    def ab_zeropoint(self) -> float | None:
+        """The AB zero point of the values: ``zeropoint``, else that of a flux ``bunit``."""
+        if self.zeropoint is not None:
+            return self.zeropoint
+        from .io.flux import zeropoint_of_unit  # local: astropy units only when asked
+
+        return zeropoint_of_unit(self.bunit)
+
+    @property
     def is_image(self) -> bool:
         """Whether sources are images ``(C, H, W)``."""
         return len(self.shape) == 3

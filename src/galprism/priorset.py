@@ -14,7 +14,7 @@ holds ``prior.json`` and one checkpoint per source::
       galaxy.pt         checkpoints of :mod:`galprism.checkpoint`
       sky.pt
 
-``support`` (optional) confines a source to a disk around the grid centre, of a fixed
+``support`` (optional) confines a source to a disk around the grid center, of a fixed
 radius in prior pixels or adaptive up to one (``"auto:20"``): outside it the source is
 zero (:mod:`galprism.support`). ``galprism separate --support`` overrides it.
 
@@ -94,7 +94,7 @@ class PriorSet:
         learned from (:class:`~galprism.frame.Frame`).
     support
         Source name -> :class:`~galprism.support.Support`: the disk around the grid
-        centre (fixed radius in prior pixels, or adaptive up to one) outside which that
+        center (fixed radius in prior pixels, or adaptive up to one) outside which that
         source is zero; sources not named are unconstrained.
     manifest
         The full ``prior.json`` content (training provenance included).

@@ -3,8 +3,9 @@
 ``galprism separate --method asvd`` then runs the same pipeline, with the same inputs and
 outputs, as the diffusion method: the "sample" cube holds the single point estimate.
 The bases are learned from observed cutouts, so they already contain the survey's PSF:
-only the mask (and any downsampling) of each cutout's operator is applied here, and the
-separated sources are PSF-convolved images (the output header says so).
+the prior set declares ``psf_included``, the pipeline builds each cutout's operator
+without the PSF (mask and any downsampling only), and the separated sources are
+PSF-convolved images (the output header says so).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError
 from ..frame import Frame
-from ..operators import Composition, Convolve, SourceSum
+from ..operators import SourceSum
 from ..separate.prior import Capabilities
 from ..support import Support
 from .model import ASVDModel, load_asvd
@@ -77,28 +78,18 @@ class ASVDPriorSet:
         device: str | torch.device = "cpu",
         callback: Callable[[int, int], None] | None = None,
     ) -> Tensor:
-        """Point estimate ``(B, 1, 2, *shape)``: no sampler setting applies."""
-        op = _without_psf(operator)
-        out = self.model.separate(y.to(torch.float64), op, noise_var.to(torch.float64))
+        """Point estimate ``(B, 1, 2, *shape)``: no sampler setting applies.
+
+        ``operator`` must leave the PSF out (``capabilities.psf_included``): the bases
+        already contain it.
+        """
+        out = self.model.separate(y.to(torch.float64), operator, noise_var.to(torch.float64))
         return out[:, None].to(y.dtype)
 
     def sample_prior(self, source: str, n: int, **kwargs: Any) -> Tensor:
         raise ConfigError(
             f"prior {self.name!r}: adversarial-SVD bases are not a generative model; use a diffusion prior"
         )
-
-
-def _without_psf(operator: SourceSum) -> SourceSum:
-    """The operator with its PSF convolutions removed (the bases contain the PSF)."""
-
-    def strip(op):
-        if isinstance(op, Composition):
-            kept = [o for o in op.ops if not isinstance(o, Convolve)]
-            return Composition(kept) if kept else op.ops[-1]
-        return op
-
-    terms = [strip(op) for op in operator.ops]
-    return SourceSum(terms)
 
 
 def load_asvd_priorset(path: Path, manifest: dict[str, Any]) -> ASVDPriorSet:

@@ -276,7 +276,7 @@ class _Output:
     "support",
     multiple=True,
     metavar="SOURCE=[auto:]RADIUS|none",
-    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre, or auto:RADIUS for "
+    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout center, or auto:RADIUS for "
     "a disk fitted per cutout up to RADIUS (repeatable); 'none' drops the prior's own supports "
     "(default: the prior's, see `galprism priors`).",
 )
@@ -294,7 +294,7 @@ class _Output:
     show_default=True,
     metavar="SNR|none",
     help="Give a peak on the cutout's outermost pixels above this signal-to-noise a free-form "
-    "component reaching beyond the grid (light from sources centred outside it).",
+    "component reaching beyond the grid (light from sources centered outside it).",
 )
 @click.option(
     "--freeform-residual",
@@ -322,8 +322,8 @@ class _Output:
     show_default=True,
     help="Run seed; each cutout's derives from it and its file name.",
 )
-@click.option("--center", help="Crop centre X,Y in 0-based pixels (default: image centre).")
-@click.option("--center-radec", help="Crop centre RA,DEC in degrees, through the WCS.")
+@click.option("--center", help="Crop center X,Y in 0-based pixels (default: image center).")
+@click.option("--center-radec", help="Crop center RA,DEC in degrees, through the WCS.")
 @click.option("--image-hdu", help="Image HDU name or index (default: SCI, IMAGE, else primary).")
 @click.option(
     "--psf",

@@ -26,6 +26,7 @@ import torch
 
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, ShapeError
+from ..frame import Frame
 from ..io.inputs import cutout_seed
 from ..observation import Observation, stack_observations
 from ..priorset import PriorSet
@@ -77,17 +78,17 @@ class Method(Protocol):
 
 
 def forward_model(
-    obs: Observation, image: np.ndarray, prior_shape: Sequence[int], factor: int = 1
+    obs: Observation, image: np.ndarray, prior_shape: Sequence[int], grid_factor: int = 1
 ) -> np.ndarray:
     """``Downsample o Convolve(PSF)`` of an intrinsic ``(C, H, W)`` image, masked pixels included.
 
     This is galprism's own forward model (zero-padded FFT convolution with the cutout's
     PSF), so the convolved estimate is exactly what the method predicts for the data.
     """
-    batch = stack_observations([obs], prior_shape, 1, prior_pixel_scale=None)
-    if factor != 1:
+    batch = stack_observations([obs], Frame(tuple(prior_shape)))
+    if grid_factor != 1:
         raise ShapeError(
-            f"{obs.name}: forward_model handles cutouts on the prior's grid only (factor {factor})"
+            f"{obs.name}: forward_model handles cutouts on the prior's grid only (factor {grid_factor})"
         )
     x = torch.from_numpy(np.asarray(image, dtype=np.float64))[None]
     return batch.forward.apply(x)[0].numpy()
@@ -275,7 +276,7 @@ class PhotutilsMethod:
     The background (a constant: the sigma-clipped median of the valid pixels) is
     subtracted; the image is smoothed with a Gaussian kernel of ``kernel_fwhm`` pixels
     (about the PSF) for detection at ``nsigma`` times the noise per pixel; the segment
-    under the cutout centre (else the nearest segment within ``max_distance`` pixels)
+    under the cutout center (else the nearest segment within ``max_distance`` pixels)
     is the central galaxy, and its background-subtracted pixels are the estimate
     (0 elsewhere and at masked pixels). No detection gives an all-zero estimate.
     """
@@ -355,7 +356,7 @@ class PhotutilsMethod:
         return data, np.asarray(segm.data, dtype=np.int64)
 
     def central_label(self, labels: np.ndarray) -> int:
-        """Label of the segment under the centre pixel, else the nearest within ``max_distance``."""
+        """Label of the segment under the center pixel, else the nearest within ``max_distance``."""
         h, w = labels.shape
         cy, cx = h // 2, w // 2
         if labels[cy, cx] > 0:

@@ -32,10 +32,10 @@ from torch import Tensor
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ShapeError
 from ..io.inputs import cutout_seed
-from ..operators import Composition, Convolve, Identity, LinearOperator, Mask, SourceSum
+from ..operators import Composition, Convolve, Identity, LinearOperator, Mask
 from ..priorset import PriorSet
 from ..separate import SeparateConfig, effective_support, prior_zeropoint
-from ..support import resolve_support_masks, supported_operator, zero_outside_supports
+from ..support import resolve_support_masks, source_operator, zero_outside_supports
 from .real import COVERAGE_MIN, RealCase
 
 __all__ = ["ChannelStack", "TwoViewResult", "two_view_separation"]
@@ -122,12 +122,12 @@ def two_view_separation(
     if obs.shape != shape:
         raise ShapeError(f"{obs.name}: cutout {obs.shape} does not match prior {shape}")
     zp = prior_zeropoint(prior)
-    fac = obs.flux_factor_to(zp)
+    flux_factor = obs.flux_factor_to(zp)
     offset = float(case.info.get("sky_offset", 0.0))
     # The HST view has no flat sky (it was fitted away), so remove the fitted offset from
     # the HSC data in both runs: the comparison then differs only by the HST view.
-    y_hsc = (obs.image - offset) * fac
-    var_hsc = np.where(obs.valid, obs.variance, 1.0) * fac**2
+    y_hsc = (obs.image - offset) * flux_factor
+    var_hsc = np.where(obs.valid, obs.variance, 1.0) * flux_factor**2
     hsc_op = Composition(
         [
             Mask(torch.from_numpy(obs.valid.copy())),
@@ -135,8 +135,8 @@ def two_view_separation(
         ]
     )
     covered = (case.coverage > COVERAGE_MIN)[None]
-    y_hst = np.where(covered, case.hst_truth_view[None], 0.0) * fac
-    var_hst = np.full(shape, (case.hst_truth_noise * fac) ** 2)
+    y_hst = np.where(covered, case.hst_truth_view[None], 0.0) * flux_factor
+    var_hst = np.full(shape, (case.hst_truth_noise * flux_factor) ** 2)
     hst_op = Composition([Mask(torch.from_numpy(covered.copy())), Identity(shape)])
     k = prior.sources.index(galaxy_source)
     supports = effective_support(prior, SeparateConfig(support=support))
@@ -152,20 +152,17 @@ def two_view_separation(
         ),
     ):
         y_t, var_t = torch.from_numpy(y[None]).float(), torch.from_numpy(var[None]).float()
-        full = SourceSum([op] * len(prior.sources))
+
+        def operator_for(masks, op=op):
+            return source_operator(prior.sources, [op], masks)
+
         masks, _ = resolve_support_masks(
-            supports, prior, y_t, var_t, full, [gen_seed], sampler=sampler
+            supports, prior, y_t, var_t, operator_for, [gen_seed], sampler=sampler
         )
         gen = torch.Generator().manual_seed(gen_seed)
-        x = prior.separate(
-            y_t,
-            var_t,
-            supported_operator(full, prior.sources, masks),
-            sampler,
-            generators=[gen],
-        )
+        x = prior.separate(y_t, var_t, operator_for(masks), sampler, generators=[gen])
         x = zero_outside_supports(x, prior.sources, masks)
-        gal = x[0, :, k, 0].double().numpy() / fac  # (S, H, W) in the cutout's units
+        gal = x[0, :, k, 0].double().numpy() / flux_factor  # (S, H, W) in the cutout's units
         runs[label] = gal
     foot = cut.galaxy_conv >= cut.sigma
     flux = {k_: v.sum(axis=(1, 2)) for k_, v in runs.items()}

@@ -4,7 +4,7 @@ Stages, for each input path:
 
 1. decide the output name; skip it (``--skip-existing``) or refuse to clobber it;
 2. read the cutout (:func:`galprism.io.read.read_cutout`), crop or pad it to the prior's
-   size around the requested centre;
+   size around the requested center;
 3. group it with cutouts of the same shape; when a group holds ``batch_size`` cutouts,
    stack them (:func:`galprism.observation.stack_observations`), call the prior's
    ``separate`` with one ``torch.Generator`` per cutout, convert the samples back to each

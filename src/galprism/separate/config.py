@@ -31,8 +31,8 @@ class SeparateConfig:
     seed
         Run seed; each cutout's seed derives from it and the file name.
     center, center_radec
-        Crop centre in pixels ``(x, y)`` (0-based) or degrees ``(ra, dec)``; default the
-        image centre.
+        Crop center in pixels ``(x, y)`` (0-based) or degrees ``(ra, dec)``; default the
+        image center.
     read
         Sidecar files and overrides for reading inputs.
     output_dir, output
@@ -44,12 +44,12 @@ class SeparateConfig:
     command_line
         Recorded in the outputs' HISTORY (default: ``sys.argv``).
     support
-        Source name -> radius in prior pixels of the disk around the cutout centre outside
+        Source name -> radius in prior pixels of the disk around the cutout center outside
         which that source is zero, or ``"auto:R"`` for an adaptive disk of at most R
         (:mod:`galprism.support`); ``None`` uses the prior's own (``prior.json``), ``{}``
         none.
     freeform
-        When sources the priors cannot draw (too bright, or centred beyond the grid) get
+        When sources the priors cannot draw (too bright, or centered beyond the grid) get
         a free-form component integrated out of the likelihood (:mod:`galprism.freeform`).
     """
 

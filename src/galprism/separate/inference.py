@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,9 +14,9 @@ from ..errors import GalprismError, ShapeError
 from ..freeform import Box, build_freeform, find_residual_boxes
 from ..io.read import read_cutout
 from ..observation import Observation, stack_observations
+from ..operators import SourceSum
 from ..support import (
     resolve_support_masks,
-    supported_operator,
     zero_outside_supports,
 )
 from .config import SeparateConfig
@@ -61,8 +61,8 @@ class SeparationResult:
         data constrain, divided by the number of pixels.
     seed
         The cutout's seed.
-    factor
-        Grid factor (cutout pixel scale / prior pixel scale).
+    grid_factor
+        Cutout pixel scale / prior pixel scale.
     flux_factor
         Multiplier from the cutout's units to the prior's.
     zeropoint_assumed
@@ -82,7 +82,7 @@ class SeparationResult:
     resid: np.ndarray
     chi2_samples: np.ndarray
     seed: int
-    factor: int
+    grid_factor: int
     flux_factor: float
     zeropoint_assumed: bool = False
     support_radii: dict[str, float] = field(default_factory=dict)
@@ -113,7 +113,7 @@ def prepare_observation(
 
     Returns
     -------
-    observation, factor
+    observation, grid_factor
         The cropped cutout and its grid factor.
 
     Raises
@@ -139,17 +139,17 @@ def fit_to_prior(
             "pixel scale assumed",
             f"{obs.name}: no pixel scale (WCS, PIXSCALE or --pixel-scale); assuming the prior's {prior.frame.pixel_scale:g} arcsec/pixel",
         )
-    factor = obs.grid_factor(prior.frame.pixel_scale)
-    if h % factor or w % factor:
+    grid_factor = obs.grid_factor(prior.frame.pixel_scale)
+    if h % grid_factor or w % grid_factor:
         raise ShapeError(
-            f"{obs.name}: prior grid {h}x{w} is not divisible by the downsampling factor {factor} "
+            f"{obs.name}: prior grid {h}x{w} is not divisible by the downsampling factor {grid_factor} "
             f"(cutout {obs.pixel_scale:.6g} vs prior {prior.frame.pixel_scale:.6g} arcsec/pixel)"
         )
     if config.center_radec is not None:
         center: tuple[float, float] | None = obs.pixel_of(*config.center_radec)
     else:
         center = config.center
-    return obs.crop(center, (h // factor, w // factor)), factor
+    return obs.crop(center, (h // grid_factor, w // grid_factor)), grid_factor
 
 
 def separate_observations(
@@ -196,16 +196,16 @@ def separate_observations(
         redo = []
         for i in searched:
             res = results[i]
-            obs, fac = res.observation, res.flux_factor
+            obs, flux_factor = res.observation, res.flux_factor
             found = find_residual_boxes(
-                (obs.image - res.model) * fac,
-                obs.variance * fac**2,
+                (obs.image - res.model) * flux_factor,
+                obs.variance * flux_factor**2,
                 obs.valid,
                 obs.psf,
                 res.boxes,
                 config.freeform,
                 flux_scale,
-                res.factor,
+                res.grid_factor,
             )
             if found:
                 extra[i].extend(found)
@@ -241,45 +241,48 @@ def _separate_once(
 ) -> list[SeparationResult]:
     """One posterior draw of a batch (:func:`separate_observations`), with ``extra_boxes`` added."""
     zp = prior_zeropoint(prior)
-    batch = stack_observations(
-        observations,
-        prior.frame.shape,
-        len(prior.sources),
-        prior_pixel_scale=prior.frame.pixel_scale,
-        prior_zeropoint=zp,
-    )
+    batch = stack_observations(observations, prior.frame)
     generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
     freeform = None
     if config.freeform.enabled and _freeform_applies(prior):
-        psfs = [o.prior_grid_psf(batch.factor) for o in observations]
+        psfs = [o.prior_grid_psf(batch.grid_factor) for o in observations]
         freeform = build_freeform(
             batch.y,
             batch.noise_var,
             batch.valid,
             psfs,
             prior.frame.shape,
-            batch.factor,
+            batch.grid_factor,
             float(prior.frame.flux_scale),
             config.freeform,
             extra=extra_boxes,
         )
-    y, noise_var, base_operator = batch.y, batch.noise_var, batch.operator
+    y, noise_var, whitening = batch.y, batch.noise_var, []
     if freeform is not None:
-        y, noise_var, base_operator = freeform.whiten(batch.y.to(torch.float64), batch.operator)
+        y, noise_var = freeform.whiten(batch.y.to(torch.float64))
         y, noise_var = y.to(batch.y.dtype), noise_var.to(batch.y.dtype)
+        whitening = freeform.whitening()
+
+    def operator_for(masks: Mapping[str, torch.Tensor]) -> SourceSum:
+        return batch.operator_for(
+            prior.sources,
+            supports=masks,
+            whitening=whitening,
+            psf_included=prior.capabilities.psf_included,
+        )
 
     supports, radii = resolve_support_masks(
         effective_support(prior, config),
         prior,
         y,
         noise_var,
-        base_operator,
+        operator_for,
         seeds,
         sampler=config.sampler,
         device=device,
     )
-    operator = supported_operator(base_operator, prior.sources, supports)
+    operator = operator_for(supports)
     samples = prior.separate(
         y, noise_var, operator, config.sampler, generators=generators, device=device
     )
@@ -315,29 +318,29 @@ def _separate_once(
     predicted = light.mean(dim=1)
     results = []
     for i, obs in enumerate(observations):
-        fac = float(batch.flux_factors[i])
-        model = predicted[i].numpy() / fac
+        flux_factor = float(batch.flux_factors[i])
+        model = predicted[i].numpy() / flux_factor
         sigma = np.sqrt(obs.variance)
         resid = np.where(obs.valid, (obs.image - model) / sigma, np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):  # sigma may be 0 or inf where masked
-            per_sample = (obs.image[None] - light[i].numpy() / fac) / sigma[None]
+            per_sample = (obs.image[None] - light[i].numpy() / flux_factor) / sigma[None]
         chi2_samples = np.mean(per_sample[:, obs.valid] ** 2, axis=1)
         results.append(
             SeparationResult(
                 observation=obs,
                 sources=list(prior.sources),
-                samples=(x[i].numpy() / fac).astype(np.float32),
+                samples=(x[i].numpy() / flux_factor).astype(np.float32),
                 model=model,
                 resid=resid,
                 chi2_samples=chi2_samples,
                 seed=int(seeds[i]),
-                factor=batch.factor,
-                flux_factor=fac,
+                grid_factor=batch.grid_factor,
+                flux_factor=flux_factor,
                 zeropoint_assumed=obs.zeropoint is None and zp is not None,
                 support_radii={name: r[i] for name, r in radii.items()},
                 freeform=None
                 if ff_images is None or not freeform.boxes[i]
-                else (ff_images[i].numpy() / fac).astype(np.float32),
+                else (ff_images[i].numpy() / flux_factor).astype(np.float32),
                 boxes=[] if freeform is None else list(freeform.boxes[i]),
             )
         )

@@ -78,7 +78,7 @@ def _cards(
         "INSHA256": (obs.checksum, ""),
         "CROPX0": (int(obs.origin[0]), "input pixel x (0-based) of output pixel 0"),
         "CROPY0": (int(obs.origin[1]), "input pixel y (0-based) of output pixel 0"),
-        "GRIDFAC": (int(result.factor), "cutout pixel / prior pixel (downsampling)"),
+        "GRIDFAC": (int(result.grid_factor), "cutout pixel / prior pixel (downsampling)"),
         "PIXSCALE": (obs.pixel_scale, "[arcsec] cutout pixel scale"),
         "ZPINPUT": (obs.zeropoint, "AB zero point of the input (and outputs)"),
         "ZPPRIOR": (zp_prior, "AB zero point of the prior"),
@@ -119,7 +119,7 @@ def build_hdulist(
         else (prior_zeropoint(prior) if result.zeropoint_assumed else None)
     )
     extra = {"MAGZERO": (zp, "AB zero point of the values")}
-    fine_wcs = obs.prior_grid_wcs(result.factor)
+    fine_wcs = obs.prior_grid_wcs(result.grid_factor)
     hdus = [primary]
     cache: dict = {}  # WCS header cards per grid and axes, built once per file
     for k, name in enumerate(result.sources):

@@ -11,7 +11,6 @@ import torch
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError
 from ..frame import Frame
-from ..io.flux import zeropoint_of_unit
 from ..support import Support, check_support
 
 if TYPE_CHECKING:
@@ -69,9 +68,7 @@ class Separator(Protocol):
 
 def prior_zeropoint(prior: Separator) -> float | None:
     """The prior's AB zero point, from its frame's ``zeropoint`` or else its ``bunit``."""
-    if prior.frame.zeropoint is not None:
-        return float(prior.frame.zeropoint)
-    return zeropoint_of_unit(prior.frame.bunit)
+    return prior.frame.ab_zeropoint
 
 
 def effective_support(prior: Separator, config: SeparateConfig) -> dict[str, Support]:

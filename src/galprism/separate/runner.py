@@ -257,7 +257,7 @@ def run_separate(
                 )
                 continue
         try:
-            obs, factor = prepare_observation(path, prior, config, warn)
+            obs, grid_factor = prepare_observation(path, prior, config, warn)
         except Exception as exc:  # noqa: BLE001 - a bad file never stops the batch
             report(
                 InputRecord(
@@ -271,7 +271,7 @@ def run_separate(
             )
             continue
         _warn_notes(obs, prior, warn)
-        group_key = (obs.shape, factor)
+        group_key = (obs.shape, grid_factor)
         pending.setdefault(group_key, []).append(
             _Pending(path, out, obs, seed, time.perf_counter() - t0)
         )
