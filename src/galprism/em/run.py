@@ -181,16 +181,7 @@ def _lap(
     for earlier in stages[: plan.stage]:
         for s in earlier.learn:
             state.freeze(s)
-    sampler = SamplerConfig(
-        config.sampler,
-        config.steps_of(plan.phase_lap),
-        corrections=config.corrections_of(plan.phase_lap),
-        tau=config.tau,
-        particles=config.particles,
-        n_samples=1,
-        cg_iterations=config.cg_iterations,
-        trust=config.trust,
-    )
+    sampler = config.sampler_of(plan.phase_lap)
     samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
     chi2, redrawn, rejected = {}, {}, {}
     for vname in stage.views:
