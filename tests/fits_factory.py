@@ -320,8 +320,8 @@ def run_cli(argv, capsys, monkeypatch, *, prior=None, stdin: str | None = None):
 
 
 def spy_smc_particles(monkeypatch) -> list[int]:
-    """Record the particle count of every SMC sampler run (``galprism.sampling.sample_smc``), so a test checks
-    what SMC really ran with, not only the setting a header or summary claims."""
+    """Record the particle count of every SMC sampler run (``galprism.sampling.sample_smc``), so
+    a test checks what SMC really ran with, not only the setting a header or summary claims."""
     import galprism.sampling
 
     used: list[int] = []

@@ -6,9 +6,10 @@ A checkpoint is a ``torch.save``'d dictionary of plain Python values and tensors
 ``"gaussian"``), ``name`` (the source), ``config`` (everything needed to rebuild the
 module), ``state_dict`` (the weights; EMA weights for diffusion priors) and ``metadata``
 (free-form provenance). The grid and flux convention the weights were learned on are
-the prior folder's (``prior.json``'s ``frame``), recorded there once. It is read with ``torch.load(weights_only=True)``,
-which refuses anything but tensors and containers of primitives: loading a prior never
-runs code, and a checkpoint can only instantiate the backbones galprism knows.
+the prior folder's (``prior.json``'s ``frame``), recorded there once. It is read with
+``torch.load(weights_only=True)``, which refuses anything but tensors and containers of
+primitives: loading a prior never runs code, and a checkpoint can only instantiate the
+backbones galprism knows.
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
             pass
         if not sep or not name.strip():
             raise UsageError(
-                f"--support {v!r}: expected SOURCE=RADIUS or SOURCE=auto:RADIUS (prior pixels), or 'none'"
+                f"--support {v!r}: expected SOURCE=RADIUS or SOURCE=auto:RADIUS (prior pixels), "
+                "or 'none'"
             )
         try:
             Support.parse(value, f"--support {v!r}")
@@ -101,7 +102,8 @@ def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
 def parse_freeform(
     bright: str | float | None, edge: str | float | None, residual: str | float | None = None
 ) -> FreeformConfig:
-    """``--freeform-bright`` / ``-edge`` / ``-residual`` values (a number or ``none``) as a :class:`FreeformConfig`."""
+    """``--freeform-bright`` / ``-edge`` / ``-residual`` values (a number or ``none``) as a
+    :class:`FreeformConfig`."""
     values: dict[str, float | None] = {}
     for name, v in (("bright", bright), ("edge", edge), ("residual", residual)):
         if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
@@ -276,7 +278,8 @@ class _Output:
     "support",
     multiple=True,
     metavar="SOURCE=[auto:]RADIUS|none",
-    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout center, or auto:RADIUS for "
+    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout center, or "
+    "auto:RADIUS for "
     "a disk fitted per cutout up to RADIUS (repeatable); 'none' drops the prior's own supports "
     "(default: the prior's, see `galprism priors`).",
 )

@@ -88,7 +88,8 @@ def forward_model(
     batch = stack_observations([obs], Frame(tuple(prior_shape)))
     if grid_factor != 1:
         raise ShapeError(
-            f"{obs.name}: forward_model handles cutouts on the prior's grid only (factor {grid_factor})"
+            f"{obs.name}: forward_model handles cutouts on the prior's grid only "
+            f"(factor {grid_factor})"
         )
     x = torch.from_numpy(np.asarray(image, dtype=np.float64))[None]
     return batch.forward.apply(x)[0].numpy()
@@ -193,7 +194,8 @@ class GalprismMethod:
             for o, c in zip(observations, group, strict=True):
                 if o.shape != c.observation.shape:
                     raise ShapeError(
-                        f"{c.name}: cutout {c.observation.shape[1:]} differs from prior {tuple(self.prior.frame.shape[1:])}; "
+                        f"{c.name}: cutout {c.observation.shape[1:]} differs from prior "
+                        f"{tuple(self.prior.frame.shape[1:])}; "
                         "simulate the test set at the prior's size"
                     )
             seeds = [cutout_seed(self.config.seed, c.name) for c in group]
@@ -392,6 +394,7 @@ def prior_matches_cutouts(prior: PriorSet, cutouts: Sequence[EvalCutout]) -> Non
     c = cutouts[0]
     if tuple(prior.frame.shape) != tuple(c.observation.shape):
         raise ConfigError(
-            f"prior {prior.name!r} models {tuple(prior.frame.shape)} cutouts but {c.name} is {c.observation.shape}; "
+            f"prior {prior.name!r} models {tuple(prior.frame.shape)} cutouts but {c.name} is "
+            f"{c.observation.shape}; "
             "simulate the test set at the prior's size"
         )

@@ -137,12 +137,14 @@ def fit_to_prior(
     if obs.pixel_scale is None and prior.frame.pixel_scale is not None and warnings is not None:
         warnings.warn(
             "pixel scale assumed",
-            f"{obs.name}: no pixel scale (WCS, PIXSCALE or --pixel-scale); assuming the prior's {prior.frame.pixel_scale:g} arcsec/pixel",
+            f"{obs.name}: no pixel scale (WCS, PIXSCALE or --pixel-scale); assuming the "
+            f"prior's {prior.frame.pixel_scale:g} arcsec/pixel",
         )
     grid_factor = obs.grid_factor(prior.frame.pixel_scale)
     if h % grid_factor or w % grid_factor:
         raise ShapeError(
-            f"{obs.name}: prior grid {h}x{w} is not divisible by the downsampling factor {grid_factor} "
+            f"{obs.name}: prior grid {h}x{w} is not divisible by the downsampling factor "
+            f"{grid_factor} "
             f"(cutout {obs.pixel_scale:.6g} vs prior {prior.frame.pixel_scale:.6g} arcsec/pixel)"
         )
     if config.center_radec is not None:

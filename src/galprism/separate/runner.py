@@ -292,7 +292,8 @@ def _warn_notes(obs: Observation, prior: Separator, warn: RunWarnings) -> None:
     if obs.zeropoint is None and zp is not None:
         warn.warn(
             "zero point assumed",
-            f"{obs.name}: no --zeropoint, MAGZERO/MAGZPT/ZP or flux BUNIT; assuming the prior's AB zero point {zp:.4g}",
+            f"{obs.name}: no --zeropoint, MAGZERO/MAGZPT/ZP or flux BUNIT; assuming the "
+            f"prior's AB zero point {zp:.4g}",
         )
     elif obs.zeropoint is not None and zp is None:
         warn.warn(
