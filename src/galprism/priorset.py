@@ -240,7 +240,13 @@ class PriorSet:
                 f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} expects {tuple(self.shape)}"
             )
         prior = self.priors[self.sources.index(source)].to(device)
-        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+        # The ODE runs in the network's own dtype: a float32 denoiser cannot take float64
+        # candidates (FITS images are read as float64), a float64 prior keeps float64.
+        params = [t for t in prior.parameters() if t.is_floating_point()]
+        if params:
+            dtype = params[0].dtype
+        else:
+            dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         lp = log_prob(
             prior,
             (images / self.flux_scale).to(device=device, dtype=dtype),
