@@ -366,3 +366,27 @@ def test_a_shard_without_inputs_says_so(tmp_path, capsys, monkeypatch):
     )
     assert code == 0 and recs == [] and prior.calls == []
     assert err == [f"galprism: shard {empty}/16 holds none of the 2 inputs"]
+
+
+def test_priors_listing_does_not_import_torch():
+    """`galprism priors` (text and --json) reads prior.json only: torch is never imported, which
+    made listing take seconds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from galprism.cli.main import main\n"
+        "for argv in (['priors'], ['priors', '--json'], ['priors', 'default']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (argv, exc.code)\n"
+        "assert 'torch' not in sys.modules, 'galprism priors imported torch'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "hsc-galaxy" in done.stdout
