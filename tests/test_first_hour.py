@@ -249,6 +249,30 @@ def test_off_centre_psf_is_recentred_with_its_flux():
     assert notes == [] and kept.shape == (15, 15), "a PSF within tolerance must stay as it is"
 
 
+def test_even_sized_psf_is_padded_and_recentred(tmp_path, capsys, monkeypatch):
+    """A 10x10 PSF (refused before: no central pixel) is padded to 11x11 and re-centred with
+    its flux kept; the output header says so."""
+    from galprism.io.psf import recenter_psf
+
+    r = np.arange(10) - 4.5
+    psf = np.exp(-(r[None, :] ** 2 + r[:, None] ** 2) / (2 * 1.2**2))
+    psf /= psf.sum()
+    out, notes = recenter_psf(psf, "p.fits")
+    c = np.arange(out.shape[-1]) - (out.shape[-1] - 1) / 2
+    assert out.shape[0] % 2 == 1 and out.shape[0] == out.shape[1]
+    assert abs((out.sum(0) * c).sum()) < 0.01 and abs((out.sum(1) * c).sum()) < 0.01
+    assert out.sum() == pytest.approx(1.0, rel=1e-12)
+    assert notes == ["PSF p.fits padded from 10x10 to 11x11 and re-centred by (+0.50, +0.50) px"]
+
+    cut = make_cutout(tmp_path / "c.fits", psf=psf)
+    code, _, _, err = run_cli(
+        ["separate", cut, "-o", tmp_path / "o.fits"], capsys, monkeypatch, prior=FakePrior()
+    )
+    assert code == 0, err
+    comments = "".join(str(c) for c in fits.getheader(tmp_path / "o.fits")["COMMENT"])
+    assert "padded from 10x10 to 11x11 and re-centred by (+0.50, +0.50) px" in comments
+
+
 def test_real_hst_psf_is_recentred_and_recorded(tmp_path, capsys, monkeypatch, data_dir):
     """The real HST PSF, 0.74, 0.98 px off-centre, is accepted with a re-centring note in the
     output header and a warning, instead of being refused."""

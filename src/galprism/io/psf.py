@@ -113,23 +113,28 @@ def recenter_psf(
         If a centroid is more than a quarter of the kernel's size off-centre along an
         axis: such a kernel is more likely a wrong file than a shifted PSF.
 
-    Kernels that are non-finite, even-sized or do not have a positive sum are returned
-    unchanged, for :func:`prepare_psf` to refuse with its own message.
+    An even-sized kernel gets a zero row or column to make its size odd and is then
+    re-centred whatever its offset. Kernels that are non-finite or do not have a positive
+    sum are returned unchanged, for :func:`prepare_psf` to refuse with its own message.
     """
     arr = np.asarray(data, dtype=np.float64)
     if arr.ndim < 2 or not np.all(np.isfinite(arr)):
         return data, []
     kh, kw = arr.shape[-2:]
-    if kh % 2 == 0 or kw % 2 == 0:
-        return data, []
     kernels = arr.reshape(-1, kh, kw)
     sums = kernels.sum(axis=(-2, -1))
     if np.any(sums <= 0):
         return data, []
+    even = kh % 2 == 0 or kw % 2 == 0
+    if even:
+        # A zero row/column makes the size odd; the kernel is then re-centred however
+        # small its offset, since an even-sized kernel has no central pixel to be near.
+        kernels = np.pad(kernels, ((0, 0), (0, 1 - kh % 2), (0, 1 - kw % 2)))
+        kh, kw = kernels.shape[-2:]
     shifts: list[tuple[float, float] | None] = []
     for b, kernel in enumerate(kernels):
         cx, cy = _centroid(kernel)
-        if math.hypot(cx, cy) <= tolerance:
+        if math.hypot(cx, cy) <= (1e-9 if even else tolerance):
             shifts.append(None)
             continue
         if abs(cx) > kw / 4 or abs(cy) > kh / 4:
@@ -139,13 +144,17 @@ def recenter_psf(
                 f"than a quarter of its {kw}x{kh} size from the central pixel"
             )
         shifts.append((-cx, -cy))
-    if all(s is None for s in shifts):
+    if all(s is None for s in shifts) and not even:
         return data, []
-    pad = max(math.ceil(max(abs(s[0]), abs(s[1]))) for s in shifts if s is not None) + 1
+    size_note = f" padded from {arr.shape[-1]}x{arr.shape[-2]} to {kw}x{kh} and" if even else ""
+    pad = max((math.ceil(max(abs(s[0]), abs(s[1]))) for s in shifts if s), default=0) + 1
     padded = np.pad(kernels, ((0, 0), (pad, pad), (pad, pad)))
     notes = []
     for b, shift in enumerate(shifts):
+        band = f" band {b}" if len(kernels) > 1 else ""
         if shift is None:
+            if even:
+                notes.append(f"PSF {what}{band}{size_note.removesuffix(' and')}")
             continue
         dx, dy = shift
         # One correction of the remaining offset: the first moment of the sampled kernel
@@ -154,8 +163,9 @@ def recenter_psf(
         rx, ry = _centroid(out)
         out = _fourier_shift(out, -rx, -ry)
         padded[b] = out
-        band = f" band {b}" if len(kernels) > 1 else ""
-        notes.append(f"PSF {what}{band} re-centred by ({dx - rx:+.2f}, {dy - ry:+.2f}) px")
+        notes.append(
+            f"PSF {what}{band}{size_note} re-centred by ({dx - rx:+.2f}, {dy - ry:+.2f}) px"
+        )
     if max_size is not None:
         ny = min(padded.shape[-2], max_size[0] - (1 - max_size[0] % 2))
         nx = min(padded.shape[-1], max_size[1] - (1 - max_size[1] % 2))
