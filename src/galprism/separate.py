@@ -441,9 +441,10 @@ def _modelled_text(full: Observation, cropped: Observation) -> str:
     x0, y0 = cropped.origin[0] - full.origin[0], cropped.origin[1] - full.origin[1]
     _, ny, nx = cropped.shape
     _, h, w = full.shape
-    text = f"{MODELLED} x {x0}-{x0 + nx - 1}, y {y0}-{y0 + ny - 1} (0-based) of the {w}x{h} image"
-    if x0 < 0 or y0 < 0 or x0 + nx > w or y0 + ny > h:
-        text += ", masked beyond its edges"
+    xa, xb, ya, yb = max(x0, 0), min(x0 + nx, w) - 1, max(y0, 0), min(y0 + ny, h) - 1
+    text = f"{MODELLED} x {xa}-{xb}, y {ya}-{yb} (0-based) of the {w}x{h} image"
+    if (xa, xb, ya, yb) != (x0, x0 + nx - 1, y0, y0 + ny - 1):
+        text += f", padded to {nx}x{ny} with masked pixels"
     return text
 
 
