@@ -12,8 +12,8 @@ import os
 
 import pytest
 import torch
+from paper.manifold import contrastive_problem
 
-from galprism.datasets.manifold import contrastive_problem
 from galprism.em import EMConfig, RunStore, View, run_em
 from galprism.errors import ConfigError, GalprismError, ShapeError
 from galprism.metrics import wasserstein_divergence
