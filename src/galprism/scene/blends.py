@@ -256,14 +256,15 @@ def group_blends(
     blends = []
     for index, members in enumerate(groups):
         rows = order[members]
-        # Pixel extent of the model stamps centred on the members (half-open).
-        sx0 = np.floor(xy[rows, 0] - (mw - 1) / 2 + 0.5).astype(int)
-        sy0 = np.floor(xy[rows, 1] - (mh - 1) / 2 + 0.5).astype(int)
+        # Pixels touched by the model stamps centred on the members: a stamp whose first
+        # pixel centre falls at 12.5 spreads light over pixels 12 and 13 (half-open ends).
+        sx = xy[rows, 0] - (mw - 1) / 2
+        sy = xy[rows, 1] - (mh - 1) / 2
         b = boxes[rows]
-        x0 = int(min(sx0.min(), math.floor(b[:, 0].min() + 0.5)))
-        x1 = int(max((sx0 + mw).max(), math.floor(b[:, 1].max() + 0.5) + 1))
-        y0 = int(min(sy0.min(), math.floor(b[:, 2].min() + 0.5)))
-        y1 = int(max((sy0 + mh).max(), math.floor(b[:, 3].max() + 0.5) + 1))
+        x0 = int(min(np.floor(sx).min(), math.floor(b[:, 0].min() + 0.5)))
+        x1 = int(max(np.ceil(sx + mw - 1).max(), math.floor(b[:, 1].max() + 0.5)) + 1)
+        y0 = int(min(np.floor(sy).min(), math.floor(b[:, 2].min() + 0.5)))
+        y1 = int(max(np.ceil(sy + mh - 1).max(), math.floor(b[:, 3].max() + 0.5)) + 1)
         x0, x1 = _pad_span(x0, x1, max(mw, x1 - x0), multiple)
         y0, y1 = _pad_span(y0, y1, max(mh, y1 - y0), multiple)
         requested = (y0, y1, x0, x1)

@@ -141,15 +141,16 @@ def _find(table: Table, name: str) -> str | None:
     return hits[0] if hits else None
 
 
-def _values(table: Table, col: str, name: str, rows_ids: np.ndarray) -> np.ndarray:
-    """A numeric column as float64, refusing empty (masked) entries."""
+def _values(table: Table, col: str, name: str) -> np.ndarray:
+    """A numeric column as float64; empty (masked) entries become NaN.
+
+    astropy masks NaN when it reads a FITS table, so an empty entry and a NaN are the
+    same problem, reported by the caller's finiteness check.
+    """
     column = table[col]
-    if np.ma.getmaskarray(column).any():
-        bad = rows_ids[np.ma.getmaskarray(column)]
-        raise InputError(f"{name}: column {col!r} has empty entries (source id {bad[0]})")
     if column.ndim != 1 or column.dtype.kind not in "iuf":
         raise InputError(f"{name}: column {col!r} must hold one number per source")
-    return np.asarray(column, dtype=np.float64)
+    return np.ma.filled(np.ma.asarray(column, dtype=np.float64), np.nan)
 
 
 def _ids(table: Table, name: str) -> np.ndarray:
@@ -187,8 +188,8 @@ def _kinds(table: Table, name: str) -> np.ndarray:
     return kinds.astype(f"<U{max(len(k) for k in KINDS)}")
 
 
-def _degrees(table: Table, col: str, name: str, ids: np.ndarray) -> np.ndarray:
-    values = _values(table, col, name, ids)
+def _degrees(table: Table, col: str, name: str) -> np.ndarray:
+    values = _values(table, col, name)
     unit = table[col].unit
     if unit is None:
         return values
@@ -264,21 +265,21 @@ def normalize_catalog(
 
     ra = dec = None
     if has_sky:
-        ra = _degrees(table, ra_col, name, ids)
-        dec = _degrees(table, dec_col, name, ids)
+        ra = _degrees(table, ra_col, name)
+        dec = _degrees(table, dec_col, name)
         bad = ~(np.isfinite(ra) & np.isfinite(dec))
         if bad.any():
-            raise InputError(f"{name}: source id {ids[bad][0]} has a NaN or infinite ra/dec")
+            raise InputError(f"{name}: source id {ids[bad][0]} has a NaN, infinite or empty ra/dec")
     if pix is not None:
         for col in pix:
             unit = table[col].unit
             if unit is not None and u.Unit(unit) != u.pix:
                 raise InputError(f"{name}: column {col!r} has unit {unit}; expected pixels")
-        x = _values(table, pix[0], name, ids)
-        y = _values(table, pix[1], name, ids)
+        x = _values(table, pix[0], name)
+        y = _values(table, pix[1], name)
         bad = ~(np.isfinite(x) & np.isfinite(y))
         if bad.any():
-            raise InputError(f"{name}: source id {ids[bad][0]} has a NaN or infinite x/y")
+            raise InputError(f"{name}: source id {ids[bad][0]} has a NaN, infinite or empty x/y")
     else:
         x, y = (np.asarray(v, dtype=np.float64) for v in wcs.world_to_pixel_values(ra, dec))
         bad = ~(np.isfinite(x) & np.isfinite(y))

@@ -12,7 +12,10 @@ Steps (:func:`detect`):
 3. **Threshold**: ``nsigma`` times the sigma-clipped standard deviation of the smoothed
    detection image measured on the image itself. Measuring it (rather than trusting
    the variance map alone) accounts for the noise the smoothing removes and for noise
-   that is correlated between pixels, as in drizzled images.
+   that is correlated between pixels, as in drizzled images. The default of 5 is a
+   deliberate choice: smoothing makes noise coherent over a few pixels, so smoothed
+   white noise crosses 3 sigma in a few places per few thousand pixels, each a false
+   source, while at 5 sigma it does so about once per few million pixels.
 4. ``detect_sources`` (at least ``npixels`` connected pixels) then ``deblend_sources``
    (``nlevels`` multi-thresholds, ``contrast``); photutils' defaults for the last two.
 5. ``SourceCatalog`` on the inverse-variance weighted mean of the bands gives centroids,
@@ -40,7 +43,7 @@ from ..errors import ConfigError, InputError
 __all__ = ["Detections", "detect", "DEFAULT_NSIGMA", "DEFAULT_NPIXELS"]
 
 #: detection threshold, in standard deviations of the smoothed detection image
-DEFAULT_NSIGMA = 3.0
+DEFAULT_NSIGMA = 5.0
 #: smallest number of connected pixels above the threshold that make a source
 DEFAULT_NPIXELS = 5
 #: Kron aperture scale (photutils' default): ``kron_semimajor`` is this times
