@@ -18,7 +18,12 @@ Steps (:func:`detect`):
    source, while at 5 sigma it does so about once per few million pixels.
 4. ``detect_sources`` (at least ``npixels`` connected pixels) then ``deblend_sources``
    (``nlevels`` multi-thresholds, ``contrast``); photutils' defaults for the last two.
-5. ``SourceCatalog`` on the inverse-variance weighted mean of the bands gives centroids,
+5. Steps 1 to 4 are done twice: the second time the background and the noise are
+   measured only away from the first pass's sources (their segments dilated by the
+   smoothing kernel), which the first pass's sigma clipping cannot fully exclude in a
+   small or crowded image. The first pass stands when fewer than 100 valid pixels per
+   band would be left.
+6. ``SourceCatalog`` on the inverse-variance weighted mean of the bands gives centroids,
    shape moments and Kron radii; fluxes are summed per band over each segment.
 
 Positions are 0-based pixels: the centre of the first pixel is ``(0, 0)``.
@@ -49,6 +54,8 @@ DEFAULT_NPIXELS = 5
 #: Kron aperture scale (photutils' default): ``kron_semimajor`` is this times
 #: ``kron_radius`` times ``semimajor_sigma``
 KRON_SCALE = 2.5
+#: fewest source-free valid pixels per band for the second background and noise estimate
+_MIN_FREE_PIXELS = 100
 
 
 @dataclass(frozen=True)
@@ -224,24 +231,27 @@ def detect(
     if deblend and importlib.util.find_spec("skimage") is None:
         raise ConfigError(f"{name}: deblending sources needs scikit-image (pip install it)")
 
-    bkg = _background(img, ok, background_box, name)
-    data = np.where(ok, img - bkg, 0.0)
-    weight = np.where(ok, 1.0 / np.where(ok, var, 1.0), 0.0)
-    wsum = weight.sum(axis=0)
-    seen = wsum > 0
-    snr = np.where(seen, (weight * data).sum(axis=0) / np.sqrt(np.where(seen, wsum, 1.0)), 0.0)
-    mean = np.where(seen, (weight * data).sum(axis=0) / np.where(seen, wsum, 1.0), 0.0)
-    mean_err = np.where(seen, 1.0 / np.sqrt(np.where(seen, wsum, 1.0)), 0.0)
-
     size = 2 * int(np.ceil(1.5 * kernel_fwhm)) + 1
     kernel = make_2dgaussian_kernel(kernel_fwhm, size=size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # astropy warns when it interpolates over masks
-        smooth = convolve(snr, kernel, mask=~seen, normalize_kernel=True)
-        smooth_mean = convolve(mean, kernel, mask=~seen, normalize_kernel=True)
-    smooth = np.where(seen, smooth, 0.0)
-    _, _, noise = sigma_clipped_stats(smooth[seen], sigma=3.0)
-    threshold = float(nsigma * noise)
+    free = ok
+    for first_pass in (True, False):
+        bkg = _background(img, free, background_box, name)
+        data = np.where(ok, img - bkg, 0.0)
+        smooth, mean, smooth_mean, mean_err, seen = _detection_images(data, var, ok, kernel)
+        _, _, noise = sigma_clipped_stats(smooth[seen & free.any(axis=0)], sigma=3.0)
+        threshold = float(nsigma * noise)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty result is reported by an empty table
+            segm = detect_sources(smooth, threshold, npixels, mask=~seen)
+        if segm is None or not first_pass:
+            break
+        # Sources raise the sigma-clipped background and noise, most in a small, crowded
+        # image: measure both again away from the sources found (dilated by the kernel),
+        # when enough pixels are left in every band.
+        around = ok & ~segm.make_source_mask(size=size)[None]
+        if (around.sum(axis=(1, 2)) < _MIN_FREE_PIXELS).any():
+            break
+        free = around
     settings: dict[str, object] = {
         "nsigma": nsigma,
         "npixels": npixels,
@@ -292,6 +302,24 @@ def detect(
         labels, centroid, eig, orientation, kron, bbox, seg, data, var, ok, smooth, two_d, wcs
     )
     return Detections(table, seg, smooth, threshold, bkg, settings)
+
+
+def _detection_images(
+    data: np.ndarray, var: np.ndarray, ok: np.ndarray, kernel: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Smoothed S/N map, weighted band mean (raw and smoothed), its error, observed pixels."""
+    weight = np.where(ok, 1.0 / np.where(ok, var, 1.0), 0.0)
+    wsum = weight.sum(axis=0)
+    seen = wsum > 0
+    safe = np.where(seen, wsum, 1.0)
+    snr = np.where(seen, (weight * data).sum(axis=0) / np.sqrt(safe), 0.0)
+    mean = np.where(seen, (weight * data).sum(axis=0) / safe, 0.0)
+    mean_err = np.where(seen, 1.0 / np.sqrt(safe), 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy warns when it interpolates over masks
+        smooth = convolve(snr, kernel, mask=~seen, normalize_kernel=True)
+        smooth_mean = convolve(mean, kernel, mask=~seen, normalize_kernel=True)
+    return np.where(seen, smooth, 0.0), mean, smooth_mean, mean_err, seen
 
 
 def _segment_sums(seg: np.ndarray, labels: np.ndarray, values: np.ndarray) -> np.ndarray:
