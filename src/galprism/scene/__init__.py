@@ -10,6 +10,14 @@
 
 The modules import only numpy, astropy and torch at import time; photutils is imported
 when :func:`~galprism.scene.detect.detect` runs.
+
+How the pieces fit a scene model: sources come from :func:`detect` or from
+:func:`read_catalog`; :func:`group_blends` gives each blend a box in the image; a blend's
+frame is that box on the prior's grid, each galaxy is a prior-grid stamp placed by
+:class:`PlaceStamps` (positions in the frame's pixels), and the observation's operators
+(PSF, mask, downsampling) map the frame to the observed pixels of the box. A star is not
+drawn on the prior's grid: :class:`StarOperator` adds its PSF image directly to the
+observed pixels, after the observation's convolution.
 """
 
 from .blends import Blend, group_blends

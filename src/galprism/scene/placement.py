@@ -28,9 +28,10 @@ Its price is ringing for stamps that are not band-limited (e.g. an undersampled 
 the sinc side lobes of a shifted sharp peak wrap around the padded stamp. The padding
 keeps that wrap-around away from the stamp's light; the map stays exactly linear with an
 exact adjoint whatever the stamp. Padded sizes are odd so that there is no Nyquist
-frequency, whose phase factor would make the shifted stamp complex: with odd sizes the
-shift maps real stamps to real stamps and its transpose is the shift by the opposite
-fraction.
+frequency: on an even grid the Nyquist term of a real image cannot be shifted, only
+scaled by ``cos(pi f)`` (zero for a half-pixel shift), which would smooth again. With odd
+sizes the shift is unitary, maps real stamps to real stamps, and its transpose is the
+shift by the opposite fraction.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _odd_padded(size: int, pad: int) -> tuple[int, int]:
     """Padded size (odd) and the pad before the stamp along one axis."""
     total = size + 2 * pad
     if total % 2 == 0:
-        total += 1  # the extra pixel goes after the stamp; the shift does not care
+        total += 1  # the extra pixel goes after the stamp (see the module notes)
     return total, pad
 
 
