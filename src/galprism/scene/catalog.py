@@ -262,6 +262,8 @@ def normalize_catalog(
         )
     if wcs is not None and not wcs.has_celestial:
         raise InputError(f"{name}: the image's WCS is not celestial; give x/y pixel positions")
+    if wcs is not None:
+        wcs = wcs.celestial  # a cube's WCS also has a band axis, which positions do not use
 
     ra = dec = None
     if has_sky:
