@@ -571,3 +571,16 @@ def test_detect_on_the_real_hsc_blend_finds_the_catalogued_sources(shared_data):
     ]
     blends = group_blends(det.table, img.shape, (48, 48))
     assert any(set(ids) <= set(b.ids) for b in blends)
+
+
+def test_catalog_sky_positions_with_a_cube_wcs():
+    """A (band, y, x) cube's 3-axis WCS converts ra/dec with its celestial part: otherwise
+    catalogues of multi-band images with a spectral axis in the WCS cannot be read."""
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=3)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN", "WAVE"]
+    w.wcs.crval, w.wcs.cdelt = [150.0, 2.0, 5e-7], [-1e-5, 1e-5, 1e-9]
+    w.wcs.crpix = [10.0, 12.0, 1.0]
+    got = normalize_catalog(Table({"ra": [150.0], "dec": [2.0]}), "c", shape=(3, 30, 30), wcs=w)
+    np.testing.assert_allclose([got["x"][0], got["y"][0]], [9.0, 11.0], atol=1e-6)
