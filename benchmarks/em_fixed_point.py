@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--start: expected oracle, gaussian or RUN_DIR:LAP, got {args.start!r}")
     torch.set_num_threads(args.threads)
 
-    from galprism.datasets.manifold import contrastive_problem
+    from paper.manifold import contrastive_problem
+
     from galprism.diffusion import DiffusionPrior, SamplerConfig, VESchedule
     from galprism.diffusion.training import Trainer
     from galprism.em import EMConfig, View

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from galprism.datasets.manifold import contrastive_problem
+    from paper.manifold import contrastive_problem
+
     from galprism.em import View
     from galprism.errors import ConfigError
 

@@ -3,7 +3,7 @@
 Reads the lap checkpoints of a run folder written by ``benchmarks/manifold.py --run-dir``
 (contrastive problem), draws samples of one source's prior at each requested lap (64 PC
 steps, as ``--track``) and prints, per lap, the median, 90th percentile and RMS distance
-to the source's true curve (:meth:`galprism.datasets.manifold.ManifoldCurve.distance`) and
+to the source's true curve (:meth:`paper.manifold.ManifoldCurve.distance`) and
 the Kolmogorov-Smirnov distance of the samples' nearest curve positions ``z`` from the
 uniform distribution the truth has: the first three see a prior that scatters off the
 curve (a "thick" prior), the last one a prior with the wrong mass along it. The truth's own
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from galprism.datasets.manifold import contrastive_problem
+    from paper.manifold import contrastive_problem
+
     from galprism.errors import ConfigError
 
     t0 = time.perf_counter()

@@ -23,7 +23,6 @@ while the mask operator removes them; pixel coordinates are 0-based (``x`` = col
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from .frame import Frame
 from .io.flux import flux_factor
 from .io.psf import pad_psf, prepare_psf, refine_psf
 from .io.wcsutil import refine_wcs, shift_wcs
+from .notes import Note, NoteKind
 from .operators import Composition, Convolve, Downsample, LinearOperator, Mask, SourceSum
 from .support import source_operator
 
@@ -52,28 +52,6 @@ __all__ = [
 
 #: relative tolerance when deciding that one pixel scale is an integer multiple of another
 SCALE_TOLERANCE = 1e-3
-
-
-class NoteKind(enum.Enum):
-    """What a :class:`Note` is about; the pipeline warns on the kinds that assume something."""
-
-    MASK = "mask"
-    NOISE = "noise"
-    NOISE_ESTIMATED = "noise estimated"
-    PSF_RENORMALISED = "PSF renormalised"
-    ZEROPOINT = "zero point"
-
-
-@dataclass(frozen=True)
-class Note:
-    """A fact about how an observation was assembled: its kind, and the sentence recorded in
-    the outputs' header comments."""
-
-    kind: NoteKind
-    text: str
-
-    def __str__(self) -> str:
-        return self.text
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from ..errors import GalprismError, ShapeError
 from ..freeform import Box, build_freeform, find_residual_boxes
 from ..io.read import read_cutout
+from ..notes import Note, NoteKind
 from ..observation import Observation, stack_observations
 from ..operators import SourceSum
 from ..support import (
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .runner import RunWarnings
 
 __all__ = [
+    "MODELLED",
+    "modelled_region",
     "FREEFORM_SALT",
     "SeparationResult",
     "prepare_observation",
@@ -147,11 +150,47 @@ def fit_to_prior(
             f"{grid_factor} "
             f"(cutout {obs.pixel_scale:.6g} vs prior {prior.frame.pixel_scale:.6g} arcsec/pixel)"
         )
+    size = (h // grid_factor, w // grid_factor)
+    explicit = config.center_radec is not None or config.center is not None
+    if not explicit and (obs.shape[1] > size[0] or obs.shape[2] > size[1]):
+        # Never model part of an image silently: a cutout must be asked for.
+        raise ShapeError(
+            f"{obs.name}: image of {obs.shape[2]}x{obs.shape[1]} pixels is larger than the "
+            f"{size[1]}x{size[0]}-pixel footprint of prior {prior.name!r}; give a center to "
+            "model a cutout of it (x,y = {:g},{:g} is the image center)".format(
+                *obs.default_center()
+            )
+        )
     if config.center_radec is not None:
         center: tuple[float, float] | None = obs.pixel_of(*config.center_radec)
     else:
         center = config.center
-    return obs.crop(center, (h // grid_factor, w // grid_factor)), grid_factor
+    cropped = obs.crop(center, size)
+    if cropped is not obs:
+        note = Note(NoteKind.MODELLED, _modelled_text(obs, cropped))
+        cropped = replace(cropped, notes=(*cropped.notes, note))
+    return cropped, grid_factor
+
+
+#: start of the note that says which input pixels an explicitly centered cutout modelled
+MODELLED = "modelled input pixels"
+
+
+def _modelled_text(full: Observation, cropped: Observation) -> str:
+    """``modelled input pixels x 100-147, y 200-247 (0-based) of the 2048x2048 image``."""
+    x0, y0 = cropped.origin[0] - full.origin[0], cropped.origin[1] - full.origin[1]
+    _, ny, nx = cropped.shape
+    _, h, w = full.shape
+    xa, xb, ya, yb = max(x0, 0), min(x0 + nx, w) - 1, max(y0, 0), min(y0 + ny, h) - 1
+    text = f"{MODELLED} x {xa}-{xb}, y {ya}-{yb} (0-based) of the {w}x{h} image"
+    if (xa, xb, ya, yb) != (x0, x0 + nx - 1, y0, y0 + ny - 1):
+        text += f", padded to {nx}x{ny} with masked pixels"
+    return text
+
+
+def modelled_region(obs: Observation) -> str | None:
+    """The note of :func:`fit_to_prior` on the input pixels a centered cutout modelled."""
+    return next((n.text for n in obs.notes if n.kind is NoteKind.MODELLED), None)
 
 
 def separate_observations(

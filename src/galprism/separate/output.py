@@ -12,11 +12,12 @@ import numpy as np
 
 from .. import __version__
 from ..io.write import image_hdu, primary_hdu, source_hdus, write_atomic
+from ..observation import Observation
 from ..support import (
     Support,
 )
 from .config import SeparateConfig
-from .inference import SeparationResult
+from .inference import MODELLED, SeparationResult, modelled_region
 from .prior import Separator, effective_support, prior_zeropoint
 
 __all__ = ["build_hdulist", "write_result"]
@@ -78,6 +79,10 @@ def _cards(
         "INSHA256": (obs.checksum, ""),
         "CROPX0": (int(obs.origin[0]), "input pixel x (0-based) of output pixel 0"),
         "CROPY0": (int(obs.origin[1]), "input pixel y (0-based) of output pixel 0"),
+        "MODELLED": (
+            _modelled_card(obs),
+            "input pixels modelled (0-based, inclusive)",
+        ),
         "GRIDFAC": (int(result.grid_factor), "cutout pixel / prior pixel (downsampling)"),
         "PIXSCALE": (obs.pixel_scale, "[arcsec] cutout pixel scale"),
         "ZPINPUT": (obs.zeropoint, "AB zero point of the input (and outputs)"),
@@ -86,6 +91,13 @@ def _cards(
         "FLUXFAC": (float(result.flux_factor), "input units -> prior units"),
     }
     return cards
+
+
+def _modelled_card(obs: Observation) -> str:
+    text = modelled_region(obs)
+    if text is None:
+        return "whole input"
+    return text.removeprefix(MODELLED).replace(" (0-based) of the ", " of ").strip()
 
 
 def _none_text(value: float | None) -> float | str:
@@ -178,5 +190,8 @@ def write_result(
 ) -> Path:
     """Write one result atomically (no overwrite unless ``config.overwrite``)."""
     return write_atomic(
-        build_hdulist(result, prior, config, device), path, overwrite=config.overwrite
+        build_hdulist(result, prior, config, device),
+        path,
+        overwrite=config.overwrite,
+        remove_stale=False,  # run_separate removes them with one listing of the folder
     )

@@ -15,12 +15,15 @@ import numpy as np
 
 from ..errors import GalprismError, InputError
 from ..io.inputs import cutout_seed, in_shard, output_path
-from ..io.write import OutputExistsError
+from ..io.write import OutputExistsError, StaleTemps, check_writable
 from ..observation import NoteKind, Observation
 from .config import SeparateConfig, resolve_device
-from .inference import prepare_observation, separate_observations
+from .inference import modelled_region, prepare_observation, separate_observations
 from .output import write_result
 from .prior import Separator, effective_support, prior_zeropoint
+
+#: Notes the run warns about, once per kind (the kind's value names the warning).
+WARNED_NOTES = (NoteKind.NOISE_ESTIMATED, NoteKind.PSF_RENORMALISED, NoteKind.PSF_RECENTERED)
 
 __all__ = ["InputRecord", "RunSummary", "RunWarnings", "run_separate"]
 
@@ -37,6 +40,8 @@ class InputRecord:
     sources: dict[str, dict[str, list[float]]] | None = None
     chi2: float | None = None
     error: str | None = None
+    index: int = -1  # position among the inputs of this run (shard), in input order
+    modelled: str | None = None  # the input pixels modelled, when a center was given
 
     def to_json(self) -> str:
         data = {
@@ -52,6 +57,8 @@ class InputRecord:
             data["chi2"] = round(self.chi2, 4)
         if self.error is not None:
             data["error"] = self.error
+        if self.modelled is not None:
+            data["modelled"] = self.modelled
         return json.dumps(data)
 
 
@@ -96,6 +103,7 @@ class _Pending:
     obs: Observation
     seed: int
     seconds: float
+    index: int
 
 
 def _error_text(exc: BaseException, path: str) -> str:
@@ -146,7 +154,11 @@ def run_separate(
             raise InputError(
                 f"{config.output_dir}: cannot create the output folder ({exc.strerror})"
             ) from exc
+    out_folder = Path(config.output_dir) if config.output is None else Path(config.output).parent
+    check_writable(out_folder)  # before any sampling, not after it
+    stale = StaleTemps()
     seen: dict[str, str] = {}
+    position = 0
     pending: dict[tuple, list[_Pending]] = {}
 
     def report(rec: InputRecord) -> None:
@@ -179,6 +191,7 @@ def run_separate(
                 return
         share = (time.perf_counter() - t0) / len(group)
         for p, res in zip(group, results, strict=True):
+            where = {"index": p.index, "modelled": modelled_region(p.obs)}
             if isinstance(res, BaseException):
                 report(
                     InputRecord(
@@ -188,6 +201,7 @@ def run_separate(
                         p.seconds + share,
                         p.seed,
                         error=_error_text(res, p.path),
+                        **where,
                     )
                 )
                 continue
@@ -203,6 +217,7 @@ def run_separate(
                         p.seconds + share,
                         p.seed,
                         error=_error_text(exc, p.path),
+                        **where,
                     )
                 )
                 continue
@@ -216,6 +231,7 @@ def run_separate(
                     p.seed,
                     sources=res.flux_summary(),
                     chi2=float(np.mean(res.chi2_samples)),
+                    **where,
                 )
             )
 
@@ -230,6 +246,7 @@ def run_separate(
             else output_path(path, config.output_dir)
         )
         seed = cutout_seed(config.seed, path)
+        index, position = position, position + 1
         key = os.path.abspath(out)
         if key in seen:
             report(
@@ -240,20 +257,34 @@ def run_separate(
                     0.0,
                     seed,
                     error=f"{path}: writes the same output {out} as {seen[key]}",
+                    index=index,
                 )
             )
             continue
         seen[key] = path
+        for tmp in stale.remove(out):
+            warn.warn(
+                "stale temporary removed",
+                f"{tmp}: removed, a temporary file of {out.name} left by an interrupted run",
+            )
         if out.exists():
             if config.skip_existing:
-                report(InputRecord(path, str(out), "skipped", 0.0, seed))
+                report(InputRecord(path, str(out), "skipped", 0.0, seed, index=index))
                 continue
             if not config.overwrite:
                 exc = OutputExistsError(
                     f"{out}: output exists; pass --overwrite to replace it or --skip-existing"
                 )
                 report(
-                    InputRecord(path, str(out), "error", 0.0, seed, error=_error_text(exc, path))
+                    InputRecord(
+                        path,
+                        str(out),
+                        "error",
+                        0.0,
+                        seed,
+                        error=_error_text(exc, path),
+                        index=index,
+                    )
                 )
                 continue
         try:
@@ -267,13 +298,14 @@ def run_separate(
                     time.perf_counter() - t0,
                     seed,
                     error=_error_text(exc, path),
+                    index=index,
                 )
             )
             continue
         _warn_notes(obs, prior, warn)
         group_key = (obs.shape, grid_factor)
         pending.setdefault(group_key, []).append(
-            _Pending(path, out, obs, seed, time.perf_counter() - t0)
+            _Pending(path, out, obs, seed, time.perf_counter() - t0, index)
         )
         if len(pending[group_key]) >= config.batch_size:
             flush(group_key)
@@ -286,7 +318,7 @@ def run_separate(
 
 def _warn_notes(obs: Observation, prior: Separator, warn: RunWarnings) -> None:
     for note in obs.notes:
-        if note.kind in (NoteKind.NOISE_ESTIMATED, NoteKind.PSF_RENORMALISED):
+        if note.kind in WARNED_NOTES:
             warn.warn(note.kind.value, f"{obs.name}: {note.text}")
     zp = prior_zeropoint(prior)
     if obs.zeropoint is None and zp is not None:
