@@ -17,7 +17,13 @@ run goes on; a failure of a whole batch in the sampler is retried cutout by cuto
 that one bad cutout cannot take its batch-mates down with it.
 
 The prior is any object with the :class:`Separator` interface: the built-in
-:class:`galprism.priorset.PriorSet` or, in tests, a stand-in.
+:class:`galprism.priorset.PriorSet` or, in tests, a stand-in; it declares what it can do
+in its :class:`Capabilities`.
+
+Modules: :mod:`.config` (:class:`SeparateConfig`, :func:`resolve_device`), :mod:`.prior`
+(:class:`Separator`, :class:`Capabilities`, supports), :mod:`.inference`
+(:func:`separate_observations`, :class:`SeparationResult`), :mod:`.output` (header
+cards, HDU list, atomic write) and :mod:`.runner` (:func:`run_separate` and its records).
 """
 
 from __future__ import annotations
