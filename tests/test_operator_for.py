@@ -110,3 +110,24 @@ def test_psf_included_leaves_the_convolution_out_and_supports_zero_outside():
         )
         torch.testing.assert_close(plain[i : i + 1], own.apply(x[i : i + 1]))
         assert isinstance(own.ops[1].ops[-1], Downsample)
+
+
+def test_model_of_a_psf_included_prior_is_not_convolved_again(tmp_path):
+    """For a prior whose sources already contain the PSF (asvd), MODEL is the sum of the
+    sources on the cutout grid: convolving them again would blur the model and inflate the
+    residuals and chi^2 of every asvd output."""
+    from astropy.io import fits
+    from fits_factory import FakePrior, make_cutout
+
+    from galprism.separate import RunWarnings, SeparateConfig, run_separate
+
+    p = make_cutout(tmp_path / "c.fits", header={"MAGZERO": 27.0})
+    prior = FakePrior(method="asvd", point_estimate=True)
+    assert prior.capabilities.psf_included
+    summary = run_separate(
+        [str(p)], prior, SeparateConfig(output_dir=tmp_path), warnings=RunWarnings(print)
+    )
+    assert summary.exit_code == 0
+    with fits.open(tmp_path / "c.galprism.fits") as h:
+        sources = h["GALAXY"].data[0].astype(np.float64) + h["BACKGROUND"].data[0]
+        np.testing.assert_allclose(h["MODEL"].data, sources, rtol=1e-5, atol=1e-6)

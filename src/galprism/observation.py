@@ -38,7 +38,15 @@ from .io.flux import flux_factor
 from .io.psf import pad_psf, prepare_psf, refine_psf
 from .io.wcsutil import refine_wcs, shift_wcs
 from .notes import Note, NoteKind
-from .operators import Composition, Convolve, Downsample, LinearOperator, Mask, SourceSum
+from .operators import (
+    Composition,
+    Convolve,
+    Downsample,
+    Identity,
+    LinearOperator,
+    Mask,
+    SourceSum,
+)
 from .support import source_operator
 
 __all__ = [
@@ -425,9 +433,20 @@ class ObservationBatch:
         ``supports`` masks are ``(C, H, W)`` (shared) or ``(B, C, H, W)`` (one per
         observation); ``whitening`` operators are batched like the data.
         """
-        blur = [op for op in self.forward.ops if not (psf_included and isinstance(op, Convolve))]
         mask = Mask(self.valid, shape=tuple(self.valid.shape[1:]))
-        return source_operator(sources, [*whitening, mask, *blur], supports or {})
+        return source_operator(
+            sources, [*whitening, mask, *self._blur(psf_included)], supports or {}
+        )
+
+    def model_operator(self, *, psf_included: bool = False) -> Composition:
+        """``Downsample o Convolve`` without the mask (no convolution when the sources
+        already contain the PSF): a source's light on the cutout grid, masked pixels
+        included."""
+        ops = self._blur(psf_included)
+        return Composition(ops) if ops else Composition([Identity(self.frame.shape)])
+
+    def _blur(self, psf_included: bool) -> list[LinearOperator]:
+        return [op for op in self.forward.ops if not (psf_included and isinstance(op, Convolve))]
 
 
 def stack_observations(

@@ -344,7 +344,8 @@ def _separate_once(
     n_s = x.shape[1]
     rows = torch.arange(b).repeat_interleave(n_s)
     light = (
-        batch.forward.take(rows)
+        batch.model_operator(psf_included=prior.capabilities.psf_included)
+        .take(rows)
         .apply(x.sum(dim=2).flatten(0, 1))
         .reshape(b, n_s, *batch.y.shape[1:])
     )
