@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "prior": prior.name,
         "prior_sha256": prior.sha256,
         "method": prior.method,
-        "prior_shape": list(prior.shape),
+        "prior_shape": list(prior.frame.shape),
         "n_cutouts": args.n_cutouts,
         "n_samples": args.n_samples,
         "steps": args.steps,
@@ -219,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         (tmp_path / "in").mkdir()
         paths = write_cutouts(
-            tmp_path / "in", args.n_cutouts, tuple(prior.shape), prior.pixel_scale, prior.zeropoint
+            tmp_path / "in",
+            args.n_cutouts,
+            tuple(prior.frame.shape),
+            prior.frame.pixel_scale,
+            prior.frame.zeropoint,
         )
         for device in devices:
             out = tmp_path / f"out-{device.replace(':', '')}"

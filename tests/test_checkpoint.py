@@ -100,7 +100,9 @@ def test_prior_folder_round_trip_and_errors(tmp_path):
     )
     ps.save(tmp_path / "prior")
     got = load_priorset(tmp_path / "prior")
-    assert got.sources == ["galaxy", "sky"] and got.flux_scale == 0.5 and got.sha256 == ps.sha256
+    assert (
+        got.sources == ["galaxy", "sky"] and got.frame.flux_scale == 0.5 and got.sha256 == ps.sha256
+    )
     assert got.frame == ps.frame, "the frame must be stored once and read back whole"
     manifest = json.loads((tmp_path / "prior" / "prior.json").read_text())
     assert "pixel_scale" not in manifest and manifest["frame"]["pixel_scale"] == 0.168

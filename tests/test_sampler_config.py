@@ -102,7 +102,7 @@ def test_python_default_separation_equals_the_cli_default(tmp_path, capsys, monk
                 a[name.upper()].data, b[name.upper()].data, err_msg=f"{name} samples differ"
             )
     seen.clear()
-    shape = prior.shape
+    shape = prior.frame.shape
     y = torch.zeros((1, *shape))
     prior.separate(
         y,

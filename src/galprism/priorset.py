@@ -139,32 +139,6 @@ class PriorSet:
                 )
         self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
 
-    # Read-only views of the frame, for the many readers of a single fact.
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Event shape of each source (``frame.shape``)."""
-        return self.frame.shape
-
-    @property
-    def pixel_scale(self) -> float | None:
-        """Arcseconds per pixel of the grid (``frame.pixel_scale``)."""
-        return self.frame.pixel_scale
-
-    @property
-    def zeropoint(self) -> float | None:
-        """AB zero point of the priors' data (``frame.zeropoint``)."""
-        return self.frame.zeropoint
-
-    @property
-    def bunit(self) -> str | None:
-        """Unit of the priors' data (``frame.bunit``)."""
-        return self.frame.bunit
-
-    @property
-    def flux_scale(self) -> float:
-        """Data units per normalised prior unit (``frame.flux_scale``)."""
-        return self.frame.flux_scale
-
     # -- description --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Summary for ``galprism priors``: sources, pixel scale, size, training data."""
@@ -172,12 +146,12 @@ class PriorSet:
             "name": self.name,
             "method": self.method,
             "sources": list(self.sources),
-            "shape": list(self.shape),
-            "pixel_scale": self.pixel_scale,
-            "zeropoint": self.zeropoint,
-            "bunit": self.bunit,
+            "shape": list(self.frame.shape),
+            "pixel_scale": self.frame.pixel_scale,
+            "zeropoint": self.frame.zeropoint,
+            "bunit": self.frame.bunit,
             "bands": None if self.frame.bands is None else list(self.frame.bands),
-            "flux_scale": self.flux_scale,
+            "flux_scale": self.frame.flux_scale,
             "support": {k: str(v) for k, v in self.support.items()},
             "training": self.manifest.get("training", {}),
             "sha256": self.sha256,
@@ -209,7 +183,7 @@ class PriorSet:
         ``galprism separate``.
         """
         sampler = sampler if sampler is not None else SamplerConfig()
-        scale = self.flux_scale
+        scale = self.frame.flux_scale
         dtype = torch.float32 if y.dtype != torch.float64 else torch.float64
         self.to(device)
         x = sample_posterior(
@@ -246,7 +220,7 @@ class PriorSet:
             generators=generator,
             device=device,
         )
-        return x[:, 0] * self.flux_scale
+        return x[:, 0] * self.frame.flux_scale
 
     def log_prob(
         self,
@@ -270,9 +244,10 @@ class PriorSet:
             raise ConfigError(
                 f"prior {self.name!r} has no source {source!r}; sources: {', '.join(self.sources)}"
             )
-        if tuple(images.shape[1:]) != tuple(self.shape):
+        if tuple(images.shape[1:]) != tuple(self.frame.shape):
             raise ConfigError(
-                f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} expects {tuple(self.shape)}"
+                f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} "
+                f"expects {tuple(self.frame.shape)}"
             )
         prior = self.priors[self.sources.index(source)].to(device)
         # The ODE runs in the network's own dtype: a float32 denoiser cannot take float64
@@ -284,13 +259,13 @@ class PriorSet:
             dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         lp = log_prob(
             prior,
-            (images / self.flux_scale).to(device=device, dtype=dtype),
+            (images / self.frame.flux_scale).to(device=device, dtype=dtype),
             steps=steps,
             exact=exact,
             probes=probes,
             generator=generator,
         )
-        return lp.cpu() - images[0].numel() * math.log(self.flux_scale)
+        return lp.cpu() - images[0].numel() * math.log(self.frame.flux_scale)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:

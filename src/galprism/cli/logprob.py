@@ -80,7 +80,7 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
         if hdu is None or hdu.data is None:
             raise click.ClickException(f"{path}: no image data")
         data = np.asarray(hdu_array(hdu.data, f"{path}"), dtype=np.float64)
-        shape = tuple(prior.shape)
+        shape = tuple(prior.frame.shape)
         if data.shape == shape[1:] or data.shape == shape:
             data = data.reshape(1, *shape)
         elif data.shape[1:] == shape[1:] and shape[0] == 1:
@@ -92,12 +92,12 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
         zp = (
             kw["zeropoint"]
             if kw["zeropoint"] is not None
-            else hdu.header.get("MAGZERO", prior.zeropoint)
+            else hdu.header.get("MAGZERO", prior.frame.zeropoint)
         )
         factor = (
             1.0
-            if zp is None or prior.zeropoint is None
-            else 10 ** (-0.4 * (float(zp) - float(prior.zeropoint)))
+            if zp is None or prior.frame.zeropoint is None
+            else 10 ** (-0.4 * (float(zp) - float(prior.frame.zeropoint)))
         )
         images = torch.from_numpy(data * factor)
         lp = prior.log_prob(
