@@ -2,19 +2,133 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import UsageError
-from ..separate import DEFAULTS, SAMPLERS
+from ..diffusion.samplers import METHODS as SAMPLERS
+from ..diffusion.samplers import SamplerConfig
+from ..errors import ConfigError, UsageError
+from ..freeform import FreeformConfig
+from ..separate import SeparateConfig
+from ..support import Support
 from ._threads import set_threads, threads_option
 
-__all__ = ["separate", "load_prior"]
+__all__ = [
+    "separate",
+    "load_prior",
+    "parse_support",
+    "parse_freeform",
+    "device_from_flag",
+    "sampler_from_flags",
+    "SAMPLER_DEFAULTS",
+    "SAMPLER_FLAGS",
+    "RUN_DEFAULTS",
+]
+
+#: The run defaults of ``galprism separate``: those of the library's :class:`SeparateConfig`.
+RUN_DEFAULTS = SeparateConfig()
+#: The sampler defaults of every command: those of the library's :class:`SamplerConfig`.
+SAMPLER_DEFAULTS = SamplerConfig()
+#: The flag of each :class:`SamplerConfig` field, for error messages.
+SAMPLER_FLAGS = {
+    "method": "--sampler",
+    "steps": "--steps",
+    "n_samples": "-n/--n-samples",
+    "cg_iterations": "--cg-iterations",
+    "particles": "--particles",
+    "trust": "--trust",
+}
+
+
+def sampler_from_flags(**values: Any) -> SamplerConfig:
+    """A :class:`SamplerConfig` from flag values, a bad one reported by its flag name.
+
+    Raises
+    ------
+    UsageError
+        Naming the first flag whose value the sampler refuses.
+    """
+    for key, value in values.items():
+        try:
+            SamplerConfig(**{key: value})
+        except ConfigError as exc:
+            reason = str(exc).partition(": ")[2] or str(exc)
+            raise UsageError(f"{SAMPLER_FLAGS.get(key, key)} {value}: {reason}") from None
+    return SamplerConfig(**values)
+
+
+def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
+    """``--support`` values (``SOURCE=RADIUS``, ``SOURCE=auto:RADIUS`` or ``none``) as a
+    :attr:`~galprism.separate.SeparateConfig.support`.
+
+    No values gives ``None`` (the prior's own supports); ``none`` gives ``{}``.
+    """
+    if not values:
+        return None
+    if any(v.strip().lower() == "none" for v in values):
+        if len(values) > 1:
+            raise UsageError(
+                f"--support none excludes other --support values, got {', '.join(values)}"
+            )
+        return {}
+    out: dict[str, float | str] = {}
+    for v in values:
+        name, sep, radius = v.partition("=")
+        value: float | str = radius.strip()
+        try:
+            value = float(radius)
+        except ValueError:
+            pass
+        if not sep or not name.strip():
+            raise UsageError(
+                f"--support {v!r}: expected SOURCE=RADIUS or SOURCE=auto:RADIUS (prior pixels), "
+                "or 'none'"
+            )
+        try:
+            Support.parse(value, f"--support {v!r}")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        out[name.strip()] = value
+    return out
+
+
+def parse_freeform(
+    bright: str | float | None, edge: str | float | None, residual: str | float | None = None
+) -> FreeformConfig:
+    """``--freeform-bright`` / ``-edge`` / ``-residual`` values (a number or ``none``) as a
+    :class:`FreeformConfig`."""
+    values: dict[str, float | None] = {}
+    for name, v in (("bright", bright), ("edge", edge), ("residual", residual)):
+        if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
+            values[name] = None
+            continue
+        try:
+            values[name] = float(v)
+        except ValueError:
+            raise UsageError(
+                f"--freeform-{name} {v!r}: expected a positive number or 'none'"
+            ) from None
+    for name, v in values.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UsageError(f"--freeform-{name} {v:g}: expected a positive number or 'none'")
+    return FreeformConfig(bright=values["bright"], edge=values["edge"], residual=values["residual"])
+
+
+def device_from_flag(device: str) -> str:
+    """``--device`` resolved (``auto``: CUDA when available); a bad one is a usage error."""
+    from ..separate import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ConfigError as exc:
+        raise UsageError(f"--device {device}: {str(exc).partition(': ')[2] or exc}") from None
 
 
 def load_prior(spec: str) -> Any:
@@ -66,12 +180,21 @@ def command_line(ctx: click.Context) -> str:
 
 
 class _Output:
-    """stderr for humans (a rich progress bar only on a terminal), stdout for JSON lines."""
+    """stderr for humans, stdout for JSON lines.
+
+    stderr gets one line per input as soon as its record is final (written, skipped or
+    failed) and a rich progress bar on a terminal, advanced per input. JSON lines are
+    held back until every earlier input has its record, so that they come in input order
+    although the runner groups cutouts by shape into batches. ``quiet`` keeps only the
+    error lines.
+    """
 
     def __init__(self, json_lines: bool, quiet: bool, total: int) -> None:
         self.json_lines = json_lines
         self.quiet = quiet
         self.progress = None
+        self.held: dict[int, Any] = {}
+        self.next_index = 0
         if not quiet and sys.stderr.isatty() and total > 1:
             from ._progress import stderr_bar
 
@@ -87,15 +210,38 @@ class _Output:
     def record(self, rec: Any) -> None:
         if rec.status == "error":
             self.message(f"galprism: error: {rec.error}")
-        if self.json_lines:
-            click.echo(rec.to_json())
-            sys.stdout.flush()
+        elif not self.quiet:
+            self.message(_record_line(rec))
         if self.progress is not None:
             self.progress.advance(self.task)
+        if self.json_lines:
+            self.held[rec.index] = rec
+            self._emit()
+
+    def _emit(self) -> None:
+        while self.next_index in self.held:
+            click.echo(self.held.pop(self.next_index).to_json())
+            self.next_index += 1
+        sys.stdout.flush()
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+        for index in sorted(self.held):  # only if a record never came (not expected)
+            click.echo(self.held.pop(index).to_json())
+
+
+def _record_line(rec: Any) -> str:
+    """``galprism: wrote OUT (input IN, chi2 1.02, 3.1 s)`` or the skip line."""
+    if rec.status == "skipped":
+        return f"galprism: skipped {rec.input}: {rec.output} exists"
+    details = [f"input {rec.input}"]
+    if rec.modelled:
+        details.append(rec.modelled.replace("modelled input pixels", "modelled", 1))
+    if rec.chi2 is not None:
+        details.append(f"chi2 {rec.chi2:.2f}")
+    details.append(f"{rec.seconds:.1f} s")
+    return f"galprism: wrote {rec.output} ({', '.join(details)})"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,38 +270,38 @@ class _Output:
     "-n",
     "--n-samples",
     type=int,
-    default=DEFAULTS["n_samples"],
+    default=SAMPLER_DEFAULTS.n_samples,
     show_default=True,
     help="Posterior samples per cutout.",
 )
 @click.option(
-    "--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps."
+    "--steps", type=int, default=SAMPLER_DEFAULTS.steps, show_default=True, help="Sampler steps."
 )
 @click.option(
     "--cg-iterations",
     type=int,
-    default=DEFAULTS["cg_iterations"],
+    default=SAMPLER_DEFAULTS.cg_iterations,
     show_default=True,
     help="Conjugate-gradient iterations per step.",
 )
 @click.option(
     "--sampler",
     type=click.Choice(SAMPLERS),
-    default=DEFAULTS["sampler"],
+    default=SAMPLER_DEFAULTS.method,
     show_default=True,
     help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
 )
 @click.option(
     "--particles",
     type=click.IntRange(min=1),
-    default=DEFAULTS["particles"],
+    default=SAMPLER_DEFAULTS.particles,
     show_default=True,
     help="Chains per posterior sample of --sampler smc.",
 )
 @click.option(
     "--trust",
     type=float,
-    default=DEFAULTS["trust"],
+    default=SAMPLER_DEFAULTS.trust,
     show_default=True,
     help="Trust radius of diffusion-prior MMPS corrections (0 = off).",
 )
@@ -164,7 +310,8 @@ class _Output:
     "support",
     multiple=True,
     metavar="SOURCE=[auto:]RADIUS|none",
-    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre, or auto:RADIUS for "
+    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout center, or "
+    "auto:RADIUS for "
     "a disk fitted per cutout up to RADIUS (repeatable); 'none' drops the prior's own supports "
     "(default: the prior's, see `galprism priors`).",
 )
@@ -182,7 +329,7 @@ class _Output:
     show_default=True,
     metavar="SNR|none",
     help="Give a peak on the cutout's outermost pixels above this signal-to-noise a free-form "
-    "component reaching beyond the grid (light from sources centred outside it).",
+    "component reaching beyond the grid (light from sources centered outside it).",
 )
 @click.option(
     "--freeform-residual",
@@ -195,7 +342,7 @@ class _Output:
 @click.option(
     "--batch-size",
     type=int,
-    default=DEFAULTS["batch_size"],
+    default=RUN_DEFAULTS.batch_size,
     show_default=True,
     help="Cutouts per sampler call.",
 )
@@ -206,12 +353,12 @@ class _Output:
 @click.option(
     "--seed",
     type=int,
-    default=DEFAULTS["seed"],
+    default=RUN_DEFAULTS.seed,
     show_default=True,
     help="Run seed; each cutout's derives from it and its file name.",
 )
-@click.option("--center", help="Crop centre X,Y in 0-based pixels (default: image centre).")
-@click.option("--center-radec", help="Crop centre RA,DEC in degrees, through the WCS.")
+@click.option("--center", help="Crop center X,Y in 0-based pixels (default: image center).")
+@click.option("--center-radec", help="Crop center RA,DEC in degrees, through the WCS.")
 @click.option("--image-hdu", help="Image HDU name or index (default: SCI, IMAGE, else primary).")
 @click.option(
     "--psf",
@@ -226,6 +373,12 @@ class _Output:
 )
 @click.option(
     "--noise-sigma", help="Noise standard deviation (one, or one per band comma separated)."
+)
+@click.option(
+    "--band",
+    metavar="NAME|INDEX",
+    help="Model one band of a cube: a name from the BANDS, FILTERn or FILTER header keywords, "
+    "or a 0-based index.",
 )
 @click.option("--pixel-scale", type=float, help="Cutout pixel scale in arcsec (overrides the WCS).")
 @click.option("--zeropoint", type=float, help="AB zero point of the inputs (overrides the header).")
@@ -245,7 +398,11 @@ class _Output:
     help="Separation method; must match the prior (auto: the prior's own).",
 )
 @click.option(
-    "-q", "--quiet", is_flag=True, help="No progress bar or warnings (errors are still shown)."
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bar, per-output lines, warnings or summary on stderr; errors are always "
+    "printed.",
 )
 @click.pass_context
 def separate(
@@ -259,12 +416,15 @@ def separate(
     """Sample the posterior of each source of a prior for FITS cutouts.
 
     INPUTS are FITS files, or '-' to read one path per line from stdin. Each input
-    gives <stem>.galprism.fits in --output-dir. Exit status: 0 when every input
-    succeeded (or was skipped), 1 when any failed, 2 for usage errors.
+    gives <stem>.galprism.fits in --output-dir. An image larger than the prior's
+    footprint is refused unless --center or --center-radec asks for a cutout of it.
+    stderr gets one line per output and a summary line (--quiet: errors only); --json
+    lines on stdout come in input order. Exit status: 0 when every input succeeded (or
+    was skipped, or the shard holds none), 1 when any failed, 2 for usage errors.
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
-    from ..separate import RunWarnings, SeparateConfig, parse_freeform, parse_support, run_separate
+    from ..separate import RunWarnings, effective_support, run_separate
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
@@ -287,14 +447,22 @@ def separate(
         noise_sigma=kw["noise_sigma"],
         pixel_scale=kw["pixel_scale"],
         zeropoint=kw["zeropoint"],
+        band=kw["band"],
     )
-    config = SeparateConfig(
-        n_samples=kw["n_samples"],
+    if kw["overwrite"] and kw["skip_existing"]:
+        raise UsageError("--overwrite and --skip-existing exclude each other")
+    if kw["center"] is not None and kw["center_radec"] is not None:
+        raise UsageError("--center and --center-radec exclude each other")
+    sampler = sampler_from_flags(
+        method=kw["sampler"],
         steps=kw["steps"],
+        n_samples=kw["n_samples"],
         cg_iterations=kw["cg_iterations"],
-        sampler=kw["sampler"],
         particles=kw["particles"],
         trust=kw["trust"],
+    )
+    config = SeparateConfig(
+        sampler=sampler,
         batch_size=kw["batch_size"],
         device=kw["device"],
         seed=kw["seed"],
@@ -313,9 +481,21 @@ def separate(
         ),
     )
     total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
+    if shard is not None and total == 0:
+        if not kw["quiet"]:
+            click.echo(
+                f"galprism: shard {shard[0]}/{shard[1]} holds none of the {len(paths)} inputs",
+                err=True,
+            )
+        return
     prior = load_prior(prior_spec)
     if kw["method"] != "auto" and prior.method != kw["method"]:
         raise UsageError(f"--method {kw['method']}: prior {prior_spec!r} is a {prior.method} prior")
+    device_from_flag(config.device)
+    try:
+        effective_support(prior, config)
+    except ConfigError as exc:
+        raise UsageError(f"--support: {exc}") from None
     out = _Output(kw["json_lines"], kw["quiet"], total)
     warnings = RunWarnings(None if not kw["quiet"] else (lambda msg: None))
     if not kw["quiet"]:
@@ -324,9 +504,9 @@ def separate(
         summary = run_separate(paths, prior, config, on_record=out.record, warnings=warnings)
     finally:
         out.close()
-    if not kw["quiet"] and sys.stderr.isatty():
+    if not kw["quiet"]:
         click.echo(
-            f"galprism: {summary.ok} separated, {summary.skipped} skipped, {summary.errors} failed "
+            f"galprism: {summary.ok} written, {summary.skipped} skipped, {summary.errors} failed "
             f"in {summary.seconds:.1f} s",
             err=True,
         )

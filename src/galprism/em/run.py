@@ -15,6 +15,7 @@ last completed lap and reproduces the numbers of an uninterrupted run.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ from torch import Tensor, nn
 from .. import __version__
 from ..diffusion import DiffusionPrior, SamplerConfig, random_flux_scaling
 from ..errors import ConfigError
+from ..frame import Frame
 from ..gaussian import GaussianPrior
-from ..posterior import sample_prior
 from ..priorset import PriorSet
+from ..sampling import sample_prior
 from .config import EMConfig
 from .estep import posterior_samples
 from .grids import save_grid
@@ -78,6 +80,7 @@ def run_em(
     progress: bool | None = None,
     hook: LapHook | None = None,
     stop_after: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> EMResult | None:
     """Learn one prior per source from ``views`` by EM; write everything to ``run_dir``.
 
@@ -101,6 +104,9 @@ def run_em(
         history line.
     stop_after
         Stop (returning None) once this many laps are complete, as a kill would.
+    notify
+        Where resume messages go (which lap a run resumes from, unusable checkpoints
+        skipped); default one ``galprism:`` line each on stderr.
 
     Returns
     -------
@@ -130,9 +136,13 @@ def run_em(
     if done > len(laps):
         raise ConfigError(f"{run_dir}: holds {done} laps but this configuration plans {len(laps)}")
     state = EMState(config, device)
+    say = notify or (lambda msg: print(f"galprism: {msg}", file=sys.stderr, flush=True))
     if done:
-        state.load_state_dict(store.load_checkpoint(done))
+        done = store.load_latest(done, state.load_state_dict, say)
+    if done:
+        say(f"{store.root}: resuming after lap {done} of {len(laps)}")
     else:
+        state = EMState(config, device)  # nothing of a checkpoint that failed to apply
         for source in config.sources:
             state.gaussians[source] = state.initial_gaussian(
                 _initial_variance(views, source, config)
@@ -180,13 +190,7 @@ def _lap(
     for earlier in stages[: plan.stage]:
         for s in earlier.learn:
             state.freeze(s)
-    sampler = SamplerConfig(
-        config.sampler,
-        config.steps_of(plan.phase_lap),
-        corrections=config.corrections_of(plan.phase_lap),
-        tau=config.tau,
-        particles=config.particles,
-    )
+    sampler = config.sampler_of(plan.phase_lap)
     samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
     chi2, redrawn, rejected = {}, {}, {}
     for vname in stage.views:
@@ -199,8 +203,6 @@ def _lap(
             [state.prior_for(s, plan.phase).to(device) for s in view.sources],
             index,
             sampler,
-            cg_iterations=config.cg_iterations,
-            trust=config.trust,
             batch=config.estep_batch,
             generator=state.generator,
             device=device,
@@ -304,11 +306,14 @@ def _grids(
 def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
     meta = config.metadata
     common = dict(
-        shape=tuple(config.shape),
-        pixel_scale=meta.get("pixel_scale"),
-        zeropoint=meta.get("zeropoint"),
-        bunit=meta.get("bunit"),
-        flux_scale=float(meta.get("flux_scale", 1.0)),
+        frame=Frame(
+            tuple(config.shape),
+            bands=meta.get("bands"),
+            pixel_scale=meta.get("pixel_scale"),
+            zeropoint=meta.get("zeropoint"),
+            bunit=meta.get("bunit"),
+            flux_scale=float(meta.get("flux_scale", 1.0)),
+        ),
         support=dict(meta.get("support") or {}),
     )
     training = {
