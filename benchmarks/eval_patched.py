@@ -1,6 +1,6 @@
 """Run a ``galprism`` command with the prototype sampler pieces swapped in.
 
-``--fast-mmps`` replaces :class:`galprism.posterior.JointPosterior` by
+``--fast-mmps`` replaces :class:`galprism.posterior.JointPosterior` (as used by :mod:`galprism.sampling`) by
 :class:`galprism.fastmmps.CachedJointPosterior` (one VJP fewer per source and call, the
 same samples to float round-off); ``--multistep ORDER[:SCHEDULE]`` replaces the DDIM
 sampler by :func:`galprism.diffusion.multistep.sample_multistep` (deterministic runs
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--multistep", default=None, help="ORDER[:SCHEDULE], e.g. 2:loglinear")
     args = ap.parse_args(argv[:split])
 
-    import galprism.posterior as post
+    import galprism.sampling as post
 
     if args.fast_mmps:
         from galprism.fastmmps import CachedJointPosterior

@@ -77,10 +77,11 @@ class Meter:
 
 def instrument(prior, meter: Meter) -> None:
     """Wrap the pipeline's stages and the networks of ``prior`` with ``meter``'s timers."""
-    import galprism.separate as sep
+    import galprism.separate.inference as sep
+    import galprism.separate.runner as runner
 
     sep.read_cutout = meter.timed("read", sep.read_cutout)
-    sep.write_result = meter.timed("write", sep.write_result)
+    runner.write_result = meter.timed("write", runner.write_result)
     sep.resolve_support_masks = meter.timed("pilot", sep.resolve_support_masks, phase="pilot")
 
     build = sep.build_freeform
@@ -161,21 +162,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    from galprism.cli.separate import parse_support
+    from galprism.diffusion.samplers import SamplerConfig
     from galprism.priorset import load_priorset
-    from galprism.separate import DEFAULTS, RunWarnings, SeparateConfig, parse_support, run_separate
+    from galprism.separate import RunWarnings, SeparateConfig, run_separate
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.fast_mmps:
-        import galprism.posterior as post
+        import galprism.sampling as sampling
         from galprism.fastmmps import CachedJointPosterior
 
-        post.JointPosterior = CachedJointPosterior
+        sampling.JointPosterior = CachedJointPosterior
     paths = args.inputs or sorted(glob.glob(str(ROOT / "sample_fits/sim_hsc_galaxies_test_*.fits")))
     paths = paths * args.repeat
+    base, batch = SamplerConfig(), SeparateConfig().batch_size
     settings = {
-        k: getattr(args, k) if getattr(args, k) is not None else DEFAULTS[k]
-        for k in ("n_samples", "steps", "sampler", "cg_iterations", "batch_size")
+        "n_samples": args.n_samples or base.n_samples,
+        "steps": args.steps or base.steps,
+        "sampler": args.sampler or base.method,
+        "cg_iterations": base.cg_iterations if args.cg_iterations is None else args.cg_iterations,
+        "batch_size": args.batch_size or batch,
     }
     prior = load_priorset(args.prior)
     meter = Meter()
@@ -187,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             # Repeated inputs go to their own folders: one run refuses duplicate outputs.
             chunk = paths[i * (len(paths) // args.repeat) : (i + 1) * (len(paths) // args.repeat)]
             config = SeparateConfig(
-                **settings,
+                sampler=SamplerConfig(
+                    method=settings["sampler"],
+                    steps=settings["steps"],
+                    n_samples=settings["n_samples"],
+                    cg_iterations=settings["cg_iterations"],
+                ),
+                batch_size=settings["batch_size"],
                 output_dir=Path(tmp) / f"out{i}",
                 support=parse_support(args.support) if args.support else None,
                 command_line="benchmarks/profile_separate.py",

@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    from galprism.cli.separate import parse_support
+    from galprism.diffusion.samplers import SamplerConfig
     from galprism.priorset import load_priorset
-    from galprism.separate import RunWarnings, SeparateConfig, parse_support, run_separate
+    from galprism.separate import RunWarnings, SeparateConfig, run_separate
 
     torch.set_num_threads(1)
     prior = load_priorset("default")
@@ -91,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="galprism-mem-") as tmp:
         (Path(tmp) / "in").mkdir()
         paths = write_cutouts(
-            Path(tmp) / "in", args.n_cutouts, tuple(prior.shape), prior.pixel_scale, prior.zeropoint
+            Path(tmp) / "in",
+            args.n_cutouts,
+            tuple(prior.frame.shape),
+            prior.frame.pixel_scale,
+            prior.frame.zeropoint,
         )
         config = SeparateConfig(
-            n_samples=args.n_samples,
-            steps=args.steps,
+            sampler=SamplerConfig(steps=args.steps, n_samples=args.n_samples),
             output_dir=Path(tmp) / "out",
             support=parse_support([args.support]) if args.support else None,
             command_line="benchmarks/separate_memory.py",

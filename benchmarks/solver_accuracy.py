@@ -59,18 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    import galprism.posterior as post
+    import galprism.sampling as post
+    from galprism.cli.separate import parse_support
     from galprism.diffusion.multistep import sample_multistep
-    from galprism.diffusion.samplers import sample
+    from galprism.diffusion.samplers import SamplerConfig, sample
     from galprism.evaluate.testset import find_testset_files, load_cutout
     from galprism.io.inputs import cutout_seed
     from galprism.priorset import load_priorset
-    from galprism.separate import (
-        SeparateConfig,
-        fit_to_prior,
-        parse_support,
-        separate_observations,
-    )
+    from galprism.separate import SeparateConfig, fit_to_prior, separate_observations
 
     torch.set_num_threads(args.threads)
     prior = load_priorset("default")
@@ -100,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             sample if extra is None else functools.partial(sample_multistep, **extra)
         )
         config = SeparateConfig(
-            n_samples=args.n_samples,
-            steps=steps,
-            sampler=sampler,
-            cg_iterations=args.cg_iterations,
+            sampler=SamplerConfig(
+                method=sampler,
+                steps=steps,
+                n_samples=args.n_samples,
+                cg_iterations=args.cg_iterations,
+            ),
             support=parse_support([args.support]),
         )
         obs = [fit_to_prior(c.observation, prior, config)[0] for c in cutouts]
