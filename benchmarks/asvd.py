@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from paper.grassy import GrassyView, grassy_view
 
 from galprism import __version__
 from galprism.asvd import (
@@ -49,7 +50,6 @@ from galprism.asvd import (
     separate_with_bases,
 )
 from galprism.asvd.separate import pseudo_inverse
-from galprism.datasets.grassy import GrassyView, grassy_view
 from galprism.operators import Composition, Convolve, Downsample
 
 RANKS = ((16, 8), (128, 64))

@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from paper.grassy import grassy_problem, grassy_view
+    from paper.pcpca import PCPCA
     from pcpca_grassy import evaluate as pcpca_scores
     from pcpca_grassy import flat
 
-    from galprism.baselines import PCPCA
-    from galprism.datasets.grassy import grassy_problem, grassy_view
     from galprism.diffusion import SamplerConfig
     from galprism.em import EMConfig, View, run_em
 

@@ -183,7 +183,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def build_problem(args: argparse.Namespace, n_obs: int):
-    from galprism.datasets.manifold import contrastive_problem, mixed_problem
+    from paper.manifold import contrastive_problem, mixed_problem
 
     if args.mixed is not None:
         return mixed_problem(args.mixed, 2, n_obs, seed=args.seed)

@@ -1,6 +1,6 @@
 """PCPCA baseline on full-resolution grassy digits: digit posterior PSNR.
 
-Fits :class:`galprism.baselines.PCPCA` on the training split (grass-only view as the
+Fits :class:`paper.pcpca.PCPCA` on the training split (grass-only view as the
 background, grass + 0.5 x digit view as the target), picks ``(n_components, gamma)`` on the
 validation split by the PSNR of one posterior sample per observation, and reports on the
 test split the per-image PSNR (peak 1, digits in [0, 1]) of the digit's posterior mean and
@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 import torch
+from paper.grassy import grassy_problem, grassy_view
+from paper.pcpca import PCPCA
 
-from galprism.baselines import PCPCA
-from galprism.datasets.grassy import grassy_problem, grassy_view
 from galprism.metrics import mean_psnr
 
 

@@ -46,7 +46,7 @@ def peak_rss_mb() -> float:
 
 def comparison_set(pair: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Truth samples of source 1 and the comparison set named ``pair``."""
-    from galprism.datasets.manifold import contrastive_problem
+    from paper.manifold import contrastive_problem
 
     problem = contrastive_problem(2, 16, seed=seed)
     u = problem.sample_source(0, n, seed=1, dtype=torch.float64).numpy()

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Regenerate the COSMOS tables shipped inside ``galprism.simulate``.
+"""Regenerate the COSMOS table shipped inside ``galprism.simulate``.
 
-* ``cosmos_split.json``: the train/test split by object (:func:`make_split`);
-* ``hst_noise.json``: each galaxy's HST stamp noise after rendering, for the default
-  HSC-like setups (both real HSC i-band PSFs, default truth kernel), so that a batch does
-  not spend ~20 s measuring it (:mod:`galprism.simulate.hstnoise`).
+``hst_noise.json``: each galaxy's HST stamp noise after rendering, for the default
+HSC-like setups (both real HSC i-band PSFs, default truth kernel) and the catalogue
+given, so that a batch does not spend ~20 s measuring it (:mod:`galprism.simulate.hstnoise`).
 
-Usage: ``python scripts/make_cosmos_tables.py [--data-dir DIR] [--check | --report]``;
+Usage: ``python scripts/make_cosmos_tables.py [--catalog FILE] [--data-dir DIR] [--check |
+--report]`` (the data folder defaults to ``$GALPRISM_DATA_DIR``);
 with ``--check`` nothing is written and the exit status says whether the shipped files
 are current (about a minute on one core); ``--report`` prints, from the shipped files,
 the per-galaxy stamp-noise table of ``docs/simulate.md`` for the default HSC setup.
@@ -20,25 +20,11 @@ import sys
 from pathlib import Path
 
 import galprism.simulate as sim
-from galprism.simulate.cosmos import CATALOG_FILE, SPLIT_FILE, SPLIT_SEED, CosmosCatalog, make_split
+from galprism.simulate.cosmos import CosmosCatalog
 from galprism.simulate.hstnoise import NOISE_FILE, hst_noise, hst_noise_table, psf_key
 from galprism.simulate.instrument import HSC_PSFS, make_instrument
 
 PACKAGE = Path(sim.__file__).parent
-
-
-def split_document(catalog: CosmosCatalog) -> dict:
-    split = make_split(
-        [r.ident for r in catalog.records], [r.mag for r in catalog.records], SPLIT_SEED
-    )
-    return {
-        "description": "Train/test split of the 70 GalSim COSMOS galaxies by object (IDENT); see docs/simulate.md.",
-        "catalog": CATALOG_FILE,
-        "seed": SPLIT_SEED,
-        "method": "sorted by (MAG, IDENT), groups of 10, 3 per group to test (numpy default_rng(seed).choice per group)",
-        "train": split["train"],
-        "test": split["test"],
-    }
 
 
 def noise_document(catalog: CosmosCatalog, data_dir: str | None) -> dict:
@@ -65,6 +51,7 @@ def noise_document(catalog: CosmosCatalog, data_dir: str | None) -> dict:
         }
     return {
         "description": "Std per output pixel (counts at ZP 27, catalogue flux) of each COSMOS stamp's own HST noise after rendering: [in the observation, in the PSF-free truth]. Keyed by galprism.simulate.hstnoise.psf_key.",
+        "catalog_fingerprint": catalog.fingerprint,
         "setups": setups,
     }
 
@@ -102,17 +89,18 @@ def report(catalog: CosmosCatalog, data_dir: str | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog", default=None, help="RealGalaxyCatalog FITS file")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--check", action="store_true", help="only compare with the shipped files")
     parser.add_argument(
         "--report", action="store_true", help="print the stamp-noise table (markdown) and exit"
     )
     args = parser.parse_args()
-    catalog = CosmosCatalog(args.data_dir)
+    catalog = CosmosCatalog(args.catalog, data_dir=args.data_dir)
     if args.report:
         print(report(catalog, args.data_dir))
         return 0
-    docs = {SPLIT_FILE: split_document(catalog), NOISE_FILE: noise_document(catalog, args.data_dir)}
+    docs = {NOISE_FILE: noise_document(catalog, args.data_dir)}
     stale = []
     for name, doc in docs.items():
         text = json.dumps(doc, indent=1) + "\n"

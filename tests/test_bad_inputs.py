@@ -55,8 +55,10 @@ def _psf_larger_than_image(path: Path) -> Path:
     return make_cutout(path, psf=gaussian_psf(21, 2.0), header=ZP)
 
 
-def _even_psf(path: Path) -> Path:
-    return make_cutout(path, psf=np.ones((10, 10)) / 100, header=ZP)
+def _non_finite_psf(path: Path) -> Path:
+    psf = gaussian_psf(9, 1.0)
+    psf[4, 4] = np.nan
+    return make_cutout(path, psf=psf, header=ZP)
 
 
 def _off_centre_psf(path: Path) -> Path:
@@ -78,7 +80,7 @@ BAD = {
     "negative variance": (_negative_variance, "zero or negative"),
     "zero variance": (_zero_variance, "zero or negative"),
     "PSF larger than the image": (_psf_larger_than_image, "larger than the 16x16 image"),
-    "even-sized PSF": (_even_psf, "even"),
+    "non-finite PSF": (_non_finite_psf, "non-finite"),
     "off-centre PSF": (_off_centre_psf, "off-centre"),
     "wrong band count": (_wrong_band_count, "2 band"),
 }

@@ -125,30 +125,6 @@ def test_mlp_shapes():
     assert MLP(5)(torch.randn(3, 5), torch.zeros(3)).shape == (3, 5)
 
 
-def test_unet_coords_give_the_network_each_pixels_position():
-    """``coords=True`` must feed the pixel grid to the first convolution, and survive a
-    rebuild from the prior's config; otherwise a prior cannot tell the cutout centre
-    from its edges (convolutions and attention are shift-equivariant)."""
-    seen = []
-    net = UNet(1, (8, 16), coords=True)
-    net.inp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
-    x = torch.randn(2, 1, 8, 12)
-    assert net(x, torch.zeros(2)).shape == (2, 1, 8, 12)
-    fed = seen[0]
-    assert fed.shape == (2, 3, 8, 12)
-    assert torch.equal(fed[:, 0], x[:, 0])
-    assert torch.allclose(fed[0, 1, :, 0], torch.linspace(-1, 1, 8))  # y down the rows
-    assert torch.allclose(fed[1, 2, 0], torch.linspace(-1, 1, 12))  # x along the columns
-    assert UNet(1, (8, 16)).inp.in_channels == 1
-
-    prior = DiffusionPrior((1, 8, 8), "unet", {"channels": 1, "widths": [8, 16], "coords": True})
-    clone = DiffusionPrior.from_config(prior.config())
-    clone.load_state_dict(prior.state_dict())
-    assert clone.net.coords
-    z = torch.randn(3, 1, 8, 8)
-    assert torch.equal(prior.denoise(z, 0.5), clone.denoise(z, 0.5))
-
-
 def test_flux_augmentation_teaches_the_prior_brighter_copies():
     """Trained with every sample scaled by 4 (``random_flux_scaling(4, 4)``), a prior must
     draw samples 4x as wide as its data; with ``fraction`` 0.5 half the rows of a batch

@@ -12,8 +12,8 @@ import os
 
 import pytest
 import torch
+from paper.manifold import contrastive_problem
 
-from galprism.datasets.manifold import contrastive_problem
 from galprism.em import EMConfig, RunStore, View, run_em
 from galprism.errors import ConfigError, GalprismError, ShapeError
 from galprism.metrics import wasserstein_divergence
@@ -506,3 +506,31 @@ def test_an_smc_run_gives_its_particles_to_every_e_step_and_resumes_exactly(
     assert _strip(resumed.history) == _strip(full.history) and _same_priors(
         resumed.priors, full.priors
     )
+
+
+def test_a_corrupted_last_checkpoint_resumes_from_the_lap_before(tiny, tmp_path, capsys):
+    """A run whose newest checkpoint (lap 2) is damaged resumes from lap 1, says so on stderr
+    naming the bad file and the lap, and still ends with the uninterrupted run's priors and
+    history. If it fails, one bad file blocks the run forever (as it did) or the fallback
+    replays laps with the wrong state."""
+    views = _views(tiny)
+    full = run_em(views, _tiny_config(), tmp_path / "full", progress=False)
+    assert run_em(views, _tiny_config(), tmp_path / "cut", progress=False, stop_after=2) is None
+    store = RunStore(tmp_path / "cut")
+    bad = store.checkpoint_path(2)
+    bad.write_bytes(bad.read_bytes()[:100])  # cut short, as a full disk would
+    capsys.readouterr()
+    resumed = run_em(views, _tiny_config(), tmp_path / "cut", progress=False)
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith(f"galprism: {bad}: unusable checkpoint") for line in err), err
+    assert f"galprism: {store.root}: resuming after lap 1 of 4" in err, err
+    assert _strip(resumed.history) == _strip(full.history)
+    assert _same_priors(resumed.priors, full.priors)
+
+    capsys.readouterr()
+    for path in store.checkpoints.iterdir():
+        path.write_bytes(b"garbage")
+    again = run_em(views, _tiny_config(), tmp_path / "cut", progress=False)
+    err = capsys.readouterr().err
+    assert "no usable checkpoint; starting the run again from lap 1" in err, err
+    assert _same_priors(again.priors, full.priors), "a fresh start must repeat the run exactly"

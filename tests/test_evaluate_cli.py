@@ -2,7 +2,8 @@
 
 The stand-in is a Gaussian (PPCA) prior set fitted on simulated *training* cutouts'
 truths: enough to exercise every stage (sampling, measures, calibration, report) in
-seconds. Tests needing the shared COSMOS data (ASVD's training cutouts) skip without it.
+seconds. Tests needing the real COSMOS data (ASVD's training cutouts) carry the
+``needs_data`` marker of conftest.py and skip without it.
 """
 
 from __future__ import annotations
@@ -19,22 +20,12 @@ from fits_factory import run_cli, spy_smc_particles
 
 from galprism.gaussian import GaussianPrior
 from galprism.priorset import PriorSet
-from galprism.simulate.data import find_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_fits"
 
 
-def _data_dir() -> Path | None:
-    try:
-        return find_data_dir()
-    except Exception:  # noqa: BLE001 - any lookup failure means "no data"
-        return None
-
-
-needs_data = pytest.mark.skipif(
-    _data_dir() is None, reason="shared COSMOS data (../shared/data) not found"
-)
+needs_data = pytest.mark.needs_data
 
 
 def copy_testset(dest: Path) -> Path:
@@ -240,7 +231,7 @@ def test_evaluate_rejects_train_split_and_bad_options(tmp_path, capsys, monkeypa
 
 
 def truth_prior(testset: Path, folder: Path) -> Path:
-    """A rank-2 Gaussian prior of galaxy and sky fitted on the test set's own four truths: no shared data needed,
+    """A rank-2 Gaussian prior of galaxy and sky fitted on the test set's own four truths: no real data needed,
     enough to drive the sampler (the scores are not the point)."""
     from astropy.io import fits
 

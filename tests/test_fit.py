@@ -11,29 +11,24 @@ from galprism.cli.main import main
 from galprism.errors import ConfigError
 from galprism.fitting import load_fit_spec
 from galprism.simulate import SimulationConfig, simulate_batch
-from galprism.simulate.data import find_data_dir
 
 SIZE = 32
 
 
-def _have_data() -> bool:
-    try:
-        find_data_dir()
-    except ConfigError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
-def sims(tmp_path_factory):
+def sims(tmp_path_factory, shared_data):
     """24 sky and 24 galaxy cutouts of 32x32 pixels (train split), FITS + HDF5."""
-    if not _have_data():
-        pytest.skip("shared COSMOS/HSC data (../shared/data or $GALPRISM_DATA_DIR) not found")
     root = tmp_path_factory.mktemp("sims")
     out = {}
     for view, seed in (("sky", 1), ("galaxies", 2)):
         cfg = SimulationConfig(
-            view=view, split="train", n=24, size=SIZE, seed=seed, psf="multiview"
+            view=view,
+            split="train",
+            n=24,
+            size=SIZE,
+            seed=seed,
+            psf="multiview",
+            data_dir=str(shared_data),
         )
         res = simulate_batch(cfg, root / view)
         out[view] = res

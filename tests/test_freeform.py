@@ -255,7 +255,10 @@ def test_real_hsc_blend_star_gets_a_box_and_the_fit_reaches_the_noise(tmp_path):
     for tag, ff in (("on", FreeformConfig()), ("off", FreeformConfig(bright=None, edge=None))):
         out = tmp_path / f"{tag}.fits"
         summary = run_separate(
-            [str(cutout)], prior, SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff)
+            [str(cutout)],
+            prior,
+            # 48x58 pixels: the centred 48x48 cutout of the prior's footprint is asked for
+            SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff, center=(24.0, 29.0)),
         )
         assert summary.exit_code == 0
         with fits.open(out) as h:
@@ -298,7 +301,10 @@ def test_residual_boxes_take_the_cores_the_prior_draws_too_faint(tmp_path):
         summary = run_separate(
             [str(cutout)],
             prior,
-            SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff, read=read),
+            # 50x50 pixels: the centred 48x48 cutout of the prior's footprint is asked for
+            SeparateConfig(
+                output=out, n_samples=2, steps=16, freeform=ff, read=read, center=(25.0, 25.0)
+            ),
         )
         assert summary.exit_code == 0
         with fits.open(out) as h:

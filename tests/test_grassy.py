@@ -1,21 +1,21 @@
 """Grassy-digits data set: shapes, ranges, operators, independence and splits.
 
 Most tests run on small fixture files written to a temporary folder (a 512x512 random
-texture and 60 synthetic digits), so they check the loader's logic without the shared
+texture and 60 synthetic digits), so they check the loader's logic without the real
 data; one test reads the real files when they are present.
 """
 
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-
-from galprism.datasets import grassy
-from galprism.datasets.grassy import (
+from paper import grassy
+from paper.grassy import (
     GRASS_ROWS,
     default_data_dir,
     digit_indices,
@@ -24,6 +24,7 @@ from galprism.datasets.grassy import (
     load_grass,
     load_mnist,
 )
+
 from galprism.errors import ConfigError, InputError
 from galprism.operators import SourceSum, Zero
 
@@ -176,13 +177,26 @@ def test_bad_requests_give_one_line_errors(data_dir, tmp_path):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.skipif(
-    not (default_data_dir() / grassy.MNIST_FILE).is_file(),
-    reason="shared image data (../shared/data/images) not present",
-)
-def test_real_files_match_their_description():
-    """The shared files must be what the README says: 5,000 digits, 500 per class, and a
-    512x512 texture in [0, 1]; the data set's splits depend on it."""
+def test_image_folder_comes_from_the_environment_only(monkeypatch, tmp_path):
+    """$GALPRISM_IMAGE_DATA wins, else $GALPRISM_DATA_DIR/images; with neither the error
+    names both instead of guessing a folder."""
+    monkeypatch.setenv(grassy.ENV_VAR, str(tmp_path))
+    monkeypatch.setenv(grassy.DATA_ENV_VAR, "/elsewhere")
+    assert default_data_dir() == tmp_path
+    monkeypatch.delenv(grassy.ENV_VAR)
+    assert default_data_dir() == Path("/elsewhere") / "images"
+    monkeypatch.delenv(grassy.DATA_ENV_VAR)
+    with pytest.raises(ConfigError, match="GALPRISM_IMAGE_DATA.*GALPRISM_DATA_DIR"):
+        default_data_dir()
+
+
+def test_real_files_match_their_description(shared_data, monkeypatch):
+    """The real files must be what the data folder's README says: 5,000 digits, 500 per
+    class, and a 512x512 texture in [0, 1]; the data set's splits depend on it. They are
+    found through $GALPRISM_DATA_DIR/images, the default folder."""
+    monkeypatch.delenv(grassy.ENV_VAR, raising=False)
+    assert default_data_dir() == shared_data / "images"
+    assert (default_data_dir() / grassy.MNIST_FILE).is_file()
     images, labels = load_mnist()
     assert images.shape == (5000, 28, 28) and float(images.max()) <= 1.0
     assert torch.bincount(labels).tolist() == [500] * 10

@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-
-from galprism.datasets.manifold import (
+from paper.manifold import (
     MAX_SPREAD,
     ManifoldConfig,
     contrastive_problem,
     make_manifold_problem,
     mixed_problem,
 )
+from scipy import stats
+
 from galprism.errors import ConfigError
 from galprism.operators import MatrixOperator, SourceSum, Zero
 

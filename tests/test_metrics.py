@@ -8,8 +8,8 @@ import numpy as np
 import ot
 import pytest
 import torch
+from paper.manifold import contrastive_problem
 
-from galprism.datasets.manifold import contrastive_problem
 from galprism.errors import ConfigError, InputError, ShapeError
 from galprism.metrics import (
     coverage,

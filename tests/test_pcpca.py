@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from paper.pcpca import PCPCA
 
-from galprism.baselines import PCPCA
 from galprism.errors import ConfigError, ShapeError
 from galprism.metrics import mean_psnr
 

@@ -44,6 +44,7 @@ def test_output_layout_provenance_and_wcs(tmp_path):
         output_dir=tmp_path / "out",
         command_line="galprism separate cut.fits",
         n_samples=3,
+        center=(10.0, 10.0),  # the image centre: a larger image is modelled only when asked
     )
     assert summary.exit_code == 0 and recs[0].status == "ok", recs
     out = tmp_path / "out" / "cut.galprism.fits"

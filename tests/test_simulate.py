@@ -1,7 +1,8 @@
 """``galprism simulate`` and ``sample_fits/``: split, conventions, flux, noise, reproducibility.
 
-The simulator reads the shared COSMOS/HSC data (``../shared/data``); without it the
-data-dependent tests are skipped with that reason (the ``sample_fits`` checks still run).
+The simulator reads the real COSMOS/HSC data (the ``shared_data`` fixture of conftest.py);
+without it the data-dependent tests are skipped with that reason (the ``sample_fits``
+checks still run).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from galprism.errors import ConfigError
+from galprism.errors import ConfigError, InputError
 from galprism.io.write import OutputExistsError
 from galprism.operators import Convolve
-from galprism.simulate import SceneConfig, SimulationConfig, Simulator, load_split, simulate_batch
+from galprism.simulate import SceneConfig, SimulationConfig, Simulator, simulate_batch
 from galprism.simulate.cosmos import SPLIT_SEED, CosmosCatalog, make_split
-from galprism.simulate.data import find_data_dir
+from galprism.simulate.data import ENV_VAR, find_catalog, find_data_dir, hsc_npz_path
 from galprism.simulate.defects import BAD_PLANES, MASK_PLANES, bad_bits
-from galprism.simulate.hstnoise import hst_noise, hst_noise_table
+from galprism.simulate.hstnoise import hst_noise, hst_noise_table, load_cache
 from galprism.simulate.noise import measure_hsc_noise
 from galprism.simulate.render import Placement, build_template, draw_source
 from galprism.simulate.write import observation_hdul
@@ -37,17 +38,11 @@ SAMPLE = ROOT / "sample_fits"
 QUIET = SceneConfig(count_n25=0.0, background_sigma=0.0, background_gradient=0.0)
 
 
-def _data_dir() -> Path | None:
-    try:
-        return find_data_dir()
-    except ConfigError:
-        return None
-
-
-needs_data = pytest.mark.skipif(
-    _data_dir() is None,
-    reason="shared COSMOS/HSC data (../shared/data or $GALPRISM_DATA_DIR) not found",
-)
+needs_data = pytest.mark.needs_data
+#: the test galaxies of the 70-galaxy catalogue at the default split seed; the built-in
+#: prior was learned on the others, so a change here would leak test galaxies into training
+DEV_TEST_SPLIT = [0, 2, 3, 8, 22, 31, 37, 38, 43, 50, 111286, 122737, 122739, 122749]
+DEV_TEST_SPLIT += [122750, 122772, 122773, 122788, 122792, 122793, 122805]
 
 
 def _specs(sim: Simulator, index: int):
@@ -56,8 +51,8 @@ def _specs(sim: Simulator, index: int):
 
 
 @pytest.fixture(scope="module")
-def catalog() -> CosmosCatalog:
-    return CosmosCatalog()
+def catalog(shared_data) -> CosmosCatalog:
+    return CosmosCatalog(data_dir=shared_data)
 
 
 @pytest.fixture(scope="module")
@@ -79,26 +74,171 @@ def batch(tmp_path_factory, sim_test):
 
 @needs_data
 def test_split_is_disjoint_complete_and_deterministic(catalog):
-    """The shipped split covers every galaxy once and equals a fresh draw; else train/test leak or drift."""
-    split = load_split()
+    """The drawn split covers every galaxy once and is the one the built-in prior was learned
+    with; else train/test leak or drift between versions."""
+    split = catalog.split
     train, test = set(split["train"]), set(split["test"])
     assert not train & test, f"galaxies in both sets: {sorted(train & test)}"
     assert train | test == {r.ident for r in catalog.records}, (
         "some catalogue galaxies are in no set"
     )
     assert len(test) == 21 and len(train) == 49
+    assert split["test"] == DEV_TEST_SPLIT, "the default split of the catalogue changed"
     again = make_split(
         [r.ident for r in catalog.records], [r.mag for r in catalog.records], SPLIT_SEED
     )
-    assert again == {"train": sorted(train), "test": sorted(test)}, (
-        "cosmos_split.json is stale or the split is not deterministic"
+    assert again == split, "the split is not deterministic"
+
+
+@needs_data
+def test_split_seed_draws_another_stratified_split(shared_data, catalog):
+    """Another seed gives another split of the same size, each magnitude group of ten giving
+    three galaxies to the test set; the same seed gives the same split again."""
+    other = CosmosCatalog(data_dir=shared_data, split_seed=7)
+    assert other.split_origin == "drawn, seed 7"
+    assert other.split["test"] != catalog.split["test"], "the split seed is ignored"
+    assert len(other.split["test"]) == 21
+    by_mag = sorted(catalog.records, key=lambda r: (r.mag, r.ident))
+    for start in range(0, len(by_mag), 10):
+        group = {r.ident for r in by_mag[start : start + 10]}
+        assert len(group & set(other.split["test"])) == round(3 * len(group) / 10)
+    assert CosmosCatalog(data_dir=shared_data, split_seed=7).split == other.split
+
+
+@needs_data
+def test_split_file_gives_the_test_galaxies(shared_data, catalog, tmp_path):
+    """A split file by IDENT (plain text with comments, or ECSV) or by catalogue row makes
+    exactly those galaxies the test set and every other one a training galaxy."""
+    idents = [r.ident for r in catalog.records]
+    plain = tmp_path / "test.txt"
+    plain.write_text("# held-out galaxies\n122811\n\n5  # a comment\n")
+    split = CosmosCatalog(data_dir=shared_data, split_file=plain).split
+    assert split["test"] == [5, 122811]
+    assert split["train"] == sorted(set(idents) - {5, 122811})
+    rows = tmp_path / "rows.txt"
+    rows.write_text("INDEX\n0\n69\n")
+    assert CosmosCatalog(data_dir=shared_data, split_file=rows).split["test"] == sorted(
+        [idents[0], idents[69]]
     )
+    ecsv = tmp_path / "test.ecsv"
+    from astropy.table import Table
+
+    Table({"IDENT": [idents[3], idents[4]]}).write(ecsv, format="ascii.ecsv")
+    assert CosmosCatalog(data_dir=shared_data, split_file=ecsv).split["test"] == sorted(idents[3:5])
+    sim = Simulator(
+        SimulationConfig(view="galaxies", split="test", n=1, seed=1, split_file=str(plain)),
+    )
+    assert {s.ident for i in range(10) for s in _specs(sim, i)} <= {5, 122811}
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("5\n999999\n", "IDENT 999999 is not in the catalogue"),
+        ("5\n5\n", "listed twice"),
+        ("5\nfive\n", "'five' is not an integer IDENT"),
+        ("INDEX\n70\n", "row 70 is outside"),
+        ("# nothing\n", "lists 0 of the catalogue's 70 galaxies"),
+    ],
+)
+def test_bad_split_file_is_one_line_input_error(shared_data, tmp_path, text, problem):
+    """A split file naming unknown, repeated or non-integer galaxies, or none, is refused
+    with one line naming the file; a silent fallback would mix up train and test."""
+    path = tmp_path / "split.txt"
+    path.write_text(text)
+    with pytest.raises(InputError, match=problem) as info:
+        CosmosCatalog(data_dir=shared_data, split_file=path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@needs_data
+def test_any_catalogue_file_is_used_wherever_it_lies(shared_data, catalog, tmp_path):
+    """A RealGalaxyCatalog under another name in another folder (its image and PSF files
+    beside it) gives the same galaxies, fingerprint and cutouts as the data folder's."""
+    for p in (shared_data / "cosmos").glob("*.fits"):
+        if "catalog_dev" not in p.name:
+            (tmp_path / p.name).write_bytes(p.read_bytes())
+    mine = tmp_path / "my_catalog.fits"
+    mine.write_bytes(catalog.path.read_bytes())
+    other = CosmosCatalog(mine)
+    assert other.path == mine.resolve() and other.fingerprint == catalog.fingerprint
+    assert other.split == catalog.split
+    config = SimulationConfig(view="galaxies", split="test", n=1, seed=2, instrument="hst")
+    a = Simulator(replace(config, catalog=str(mine))).cutout(0)
+    b = Simulator(config, catalog).cutout(0)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.central_ident == b.central_ident
+
+
+@needs_data
+def test_catalogue_without_stamp_flux(shared_data, catalog, tmp_path):
+    """A catalogue without the optional stamp_flux column simulates HSC-like cutouts (its
+    stamp noise measured, not taken from the cache of another catalogue) and refuses the
+    HST-like instrument, which needs it, with one line naming the column."""
+    from astropy.table import Table
+
+    for p in (shared_data / "cosmos").glob("*.fits"):
+        if "catalog_dev" not in p.name:  # the images, PSFs and noise file it lists
+            (tmp_path / p.name).write_bytes(p.read_bytes())
+    table = Table.read(catalog.path)
+    table.remove_column("stamp_flux")
+    mine = tmp_path / "no_flux.fits"
+    table.write(mine)
+    split = tmp_path / "split.txt"
+    split.write_text("0\n42\n")
+    config = SimulationConfig(view="galaxies", split="test", n=1, seed=4, mask_fraction=0.0)
+    config = replace(config, catalog=str(mine), split_file=str(split))
+    sim = Simulator(config)
+    assert sim.catalog.fingerprint != catalog.fingerprint
+    assert math.isfinite(sim.cutout(0).image.sum()) and sim.cutout(0).central_ident in (0, 42)
+    cached = CosmosCatalog(data_dir=shared_data, split_file=split)
+    reference = Simulator(replace(config, catalog=None), cached)
+    for ident in (0, 42):
+        assert sim.hst_std[ident] == pytest.approx(reference.hst_std[ident], rel=1e-6)
+    with pytest.raises(ConfigError, match="no stamp_flux column"):
+        Simulator(replace(config, instrument="hst"))
+
+
+@needs_data
+def test_noise_cache_serves_only_its_own_catalogue(catalog):
+    """The cached stamp-noise values are keyed to the catalogue's fingerprint: another
+    catalogue whose IDENTs happen to coincide must not get them."""
+    assert load_cache(catalog.fingerprint), "the shipped cache does not match the catalogue"
+    assert load_cache("0" * 16) == {}
+
+
+def test_without_data_the_error_says_what_to_pass(monkeypatch, tmp_path):
+    """With no catalogue, data folder or $GALPRISM_DATA_DIR, the simulator raises one line
+    saying what to pass and where to get the data, and never looks beside the repository
+    (the tests run from inside it, next to the data)."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError) as info:
+        CosmosCatalog()
+    message = str(info.value)
+    assert "catalog" in message and "data_dir" in message and f"${ENV_VAR}" in message
+    assert "galsim_download_cosmos" in message and "BlendingToolKit" in message
+    with pytest.raises(ConfigError, match="hsc_cosmos_35.npz.*pass data_dir"):
+        hsc_npz_path()
+    with pytest.raises(ConfigError, match="missing: data folder not found"):
+        find_data_dir(tmp_path / "missing")
+
+
+@needs_data
+def test_explicit_data_folder_wins_over_the_environment(shared_data, monkeypatch, tmp_path):
+    """``data_dir`` is used even when $GALPRISM_DATA_DIR names another folder."""
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert find_data_dir(shared_data) == shared_data.resolve()
+    assert find_catalog(data_dir=shared_data).parent == shared_data.resolve() / "cosmos"
+    with pytest.raises(ConfigError, match="holds none real_galaxy_catalog"):
+        find_catalog()
 
 
 @needs_data
 def test_cutouts_use_only_their_split(catalog):
     """Central galaxies and neighbours come only from the requested split (by object)."""
-    split = load_split()
+    split = catalog.split
     for name in ("train", "test"):
         sim = Simulator(SimulationConfig(view="galaxies", split=name, n=1, seed=3), catalog)
         seen = {s.ident for i in range(30) for s in _specs(sim, i)}
@@ -305,7 +445,7 @@ def test_hst_noise_scaling_matches_monte_carlo(catalog):
     rec = catalog.by_ident[0]
     psf = Simulator(SimulationConfig(view="sky", split="train", n=1), catalog).instrument.psfs[0]
     predicted = hst_noise(catalog, rec, psf, 0.168, 0.2, catalog.acs_zeropoint).obs_std
-    noise_cf, scale, var = catalog.noise_image(rec)
+    noise_cf, scale, var = catalog.galsim_catalog.getNoiseProperties(rec.index)
     field_ = galsim.Image(800, 800, scale=0.03)
     field_.addNoise(catalog.galsim_catalog.getNoise(rec.index, rng=galsim.BaseDeviate(4)))
     rg = galsim.RealGalaxy(
@@ -530,7 +670,7 @@ def test_hdf5_batch(batch):
             and f.attrs["view"] == "galaxies"
             and f.attrs["seed"] == 11
         )
-        assert set(f["central_ident"][...]) <= set(load_split()["test"])
+        assert set(f["central_ident"][...]) <= set(DEV_TEST_SPLIT)
         psf = f["psf"][f["psf_index"][0]]
         with fits.open(out / "hsc_galaxies_test_000000.fits") as hdul:
             np.testing.assert_array_equal(f["images"][0, 0], hdul["SCI"].data)
@@ -577,13 +717,56 @@ def test_cli(tmp_path, capsys):
     )
 
 
+def test_cli_without_data_names_the_options(tmp_path, capsys, monkeypatch):
+    """Without --catalog, --data-dir or $GALPRISM_DATA_DIR the command exits 1 before any
+    work with one line naming the options and where to get a catalogue; with --catalog
+    alone the HSC-like instrument asks for the folder of its PSF and noise."""
+    from galprism.cli.main import main
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    base = ["simulate", "--view", "sky", "--split", "train", "-n", "1", "-o", str(tmp_path / "o")]
+    for extra, words in (
+        ([], ["--catalog FILE", "--data-dir DIR", "galsim_download_cosmos"]),
+        (["--catalog", str(tmp_path / "c.fits")], ["--instrument hsc", "--data-dir DIR"]),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(base + extra)
+        out, err = capsys.readouterr()
+        assert exc.value.code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert all(w in err for w in words), err
+    assert not (tmp_path / "o").exists(), "output written although the data was missing"
+
+
+@needs_data
+def test_cli_catalog_and_split_file(shared_data, tmp_path, capsys, monkeypatch):
+    """--catalog with --split-file: the HST-like batch needs no data folder and its central
+    galaxies are the listed ones only."""
+    from galprism.cli.main import main
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    split = tmp_path / "split.txt"
+    split.write_text("IDENT\n5\n122811\n")
+    argv = ["simulate", "--view", "galaxies", "--split", "test", "-n", "3", "--size", "32"]
+    argv += ["--instrument", "hst", "--catalog", str(find_catalog(data_dir=shared_data))]
+    argv += ["--split-file", str(split), "--no-fits", "-o", str(tmp_path / "o"), "--json"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 0, err
+    with h5py.File(json.loads(out)["hdf5"]) as f:
+        assert set(f["central_ident"][...]) <= {5, 122811}
+        assert json.loads(f.attrs["config"])["split_file"] == str(split)
+
+
 @needs_data
 def test_bad_configuration_is_one_line_error(tmp_path):
     """Unknown view or missing data folder fail before any work with a message naming the problem."""
     with pytest.raises(ConfigError, match="view 'stars'"):
         SimulationConfig(view="stars").validate()
-    with pytest.raises(ConfigError, match=str(tmp_path)):
+    with pytest.raises(ConfigError, match=f"{tmp_path}: COSMOS catalogue file not found"):
         CosmosCatalog(tmp_path)
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'cosmos'}: holds none"):
+        CosmosCatalog(data_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- sample_fits
@@ -623,10 +806,9 @@ def test_sample_fits_are_small_documented_and_follow_the_convention():
                 )
 
 
-@needs_data
-def test_sample_fits_real_data_is_unmodified():
+def test_sample_fits_real_data_is_unmodified(shared_data):
     """The converted real cutouts hold the npz / Cut_HSC i-band pixels exactly."""
-    data = find_data_dir()
+    data = shared_data
     with (
         np.load(data / "hsc" / "hsc_cosmos_35.npz") as npz,
         fits.open(SAMPLE / "hsc_cosmos35_i.fits") as hdul,

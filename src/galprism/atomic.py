@@ -1,20 +1,81 @@
 """Write files atomically: to a temporary name in the same folder, then rename.
 
 A crash or a full disk mid-write then leaves either the old file or no file, never a
-truncated one, and readers never see a partial file under the final name.
+truncated one, and readers never see a partial file under the final name. A process killed
+mid-write (``kill -9``) cannot remove its temporary file; temporary names carry the writer's
+process id, ``.<name>.<pid>.<random>.tmp``, so that the next write of the same file removes
+those whose writer is no longer running (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import GalprismError
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_path", "temp_prefix", "stale_temps", "remove_stale_temps"]
+
+
+def temp_prefix(path: Path) -> str:
+    """``.<name>.<pid>.``: the start of this process's temporary names for ``path``."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: the process exists but belongs to someone else
+        return True
+    return True
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{6,16}\.tmp$")
+
+
+def stale_temps(names: Iterable[str]) -> dict[str, list[str]]:
+    """Temporary names among ``names`` whose writer is no longer running, by final name.
+
+    A name counts only if it has the form ``.<name>.<pid>.<random>.tmp`` and no process
+    ``pid`` runs on this machine. On a folder shared between machines, a writer on
+    another machine with the same file name cannot be told apart; galprism never has two
+    jobs write the same output name.
+    """
+    found: dict[str, list[str]] = {}
+    for entry in names:
+        m = _TEMP_NAME.match(entry)
+        if m is not None and not _pid_running(int(m.group("pid"))):
+            found.setdefault(m.group("name"), []).append(entry)
+    return found
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` left by writers that were killed.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    path = Path(path)
+    try:
+        names = [n for n in os.listdir(path.parent or ".") if n.startswith(f".{path.name}.")]
+    except OSError:
+        return []
+    removed = []
+    for name in stale_temps(names).get(path.name, []):
+        with contextlib.suppress(FileNotFoundError):
+            (path.parent / name).unlink()
+            removed.append(path.parent / name)
+    return removed
 
 
 @contextlib.contextmanager
@@ -31,7 +92,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     if path.exists() and not overwrite:
         raise GalprismError(f"{path}: exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -47,12 +109,3 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-
-
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = True
-) -> Path:
-    """Call ``write(tmp_path)`` and atomically move the result to ``path``."""
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        write(tmp)
-    return Path(path)

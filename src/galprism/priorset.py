@@ -23,13 +23,11 @@ Priors work in normalised units ``data / flux_scale`` at the recorded zero point
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,16 @@ from .diffusion.samplers import SamplerConfig
 from .errors import CheckpointError, ConfigError
 from .operators import SourceSum
 from .posterior import sample_posterior, sample_prior
+from .priors.catalog import (  # torch-free, so that `galprism priors` lists without torch
+    DEFAULT_PRIOR,
+    SET_FORMAT,
+    SET_FORMAT_VERSION,
+    builtin_prior_path,
+    folder_digest,
+    list_builtin_priors,
+    read_manifest,
+    resolve_prior_folder,
+)
 from .support import Support, check_support
 
 __all__ = [
@@ -53,10 +61,6 @@ __all__ = [
     "builtin_prior_path",
     "DEFAULT_PRIOR",
 ]
-
-SET_FORMAT = "galprism-priorset"
-SET_FORMAT_VERSION = 1
-DEFAULT_PRIOR = "hsc-galaxy"
 
 
 @dataclass
@@ -240,7 +244,13 @@ class PriorSet:
                 f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} expects {tuple(self.shape)}"
             )
         prior = self.priors[self.sources.index(source)].to(device)
-        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+        # The ODE runs in the network's own dtype: a float32 denoiser cannot take float64
+        # candidates (FITS images are read as float64), a float64 prior keeps float64.
+        params = [t for t in prior.parameters() if t.is_floating_point()]
+        if params:
+            dtype = params[0].dtype
+        else:
+            dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         lp = log_prob(
             prior,
             (images / self.flux_scale).to(device=device, dtype=dtype),
@@ -376,56 +386,6 @@ def _manifest_support(manifest: dict[str, Any], path: Path) -> dict[str, Support
         raise CheckpointError(str(exc)) from None
 
 
-def folder_digest(folder: Path) -> str:
-    """SHA-256 over the names and contents of a prior folder's files."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if f.suffix not in (".json", ".pt", ".npz"):
-            continue
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def _builtin_root() -> Path:
-    return Path(str(resources.files("galprism") / "priors" / "builtin"))
-
-
-def list_builtin_priors() -> list[str]:
-    """Names of the priors shipped inside the package."""
-    root = _builtin_root()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "prior.json").is_file())
-
-
-def builtin_prior_path(name: str) -> Path:
-    return _builtin_root() / name
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / "prior.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: not a prior folder (no prior.json)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(
-            f"{path}: corrupted manifest ({exc.msg if hasattr(exc, 'msg') else exc})"
-        ) from exc
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{path}: not a galprism prior manifest")
-    if manifest.get("method") == "asvd":
-        return manifest  # adversarial-SVD folders carry their own format (galprism.asvd)
-    if manifest.get("format") != SET_FORMAT:
-        raise CheckpointError(f"{path}: not a galprism prior manifest")
-    if manifest.get("format_version") != SET_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: prior folder format version {manifest.get('format_version')}; this galprism reads {SET_FORMAT_VERSION}"
-        )
-    return manifest
-
-
 def load_priorset(
     name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> PriorSet:
@@ -436,20 +396,8 @@ def load_priorset(
     CheckpointError
         Unknown name, missing/corrupted files, incompatible versions.
     """
-    path = Path(name_or_path)
-    if not path.exists():
-        if str(name_or_path) == "default":
-            path = builtin_prior_path(DEFAULT_PRIOR)
-        elif (builtin_prior_path(str(name_or_path)) / "prior.json").is_file():
-            path = builtin_prior_path(str(name_or_path))
-        else:
-            known = ", ".join(list_builtin_priors()) or "none installed"
-            raise CheckpointError(
-                f"{name_or_path}: no such prior folder or built-in prior (built-in: {known})"
-            )
-    if path.is_file() and path.name == "prior.json":
-        path = path.parent
-    manifest = _read_manifest(path)
+    path = resolve_prior_folder(name_or_path)
+    manifest = read_manifest(path)
     method = manifest.get("method")
     if method == "asvd":
         from .asvd import load_asvd_priorset  # local: only asvd folders need it

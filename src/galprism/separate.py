@@ -29,7 +29,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,7 +43,15 @@ from .freeform import Box, FreeformConfig, build_freeform, find_residual_boxes
 from .io.flux import zeropoint_of_unit
 from .io.inputs import cutout_seed, in_shard, output_path
 from .io.read import ReadOptions, read_cutout
-from .io.write import OutputExistsError, image_hdu, primary_hdu, source_hdus, write_atomic
+from .io.write import (
+    OutputExistsError,
+    StaleTemps,
+    check_writable,
+    image_hdu,
+    primary_hdu,
+    source_hdus,
+    write_atomic,
+)
 from .observation import Observation, stack_observations
 from .support import (
     Support,
@@ -279,6 +287,8 @@ class InputRecord:
     sources: dict[str, dict[str, list[float]]] | None = None
     chi2: float | None = None
     error: str | None = None
+    index: int = -1  # position among the inputs of this run (shard), in input order
+    modelled: str | None = None  # the input pixels modelled, when a centre was given
 
     def to_json(self) -> str:
         data = {
@@ -294,6 +304,8 @@ class InputRecord:
             data["chi2"] = round(self.chi2, 4)
         if self.error is not None:
             data["error"] = self.error
+        if self.modelled is not None:
+            data["modelled"] = self.modelled
         return json.dumps(data)
 
 
@@ -399,11 +411,53 @@ def fit_to_prior(
             f"{obs.name}: prior grid {h}x{w} is not divisible by the downsampling factor {factor} "
             f"(cutout {obs.pixel_scale:.6g} vs prior {prior.pixel_scale:.6g} arcsec/pixel)"
         )
+    size = (h // factor, w // factor)
+    explicit = config.center_radec is not None or config.center is not None
+    if not explicit and (obs.shape[1] > size[0] or obs.shape[2] > size[1]):
+        # Never model part of an image silently: a cutout must be asked for.
+        raise ShapeError(
+            f"{obs.name}: image of {obs.shape[2]}x{obs.shape[1]} pixels is larger than the "
+            f"{size[1]}x{size[0]}-pixel footprint of prior {prior.name!r}; give a centre to "
+            "model a cutout of it (x,y = {:g},{:g} is the image centre)".format(
+                *obs.default_center()
+            )
+        )
     if config.center_radec is not None:
         center: tuple[float, float] | None = obs.pixel_of(*config.center_radec)
     else:
         center = config.center
-    return obs.crop(center, (h // factor, w // factor)), factor
+    cropped = obs.crop(center, size)
+    if cropped is not obs:
+        cropped = replace(cropped, notes=(*cropped.notes, _modelled_text(obs, cropped)))
+    return cropped, factor
+
+
+#: start of the note that says which input pixels an explicitly centred cutout modelled
+MODELLED = "modelled input pixels"
+
+
+def _modelled_text(full: Observation, cropped: Observation) -> str:
+    """``modelled input pixels x 100-147, y 200-247 (0-based) of the 2048x2048 image``."""
+    x0, y0 = cropped.origin[0] - full.origin[0], cropped.origin[1] - full.origin[1]
+    _, ny, nx = cropped.shape
+    _, h, w = full.shape
+    xa, xb, ya, yb = max(x0, 0), min(x0 + nx, w) - 1, max(y0, 0), min(y0 + ny, h) - 1
+    text = f"{MODELLED} x {xa}-{xb}, y {ya}-{yb} (0-based) of the {w}x{h} image"
+    if (xa, xb, ya, yb) != (x0, x0 + nx - 1, y0, y0 + ny - 1):
+        text += f", padded to {nx}x{ny} with masked pixels"
+    return text
+
+
+def _modelled_card(obs: Observation) -> str:
+    text = modelled_region(obs)
+    if text is None:
+        return "whole input"
+    return text.removeprefix(MODELLED).replace(" (0-based) of the ", " of ").strip()
+
+
+def modelled_region(obs: Observation) -> str | None:
+    """The note of :func:`fit_to_prior` on the input pixels a centred cutout modelled."""
+    return next((n for n in obs.notes if n.startswith(MODELLED)), None)
 
 
 def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
@@ -734,6 +788,10 @@ def _cards(
         "INSHA256": (obs.checksum, ""),
         "CROPX0": (int(obs.origin[0]), "input pixel x (0-based) of output pixel 0"),
         "CROPY0": (int(obs.origin[1]), "input pixel y (0-based) of output pixel 0"),
+        "MODELLED": (
+            _modelled_card(obs),
+            "input pixels modelled (0-based, inclusive)",
+        ),
         "GRIDFAC": (int(result.factor), "cutout pixel / prior pixel (downsampling)"),
         "PIXSCALE": (obs.pixel_scale, "[arcsec] cutout pixel scale"),
         "ZPINPUT": (obs.zeropoint, "AB zero point of the input (and outputs)"),
@@ -834,7 +892,10 @@ def write_result(
 ) -> Path:
     """Write one result atomically (no overwrite unless ``config.overwrite``)."""
     return write_atomic(
-        build_hdulist(result, prior, config, device), path, overwrite=config.overwrite
+        build_hdulist(result, prior, config, device),
+        path,
+        overwrite=config.overwrite,
+        remove_stale=False,  # run_separate removes them with one listing of the folder
     )
 
 
@@ -845,6 +906,7 @@ class _Pending:
     obs: Observation
     seed: int
     seconds: float
+    index: int
 
 
 def _error_text(exc: BaseException, path: str) -> str:
@@ -895,7 +957,11 @@ def run_separate(
             raise UsageError(
                 f"--output-dir {config.output_dir}: cannot create it ({exc.strerror})"
             ) from exc
+    out_folder = Path(config.output_dir) if config.output is None else Path(config.output).parent
+    check_writable(out_folder)  # before any sampling, not after it
+    stale = StaleTemps()
     seen: dict[str, str] = {}
+    position = 0
     pending: dict[tuple, list[_Pending]] = {}
 
     def report(rec: InputRecord) -> None:
@@ -928,6 +994,7 @@ def run_separate(
                 return
         share = (time.perf_counter() - t0) / len(group)
         for p, res in zip(group, results, strict=True):
+            where = {"index": p.index, "modelled": modelled_region(p.obs)}
             if isinstance(res, BaseException):
                 report(
                     InputRecord(
@@ -937,6 +1004,7 @@ def run_separate(
                         p.seconds + share,
                         p.seed,
                         error=_error_text(res, p.path),
+                        **where,
                     )
                 )
                 continue
@@ -952,6 +1020,7 @@ def run_separate(
                         p.seconds + share,
                         p.seed,
                         error=_error_text(exc, p.path),
+                        **where,
                     )
                 )
                 continue
@@ -965,6 +1034,7 @@ def run_separate(
                     p.seed,
                     sources=res.flux_summary(),
                     chi2=float(np.mean(res.chi2_samples)),
+                    **where,
                 )
             )
 
@@ -979,6 +1049,7 @@ def run_separate(
             else output_path(path, config.output_dir)
         )
         seed = cutout_seed(config.seed, path)
+        index, position = position, position + 1
         key = os.path.abspath(out)
         if key in seen:
             report(
@@ -989,20 +1060,34 @@ def run_separate(
                     0.0,
                     seed,
                     error=f"{path}: writes the same output {out} as {seen[key]}",
+                    index=index,
                 )
             )
             continue
         seen[key] = path
+        for tmp in stale.remove(out):
+            warn.warn(
+                "stale temporary removed",
+                f"{tmp}: removed, a temporary file of {out.name} left by an interrupted run",
+            )
         if out.exists():
             if config.skip_existing:
-                report(InputRecord(path, str(out), "skipped", 0.0, seed))
+                report(InputRecord(path, str(out), "skipped", 0.0, seed, index=index))
                 continue
             if not config.overwrite:
                 exc = OutputExistsError(
                     f"{out}: output exists; pass --overwrite to replace it or --skip-existing"
                 )
                 report(
-                    InputRecord(path, str(out), "error", 0.0, seed, error=_error_text(exc, path))
+                    InputRecord(
+                        path,
+                        str(out),
+                        "error",
+                        0.0,
+                        seed,
+                        error=_error_text(exc, path),
+                        index=index,
+                    )
                 )
                 continue
         try:
@@ -1016,13 +1101,14 @@ def run_separate(
                     time.perf_counter() - t0,
                     seed,
                     error=_error_text(exc, path),
+                    index=index,
                 )
             )
             continue
         _warn_notes(obs, prior, warn)
         group_key = (obs.shape, factor)
         pending.setdefault(group_key, []).append(
-            _Pending(path, out, obs, seed, time.perf_counter() - t0)
+            _Pending(path, out, obs, seed, time.perf_counter() - t0, index)
         )
         if len(pending[group_key]) >= config.batch_size:
             flush(group_key)
@@ -1039,6 +1125,8 @@ def _warn_notes(obs: Observation, prior: Separator, warn: RunWarnings) -> None:
             warn.warn("noise estimated", f"{obs.name}: {note}")
         elif note.startswith("PSF") and "renormalised" in note:
             warn.warn("PSF renormalised", f"{obs.name}: {note}")
+        elif note.startswith("PSF") and "re-centred" in note:
+            warn.warn("PSF re-centred", f"{obs.name}: {note}")
     zp = prior_zeropoint(prior)
     if obs.zeropoint is None and zp is not None:
         warn.warn(

@@ -223,7 +223,10 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Also separate the real cutout with the HST view added.",
 )
 @click.option(
-    "--data-dir", default=None, help="Folder with cosmos/, hsc/, multiview/ [default: searched]."
+    "--data-dir",
+    default=None,
+    help="Folder with cosmos/ (a GalSim RealGalaxyCatalog), hsc/, multiview/ "
+    "[default: $GALPRISM_DATA_DIR].",
 )
 @click.option(
     "--scarlet2-python",

@@ -1,4 +1,8 @@
-"""``galprism priors``: the built-in priors (or given prior folders) and what they model."""
+"""``galprism priors``: the built-in priors (or given prior folders) and what they model.
+
+Described from each folder's ``prior.json`` alone: listing never imports torch or loads
+network weights, so it answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import json
 from typing import Any
 
 import click
-
-from . import separate as _separate_cli
 
 __all__ = ["priors", "describe_prior"]
 
@@ -57,10 +59,10 @@ def priors(names: tuple[str, ...], as_json: bool) -> None:
 
     NAMES may name built-in priors or prior folders to describe instead of the built-in list.
     """
-    from ..priorset import list_builtin_priors
+    from ..priors.catalog import describe_folder, list_builtin_priors
 
     wanted = list(names) or [_name_of(item) for item in list_builtin_priors()]
-    entries = [describe_prior(_separate_cli.load_prior(name)) for name in wanted]
+    entries = [describe_folder(name) for name in wanted]
     if as_json:
         click.echo(json.dumps({"priors": entries}, default=str))
         return

@@ -66,12 +66,21 @@ def command_line(ctx: click.Context) -> str:
 
 
 class _Output:
-    """stderr for humans (a rich progress bar only on a terminal), stdout for JSON lines."""
+    """stderr for humans, stdout for JSON lines.
+
+    stderr gets one line per input as soon as its record is final (written, skipped or
+    failed) and a rich progress bar on a terminal, advanced per input. JSON lines are
+    held back until every earlier input has its record, so that they come in input order
+    although the runner groups cutouts by shape into batches. ``quiet`` keeps only the
+    error lines.
+    """
 
     def __init__(self, json_lines: bool, quiet: bool, total: int) -> None:
         self.json_lines = json_lines
         self.quiet = quiet
         self.progress = None
+        self.held: dict[int, Any] = {}
+        self.next_index = 0
         if not quiet and sys.stderr.isatty() and total > 1:
             from ._progress import stderr_bar
 
@@ -87,15 +96,38 @@ class _Output:
     def record(self, rec: Any) -> None:
         if rec.status == "error":
             self.message(f"galprism: error: {rec.error}")
-        if self.json_lines:
-            click.echo(rec.to_json())
-            sys.stdout.flush()
+        elif not self.quiet:
+            self.message(_record_line(rec))
         if self.progress is not None:
             self.progress.advance(self.task)
+        if self.json_lines:
+            self.held[rec.index] = rec
+            self._emit()
+
+    def _emit(self) -> None:
+        while self.next_index in self.held:
+            click.echo(self.held.pop(self.next_index).to_json())
+            self.next_index += 1
+        sys.stdout.flush()
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+        for index in sorted(self.held):  # only if a record never came (not expected)
+            click.echo(self.held.pop(index).to_json())
+
+
+def _record_line(rec: Any) -> str:
+    """``galprism: wrote OUT (input IN, chi2 1.02, 3.1 s)`` or the skip line."""
+    if rec.status == "skipped":
+        return f"galprism: skipped {rec.input}: {rec.output} exists"
+    details = [f"input {rec.input}"]
+    if rec.modelled:
+        details.append(rec.modelled.replace("modelled input pixels", "modelled", 1))
+    if rec.chi2 is not None:
+        details.append(f"chi2 {rec.chi2:.2f}")
+    details.append(f"{rec.seconds:.1f} s")
+    return f"galprism: wrote {rec.output} ({', '.join(details)})"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -227,6 +259,12 @@ class _Output:
 @click.option(
     "--noise-sigma", help="Noise standard deviation (one, or one per band comma separated)."
 )
+@click.option(
+    "--band",
+    metavar="NAME|INDEX",
+    help="Model one band of a cube: a name from the BANDS, FILTERn or FILTER header keywords, "
+    "or a 0-based index.",
+)
 @click.option("--pixel-scale", type=float, help="Cutout pixel scale in arcsec (overrides the WCS).")
 @click.option("--zeropoint", type=float, help="AB zero point of the inputs (overrides the header).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
@@ -245,7 +283,11 @@ class _Output:
     help="Separation method; must match the prior (auto: the prior's own).",
 )
 @click.option(
-    "-q", "--quiet", is_flag=True, help="No progress bar or warnings (errors are still shown)."
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bar, per-output lines, warnings or summary on stderr; errors are always "
+    "printed.",
 )
 @click.pass_context
 def separate(
@@ -259,8 +301,11 @@ def separate(
     """Sample the posterior of each source of a prior for FITS cutouts.
 
     INPUTS are FITS files, or '-' to read one path per line from stdin. Each input
-    gives <stem>.galprism.fits in --output-dir. Exit status: 0 when every input
-    succeeded (or was skipped), 1 when any failed, 2 for usage errors.
+    gives <stem>.galprism.fits in --output-dir. An image larger than the prior's
+    footprint is refused unless --center or --center-radec asks for a cutout of it.
+    stderr gets one line per output and a summary line (--quiet: errors only); --json
+    lines on stdout come in input order. Exit status: 0 when every input succeeded (or
+    was skipped, or the shard holds none), 1 when any failed, 2 for usage errors.
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
@@ -287,6 +332,7 @@ def separate(
         noise_sigma=kw["noise_sigma"],
         pixel_scale=kw["pixel_scale"],
         zeropoint=kw["zeropoint"],
+        band=kw["band"],
     )
     config = SeparateConfig(
         n_samples=kw["n_samples"],
@@ -313,6 +359,13 @@ def separate(
         ),
     )
     total = sum(1 for p in paths if shard is None or in_shard(p, *shard))
+    if shard is not None and total == 0:
+        if not kw["quiet"]:
+            click.echo(
+                f"galprism: shard {shard[0]}/{shard[1]} holds none of the {len(paths)} inputs",
+                err=True,
+            )
+        return
     prior = load_prior(prior_spec)
     if kw["method"] != "auto" and prior.method != kw["method"]:
         raise UsageError(f"--method {kw['method']}: prior {prior_spec!r} is a {prior.method} prior")
@@ -324,9 +377,9 @@ def separate(
         summary = run_separate(paths, prior, config, on_record=out.record, warnings=warnings)
     finally:
         out.close()
-    if not kw["quiet"] and sys.stderr.isatty():
+    if not kw["quiet"]:
         click.echo(
-            f"galprism: {summary.ok} separated, {summary.skipped} skipped, {summary.errors} failed "
+            f"galprism: {summary.ok} written, {summary.skipped} skipped, {summary.errors} failed "
             f"in {summary.seconds:.1f} s",
             err=True,
         )

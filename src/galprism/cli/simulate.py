@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
+
+from ..errors import ConfigError
+from ..simulate.cosmos import SPLIT_FILE_FORMAT, SPLIT_SEED
+from ..simulate.data import COSMOS_SOURCES, ENV_VAR, HSC_SOURCES
 
 __all__ = ["simulate"]
 
@@ -30,6 +35,22 @@ class _Progress:
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _check_data(catalog: Path | None, data_dir: Path | None, instrument: str) -> None:
+    """Say which option is missing before any work, in the command line's own words."""
+    if data_dir is not None or os.environ.get(ENV_VAR):
+        return
+    if catalog is None:
+        raise ConfigError(
+            f"no COSMOS catalogue given: pass --catalog FILE (a GalSim RealGalaxyCatalog) or "
+            f"--data-dir DIR, or set ${ENV_VAR}; get a catalogue from {COSMOS_SOURCES}"
+        )
+    if instrument == "hsc":
+        raise ConfigError(
+            "--instrument hsc takes its PSF and noise from hsc/hsc_cosmos_35.npz and multiview/: "
+            f"pass --data-dir DIR or set ${ENV_VAR} to their folder (from {HSC_SOURCES})"
+        )
 
 
 @click.command("simulate")
@@ -173,11 +194,31 @@ class _Progress:
     help="FWHM (arcsec) of the kernel that band-limits the truth [default: 0.2 hsc, 0.12 hst].",
 )
 @click.option(
+    "--catalog",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="GalSim RealGalaxyCatalog FITS file, its image and PSF files beside it "
+    "[default: the real_galaxy_catalog*.fits in DATA_DIR/cosmos].",
+)
+@click.option(
+    "--split-seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=SPLIT_SEED,
+    show_default=True,
+    help="Seed of the catalogue's train/test split (by object, stratified by magnitude).",
+)
+@click.option(
+    "--split-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Test split given instead of drawn: {SPLIT_FILE_FORMAT}.",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    envvar="GALPRISM_DATA_DIR",
-    help="Folder holding cosmos/, hsc/, multiview/ [env GALPRISM_DATA_DIR; default ../shared/data].",
+    help=f"Folder holding hsc/hsc_cosmos_35.npz and multiview/ (the HSC-like PSF and noise) "
+    f"and, without --catalog, cosmos/ [default: ${ENV_VAR}].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing files (never done otherwise).")
 @click.option(
@@ -194,7 +235,9 @@ def simulate(**kw: object) -> None:
 
     Writes one FITS file per cutout in galprism separate's input convention (SCI, PSF,
     MASK, VARIANCE), its truth (TRUE_GALAXY, TRUE_SKY, ...) in OUTPUT_DIR/truth/, and
-    the same batch as HDF5 for training. See docs/simulate.md.
+    the same batch as HDF5 for training. The galaxies come from --catalog (GalSim's
+    COSMOS sample: galsim_download_cosmos, or BlendingToolKit's COSMOS example set);
+    the HSC-like PSF and noise from --data-dir or $GALPRISM_DATA_DIR. See docs/simulate.md.
     """
     from dataclasses import replace
 
@@ -204,6 +247,7 @@ def simulate(**kw: object) -> None:
         raise click.UsageError("--no-hdf5 and --no-fits together would write nothing")
     if kw["no_hdf5"] and kw["hdf5"] is not None:
         raise click.UsageError("--hdf5 and --no-hdf5 contradict each other")
+    _check_data(kw["catalog"], kw["data_dir"], kw["instrument"])
     scene = replace(
         SceneConfig(),
         max_hst_noise_ratio=kw["max_hst_noise_ratio"],
@@ -228,6 +272,9 @@ def simulate(**kw: object) -> None:
         mask_fraction=kw["mask_fraction"],
         scene=scene,
         data_dir=str(kw["data_dir"]) if kw["data_dir"] else None,
+        catalog=str(kw["catalog"]) if kw["catalog"] else None,
+        split_seed=kw["split_seed"],
+        split_file=str(kw["split_file"]) if kw["split_file"] else None,
     )
     hdf5 = None if kw["no_hdf5"] else (kw["hdf5"] or "auto")
     progress = _Progress(not kw["quiet"], config.n)

@@ -15,6 +15,7 @@ last completed lap and reproduces the numbers of an uninterrupted run.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ def run_em(
     progress: bool | None = None,
     hook: LapHook | None = None,
     stop_after: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> EMResult | None:
     """Learn one prior per source from ``views`` by EM; write everything to ``run_dir``.
 
@@ -101,6 +103,9 @@ def run_em(
         history line.
     stop_after
         Stop (returning None) once this many laps are complete, as a kill would.
+    notify
+        Where resume messages go (which lap a run resumes from, unusable checkpoints
+        skipped); default one ``galprism:`` line each on stderr.
 
     Returns
     -------
@@ -130,9 +135,13 @@ def run_em(
     if done > len(laps):
         raise ConfigError(f"{run_dir}: holds {done} laps but this configuration plans {len(laps)}")
     state = EMState(config, device)
+    say = notify or (lambda msg: print(f"galprism: {msg}", file=sys.stderr, flush=True))
     if done:
-        state.load_state_dict(store.load_checkpoint(done))
+        done = store.load_latest(done, state.load_state_dict, say)
+    if done:
+        say(f"{store.root}: resuming after lap {done} of {len(laps)}")
     else:
+        state = EMState(config, device)  # nothing of a checkpoint that failed to apply
         for source in config.sources:
             state.gaussians[source] = state.initial_gaussian(
                 _initial_variance(views, source, config)

@@ -122,6 +122,43 @@ class RunStore:
                 p.unlink(missing_ok=True)
         return path
 
+    def checkpoint_laps(self) -> list[int]:
+        """Laps with a checkpoint file, oldest first (readable or not)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(
+            int(m.group(1)) for p in self.checkpoints.iterdir() if (m := _CKPT.match(p.name))
+        )
+
+    def load_latest(
+        self, lap: int, apply: Callable[[dict[str, Any]], None], notify: Callable[[str], None]
+    ) -> int:
+        """Resume from the newest checkpoint at or before ``lap`` that loads.
+
+        ``apply(state)`` restores a checkpoint (raising if it does not fit). A checkpoint
+        that cannot be read or applied is reported through ``notify`` (naming the file) and
+        the one before it is tried; the history is trimmed to the lap resumed from, and
+        the bad file is left in place for the rerun of its lap to replace.
+
+        Returns
+        -------
+        int
+            The lap resumed from; 0 when none loads (the run starts again).
+        """
+        laps = [n for n in self.checkpoint_laps() if n <= lap]
+        for n in reversed(laps):
+            try:
+                apply(self.load_checkpoint(n))
+            except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+                notify(f"{self.checkpoint_path(n)}: unusable checkpoint, skipped ({exc})")
+                continue
+            if n != lap:
+                self._trim_history(n)
+            return n
+        notify(f"{self.root}: no usable checkpoint; starting the run again from lap 1")
+        self._trim_history(0)
+        return 0
+
     def load_checkpoint(self, lap: int) -> dict[str, Any]:
         state = safe_torch_load(self.checkpoint_path(lap))
         if not isinstance(state, dict) or state.get("lap") != lap:

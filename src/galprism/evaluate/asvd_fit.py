@@ -1,6 +1,6 @@
 """Fitting the adversarial-SVD baseline for an evaluation, on training-split cutouts only.
 
-ASVD is semi-supervised (METHOD.md section 8): clean examples of one source plus
+ASVD is semi-supervised (``docs/asvd.md``): clean examples of one source plus
 mixtures. Here the clean examples are ``sky`` cutouts (neighbours and background, no
 central galaxy) and the mixtures are ``galaxies`` cutouts, so the unseen source is the
 central galaxy. Both come from the simulator's *training* split (never the test

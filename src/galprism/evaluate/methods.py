@@ -387,15 +387,3 @@ class PhotutilsMethod:
             if progress is not None:
                 progress(1)
         return out
-
-
-def prior_matches_cutouts(prior: PriorSet, cutouts: Sequence[EvalCutout]) -> None:
-    """Raise a one-line error when a prior cannot separate the test cutouts as they are."""
-    if not cutouts:
-        return
-    c = cutouts[0]
-    if tuple(prior.shape) != tuple(c.observation.shape):
-        raise ConfigError(
-            f"prior {prior.name!r} models {tuple(prior.shape)} cutouts but {c.name} is {c.observation.shape}; "
-            "simulate the test set at the prior's size"
-        )

@@ -78,7 +78,7 @@ class MultiviewData:
 
 def _read(path: Path) -> fits.PrimaryHDU:
     if not path.is_file():
-        raise InputError(f"{path}: multiview file not found (set --data-dir or $GALPRISM_DATA_DIR)")
+        raise InputError(f"{path}: multiview file not found")
     with fits.open(path) as hdul:
         hdu = hdul[0]
         if hdu.data is None:

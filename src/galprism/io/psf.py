@@ -14,6 +14,8 @@ by up to 6 % (scratch experiment, see docs/user-guide.md).
 
 from __future__ import annotations
 
+import math
+
 import galsim
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ import torch
 from ..errors import PSFError
 from ..operators import validate_psf
 
-__all__ = ["prepare_psf", "refine_psf", "pad_psf"]
+__all__ = ["prepare_psf", "recenter_psf", "refine_psf", "pad_psf"]
 
 
 def prepare_psf(data: np.ndarray, n_bands: int, what: str) -> tuple[np.ndarray, bool]:
@@ -58,6 +60,118 @@ def prepare_psf(data: np.ndarray, n_bands: int, what: str) -> tuple[np.ndarray, 
         raise PSFError(f"{what}: PSF has {arr.shape[0]} band(s) but the image has {n_bands}")
     psf, renormalised = validate_psf(torch.from_numpy(np.array(arr, dtype=np.float64)), what)
     return psf.numpy(), renormalised
+
+
+def _centroid(kernel: np.ndarray) -> tuple[float, float]:
+    """``(x, y)`` first moment of a 2-D kernel relative to its central pixel."""
+    kh, kw = kernel.shape
+    total = kernel.sum()
+    cy = float((kernel.sum(axis=1) * (np.arange(kh) - (kh - 1) / 2)).sum() / total)
+    cx = float((kernel.sum(axis=0) * (np.arange(kw) - (kw - 1) / 2)).sum() / total)
+    return cx, cy
+
+
+def _fourier_shift(kernel: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    ky = np.fft.fftfreq(kernel.shape[0])[:, None]
+    kx = np.fft.fftfreq(kernel.shape[1])[None, :]
+    phase = np.exp(-2j * np.pi * (ky * dy + kx * dx))
+    return np.fft.ifft2(np.fft.fft2(kernel) * phase).real
+
+
+def recenter_psf(
+    data: np.ndarray, what: str, *, tolerance: float = 1.0, max_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Shift kernels whose centroid is more than ``tolerance`` px off-centre back onto it.
+
+    The shift is a Fourier phase ramp on the kernel zero-padded by the shift's whole
+    pixels plus one on each side: it moves the centroid by exactly the sub-pixel amount
+    without wrapping light around, and it leaves the kernel's sum unchanged (the zero
+    frequency is untouched), so no renormalisation is needed. An interpolating shift
+    (``scipy.ndimage.shift``) would instead smooth the core and change the sum.
+
+    Parameters
+    ----------
+    data
+        ``(kh, kw)`` or ``(C, kh, kw)`` kernels (leading axes of length 1 allowed).
+    what
+        How the PSF is named in messages.
+    tolerance
+        Centroid offsets up to this many pixels are left as they are.
+    max_size
+        ``(ny, nx)``: the padded kernels are trimmed (symmetrically, to odd sizes) so as
+        not to exceed it.
+
+    Returns
+    -------
+    psf, notes
+        The kernels (``data`` itself when none is shifted) and one note per shifted
+        kernel, e.g. ``PSF f.fits[PSF] re-centred by (-0.74, -0.98) px``.
+
+    Raises
+    ------
+    PSFError
+        If a centroid is more than a quarter of the kernel's size off-centre along an
+        axis: such a kernel is more likely a wrong file than a shifted PSF.
+
+    An even-sized kernel gets a zero row or column to make its size odd and is then
+    re-centred whatever its offset. Kernels that are non-finite or do not have a positive
+    sum are returned unchanged, for :func:`prepare_psf` to refuse with its own message.
+    """
+    arr = np.asarray(data, dtype=np.float64)
+    if arr.ndim < 2 or not np.all(np.isfinite(arr)):
+        return data, []
+    kh, kw = arr.shape[-2:]
+    kernels = arr.reshape(-1, kh, kw)
+    sums = kernels.sum(axis=(-2, -1))
+    if np.any(sums <= 0):
+        return data, []
+    even = kh % 2 == 0 or kw % 2 == 0
+    if even:
+        # A zero row/column makes the size odd; the kernel is then re-centred however
+        # small its offset, since an even-sized kernel has no central pixel to be near.
+        kernels = np.pad(kernels, ((0, 0), (0, 1 - kh % 2), (0, 1 - kw % 2)))
+        kh, kw = kernels.shape[-2:]
+    shifts: list[tuple[float, float] | None] = []
+    for b, kernel in enumerate(kernels):
+        cx, cy = _centroid(kernel)
+        if math.hypot(cx, cy) <= (1e-9 if even else tolerance):
+            shifts.append(None)
+            continue
+        if abs(cx) > kw / 4 or abs(cy) > kh / 4:
+            band = f" band {b}" if len(kernels) > 1 else ""
+            raise PSFError(
+                f"{what}: PSF{band} is off-centre: centroid at ({cx:+.2f}, {cy:+.2f}) px, more "
+                f"than a quarter of its {kw}x{kh} size from the central pixel"
+            )
+        shifts.append((-cx, -cy))
+    if all(s is None for s in shifts) and not even:
+        return data, []
+    size_note = f" padded from {arr.shape[-1]}x{arr.shape[-2]} to {kw}x{kh} and" if even else ""
+    pad = max((math.ceil(max(abs(s[0]), abs(s[1]))) for s in shifts if s), default=0) + 1
+    padded = np.pad(kernels, ((0, 0), (pad, pad), (pad, pad)))
+    notes = []
+    for b, shift in enumerate(shifts):
+        band = f" band {b}" if len(kernels) > 1 else ""
+        if shift is None:
+            if even:
+                notes.append(f"PSF {what}{band}{size_note.removesuffix(' and')}")
+            continue
+        dx, dy = shift
+        # One correction of the remaining offset: the first moment of the sampled kernel
+        # moves by the shift only up to the ringing of the unresolved core.
+        out = _fourier_shift(padded[b], dx, dy)
+        rx, ry = _centroid(out)
+        out = _fourier_shift(out, -rx, -ry)
+        padded[b] = out
+        notes.append(
+            f"PSF {what}{band}{size_note} re-centred by ({dx - rx:+.2f}, {dy - ry:+.2f}) px"
+        )
+    if max_size is not None:
+        ny = min(padded.shape[-2], max_size[0] - (1 - max_size[0] % 2))
+        nx = min(padded.shape[-1], max_size[1] - (1 - max_size[1] % 2))
+        oy, ox = (padded.shape[-2] - ny) // 2, (padded.shape[-1] - nx) // 2
+        padded = padded[:, oy : oy + ny, ox : ox + nx]
+    return padded.reshape(*arr.shape[:-2], *padded.shape[-2:]), notes
 
 
 def refine_psf(psf: np.ndarray, factor: int) -> np.ndarray:

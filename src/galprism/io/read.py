@@ -5,7 +5,11 @@ Conventions, all documented in docs/user-guide.md ("Input conventions"):
 * image: the HDU named ``SCI`` or ``IMAGE``, else the primary HDU; 2-D, or 3-D with
   bands first (``--image-hdu`` picks another by name or index);
 * PSF: HDU ``PSF`` or ``--psf FILE``; 2-D or one kernel per band; it may not be larger
-  than the image;
+  than the image; a kernel more than 1 px off-centre, or of even size, is re-centred
+  (:func:`.psf.recenter_psf`, with a note); a pixel scale in its own header (WCS,
+  ``PIXSCALE``, ``CDELT``/``CD``) must be the image's;
+* band: ``--band`` picks one band of a cube by name (``BANDS``, ``FILTERn``, ``FILTER``)
+  or index;
 * mask: HDU ``MASK`` or ``DQ`` or ``--mask FILE``; bit flags (see :mod:`.masks`);
 * noise: see :mod:`.noise`; ``--noise-sigma`` overrides, otherwise it is estimated;
 * WCS and ``BUNIT`` from the image header (the primary header as fallback for
@@ -20,6 +24,7 @@ input's path, so that every cutout of a batch can have its own PSF file.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +38,18 @@ from .fitsfile import describe, find_hdu, hdu_array, read_hdulist, sha256_file
 from .flux import Zeropoint, header_zeropoint
 from .masks import bad_pixels, mask_planes, parse_mask_bits
 from .noise import NOISE_HDUS, estimate_variance, parse_sigma, to_variance
+from .psf import recenter_psf
 from .wcsutil import celestial_wcs, pixel_scale_arcsec
 
-__all__ = ["ReadOptions", "read_cutout", "IMAGE_HDUS", "PSF_HDUS", "MASK_HDUS", "output_stem"]
+__all__ = [
+    "ReadOptions",
+    "read_cutout",
+    "band_names",
+    "IMAGE_HDUS",
+    "PSF_HDUS",
+    "MASK_HDUS",
+    "output_stem",
+]
 
 IMAGE_HDUS: tuple[str, ...] = ("SCI", "IMAGE")
 PSF_HDUS: tuple[str, ...] = ("PSF",)
@@ -71,6 +85,10 @@ class ReadOptions:
         Arcseconds per pixel, overriding the WCS.
     zeropoint
         AB zero point, overriding the header.
+    band
+        One band of a cube to model: a name from the header's ``BANDS``, ``FILTERn`` or
+        ``FILTER`` keywords, or a 0-based index; the mask, noise and a per-band PSF are
+        taken from the same band.
     """
 
     image_hdu: str | None = None
@@ -80,6 +98,7 @@ class ReadOptions:
     noise_sigma: str | None = None
     pixel_scale: float | None = None
     zeropoint: float | None = None
+    band: str | int | None = None
 
 
 def output_stem(path: str | os.PathLike[str]) -> str:
@@ -177,6 +196,84 @@ def _header_pixel_scale(what: str, *headers: fits.Header | None) -> float | None
                     raise InputError(f"{what}: header {key} = {value} is not a usable pixel scale")
                 return float(value)
     return None
+
+
+def band_names(n_bands: int, *headers: fits.Header | None) -> list[str] | None:
+    """Names of the ``n_bands`` bands of a cube from its headers, or None if they say none.
+
+    ``BANDS`` (comma separated, e.g. ``g,r,i,z,y``) first, then ``FILTER1``...``FILTERn``,
+    then ``FILTER`` for a single band.
+    """
+    for h in headers:
+        if h is None:
+            continue
+        text = h.get("BANDS")
+        if isinstance(text, str):
+            names = [t.strip() for t in text.split(",") if t.strip()]
+            if len(names) == n_bands:
+                return names
+        numbered = [h.get(f"FILTER{i + 1}") for i in range(n_bands)]
+        if all(isinstance(v, str) and v.strip() for v in numbered):
+            return [str(v).strip() for v in numbered]
+        if n_bands == 1 and isinstance(h.get("FILTER"), str) and h["FILTER"].strip():
+            return [h["FILTER"].strip()]
+    return None
+
+
+def _band_index(band: str | int, names: list[str] | None, n_bands: int, what: str) -> int:
+    known = (
+        ", ".join(f"{i}={n}" for i, n in enumerate(names))
+        if names
+        else f"indices 0-{n_bands - 1}, no BANDS/FILTERn names in the header"
+    )
+    text = str(band).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if 0 <= index < n_bands:
+            return index
+        raise InputError(f"{what}: no band {index}: it has {n_bands} band(s) ({known})")
+    if names:
+        lowered = [n.lower() for n in names]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+    raise InputError(f"{what}: no band named {text!r}: it has {n_bands} band(s) ({known})")
+
+
+#: header keywords of a PSF file giving its pixel scale through a linear WCS
+PSF_SCALE_UNITS: dict[str, float] = {"deg": 3600.0, "arcmin": 60.0, "arcsec": 1.0}
+
+
+def _psf_pixel_scale(header: fits.Header | None, what: str) -> tuple[float, str] | None:
+    """The PSF file's own pixel scale in arcsec and the keyword it came from, if it has one."""
+    if header is None:
+        return None
+    wcs = celestial_wcs(header, what)
+    if wcs is not None:
+        return pixel_scale_arcsec(wcs, what), "WCS"
+    scale = _header_pixel_scale(what, header)
+    if scale is not None:
+        key = next(k for k in PIXEL_SCALE_KEYS if k in header)
+        return scale, key
+    unit = str(header.get("CUNIT1", "deg")).strip().lower()
+    if unit not in PSF_SCALE_UNITS:
+        return None
+    if "CD1_1" in header:
+        cd = np.array(
+            [
+                [header.get("CD1_1", 0.0), header.get("CD1_2", 0.0)],
+                [header.get("CD2_1", 0.0), header.get("CD2_2", 0.0)],
+            ],
+            dtype=np.float64,
+        )
+        value, key = math.sqrt(abs(np.linalg.det(cd))), "CD1_1"
+    elif "CDELT1" in header:
+        value, key = abs(float(header["CDELT1"])), "CDELT1"
+    else:
+        return None
+    # CDELT = 1 is the "one pixel" placeholder of images without a sky grid.
+    if not np.isfinite(value) or value <= 0 or value == 1.0:
+        return None
+    return value * PSF_SCALE_UNITS[unit], key
 
 
 def _as_cube(arr: np.ndarray, what: str) -> np.ndarray:
@@ -277,18 +374,21 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     # PSF.
     if opts.psf is not None:
         ppath = _sidecar_path(opts.psf, name)
-        pdata, _ = _read_sidecar(ppath, PSF_HDUS)
+        pdata, pheader = _read_sidecar(ppath, PSF_HDUS)
         pwhat = ppath
     else:
         found = find_hdu(hdul, PSF_HDUS)
         if found is None:
             raise PSFError(f"{name}: no PSF: the file has no PSF HDU and no --psf was given")
         pwhat = describe(name, found[1].name)
-        pdata = hdu_array(found[1].data, pwhat)
+        pdata, pheader = hdu_array(found[1].data, pwhat), found[1].header
     pdata = np.asarray(pdata, dtype=np.float64)
     kh, kw = pdata.shape[-2:]
     if kh > h or kw > w:
         raise PSFError(f"{pwhat}: PSF of {kh}x{kw} pixels is larger than the {h}x{w} image")
+    pdata, psf_notes = recenter_psf(pdata, pwhat, max_size=(h, w))
+    notes.extend(psf_notes)
+    kh, kw = pdata.shape[-2:]
     sums = pdata.reshape(-1, kh, kw).sum(axis=(-2, -1)) if pdata.ndim >= 2 else np.array([])
     if np.all(np.isfinite(sums)) and np.any(np.abs(sums - 1) > 1e-3) and np.all(sums > 0):
         notes.append(
@@ -303,6 +403,16 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
         pixel_scale = pixel_scale_arcsec(wcs, what)
     else:
         pixel_scale = _header_pixel_scale(what, header, primary)
+    psf_scale = _psf_pixel_scale(pheader, pwhat)
+    if (
+        psf_scale is not None
+        and pixel_scale is not None
+        and abs(psf_scale[0] / pixel_scale - 1) > 0.01
+    ):
+        raise InputError(
+            f"{pwhat}: PSF pixel scale {psf_scale[0]:.6g} arcsec (header {psf_scale[1]}) differs "
+            f"from the image's {pixel_scale:.6g} arcsec ({what})"
+        )
     bunit = header.get("BUNIT") or (primary.get("BUNIT") if primary is not None else None)
     bunit = str(bunit).strip() if bunit else None
     zp: Zeropoint | None
@@ -312,6 +422,15 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
         zp = header_zeropoint(header, primary)
     if zp is not None:
         notes.append(f"zero point {zp.value:.4f} from {zp.source}")
+
+    if opts.band is not None:
+        names = band_names(c, header, primary)
+        b = _band_index(opts.band, names, c, what)
+        image, variance, valid = image[b : b + 1], variance[b : b + 1], valid[b : b + 1]
+        if pdata.ndim >= 3 and pdata.reshape(-1, kh, kw).shape[0] == c and c > 1:
+            pdata = pdata.reshape(-1, kh, kw)[b]
+        label = f"{b}" if not names else f"{b} ({names[b]})"
+        notes.append(f"band {label} of {c} modelled")
 
     try:
         return Observation(

@@ -33,7 +33,8 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
 
-from ..errors import GalprismError
+from ..atomic import remove_stale_temps, stale_temps, temp_prefix
+from ..errors import GalprismError, InputError
 from .wcsutil import image_header
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "primary_hdu",
     "temp_path",
     "set_card",
+    "check_writable",
+    "StaleTemps",
 ]
 
 
@@ -52,12 +55,61 @@ class OutputExistsError(GalprismError):
 
 
 def temp_path(path: Path) -> Path:
-    """Hidden temporary name next to ``path`` (same file system, so the rename is atomic)."""
-    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    """Hidden temporary name next to ``path`` (same file system, so the rename is atomic).
+
+    It carries the process id, so that a later run can tell a killed writer's leftover
+    (:func:`galprism.atomic.stale_temps`).
+    """
+    return path.parent / f"{temp_prefix(path)}{secrets.token_hex(4)}.tmp"
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Create and remove a file in ``folder``, so that a run fails before its work, not after.
+
+    Raises
+    ------
+    InputError
+        Naming the folder, if it is missing, not a folder or not writable.
+    """
+    folder = Path(os.fspath(folder))
+    probe = folder / f".galprism-write-check.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(
+            f"{folder}: output folder is not writable ({exc.strerror or exc})"
+        ) from exc
+
+
+class StaleTemps:
+    """Leftover temporary files of outputs, found with one listing per output folder."""
+
+    def __init__(self) -> None:
+        self._found: dict[Path, dict[str, list[str]]] = {}
+
+    def remove(self, output: Path) -> list[Path]:
+        """Remove the stale temporary files of ``output``; return those removed."""
+        folder = output.parent
+        if folder not in self._found:
+            try:
+                self._found[folder] = stale_temps(os.listdir(folder))
+            except OSError:
+                self._found[folder] = {}
+        removed = []
+        for name in self._found[folder].pop(output.name, []):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+                removed.append(folder / name)
+        return removed
 
 
 def write_atomic(
-    hdul: fits.HDUList, path: str | os.PathLike[str], *, overwrite: bool = False
+    hdul: fits.HDUList,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    remove_stale: bool = True,
 ) -> Path:
     """Write ``hdul`` with checksums to ``path`` atomically.
 
@@ -74,6 +126,10 @@ def write_atomic(
         Destination; its folder must exist.
     overwrite
         Replace an existing file.
+    remove_stale
+        First remove temporary files of ``path`` left by killed writers (one listing of
+        the folder; a caller writing many files there does that once, see
+        :class:`StaleTemps`).
 
     Returns
     -------
@@ -94,6 +150,8 @@ def write_atomic(
         )
     if not dest.parent.is_dir():
         raise GalprismError(f"{dest}: output folder {dest.parent} does not exist")
+    if remove_stale:
+        remove_stale_temps(dest)
     tmp = temp_path(dest)
     try:
         hdul.writeto(tmp, checksum=True)

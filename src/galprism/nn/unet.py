@@ -81,13 +81,6 @@ class UNet(nn.Module):
         Width of the noise embedding.
     dropout
         Dropout inside residual blocks.
-    coords
-        Append two input channels holding each pixel's x and y position in [-1, 1]
-        (CoordConv, Liu et al. 2018). Convolutions and attention without positional
-        encodings are equivariant to shifts except for what the zero padding at the
-        edges tells them; with the positions a prior can learn directly *where* in the
-        cutout its light belongs (the built-in prior does better without them:
-        priors/README.md, candidates v5 and v6).
     """
 
     def __init__(
@@ -98,17 +91,15 @@ class UNet(nn.Module):
         attention_levels: Sequence[int] | None = None,
         emb_features: int = 128,
         dropout: float = 0.0,
-        coords: bool = False,
     ) -> None:
         super().__init__()
         widths = list(widths)
-        self.coords = bool(coords)
         levels = len(widths)
         if attention_levels is None:
             attention_levels = [levels - 1]
         self.levels = levels
         self.embed = NoiseEmbedding(emb_features)
-        self.inp = nn.Conv2d(channels + (2 if self.coords else 0), widths[0], 3, padding=1)
+        self.inp = nn.Conv2d(channels, widths[0], 3, padding=1)
 
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -175,21 +166,11 @@ class UNet(nn.Module):
                     skips[-1] = h
         return h
 
-    @staticmethod
-    def _grid(x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        yy = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
-        xx = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
-        grid = torch.stack(torch.meshgrid(yy, xx, indexing="ij"))  # (2, H, W): y, x
-        return grid.expand(x.shape[0], 2, h, w)
-
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         div = 2 ** (self.levels - 1)
         if x.shape[-1] % div or x.shape[-2] % div:
             raise ValueError(f"UNet: image size {tuple(x.shape[-2:])} is not divisible by {div}")
         e = self.embed(c_noise)
-        if self.coords:
-            x = torch.cat([x, self._grid(x)], dim=1)
         h = self.inp(x)
         skips = [h]
         for i, stage in enumerate(self.down):

@@ -6,14 +6,15 @@ Python entry points:
   makes any cutout with :meth:`Simulator.cutout` (in memory, e.g. for EM training);
 * :func:`simulate_batch` writes a batch as FITS (``galprism separate``'s input convention,
   truth in separate files) and HDF5;
-* :func:`load_split` gives the train/test IDENTs; :func:`measure_hsc_noise` the noise of
-  the real HSC images.
+* :class:`CosmosCatalog` opens any GalSim ``RealGalaxyCatalog`` with its train/test
+  split (drawn from a seed, or :func:`read_split_file`); :func:`measure_hsc_noise` gives
+  the noise of the real HSC images.
 
 See ``docs/simulate.md`` for the model and its numbers.
 """
 
 from .batch import BatchResult, simulate_batch
-from .cosmos import CosmosCatalog, load_split
+from .cosmos import CosmosCatalog, read_split_file
 from .noise import measure_hsc_noise
 from .scene import SceneConfig
 from .simulator import Cutout, SimulationConfig, Simulator
@@ -25,7 +26,7 @@ __all__ = [
     "SceneConfig",
     "SimulationConfig",
     "Simulator",
-    "load_split",
     "measure_hsc_noise",
+    "read_split_file",
     "simulate_batch",
 ]

@@ -13,9 +13,11 @@ output pixel scales it by the pixel-area ratio ``(scale / 0.03)**2`` (checked by
 Carlo in the tests). The standard deviations are in counts at the galaxy's catalogue
 flux and scale linearly with the flux a galaxy is rendered at.
 
-Each galaxy takes about 0.3 s, so values for the default HSC PSFs are cached in
-``hst_noise.json`` beside this module, keyed by the PSF's SHA-256, the pixel scale and
-the truth kernel; ``scripts/make_cosmos_tables.py`` regenerates the file.
+Each galaxy takes about 0.3 s, so values for the default HSC PSFs and the catalogue of
+``docs/simulate.md`` are cached in ``hst_noise.json`` beside this module, keyed by the
+PSF's SHA-256, the pixel scale and the truth kernel, and used only for a catalogue with
+the same :attr:`~galprism.simulate.cosmos.CosmosCatalog.fingerprint`;
+``scripts/make_cosmos_tables.py`` regenerates the file.
 """
 
 from __future__ import annotations
@@ -116,12 +118,22 @@ def hst_noise(
     return HSTNoise(record.ident, math.sqrt(obs_var) * area, math.sqrt(truth_var) * area)
 
 
-def load_cache() -> dict[str, dict]:
-    """The shipped cache: key -> {"origin": ..., "galaxies": {ident: [obs_std, truth_std]}}."""
+def load_cache(fingerprint: str) -> dict[str, dict]:
+    """The shipped cache: key -> {"origin": ..., "galaxies": {ident: [obs_std, truth_std]}}.
+
+    Parameters
+    ----------
+    fingerprint
+        :attr:`~galprism.simulate.cosmos.CosmosCatalog.fingerprint` of the catalogue in
+        use; the cache is empty for any other catalogue (its IDENTs may coincide).
+    """
     path = resources.files(__package__).joinpath(NOISE_FILE)
     if not path.is_file():
         return {}
-    return json.loads(path.read_text())["setups"]
+    data = json.loads(path.read_text())
+    if data.get("catalog_fingerprint") != fingerprint:
+        return {}
+    return data["setups"]
 
 
 def hst_noise_table(
@@ -143,15 +155,16 @@ def hst_noise_table(
     records
         Galaxies to measure.
     use_cache
-        Read the shipped values when the setup matches (the zero point is applied here, so
-        it does not enter the key).
+        Read the shipped values when the catalogue and the setup match (the zero point is
+        applied here, so it does not enter the key).
 
     Returns
     -------
     dict
         IDENT -> :class:`HSTNoise`.
     """
-    cached = load_cache().get(psf_key(psf, pixel_scale, truth_fwhm)) if use_cache else None
+    key = psf_key(psf, pixel_scale, truth_fwhm)
+    cached = load_cache(catalog.fingerprint).get(key) if use_cache else None
     out: dict[int, HSTNoise] = {}
     for rec in records:
         entry = cached["galaxies"].get(str(rec.ident)) if cached else None

@@ -11,7 +11,8 @@ Both instruments write fluxes in counts on an AB zero point of 27 (HSC coadd cou
 * ``hst``: 0.03"/px; the ACS PSF of a catalogue galaxy (one of the 70, drawn per cutout,
   re-centred on its centroid and trimmed to 51x51 with GalSim);
   noise is the real correlated ACS noise of the catalogue (GalSim ``CorrelatedNoise``
-  from ``acs_I_unrot_sci_20_cf.fits``) at the median catalogue ``NOISE_VARIANCE``.
+  from ``acs_I_unrot_sci_20_cf.fits`` beside the catalogue, else GalSim's own copy) at
+  the median catalogue ``NOISE_VARIANCE``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import galsim
 import numpy as np
@@ -86,11 +88,6 @@ class Instrument:
     default_size: int = 48
     truth_fwhm: float = 0.2
     hst_noise_psf: str | None = None
-
-    @property
-    def psf_shape(self) -> tuple[int, int]:
-        """``(kh, kw)`` of the PSF images."""
-        return int(self.psfs.shape[-2]), int(self.psfs.shape[-1])
 
 
 def check_psf(psf: np.ndarray, what: str) -> np.ndarray:
@@ -203,8 +200,12 @@ def _hst(catalog: CosmosCatalog, noise_sigma: float | None) -> Instrument:
         origin = "median catalogue NOISE_VARIANCE, ACS correlation function"
     cf_path = catalog.dir / HST_NOISE_FILE
     if not cf_path.is_file():
+        # GalSim installs the same ACS correlation function in its share folder.
+        cf_path = Path(galsim.meta_data.share_dir) / HST_NOISE_FILE
+    if not cf_path.is_file():
         raise ConfigError(
-            f"{cf_path}: missing; the HST-like instrument takes its correlated noise from it"
+            f"{HST_NOISE_FILE}: neither beside {catalog.path} nor in GalSim's share folder; "
+            "the HST-like instrument takes its correlated noise from it"
         )
     noise = galsim.getCOSMOSNoise(file_name=str(cf_path), variance=variance, cosmos_scale=0.03)
     return Instrument(

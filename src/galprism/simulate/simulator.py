@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError
-from .cosmos import SPLITS, CosmosCatalog
+from .cosmos import SPLIT_SEED, SPLITS, CosmosCatalog
 from .defects import add_defects, bad_bits
 from .hstnoise import hst_noise_table
 from .instrument import INSTRUMENTS, Instrument, make_instrument
@@ -70,10 +70,17 @@ class SimulationConfig:
     scene
         Scene model parameters.
     data_dir
-        Folder holding ``cosmos/`` etc. (default: searched, see
-        :func:`galprism.simulate.data.find_data_dir`).
+        Folder holding ``hsc/``, ``multiview/`` and, without ``catalog``, ``cosmos/``
+        (default: ``$GALPRISM_DATA_DIR``, see :func:`galprism.simulate.data.find_data_dir`).
     start
         Index of the first cutout (to extend a batch without repeating cutouts).
+    catalog
+        GalSim ``RealGalaxyCatalog`` FITS file (default: the one in ``data_dir/cosmos``).
+    split_seed
+        Seed of the catalogue's drawn train/test split.
+    split_file
+        File listing the test galaxies (:func:`galprism.simulate.cosmos.read_split_file`);
+        replaces the drawn split.
     """
 
     view: str = "galaxies"
@@ -89,6 +96,9 @@ class SimulationConfig:
     scene: SceneConfig = field(default_factory=SceneConfig)
     data_dir: str | None = None
     start: int = 0
+    catalog: str | None = None
+    split_seed: int = SPLIT_SEED
+    split_file: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
@@ -112,6 +122,10 @@ class SimulationConfig:
             raise ConfigError(f"truth FWHM {self.truth_fwhm}: must be positive")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed {self.seed}: must be a non-negative 63-bit integer")
+        if not 0 <= self.split_seed < 2**63:
+            raise ConfigError(
+                f"split seed {self.split_seed}: must be a non-negative 63-bit integer"
+            )
         self.scene.validate()
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +212,12 @@ class Simulator:
             # capping it below the added noise would make every galaxy invisible.
             config = replace(config, scene=replace(config.scene, max_hst_noise_ratio=None))
         self.config = config
-        self.catalog = catalog or CosmosCatalog(config.data_dir)
+        self.catalog = catalog or CosmosCatalog(
+            config.catalog,
+            data_dir=config.data_dir,
+            split_seed=config.split_seed,
+            split_file=config.split_file,
+        )
         self.instrument: Instrument = make_instrument(
             config.instrument,
             self.catalog,
@@ -256,6 +275,9 @@ class Simulator:
             "psf_origin": inst.psf_origin,
             "truth_fwhm": self.truth_fwhm,
             "size": self.size,
+            "catalog": str(self.catalog.path),
+            "catalog_fingerprint": self.catalog.fingerprint,
+            "split_origin": self.catalog.split_origin,
             "config": self.config.to_dict(),
         }
 

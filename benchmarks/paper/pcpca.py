@@ -47,7 +47,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ..errors import ConfigError, InputError, ShapeError
+from galprism.errors import ConfigError, InputError, ShapeError
 
 __all__ = ["PCPCA"]
 

@@ -1,4 +1,4 @@
-"""The random 1-D manifold problem of the DDPRISM paper (METHOD.md section 6).
+"""The random 1-D manifold problem of the DDPRISM paper (its section on random manifolds).
 
 Sources
 -------
@@ -64,8 +64,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..operators import LinearOperator, MatrixOperator, SourceSum, Zero
+from galprism.errors import ConfigError
+from galprism.operators import LinearOperator, MatrixOperator, SourceSum, Zero
 
 __all__ = [
     "MAX_SPREAD",

@@ -9,13 +9,14 @@ Every observation gets additive Gaussian noise of standard deviation ``noise_sig
 and can be seen on a coarser grid (``downsample`` = 2 or 4, block *mean*, written as the
 exact operator ``Scale(1/f^2) @ Downsample(f)`` so that ``y = A x + n`` holds to float
 precision). The data come from ``mnist_5k.csv.gz`` (5,000 digits, 784 pixel values 0-255
-then the label per row) and ``grass.png`` (512x512 greyscale) in the shared image folder.
+then the label per row) and ``grass.png`` (512x512 greyscale) in an image folder
+(:func:`default_data_dir`).
 
 Shapes (``S`` = ``size``, ``f`` = ``downsample``, ``N`` observations)
 ---------------------------------------------------------------------
 * ``x``: ``(N, 2, 1, S, S)`` float32 truth per source in ``[0, 1]``: the grass crop and the
   *unscaled* digit (zeros in the grass view). The amplitude lives in the operator
-  (METHOD.md section 2: source amplitudes fold into A).
+  (source amplitudes fold into A, as in the DDPRISM paper).
 * ``y``: ``(N, 1, S/f, S/f)`` float32 observations, ``y = operator.apply(x) + noise``.
 * ``operator``: a :class:`~galprism.operators.SourceSum` over the two sources:
   ``[D, D @ Scale(amplitude)]`` in the mixed view and ``[D, Zero]`` in the grass view, with
@@ -43,8 +44,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, InputError
-from ..operators import Composition, Downsample, Identity, LinearOperator, Scale, SourceSum, Zero
+from galprism.errors import ConfigError, InputError
+from galprism.operators import (
+    Composition,
+    Downsample,
+    Identity,
+    LinearOperator,
+    Scale,
+    SourceSum,
+    Zero,
+)
 
 __all__ = [
     "SOURCES",
@@ -70,6 +79,8 @@ MNIST_FILE = "mnist_5k.csv.gz"
 GRASS_FILE = "grass.png"
 MNIST_SIDE = 28
 ENV_VAR = "GALPRISM_IMAGE_DATA"
+#: the data folder of ``galprism simulate``; its ``images/`` holds the two files
+DATA_ENV_VAR = "GALPRISM_DATA_DIR"
 
 
 @dataclass(frozen=True)
@@ -129,13 +140,23 @@ class GrassyView:
 def default_data_dir() -> Path:
     """Folder holding ``mnist_5k.csv.gz`` and ``grass.png``.
 
-    ``$GALPRISM_IMAGE_DATA`` when set, else ``../shared/data/images`` beside the source
-    checkout (the team's layout: the repository and ``shared/`` are siblings).
+    ``$GALPRISM_IMAGE_DATA`` when set, else ``$GALPRISM_DATA_DIR/images``.
+
+    Raises
+    ------
+    ConfigError
+        If neither variable is set.
     """
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "images"
+    data = os.environ.get(DATA_ENV_VAR)
+    if data:
+        return Path(data) / "images"
+    raise ConfigError(
+        f"grassy-digits data folder unknown: pass data_dir=... or set ${ENV_VAR} (the folder) "
+        f"or ${DATA_ENV_VAR} (its parent, holding images/)"
+    )
 
 
 def _resolve(data_dir: str | Path | None, name: str) -> Path:
