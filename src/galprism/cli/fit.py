@@ -157,11 +157,9 @@ def fit(
             for point in summary["tau_selection"]["curve"]:
                 click.echo(f"galprism: tau curve: {json.dumps(point)}", err=True)
     else:
-        device = kw["device"]
-        if device == "auto":
-            import torch
+        from .separate import device_from_flag
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device_from_flag(kw["device"])
         result = fit_priors(
             spec,
             run_dir,

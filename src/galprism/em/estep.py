@@ -12,13 +12,13 @@ the M-step. Every redraw comes from the run's stream, so runs stay reproducible.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from ..diffusion import SamplerConfig
-from ..posterior import sample_posterior
+from ..sampling import sample_posterior
 from .views import View
 
 __all__ = ["EStepResult", "posterior_samples"]
@@ -56,8 +56,6 @@ def posterior_samples(
     index: Tensor,
     sampler: SamplerConfig,
     *,
-    cg_iterations: int,
-    trust: float,
     batch: int,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
@@ -75,8 +73,9 @@ def posterior_samples(
         One prior per source of the view, in its order.
     index
         Which observations ``(n,)``.
-    sampler, cg_iterations, trust
-        Posterior sampler settings (see :func:`~galprism.posterior.sample_posterior`).
+    sampler
+        Posterior sampler settings (see :func:`~galprism.sampling.sample_posterior`);
+        one sample per observation is drawn whatever its ``n_samples``.
     batch
         Observations per sampler call.
     generator
@@ -88,9 +87,8 @@ def posterior_samples(
     progress
         Called after each sampler call.
     """
-    x = _draw(
-        view, priors, index, sampler, cg_iterations, trust, batch, generator, device, progress
-    )
+    sampler = replace(sampler, n_samples=1)
+    x = _draw(view, priors, index, sampler, batch, generator, device, progress)
     chi2 = view.chi2_per_observation(x, index)
     redrawn = 0
     if reject_chi2 > 0:
@@ -104,8 +102,6 @@ def posterior_samples(
                 priors,
                 index[bad],
                 sampler,
-                cg_iterations,
-                trust,
                 batch,
                 generator,
                 device,
@@ -121,8 +117,6 @@ def _draw(
     priors: Sequence[nn.Module],
     index: Tensor,
     sampler: SamplerConfig,
-    cg_iterations: int,
-    trust: float,
     batch: int,
     generator: torch.Generator,
     device: torch.device | str,
@@ -137,11 +131,8 @@ def _draw(
             op,
             view.y[idx].to(device),
             view.noise_var[idx].to(device),
-            n_samples=1,
-            config=sampler,
-            cg_iterations=cg_iterations,
+            sampler,
             generators=generator,
-            trust=trust,
         )
         out.append(x[:, 0].cpu())
         if progress is not None:

@@ -29,9 +29,10 @@ from torch import Tensor, nn
 from .. import __version__
 from ..diffusion import DiffusionPrior, SamplerConfig, random_flux_scaling
 from ..errors import ConfigError
+from ..frame import Frame
 from ..gaussian import GaussianPrior
-from ..posterior import sample_prior
 from ..priorset import PriorSet
+from ..sampling import sample_prior
 from .config import EMConfig
 from .estep import posterior_samples
 from .grids import save_grid
@@ -189,13 +190,7 @@ def _lap(
     for earlier in stages[: plan.stage]:
         for s in earlier.learn:
             state.freeze(s)
-    sampler = SamplerConfig(
-        config.sampler,
-        config.steps_of(plan.phase_lap),
-        corrections=config.corrections_of(plan.phase_lap),
-        tau=config.tau,
-        particles=config.particles,
-    )
+    sampler = config.sampler_of(plan.phase_lap)
     samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
     chi2, redrawn, rejected = {}, {}, {}
     for vname in stage.views:
@@ -208,8 +203,6 @@ def _lap(
             [state.prior_for(s, plan.phase).to(device) for s in view.sources],
             index,
             sampler,
-            cg_iterations=config.cg_iterations,
-            trust=config.trust,
             batch=config.estep_batch,
             generator=state.generator,
             device=device,
@@ -313,11 +306,14 @@ def _grids(
 def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
     meta = config.metadata
     common = dict(
-        shape=tuple(config.shape),
-        pixel_scale=meta.get("pixel_scale"),
-        zeropoint=meta.get("zeropoint"),
-        bunit=meta.get("bunit"),
-        flux_scale=float(meta.get("flux_scale", 1.0)),
+        frame=Frame(
+            tuple(config.shape),
+            bands=meta.get("bands"),
+            pixel_scale=meta.get("pixel_scale"),
+            zeropoint=meta.get("zeropoint"),
+            bunit=meta.get("bunit"),
+            flux_scale=float(meta.get("flux_scale", 1.0)),
+        ),
         support=dict(meta.get("support") or {}),
     )
     training = {
