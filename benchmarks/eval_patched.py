@@ -1,6 +1,6 @@
 """Run a ``galprism`` command with the prototype sampler pieces swapped in.
 
-``--fast-mmps`` replaces :class:`galprism.posterior.JointPosterior` (as used by :mod:`galprism.sampling`) by
+``--fast-mmps`` replaces :class:`galprism.posterior.JointPosterior` in :mod:`galprism.sampling` by
 :class:`galprism.fastmmps.CachedJointPosterior` (one VJP fewer per source and call, the
 same samples to float round-off); ``--multistep ORDER[:SCHEDULE]`` replaces the DDIM
 sampler by :func:`galprism.diffusion.multistep.sample_multistep` (deterministic runs

@@ -92,7 +92,7 @@ def conjugate_gradient_with_products(
 
 
 class CachedJointPosterior(JointPosterior):
-    """:class:`~galprism.posterior.JointPosterior` with ``cg_iterations`` VJPs per source and call."""
+    """:class:`~galprism.posterior.JointPosterior` at ``cg_iterations`` VJPs per source and call."""
 
     def twisted(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """As :meth:`JointPosterior.twisted`, the correction taken from the CG's products."""
