@@ -3,11 +3,13 @@
 import pytest
 import torch
 
+from galprism.diffusion.denoiser import DiffusionPrior
 from galprism.diffusion.samplers import SamplerConfig, denoiser_calls
+from galprism.diffusion.schedule import VESchedule
 from galprism.errors import InputError, ShapeError
 from galprism.gaussian import GaussianPrior
-from galprism.linalg import conjugate_gradient
-from galprism.operators import Identity, SourceSum
+from galprism.linalg import conjugate_gradient, conjugate_gradient_with_products
+from galprism.operators import Identity, Mask, SourceSum
 from galprism.posterior import JointPosterior
 from galprism.sampling import sample_posterior
 from galprism.testing import exactness_errors, gaussian_problem
@@ -126,3 +128,127 @@ def test_denoiser_call_counts():
     assert denoiser_calls(SamplerConfig("ddim", steps=10)) == 11
     assert denoiser_calls(SamplerConfig("heun", steps=10)) == 21
     assert denoiser_calls(SamplerConfig("pc", steps=10, corrections=2)) == 31
+
+
+def _unet_priors() -> list[DiffusionPrior]:
+    """Two small float64 U-Net priors with random weights: a non-symmetric, non-trivial J."""
+    torch.manual_seed(0)
+    priors = []
+    for sd in (0.3, 0.7):
+        p = DiffusionPrior(
+            (1, 8, 8),
+            "unet",
+            {"widths": [8, 8], "attention_levels": [], "channels": 1},
+            VESchedule(1e-3, 20.0),
+            sigma_data=sd,
+        )
+        for w in p.net.parameters():
+            w.data.normal_(0.0, 0.2)
+        priors.append(p.double().eval().requires_grad_(False))
+    return priors
+
+
+def _masked_problem(n: int = 3) -> tuple[SourceSum, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    mask = torch.rand((1, 8, 8), generator=g) > 0.2
+    op = SourceSum([Mask(mask), Mask(mask)])
+    y = torch.randn((n, 1, 8, 8), generator=g, dtype=torch.float64) * mask
+    return op, y
+
+
+def _explicit_twisted(post: JointPosterior, x_t: torch.Tensor, t: torch.Tensor):
+    """MMPS written out directly: plain CG for v, then one more VJP per source for Cov A^T v."""
+    sig = post.sigma(t).to(x_t.dtype)
+    a = post.operator
+    means, vjps = [], []
+    for k, prior in enumerate(post.priors):
+        d, vjp = torch.func.vjp(lambda x, p=prior, s=sig[k]: p.denoise(x, s), x_t[:, k])
+        means.append(d)
+        vjps.append(vjp)
+
+    def cov(u: torch.Tensor) -> torch.Tensor:
+        return torch.stack([sig[k] ** 2 * vjps[k](u[:, k])[0] for k in range(2)], dim=1)
+
+    d = torch.stack(means, dim=1)
+    residual = post.y - a.apply(d)
+    v = conjugate_gradient(
+        lambda p: post.noise_var * p + a.apply(cov(a.adjoint(p))),
+        residual,
+        iterations=post.cg_iterations,
+        curvature_floor=lambda p: (post.noise_var * p * p).sum(
+            dim=tuple(range(1, p.ndim)), keepdim=True
+        ),
+    )
+    log_likelihood = -0.5 * (residual * v).flatten(1).sum(1)
+    return d, d + cov(a.adjoint(v)), log_likelihood
+
+
+@pytest.mark.parametrize("cg", [1, 2, 3])
+def test_posterior_correction_from_cg_products_equals_explicit_one(cg):
+    """The correction summed from the CG's products must equal Cov A^T v applied to the
+    solved v (float64, to round-off); a difference means a wrong alpha or a lost term."""
+    priors = _unet_priors()
+    op, y = _masked_problem()
+    post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg, trust=0.0)
+    x = torch.randn((3, 2, 1, 8, 8), generator=torch.Generator().manual_seed(2)).double() * 0.5
+    t = torch.tensor(0.6, dtype=torch.float64)
+    got = post.twisted(x, t)
+    want = _explicit_twisted(post, x, t)
+    # The correction must be large enough for the comparison to mean something.
+    assert (want[1] - want[0]).abs().max() > 1e-2
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_posterior_spends_one_vjp_per_source_and_cg_iteration(monkeypatch):
+    """A denoiser call must cost cg_iterations VJPs per source (the explicit correction costs
+    one more); more calls mean the CG's products are no longer reused."""
+    priors = _unet_priors()
+    op, y = _masked_problem()
+    calls = {"n": 0}
+    vjp = torch.func.vjp
+
+    def counted(fn, *primals):
+        out, closure = vjp(fn, *primals)
+
+        def call(*c):
+            calls["n"] += 1
+            return closure(*c)
+
+        return out, call
+
+    monkeypatch.setattr(torch.func, "vjp", counted)
+    x = torch.randn((3, 2, 1, 8, 8)).double() * 0.5
+    t = torch.tensor(0.5, dtype=torch.float64)
+    for cg in (1, 2, 3):
+        post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg)
+        calls["n"] = 0
+        post(x, t)
+        assert calls["n"] == 2 * cg
+        calls["n"] = 0
+        _explicit_twisted(post, x, t)
+        assert calls["n"] == 2 * (cg + 1)
+
+
+def test_cg_with_products_matches_plain_cg_and_product_of_solution():
+    """The CG variant must return plain CG's iterate and G x for a linear G (batched SPD
+    systems, products with an extra axis); otherwise MMPS's v or correction is wrong."""
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(4, 6, 6, generator=g, dtype=torch.float64)
+    gmat = torch.randn(4, 2, 6, 6, generator=g, dtype=torch.float64)
+    a = m @ m.transpose(1, 2) + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(4, 6, generator=g, dtype=torch.float64)
+
+    def product(p):
+        return torch.einsum("bkij,bj->bki", gmat, p)
+
+    def finish(p, gp):
+        return torch.einsum("bij,bj->bi", a, p) + 0.0 * gp.sum(1)
+
+    for iterations in (1, 3, 6):
+        x, gx = conjugate_gradient_with_products(product, finish, b, iterations=iterations)
+        ref = conjugate_gradient(lambda v: finish(v, product(v)), b, iterations=iterations)
+        torch.testing.assert_close(x, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gx, product(x), rtol=1e-10, atol=1e-12)
+    x, gx = conjugate_gradient_with_products(product, finish, b, iterations=0)
+    assert gx is None and not x.any()

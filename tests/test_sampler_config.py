@@ -60,6 +60,7 @@ def test_sampler_config_refuses_bad_settings():
         ({"steps": 0}, "steps"),
         ({"n_samples": 0}, "n_samples"),
         ({"cg_iterations": -1}, "cg_iterations"),
+        ({"cg_iterations": 0}, "ignore the data"),
         ({"particles": 0}, "particles"),
         ({"trust": -1.0}, "trust"),
         ({"eta": 2.0}, "eta"),

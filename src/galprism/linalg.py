@@ -4,6 +4,12 @@ Each observation in a batch has its own symmetric positive-definite system
 ``C_i v_i = r_i``; CG runs on all of them at once, with inner products taken over every
 axis but the first. Written here rather than taken from scipy because the matrix is only
 available as a differentiable torch matvec (one VJP per source) over a whole batch.
+
+:func:`conjugate_gradient_with_products` is the variant MMPS uses: its matvec is split into
+an expensive product ``q = G p`` (the source covariances times ``A^T``) and a cheap finish
+``A p = f(p, q)``, and it also returns ``G x = sum_i alpha_i G p_i``, accumulated from the
+products the iterations computed anyway. By linearity that equals ``G`` applied to the
+solution, without applying ``G`` once more.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["conjugate_gradient"]
+__all__ = ["conjugate_gradient", "conjugate_gradient_with_products"]
 
 
 def _bdot(a: Tensor, b: Tensor) -> Tensor:
@@ -88,3 +94,65 @@ def conjugate_gradient(
         p = r + beta * p
         rs = rs_new
     return x
+
+
+def conjugate_gradient_with_products(
+    product: Callable[[Tensor], Tensor],
+    finish: Callable[[Tensor, Tensor], Tensor],
+    b: Tensor,
+    *,
+    iterations: int = 1,
+    curvature_floor: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """CG from zero for ``A x = b`` with ``A p = finish(p, product(p))``; also ``product(x)``.
+
+    Parameters
+    ----------
+    product
+        ``p -> G p``, a linear map: the expensive part of the matrix-vector product. Its
+        output may have other axes than ``p`` but must keep the batch axis first.
+    finish
+        ``(p, G p) -> A p``.
+    b
+        Right-hand sides ``(B, *shape)``.
+    iterations
+        Number of CG iterations (calls of ``product``), as in :func:`conjugate_gradient`.
+    curvature_floor
+        As in :func:`conjugate_gradient`.
+
+    Returns
+    -------
+    x
+        The iterate :func:`conjugate_gradient` returns from ``x0 = 0`` with ``rtol = 0``.
+    product_x
+        ``G x`` as ``sum_i alpha_i G p_i`` (equal to ``product(x)`` up to float round-off),
+        or None after zero iterations, where ``x = 0`` and ``product`` was never called.
+    """
+    if iterations < 0:
+        raise ValueError(
+            f"conjugate_gradient_with_products: iterations must be >= 0, got {iterations}"
+        )
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = _bdot(r, r)
+    tiny = torch.finfo(b.dtype).tiny
+    active = torch.ones_like(rs, dtype=torch.bool)
+    product_x = None
+    for _ in range(iterations):
+        gp = product(p)
+        ap = finish(p, gp)
+        pap = _bdot(p, ap)
+        if curvature_floor is not None:
+            active = active & (pap >= curvature_floor(p))
+        alpha = torch.where(active & (pap > tiny), rs / pap.clamp_min(tiny), torch.zeros_like(pap))
+        x = x + alpha * p
+        # alpha is (B, 1, ..., 1) over b's axes; G p may have a different number of axes.
+        step = alpha.reshape(-1, *([1] * (gp.ndim - 1))) * gp
+        product_x = step if product_x is None else product_x + step
+        r = r - alpha * ap
+        rs_new = _bdot(r, r)
+        beta = torch.where(rs > tiny, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs))
+        p = r + beta * p
+        rs = rs_new
+    return x, product_x

@@ -8,7 +8,10 @@ The posterior denoiser of METHOD.md section 4: with each source's Tweedie moment
 
 where ``C^{-1} r`` is solved by conjugate gradient. ``J_b`` is only ever applied through
 one ``torch.func.vjp`` closure per source per call: a call costs one forward and
-``cg_iterations + 1`` VJPs per source. Sources are coupled only through that solve.
+``cg_iterations`` VJPs per source, since the correction ``sigma_b^2 J_b^T A_b^T v`` is
+summed from the products the CG iterations already computed
+(:func:`galprism.linalg.conjugate_gradient_with_products`). Sources are coupled only
+through that solve.
 
 Trust radius. A learned network's ``sigma^2 J`` is neither symmetric nor positive
 semi-definite. Where the true covariance is nearly singular in an observed direction (a
@@ -34,7 +37,7 @@ from torch import Tensor, nn
 
 from .diffusion.denoiser import DiffusionPrior
 from .errors import InputError, ShapeError
-from .linalg import conjugate_gradient
+from .linalg import conjugate_gradient_with_products
 from .operators import SourceSum
 
 __all__ = ["JointPrior", "JointPosterior", "DEFAULT_TRUST"]
@@ -180,15 +183,20 @@ class JointPosterior(JointPrior):
 
         d = torch.stack(means, dim=1).detach()
         residual = self.y - a.apply(d)
-        v = conjugate_gradient(
-            lambda v: self.noise_var * v + a.apply(cov_x(a.adjoint(v))),
+        # The correction Cov A^T v is accumulated from the products each CG iteration
+        # computes: cg_iterations VJPs per source instead of one more for the final v.
+        v, correction = conjugate_gradient_with_products(
+            lambda p: cov_x(a.adjoint(p)),
+            lambda p, cov_p: self.noise_var * p + a.apply(cov_p),
             residual,
             iterations=self.cg_iterations,
             curvature_floor=lambda p: (self.noise_var * p * p).sum(
                 dim=tuple(range(1, p.ndim)), keepdim=True
             ),
         )
-        correction = cov_x(a.adjoint(v))
+        if correction is None:
+            # No iteration: v = 0, the data are ignored and the posterior is the prior.
+            correction = torch.zeros_like(d)
         if self.trust > 0 and any(isinstance(p, DiffusionPrior) for p in self.priors):
             correction = correction * self._trust_scale(correction, sig)
         log_likelihood = -0.5 * (residual * v).flatten(1).sum(1)

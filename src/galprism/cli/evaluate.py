@@ -150,7 +150,7 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
 )
 @click.option(
     "--cg-iterations",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=1),
     default=SAMPLER_DEFAULTS.cg_iterations,
     show_default=True,
     help="CG iterations per step.",

@@ -74,7 +74,8 @@ class SamplerConfig:
         Posterior samples per observation.
     cg_iterations
         Conjugate-gradient iterations of the MMPS covariance solve per denoiser call
-        (:mod:`galprism.posterior`); 0 uses the residual itself.
+        (:mod:`galprism.posterior`), at least 1: with none the solve stays at zero, the MMPS
+        correction vanishes and the samples ignore the data.
     trust
         Trust radius of the MMPS corrections of diffusion priors, in units of the
         denoiser's own error scale (:mod:`galprism.posterior`); 0 turns the cap off. Off
@@ -106,10 +107,15 @@ class SamplerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ConfigError(f"sampler: {name} must be an integer >= 1, got {value!r}")
-        for name in ("corrections", "cg_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 0:
-                raise ConfigError(f"sampler: {name} must be an integer >= 0, got {value!r}")
+        value = self.corrections
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ConfigError(f"sampler: corrections must be an integer >= 0, got {value!r}")
+        value = self.cg_iterations
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ConfigError(
+                f"sampler: cg_iterations must be an integer >= 1, got {value!r} "
+                "(with 0 the MMPS correction is 0 and the samples ignore the data)"
+            )
         if not self.tau > 0:
             raise ConfigError(f"sampler: tau must be > 0, got {self.tau!r}")
         if not 0 <= self.eta <= 1:
