@@ -9,7 +9,7 @@ what is computed:
 * ``pilot``: the adaptive support's pilot posterior run (all of it);
 * ``main``: the posterior sampler of the main run (all of it);
 * inside ``pilot`` and ``main``: the U-Net forwards (recorded for the VJP), the VJPs
-  (MMPS covariance products: CG and the final correction), and the rest (operators,
+  (MMPS covariance products, one per CG iteration), and the rest (operators,
   CG algebra, sampler bookkeeping, Python).
 
 It also counts network evaluations: forward calls and the images they process (rows),
@@ -154,11 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=1, help="process the inputs this many times")
     ap.add_argument("--cprofile", default=None, help="write a cProfile dump here")
-    ap.add_argument(
-        "--fast-mmps",
-        action="store_true",
-        help="use galprism.fastmmps.CachedJointPosterior (one VJP fewer per source and call)",
-    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -169,11 +164,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.fast_mmps:
-        import galprism.sampling as sampling
-        from galprism.fastmmps import CachedJointPosterior
-
-        sampling.JointPosterior = CachedJointPosterior
     paths = args.inputs or sorted(glob.glob(str(ROOT / "sample_fits/sim_hsc_galaxies_test_*.fits")))
     paths = paths * args.repeat
     base, batch = SamplerConfig(), SeparateConfig().batch_size
@@ -240,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         "errors": errors,
         **settings,
         "support": args.support,
-        "fast_mmps": args.fast_mmps,
         "torch_threads": torch.get_num_threads(),
         "cpu_seconds": round(total, 3),
         "wall_seconds": round(wall, 3),

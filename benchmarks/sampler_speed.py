@@ -100,7 +100,7 @@ def main() -> None:
     runs = {}
     for cg in args.cg:
         n_fwd = calls * 2  # two sources
-        n_vjp = calls * 2 * (cg + 1)
+        n_vjp = calls * 2 * cg  # one VJP per source and CG iteration
         times = []
         for r in range(args.runs):
             _sync(device)

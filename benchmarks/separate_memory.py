@@ -3,7 +3,7 @@
 Runs :func:`galprism.separate.run_separate` over ``--n-cutouts`` synthetic cutouts (those
 of ``separate_throughput.py``) and, after every ``--every`` outputs, records
 
-* ``rss_mb``: resident set size;
+* ``rss_mb`` / ``peak_rss_mb``: resident set size now and its peak so far;
 * ``heap_in_use_mb`` / ``heap_free_mb`` / ``mmap_mb``: glibc's ``mallinfo2`` (bytes
   handed out, bytes freed but kept in the arenas, bytes in mmapped blocks);
 * ``py_traced_mb``: Python's own allocations (``tracemalloc``, with ``--tracemalloc``),
@@ -11,8 +11,8 @@ of ``separate_throughput.py``) and, after every ``--every`` outputs, records
 * ``gc_objects``: objects tracked by the garbage collector.
 
 If ``heap_in_use_mb`` and ``py_traced_mb`` stay flat while ``rss_mb`` and ``heap_free_mb``
-grow, the growth is freed memory glibc keeps (fragmentation), not a leak.
-``--malloc-trim`` calls ``malloc_trim(0)`` at every mark, as a fix would after each batch.
+grow, the growth is freed memory glibc keeps (fragmentation), not a leak. The run itself
+returns such memory after each written batch (:mod:`galprism._memory`).
 
 Usage::
 
@@ -58,6 +58,18 @@ _libc = ctypes.CDLL("libc.so.6")
 _libc.mallinfo2.restype = _Mallinfo2
 
 
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far in MiB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def heap() -> dict[str, float]:
     """glibc heap statistics in MiB."""
     m = _libc.mallinfo2()
@@ -77,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--support", default=None, help="as galprism separate's (default: prior's)")
     ap.add_argument("--tracemalloc", action="store_true")
-    ap.add_argument("--malloc-trim", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -113,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             done[0] += 1
             if done[0] % args.every:
                 return
-            if args.malloc_trim:
-                _libc.malloc_trim(0)
-            row = {"done": done[0], "rss_mb": round(rss_mb(), 1), **heap()}
+            row = {
+                "done": done[0],
+                "rss_mb": round(rss_mb(), 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                **heap(),
+            }
             row["gc_objects"] = len(gc.get_objects())
             if args.tracemalloc:
                 row["py_traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 2)
@@ -130,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "separate_memory",
         "n_cutouts": args.n_cutouts,
         "ok": summary.ok,
-        "malloc_trim": args.malloc_trim,
         "marks": marks,
     }
     first, last = marks[1] if len(marks) > 1 else marks[0], marks[-1]

@@ -1,7 +1,7 @@
 """CPU cost of one network evaluation of a prior's denoiser, and what changes it.
 
 The MMPS posterior sampler evaluates each source's denoiser through ``torch.func.vjp``
-(a forward that records its graph) and then calls the VJP ``cg_iterations + 1`` times
+(a forward that records its graph) and then calls the VJP ``cg_iterations`` times
 (:mod:`galprism.posterior`). This script times, on one source network of a prior and a
 batch of ``--batch`` images at a mid-range noise level:
 

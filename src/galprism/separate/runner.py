@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._memory import trim_freed_memory
 from ..errors import GalprismError, InputError
 from ..io.inputs import cutout_seed, in_shard, output_path
 from ..io.write import OutputExistsError, StaleTemps, check_writable
@@ -173,6 +174,7 @@ def run_separate(
 
     def flush(key: tuple) -> None:
         process(pending.pop(key, []))
+        trim_freed_memory()  # keeps a long run's resident memory flat (see galprism._memory)
 
     def process(group: list[_Pending]) -> None:
         if not group:
