@@ -61,7 +61,7 @@ def _non_finite_psf(path: Path) -> Path:
     return make_cutout(path, psf=psf, header=ZP)
 
 
-def _off_centre_psf(path: Path) -> Path:
+def _off_center_psf(path: Path) -> Path:
     psf = np.zeros((11, 11))
     psf[1, 1] = 1.0
     return make_cutout(path, psf=psf, header=ZP)
@@ -81,7 +81,7 @@ BAD = {
     "zero variance": (_zero_variance, "zero or negative"),
     "PSF larger than the image": (_psf_larger_than_image, "larger than the 16x16 image"),
     "non-finite PSF": (_non_finite_psf, "non-finite"),
-    "off-centre PSF": (_off_centre_psf, "off-centre"),
+    "off-center PSF": (_off_center_psf, "off-center"),
     "wrong band count": (_wrong_band_count, "2 band"),
 }
 

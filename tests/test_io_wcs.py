@@ -30,7 +30,7 @@ def test_shift_matches_original_pixels(sip):
 @pytest.mark.parametrize("sip", [False, True])
 @pytest.mark.parametrize("factor", [2, 3, 4])
 def test_refine_puts_fine_pixels_inside_their_coarse_pixel(sip, factor):
-    """Fine pixel q is centred on coarse pixel (q + 0.5)/f - 0.5, SIP distortion included."""
+    """Fine pixel q is centered on coarse pixel (q + 0.5)/f - 0.5, SIP distortion included."""
     w = make_wcs(30, 30, sip=sip)
     r = refine_wcs(w, factor)
     q = np.array([0.0, 1.0, 7.0, 40.0, 119.0])

@@ -67,10 +67,10 @@ def test_inputs_are_not_modified():
 
 
 def test_default_crop_is_identity_and_crop_keeps_pixels_and_sky():
-    """Cropping around a centre keeps each pixel's value and sky position (to 1e-9 deg)."""
+    """Cropping around a center keeps each pixel's value and sky position (to 1e-9 deg)."""
     wcs = make_wcs(20, 30)
     o = _obs((1, 20, 30), wcs=wcs, pixel_scale=0.2)
-    assert o.crop(None, (20, 30)) is o, "a same-size crop around the default centre must be a no-op"
+    assert o.crop(None, (20, 30)) is o, "a same-size crop around the default center must be a no-op"
     c = o.crop((10.2, 6.7), (8, 8))
     x0, y0 = 10 - 4, 7 - 4
     assert c.origin == (x0, y0)

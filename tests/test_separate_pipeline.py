@@ -46,7 +46,7 @@ def test_output_layout_provenance_and_wcs(tmp_path):
         output_dir=tmp_path / "out",
         command_line="galprism separate cut.fits",
         n_samples=3,
-        center=(10.0, 10.0),  # the image centre: a larger image is modelled only when asked
+        center=(10.0, 10.0),  # the image center: a larger image is modelled only when asked
     )
     assert summary.exit_code == 0 and recs[0].status == "ok", recs
     out = tmp_path / "out" / "cut.galprism.fits"
@@ -322,7 +322,7 @@ def test_multiband_cubes_keep_a_band_axis(tmp_path):
     assert len(recs[0].sources["galaxy"]["flux_mean"]) == 3
 
 
-def test_center_radec_equals_the_pixel_centre(tmp_path):
+def test_center_radec_equals_the_pixel_center(tmp_path):
     """--center-radec crops around the pixel the WCS gives for that position, like --center X,Y."""
     p = make_cutout(tmp_path / "c.fits", shape=(30, 30))
     w = WCS(fits.getheader(p, "SCI"))

@@ -278,7 +278,7 @@ def test_observation_fits_follows_the_separate_convention(batch):
             assert np.unravel_index(np.argmax(psf), psf.shape) == (
                 psf.shape[0] // 2,
                 psf.shape[1] // 2,
-            ), "PSF not centred"
+            ), "PSF not centered"
             mask = hdul["MASK"]
             planes = {k[3:]: v for k, v in mask.header.items() if k.startswith("MP_")}
             assert planes == MASK_PLANES, "every mask bit must be named by an MP_* keyword"
@@ -523,8 +523,8 @@ def test_raised_central_noise_keeps_the_cap_and_records_the_noise(catalog, tmp_p
 
 
 @needs_data
-def test_centre_exclusion_keeps_neighbours_off_the_centre(catalog):
-    """No neighbour is centred within ``centre_exclusion`` px of the centre; 0 changes nothing.
+def test_center_exclusion_keeps_neighbours_off_the_center(catalog):
+    """No neighbour is centered within ``center_exclusion`` px of the center; 0 changes nothing.
 
     Fails if a neighbour lands inside the excluded disc, if the default (0) draws
     different scenes than before the option existed (every existing batch would change),
@@ -532,26 +532,26 @@ def test_centre_exclusion_keeps_neighbours_off_the_centre(catalog):
     """
     base = SimulationConfig(view="sky", split="train", n=200, seed=3, mask_fraction=0.0)
     plain = Simulator(base, catalog)
-    same = Simulator(replace(base, scene=replace(base.scene, centre_exclusion=0.0)), catalog)
-    excl = Simulator(replace(base, scene=replace(base.scene, centre_exclusion=4.0)), catalog)
-    centre = 0.5 * (plain.size - 1)
+    same = Simulator(replace(base, scene=replace(base.scene, center_exclusion=0.0)), catalog)
+    excl = Simulator(replace(base, scene=replace(base.scene, center_exclusion=4.0)), catalog)
+    center = 0.5 * (plain.size - 1)
 
     def dists(sim):
         return [
-            math.hypot(s.placement.x - centre, s.placement.y - centre)
+            math.hypot(s.placement.x - center, s.placement.y - center)
             for i in range(200)
             for s in _specs(sim, i)
         ]
 
     d_plain, d_excl = dists(plain), dists(excl)
     assert d_plain == dists(same)
-    assert min(d_plain) < 4.0, "without exclusion some neighbour should fall near the centre"
+    assert min(d_plain) < 4.0, "without exclusion some neighbour should fall near the center"
     assert min(d_excl) >= 4.0
     assert abs(len(d_excl) - len(d_plain)) < 0.1 * len(d_plain), (
         "exclusion moves neighbours, keeps their number"
     )
-    huge = replace(base, scene=replace(base.scene, centre_exclusion=1000.0))
-    with pytest.raises(ConfigError, match="centre_exclusion"):
+    huge = replace(base, scene=replace(base.scene, center_exclusion=1000.0))
+    with pytest.raises(ConfigError, match="center_exclusion"):
         Simulator(huge, catalog).plan(0)
 
 
@@ -831,7 +831,7 @@ def test_sample_fits_real_data_is_unmodified(shared_data):
 def test_star_is_the_psf_at_its_subpixel_position():
     """A star's intrinsic image convolved with the pixelised PSF is that PSF shifted.
 
-    Fails if the point is put at a pixel centre (the residual would reach ~10% of the
+    Fails if the point is put at a pixel center (the residual would reach ~10% of the
     peak for a 0.4 px offset), if its flux is not the placement's, or if part of it
     is lost inside the canvas.
     """

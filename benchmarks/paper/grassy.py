@@ -252,7 +252,7 @@ def _check_split(split: str) -> None:
 
 
 def _fit_digits(digits: Tensor, size: int) -> Tensor:
-    """Bring 28x28 digits to ``size``: centred zero padding, or area resampling when smaller."""
+    """Bring 28x28 digits to ``size``: centered zero padding, or area resampling when smaller."""
     if size == MNIST_SIDE:
         return digits
     if size > MNIST_SIDE:

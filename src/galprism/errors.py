@@ -28,7 +28,7 @@ class ShapeError(InputError):
 
 
 class PSFError(InputError):
-    """A point-spread function that is not odd-sized, centred, finite or normalisable."""
+    """A point-spread function that is not odd-sized, centered, finite or normalisable."""
 
 
 class CheckpointError(GalprismError):

@@ -154,11 +154,11 @@ def _check_data(catalog: Path | None, data_dir: Path | None, instrument: str) ->
     "that cutout's noise (raise: bright centrals of every galaxy, noisier cutouts).",
 )
 @click.option(
-    "--centre-exclusion",
+    "--center-exclusion",
     type=click.FloatRange(min=0.0),
     default=0.0,
     show_default=True,
-    help="No neighbour is centred within this many pixels of the cutout centre.",
+    help="No neighbour is centered within this many pixels of the cutout center.",
 )
 @click.option(
     "--star-density",
@@ -253,7 +253,7 @@ def simulate(**kw: object) -> None:
         max_hst_noise_ratio=kw["max_hst_noise_ratio"],
         central_mag_max=kw["central_mag_max"],
         central_noise=kw["central_noise"],
-        centre_exclusion=kw["centre_exclusion"],
+        center_exclusion=kw["center_exclusion"],
         star_density=kw["star_density"],
         star_mag_range=tuple(kw["star_mags"]),
         bright_sersic=kw["bright_sersic"],

@@ -5,7 +5,7 @@ Conventions, all documented in docs/user-guide.md ("Input conventions"):
 * image: the HDU named ``SCI`` or ``IMAGE``, else the primary HDU; 2-D, or 3-D with
   bands first (``--image-hdu`` picks another by name or index);
 * PSF: HDU ``PSF`` or ``--psf FILE``; 2-D or one kernel per band; it may not be larger
-  than the image; a kernel more than 1 px off-centre, or of even size, is re-centred
+  than the image; a kernel more than 1 px off-center, or of even size, is re-centered
   (:func:`.psf.recenter_psf`, with a note); a pixel scale in its own header (WCS,
   ``PIXSCALE``, ``CDELT``/``CD``) must be the image's;
 * band: ``--band`` picks one band of a cube by name (``BANDS``, ``FILTERn``, ``FILTER``)

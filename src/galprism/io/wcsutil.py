@@ -96,7 +96,7 @@ def shift_wcs(wcs: WCS, x0: int, y0: int) -> WCS:
 def refine_wcs(wcs: WCS, factor: int) -> WCS:
     """WCS of a grid ``factor`` times finer covering the same sky.
 
-    Fine pixel ``q`` (0-based) is centred on coarse pixel ``(q + 0.5) / factor - 0.5``:
+    Fine pixel ``q`` (0-based) is centered on coarse pixel ``(q + 0.5) / factor - 0.5``:
     each coarse pixel is split into ``factor x factor`` fine ones, exactly the blocks that
     :class:`galprism.operators.Downsample` sums.
 

@@ -6,7 +6,7 @@ Observation file ``<stem>.fits`` (one per cutout):
   instrument, noise level);
 * ``SCI``: float32 image, celestial TAN WCS (``CD`` matrix for the pixel scale), ``BUNIT``,
   ``MAGZERO``/``FLUXMAG0``;
-* ``PSF``: float64, odd-sized, centred, unit sum;
+* ``PSF``: float64, odd-sized, centered, unit sum;
 * ``MASK``: int32 bit mask, 0 = good, planes named by ``MP_*`` keywords (HSC convention);
 * ``VARIANCE``: float32 per-pixel variance of the added noise.
 
@@ -70,7 +70,7 @@ TRUTH_HDUS = {
 def wcs_cards(
     size: tuple[int, int], pixel_scale: float, crval: tuple[float, float] = NOMINAL_CRVAL
 ) -> list[tuple[str, Any, str]]:
-    """Celestial TAN WCS cards of a cutout, reference pixel at its centre, north up, east left.
+    """Celestial TAN WCS cards of a cutout, reference pixel at its center, north up, east left.
 
     Parameters
     ----------
@@ -79,7 +79,7 @@ def wcs_cards(
     pixel_scale
         Arcsec per pixel.
     crval
-        (RA, Dec) in degrees at the centre.
+        (RA, Dec) in degrees at the center.
 
     Returns
     -------
@@ -93,8 +93,8 @@ def wcs_cards(
         ("CTYPE2", "DEC--TAN", "gnomonic projection"),
         ("CUNIT1", "deg", ""),
         ("CUNIT2", "deg", ""),
-        ("CRPIX1", 0.5 * (nx + 1), "reference pixel: cutout centre"),
-        ("CRPIX2", 0.5 * (ny + 1), "reference pixel: cutout centre"),
+        ("CRPIX1", 0.5 * (nx + 1), "reference pixel: cutout center"),
+        ("CRPIX2", 0.5 * (ny + 1), "reference pixel: cutout center"),
         ("CRVAL1", float(crval[0]), "[deg] nominal RA (simulation)"),
         ("CRVAL2", float(crval[1]), "[deg] nominal Dec (simulation)"),
         ("CD1_1", -d, f"[deg/px] {pixel_scale} arcsec/px, east left"),
@@ -217,7 +217,7 @@ def truth_hdul(cutout: Any, meta: Mapping[str, Any]) -> fits.HDUList:
         if key in cutout.truth:
             hdus.append(_image_hdu(cutout.truth[key], name, meta))
     table = fits.BinTableHDU(sources_table(cutout.sources), name="SOURCES")
-    table.header["COORDS"] = ("0-based pixel centres of SCI", "X, Y convention")
+    table.header["COORDS"] = ("0-based pixel centers of SCI", "X, Y convention")
     table.header["HSTNOISE"] = ("stamp noise in SCI / NOISESIG", "")
     return fits.HDUList([primary, *hdus, table])
 
