@@ -1,6 +1,6 @@
 """Accuracy and flux calibration of one method across several evaluation report folders.
 
-    python scripts/calibration_table.py docs/results/v14-testsets/* [--limit 100] [--method galprism] [--json]
+    python scripts/calibration_table.py REPORT_DIR [REPORT_DIR ...] [--limit 100] [--method galprism] [--json]
 
 Reads ``results.jsonl`` of each ``galprism evaluate`` report folder (or a folder holding
 only that method's rows) and prints, per folder, the medians of RMSE and absolute flux

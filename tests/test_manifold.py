@@ -1,4 +1,4 @@
-"""The random 1-D manifold problem follows METHOD.md section 6 and the reference definition."""
+"""The random 1-D manifold problem follows docs/method.md section 6 and the reference definition."""
 
 from __future__ import annotations
 

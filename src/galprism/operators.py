@@ -1,6 +1,6 @@
 """Linear observation operators with exact adjoints.
 
-An observation of view ``a`` is ``y = sum_b A_b x_b + n`` (METHOD.md section 1). Each
+An observation of view ``a`` is ``y = sum_b A_b x_b + n`` (docs/method.md section 1). Each
 ``A_b`` here is a composition of small operators (mask, PSF convolution, block-sum
 downsampling, amplitude) and :class:`SourceSum` adds the sources up.
 

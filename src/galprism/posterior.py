@@ -1,6 +1,6 @@
 """Joint prior and joint MMPS posterior denoisers over a stacked state of K sources.
 
-The posterior denoiser of METHOD.md section 4: with each source's Tweedie moments
+The posterior denoiser of docs/method.md section 4: with each source's Tweedie moments
 ``D_b = E[x_b | x_t]`` and ``Cov_b = sigma_b^2 J_b``,
 
     D_b^post = D_b + sigma_b^2 J_b^T A_b^T C^{-1} (y - sum_b A_b D_b),

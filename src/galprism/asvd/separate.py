@@ -7,7 +7,7 @@ coefficients solve the weighted least-squares problem::
 
 with ``Sigma`` the per-pixel noise variance (pixels with infinite variance, or masked, get
 weight 0). The components ``W_i h_i`` are then turned into sources by the split of
-METHOD.md section 8::
+docs/method.md section 8::
 
     u_i = v * P(W_i h_i) / sum_j P(W_j h_j)
 
