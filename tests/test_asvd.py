@@ -21,7 +21,7 @@ from galprism.asvd import (
     wiener_split,
 )
 from galprism.errors import CheckpointError, ConfigError, GalprismError, InputError, ShapeError
-from galprism.io.write import OutputExistsError
+from galprism.errors import OutputExistsError
 from galprism.operators import Composition, Convolve, Downsample, Mask, SourceSum
 
 torch.set_num_threads(1)

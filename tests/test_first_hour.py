@@ -235,7 +235,7 @@ def _shifted_psf(size: int, dx: float, dy: float, total: float = 1.0) -> np.ndar
 
 
 def test_off_center_psf_is_recentered_with_its_flux():
-    """A PSF 1.6 px off-center (refused before) comes back centered to 0.01 px with its sum kept
+    """A PSF 1.6 px off-center comes back centered to 0.01 px with its sum kept
     and a note saying by how much it was moved."""
     from galprism.io.psf import recenter_psf
 
@@ -254,7 +254,7 @@ def test_off_center_psf_is_recentered_with_its_flux():
 
 
 def test_even_sized_psf_is_padded_and_recentered(tmp_path, capsys, monkeypatch):
-    """A 10x10 PSF (refused before: no central pixel) is padded to 11x11 and re-centered with
+    """A 10x10 PSF (no central pixel) is padded to 11x11 and re-centered with
     its flux kept; the output header says so."""
     from galprism.io.psf import recenter_psf
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from galprism.io.write import OutputExistsError, image_hdu, primary_hdu, source_hdus, write_atomic
+from galprism.errors import OutputExistsError
+from galprism.io.write import image_hdu, primary_hdu, source_hdus, write_atomic
 
 
 def _hdul(value: float = 1.0) -> fits.HDUList:
@@ -29,7 +30,7 @@ def test_write_has_checksums_and_refuses_to_clobber(tmp_path):
     with fits.open(out, checksum=True) as h:  # astropy warns on a checksum mismatch
         assert "CHECKSUM" in h[1].header and "DATASUM" in h[1].header
         assert h[1].header["BUNIT"] == "nJy" and h[0].header["SEED"] == 5
-    with pytest.raises(OutputExistsError, match="o.fits.*--overwrite"):
+    with pytest.raises(OutputExistsError, match="o.fits.*overwriting is not allowed"):
         write_atomic(_hdul(2.0), out)
     assert fits.getdata(out, "X")[0, 0] == 1.0, "existing output was modified"
     write_atomic(_hdul(2.0), out, overwrite=True)

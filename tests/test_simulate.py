@@ -22,7 +22,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from galprism.errors import ConfigError, InputError
-from galprism.io.write import OutputExistsError
+from galprism.errors import OutputExistsError
 from galprism.operators import Convolve
 from galprism.simulate import SceneConfig, SimulationConfig, Simulator, simulate_batch
 from galprism.simulate.cosmos import SPLIT_SEED, CosmosCatalog, make_split
@@ -639,7 +639,7 @@ def test_same_seed_same_files_and_no_clobber(tmp_path, sim_test):
         "a different seed gave the same cutout"
     )
     before = {p: p.read_bytes() for p in a.rglob("*") if p.is_file()}
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwriting is not allowed"):
         simulate_batch(config, a, simulator=sim_test)
     assert {p: p.read_bytes() for p in a.rglob("*") if p.is_file()} == before, (
         "a refused run changed files"

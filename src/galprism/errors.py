@@ -39,6 +39,14 @@ class ConfigError(GalprismError, ValueError):
     """An inconsistent configuration (views, sources, run folders, options)."""
 
 
+class OutputExistsError(GalprismError):
+    """An output that already exists where replacing it was not allowed.
+
+    The message names the output and says only that it exists: which option replaces it
+    is the command line's to say, so each command appends its own hint.
+    """
+
+
 class UsageError(GalprismError):
     """Wrong use of the command line; exit status 2 like click's own usage errors."""
 

@@ -32,8 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..errors import CheckpointError, ConfigError, GalprismError
-from ..io.write import OutputExistsError
+from ..errors import CheckpointError, ConfigError, GalprismError, OutputExistsError
 from ..operators import LinearOperator
 from . import _validate as v
 from .eigen import SecondMoment, adversarial_basis
@@ -171,7 +170,7 @@ class ASVDModel:
         dest = Path(os.fspath(folder))
         if dest.exists() and not overwrite:
             raise OutputExistsError(
-                f"{dest}: prior folder exists; pass overwrite=True (--overwrite) to replace it"
+                f"{dest}: prior folder exists and overwriting is not allowed (overwrite=False)"
             )
         if dest.exists() and not dest.is_dir():
             raise GalprismError(f"{dest}: exists and is not a folder")

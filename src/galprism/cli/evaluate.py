@@ -260,6 +260,7 @@ def evaluate(**opts) -> None:
     """
 
     from ..evaluate.pipeline import EvaluateConfig, run_evaluation
+    from ._errors import overwrite_hint
     from .separate import device_from_flag, parse_support
 
     set_threads(opts.pop("threads"), default_one=False)
@@ -279,12 +280,13 @@ def evaluate(**opts) -> None:
         _check_support(cfg)
     progress = _Progress(not quiet)
     try:
-        out = run_evaluation(
-            cfg,
-            log=progress.log,
-            warn=lambda msg: click.echo(f"galprism: warning: {msg}", err=True),
-            progress=progress if progress.bar is not None else None,
-        )
+        with overwrite_hint():
+            out = run_evaluation(
+                cfg,
+                log=progress.log,
+                warn=lambda msg: click.echo(f"galprism: warning: {msg}", err=True),
+                progress=progress if progress.bar is not None else None,
+            )
     finally:
         progress.stop()
     if as_json:
@@ -298,12 +300,10 @@ def evaluate(**opts) -> None:
 
 def _check_support(cfg: Any) -> None:
     """A --support naming a source the prior lacks is a usage error before any sampling."""
-    from ..errors import ConfigError, UsageError
     from ..priorset import load_priorset
     from ..separate import SeparateConfig, effective_support
+    from ._errors import as_usage_error
 
     prior = load_priorset(cfg.prior)
-    try:
+    with as_usage_error("--support"):
         effective_support(prior, SeparateConfig(support=cfg.support))
-    except ConfigError as exc:
-        raise UsageError(f"--support: {exc}") from None

@@ -12,6 +12,7 @@ import click
 from ..errors import ConfigError
 from ..simulate.cosmos import SPLIT_FILE_FORMAT, SPLIT_SEED
 from ..simulate.data import COSMOS_SOURCES, ENV_VAR, HSC_SOURCES
+from ._errors import overwrite_hint
 
 __all__ = ["simulate"]
 
@@ -279,15 +280,16 @@ def simulate(**kw: object) -> None:
     hdf5 = None if kw["no_hdf5"] else (kw["hdf5"] or "auto")
     progress = _Progress(not kw["quiet"], config.n)
     try:
-        result = simulate_batch(
-            config,
-            kw["output_dir"],
-            prefix=kw["prefix"],
-            write_fits=not kw["no_fits"],
-            hdf5=hdf5,
-            overwrite=kw["overwrite"],
-            progress=progress,
-        )
+        with overwrite_hint():
+            result = simulate_batch(
+                config,
+                kw["output_dir"],
+                prefix=kw["prefix"],
+                write_fits=not kw["no_fits"],
+                hdf5=hdf5,
+                overwrite=kw["overwrite"],
+                progress=progress,
+            )
     finally:
         progress.stop()
     summary = result.to_dict()

@@ -18,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..diffusion.samplers import SamplerConfig
-from ..errors import ConfigError, GalprismError
+from ..errors import ConfigError, GalprismError, OutputExistsError
 from ..priorset import PriorSet, list_builtin_priors, load_priorset
 from .methods import GalprismMethod, Method, PhotutilsMethod
 from .report import write_report
@@ -318,15 +318,18 @@ def run_evaluation(
     warn = warn or log
     out = Path(cfg.output_dir)
     if (out / "summary.md").exists() and not cfg.overwrite:
-        raise GalprismError(f"{out}: already holds a report; pass --overwrite to replace it")
+        raise OutputExistsError(
+            f"{out}: already holds a report and overwriting is not allowed"
+        )
     torch.manual_seed(cfg.seed)
     main, gauss, skipped = _load_priors(cfg)
     if cfg.test_dir is None:
         test_dir = out / "testset"
         existing = list(test_dir.glob("*.fits")) if test_dir.is_dir() else []
         if existing and not cfg.overwrite:
-            raise GalprismError(
-                f"{test_dir}: test set exists; pass --overwrite or --test-dir {test_dir}"
+            raise OutputExistsError(
+                f"{test_dir}: test set exists and overwriting is not allowed "
+                f"(it can be reused as the test set folder {test_dir})"
             )
         log(f"simulating {cfg.n} test cutouts (seed {cfg.seed}) into {test_dir}")
         make_testset(test_dir, cfg.n, cfg.seed, data_dir=cfg.data_dir, overwrite=cfg.overwrite)

@@ -36,8 +36,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..errors import GalprismError
-from ..io.write import OutputExistsError, temp_path
+from ..errors import GalprismError, OutputExistsError
+from ..io.write import temp_path
 from .defects import BAD_PLANES, MASK_PLANES
 from .scene import SourceSpec
 
@@ -244,7 +244,7 @@ def write_atomic(hdul: fits.HDUList, path: Path, overwrite: bool = False) -> Pat
                 os.link(tmp, path)
             except FileExistsError as exc:
                 raise OutputExistsError(
-                    f"{path}: output exists; pass --overwrite to replace it"
+                    f"{path}: output exists and overwriting is not allowed"
                 ) from exc
     except OSError as exc:
         raise GalprismError(f"{path}: cannot write ({exc.strerror or exc})") from exc
@@ -304,7 +304,7 @@ class HDF5Writer:
         self.truth_path = self.path.with_name(f"{self.path.stem}.truth{self.path.suffix or '.h5'}")
         for p in (self.path, self.truth_path):
             if p.exists() and not overwrite:
-                raise OutputExistsError(f"{p}: output exists; pass --overwrite to replace it")
+                raise OutputExistsError(f"{p}: output exists and overwriting is not allowed")
             if not p.parent.is_dir():
                 raise GalprismError(f"{p}: output folder {p.parent} does not exist")
         self.meta = dict(meta)
@@ -442,7 +442,7 @@ class HDF5Writer:
         try:
             if not self.overwrite and (self.path.exists() or self.truth_path.exists()):
                 raise OutputExistsError(
-                    f"{self.path}: output appeared while writing; pass --overwrite to replace it"
+                    f"{self.path}: output appeared while writing and overwriting is not allowed"
                 )
             os.replace(self._tmp_truth, self.truth_path)
             os.replace(self._tmp, self.path)
