@@ -20,8 +20,14 @@ from galprism.asvd import (
     top_eigenvectors,
     wiener_split,
 )
-from galprism.errors import CheckpointError, ConfigError, GalprismError, InputError, ShapeError
-from galprism.errors import OutputExistsError
+from galprism.errors import (
+    CheckpointError,
+    ConfigError,
+    GalprismError,
+    InputError,
+    OutputExistsError,
+    ShapeError,
+)
 from galprism.operators import Composition, Convolve, Downsample, Mask, SourceSum
 
 torch.set_num_threads(1)

@@ -21,8 +21,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from galprism.errors import ConfigError, InputError
-from galprism.errors import OutputExistsError
+from galprism.errors import ConfigError, InputError, OutputExistsError
 from galprism.operators import Convolve
 from galprism.simulate import SceneConfig, SimulationConfig, Simulator, simulate_batch
 from galprism.simulate.cosmos import SPLIT_SEED, CosmosCatalog, make_split
@@ -684,7 +683,8 @@ def test_hdf5_batch(batch):
 
 @needs_data
 def test_cli(tmp_path, capsys):
-    """The command prints one JSON object, writes files, is quiet off a terminal, and refuses to clobber."""
+    """The command prints one JSON object, writes files, is quiet off a terminal, and refuses to
+    clobber with one line that names --overwrite (the library's message alone names no flag)."""
     from galprism.cli.main import main
 
     argv = [
@@ -715,6 +715,7 @@ def test_cli(tmp_path, capsys):
     assert (
         exc.value.code == 1 and "exists" in err and len(err.strip().splitlines()) == 1 and out == ""
     )
+    assert "pass --overwrite to replace it" in err, err
 
 
 def test_cli_without_data_names_the_options(tmp_path, capsys, monkeypatch):
@@ -740,7 +741,7 @@ def test_cli_without_data_names_the_options(tmp_path, capsys, monkeypatch):
 @needs_data
 def test_cli_catalog_and_split_file(shared_data, tmp_path, capsys, monkeypatch):
     """--catalog with --split-file: the HST-like batch needs no data folder and its central
-    galaxies are the listed ones only."""
+    galaxies are the listed ones only; --center-exclusion reaches the scene configuration."""
     from galprism.cli.main import main
 
     monkeypatch.delenv(ENV_VAR, raising=False)
@@ -749,13 +750,16 @@ def test_cli_catalog_and_split_file(shared_data, tmp_path, capsys, monkeypatch):
     argv = ["simulate", "--view", "galaxies", "--split", "test", "-n", "3", "--size", "32"]
     argv += ["--instrument", "hst", "--catalog", str(find_catalog(data_dir=shared_data))]
     argv += ["--split-file", str(split), "--no-fits", "-o", str(tmp_path / "o"), "--json"]
+    argv += ["--center-exclusion", "2.5"]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     out, err = capsys.readouterr()
     assert exc.value.code == 0, err
     with h5py.File(json.loads(out)["hdf5"]) as f:
         assert set(f["central_ident"][...]) <= {5, 122811}
-        assert json.loads(f.attrs["config"])["split_file"] == str(split)
+        config = json.loads(f.attrs["config"])
+        assert config["split_file"] == str(split)
+        assert config["scene"]["center_exclusion"] == 2.5, config["scene"]
 
 
 @needs_data

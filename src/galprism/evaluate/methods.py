@@ -155,7 +155,7 @@ class GalprismMethod:
         )
         effective_support(
             prior, self.config
-        )  # a bad --support is a usage error before any sampling
+        )  # a support naming an unknown source fails here, before any sampling
 
     def settings(self) -> dict[str, object]:
         c = self.config

@@ -108,10 +108,11 @@ class EvaluateConfig:
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             raise ConfigError(
-                f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}"
+                f"evaluation methods: unknown method(s) {', '.join(unknown)}; "
+                f"choose from {', '.join(ALL_METHODS)}"
             )
         if not self.methods:
-            raise ConfigError("--methods: no method selected")
+            raise ConfigError("evaluation methods: no method selected")
 
 
 @dataclass
@@ -180,7 +181,7 @@ def _load_priors(cfg: EvaluateConfig) -> tuple[PriorSet | None, PriorSet | None,
         )
         if target is None:
             skipped["gaussian"] = (
-                f"no Gaussian (PPCA) prior found beside prior {cfg.prior!r}; pass --gaussian-prior"
+                f"no Gaussian (PPCA) prior found beside prior {cfg.prior!r}; give one explicitly"
             )
         else:
             gauss = load_priorset(target)
@@ -221,7 +222,7 @@ def _build_methods(
     if "scarlet2" in cfg.methods:
         if cfg.scarlet2_python is None:
             skipped["scarlet2"] = (
-                "no scarlet2 environment given (--scarlet2-python); see docs/evaluation.md"
+                "no scarlet2 environment (its Python) given; see docs/evaluation.md"
             )
         else:
             from .scarlet import Scarlet2Method
@@ -239,7 +240,7 @@ def _real_section(
     if error is not None:
         return "\n".join([*lines, f"Not run: {error}", ""])
     if real is None:
-        return "\n".join([*lines, "Not run (--no-real).", ""])
+        return "\n".join([*lines, "Not run (real-data comparison not requested).", ""])
     lines += [
         "`multiview/Cut_HSC.fits` i band, cropped around the central galaxy, through every method; truth: "
         "the HST image of that galaxy (its deblended HST segment) on the HSC grid through the two WCS "
@@ -318,9 +319,7 @@ def run_evaluation(
     warn = warn or log
     out = Path(cfg.output_dir)
     if (out / "summary.md").exists() and not cfg.overwrite:
-        raise OutputExistsError(
-            f"{out}: already holds a report and overwriting is not allowed"
-        )
+        raise OutputExistsError(f"{out}: already holds a report and overwriting is not allowed")
     torch.manual_seed(cfg.seed)
     main, gauss, skipped = _load_priors(cfg)
     if cfg.test_dir is None:

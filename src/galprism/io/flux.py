@@ -1,7 +1,7 @@
 """Photometric zero points: putting cutouts on the flux scale a prior learned.
 
 A prior is trained on data with one AB zero point ``zp`` (``mag = -2.5 log10(flux) + zp``)
-or flux unit. An input's own zero point comes, in this order, from ``--zeropoint``, the
+or flux unit. An input's own zero point comes, in this order, from ``zeropoint``, the
 header keywords in :data:`ZEROPOINT_KEYS`, a ``BUNIT`` that is a flux density (``nJy``
 is AB 31.4, ``uJy`` 23.9, ``nanomaggy`` 22.5; astropy's units do the conversion), or the
 HST ``PHOTFLAM``/``PHOTPLAM`` pair. Converting flux from zero point ``zp_in`` to

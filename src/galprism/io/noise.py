@@ -140,7 +140,8 @@ def estimate_variance(image: np.ndarray, valid: np.ndarray, what: str) -> NoiseR
         _, _, std = sigma_clipped_stats(pix, sigma=3.0, maxiters=10, stdfunc="mad_std")
         if not np.isfinite(std) or std <= 0:
             raise InputError(
-                f"{what}: band {c} has no pixel-to-pixel scatter, cannot estimate the noise; give --noise-sigma"
+                f"{what}: band {c} has no pixel-to-pixel scatter, cannot estimate the noise; "
+                "give the noise sigma explicitly"
             )
         var[c] = std**2
         sigmas.append(std)
@@ -151,7 +152,7 @@ def estimate_variance(image: np.ndarray, valid: np.ndarray, what: str) -> NoiseR
 
 
 def parse_sigma(spec: str, n_bands: int, what: str) -> np.ndarray:
-    """Parse ``--noise-sigma``: one value for every band or one per band, comma separated.
+    """Parse a noise sigma: one value for every band or one per band, comma separated.
 
     Returns
     -------
@@ -162,13 +163,13 @@ def parse_sigma(spec: str, n_bands: int, what: str) -> np.ndarray:
         values = [float(t) for t in str(spec).split(",") if t.strip()]
     except ValueError as exc:
         raise InputError(
-            f"{what}: --noise-sigma {spec!r} is not a number or comma-separated numbers"
+            f"{what}: noise sigma {spec!r} is not a number or comma-separated numbers"
         ) from exc
     if len(values) == 1:
         values = values * n_bands
     if len(values) != n_bands:
-        raise InputError(f"{what}: --noise-sigma gives {len(values)} values for {n_bands} band(s)")
+        raise InputError(f"{what}: noise sigma gives {len(values)} values for {n_bands} band(s)")
     arr = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise InputError(f"{what}: --noise-sigma must be positive, got {spec}")
+        raise InputError(f"{what}: noise sigma must be positive, got {spec}")
     return arr.reshape(-1, 1, 1)

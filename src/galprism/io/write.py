@@ -141,9 +141,7 @@ def write_atomic(
     """
     dest = Path(os.fspath(path))
     if not overwrite and dest.exists():
-        raise OutputExistsError(
-            f"{dest}: output exists and overwriting is not allowed"
-        )
+        raise OutputExistsError(f"{dest}: output exists and overwriting is not allowed")
     if not dest.parent.is_dir():
         raise GalprismError(f"{dest}: output folder {dest.parent} does not exist")
     if remove_stale:
@@ -169,9 +167,7 @@ def _link_no_clobber(tmp: Path, dest: Path) -> None:
     try:
         os.link(tmp, dest)
     except FileExistsError as exc:
-        raise OutputExistsError(
-            f"{dest}: output exists and overwriting is not allowed"
-        ) from exc
+        raise OutputExistsError(f"{dest}: output exists and overwriting is not allowed") from exc
     except OSError:
         # File systems without hard links: fall back to check + rename.
         if dest.exists():
