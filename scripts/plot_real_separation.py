@@ -1,6 +1,7 @@
 """Separate the real HSC cutouts of sample_fits/ with the built-in prior and draw the result.
 
-    python scripts/plot_real_separation.py [--prior default] [--out docs/figures/real_hsc_separation.png]
+    python scripts/plot_real_separation.py [--prior default] [--out
+    docs/figures/real_hsc_separation.png]
 
 For each real cutout (``hsc_cosmos35_i.fits``, ``multiview_hsc_i.fits``) the figure shows
 the data, the posterior mean of the galaxy, of the sky and of the free-form components

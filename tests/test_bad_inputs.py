@@ -1,4 +1,5 @@
-"""Bad inputs in a batch: each gives one error line naming the file and the problem, the batch completes.
+"""Bad inputs in a batch: each gives one error line naming the file and the problem, the batch
+completes.
 
 Every case runs ``galprism separate`` through its real entry point on a batch of a good
 file, the case's file, and another good file.
@@ -103,7 +104,8 @@ def _check_rest_completed(recs: list[dict], tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_reported_and_the_batch_completes(tmp_path, capsys, monkeypatch, case):
-    """One error line naming the file and the problem, exit status 1, the good files still separated."""
+    """One error line naming the file and the problem, exit status 1, the good files still
+    separated."""
     make, problem = BAD[case]
     bad = make(tmp_path / "bad.fits")
     prior = FakePrior(shape=(3, 16, 16)) if case == "wrong band count" else FakePrior()

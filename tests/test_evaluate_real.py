@@ -1,4 +1,5 @@
-"""The real-data machinery: resampling HST-like images onto an HSC-like grid, and the two-view operator."""
+"""The real-data machinery: resampling HST-like images onto an HSC-like grid, and the two-view
+operator."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ def tan_wcs(scale_arcsec: float, crval: tuple[float, float], crpix: tuple[float,
 
 
 def test_resampler_matches_direct_rendering_on_the_coarse_grid():
-    """A galaxy drawn on a 0.03"/px grid and resampled through two TAN WCS equals the same galaxy drawn directly
-    at 0.168"/px: with its PSF replaced (convolved) and with the 0.2" truth kernel (intrinsic), to 1% of the
-    peak, flux to 0.5%. A wrong offset, flip or scale in the WCS mapping would move or resize the galaxy."""
+    """A galaxy drawn on a 0.03"/px grid and resampled through two TAN WCS equals the same galaxy
+    drawn directly
+    at 0.168"/px: with its PSF replaced (convolved) and with the 0.2" truth kernel (intrinsic), to
+    1% of the
+    peak, flux to 0.5%. A wrong offset, flip or scale in the WCS mapping would move or resize the
+    galaxy."""
     fine, coarse = 0.03, 0.168
     src = tan_wcs(fine, (150.0, 2.0), (100.5, 100.5))
     dst = tan_wcs(coarse, (150.0003, 1.9998), (20.5, 20.5))

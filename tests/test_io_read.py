@@ -76,7 +76,8 @@ def test_psf_is_normalised_with_a_note(tmp_path):
 
 
 def test_mask_planes_default_and_names(tmp_path):
-    """MP_* planes: by default SAT/BAD/... are bad but DETECTED is not; names and numbers select bits."""
+    """MP_* planes: by default SAT/BAD/... are bad but DETECTED is not; names and numbers select
+    bits."""
     mask = np.zeros((16, 16), int)
     mask[1, 1] = 1 << HSC_PLANES["SAT"]
     mask[2, 2] = 1 << HSC_PLANES["DETECTED"]
@@ -209,7 +210,8 @@ def test_big_endian_and_scaled_integer_images(tmp_path):
 
 
 def test_reading_never_modifies_the_input(tmp_path):
-    """Input files are read-only for galprism: bytes unchanged, and the checksum is the file's SHA-256."""
+    """Input files are read-only for galprism: bytes unchanged, and the checksum is the file's
+    SHA-256."""
     p = make_cutout(tmp_path / "a.fits", mask=np.zeros((16, 16), int))
     before = p.read_bytes()
     obs = read_cutout(p, ReadOptions(noise_sigma="0.1"))
@@ -227,7 +229,8 @@ def test_output_stem():
 
 @pytest.mark.parametrize("keep", [0.3, 0.5, 0.75, 0.999])
 def test_truncated_files_are_refused(tmp_path, keep):
-    """A file cut anywhere (inside a header or inside data) is an error naming it, never a partial read."""
+    """A file cut anywhere (inside a header or inside data) is an error naming it, never a partial
+    read."""
     p = make_cutout(tmp_path / "a.fits")
     data = p.read_bytes()
     p.write_bytes(data[: int(len(data) * keep)])

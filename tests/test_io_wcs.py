@@ -14,7 +14,8 @@ TOL_DEG = 1e-9
 
 @pytest.mark.parametrize("sip", [False, True])
 def test_shift_matches_original_pixels(sip):
-    """Pixel (i, j) of a crop starting at (x0, y0) is pixel (i + x0, j + y0) of the original, to 1e-9 deg."""
+    """Pixel (i, j) of a crop starting at (x0, y0) is pixel (i + x0, j + y0) of the original, to
+    1e-9 deg."""
     w = make_wcs(40, 50, sip=sip)
     x = np.array([0.0, 3.5, 17.0, 49.0])
     y = np.array([0.0, 8.0, 2.25, 39.0])

@@ -78,7 +78,8 @@ def test_crash_mid_write_leaves_no_partial_output(tmp_path):
 
 
 def test_source_hdus_layout():
-    """Each source gives a float32 cube (n, ny, nx) plus MEAN and STD; a band axis is kept when C > 1."""
+    """Each source gives a float32 cube (n, ny, nx) plus MEAN and STD; a band axis is kept when C >
+    1."""
     rng = np.random.default_rng(0)
     s = rng.normal(size=(5, 1, 6, 7))
     cube, mean, std = source_hdus("galaxy", s, wcs=None, bunit="nJy")

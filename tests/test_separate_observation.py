@@ -129,7 +129,8 @@ def test_operator_is_mask_downsample_convolve():
 
 @pytest.mark.parametrize("factor", [2, 4])
 def test_refined_psf_reproduces_a_coarse_rendering(factor):
-    """Downsample o Convolve(refined PSF) on a fine galaxy matches GalSim's coarse rendering within 2 % of the peak.
+    """Downsample o Convolve(refined PSF) on a fine galaxy matches GalSim's coarse rendering within
+    2 % of the peak.
 
     A kernel that ignored the coarse pixel already contained in the survey PSF would
     double-count it and fail this for factor 4 (~3-5 % error).

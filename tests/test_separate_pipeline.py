@@ -97,7 +97,8 @@ def test_output_layout_provenance_and_wcs(tmp_path):
 
 
 def test_finer_prior_grid_gets_a_refined_wcs(tmp_path):
-    """With a prior grid twice as fine, sources live on 16x16 fine pixels whose WCS nests in the 8x8 cutout."""
+    """With a prior grid twice as fine, sources live on 16x16 fine pixels whose WCS nests in the
+    8x8 cutout."""
     p = make_cutout(tmp_path / "c.fits", shape=(8, 8), scale=0.2, psf=gaussian_psf(5, 0.8))
     _, recs, _ = run([p], FakePrior(shape=(1, 16, 16), pixel_scale=0.1), output_dir=tmp_path)
     assert recs[0].status == "ok", recs
@@ -163,7 +164,8 @@ def test_missing_zero_point_assumes_the_prior_and_warns_once(tmp_path):
 
 
 def test_same_seed_same_output_regardless_of_batching_and_order(tmp_path):
-    """Each cutout's randomness derives from --seed and its name only: batch size and order do not matter."""
+    """Each cutout's randomness derives from --seed and its name only: batch size and order do not
+    matter."""
     paths = [
         make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(5)
     ]
@@ -186,7 +188,8 @@ def test_same_seed_same_output_regardless_of_batching_and_order(tmp_path):
 
 
 def test_skip_existing_finishes_only_what_is_missing(tmp_path):
-    """After a partial run, --skip-existing processes exactly the missing outputs and leaves the others alone."""
+    """After a partial run, --skip-existing processes exactly the missing outputs and leaves the
+    others alone."""
     paths = [make_cutout(tmp_path / f"c{i}.fits", seed=i) for i in range(5)]
     out = tmp_path / "o"
     run(paths, FakePrior(), output_dir=out)
@@ -208,7 +211,8 @@ def test_skip_existing_finishes_only_what_is_missing(tmp_path):
 
 
 def test_existing_output_is_an_error_without_flags_and_replaced_with_overwrite(tmp_path):
-    """No clobbering by default: the input fails (exit 1), the old file stays; --overwrite replaces it."""
+    """No clobbering by default: the input fails (exit 1), the old file stays; --overwrite replaces
+    it."""
     p = make_cutout(tmp_path / "c.fits")
     out = tmp_path / "o"
     out.mkdir()
@@ -301,7 +305,8 @@ def test_inputs_are_streamed_batch_by_batch(tmp_path):
 
 
 def test_point_estimate_prior_writes_one_sample(tmp_path):
-    """An asvd prior gives a single point estimate: a 1-sample cube, zero STD, and a header saying so."""
+    """An asvd prior gives a single point estimate: a 1-sample cube, zero STD, and a header saying
+    so."""
     p = make_cutout(tmp_path / "c.fits")
     _, recs, _ = run([p], FakePrior(point_estimate=True, method="asvd"), output_dir=tmp_path)
     with fits.open(tmp_path / "c.galprism.fits") as h:

@@ -59,7 +59,8 @@ def test_unknown_source_is_a_usage_error(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_sampler_is_a_usage_error(tmp_path, capsys, monkeypatch):
-    """A misspelt --sampler exits 2 naming the choices before any prior is sampled, not a traceback from inside."""
+    """A misspelt --sampler exits 2 naming the choices before any prior is sampled, not a traceback
+    from inside."""
     code, _, _, err = run_cli(
         ["sample", "-n", "2", "-o", tmp_path / "s.fits", "--sampler", "pcc"],
         capsys,

@@ -252,7 +252,8 @@ def test_cutouts_use_only_their_split(catalog):
 
 @needs_data
 def test_observation_fits_follows_the_separate_convention(batch):
-    """SCI/PSF/MASK/VARIANCE with TAN WCS at 0.168"/px, unit-sum odd PSF, named mask bits, positive variance."""
+    """SCI/PSF/MASK/VARIANCE with TAN WCS at 0.168"/px, unit-sum odd PSF, named mask bits, positive
+    variance."""
     out, result = batch
     assert result.n_written == 4 and not result.failed
     files = sorted(out.glob("*.fits"))
@@ -298,7 +299,8 @@ def test_observation_fits_follows_the_separate_convention(batch):
 
 @needs_data
 def test_truth_is_separate_and_explains_the_observation(batch):
-    """No TRUE_* in the observation; truth files hold them and SCI = conv truths + noise off the mask."""
+    """No TRUE_* in the observation; truth files hold them and SCI = conv truths + noise off the
+    mask."""
     out, _ = batch
     for path in sorted(out.glob("*.fits")):
         with fits.open(path) as obs:
@@ -366,7 +368,8 @@ def test_observation_is_the_operator_applied_to_the_truth(sim_test):
 
 @needs_data
 def test_rendered_flux_matches_catalogue_magnitude(catalog):
-    """An isolated rendered galaxy sums to 10**(-0.4 (MAG - 27)) counts within 1%, transformed or not."""
+    """An isolated rendered galaxy sums to 10**(-0.4 (MAG - 27)) counts within 1%, transformed or
+    not."""
     for rec in (catalog.by_ident[42], catalog.by_ident[0], catalog.by_ident[122811]):
         t = build_template(catalog, rec, 0.168, 0.2, 27.0)
         expected = 10 ** (-0.4 * (rec.mag - 27.0))
@@ -383,7 +386,8 @@ def test_rendered_flux_matches_catalogue_magnitude(catalog):
 
 @needs_data
 def test_cutout_flux_matches_its_magnitude(catalog):
-    """In a written cutout, TRUE_GALAXY sums to the flux of the recorded central magnitude (1%, light beyond the edge aside)."""
+    """In a written cutout, TRUE_GALAXY sums to the flux of the recorded central magnitude (1%,
+    light beyond the edge aside)."""
     sim = Simulator(
         SimulationConfig(view="galaxies", split="test", n=1, size=96, seed=5, scene=QUIET), catalog
     )
@@ -429,7 +433,8 @@ def test_blank_sky_noise_has_the_requested_sigma(catalog):
 
 @needs_data
 def test_noise_measurements_agree():
-    """The two npz noise estimates (variance plane, clipped pixels) agree to 10%: the default is sound."""
+    """The two npz noise estimates (variance plane, clipped pixels) agree to 10%: the default is
+    sound."""
     m = measure_hsc_noise()
     assert abs(m.npz_sigma_clipped / m.npz_sigma_variance_plane - 1) < 0.1, m
     assert 0.015 < m.npz_sigma_variance_plane < 0.03, m
@@ -437,7 +442,8 @@ def test_noise_measurements_agree():
 
 @needs_data
 def test_hst_noise_scaling_matches_monte_carlo(catalog):
-    """GalSim's propagated stamp noise, scaled by the pixel-area ratio, matches a rendered noise field (15%).
+    """GalSim's propagated stamp noise, scaled by the pixel-area ratio, matches a rendered noise
+    field (15%).
 
     The stamp-noise cap rests on this number; a wrong unit convention would be off by 31x.
     """
@@ -559,7 +565,8 @@ def test_center_exclusion_keeps_neighbours_off_the_center(catalog):
 
 @needs_data
 def test_defects_are_masked(catalog):
-    """With mask_fraction 1 every cutout has defects, flagged only with BAD/CR/EDGE/NO_DATA, and valid excludes them."""
+    """With mask_fraction 1 every cutout has defects, flagged only with BAD/CR/EDGE/NO_DATA, and
+    valid excludes them."""
     sim = Simulator(
         SimulationConfig(view="sky", split="train", n=1, seed=2, mask_fraction=1.0), catalog
     )
@@ -620,7 +627,8 @@ def test_hst_instrument(catalog):
 
 @needs_data
 def test_same_seed_same_files_and_no_clobber(tmp_path, sim_test):
-    """Same seed -> byte-identical files; a second run refuses to overwrite and leaves the files alone."""
+    """Same seed -> byte-identical files; a second run refuses to overwrite and leaves the files
+    alone."""
     config = replace(sim_test.config, n=2)
     a, b = tmp_path / "a", tmp_path / "b"
     simulate_batch(config, a, simulator=sim_test)

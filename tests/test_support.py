@@ -24,7 +24,8 @@ def test_disk_is_centered_and_counts_the_right_pixels():
 
 
 def test_enclosed_radius_known_answers():
-    """A point at the center needs radius 1 (+ pad); a ring at 6 px needs 6 (+ pad); no light gives the maximum."""
+    """A point at the center needs radius 1 (+ pad); a ring at 6 px needs 6 (+ pad); no light gives
+    the maximum."""
     img = torch.zeros(1, 16, 16)
     img[0, 7:9, 7:9] = 1.0
     assert enclosed_radius(img, 12, fraction=0.95, pad=4) == 5.0
@@ -40,7 +41,8 @@ def test_enclosed_radius_known_answers():
 
 
 def test_support_values_parse_and_refuse():
-    """Numbers are fixed radii, 'auto:R' adaptive; anything else is a one-line error naming the source."""
+    """Numbers are fixed radii, 'auto:R' adaptive; anything else is a one-line error naming the
+    source."""
     got = check_support({"galaxy": "auto:20", "sky": 5}, ["galaxy", "sky"], "here")
     assert got == {"galaxy": Support(20.0, True), "sky": Support(5.0, False)}
     assert got["galaxy"].to_json() == "auto:20" and got["sky"].to_json() == 5.0

@@ -156,7 +156,8 @@ class PCPCA:
         sigma2 = (np.trace(c) - top_vals.sum()) / (scale * (d - k))
         if not sigma2 > 0:
             raise ConfigError(
-                f"PCPCA: sigma^2 = {sigma2:.3g} is not positive (the background outweighs the target "
+                f"PCPCA: sigma^2 = {sigma2:.3g} is not positive (the background outweighs the "
+                "target "
                 f"outside the top {k} directions); lower gamma (now {self.gamma})"
             )
         lam = top_vals / scale

@@ -123,7 +123,8 @@ class PriorSet:
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.priors):
             raise ConfigError(
-                f"prior {self.name!r}: {len(self.sources)} source names for {len(self.priors)} priors"
+                f"prior {self.name!r}: {len(self.sources)} source names for {len(self.priors)} "
+                "priors"
             )
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"prior {self.name!r}: duplicate source names {self.sources}")

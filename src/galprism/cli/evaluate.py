@@ -91,7 +91,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--test-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Existing test set (galprism simulate --view galaxies --split test); default: simulate one into OUTPUT_DIR/testset.",
+    help="Existing test set (galprism simulate --view galaxies --split test); default: simulate "
+    "one into OUTPUT_DIR/testset.",
 )
 @click.option(
     "-n",
@@ -160,7 +161,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=click.Choice(SAMPLERS),
     default=SAMPLER_DEFAULTS.method,
     show_default=True,
-    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
+    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles "
+    "times the cost.",
 )
 @click.option(
     "--particles",
@@ -173,7 +175,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--support",
     multiple=True,
     metavar="SOURCE=[auto:]RADIUS|none",
-    help="Source supports of the probabilistic methods, as for `galprism separate` (default: each prior's own).",
+    help="Source supports of the probabilistic methods, as for `galprism separate` (default: each "
+    "prior's own).",
 )
 @click.option(
     "--batch-size",
@@ -190,7 +193,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=click.Choice(["auto", "quantile", "student"]),
     default="auto",
     show_default=True,
-    help="Credible intervals: sample quantiles or Student-t prediction intervals (auto: quantiles when resolved).",
+    help="Credible intervals: sample quantiles or Student-t prediction intervals (auto: quantiles "
+    "when resolved).",
 )
 @click.option(
     "--asvd-train",

@@ -298,7 +298,8 @@ def simulate(**kw: object) -> None:
     if not kw["quiet"] and sys.stderr.isatty():
         where = summary["output_dir"] or summary["hdf5"]
         click.echo(
-            f"galprism simulate: {result.n_written} {config.view} cutouts ({config.split} galaxies) in {result.seconds:.1f} s "
+            f"galprism simulate: {result.n_written} {config.view} cutouts ({config.split} "
+            f"galaxies) in {result.seconds:.1f} s "
             f"({summary['cutouts_per_minute']}/min) -> {where}",
             err=True,
         )

@@ -41,7 +41,8 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 @dataclass
 class EvaluateConfig:
-    """Options of an evaluation (the CLI's flags; defaults fit 200 cutouts in 30 min on 2 CPU cores).
+    """Options of an evaluation (the CLI's flags; defaults fit 200 cutouts in 30 min on 2 CPU
+    cores).
 
     Attributes
     ----------
@@ -242,20 +243,33 @@ def _real_section(
     if real is None:
         return "\n".join([*lines, "Not run (real-data comparison not requested).", ""])
     lines += [
-        "`multiview/Cut_HSC.fits` i band, cropped around the central galaxy, through every method; truth: "
-        "the HST image of that galaxy (its deblended HST segment) on the HSC grid through the two WCS "
-        '(GalSim, flux-conserving), HST PSF replaced by the HSC PSF (convolved truth) or by the 0.2" truth '
-        "kernel (intrinsic truth), one flux scale fitted on the whole scene. One cutout, so one value per method.",
+        "`multiview/Cut_HSC.fits` i band, cropped around the central galaxy, through every method; "
+        "truth: "
+        "the HST image of that galaxy (its deblended HST segment) on the HSC grid through the two "
+        "WCS "
+        "(GalSim, flux-conserving), HST PSF replaced by the HSC PSF (convolved truth) or by the "
+        '0.2" truth '
+        "kernel (intrinsic truth), one flux scale fitted on the whole scene. One cutout, so one "
+        "value per method.",
         "",
-        f"- HSC noise σ = {info['hsc_noise_sigma']:.4g} (cube units, source-free pixels); the cube has no zero point: "
-        f"ZP {info['zeropoint_assumed']:.3f} assumed (noise matched to the simulations' {info['sim_noise_sigma']:.4g} counts at ZP 27).",
-        f"- WCS: affine HST→HSC map residual {info['wcs_affine_residual_px']:.1e} px, pixel ratio {info['hst_to_hsc_pixel_ratio']:.4f}; "
-        f"astrometric shift refined to ({info['astrometric_shift_px'][0]:+.2f}, {info['astrometric_shift_px'][1]:+.2f}) HSC px.",
-        f"- Scene fit: scale {info['flux_scale_hst_to_hsc']:.4g} HSC/HST units, sky offset {info['sky_offset']:+.3g}, "
-        f"residual RMS {info['scene_fit_rms_sigma']:.2f} σ over {info['scene_fit_pixels']} px. A scale fitted to the central "
-        f"galaxy alone would be {info['central_own_scale_ratio']:.3f} times the scene's: the truth flux is uncertain at that level.",
-        f"- The HST image's own noise in the truth: {info['truth_conv_noise_sigma']:.2f} σ per pixel (convolved), "
-        f"{info['truth_intrinsic_noise_sigma']:.2f} σ (intrinsic); a perfect method would show RMSE ≈ {info['truth_rmse_floor_sigma']:.2f} σ "
+        f"- HSC noise σ = {info['hsc_noise_sigma']:.4g} (cube units, source-free pixels); the cube "
+        "has no zero point: "
+        f"ZP {info['zeropoint_assumed']:.3f} assumed (noise matched to the simulations' "
+        f"{info['sim_noise_sigma']:.4g} counts at ZP 27).",
+        f"- WCS: affine HST→HSC map residual {info['wcs_affine_residual_px']:.1e} px, pixel ratio "
+        f"{info['hst_to_hsc_pixel_ratio']:.4f}; "
+        f"astrometric shift refined to ({info['astrometric_shift_px'][0]:+.2f}, "
+        f"{info['astrometric_shift_px'][1]:+.2f}) HSC px.",
+        f"- Scene fit: scale {info['flux_scale_hst_to_hsc']:.4g} HSC/HST units, sky offset "
+        f"{info['sky_offset']:+.3g}, "
+        f"residual RMS {info['scene_fit_rms_sigma']:.2f} σ over {info['scene_fit_pixels']} px. A "
+        "scale fitted to the central "
+        f"galaxy alone would be {info['central_own_scale_ratio']:.3f} times the scene's: the truth "
+        "flux is uncertain at that level.",
+        f"- The HST image's own noise in the truth: {info['truth_conv_noise_sigma']:.2f} σ per "
+        "pixel (convolved), "
+        f"{info['truth_intrinsic_noise_sigma']:.2f} σ (intrinsic); a perfect method would show "
+        f"RMSE ≈ {info['truth_rmse_floor_sigma']:.2f} σ "
         f"(convolved) against this truth. Blendedness {info['blendedness']:.3f}.",
         "",
     ]
@@ -283,11 +297,15 @@ def _real_section(
         lines += [
             "### HSC + HST views together",
             "",
-            "The HST view enters on the prior's grid (see `galprism/evaluate/multiview.py` for why native "
-            "resolution is not possible with integer-factor operators, and what would be needed). Posterior "
-            "standard deviation of the central galaxy's flux and mean per-pixel standard deviation in its footprint:",
+            "The HST view enters on the prior's grid (see `galprism/evaluate/multiview.py` for why "
+            "native "
+            "resolution is not possible with integer-factor operators, and what would be needed). "
+            "Posterior "
+            "standard deviation of the central galaxy's flux and mean per-pixel standard deviation "
+            "in its footprint:",
             "",
-            "| prior | flux std, HSC | flux std, HSC+HST | ratio | pixel std, HSC | pixel std, HSC+HST | ratio | S |",
+            "| prior | flux std, HSC | flux std, HSC+HST | ratio | pixel std, HSC | pixel std, "
+            "HSC+HST | ratio | S |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for tv in two_view:
@@ -295,8 +313,10 @@ def _real_section(
                 lines.append(f"| {tv['prior']} | failed: {tv['error']} |||||||")
                 continue
             lines.append(
-                f"| {tv['prior']} | {tv['flux_std_hsc']:.3g} | {tv['flux_std_both']:.3g} | {tv['flux_std_both'] / tv['flux_std_hsc']:.2f} | "
-                f"{tv['pixel_std_hsc']:.3g} | {tv['pixel_std_both']:.3g} | {tv['pixel_std_both'] / tv['pixel_std_hsc']:.2f} | {tv['n_samples']} |"
+                f"| {tv['prior']} | {tv['flux_std_hsc']:.3g} | {tv['flux_std_both']:.3g} | "
+                f"{tv['flux_std_both'] / tv['flux_std_hsc']:.2f} | "
+                f"{tv['pixel_std_hsc']:.3g} | {tv['pixel_std_both']:.3g} | "
+                f"{tv['pixel_std_both'] / tv['pixel_std_hsc']:.2f} | {tv['n_samples']} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -381,7 +401,8 @@ def run_evaluation(
                                 {"prior": m.prior.name, "error": " ".join(str(exc).split())}
                             )
                             warn(
-                                f"two-view separation with {m.prior.name}: failed: {two_view[-1]['error']}"
+                                f"two-view separation with {m.prior.name}: failed: "
+                                f"{two_view[-1]['error']}"
                             )
         except GalprismError as exc:
             real_error = str(exc)

@@ -87,7 +87,8 @@ def _read(path: Path) -> fits.PrimaryHDU:
 
 
 def load_multiview(data_dir: str | os.PathLike[str] | None = None) -> MultiviewData:
-    """Read ``Cut_HSC.fits`` (i band), ``PSF_HSC.fits`` (i band), ``Cut_HST.fits``, ``PSF_HST.fits``."""
+    """Read ``Cut_HSC.fits`` (i band), ``PSF_HSC.fits`` (i band), ``Cut_HST.fits``,
+    ``PSF_HST.fits``."""
     from ..simulate.data import multiview_dir  # local: shares the simulator's data lookup
 
     folder = multiview_dir(data_dir)
@@ -97,7 +98,8 @@ def load_multiview(data_dir: str | os.PathLike[str] | None = None) -> MultiviewD
     hst_psf = _read(folder / "PSF_HST.fits").data
     if hsc.data.ndim != 3 or hsc.data.shape[0] <= HSC_BAND or hsc_psf.ndim != 3:
         raise InputError(
-            f"{folder}/Cut_HSC.fits: expected a (bands, H, W) cube with an i band and a matching PSF cube"
+            f"{folder}/Cut_HSC.fits: expected a (bands, H, W) cube with an i band and a matching "
+            "PSF cube"
         )
     for name, arr in (
         ("Cut_HSC", hsc.data),
@@ -156,7 +158,8 @@ def recentered_psf(psf: np.ndarray, wcs: galsim.BaseWCS) -> galsim.GSObject:
 
 @dataclass
 class Resampler:
-    """Draws images of the source grid onto a crop of the destination grid (world = destination pixels).
+    """Draws images of the source grid onto a crop of the destination grid (world = destination
+    pixels).
 
     Parameters
     ----------
@@ -211,7 +214,8 @@ class Resampler:
         return self._draw(prof, "no_pixel")
 
     def intrinsic(self, image: np.ndarray, fwhm_dst_pixels: float) -> np.ndarray:
-        """``image`` with its PSF replaced by a Gaussian (FWHM in destination pixels), pixel-integrated."""
+        """``image`` with its PSF replaced by a Gaussian (FWHM in destination pixels),
+        pixel-integrated."""
         kernel = galsim.Gaussian(fwhm=fwhm_dst_pixels)
         prof = galsim.Convolve(
             [self._profile(image), galsim.Deconvolve(self.src_psf_obj), kernel],

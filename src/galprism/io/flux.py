@@ -117,7 +117,8 @@ def header_zeropoint(*headers: fits.Header | None) -> Zeropoint | None:
 def noise_matched_zeropoint(
     sigma: float, reference_sigma: float, reference_zeropoint: float
 ) -> float:
-    """Zero point that gives noise ``sigma`` the level ``reference_sigma`` has at ``reference_zeropoint``.
+    """Zero point that gives noise ``sigma`` the level ``reference_sigma`` has at
+    ``reference_zeropoint``.
 
     The guess for an image without a zero point whose depth is like the reference data's
     (a prior's training data): ``reference_zeropoint + 2.5 log10(sigma / reference_sigma)``.

@@ -101,7 +101,8 @@ def to_variance(values: np.ndarray, kind: NoiseKind, valid: np.ndarray, what: st
         if bad.any():
             worst = float(v[bad].min())
             raise InputError(
-                f"{what}: {label} is zero or negative (min {worst:.3g}) at {int(bad.sum())} unmasked pixel(s)"
+                f"{what}: {label} is zero or negative (min {worst:.3g}) at {int(bad.sum())} "
+                "unmasked pixel(s)"
             )
         invalid = nonfinite
         var = v**2 if kind == "sigma" else v
@@ -135,7 +136,8 @@ def estimate_variance(image: np.ndarray, valid: np.ndarray, what: str) -> NoiseR
         pix = image[c][valid[c]]
         if pix.size < 10:
             raise InputError(
-                f"{what}: band {c} has only {pix.size} valid pixel(s), too few to estimate the noise"
+                f"{what}: band {c} has only {pix.size} valid pixel(s), too few to estimate the "
+                "noise"
             )
         _, _, std = sigma_clipped_stats(pix, sigma=3.0, maxiters=10, stdfunc="mad_std")
         if not np.isfinite(std) or std <= 0:

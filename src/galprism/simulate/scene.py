@@ -160,11 +160,13 @@ class SceneConfig:
         """Raise :class:`ConfigError` on values that make no sense."""
         if not (self.count_n25 >= 0 and self.count_slope > 0):
             raise ConfigError(
-                f"scene: counts need n25 >= 0 and slope > 0, got {self.count_n25}, {self.count_slope}"
+                f"scene: counts need n25 >= 0 and slope > 0, got {self.count_n25}, "
+                f"{self.count_slope}"
             )
         if not self.mag_bright < self.mag_faint:
             raise ConfigError(
-                f"scene: mag_bright {self.mag_bright} must be brighter than mag_faint {self.mag_faint}"
+                f"scene: mag_bright {self.mag_bright} must be brighter than mag_faint "
+                f"{self.mag_faint}"
             )
         lo, hi = self.dilation_range
         if not 0 < lo <= hi:
@@ -194,7 +196,8 @@ class SceneConfig:
             )
         if self.central_noise not in CENTRAL_NOISE:
             raise ConfigError(
-                f"scene: central_noise {self.central_noise!r}: must be one of {', '.join(CENTRAL_NOISE)}"
+                f"scene: central_noise {self.central_noise!r}: must be one of "
+                f"{', '.join(CENTRAL_NOISE)}"
             )
         if (
             self.margin < 0
@@ -411,8 +414,10 @@ def sample_scene(
         centrals = [p for p in pool if central_m_min(p, cfg) <= cfg.central_mag_max]
         if not centrals:
             raise ConfigError(
-                f"no galaxy of this split can be central: all need magnitudes fainter than central_mag_max "
-                f"{cfg.central_mag_max} to keep their HST noise below {cfg.max_hst_noise_ratio} x the added noise"
+                "no galaxy of this split can be central: all need magnitudes fainter than "
+                "central_mag_max "
+                f"{cfg.central_mag_max} to keep their HST noise below {cfg.max_hst_noise_ratio} x "
+                "the added noise"
             )
         p = centrals[int(rng.integers(len(centrals)))]
         m_min = central_m_min(p, cfg)
