@@ -50,7 +50,11 @@ def noise_document(catalog: CosmosCatalog, data_dir: str | None) -> dict:
             "galaxies": galaxies,
         }
     return {
-        "description": "Std per output pixel (counts at ZP 27, catalogue flux) of each COSMOS stamp's own HST noise after rendering: [in the observation, in the PSF-free truth]. Keyed by galprism.simulate.hstnoise.psf_key.",
+        "description": (
+            "Std per output pixel (counts at ZP 27, catalogue flux) of each COSMOS stamp's own "
+            "HST noise after rendering: [in the observation, in the PSF-free truth]. "
+            "Keyed by galprism.simulate.hstnoise.psf_key."
+        ),
         "catalog_fingerprint": catalog.fingerprint,
         "setups": setups,
     }

@@ -160,7 +160,8 @@ def test_evaluate_end_to_end_and_reproducible(tmp_path, capsys, monkeypatch):
 
 
 def test_evaluate_rejects_train_split_and_bad_options(tmp_path, capsys, monkeypatch):
-    """A training-split file in the test set is a one-line error naming it; unknown methods exit 2."""
+    """A training-split file in the test set is a one-line error naming it; unknown methods exit
+    2."""
     ts = copy_testset(tmp_path / "ts")
     from astropy.io import fits
 

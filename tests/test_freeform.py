@@ -1,4 +1,5 @@
-"""Free-form components (galprism.freeform): exact marginalisation, exact conditionals, detection."""
+"""Free-form components (galprism.freeform): exact marginalisation, exact conditionals,
+detection."""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ from galprism.observation import NoteKind
 
 
 def test_image_in_sci_image_or_primary_hdu(tmp_path):
-    """The image is found in SCI, IMAGE, or the primary HDU; a wrong pick would change the pixels."""
+    """The image is found in SCI, IMAGE, or the primary HDU; a wrong pick would change the
+    pixels."""
     img = np.arange(256, dtype=float).reshape(16, 16)
     for ext in ("SCI", "IMAGE", None):
         p = make_cutout(tmp_path / f"{ext}.fits", image=img, image_ext=ext)
@@ -66,7 +67,8 @@ def test_psf_sidecar_and_template(tmp_path):
 
 
 def test_psf_is_normalised_with_a_note(tmp_path):
-    """A PSF that does not sum to 1 is renormalised and the fact recorded (and later warned about)."""
+    """A PSF that does not sum to 1 is renormalised and the fact recorded (and later warned
+    about)."""
     p = make_cutout(tmp_path / "a.fits", psf=gaussian_psf(9, 1.0, total=3.0))
     obs = read_cutout(p)
     assert abs(obs.psf.sum() - 1) < 1e-6, "PSF not normalised to unit sum"
@@ -140,7 +142,8 @@ def test_zero_inverse_variance_masks_the_pixel(tmp_path):
 
 
 def test_noise_sigma_option_and_estimate(tmp_path):
-    """--noise-sigma overrides; without any noise the sigma-clipped estimate is close and reported."""
+    """--noise-sigma overrides; without any noise the sigma-clipped estimate is close and
+    reported."""
     p = make_cutout(tmp_path / "a.fits", noise=None, shape=(64, 64), sigma=0.2, seed=3)
     obs = read_cutout(p)
     est = float(np.sqrt(obs.variance[0, 0, 0]))

@@ -45,7 +45,8 @@ def test_refine_puts_fine_pixels_inside_their_coarse_pixel(sip, factor):
 
 
 def test_cube_header_adds_linear_sample_and_band_axes():
-    """The samples cube gets SAMPLE (and BAND) axes whose pixel k is sample k; the sky is untouched."""
+    """The samples cube gets SAMPLE (and BAND) axes whose pixel k is sample k; the sky is
+    untouched."""
     w = make_wcs(20, 20)
     h = image_header(w, (("SAMPLE", 8), ("BAND", 3)))
     c = WCS(h)
@@ -59,7 +60,8 @@ def test_cube_header_adds_linear_sample_and_band_axes():
 
 
 def test_cube_header_with_sip_stays_readable():
-    """astropy only accepts SIP in 2-D WCS: the cube keeps the exact 2-axis celestial WCS instead."""
+    """astropy only accepts SIP in 2-D WCS: the cube keeps the exact 2-axis celestial WCS
+    instead."""
     w = make_wcs(20, 20, sip=True)
     c = WCS(image_header(w, (("SAMPLE", 8),)))
     assert c.naxis == 2 and c.sip is not None

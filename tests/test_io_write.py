@@ -66,7 +66,8 @@ def test_crash_mid_write_leaves_no_partial_output(tmp_path):
                 fh.truncate(1000)  # half-written
             os._exit(9)  # killed: no exception handler runs
         fits.HDUList.writeto = crash
-        hdul = fits.HDUList([primary_hdu({{}}), image_hdu(np.ones((64, 64)), "X", wcs=None, bunit=None)])
+        image = image_hdu(np.ones((64, 64)), "X", wcs=None, bunit=None)
+        hdul = fits.HDUList([primary_hdu({{}}), image])
         write_atomic(hdul, {str(tmp_path / "o.fits")!r})
         """
     )

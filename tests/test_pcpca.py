@@ -1,4 +1,5 @@
-"""PCPCA baseline: closed-form fit, Gaussian posterior, and recovery of a planted target structure."""
+"""PCPCA baseline: closed-form fit, Gaussian posterior, and recovery of a planted target
+structure."""
 
 from __future__ import annotations
 

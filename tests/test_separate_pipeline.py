@@ -225,7 +225,8 @@ def test_existing_output_is_an_error_without_flags_and_replaced_with_overwrite(t
 
 
 def test_shards_partition_the_batch_exactly(tmp_path):
-    """--shard I/N over all I covers every input exactly once and gives the same files as one run."""
+    """--shard I/N over all I covers every input exactly once and gives the same files as one
+    run."""
     paths = [make_cutout(tmp_path / f"c{i}.fits", seed=i) for i in range(9)]
     seen = []
     for i in range(3):
@@ -244,7 +245,8 @@ def test_shards_partition_the_batch_exactly(tmp_path):
 
 
 def test_a_failing_cutout_does_not_take_its_batch_down(tmp_path):
-    """When the sampler fails on a batch, the cutouts are retried alone and only the bad one fails."""
+    """When the sampler fails on a batch, the cutouts are retried alone and only the bad one
+    fails."""
     paths = [
         make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(4)
     ]
@@ -262,7 +264,8 @@ def test_a_failing_cutout_does_not_take_its_batch_down(tmp_path):
 
 
 def test_duplicate_output_names_are_reported(tmp_path):
-    """Two inputs that would write the same output file: the second is an error, the first is kept."""
+    """Two inputs that would write the same output file: the second is an error, the first is
+    kept."""
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()
     a = make_cutout(tmp_path / "x" / "c.fits", seed=1)

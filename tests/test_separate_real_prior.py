@@ -195,7 +195,8 @@ def test_real_prior_is_reproducible_and_batch_independent(
 
 
 def test_priors_lists_builtins_and_describes_a_folder(tmp_path, capsys, monkeypatch, prior_folder):
-    """`galprism priors --json` lists the built-in priors; given a folder it describes that prior."""
+    """`galprism priors --json` lists the built-in priors; given a folder it describes that
+    prior."""
     folder, _ = prior_folder
     code, _, out, err = run_cli(["priors", "--json"], capsys, monkeypatch)
     assert code == 0, err

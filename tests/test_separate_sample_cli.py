@@ -8,7 +8,8 @@ from fits_factory import FakePrior, run_cli
 
 
 def test_sample_writes_one_cube_per_source(tmp_path, capsys, monkeypatch):
-    """-n N gives an (N, ny, nx) cube per source with the prior's provenance and per-source seeds."""
+    """-n N gives an (N, ny, nx) cube per source with the prior's provenance and per-source
+    seeds."""
     out = tmp_path / "s.fits"
     code, recs, _, err = run_cli(
         ["sample", "--prior", "fake", "-n", "3", "-o", out, "--json", "--seed", "4"],

@@ -772,7 +772,8 @@ def test_cli_catalog_and_split_file(shared_data, tmp_path, capsys, monkeypatch):
 
 @needs_data
 def test_bad_configuration_is_one_line_error(tmp_path):
-    """Unknown view or missing data folder fail before any work with a message naming the problem."""
+    """Unknown view or missing data folder fail before any work with a message naming the
+    problem."""
     with pytest.raises(ConfigError, match="view 'stars'"):
         SimulationConfig(view="stars").validate()
     with pytest.raises(ConfigError, match=f"{tmp_path}: COSMOS catalogue file not found"):
@@ -785,7 +786,8 @@ def test_bad_configuration_is_one_line_error(tmp_path):
 
 
 def test_sample_fits_are_small_documented_and_follow_the_convention():
-    """sample_fits/ stays under 2 MB, names sources and licences, and its files are separate-ready."""
+    """sample_fits/ stays under 2 MB, names sources and licences, and its files are
+    separate-ready."""
     files = [p for p in SAMPLE.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 2 * 1024**2
     readme = (SAMPLE / "README.md").read_text()

@@ -1,4 +1,5 @@
-"""Source supports (galprism.support): disks, the adaptive radius rule, and their use in separation."""
+"""Source supports (galprism.support): disks, the adaptive radius rule, and their use in
+separation."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from galprism.support import PILOT, Support, check_support, disk, enclosed_radiu
 
 
 def test_disk_is_centered_and_counts_the_right_pixels():
-    """A disk of radius 0.75 on an even grid is the 4 central pixels; radius 100 covers everything."""
+    """A disk of radius 0.75 on an even grid is the 4 central pixels; radius 100 covers
+    everything."""
     d = disk((1, 8, 8), 0.75)
     assert d.shape == (1, 8, 8) and d.dtype == torch.bool
     assert d.sum() == 4 and d[0, 3:5, 3:5].all(), "disk not centered between the 4 central pixels"

@@ -1,4 +1,5 @@
-"""The whole evaluation as one call: test set, methods, real data, report (``galprism evaluate``)."""
+"""The whole evaluation as one call: test set, methods, real data, report (``galprism
+evaluate``)."""
 
 from __future__ import annotations
 
@@ -412,7 +413,10 @@ def run_evaluation(
         "command": cfg.command,
         "version": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": f"{platform.machine()}, {os.cpu_count()} CPU, torch {torch.__version__} ({torch.get_num_threads()} threads), {cfg.device}",
+        "host": (
+            f"{platform.machine()}, {os.cpu_count()} CPU, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {cfg.device}"
+        ),
         "seconds": seconds,
         "testset": str(test_dir),
         "testset_seed": testset_seed,

@@ -143,7 +143,8 @@ def pixel_affine(
 
 
 def recentered_psf(psf: np.ndarray, wcs: galsim.BaseWCS) -> galsim.GSObject:
-    """A unit-flux ``InterpolatedImage`` of ``psf`` shifted so that its centroid is at the origin."""
+    """A unit-flux ``InterpolatedImage`` of ``psf`` shifted so that its centroid is at the
+    origin."""
     ii = galsim.InterpolatedImage(
         galsim.Image(np.ascontiguousarray(psf), wcs=wcs), x_interpolant="lanczos5", flux=1.0
     )

@@ -99,7 +99,8 @@ def _truth_array(hdul: fits.HDUList, name: str, path: Path, shape: tuple[int, in
 
 
 def find_testset_files(folder: str | os.PathLike[str], pattern: str = "*.fits") -> list[Path]:
-    """Observation files of a test-set folder matching ``pattern``, sorted by name (not ``truth/``)."""
+    """Observation files of a test-set folder matching ``pattern``, sorted by name (not
+    ``truth/``)."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: test set folder not found")

@@ -428,8 +428,9 @@ class HDF5Writer:
     def close(self) -> tuple[Path, Path]:
         """Finish both files and move them into place; returns (observations, truth)."""
         dtype = np.dtype(
-            [("row", "i8"), ("cutout", "i8"), ("role", "S9"), ("ident", "i8"), ("x", "f8"), ("y", "f8"), ("mag", "f8"), ("flux", "f8"),
-             ("rotation", "f8"), ("flip", "?"), ("g1", "f8"), ("g2", "f8"), ("dilation", "f8"), ("hst_noise_ratio", "f8"),
+            [("row", "i8"), ("cutout", "i8"), ("role", "S9"), ("ident", "i8"), ("x", "f8"),
+             ("y", "f8"), ("mag", "f8"), ("flux", "f8"), ("rotation", "f8"), ("flip", "?"),
+             ("g1", "f8"), ("g2", "f8"), ("dilation", "f8"), ("hst_noise_ratio", "f8"),
              ("sersic_n", "f8"), ("hlr", "f8")]
         )  # fmt: skip
         self._truth.create_dataset(
