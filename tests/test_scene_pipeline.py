@@ -118,3 +118,129 @@ def test_flux_scale_is_measured_over_typical_and_never_below_one():
     assert abs(typ - float(prior.mean.sum())) < 0.15 * float(prior.mean.sum())
     assert typical_flux(prior, n=256, steps=16) == typ  # cached: the same value, no redraw
     np.testing.assert_allclose(flux_scales([2 * typ, 0.3 * typ, np.nan], typ), [2.0, 1.0, 1.0])
+
+
+def _gaussian_priorset(size: int = 8):
+    """A prior set whose galaxy source is a smooth Gaussian on a ``size`` grid of 0.2"."""
+    from galprism.priorset import PriorSet
+
+    frame = Frame((1, size, size), pixel_scale=0.2, zeropoint=27.0)
+    return PriorSet("gauss", "gaussian", ["galaxy"], [_smooth_prior(size, seed=0)], frame)
+
+
+def _blob(shape, x, y, sigma, flux):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    return flux * g / g.sum()
+
+
+def _scene_file(tmp_path, name, sources, *, noise=0.05, seed=0):
+    """A 24 x 40 image of Gaussian galaxies and PSF stars, its truth, and its catalogue."""
+    from astropy.table import Table
+
+    from tests.fits_factory import make_cutout
+
+    shape = (24, 40)
+    psf_sigma = 1.2
+    clean = np.zeros(shape)
+    for x, y, kind, flux in sources:
+        width = psf_sigma if kind == "star" else float(np.hypot(1.5, psf_sigma))
+        clean += _blob(shape, x, y, width, flux)
+    img = clean + np.random.default_rng(seed).normal(0, noise, shape)
+    path = make_cutout(
+        tmp_path / f"{name}.fits",
+        shape=shape,
+        image=img,
+        sigma=noise,
+        psf=gaussian_psf(11, psf_sigma),
+        header={"MAGZERO": 27.0},
+    )
+    table = Table(
+        {
+            "x": [s[0] for s in sources],
+            "y": [s[1] for s in sources],
+            "kind": [s[2] for s in sources],
+        }
+    )
+    table.write(tmp_path / f"{name}.ecsv", format="ascii.ecsv")
+    return path, clean
+
+
+SCENE_FLAGS = ["--scene", "--steps", "8", "-n", "16", "--cg-iterations", "8", "--device", "cpu"]
+
+
+def test_scene_cli_writes_a_catalogue_model_and_children_that_add_up(tmp_path, capsys, monkeypatch):
+    """Three sources in two blends: the catalogue must have three rows whose fluxes add up
+    to the true total, and the children must share out the data: sum_k child_k equals
+    data - BACKGROUND wherever the sources' model is non-zero (flux conservation)."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from tests.fits_factory import run_cli
+
+    sources = [(8.3, 11.6, "galaxy", 30.0), (12.8, 12.2, "galaxy", 20.0), (30.4, 9.7, "star", 40.0)]
+    path, clean = _scene_file(tmp_path, "scene", sources)
+    code, records, _, err = run_cli(
+        ["separate", path, "--catalog", tmp_path / "scene.ecsv", "--output-dir", tmp_path / "out", "--json",
+         *SCENE_FLAGS],
+        capsys,
+        monkeypatch,
+        prior=_gaussian_priorset(),
+    )
+    assert code in (0, None), err
+    assert records[0]["status"] == "ok"
+    out = tmp_path / "out" / "scene.galprism.fits"
+    cat = Table.read(tmp_path / "out" / "scene.galprism.catalog.ecsv")
+    assert len(cat) == 3
+    assert sorted(set(cat["blend"])) == [0, 1]
+    assert cat["blend"][0] == cat["blend"][1] != cat["blend"][2]
+    assert list(cat["kind"]) == ["galaxy", "galaxy", "star"]
+    total = float(np.sum(cat["flux"]))
+    err_total = float(np.sqrt(np.sum(np.asarray(cat["flux_err"]) ** 2)))
+    assert abs(total - 90.0) < max(4 * err_total, 0.05 * 90.0), (total, err_total)
+    assert abs(float(cat["flux"][2]) - 40.0) < 0.1 * 40.0, cat["flux"][2]
+    with fits.open(out) as hdul:
+        data = fits.getdata(path, "SCI").astype(np.float64)
+        model = hdul["MODEL"].data.astype(np.float64)
+        bkg = hdul["BACKGROUND"].data.astype(np.float64)
+        children = hdul["CHILDREN"].data.astype(np.float64)
+        stamps = hdul["STAMPS"].data
+        resid = hdul["RESID"].data
+        assert hdul["MODEL"].header["CTYPE1"].startswith("RA")
+        assert len(Table.read(hdul["CATALOG"])) == 3
+    assert children.shape == (3, *data.shape)
+    assert stamps.shape == (3, 2, 8, 8)
+    sources_model = model - bkg
+    on = np.abs(sources_model) > 1e-6
+    np.testing.assert_allclose(children.sum(0)[on], (data - bkg)[on], rtol=1e-4, atol=1e-4)
+    assert on.sum() > 100
+    # The model reaches the noise where the sources are.
+    bright = clean > 0.5
+    assert float(np.mean(resid[bright] ** 2)) < 4.0
+
+
+def test_scene_batch_goes_on_past_a_catalogue_with_a_bad_row(tmp_path, capsys, monkeypatch):
+    """A catalogue row with no position fails its input with one line naming the file and the
+    source, exit status 1, while the next input of the batch is written."""
+    from astropy.table import Table
+
+    from tests.fits_factory import run_cli
+
+    good, _ = _scene_file(tmp_path, "good", [(10.0, 12.0, "galaxy", 30.0)])
+    bad, _ = _scene_file(tmp_path, "bad", [(10.0, 12.0, "galaxy", 30.0)], seed=1)
+    table = Table({"id": [1, 2], "x": [10.0, np.nan], "y": [12.0, 5.0]})
+    table.write(tmp_path / "bad.ecsv", format="ascii.ecsv", overwrite=True)
+    code, records, _, err = run_cli(
+        ["separate", bad, good, "--catalog", str(tmp_path / "{stem}.ecsv"), "--output-dir", tmp_path / "out",
+         "--json", *SCENE_FLAGS],
+        capsys,
+        monkeypatch,
+        prior=_gaussian_priorset(),
+    )
+    assert code == 1
+    assert [r["status"] for r in records] == ["error", "ok"]
+    errors = [line for line in err if "error" in line]
+    assert len(errors) == 1 and "bad.ecsv" in errors[0] and "source id 2" in errors[0], err
+    assert (tmp_path / "out" / "good.galprism.fits").exists()
+    assert not (tmp_path / "out" / "bad.galprism.fits").exists()
+    assert (tmp_path / "bad.ecsv").read_text().count("\n") > 2  # the input catalogue is untouched

@@ -147,7 +147,7 @@ def _columns(obs: Observation, stars: np.ndarray, background: bool) -> Tensor:
     c, h, w = obs.shape
     cols = []
     for pos in stars:
-        op = StarOperator(obs.psf, pos, obs.shape, per_band=True, name=f"{obs.name} PSF")
+        op = StarOperator(np.array(obs.psf), pos, obs.shape, per_band=True, name=f"{obs.name} PSF")
         cols.append(op.columns.reshape(c, -1).T)
     if background:
         yy, xx = torch.meshgrid(
@@ -337,7 +337,7 @@ def sample_blend(
         galaxies = x * torch.from_numpy(model.scales)[None, :, None, None, None]
     else:
         lights = torch.zeros(n_s, 0, c, h, w, dtype=torch.float64)
-        galaxies = torch.zeros(n_s, 0, 0, 0, 0, dtype=torch.float64)
+        galaxies = torch.zeros(n_s, 0, c, 1, 1, dtype=torch.float64)
     y = model.y.to(torch.float64)
     if model.linear is None:
         coefficients = torch.zeros(n_s, 0, dtype=torch.float64)

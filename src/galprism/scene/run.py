@@ -401,6 +401,7 @@ def write_scene(
         for p in (path, ecsv):
             if p.exists():
                 raise GalprismError(f"{p}: output exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(fits.HDUList(hdus), path, overwrite=config.overwrite)
     write_catalog(result.catalog, ecsv, overwrite=True)
     return path, ecsv
