@@ -19,7 +19,7 @@ def _smooth_prior(size: int, seed: int) -> GaussianPrior:
     gen = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     p = torch.stack([yy.flatten(), xx.flatten()], 1).to(torch.float64)
-    cov = 0.5 * torch.exp(-torch.cdist(p, p) ** 2 / 2.0) + 1e-3 * torch.eye(size * size)
+    cov = 0.5 * torch.exp(-(torch.cdist(p, p) ** 2) / 2.0) + 1e-3 * torch.eye(size * size)
     r2 = ((p - (size - 1) / 2) ** 2).sum(1)
     mean = (torch.exp(-r2 / 2.0) + 0.05 * torch.rand(size * size, generator=gen)).reshape(
         1, size, size
@@ -59,7 +59,14 @@ def test_two_galaxies_and_a_star_blend_posterior_matches_its_closed_form():
     psf = gaussian_psf(5, 1.0)
     blank = Observation(np.zeros((1, h, w)), np.full((1, h, w), noise), psf, valid=valid.numpy())
     model = build_blend_model(
-        blank, frame, galaxies, scales, stars, star_scale=np.array([3.0]), background_scale=2.0, dtype=torch.float64
+        blank,
+        frame,
+        galaxies,
+        scales,
+        stars,
+        star_scale=np.array([3.0]),
+        background_scale=2.0,
+        dtype=torch.float64,
     )
     m, factor = _dense(model, 2, 1, stamp)
     d = int(np.prod(stamp))
@@ -74,7 +81,14 @@ def test_two_galaxies_and_a_star_blend_posterior_matches_its_closed_form():
         y.reshape(1, h, w).numpy(), np.full((1, h, w), noise), psf, valid=valid.numpy()
     )
     model = build_blend_model(
-        obs, frame, galaxies, scales, stars, star_scale=np.array([3.0]), background_scale=2.0, dtype=torch.float64
+        obs,
+        frame,
+        galaxies,
+        scales,
+        stars,
+        star_scale=np.array([3.0]),
+        background_scale=2.0,
+        dtype=torch.float64,
     )
     g = m @ s @ m.T + noise * torch.eye(h * w, dtype=torch.float64)
     g = g + torch.diag((~valid.reshape(-1)).to(torch.float64))  # masked rows: data 0, no info
@@ -150,7 +164,9 @@ def test_blend_denoiser_is_the_exact_conditional_of_the_marginal_model():
     mu = torch.cat([prior.mean.reshape(-1)] * 2)
     s = torch.block_diag(prior.covariance(), prior.covariance())
     big = torch.cat([torch.eye(2 * d, dtype=torch.float64), mg])
-    noise = torch.block_diag(torch.diag(sig[0] ** 2 * torch.ones(2 * d, dtype=torch.float64)), cov_y)
+    noise = torch.block_diag(
+        torch.diag(sig[0] ** 2 * torch.ones(2 * d, dtype=torch.float64)), cov_y
+    )
     obs_vec = torch.cat([x_t.reshape(-1), model.y.reshape(-1).to(torch.float64)])
     g = big @ s @ big.T + noise
     want = mu + s @ big.T @ torch.linalg.solve(g, obs_vec - big @ mu)
@@ -228,8 +244,16 @@ def test_scene_cli_writes_a_catalogue_model_and_children_that_add_up(tmp_path, c
     sources = [(8.3, 11.6, "galaxy", 30.0), (12.8, 12.2, "galaxy", 20.0), (30.4, 9.7, "star", 40.0)]
     path, clean = _scene_file(tmp_path, "scene", sources)
     code, records, _, err = run_cli(
-        ["separate", path, "--catalog", tmp_path / "scene.ecsv", "--output-dir", tmp_path / "out", "--json",
-         *SCENE_FLAGS],
+        [
+            "separate",
+            path,
+            "--catalog",
+            tmp_path / "scene.ecsv",
+            "--output-dir",
+            tmp_path / "out",
+            "--json",
+            *SCENE_FLAGS,
+        ],
         capsys,
         monkeypatch,
         prior=_gaussian_priorset(),
@@ -278,8 +302,17 @@ def test_scene_batch_goes_on_past_a_catalogue_with_a_bad_row(tmp_path, capsys, m
     table = Table({"id": [1, 2], "x": [10.0, np.nan], "y": [12.0, 5.0]})
     table.write(tmp_path / "bad.ecsv", format="ascii.ecsv", overwrite=True)
     code, records, _, err = run_cli(
-        ["separate", bad, good, "--catalog", str(tmp_path / "{stem}.ecsv"), "--output-dir", tmp_path / "out",
-         "--json", *SCENE_FLAGS],
+        [
+            "separate",
+            bad,
+            good,
+            "--catalog",
+            str(tmp_path / "{stem}.ecsv"),
+            "--output-dir",
+            tmp_path / "out",
+            "--json",
+            *SCENE_FLAGS,
+        ],
         capsys,
         monkeypatch,
         prior=_gaussian_priorset(),

@@ -348,15 +348,19 @@ def sample_blend(
         coefficients = model.linear.sample(residual[None], [linear_generator])[0]
         cols = model.linear.columns[0]  # (n, k)
         n_star_cols = model.n_stars * c
-        stars = torch.stack(
-            [
-                (coefficients[:, j * c : (j + 1) * c] @ cols[:, j * c : (j + 1) * c].T).reshape(
-                    n_s, c, h, w
-                )
-                for j in range(model.n_stars)
-            ],
-            dim=1,
-        ) if model.n_stars else torch.zeros(n_s, 0, c, h, w, dtype=torch.float64)
+        stars = (
+            torch.stack(
+                [
+                    (coefficients[:, j * c : (j + 1) * c] @ cols[:, j * c : (j + 1) * c].T).reshape(
+                        n_s, c, h, w
+                    )
+                    for j in range(model.n_stars)
+                ],
+                dim=1,
+            )
+            if model.n_stars
+            else torch.zeros(n_s, 0, c, h, w, dtype=torch.float64)
+        )
         bkg = (coefficients[:, n_star_cols:] @ cols[:, n_star_cols:].T).reshape(n_s, c, h, w)
     return BlendSamples(
         galaxies=galaxies,

@@ -323,7 +323,9 @@ def _catalog(
     out["x"] = Column(np.asarray(table["x"], float), unit=u.pix, description="0-based column")
     out["y"] = Column(np.asarray(table["y"], float), unit=u.pix, description="0-based row")
     if "ra" in table.colnames:
-        out["ra"] = Column(np.asarray(table["ra"], float), unit=u.deg, description="right ascension")
+        out["ra"] = Column(
+            np.asarray(table["ra"], float), unit=u.deg, description="right ascension"
+        )
         out["dec"] = Column(np.asarray(table["dec"], float), unit=u.deg, description="declination")
     n = fluxes.shape[1]
     out["flux"] = Column(squeeze(fluxes.mean(1)), unit=unit, description="posterior mean flux")
@@ -380,21 +382,46 @@ def write_scene(
     hdus = [
         primary,
         catalog_hdu(result.catalog),
-        image_hdu(plane(result.stamps), "STAMPS", wcs=None, bunit=obs.bunit,
-                  leading=("SOURCE", "STAT", *lead),
-                  cards={"STATDEF": ("0 mean, 1 std", "STAT axis"),
-                         "ORIGIN": ("catalogue stamp_x0, stamp_y0", "first pixel")}),
-        image_hdu(plane(result.model), "MODEL", wcs=obs.wcs, bunit=obs.bunit, leading=lead,
-                  cache=cache),
-        image_hdu(plane(result.background), "BACKGROUND", wcs=obs.wcs, bunit=obs.bunit,
-                  leading=lead, cache=cache),
-        image_hdu(plane(result.resid), "RESID", wcs=obs.wcs, bunit=None, leading=lead,
-                  cards={"RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels")},
-                  cache=cache),
-        image_hdu(plane(result.children), "CHILDREN", wcs=obs.wcs, bunit=obs.bunit,
-                  leading=("SOURCE", *lead),
-                  cards={"CHILDDEF": ("(data - BACKGROUND) * m_k / sum m", "catalogue order")},
-                  cache=cache),
+        image_hdu(
+            plane(result.stamps),
+            "STAMPS",
+            wcs=None,
+            bunit=obs.bunit,
+            leading=("SOURCE", "STAT", *lead),
+            cards={
+                "STATDEF": ("0 mean, 1 std", "STAT axis"),
+                "ORIGIN": ("catalogue stamp_x0, stamp_y0", "first pixel"),
+            },
+        ),
+        image_hdu(
+            plane(result.model), "MODEL", wcs=obs.wcs, bunit=obs.bunit, leading=lead, cache=cache
+        ),
+        image_hdu(
+            plane(result.background),
+            "BACKGROUND",
+            wcs=obs.wcs,
+            bunit=obs.bunit,
+            leading=lead,
+            cache=cache,
+        ),
+        image_hdu(
+            plane(result.resid),
+            "RESID",
+            wcs=obs.wcs,
+            bunit=None,
+            leading=lead,
+            cards={"RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels")},
+            cache=cache,
+        ),
+        image_hdu(
+            plane(result.children),
+            "CHILDREN",
+            wcs=obs.wcs,
+            bunit=obs.bunit,
+            leading=("SOURCE", *lead),
+            cards={"CHILDDEF": ("(data - BACKGROUND) * m_k / sum m", "catalogue order")},
+            cache=cache,
+        ),
     ]
     ecsv = catalog_path_for(path)
     if not config.overwrite:
@@ -446,20 +473,36 @@ def run_scene(
                     raise GalprismError(f"{out}: output exists; pass --overwrite to replace it")
                 obs = read_cutout(path, config.read)
                 result = separate_scene(
-                    obs, prior, config, seed, catalog=catalog, warnings=warnings,
-                    device=device, log=log,
+                    obs,
+                    prior,
+                    config,
+                    seed,
+                    catalog=catalog,
+                    warnings=warnings,
+                    device=device,
+                    log=log,
                 )
                 write_scene(result, Path(out), prior, config)
                 chi2 = [float(v) for v in result.catalog["chi2"]]
                 rec = InputRecord(
-                    path, str(out), "ok", time.perf_counter() - t0, seed,
-                    chi2=float(np.mean(chi2)) if chi2 else None, index=index,
+                    path,
+                    str(out),
+                    "ok",
+                    time.perf_counter() - t0,
+                    seed,
+                    chi2=float(np.mean(chi2)) if chi2 else None,
+                    index=index,
                 )
                 summary.ok += 1
             except (GalprismError, OSError, ValueError, RuntimeError) as exc:
                 rec = InputRecord(
-                    path, None, "error", time.perf_counter() - t0, seed,
-                    error=_error_text(exc, path), index=index,
+                    path,
+                    None,
+                    "error",
+                    time.perf_counter() - t0,
+                    seed,
+                    error=_error_text(exc, path),
+                    index=index,
                 )
                 summary.errors += 1
         if on_record is not None:
