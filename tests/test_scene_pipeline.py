@@ -324,3 +324,35 @@ def test_scene_batch_goes_on_past_a_catalogue_with_a_bad_row(tmp_path, capsys, m
     assert (tmp_path / "out" / "good.galprism.fits").exists()
     assert not (tmp_path / "out" / "bad.galprism.fits").exists()
     assert (tmp_path / "bad.ecsv").read_text().count("\n") > 2  # the input catalogue is untouched
+
+
+def test_scene_catalogue_without_kinds_gets_its_stars_classified(tmp_path, capsys, monkeypatch):
+    """Without a kind column the catalogue's sources are classified: the point source must
+    be modelled as a star (PSF times flux) and the extended ones as galaxies, else a star
+    would be forced through the galaxy prior."""
+    from astropy.table import Table
+
+    from tests.fits_factory import run_cli
+
+    sources = [(8.3, 11.6, "galaxy", 30.0), (12.8, 12.2, "galaxy", 20.0), (30.4, 9.7, "star", 40.0)]
+    path, _ = _scene_file(tmp_path, "scene", sources)
+    Table({"x": [s[0] for s in sources], "y": [s[1] for s in sources]}).write(
+        tmp_path / "plain.ecsv", format="ascii.ecsv"
+    )
+    code, records, _, err = run_cli(
+        [
+            "separate",
+            path,
+            "--catalog",
+            tmp_path / "plain.ecsv",
+            "--output-dir",
+            tmp_path,
+            *SCENE_FLAGS,
+        ],
+        capsys,
+        monkeypatch,
+        prior=_gaussian_priorset(),
+    )
+    assert code in (0, None), err
+    cat = Table.read(tmp_path / "scene.galprism.catalog.ecsv")
+    assert list(cat["kind"]) == ["galaxy", "galaxy", "star"]

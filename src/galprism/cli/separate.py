@@ -400,8 +400,8 @@ def _record_line(rec: Any) -> str:
     "--catalog",
     "catalog",
     metavar="FILE",
-    help="With --scene: ECSV or FITS source list (x/y or ra/dec, optional kind) instead of "
-    "detection ({stem}, {name}, {dir} templates allowed).",
+    help="With --scene: ECSV or FITS source list (x/y or ra/dec; a kind column of galaxy/star, "
+    "else each source is classified) instead of detection ({stem}, {name}, {dir} allowed).",
 )
 @click.option(
     "--method",

@@ -47,9 +47,16 @@ from ..observation import Observation
 from ..separate.config import SeparateConfig
 from ..separate.runner import InputRecord, RunSummary, RunWarnings, _error_text
 from .blends import Blend, group_blends
-from .catalog import catalog_hdu, catalog_path_for, read_catalog, write_catalog
+from .catalog import (
+    _find,
+    _read_table,
+    catalog_hdu,
+    catalog_path_for,
+    normalize_catalog,
+    write_catalog,
+)
 from .classify import star_or_galaxy
-from .detect import detect
+from .detect import _background, detect
 from .model import build_blend_model, flux_scales, sample_blend, typical_flux
 
 __all__ = ["SceneResult", "galaxy_prior", "separate_scene", "write_scene", "run_scene"]
@@ -123,21 +130,30 @@ class SceneResult:
 def _sources(
     obs: Observation, catalog: str | None, warnings: RunWarnings | None
 ) -> tuple[Table, bool]:
-    """The image's sources and whether they were detected (not read from a catalogue)."""
+    """The image's sources and whether they were detected (not read from a catalogue).
+
+    Detected sources, and those of a catalogue without a ``kind`` column, are classified
+    by :func:`~galprism.scene.star_or_galaxy` on the background-subtracted image.
+    """
     if catalog is not None:
-        path = _sidecar_path(catalog, obs.name)
-        return read_catalog(path, shape=obs.shape, wcs=obs.wcs), False
-    found = detect(obs.image, obs.variance, obs.valid, wcs=obs.wcs, name=obs.name)
-    if len(found) == 0:
-        raise InputError(f"{obs.name}: no source detected")
-    table = found.table.copy()
-    data = obs.image - found.background
+        path = Path(_sidecar_path(catalog, obs.name))
+        raw = _read_table(path)
+        table = normalize_catalog(raw, str(path), shape=obs.shape, wcs=obs.wcs)
+        if _find(raw, "kind") is not None:
+            return table, False
+        background = _background(obs.image, obs.valid, None, obs.name)
+    else:
+        found = detect(obs.image, obs.variance, obs.valid, wcs=obs.wcs, name=obs.name)
+        if len(found) == 0:
+            raise InputError(f"{obs.name}: no source detected")
+        table, background = found.table.copy(), found.background
+    data = obs.image - background
     kinds = []
     for x, y in zip(table["x"], table["y"], strict=True):
         fit = star_or_galaxy(data, obs.variance, obs.psf, (float(x), float(y)), valid=obs.valid)
         kinds.append(fit.kind)
     table["kind"] = Column(np.array(kinds, dtype="<U6"), description="galaxy or star")
-    return table, True
+    return table, catalog is None
 
 
 def _measured_fluxes(box: Observation, positions: np.ndarray, radius: float) -> np.ndarray:
