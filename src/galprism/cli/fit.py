@@ -62,7 +62,12 @@ def _view_option(spec: str) -> dict[str, Any]:
     type=click.Choice(["stagewise", "joint"]),
     help="How views are used (default stagewise).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (auto under torchrun: cuda:LOCAL_RANK).",
+)
 @click.option(
     "--resume/--no-resume",
     default=True,
@@ -157,18 +162,22 @@ def fit(
             for point in summary["tau_selection"]["curve"]:
                 click.echo(f"galprism: tau curve: {json.dumps(point)}", err=True)
     else:
+        from ..em.distributed import auto_device, env_rank
+
         device = kw["device"]
         if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = auto_device()
+        # Under torchrun every process runs the fit; rank 0 writes and reports.
+        silent = (env_rank() or (0, 1, 0))[0] != 0
         result = fit_priors(
             spec,
             run_dir,
             device=device,
             resume=kw["resume"],
-            progress=None if not kw["quiet"] else False,
+            progress=None if not kw["quiet"] and not silent else False,
         )
+        if silent:
+            return
         summary = {
             "method": "diffusion",
             "prior": str(result.priors.path),

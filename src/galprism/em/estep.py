@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..diffusion import SamplerConfig
 from ..posterior import sample_posterior
+from .distributed import observation_generators
 from .views import View
 
 __all__ = ["EStepResult", "posterior_samples"]
@@ -64,6 +65,7 @@ def posterior_samples(
     reject_chi2: float = 0.0,
     redraws: int = 0,
     progress: Callable[..., None] | None = None,
+    observation_seed: int | None = None,
 ) -> EStepResult:
     """One posterior sample per observation ``index`` of ``view``, redrawing failures.
 
@@ -80,21 +82,29 @@ def posterior_samples(
     batch
         Observations per sampler call.
     generator
-        Source of all noise.
+        Source of all noise (unless ``observation_seed`` is given).
     device
         Where sampling runs; samples come back on the CPU.
     reject_chi2, redraws
         Data-fit threshold (0 = no check) and number of redraw rounds.
     progress
         Called after each sampler call.
+    observation_seed
+        When given, observation ``i``'s noise comes from its own generator, seeded from
+        ``(observation_seed, i, attempt)``
+        (:func:`~galprism.em.distributed.observation_generators`): its sample then depends
+        neither on the other observations of its batch nor on which process draws it.
     """
-    x = _draw(
-        view, priors, index, sampler, cg_iterations, trust, batch, generator, device, progress
-    )
+    if index.numel() == 0:  # a process with no share of a small E-step
+        x = view.y.new_zeros((0, len(priors), *view.source_shape))
+        empty = view.y.new_zeros(0)
+        return EStepResult(x, index, empty, empty.bool(), 0)
+    gens = _seeded(generator, observation_seed)
+    x = _draw(view, priors, index, sampler, cg_iterations, trust, batch, gens(0), device, progress)
     chi2 = view.chi2_per_observation(x, index)
     redrawn = 0
     if reject_chi2 > 0:
-        for _ in range(redraws):
+        for attempt in range(1, redraws + 1):
             bad = torch.nonzero(chi2 > reject_chi2)[:, 0]
             if bad.numel() == 0:
                 break
@@ -107,13 +117,24 @@ def posterior_samples(
                 cg_iterations,
                 trust,
                 batch,
-                generator,
+                gens(attempt),
                 device,
                 None,
             )
             chi2[bad] = view.chi2_per_observation(x[bad], index[bad])
     failed = chi2 > reject_chi2 if reject_chi2 > 0 else torch.zeros_like(chi2, dtype=torch.bool)
     return EStepResult(x, index, chi2, failed, redrawn)
+
+
+#: ``generators(index)`` -> the noise source of a sampler call on observations ``index``
+Noise = Callable[[Tensor], torch.Generator | list[torch.Generator]]
+
+
+def _seeded(generator: torch.Generator, seed: int | None) -> Callable[[int], Noise]:
+    """``attempt -> noise source``: the shared ``generator``, or per-observation ones."""
+    if seed is None:
+        return lambda attempt: lambda idx: generator
+    return lambda attempt: lambda idx: observation_generators(seed, idx, attempt)
 
 
 def _draw(
@@ -124,7 +145,7 @@ def _draw(
     cg_iterations: int,
     trust: float,
     batch: int,
-    generator: torch.Generator,
+    generators: Noise,
     device: torch.device | str,
     progress: Callable[..., None] | None,
 ) -> Tensor:
@@ -140,7 +161,7 @@ def _draw(
             n_samples=1,
             config=sampler,
             cg_iterations=cg_iterations,
-            generators=generator,
+            generators=generators(idx),
             trust=trust,
         )
         out.append(x[:, 0].cpu())
