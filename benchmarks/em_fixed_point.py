@@ -147,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     mview = problem.views[1]
     view = View.from_source_sum(mview.name, names, mview.y, mview.noise_var, mview.operator)
     sampler = SamplerConfig(
-        args.sampler, args.steps, eta=args.eta, corrections=args.corrections, tau=0.1
+        args.sampler,
+        args.steps,
+        eta=args.eta,
+        corrections=args.corrections,
+        tau=0.1,
+        n_samples=1,
+        cg_iterations=3,
+        trust=4.0,
     )
     from galprism.metrics import wasserstein_divergence
 
@@ -167,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
             [oracle1, current],
             index,
             sampler,
-            cg_iterations=3,
-            trust=4.0,
             batch=args.estep,
             generator=gen,
             reject_chi2=args.reject_chi2,

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from galprism.diffusion import SamplerConfig
     from galprism.errors import ConfigError
     from galprism.metrics import mean_psnr
-    from galprism.posterior import sample_posterior, sample_prior
+    from galprism.sampling import sample_posterior, sample_prior
 
     t_start = time.perf_counter()
     config = run_config(args.run_dir, [args.lap])
@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             corrections=int(k) if method == "pc" else 1,
             particles=int(k) if method == "smc" else 16,
             tau=0.1,
+            n_samples=1,
+            cg_iterations=config.cg_iterations,
+            trust=config.trust,
         )
         t0 = time.perf_counter()
         x = sample_posterior(
@@ -155,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             view.operator.take(index),
             view.y[index],
             view.noise_var[index],
-            config=cfg,
-            cg_iterations=config.cg_iterations,
-            trust=config.trust,
+            cfg,
             generators=gen,
         )[:, 0]
         seconds = time.perf_counter() - t0

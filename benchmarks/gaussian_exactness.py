@@ -17,7 +17,7 @@ import time
 import torch
 
 from galprism.diffusion.samplers import SamplerConfig
-from galprism.posterior import sample_posterior
+from galprism.sampling import sample_posterior
 from galprism.testing import exactness_errors, gaussian_problem
 
 
@@ -42,9 +42,9 @@ def main() -> None:
         prob.operator,
         prob.y,
         prob.noise_var,
-        n_samples=args.n_samples,
-        config=SamplerConfig(method=args.sampler, steps=args.steps),
-        cg_iterations=cg,
+        SamplerConfig(
+            method=args.sampler, steps=args.steps, n_samples=args.n_samples, cg_iterations=cg
+        ),
         generators=torch.Generator().manual_seed(args.seed + 1),
     )
     seconds = time.perf_counter() - t0

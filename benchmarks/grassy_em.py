@@ -28,6 +28,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ def digit_scores(
     """Digit PSNR of one posterior sample and of the posterior mean on a mixed view."""
     from galprism.em import View
     from galprism.metrics import mean_psnr
-    from galprism.posterior import sample_posterior
+    from galprism.sampling import sample_posterior
 
     v = View.from_source_sum("mixed", ["grass", "digit"], view.y, view.noise_var, view.operator)
     gen = torch.Generator().manual_seed(seed)
@@ -54,9 +55,7 @@ def digit_scores(
                 v.operator,
                 v.y[sl],
                 v.noise_var[sl],
-                n_samples=n_samples,
-                config=sampler,
-                cg_iterations=cg,
+                replace(sampler, n_samples=n_samples, cg_iterations=cg, trust=4.0),
                 generators=gen,
             )[:, :, 1]
         )

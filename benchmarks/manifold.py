@@ -209,7 +209,7 @@ def evaluate(
     the paper's Sinkhorn divergence (minutes per call for a poor model, docs/metrics.md)."""
     from galprism.diffusion import SamplerConfig
     from galprism.metrics import mean_psnr, sinkhorn_divergence_details, wasserstein_divergence
-    from galprism.posterior import sample_posterior, sample_prior
+    from galprism.sampling import sample_posterior, sample_prior
 
     em = settings["em"]
     n = settings["eval_n"]
@@ -220,6 +220,9 @@ def evaluate(
         corrections=settings["eval_corrections"],
         tau=0.1,
         particles=settings.get("eval_particles") or em.get("particles", 16),
+        n_samples=1,
+        cg_iterations=em["cg_iterations"],
+        trust=em["trust"],
     )
     gen = torch.Generator().manual_seed(10_000 + seed)
     names = problem.source_names
@@ -253,10 +256,8 @@ def evaluate(
                         op,
                         view.y[i],
                         view.noise_var[i],
-                        config=sampler,
-                        cg_iterations=em["cg_iterations"],
+                        sampler,
                         generators=gen,
-                        trust=em["trust"],
                     )[:, 0]
                 )
             cache[v] = torch.cat(xs)
@@ -317,7 +318,7 @@ def prior_samples(prior: torch.nn.Module, n: int) -> torch.Tensor:
     """``n`` samples of one prior, drawn with 64 PC steps so that the sampler does not blur
     a sharp prior."""
     from galprism.diffusion import SamplerConfig
-    from galprism.posterior import sample_prior
+    from galprism.sampling import sample_prior
 
     return sample_prior(
         [prior],

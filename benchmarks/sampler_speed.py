@@ -15,13 +15,14 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
 from galprism.diffusion import DiffusionPrior, SamplerConfig, VESchedule
 from galprism.diffusion.samplers import denoiser_calls
 from galprism.operators import Composition, Convolve, Mask, SourceSum
-from galprism.posterior import sample_posterior
+from galprism.sampling import sample_posterior
 
 
 def _sync(device: torch.device) -> None:
@@ -109,9 +110,7 @@ def main() -> None:
                 op,
                 y[:1],
                 noise_var[:1],
-                n_samples=args.batch,
-                config=config,
-                cg_iterations=cg,
+                replace(config, n_samples=args.batch, cg_iterations=cg, trust=4.0),
                 generators=torch.Generator().manual_seed(r),
             )
             _sync(device)

@@ -99,12 +99,13 @@ def write_cutouts(
 
 
 def run_once(prior, paths: list[str], out: Path, device: str, args: argparse.Namespace) -> dict:
+    from galprism.diffusion import SamplerConfig
     from galprism.separate import RunWarnings, SeparateConfig, run_separate
 
     config = SeparateConfig(
-        n_samples=args.n_samples,
-        steps=args.steps,
-        cg_iterations=args.cg_iterations,
+        sampler=SamplerConfig(
+            n_samples=args.n_samples, steps=args.steps, cg_iterations=args.cg_iterations
+        ),
         batch_size=args.batch_size,
         device=device,
         output_dir=out,
@@ -180,12 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
+    from galprism.diffusion import SamplerConfig
     from galprism.priorset import load_priorset
-    from galprism.separate import DEFAULTS
+    from galprism.separate import SeparateConfig
 
+    defaults = {**SamplerConfig().to_dict(), "batch_size": SeparateConfig().batch_size}
     for key in ("steps", "cg_iterations", "batch_size"):
         if getattr(args, key) is None:
-            setattr(args, key, DEFAULTS[key])
+            setattr(args, key, defaults[key])
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = (
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "prior": prior.name,
         "prior_sha256": prior.sha256,
         "method": prior.method,
-        "prior_shape": list(prior.shape),
+        "prior_shape": list(prior.frame.shape),
         "n_cutouts": args.n_cutouts,
         "n_samples": args.n_samples,
         "steps": args.steps,
@@ -216,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         (tmp_path / "in").mkdir()
         paths = write_cutouts(
-            tmp_path / "in", args.n_cutouts, tuple(prior.shape), prior.pixel_scale, prior.zeropoint
+            tmp_path / "in",
+            args.n_cutouts,
+            tuple(prior.frame.shape),
+            prior.frame.pixel_scale,
+            prior.frame.zeropoint,
         )
         for device in devices:
             out = tmp_path / f"out-{device.replace(':', '')}"

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from galprism.diffusion import SamplerConfig
 from galprism.priorset import load_priorset
 from galprism.separate import SeparateConfig, run_separate
 
@@ -53,7 +54,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         inputs = [str(args.testset / t.name.replace(".truth.fits", ".fits")) for t in picked]
         config = SeparateConfig(
-            output_dir=Path(tmp), steps=args.steps, cg_iterations=args.cg_iterations
+            output_dir=Path(tmp),
+            sampler=SamplerConfig(steps=args.steps, cg_iterations=args.cg_iterations),
         )
         if run_separate(inputs, prior, config).exit_code != 0:
             raise SystemExit("separation failed")

@@ -33,6 +33,7 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
+from galprism.diffusion import SamplerConfig
 from galprism.freeform import FreeformConfig
 from galprism.priorset import load_priorset
 from galprism.separate import SeparateConfig, run_separate
@@ -89,7 +90,7 @@ def main() -> None:
         for k, v in (
             ("steps", args.steps),
             ("cg_iterations", args.cg_iterations),
-            ("sampler", args.sampler),
+            ("method", args.sampler),
         )
         if v is not None
     }
@@ -112,7 +113,13 @@ def main() -> None:
             out = Path(tmp) / f"out_{name}"
             out.mkdir()
             summary = run_separate(
-                [str(f) for f in files], prior, SeparateConfig(output_dir=out, **options)
+                [str(f) for f in files],
+                prior,
+                SeparateConfig(
+                    output_dir=out,
+                    sampler=SamplerConfig(**{k: v for k, v in options.items() if k != "freeform"}),
+                    **({"freeform": options["freeform"]} if "freeform" in options else {}),
+                ),
             )
             if summary.exit_code != 0:
                 raise SystemExit(f"{name}: separation failed")

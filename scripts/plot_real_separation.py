@@ -37,6 +37,7 @@ from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterv
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from galprism.diffusion import SamplerConfig  # noqa: E402
 from galprism.freeform import FreeformConfig  # noqa: E402
 from galprism.io.flux import noise_matched_zeropoint  # noqa: E402
 from galprism.io.read import ReadOptions  # noqa: E402
@@ -98,7 +99,7 @@ def main() -> None:
                 for k, v in (
                     ("steps", args.steps),
                     ("cg_iterations", args.cg_iterations),
-                    ("sampler", args.sampler),
+                    ("method", args.sampler),
                 )
                 if v is not None
             }
@@ -112,7 +113,17 @@ def main() -> None:
                 zp = cutout_zeropoint(ROOT / name)
             read = ReadOptions(zeropoint=zp)
             summary = run_separate(
-                [str(ROOT / name)], prior, SeparateConfig(output=out, read=read, **options)
+                [str(ROOT / name)],
+                prior,
+                SeparateConfig(
+                    output=out,
+                    read=read,
+                    seed=options["seed"],
+                    sampler=SamplerConfig(
+                        **{k: v for k, v in options.items() if k not in ("seed", "freeform")}
+                    ),
+                    **({"freeform": options["freeform"]} if "freeform" in options else {}),
+                ),
             )
             if summary.exit_code != 0:
                 raise SystemExit(f"{name}: separation failed")

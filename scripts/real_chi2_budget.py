@@ -70,7 +70,7 @@ def main() -> None:
             for s, p in zip(prior.sources, prior.priors, strict=True)
             if hasattr(p, "schedule")
         }
-        flux_scale = prior.flux_scale * 10 ** (
+        flux_scale = prior.frame.flux_scale * 10 ** (
             -0.4 * (float(hdr["ZPINPUT"]) - float(hdr["ZPPRIOR"]))
         )
     except Exception:  # a prior folder not found from here: report without it

@@ -16,6 +16,10 @@ import torch
 from astropy.io import fits
 from astropy.wcs import WCS, Sip
 
+from galprism.diffusion.samplers import SamplerConfig
+from galprism.frame import Frame
+from galprism.separate import Capabilities
+
 HSC_PLANES = {
     "BAD": 0,
     "SAT": 1,
@@ -219,21 +223,29 @@ class FakePrior:
         self.name = "fake"
         self.sources = list(sources)
         self.shape = tuple(shape)
-        self.pixel_scale = pixel_scale
-        self.zeropoint = zeropoint
-        self.bunit = bunit
+        self.frame = Frame(self.shape, pixel_scale=pixel_scale, zeropoint=zeropoint, bunit=bunit)
         self.method = method
         self.sha256 = hashlib.sha256(b"fake prior").hexdigest()
         self.jitter = jitter
         self.fail_value = fail_value
         self.point_estimate = point_estimate
+        self.support: dict = {}
+        # The stand-in's "samples" are no posterior: free-form components would whiten the
+        # data it echoes, so it declares none.
+        self.capabilities = (
+            Capabilities(
+                posterior_samples=False, source_supports=False, freeform=False, psf_included=True
+            )
+            if method == "asvd"
+            else Capabilities(freeform=False)
+        )
         self.calls: list[dict] = []
 
     def describe(self) -> dict:
         return {
             "name": self.name,
             "sources": self.sources,
-            "pixel_scale": self.pixel_scale,
+            "pixel_scale": self.frame.pixel_scale,
             "training_data": "none (test stand-in)",
         }
 
@@ -246,22 +258,20 @@ class FakePrior:
         y,
         noise_var,
         operator,
+        sampler=None,
         *,
-        n_samples,
-        steps,
-        cg_iterations,
-        sampler="pc",
         generators=None,
         device="cpu",
-        trust=0.0,
-        particles=16,
     ):
+        sampler = sampler if sampler is not None else SamplerConfig()
+        n_samples = sampler.n_samples
         self.calls.append(
             {
                 "y": y.clone(),
                 "noise_var": noise_var.clone(),
                 "operator": operator,
                 "n_samples": n_samples,
+                "sampler": sampler,
                 "generators": generators,
             }
         )
@@ -310,14 +320,14 @@ def run_cli(argv, capsys, monkeypatch, *, prior=None, stdin: str | None = None):
 
 
 def spy_smc_particles(monkeypatch) -> list[int]:
-    """Record the particle count of every SMC sampler run (``galprism.posterior.sample_smc``), so a test checks
-    what SMC really ran with, not only the setting a header or summary claims."""
-    import galprism.posterior
+    """Record the particle count of every SMC sampler run (``galprism.sampling.sample_smc``), so
+    a test checks what SMC really ran with, not only the setting a header or summary claims."""
+    import galprism.sampling
 
     used: list[int] = []
-    real_smc = galprism.posterior.sample_smc
+    real_smc = galprism.sampling.sample_smc
     monkeypatch.setattr(
-        galprism.posterior,
+        galprism.sampling,
         "sample_smc",
         lambda post, config, **kw: used.append(config.particles) or real_smc(post, config, **kw),
     )

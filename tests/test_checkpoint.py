@@ -9,6 +9,7 @@ import torch
 from galprism.checkpoint import PriorCheckpoint, load_prior, save_prior
 from galprism.diffusion import DiffusionPrior, VESchedule
 from galprism.errors import CheckpointError, ConfigError
+from galprism.frame import Frame
 from galprism.gaussian import GaussianPrior
 from galprism.priorset import PriorSet, load_priorset
 
@@ -35,15 +36,9 @@ def test_diffusion_and_gaussian_priors_round_trip(tmp_path):
     x = torch.randn(3, 1, 8, 8)
     for prior in (diff, gauss):
         path = tmp_path / "p.pt"
-        save_prior(
-            PriorCheckpoint(prior, "galaxy", 0.168, {"flux_scale": 2.0, "zeropoint": 27.0}), path
-        )
+        save_prior(PriorCheckpoint(prior, "galaxy", {"data": "unit test"}), path)
         got = load_prior(path)
-        assert (
-            got.name == "galaxy"
-            and got.pixel_scale == 0.168
-            and got.normalisation["zeropoint"] == 27.0
-        )
+        assert got.name == "galaxy" and got.metadata == {"data": "unit test"}
         assert torch.allclose(got.prior.denoise(x, 0.5), prior.denoise(x, 0.5), atol=1e-6)
         assert not any(p.requires_grad for p in got.prior.parameters())
 
@@ -100,16 +95,17 @@ def test_prior_folder_round_trip_and_errors(tmp_path):
         "diffusion",
         ["galaxy", "sky"],
         priors,
-        (1, 8, 8),
-        0.168,
-        27.0,
-        "count",
-        0.5,
+        Frame((1, 8, 8), pixel_scale=0.168, zeropoint=27.0, bunit="count", flux_scale=0.5),
         manifest={"training": {"data": "unit test"}},
     )
     ps.save(tmp_path / "prior")
     got = load_priorset(tmp_path / "prior")
-    assert got.sources == ["galaxy", "sky"] and got.flux_scale == 0.5 and got.sha256 == ps.sha256
+    assert (
+        got.sources == ["galaxy", "sky"] and got.frame.flux_scale == 0.5 and got.sha256 == ps.sha256
+    )
+    assert got.frame == ps.frame, "the frame must be stored once and read back whole"
+    manifest = json.loads((tmp_path / "prior" / "prior.json").read_text())
+    assert "pixel_scale" not in manifest and manifest["frame"]["pixel_scale"] == 0.168
     assert got.describe()["training"] == {"data": "unit test"}
     with pytest.raises(ConfigError, match="already holds"):
         ps.save(tmp_path / "prior")
@@ -127,72 +123,25 @@ def test_prior_folder_round_trip_and_errors(tmp_path):
 
 def test_priorset_separate_converts_flux_units():
     """Separating data in data units must equal separating scaled data in prior units."""
+    from galprism.diffusion import SamplerConfig
     from galprism.testing import gaussian_problem
 
     prob = gaussian_problem(size=4, seed=0)
-    ps = PriorSet("g", "gaussian", ["a", "b"], prob.priors, (1, 4, 4), flux_scale=3.0)
+    ps = PriorSet("g", "gaussian", ["a", "b"], prob.priors, Frame((1, 4, 4), flux_scale=3.0))
     gens = [torch.Generator().manual_seed(1)]
     x = ps.separate(
-        prob.y * 3.0, prob.noise_var * 9.0, prob.operator, n_samples=2, steps=4, generators=gens
+        prob.y * 3.0,
+        prob.noise_var * 9.0,
+        prob.operator,
+        SamplerConfig(n_samples=2, steps=4),
+        generators=gens,
     )
-    ps1 = PriorSet("g", "gaussian", ["a", "b"], prob.priors, (1, 4, 4), flux_scale=1.0)
+    ps1 = PriorSet("g", "gaussian", ["a", "b"], prob.priors, Frame((1, 4, 4)))
     x1 = ps1.separate(
         prob.y,
         prob.noise_var,
         prob.operator,
-        n_samples=2,
-        steps=4,
+        SamplerConfig(n_samples=2, steps=4),
         generators=[torch.Generator().manual_seed(1)],
     )
     assert torch.allclose(x, 3.0 * x1, atol=1e-8)
-
-
-def test_composed_prior_takes_each_source_from_its_part(tmp_path):
-    """compose_priorsets pairs sources of two folders and refuses parts that disagree.
-
-    Fails if a composed source is not its part's network, if the provenance of a part is
-    lost, or if parts of different flux scales are accepted (the networks would then see
-    data in two normalisations).
-    """
-    from galprism.priorset import compose_priorsets
-
-    g1, g2 = (
-        GaussianPrior.fit(torch.randn(40, 1, 8, 8), 3),
-        GaussianPrior.fit(torch.randn(40, 1, 8, 8) * 2, 3),
-    )
-    a = PriorSet(
-        "a",
-        "gaussian",
-        ["galaxy", "sky"],
-        [g1, g1],
-        (1, 8, 8),
-        0.168,
-        27.0,
-        "count",
-        0.5,
-        manifest={"training": {"run": "a"}},
-        support={"galaxy": "auto:5"},
-    )
-    b = PriorSet(
-        "b",
-        "gaussian",
-        ["sky"],
-        [g2],
-        (1, 8, 8),
-        0.168,
-        27.0,
-        "count",
-        0.5,
-        manifest={"training": {"run": "b"}},
-    )
-    ps = compose_priorsets("c", [("galaxy", a), ("sky", b)])
-    assert ps.priors[0] is g1 and ps.priors[1] is g2 and str(ps.support["galaxy"]) == "auto:5"
-    ps.save(tmp_path / "c")
-    got = load_priorset(tmp_path / "c")
-    assert got.describe()["training"]["composed_from"]["sky"]["training"] == {"run": "b"}
-    assert torch.equal(got.priors[1].mean, g2.mean)
-    b.flux_scale = 0.6
-    with pytest.raises(ConfigError, match="flux_scale"):
-        compose_priorsets("c", [("galaxy", a), ("sky", b)])
-    with pytest.raises(ConfigError, match="no source 'galaxy'"):
-        compose_priorsets("c", [("galaxy", b)])

@@ -15,7 +15,7 @@ from galprism.diffusion import (
 )
 from galprism.gaussian import GaussianPrior
 from galprism.nn import MLP, UNet
-from galprism.posterior import sample_prior
+from galprism.sampling import sample_prior
 
 
 def _bars():

@@ -210,10 +210,8 @@ def test_observation_samples_do_not_depend_on_their_batch():
         for _ in view.sources
     ]
     index = torch.arange(12)
-    kw = dict(
-        cg_iterations=3, trust=4.0, generator=torch.Generator().manual_seed(0), observation_seed=7
-    )
-    sampler = SamplerConfig("pc", 4)
+    kw = dict(generator=torch.Generator().manual_seed(0), observation_seed=7)
+    sampler = SamplerConfig("pc", 4, cg_iterations=3, trust=4.0)
     whole = posterior_samples(view, priors, index, sampler, batch=12, **kw).x
     parts = torch.cat(
         [

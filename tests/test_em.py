@@ -14,11 +14,12 @@ import pytest
 import torch
 from paper.manifold import contrastive_problem
 
+from galprism.diffusion import SamplerConfig
 from galprism.em import EMConfig, RunStore, View, run_em
 from galprism.errors import ConfigError, GalprismError, ShapeError
 from galprism.metrics import wasserstein_divergence
 from galprism.operators import MatrixOperator, SourceSum
-from galprism.posterior import sample_prior
+from galprism.sampling import sample_prior
 
 
 def _views(problem) -> list[View]:
@@ -126,8 +127,9 @@ def test_em_beats_its_gaussian_warm_start_on_the_manifold_problem(tmp_path):
         )
     gen = torch.Generator().manual_seed(0)
     n = 1024
-    learned = sample_prior(list(result.priors.priors), n, generators=gen)
-    gauss = sample_prior(list(result.gaussian_priors.priors), n, generators=gen)
+    pc64 = SamplerConfig("pc", 64)
+    learned = sample_prior(list(result.priors.priors), n, config=pc64, generators=gen)
+    gauss = sample_prior(list(result.gaussian_priors.priors), n, config=pc64, generators=gen)
     for b, name in enumerate(problem.source_names):
         truth = problem.sample_source(b, n, seed=9)
         w_learned = wasserstein_divergence(learned[:, b], truth)

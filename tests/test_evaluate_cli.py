@@ -18,6 +18,7 @@ import pytest
 import torch
 from fits_factory import run_cli, spy_smc_particles
 
+from galprism.frame import Frame
 from galprism.gaussian import GaussianPrior
 from galprism.priorset import PriorSet
 
@@ -60,11 +61,7 @@ def gaussian_priorset(name: str, truths: dict[str, np.ndarray], rank: int, folde
         "gaussian",
         ["galaxy", "sky"],
         [GaussianPrior.fit(stack[k], rank) for k in ("galaxy", "sky")],
-        (1, 48, 48),
-        pixel_scale=0.168,
-        zeropoint=27.0,
-        bunit="count",
-        flux_scale=scale,
+        Frame((1, 48, 48), pixel_scale=0.168, zeropoint=27.0, bunit="count", flux_scale=scale),
     )
     return ps.save(folder)
 

@@ -11,6 +11,8 @@ import pytest
 from astropy.io import fits
 from fits_factory import FakePrior, galaxy_image, gaussian_psf, make_cutout, run_cli
 
+from galprism.notes import Note, NoteKind
+
 
 def test_logprob_scores_sample_and_separate_outputs_of_the_builtin_prior(
     tmp_path, capsys, monkeypatch
@@ -244,7 +246,9 @@ def test_off_centre_psf_is_recentred_with_its_flux():
     cy = (out.sum(1) * r).sum() / out.sum()
     assert abs(cx) < 0.01 and abs(cy) < 0.01, (cx, cy)
     assert out.sum() == pytest.approx(2.5, rel=1e-12)
-    assert out.shape[0] % 2 == 1 and notes == ["PSF p.fits re-centred by (-1.40, +0.80) px"]
+    assert out.shape[0] % 2 == 1 and notes == [
+        Note(NoteKind.PSF_RECENTERED, "PSF p.fits re-centred by (-1.40, +0.80) px")
+    ]
     kept, notes = recenter_psf(_shifted_psf(15, 0.5, 0.3), "p.fits")
     assert notes == [] and kept.shape == (15, 15), "a PSF within tolerance must stay as it is"
 
@@ -262,7 +266,12 @@ def test_even_sized_psf_is_padded_and_recentred(tmp_path, capsys, monkeypatch):
     assert out.shape[0] % 2 == 1 and out.shape[0] == out.shape[1]
     assert abs((out.sum(0) * c).sum()) < 0.01 and abs((out.sum(1) * c).sum()) < 0.01
     assert out.sum() == pytest.approx(1.0, rel=1e-12)
-    assert notes == ["PSF p.fits padded from 10x10 to 11x11 and re-centred by (+0.50, +0.50) px"]
+    assert notes == [
+        Note(
+            NoteKind.PSF_RECENTERED,
+            "PSF p.fits padded from 10x10 to 11x11 and re-centred by (+0.50, +0.50) px",
+        )
+    ]
 
     cut = make_cutout(tmp_path / "c.fits", psf=psf)
     code, _, _, err = run_cli(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from galprism.diffusion import SamplerConfig
 from galprism.errors import ConfigError
 from galprism.freeform import (
     Box,
@@ -56,7 +57,8 @@ def test_whitened_likelihood_gives_the_exact_marginal_posterior_denoiser():
     model, valid = _model(prob)
     # as in a cutout, masked pixels are masked in the operator too
     operator = SourceSum([Composition([Mask(valid[0]), op]) for op in prob.operator.ops])
-    y_w, nv_w, op_w = model.whiten(prob.y * valid, operator)
+    y_w, nv_w = model.whiten(prob.y * valid)
+    op_w = SourceSum([Composition([*model.whitening(), op]) for op in operator.ops])
     assert torch.equal(nv_w, torch.ones_like(nv_w))
     post = JointPosterior(prob.priors, op_w, y_w, nv_w, cg_iterations=y_w[0].numel() + 8)
     t = torch.tensor(0.5, dtype=torch.float64)
@@ -257,8 +259,13 @@ def test_real_hsc_blend_star_gets_a_box_and_the_fit_reaches_the_noise(tmp_path):
         summary = run_separate(
             [str(cutout)],
             prior,
-            # 48x58 pixels: the centred 48x48 cutout of the prior's footprint is asked for
-            SeparateConfig(output=out, n_samples=2, steps=16, freeform=ff, center=(24.0, 29.0)),
+            # 48x58 pixels: the centered 48x48 cutout of the prior's footprint is asked for
+            SeparateConfig(
+                output=out,
+                sampler=SamplerConfig(n_samples=2, steps=16),
+                freeform=ff,
+                center=(24.0, 29.0),
+            ),
         )
         assert summary.exit_code == 0
         with fits.open(out) as h:
@@ -301,9 +308,13 @@ def test_residual_boxes_take_the_cores_the_prior_draws_too_faint(tmp_path):
         summary = run_separate(
             [str(cutout)],
             prior,
-            # 50x50 pixels: the centred 48x48 cutout of the prior's footprint is asked for
+            # 50x50 pixels: the centered 48x48 cutout of the prior's footprint is asked for
             SeparateConfig(
-                output=out, n_samples=2, steps=16, freeform=ff, read=read, center=(25.0, 25.0)
+                output=out,
+                sampler=SamplerConfig(n_samples=2, steps=16),
+                freeform=ff,
+                read=read,
+                center=(25.0, 25.0),
             ),
         )
         assert summary.exit_code == 0

@@ -12,6 +12,7 @@ from fits_factory import HSC_PLANES, gaussian_psf, make_cutout
 from galprism.errors import InputError, PSFError
 from galprism.io.masks import DEFAULT_BAD_PLANES
 from galprism.io.read import ReadOptions, output_stem, read_cutout
+from galprism.observation import NoteKind
 
 
 def test_image_in_sci_image_or_primary_hdu(tmp_path):
@@ -69,7 +70,9 @@ def test_psf_is_normalised_with_a_note(tmp_path):
     p = make_cutout(tmp_path / "a.fits", psf=gaussian_psf(9, 1.0, total=3.0))
     obs = read_cutout(p)
     assert abs(obs.psf.sum() - 1) < 1e-6, "PSF not normalised to unit sum"
-    assert any("renormalised" in n for n in obs.notes), f"renormalisation not reported: {obs.notes}"
+    assert any(
+        n.kind is NoteKind.PSF_RENORMALISED and "renormalised" in n.text for n in obs.notes
+    ), f"renormalisation not reported: {obs.notes}"
 
 
 def test_mask_planes_default_and_names(tmp_path):
@@ -141,7 +144,10 @@ def test_noise_sigma_option_and_estimate(tmp_path):
     obs = read_cutout(p)
     est = float(np.sqrt(obs.variance[0, 0, 0]))
     assert abs(est - 0.2) < 0.02, f"estimated sigma {est} far from the true 0.2"
-    assert any(n.startswith("noise estimated") for n in obs.notes), "estimation must be reported"
+    assert any(
+        n.kind is NoteKind.NOISE_ESTIMATED and n.text.startswith("noise estimated")
+        for n in obs.notes
+    ), "estimation must be reported"
     obs = read_cutout(p, ReadOptions(noise_sigma="0.5"))
     np.testing.assert_allclose(obs.variance, 0.25)
 

@@ -149,7 +149,7 @@ def test_shape_errors_name_the_operator():
         (torch.ones(4, 5), "even"),
         (torch.tensor([[1.0, float("nan"), 1.0]] * 3), "non-finite"),
         (-torch.ones(3, 3), "cannot be normalised"),
-        (torch.nn.functional.pad(torch.ones(3, 3), (6, 0, 0, 0)), "off-centre"),
+        (torch.nn.functional.pad(torch.ones(3, 3), (6, 0, 0, 0)), "off-center"),
         (torch.ones(5), "2-D"),
     ],
 )

@@ -8,7 +8,8 @@ from galprism.errors import InputError, ShapeError
 from galprism.gaussian import GaussianPrior
 from galprism.linalg import conjugate_gradient
 from galprism.operators import Identity, SourceSum
-from galprism.posterior import JointPosterior, sample_posterior
+from galprism.posterior import JointPosterior
+from galprism.sampling import sample_posterior
 from galprism.testing import exactness_errors, gaussian_problem
 
 
@@ -25,9 +26,9 @@ def test_posterior_samples_match_closed_form_gaussian_posterior():
         prob.operator,
         prob.y,
         prob.noise_var,
-        n_samples=n,
-        config=SamplerConfig(method="pc", steps=32),
-        cg_iterations=prob.y[0].numel(),
+        SamplerConfig(
+            method="pc", steps=32, n_samples=n, cg_iterations=prob.y[0].numel(), trust=4.0
+        ),
         generators=torch.Generator().manual_seed(1),
     )
     mean_err, std_err = exactness_errors(x[0].reshape(n, -1), prob.post_mean, prob.post_cov)
@@ -100,14 +101,13 @@ def test_per_observation_generators_make_samples_independent_of_batch():
     """A cutout's samples must not depend on which other cutouts share its batch."""
     prob = gaussian_problem(size=4, seed=3)
     y2 = torch.cat([prob.y, prob.y + 0.1])
-    cfg = SamplerConfig(method="pc", steps=4)
+    cfg = SamplerConfig(method="pc", steps=4, n_samples=3, trust=4.0)
     alone = sample_posterior(
         prob.priors,
         prob.operator,
         prob.y,
         prob.noise_var,
-        n_samples=3,
-        config=cfg,
+        cfg,
         generators=[torch.Generator().manual_seed(7)],
     )
     both = sample_posterior(
@@ -115,8 +115,7 @@ def test_per_observation_generators_make_samples_independent_of_batch():
         prob.operator,
         y2,
         prob.noise_var.expand_as(y2),
-        n_samples=3,
-        config=cfg,
+        cfg,
         generators=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)],
     )
     assert torch.allclose(alone[0], both[0], atol=1e-10)

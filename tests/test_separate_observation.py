@@ -9,6 +9,7 @@ import torch
 from fits_factory import gaussian_psf, make_wcs
 
 from galprism.errors import InputError, PSFError, ShapeError
+from galprism.frame import Frame
 from galprism.observation import Observation, stack_observations
 from galprism.operators import Convolve, Downsample, Mask
 
@@ -35,7 +36,7 @@ def test_consistency_checks():
             image=np.ones((4, 4)),
             variance=1.0,
             psf=gaussian_psf(3),
-            mask=np.zeros((4, 4), bool),
+            valid=np.zeros((4, 4), bool),
             name="obs2",
         )
     with pytest.raises(PSFError, match="obs3.*2 band.*3"):
@@ -51,7 +52,7 @@ def test_consistency_checks():
         image=np.ones((4, 4)),
         variance=np.where(np.eye(4) > 0, -1.0, 1.0),
         psf=gaussian_psf(3),
-        mask=np.eye(4) == 0,
+        valid=np.eye(4) == 0,
     )
     assert np.all(o.variance > 0) and np.all(o.image[0][np.eye(4) > 0] == 0)
 
@@ -107,23 +108,23 @@ def test_operator_is_mask_downsample_convolve():
     """The observation's operator equals Mask o Downsample(f) o Convolve(PSF on the fine grid)."""
     mask = np.ones((1, 6, 6), bool)
     mask[0, 2, 3] = False
-    o = _obs((1, 6, 6), mask=mask, pixel_scale=0.2)
-    op = o.operator((1, 12, 12), o.grid_factor(0.1))
+    o = _obs((1, 6, 6), valid=mask, pixel_scale=0.2)
+    op = o.operator_for(Frame((1, 12, 12), pixel_scale=0.1), ["galaxy"])
     x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
     psf = torch.from_numpy(o.prior_grid_psf(2))
     manual = Mask(torch.from_numpy(mask)).apply(
         Downsample(2, (1, 12, 12)).apply(Convolve(psf, (1, 12, 12)).apply(x))
     )
-    torch.testing.assert_close(op.apply(x), manual)
-    assert torch.all(op.apply(x)[:, 0, 2, 3] == 0), "masked pixel not removed"
+    torch.testing.assert_close(op.apply(x[:, None]), manual)
+    assert torch.all(op.apply(x[:, None])[:, 0, 2, 3] == 0), "masked pixel not removed"
     y = torch.randn(3, 1, 6, 6, dtype=torch.float64)
-    lhs = (op.apply(x) * y).sum()
-    rhs = (x * op.adjoint(y)).sum()
+    lhs = (op.apply(x[:, None]) * y).sum()
+    rhs = (x[:, None] * op.adjoint(y)).sum()
     assert abs(float(lhs - rhs)) < 1e-9 * float(abs(lhs)), (
         "adjoint of the observation operator is wrong"
     )
     with pytest.raises(ShapeError, match="crop it first"):
-        o.operator((1, 16, 16), 2)
+        o.operator_for(Frame((1, 16, 16), pixel_scale=0.1), ["galaxy"])
 
 
 @pytest.mark.parametrize("factor", [2, 4])
@@ -144,8 +145,10 @@ def test_refined_psf_reproduces_a_coarse_rendering(factor):
     o = Observation(
         image=np.zeros((n_coarse, n_coarse)), variance=1.0, psf=psf_coarse, pixel_scale=coarse
     )
-    op = o.operator((1, n_coarse * factor, n_coarse * factor), o.grid_factor(fine))
-    y = op.apply(torch.from_numpy(x_fine)[None, None])[0, 0].numpy()
+    op = o.operator_for(
+        Frame((1, n_coarse * factor, n_coarse * factor), pixel_scale=fine), ["galaxy"]
+    )
+    y = op.apply(torch.from_numpy(x_fine)[None, None, None])[0, 0].numpy()
     err = np.abs(y - y_true).max() / y_true.max()
     assert err < 0.02, f"forward model with the refined PSF is off by {err:.3%} of the peak"
 
@@ -155,19 +158,20 @@ def test_stack_observations_batches_and_converts_flux():
     the batched operator is observation b's own operator even with PSFs of different sizes."""
     m = np.ones((1, 8, 8), bool)
     m[0, 0, :] = False
-    a = _obs((1, 8, 8), psf=gaussian_psf(5, 1.0), zeropoint=27.0, mask=m, name="a")
+    a = _obs((1, 8, 8), psf=gaussian_psf(5, 1.0), zeropoint=27.0, valid=m, name="a")
     b = _obs((1, 8, 8), psf=gaussian_psf(9, 2.0), zeropoint=31.4, name="b")
-    batch = stack_observations([a, b], (1, 8, 8), 2, prior_zeropoint=27.0, dtype=torch.float64)
+    frame = Frame((1, 8, 8), zeropoint=27.0)
+    batch = stack_observations([a, b], frame, dtype=torch.float64)
     assert batch.y.shape == (2, 1, 8, 8) and batch.noise_var.shape == (2, 1, 8, 8)
     k = 10 ** (0.4 * (27.0 - 31.4))
     torch.testing.assert_close(batch.y[1], torch.from_numpy(b.image * k))
     torch.testing.assert_close(batch.noise_var[1], torch.from_numpy(b.variance * k**2))
     assert torch.all(batch.noise_var[0, 0, 0] == 1.0) and torch.all(batch.y[0, 0, 0] == 0)
     x = torch.randn(2, 2, 1, 8, 8, dtype=torch.float64)
-    out = batch.operator.apply(x)
+    out = batch.operator_for(["galaxy", "sky"]).apply(x)
     for i, o in enumerate((a, b)):
-        own = o.operator((1, 8, 8), 1)
+        own = o.operator_for(frame, ["galaxy"]).ops[0]
         expect = own.apply(x[i : i + 1, 0]) + own.apply(x[i : i + 1, 1])
         torch.testing.assert_close(out[i : i + 1], expect, msg=f"batched operator row {i} differs")
     with pytest.raises(ShapeError):
-        stack_observations([a, _obs((1, 6, 6))], (1, 8, 8), 2)
+        stack_observations([a, _obs((1, 6, 6))], frame)

@@ -10,19 +10,21 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from fits_factory import FakePrior, gaussian_psf, make_cutout
 
+from galprism.diffusion import SamplerConfig
+from galprism.errors import ConfigError
 from galprism.io.inputs import in_shard
-from galprism.separate import DEFAULTS, RunWarnings, SeparateConfig, run_separate
+from galprism.separate import RunWarnings, SeparateConfig, run_separate
 
 TOL_DEG = 1e-9
 
 
-def run(paths, prior, **kw):
+def run(paths, prior, *, n_samples=SamplerConfig.n_samples, **kw):
     records = []
     messages = []
     summary = run_separate(
         [str(p) for p in paths],
         prior,
-        SeparateConfig(**kw),
+        SeparateConfig(sampler=SamplerConfig(n_samples=n_samples), **kw),
         on_record=records.append,
         warnings=RunWarnings(messages.append),
     )
@@ -65,8 +67,8 @@ def test_output_layout_provenance_and_wcs(tmp_path):
         assert h[0].data is None
         assert p0["PRIOR"] == "fake" and p0["PRIORSHA"] == prior.sha256 and p0["NSAMPLE"] == 3
         assert (
-            p0["NSTEPS"] == DEFAULTS["steps"]
-            and p0["NCGITER"] == DEFAULTS["cg_iterations"]
+            p0["NSTEPS"] == SamplerConfig().steps
+            and p0["NCGITER"] == SamplerConfig().cg_iterations
             and p0["DEVICE"] == "cpu"
             and p0["METHOD"] == "diffusion"
         )
@@ -335,14 +337,12 @@ def test_center_radec_equals_the_pixel_centre(tmp_path):
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"sampler": "euler"}, "unknown sampler 'euler'"),
-        ({"sampler": "smc", "particles": 0}, "particles must be at least 1"),
+        ({"method": "euler"}, "unknown method 'euler'"),
+        ({"method": "smc", "particles": 0}, "particles must be an integer >= 1"),
     ],
 )
 def test_bad_sampler_settings_are_refused_before_any_file_is_read(kw, message):
     """A misspelt sampler or zero SMC particles would otherwise fail deep inside the first batch
     (or, for particles, silently draw nothing), once per cutout of a million-file run."""
-    from galprism.errors import UsageError
-
-    with pytest.raises(UsageError, match=message):
-        SeparateConfig(**kw)
+    with pytest.raises(ConfigError, match=message):
+        SeparateConfig(sampler=SamplerConfig(**kw))

@@ -17,6 +17,7 @@ import torch
 from astropy.io import fits
 from fits_factory import gaussian_psf, make_cutout, run_cli, spy_smc_particles
 
+from galprism.frame import Frame
 from galprism.gaussian import GaussianPrior, gaussian_posterior
 from galprism.io.read import read_cutout
 from galprism.operators import SourceSum
@@ -61,9 +62,7 @@ def prior_folder(tmp_path_factory):
         method="gaussian",
         sources=["galaxy", "sky"],
         priors=priors,
-        shape=(1, N, N),
-        pixel_scale=0.1,
-        zeropoint=27.0,
+        frame=Frame((1, N, N), pixel_scale=0.1, zeropoint=27.0),
     ).save(folder)
     return folder, priors
 
@@ -133,7 +132,7 @@ def test_cli_samples_follow_the_exact_posterior(
     obs = read_cutout(cut)
     y = torch.from_numpy(fits.getdata(cut, "SCI").astype(np.float64) * k)[None, None]
     noise_var = torch.full_like(y, (0.05 * k) ** 2)
-    op = obs.operator((1, N, N), obs.grid_factor(0.1))
+    op = obs.operator_for(Frame((1, N, N), pixel_scale=0.1), ["galaxy"]).ops[0]
     mean, cov = gaussian_posterior(priors, SourceSum([op, op]), y, noise_var)
     assert_follows(torch.from_numpy(x * k).reshape(n, -1), mean, cov.diagonal().sqrt(), "")
 
@@ -308,7 +307,7 @@ def test_support_confines_a_source_and_follows_the_exact_posterior(
     obs = read_cutout(cut)
     y = torch.from_numpy(fits.getdata(cut, "SCI").astype(np.float64))[None, None]
     noise_var = torch.full_like(y, 0.05**2)
-    op = obs.operator((1, N, N), obs.grid_factor(0.1))
+    op = obs.operator_for(Frame((1, N, N), pixel_scale=0.1), ["galaxy"]).ops[0]
     for tag, galaxy_op in (("prior", op @ Mask(disk)), ("none", op)):
         mean, cov = gaussian_posterior(priors, SourceSum([galaxy_op, op]), y, noise_var)
         keep = (
@@ -376,9 +375,7 @@ def test_chi2_of_the_samples_is_one_when_the_data_follow_the_prior(tmp_path, cap
         method="gaussian",
         sources=["galaxy", "sky"],
         priors=priors,
-        shape=(1, n_prior, n_prior),
-        pixel_scale=0.1,
-        zeropoint=27.0,
+        frame=Frame((1, n_prior, n_prior), pixel_scale=0.1, zeropoint=27.0),
     ).save(folder)
     psf, sigma = gaussian_psf(5, 0.8), 0.1
     template = read_cutout(
@@ -391,7 +388,7 @@ def test_chi2_of_the_samples_is_one_when_the_data_follow_the_prior(tmp_path, cap
             header={"MAGZERO": 27.0},
         )
     )
-    op = template.operator((1, n_prior, n_prior), 2)
+    op = template.operator_for(Frame((1, n_prior, n_prior), pixel_scale=0.1), ["galaxy"]).ops[0]
     cuts = []
     for i in range(16):
         x = sum(p.sample(1, generator=g) for p in priors)  # (1, 1, N, N)

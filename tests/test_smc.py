@@ -19,7 +19,8 @@ from galprism.diffusion.samplers import SamplerConfig, denoiser_calls, sample
 from galprism.em import EMConfig
 from galprism.errors import ConfigError
 from galprism.operators import MatrixOperator, SourceSum
-from galprism.posterior import JointPrior, sample_posterior
+from galprism.posterior import JointPrior
+from galprism.sampling import sample_posterior
 from galprism.testing import exactness_errors, gaussian_problem
 
 
@@ -76,12 +77,16 @@ def test_smc_weights_the_modes_by_their_evidence():
         op,
         y,
         noise_var,
-        config=SamplerConfig("smc", 64, particles=16),
-        cg_iterations=1,
+        SamplerConfig("smc", 64, particles=16, n_samples=1, cg_iterations=1, trust=4.0),
         generators=g,
     )
     mmps = sample_posterior(
-        [prior], op, y, noise_var, config=SamplerConfig("pc", 64), cg_iterations=1, generators=g
+        [prior],
+        op,
+        y,
+        noise_var,
+        SamplerConfig("pc", 64, n_samples=1, cg_iterations=1, trust=4.0),
+        generators=g,
     )
     assert abs(exact - 0.97) < 0.005
     assert abs(_narrow_share(smc) - exact) < 0.04, (
@@ -108,9 +113,9 @@ def test_smc_matches_closed_form_gaussian_posterior():
         prob.operator,
         prob.y,
         prob.noise_var,
-        n_samples=n,
-        config=SamplerConfig("smc", 128, particles=4),
-        cg_iterations=prob.y[0].numel(),
+        SamplerConfig(
+            "smc", 128, particles=4, n_samples=n, cg_iterations=prob.y[0].numel(), trust=4.0
+        ),
         generators=torch.Generator().manual_seed(1),
     )
     mean_err, std_err = exactness_errors(x[0].reshape(n, -1), prob.post_mean, prob.post_cov)
@@ -122,14 +127,13 @@ def test_smc_samples_do_not_depend_on_the_rest_of_the_batch():
     """Per-observation generators: resampling draws must come from each observation's own
     generator, or a cutout's samples would change with its batch."""
     prior, op, y, noise_var, _ = _mixture_case()
-    cfg = SamplerConfig("smc", 8, particles=4)
+    cfg = SamplerConfig("smc", 8, particles=4, n_samples=3, trust=4.0)
     alone = sample_posterior(
         [prior],
         SourceSum([MatrixOperator(op.ops[0].matrix[:1])]),
         y[:1],
         noise_var[:1],
-        n_samples=3,
-        config=cfg,
+        cfg,
         generators=[torch.Generator().manual_seed(7)],
     )
     both = sample_posterior(
@@ -137,8 +141,7 @@ def test_smc_samples_do_not_depend_on_the_rest_of_the_batch():
         SourceSum([MatrixOperator(op.ops[0].matrix[:2])]),
         y[:2] + torch.tensor([[0.0], [0.3]]),
         noise_var[:2],
-        n_samples=3,
-        config=cfg,
+        cfg,
         generators=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)],
     )
     assert torch.equal(alone[0], both[0])

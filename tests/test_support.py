@@ -8,8 +8,10 @@ import torch
 from astropy.io import fits
 from fits_factory import FakePrior, galaxy_image, make_cutout
 
+from galprism.cli.separate import parse_support
+from galprism.diffusion import SamplerConfig
 from galprism.errors import ConfigError, UsageError
-from galprism.separate import RunWarnings, SeparateConfig, parse_support, run_separate
+from galprism.separate import RunWarnings, SeparateConfig, run_separate
 from galprism.support import PILOT, Support, check_support, disk, enclosed_radius
 
 
@@ -66,7 +68,7 @@ def _separate(tmp_path, image, support, tag):
     summary = run_separate(
         [str(path)],
         prior,
-        SeparateConfig(output_dir=tmp_path, support=support, n_samples=2),
+        SeparateConfig(output_dir=tmp_path, support=support, sampler=SamplerConfig(n_samples=2)),
         warnings=RunWarnings(lambda m: None),
     )
     assert summary.exit_code == 0
@@ -108,7 +110,10 @@ def test_adaptive_supports_of_a_batch_are_per_cutout(tmp_path):
         prior = FakePrior(shape=(1, 32, 32), pixel_scale=0.2, jitter=0.01)
         out = tmp_path / f"b{batch}"
         config = SeparateConfig(
-            output_dir=out, support={"galaxy": "auto:12"}, n_samples=3, batch_size=batch
+            output_dir=out,
+            support={"galaxy": "auto:12"},
+            sampler=SamplerConfig(n_samples=3),
+            batch_size=batch,
         )
         assert (
             run_separate(

@@ -4,11 +4,12 @@ A checkpoint is a ``torch.save``'d dictionary of plain Python values and tensors
 
 ``format``, ``format_version``, ``galprism_version``, ``kind`` (``"diffusion"`` or
 ``"gaussian"``), ``name`` (the source), ``config`` (everything needed to rebuild the
-module), ``state_dict`` (the weights; EMA weights for diffusion priors), ``pixel_scale``
-(arcsec/px or None), ``normalisation`` (``flux_scale``, ``zeropoint``, ``bunit``) and
-``metadata`` (free-form provenance). It is read with ``torch.load(weights_only=True)``,
-which refuses anything but tensors and containers of primitives: loading a prior never
-runs code, and a checkpoint can only instantiate the backbones galprism knows.
+module), ``state_dict`` (the weights; EMA weights for diffusion priors) and ``metadata``
+(free-form provenance). The grid and flux convention the weights were learned on are
+the prior folder's (``prior.json``'s ``frame``), recorded there once. It is read with
+``torch.load(weights_only=True)``, which refuses anything but tensors and containers of
+primitives: loading a prior never runs code, and a checkpoint can only instantiate the
+backbones galprism knows.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 FORMAT = "galprism-prior"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KINDS: dict[str, type[nn.Module]] = {"diffusion": DiffusionPrior, "gaussian": GaussianPrior}
 
 
@@ -49,8 +50,6 @@ class PriorCheckpoint:
 
     prior: nn.Module
     name: str
-    pixel_scale: float | None = None
-    normalisation: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,8 +72,6 @@ def save_prior(ckpt: PriorCheckpoint, path: str | os.PathLike, *, overwrite: boo
         "name": ckpt.name,
         "config": ckpt.prior.config(),
         "state_dict": {k: v.detach().cpu() for k, v in ckpt.prior.state_dict().items()},
-        "pixel_scale": None if ckpt.pixel_scale is None else float(ckpt.pixel_scale),
-        "normalisation": dict(ckpt.normalisation),
         "metadata": dict(ckpt.metadata),
     }
     with atomic_path(path, overwrite=overwrite) as tmp:
@@ -142,7 +139,5 @@ def load_prior(
     return PriorCheckpoint(
         prior=prior,
         name=str(payload["name"]),
-        pixel_scale=payload.get("pixel_scale"),
-        normalisation=dict(payload.get("normalisation") or {}),
         metadata=dict(payload.get("metadata") or {}),
     )

@@ -3,7 +3,7 @@
 A learned prior only draws what its training data held. Two kinds of light in a real
 cutout fall outside that: sources far brighter than the training set (a star, a bright
 compact galaxy: ``hsc_cosmos35_i`` holds a star 586 sigma high, ten times the brightest
-simulated training peak, priors/README.md), and light from sources centred just beyond
+simulated training peak, priors/README.md), and light from sources centered just beyond
 the prior's grid (the operator convolves only the grid, so their wings cannot be
 modelled). Each such source gets a **free-form component**: the intrinsic pixels of a
 small box around its peak (the box may reach beyond the grid), each with a broad
@@ -42,7 +42,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from .errors import ConfigError
-from .operators import Composition, Convolve, Downsample, LowRankUpdate, SourceSum, Weight
+from .operators import Convolve, Downsample, LinearOperator, LowRankUpdate, Weight
 
 __all__ = [
     "FreeformConfig",
@@ -110,7 +110,7 @@ class FreeformConfig:
 
 @dataclass(frozen=True)
 class Box:
-    """A free-form component: its centre on the prior grid (may lie outside it) and why."""
+    """A free-form component: its center on the prior grid (may lie outside it) and why."""
 
     row: int
     col: int
@@ -125,12 +125,12 @@ def find_boxes(
     valid: np.ndarray,
     config: FreeformConfig,
     flux_scale: float,
-    factor: int = 1,
+    grid_factor: int = 1,
 ) -> list[Box]:
     """Boxes of one observation ``(C, h, w)`` (at the prior's zero point), on the prior grid.
 
     Peaks are local maxima over 5 x 5 pixels of the band sum; an edge peak is one on the
-    outermost row or column, whose box is centred one pixel beyond it (its light peaks
+    outermost row or column, whose box is centered one pixel beyond it (its light peaks
     at or past the edge).
     """
     data = np.where(valid, y, 0.0).sum(0)
@@ -152,7 +152,15 @@ def find_boxes(
             bc = int(c) + (-1 if c == 0 else 1 if c == w - 1 else 0)
         else:
             continue
-        boxes.append(Box(br * factor + factor // 2, bc * factor + factor // 2, kind, value, s))
+        boxes.append(
+            Box(
+                br * grid_factor + grid_factor // 2,
+                bc * grid_factor + grid_factor // 2,
+                kind,
+                value,
+                s,
+            )
+        )
     return boxes
 
 
@@ -170,7 +178,7 @@ def find_residual_boxes(
     existing: Sequence[Box],
     config: FreeformConfig,
     flux_scale: float,
-    factor: int = 1,
+    grid_factor: int = 1,
 ) -> list[Box]:
     """Boxes where a posterior draw left light unexplained, on the prior grid.
 
@@ -208,7 +216,10 @@ def find_residual_boxes(
     hw = config.half_width
     boxes: list[Box] = []
     for rr, cc in zip(*np.nonzero(local & (snr > config.residual)), strict=True):
-        row, col = int(rr) * factor + factor // 2, int(cc) * factor + factor // 2
+        row, col = (
+            int(rr) * grid_factor + grid_factor // 2,
+            int(cc) * grid_factor + grid_factor // 2,
+        )
         if any(abs(row - b.row) <= hw and abs(col - b.col) <= hw for b in [*existing, *boxes]):
             continue
         peak = float(flux[rr, cc]) * float(np.mean(peaks)) / flux_scale
@@ -219,8 +230,9 @@ def find_residual_boxes(
 class FreeformModel:
     """The free-form components of a batch, integrated out of its likelihood.
 
-    Built by :func:`build_freeform`. ``whiten`` turns the batch's data, noise and operator
-    into the marginal likelihood's; :meth:`sample` draws the boxes' pixels given samples
+    Built by :func:`build_freeform`. :meth:`whiten` turns the batch's data and noise, and
+    :meth:`whitening` gives the operators that turn its operator, into the marginal
+    likelihood's; :meth:`sample` draws the boxes' pixels given samples
     of the priors' sources; :meth:`images` puts them on the prior grid.
     """
 
@@ -252,17 +264,18 @@ class FreeformModel:
     def n_columns(self) -> int:
         return int(self.columns.shape[2])
 
-    def whiten(self, y: Tensor, operator: SourceSum) -> tuple[Tensor, Tensor, SourceSum]:
-        """Data, noise variance (ones) and operator of the marginal likelihood."""
-        shape = tuple(y.shape[1:])
-        w = Weight(1.0 / self.sigma, shape)
-        m = LowRankUpdate(self.u, self.gains, shape)
+    def whitening(self) -> list[LinearOperator]:
+        """The operators ``[M, W]`` (outermost first) that map the data and every source's
+        term to the marginal likelihood's, whose noise is white: pass them to
+        :meth:`galprism.observation.ObservationBatch.operator_for`."""
+        shape = tuple(self.sigma.shape[1:])
+        return [LowRankUpdate(self.u, self.gains, shape), Weight(1.0 / self.sigma, shape)]
+
+    def whiten(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Data and noise variance (ones) of the marginal likelihood."""
+        m, w = self.whitening()
         y_w = m.apply(w.apply(y))
-        return (
-            y_w,
-            torch.ones_like(y_w),
-            SourceSum([Composition([m, w, op]) for op in operator.ops]),
-        )
+        return y_w, torch.ones_like(y_w)
 
     def sample(self, residual: Tensor, generator: Sequence[torch.Generator]) -> Tensor:
         """Box pixels ``(B, S, k)`` given the residuals ``y - A x`` ``(B, S, *obs_shape)`` of S samples.
@@ -315,7 +328,11 @@ class FreeformModel:
 
 
 def _columns(
-    boxes: list[Box], psf: Tensor, prior_shape: tuple[int, int, int], factor: int, half_width: int
+    boxes: list[Box],
+    psf: Tensor,
+    prior_shape: tuple[int, int, int],
+    grid_factor: int,
+    half_width: int,
 ) -> Tensor:
     """The light ``(n, k)`` of each box pixel at unit value in the cutout, through PSF and downsampling.
 
@@ -324,7 +341,7 @@ def _columns(
     """
     c, hh, ww = prior_shape
     side = 2 * half_width + 1
-    pad = side * factor
+    pad = side * grid_factor
     big = (c, hh + 2 * pad, ww + 2 * pad)
     conv = Convolve(psf, big, name="free-form PSF")
     deltas = []
@@ -336,8 +353,8 @@ def _columns(
                     img[band, box.row + dr + pad, box.col + dc + pad] = 1.0
                     deltas.append(img)
     x = conv.apply(torch.stack(deltas))[:, :, pad : pad + hh, pad : pad + ww]
-    if factor > 1:
-        x = Downsample(factor, prior_shape).apply(x)
+    if grid_factor > 1:
+        x = Downsample(grid_factor, prior_shape).apply(x)
     return x.reshape(len(deltas), -1).T
 
 
@@ -347,7 +364,7 @@ def build_freeform(
     valid: Tensor,
     psfs: Sequence[np.ndarray],
     prior_shape: Sequence[int],
-    factor: int,
+    grid_factor: int,
     flux_scale: float,
     config: FreeformConfig,
     extra: Sequence[Sequence[Box]] | None = None,
@@ -360,7 +377,7 @@ def build_freeform(
         The batch ``(B, C, h, w)`` at the prior's zero point (:class:`ObservationBatch`).
     psfs
         Each observation's PSF on the prior grid.
-    prior_shape, factor, flux_scale
+    prior_shape, grid_factor, flux_scale
         The prior's grid, the grid factor and the prior's flux unit.
     config
         Detection settings.
@@ -374,7 +391,9 @@ def build_freeform(
     hw = config.half_width
     side = 2 * hw + 1
     boxes = [
-        find_boxes(y[i].numpy(), noise_var[i].numpy(), valid[i].numpy(), config, flux_scale, factor)
+        find_boxes(
+            y[i].numpy(), noise_var[i].numpy(), valid[i].numpy(), config, flux_scale, grid_factor
+        )
         + list(extra[i] if extra is not None else [])
         for i in range(y.shape[0])
     ]
@@ -390,7 +409,7 @@ def build_freeform(
         if not bx:
             continue
         psf = torch.tensor(np.asarray(psfs[i], dtype=np.float64))
-        cols = _columns(bx, psf, shape, factor, hw)
+        cols = _columns(bx, psf, shape, grid_factor, hw)
         columns[i, :, : cols.shape[1]] = cols
         # A pixel's prior scale: twice the intrinsic peak of a point source of the box's
         # observed peak (peak / PSF peak): broad for the source, yet still damping the

@@ -180,10 +180,6 @@ class GaussianPrior(nn.Module):
         x = self.mean.reshape(1, -1) + (z1 * self.variances.sqrt()) @ u.T + self.noise.sqrt() * z2
         return x.reshape(n, *self.shape)
 
-    @property
-    def event_shape(self) -> Sequence[int]:
-        return self.shape
-
 
 def gaussian_posterior(
     priors: Sequence[GaussianPrior], operator: LinearOperator, y: Tensor, noise_var: Tensor

@@ -2,13 +2,18 @@
 
 An :class:`Observation` holds a cutout's image, noise variance, valid-pixel mask, PSF,
 celestial WCS and photometric convention, and checks that they agree (in the spirit of
-scarlet2's ``Observation``). It knows how to crop itself around a centre to a prior's
-size and how to build its forward operator onto a prior's grid:
+scarlet2's ``Observation``). It knows how to crop itself around a center to a prior's
+size and how to build its forward operator from a prior's :class:`~galprism.frame.Frame`
+(:meth:`Observation.operator_for`), each source's term in one piece:
 
-``A = Mask o Downsample(f) o Convolve(PSF on the prior grid)``
+``A_k = [whitening] o Mask(valid) o Downsample(f) o Convolve(PSF on the prior grid)
+o [Mask(support of source k)]``
 
-with ``f`` = cutout pixel scale / prior pixel scale. :func:`stack_observations` turns a
-list of equally shaped observations into the batched tensors the posterior sampler takes.
+with ``f`` = cutout pixel scale / prior pixel scale (the grid factor), the whitening of
+free-form components (:mod:`galprism.freeform`) and source supports
+(:mod:`galprism.support`) passed in when the operator is built, and the PSF left out
+for priors whose sources already contain it. :func:`stack_observations` turns a list of
+equally shaped observations into the batched tensors the posterior sampler takes.
 
 Conventions: arrays are ``(C, H, W)`` in the cutout's own flux units; masked pixels hold
 0 in the image and 1 in the variance so that every tensor handed to a sampler is finite
@@ -19,7 +24,7 @@ while the mask operator removes them; pixel coordinates are 0-based (``x`` = col
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,12 +33,30 @@ from astropy.wcs import WCS
 from torch import Tensor
 
 from .errors import InputError, PSFError, ShapeError
+from .frame import Frame
 from .io.flux import flux_factor
 from .io.psf import pad_psf, prepare_psf, refine_psf
 from .io.wcsutil import refine_wcs, shift_wcs
-from .operators import Composition, Convolve, Downsample, Mask, SourceSum
+from .notes import Note, NoteKind
+from .operators import (
+    Composition,
+    Convolve,
+    Downsample,
+    Identity,
+    LinearOperator,
+    Mask,
+    SourceSum,
+)
+from .support import source_operator
 
-__all__ = ["Observation", "ObservationBatch", "grid_factor", "stack_observations"]
+__all__ = [
+    "Note",
+    "NoteKind",
+    "Observation",
+    "ObservationBatch",
+    "grid_factor",
+    "stack_observations",
+]
 
 #: relative tolerance when deciding that one pixel scale is an integer multiple of another
 SCALE_TOLERANCE = 1e-3
@@ -50,10 +73,10 @@ class Observation:
     variance
         Per-pixel noise variance, same shape as ``image`` (or broadcastable to it).
     psf
-        ``(kh, kw)`` or ``(C, kh, kw)``; odd-sized, centred; normalised to unit sum here.
-    mask
-        True where a pixel is valid; default all valid. Pixels with a non-finite image or
-        variance value are removed automatically.
+        ``(kh, kw)`` or ``(C, kh, kw)``; odd-sized, centered; normalised to unit sum here.
+    valid
+        True where a pixel is valid (observed and usable); default all valid. Pixels with
+        a non-finite image or variance value are removed automatically.
     wcs
         Celestial WCS of the image plane, or None.
     bunit
@@ -83,7 +106,7 @@ class Observation:
     image: np.ndarray
     variance: np.ndarray
     psf: np.ndarray
-    mask: np.ndarray | None = None
+    valid: np.ndarray | None = None
     wcs: WCS | None = None
     bunit: str | None = None
     pixel_scale: float | None = None
@@ -91,7 +114,7 @@ class Observation:
     name: str = "<observation>"
     checksum: str | None = None
     origin: tuple[int, int] = (0, 0)
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[Note, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         name = self.name
@@ -112,14 +135,15 @@ class Observation:
             raise ShapeError(
                 f"{name}: variance of shape {np.shape(self.variance)} does not match the image {image.shape}"
             ) from exc
-        if self.mask is None:
+        if self.valid is None:
             valid = np.ones(image.shape, bool)
         else:
             try:
-                valid = np.array(np.broadcast_to(np.asarray(self.mask, dtype=bool), image.shape))
+                valid = np.array(np.broadcast_to(np.asarray(self.valid, dtype=bool), image.shape))
             except ValueError as exc:
                 raise ShapeError(
-                    f"{name}: mask of shape {np.shape(self.mask)} does not match the image {image.shape}"
+                    f"{name}: valid-pixel mask of shape {np.shape(self.valid)} does not match "
+                    f"the image {image.shape}"
                 ) from exc
         finite = np.isfinite(image)
         if not finite.any():
@@ -154,12 +178,15 @@ class Observation:
         for attr, value in (
             ("image", image),
             ("variance", variance),
-            ("mask", valid),
+            ("valid", valid),
             ("psf", psf),
         ):
             value.setflags(write=False)
             object.__setattr__(self, attr, value)
-        object.__setattr__(self, "notes", tuple(self.notes))
+        notes = tuple(self.notes)
+        if not all(isinstance(n, Note) for n in notes):
+            raise InputError(f"{name}: notes must be galprism.observation.Note objects")
+        object.__setattr__(self, "notes", notes)
 
     # -- shape ---------------------------------------------------------------------
     @property
@@ -170,12 +197,6 @@ class Observation:
     @property
     def n_bands(self) -> int:
         return int(self.image.shape[0])
-
-    @property
-    def valid(self) -> np.ndarray:
-        """``(C, H, W)`` boolean, True at valid pixels (alias of ``mask``)."""
-        assert self.mask is not None
-        return self.mask
 
     # -- geometry ------------------------------------------------------------------
     def default_center(self) -> tuple[float, float]:
@@ -204,13 +225,13 @@ class Observation:
         """Crop or pad to ``size`` = (ny, nx) pixels around ``center`` = (x, y).
 
         The output's pixel ``(nx//2, ny//2)`` is the input pixel nearest to ``center``,
-        so the default centre with an equal size returns the same pixels. Padding is
+        so the default center with an equal size returns the same pixels. Padding is
         masked (image 0, variance 1); the WCS is shifted accordingly.
 
         Raises
         ------
         InputError
-            If the centre is outside the image or the crop holds no valid pixel.
+            If the center is outside the image or the crop holds no valid pixel.
         """
         ny, nx = (int(s) for s in size)
         if ny < 1 or nx < 1:
@@ -221,7 +242,7 @@ class Observation:
             -0.5 <= cx < w - 0.5 and -0.5 <= cy < h - 0.5
         ):
             raise InputError(
-                f"{self.name}: centre ({cx:.2f}, {cy:.2f}) is outside the {w}x{h} image"
+                f"{self.name}: center ({cx:.2f}, {cy:.2f}) is outside the {w}x{h} image"
             )
         x0 = math.floor(cx + 0.5) - nx // 2
         y0 = math.floor(cy + 0.5) - ny // 2
@@ -255,7 +276,7 @@ class Observation:
             self,
             image=image,
             variance=variance,
-            mask=valid,
+            valid=valid,
             psf=psf,
             wcs=wcs,
             origin=(self.origin[0] + x0, self.origin[1] + y0),
@@ -278,37 +299,54 @@ class Observation:
             return 1.0
         return flux_factor(self.zeropoint, zeropoint)
 
-    def prior_grid_psf(self, factor: int) -> np.ndarray:
-        """The PSF on a grid ``factor`` times finer (see :mod:`galprism.io.psf`)."""
-        return refine_psf(self.psf, factor)
+    def prior_grid_psf(self, grid_factor: int) -> np.ndarray:
+        """The PSF on a grid ``grid_factor`` times finer (see :mod:`galprism.io.psf`)."""
+        return refine_psf(self.psf, grid_factor)
 
-    def prior_grid_wcs(self, factor: int) -> WCS | None:
+    def prior_grid_wcs(self, grid_factor: int) -> WCS | None:
         """The celestial WCS of the prior's grid covering this cutout."""
-        return None if self.wcs is None else refine_wcs(self.wcs, factor)
+        return None if self.wcs is None else refine_wcs(self.wcs, grid_factor)
 
-    def operator(self, prior_shape: Sequence[int], factor: int = 1) -> Composition:
-        """``Mask o Downsample(factor) o Convolve(PSF)`` from the prior's grid to this cutout.
+    def operator_for(
+        self,
+        frame: Frame,
+        sources: Sequence[str],
+        *,
+        supports: Mapping[str, Tensor] | None = None,
+        whitening: Sequence[LinearOperator] = (),
+        psf_included: bool = False,
+    ) -> SourceSum:
+        """The whole operator from the sources on ``frame``'s grid to this cutout.
 
         Parameters
         ----------
-        prior_shape
-            ``(C, H, W)`` of a source image on the prior's grid.
-        factor
-            From :meth:`grid_factor`.
+        frame
+            The prior's grid: its shape and pixel scale give the grid factor.
+        sources
+            Source names, in the order of the stacked state.
+        supports
+            Source name -> ``(C, H, W)`` boolean mask on the prior grid outside which that
+            source is zero (:mod:`galprism.support`).
+        whitening
+            Operators applied to the data after the mask, outermost first (free-form
+            components integrated out, :meth:`galprism.freeform.FreeformModel.whitening`).
+        psf_included
+            The sources already contain the PSF (adversarial-SVD bases): no convolution.
 
         Raises
         ------
-        ShapeError
-            If the cutout is not the prior's size divided by ``factor``.
+        ShapeError, InputError
+            If the cutout is not the frame's size divided by the grid factor, or its pixel
+            scale is no integer multiple of the frame's.
         """
-        prior_shape = _check_prior_shape(self, prior_shape, factor)
-        psf = torch.from_numpy(np.array(self.prior_grid_psf(factor), dtype=np.float64))
-        conv = Convolve(psf, prior_shape, name=f"{self.name} PSF")
-        ops: list = [Mask(torch.from_numpy(self.valid.copy()))]
-        if factor > 1:
-            ops.append(Downsample(factor, prior_shape))
-        ops.append(conv)
-        return Composition(ops)
+        grid_factor = self.grid_factor(frame.pixel_scale)
+        shape = _check_prior_shape(self, frame.shape, grid_factor)
+        psf = torch.from_numpy(np.array(self.prior_grid_psf(grid_factor), dtype=np.float64))
+        blur: list[LinearOperator] = [Downsample(grid_factor, shape)] if grid_factor > 1 else []
+        if not psf_included:
+            blur.append(Convolve(psf, shape, name=f"{self.name} PSF"))
+        pieces = [*whitening, Mask(torch.from_numpy(self.valid.copy())), *blur]
+        return source_operator(sources, pieces, supports or {})
 
 
 def grid_factor(cutout_scale: float | None, prior_scale: float | None, name: str) -> int:
@@ -333,18 +371,20 @@ def grid_factor(cutout_scale: float | None, prior_scale: float | None, name: str
 
 
 def _check_prior_shape(
-    obs: Observation, prior_shape: Sequence[int], factor: int
+    obs: Observation, prior_shape: Sequence[int], grid_factor: int
 ) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in prior_shape)
     if len(shape) != 3:
         raise ShapeError(f"prior shape must be (C, H, W), got {shape}")
     c, h, w = shape
-    if h % factor or w % factor:
-        raise ShapeError(f"prior grid {h}x{w} is not divisible by the downsampling factor {factor}")
-    if obs.shape != (c, h // factor, w // factor):
+    if h % grid_factor or w % grid_factor:
+        raise ShapeError(
+            f"prior grid {h}x{w} is not divisible by the downsampling factor {grid_factor}"
+        )
+    if obs.shape != (c, h // grid_factor, w // grid_factor):
         raise ShapeError(
             f"{obs.name}: cutout shape {obs.shape} does not match the prior grid {shape} "
-            f"downsampled by {factor}; crop it first"
+            f"downsampled by {grid_factor}; crop it first"
         )
     return shape  # type: ignore[return-value]
 
@@ -355,12 +395,12 @@ class ObservationBatch:
 
     Attributes
     ----------
+    frame
+        The prior's grid the observations are modelled on.
     y
         ``(B, C, h, w)`` data converted to the prior's flux scale (0 at masked pixels).
     noise_var
         ``(B, C, h, w)`` noise variance on that scale (1 at masked pixels).
-    operator
-        Batched :class:`~galprism.operators.SourceSum` over the K sources.
     forward
         ``Downsample o Convolve`` without the mask, one source: the model image of a
         source everywhere, masked pixels included.
@@ -368,41 +408,62 @@ class ObservationBatch:
         ``(B, C, h, w)`` boolean.
     flux_factors
         ``(B,)`` factor from each cutout's units to the prior's.
-    factor
-        Grid factor shared by the batch.
+    grid_factor
+        Cutout pixel / prior pixel, shared by the batch.
     """
 
+    frame: Frame
     y: Tensor
     noise_var: Tensor
-    operator: SourceSum
     forward: Composition
     valid: Tensor
     flux_factors: Tensor
-    factor: int
+    grid_factor: int
+
+    def operator_for(
+        self,
+        sources: Sequence[str],
+        *,
+        supports: Mapping[str, Tensor] | None = None,
+        whitening: Sequence[LinearOperator] = (),
+        psf_included: bool = False,
+    ) -> SourceSum:
+        """The batched operator of :meth:`Observation.operator_for`, built in one piece.
+
+        ``supports`` masks are ``(C, H, W)`` (shared) or ``(B, C, H, W)`` (one per
+        observation); ``whitening`` operators are batched like the data.
+        """
+        mask = Mask(self.valid, shape=tuple(self.valid.shape[1:]))
+        return source_operator(
+            sources, [*whitening, mask, *self._blur(psf_included)], supports or {}
+        )
+
+    def model_operator(self, *, psf_included: bool = False) -> Composition:
+        """``Downsample o Convolve`` without the mask (no convolution when the sources
+        already contain the PSF): a source's light on the cutout grid, masked pixels
+        included."""
+        ops = self._blur(psf_included)
+        return Composition(ops) if ops else Composition([Identity(self.frame.shape)])
+
+    def _blur(self, psf_included: bool) -> list[LinearOperator]:
+        return [op for op in self.forward.ops if not (psf_included and isinstance(op, Convolve))]
 
 
 def stack_observations(
     observations: Sequence[Observation],
-    prior_shape: Sequence[int],
-    n_sources: int,
+    frame: Frame,
     *,
-    prior_pixel_scale: float | None = None,
-    prior_zeropoint: float | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> ObservationBatch:
-    """Stack observations into batched data, noise and a batched source-sum operator.
+    """Stack observations into batched data and noise on ``frame``'s grid and flux scale.
 
     Parameters
     ----------
     observations
-        Cutouts already cropped to the prior's size (divided by the grid factor), all
+        Cutouts already cropped to the frame's size (divided by the grid factor), all
         with the same shape and grid factor.
-    prior_shape
-        ``(C, H, W)`` of one source on the prior grid.
-    n_sources
-        Number of sources K of the prior (each gets the same operator).
-    prior_pixel_scale, prior_zeropoint
-        The prior's grid and flux convention, for the grid factor and flux conversion.
+    frame
+        The prior's grid and flux convention (grid factor and flux conversion).
     dtype
         Floating dtype of the tensors.
 
@@ -413,16 +474,17 @@ def stack_observations(
     """
     if not observations:
         raise ShapeError("stack_observations: no observation given")
-    factors = {o.grid_factor(prior_pixel_scale) for o in observations}
+    factors = {o.grid_factor(frame.pixel_scale) for o in observations}
     if len(factors) != 1:
         raise ShapeError(
             f"stack_observations: observations have different grid factors {sorted(factors)}"
         )
     f = factors.pop()
-    shape = _check_prior_shape(observations[0], prior_shape, f)
+    shape = _check_prior_shape(observations[0], frame.shape, f)
     for o in observations[1:]:
         _check_prior_shape(o, shape, f)
-    flux = np.array([o.flux_factor_to(prior_zeropoint) for o in observations])
+    zeropoint = frame.ab_zeropoint
+    flux = np.array([o.flux_factor_to(zeropoint) for o in observations])
     y = np.stack([o.image * k for o, k in zip(observations, flux, strict=True)])
     var = np.stack(
         [np.where(o.valid, o.variance * k**2, 1.0) for o, k in zip(observations, flux, strict=True)]
@@ -434,13 +496,12 @@ def stack_observations(
     psf = np.stack([pad_psf(p, (kh, kw)) for p in psfs])
     conv = Convolve(torch.from_numpy(psf), shape, name="batch PSF")
     blur = Composition([Downsample(f, shape), conv]) if f > 1 else Composition([conv])
-    single = Composition([Mask(torch.from_numpy(valid), shape=valid.shape[1:]), *blur.ops])
     return ObservationBatch(
+        frame=frame,
         y=torch.from_numpy(y).to(dtype),
         noise_var=torch.from_numpy(var).to(dtype),
-        operator=SourceSum([single] * int(n_sources)),
         forward=blur,
         valid=torch.from_numpy(valid),
         flux_factors=torch.from_numpy(flux),
-        factor=f,
+        grid_factor=f,
     )

@@ -345,7 +345,7 @@ def validate_psf(
     ------
     PSFError
         If the kernel is not 2-D per band, has an even size, contains non-finite values,
-        has a non-positive sum, or its centroid is off-centre.
+        has a non-positive sum, or its centroid is off-center.
     """
     psf = torch.as_tensor(psf)
     if psf.ndim < 2:
@@ -374,7 +374,7 @@ def validate_psf(
     if (offset > center_tolerance).any():
         worst = int(torch.argmax(offset.reshape(-1)))
         raise PSFError(
-            f"{name}: PSF is off-centre: centroid at ({float(cx.reshape(-1)[worst]):+.2f}, "
+            f"{name}: PSF is off-center: centroid at ({float(cx.reshape(-1)[worst]):+.2f}, "
             f"{float(cy.reshape(-1)[worst]):+.2f}) px from the central pixel (tolerance {center_tolerance} px)"
         )
     renormalised = bool(((total - 1).abs() > sum_tolerance).any())

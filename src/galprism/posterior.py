@@ -28,37 +28,19 @@ so the closed-form exactness check is unaffected.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from .diffusion.denoiser import DiffusionPrior
-from .diffusion.samplers import Generators, SamplerConfig, sample
 from .errors import InputError, ShapeError
 from .linalg import conjugate_gradient
 from .operators import SourceSum
-from .smc import sample_smc
 
-__all__ = [
-    "SourcePrior",
-    "JointPrior",
-    "JointPosterior",
-    "sample_prior",
-    "sample_posterior",
-    "DEFAULT_TRUST",
-]
+__all__ = ["JointPrior", "JointPosterior", "DEFAULT_TRUST"]
 
 #: Default trust radius of diffusion-prior corrections (see the module docstring).
 DEFAULT_TRUST = 4.0
-
-
-class SourcePrior(Protocol):
-    """What a source prior offers: a schedule, an event shape and a denoiser."""
-
-    shape: tuple[int, ...]
-
-    def denoise(self, x_t: Tensor, sigma: Tensor | float) -> Tensor: ...
 
 
 class JointPrior:
@@ -227,82 +209,3 @@ class JointPosterior(JointPrior):
                 radius.append(self.trust * d**0.5 * c_out)
         r = torch.stack(radius).reshape(1, -1, *([1] * len(dims)))
         return (r / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp(max=1.0)
-
-
-def _row_index(n_obs: int, n_samples: int, device: torch.device | str) -> Tensor:
-    return torch.arange(n_obs, device=device).repeat_interleave(n_samples)
-
-
-def sample_posterior(
-    priors: Sequence[nn.Module],
-    operator: SourceSum,
-    y: Tensor,
-    noise_var: Tensor | float,
-    *,
-    n_samples: int = 1,
-    config: SamplerConfig | None = None,
-    cg_iterations: int = 1,
-    generators: Generators = None,
-    callback=None,
-    trust: float = DEFAULT_TRUST,
-) -> Tensor:
-    """Draw ``n_samples`` joint posterior samples per observation.
-
-    Parameters
-    ----------
-    priors, operator, y, noise_var, cg_iterations, trust
-        As for :class:`JointPosterior`; ``y`` is ``(B, *obs_shape)``.
-    n_samples
-        Samples per observation.
-    config
-        Sampler settings; ``method="smc"`` runs :func:`galprism.smc.sample_smc`.
-    generators
-        None, one generator, or one per observation (each observation's samples then
-        depend only on its own generator, not on the rest of the batch).
-
-    Returns
-    -------
-    Tensor
-        ``(B, n_samples, K, *shape)`` in the priors' units.
-    """
-    b = y.shape[0]
-    smc = config is not None and config.method == "smc"
-    # smc: each sample is drawn from its own group of ``particles`` consecutive rows.
-    index = _row_index(b, n_samples * (config.particles if smc else 1), y.device)
-    op = operator.take(index) if operator.batch_size is not None else operator
-    noise_var = torch.as_tensor(noise_var, dtype=y.dtype, device=y.device).expand_as(y)
-    posterior = JointPosterior(priors, op, y[index], noise_var[index], cg_iterations, trust)
-    if smc:
-        x = sample_smc(posterior, config, generators=generators, callback=callback)
-        return x.reshape(b, n_samples, posterior.n_sources, *posterior.shape)
-    x = sample(
-        posterior,
-        (b * n_samples, posterior.n_sources, *posterior.shape),
-        config,
-        generators=generators,
-        dtype=y.dtype,
-        device=y.device,
-        callback=callback,
-    )
-    return x.reshape(b, n_samples, posterior.n_sources, *posterior.shape)
-
-
-def sample_prior(
-    priors: Sequence[nn.Module],
-    n: int,
-    *,
-    config: SamplerConfig | None = None,
-    generators: Generators = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> Tensor:
-    """Draw ``n`` samples of every source's prior: ``(n, K, *shape)``."""
-    joint = JointPrior(priors)
-    return sample(
-        joint,
-        (n, joint.n_sources, *joint.shape),
-        config,
-        generators=generators,
-        dtype=dtype,
-        device=device,
-    )

@@ -4,21 +4,24 @@ A prior folder (what ``galprism fit`` writes and ``galprism separate --prior`` r
 holds ``prior.json`` and one checkpoint per source::
 
     my-prior/
-      prior.json        {"format": "galprism-priorset", "format_version": 1,
+      prior.json        {"format": "galprism-priorset", "format_version": 2,
                          "name": ..., "method": "diffusion" | "gaussian",
-                         "sources": ["galaxy", "sky"], "shape": [C, H, W],
-                         "pixel_scale": 0.168, "zeropoint": 27.0, "bunit": ...,
-                         "flux_scale": ..., "support": {"galaxy": "auto:20"},
-                         "training": {...}}
+                         "sources": ["galaxy", "sky"],
+                         "frame": {"shape": [C, H, W], "bands": null,
+                                   "pixel_scale": 0.168, "zeropoint": 27.0,
+                                   "bunit": ..., "flux_scale": ...},
+                         "support": {"galaxy": "auto:20"}, "training": {...}}
       galaxy.pt         checkpoints of :mod:`galprism.checkpoint`
       sky.pt
 
-``support`` (optional) confines a source to a disk around the grid centre, of a fixed
+``support`` (optional) confines a source to a disk around the grid center, of a fixed
 radius in prior pixels or adaptive up to one (``"auto:20"``): outside it the source is
 zero (:mod:`galprism.support`). ``galprism separate --support`` overrides it.
 
-Priors work in normalised units ``data / flux_scale`` at the recorded zero point; a
-:class:`PriorSet` converts on the way in and out.
+``frame`` (:class:`~galprism.frame.Frame`) is the one record of the grid and the flux
+convention: the checkpoints hold networks and provenance only. Priors work in
+normalised units ``data / flux_scale`` at the recorded zero point; a :class:`PriorSet`
+converts on the way in and out.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -39,8 +42,8 @@ from .atomic import atomic_path
 from .checkpoint import PriorCheckpoint, load_prior, save_prior
 from .diffusion.samplers import SamplerConfig
 from .errors import CheckpointError, ConfigError
+from .frame import Frame
 from .operators import SourceSum
-from .posterior import sample_posterior, sample_prior
 from .priors.catalog import (  # torch-free, so that `galprism priors` lists without torch
     DEFAULT_PRIOR,
     SET_FORMAT,
@@ -51,16 +54,29 @@ from .priors.catalog import (  # torch-free, so that `galprism priors` lists wit
     read_manifest,
     resolve_prior_folder,
 )
+from .sampling import sample_posterior, sample_prior
+from .separate.prior import Capabilities
 from .support import Support, check_support
 
 __all__ = [
     "PriorSet",
     "load_priorset",
-    "compose_priorsets",
     "list_builtin_priors",
     "builtin_prior_path",
     "DEFAULT_PRIOR",
 ]
+
+#: Entries of prior.json written from the PriorSet itself (never copied from ``manifest``).
+_OWN_KEYS = (
+    "format",
+    "format_version",
+    "galprism_version",
+    "name",
+    "method",
+    "sources",
+    "frame",
+    "support",
+)
 
 
 @dataclass
@@ -78,17 +94,12 @@ class PriorSet:
         Source names in the order of the stacked state.
     priors
         One prior module per source.
-    shape
-        Event shape ``(C, H, W)`` (or ``(D,)``) of each source on the prior's grid.
-    pixel_scale
-        Arcseconds per pixel of that grid (None for non-image sources).
-    zeropoint, bunit
-        Flux convention of the data the priors were learned from.
-    flux_scale
-        Data units per normalised prior unit.
+    frame
+        The grid of every source and the flux convention of the data the priors were
+        learned from (:class:`~galprism.frame.Frame`).
     support
         Source name -> :class:`~galprism.support.Support`: the disk around the grid
-        centre (fixed radius in prior pixels, or adaptive up to one) outside which that
+        center (fixed radius in prior pixels, or adaptive up to one) outside which that
         source is zero; sources not named are unconstrained.
     manifest
         The full ``prior.json`` content (training provenance included).
@@ -100,15 +111,14 @@ class PriorSet:
     method: str
     sources: list[str]
     priors: list[nn.Module]
-    shape: tuple[int, ...]
-    pixel_scale: float | None = None
-    zeropoint: float | None = None
-    bunit: str | None = None
-    flux_scale: float = 1.0
+    frame: Frame
     manifest: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     path: Path | None = None
     support: dict[str, Support] = field(default_factory=dict)
+
+    #: Diffusion and Gaussian priors draw posterior samples of intrinsic source images.
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.priors):
@@ -117,13 +127,16 @@ class PriorSet:
             )
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"prior {self.name!r}: duplicate source names {self.sources}")
+        if not isinstance(self.frame, Frame):
+            raise ConfigError(
+                f"prior {self.name!r}: frame must be a Frame, got {type(self.frame).__name__}"
+            )
         for s, p in zip(self.sources, self.priors, strict=True):
-            if tuple(p.shape) != tuple(self.shape):
+            if tuple(p.shape) != self.frame.shape:
                 raise ConfigError(
-                    f"prior {self.name!r}: source {s!r} has shape {tuple(p.shape)}, expected {tuple(self.shape)}"
+                    f"prior {self.name!r}: source {s!r} has shape {tuple(p.shape)}, "
+                    f"the frame {self.frame.shape}"
                 )
-        if not self.flux_scale > 0:
-            raise ConfigError(f"prior {self.name!r}: flux_scale must be > 0, got {self.flux_scale}")
         self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
 
     # -- description --------------------------------------------------------------------
@@ -133,10 +146,12 @@ class PriorSet:
             "name": self.name,
             "method": self.method,
             "sources": list(self.sources),
-            "shape": list(self.shape),
-            "pixel_scale": self.pixel_scale,
-            "zeropoint": self.zeropoint,
-            "bunit": self.bunit,
+            "shape": list(self.frame.shape),
+            "pixel_scale": self.frame.pixel_scale,
+            "zeropoint": self.frame.zeropoint,
+            "bunit": self.frame.bunit,
+            "bands": None if self.frame.bands is None else list(self.frame.bands),
+            "flux_scale": self.frame.flux_scale,
             "support": {k: str(v) for k, v in self.support.items()},
             "training": self.manifest.get("training", {}),
             "sha256": self.sha256,
@@ -154,28 +169,21 @@ class PriorSet:
         y: Tensor,
         noise_var: Tensor,
         operator: SourceSum,
+        sampler: SamplerConfig | None = None,
         *,
-        n_samples: int = 8,
-        steps: int = 64,
-        cg_iterations: int = 1,
-        sampler: str = "pc",
         generators: Sequence[torch.Generator] | torch.Generator | None = None,
         device: str | torch.device = "cpu",
-        callback=None,
-        trust: float = 0.0,
-        particles: int = 16,
+        callback: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Joint posterior samples ``(B, n_samples, K, *shape)`` in the prior's flux units.
 
         ``y`` and ``noise_var`` are ``(B, *obs_shape)`` at the prior's zero point;
         ``operator`` maps the K sources on the prior's grid to the observations.
-        ``trust`` caps the MMPS corrections of diffusion priors
-        (:mod:`galprism.posterior`; 0 = no cap, the default here: EM needs the cap
-        against rare exploding E-step samples, but on cutouts brighter than the
-        training data it keeps the posterior from fitting them). ``particles`` is the
-        number of chains per sample of ``sampler="smc"`` (:mod:`galprism.smc`).
+        ``sampler`` holds every sampler setting; its default is the default of
+        ``galprism separate``.
         """
-        scale = self.flux_scale
+        sampler = sampler if sampler is not None else SamplerConfig()
+        scale = self.frame.flux_scale
         dtype = torch.float32 if y.dtype != torch.float64 else torch.float64
         self.to(device)
         x = sample_posterior(
@@ -183,12 +191,9 @@ class PriorSet:
             operator,
             (y / scale).to(device=device, dtype=dtype),
             (noise_var / scale**2).to(device=device, dtype=dtype),
-            n_samples=n_samples,
-            config=SamplerConfig(method=sampler, steps=steps, particles=particles),
-            cg_iterations=cg_iterations,
+            sampler,
             generators=generators,
             callback=callback,
-            trust=trust,
         )
         return x * scale
 
@@ -215,7 +220,7 @@ class PriorSet:
             generators=generator,
             device=device,
         )
-        return x[:, 0] * self.flux_scale
+        return x[:, 0] * self.frame.flux_scale
 
     def log_prob(
         self,
@@ -239,9 +244,10 @@ class PriorSet:
             raise ConfigError(
                 f"prior {self.name!r} has no source {source!r}; sources: {', '.join(self.sources)}"
             )
-        if tuple(images.shape[1:]) != tuple(self.shape):
+        if tuple(images.shape[1:]) != tuple(self.frame.shape):
             raise ConfigError(
-                f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} expects {tuple(self.shape)}"
+                f"candidate images have shape {tuple(images.shape[1:])}, prior {self.name!r} "
+                f"expects {tuple(self.frame.shape)}"
             )
         prior = self.priors[self.sources.index(source)].to(device)
         # The ODE runs in the network's own dtype: a float32 denoiser cannot take float64
@@ -253,13 +259,13 @@ class PriorSet:
             dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         lp = log_prob(
             prior,
-            (images / self.flux_scale).to(device=device, dtype=dtype),
+            (images / self.frame.flux_scale).to(device=device, dtype=dtype),
             steps=steps,
             exact=exact,
             probes=probes,
             generator=generator,
         )
-        return lp.cpu() - images[0].numel() * math.log(self.flux_scale)
+        return lp.cpu() - images[0].numel() * math.log(self.frame.flux_scale)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -268,31 +274,20 @@ class PriorSet:
         if (folder / "prior.json").exists() and not overwrite:
             raise ConfigError(f"{folder}: already holds a prior; pass --overwrite to replace it")
         folder.mkdir(parents=True, exist_ok=True)
-        normalisation = {
-            "flux_scale": self.flux_scale,
-            "zeropoint": self.zeropoint,
-            "bunit": self.bunit,
-        }
         for name, prior in zip(self.sources, self.priors, strict=True):
             save_prior(
-                PriorCheckpoint(
-                    prior, name, self.pixel_scale, normalisation, self.manifest.get("training", {})
-                ),
+                PriorCheckpoint(prior, name, self.manifest.get("training", {})),
                 folder / f"{name}.pt",
             )
         manifest = {
-            **self.manifest,
+            **{k: v for k, v in self.manifest.items() if k not in _OWN_KEYS},
             "format": SET_FORMAT,
             "format_version": SET_FORMAT_VERSION,
             "galprism_version": __version__,
             "name": self.name,
             "method": self.method,
             "sources": list(self.sources),
-            "shape": list(self.shape),
-            "pixel_scale": self.pixel_scale,
-            "zeropoint": self.zeropoint,
-            "bunit": self.bunit,
-            "flux_scale": self.flux_scale,
+            "frame": self.frame.to_json(),
         }
         self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
         if self.support:
@@ -305,78 +300,6 @@ class PriorSet:
         self.sha256 = folder_digest(folder)
         self.path = folder
         return folder
-
-
-def compose_priorsets(
-    name: str,
-    parts: Sequence[tuple[str, PriorSet]],
-    support: dict[str, Any] | None = None,
-) -> PriorSet:
-    """A prior set taking each source from another prior set, with one shared convention.
-
-    Used when one source is retrained alone: e.g. a new ``sky`` learned from a richer sky
-    view, paired with the ``galaxy`` of an earlier stage-wise run (whose galaxy stage saw
-    the sky frozen, so it is a prior of galaxies whatever sky it is later paired with).
-
-    Parameters
-    ----------
-    name
-        Name of the new prior.
-    parts
-        ``(source, prior set)`` pairs, in the order of the new set's sources.
-    support
-        Supports of the new set (as in ``prior.json``); None keeps the parts' own.
-
-    Returns
-    -------
-    PriorSet
-        Not yet saved; ``manifest["training"]["composed_from"]`` records, per source, the
-        part's name, digest and training record.
-
-    Raises
-    ------
-    ConfigError
-        A source missing from its part, a repeated source, or parts that differ in method,
-        shape, pixel scale, zero point, unit or flux scale (the networks would then not
-        share one normalisation of the data).
-    """
-    if not parts:
-        raise ConfigError(f"prior {name!r}: nothing to compose")
-    first = parts[0][1]
-    keys = ("method", "shape", "pixel_scale", "zeropoint", "bunit", "flux_scale")
-    priors, record, own_support = [], {}, {}
-    for source, part in parts:
-        if source not in part.sources:
-            raise ConfigError(
-                f"prior {part.name!r} has no source {source!r} (it has {', '.join(part.sources)})"
-            )
-        for key in keys:
-            a, b = getattr(first, key), getattr(part, key)
-            if (tuple(a) if key == "shape" else a) != (tuple(b) if key == "shape" else b):
-                raise ConfigError(
-                    f"priors {first.name!r} and {part.name!r} differ in {key}: {a} vs {b}"
-                )
-        priors.append(part.priors[part.sources.index(source)])
-        record[source] = {
-            "prior": part.name,
-            "sha256": part.sha256,
-            "training": part.manifest.get("training", {}),
-        }
-        if source in part.support:
-            own_support[source] = part.support[source]
-    return PriorSet(
-        name=name,
-        method=first.method,
-        sources=[s for s, _ in parts],
-        priors=priors,
-        shape=tuple(first.shape),
-        pixel_scale=first.pixel_scale,
-        zeropoint=first.zeropoint,
-        bunit=first.bunit,
-        flux_scale=first.flux_scale,
-        manifest={"training": {"composed_from": record}},
-        support=own_support if support is None else support,
-    )
 
 
 def _manifest_support(manifest: dict[str, Any], path: Path) -> dict[str, Support]:
@@ -416,18 +339,21 @@ def load_priorset(
                 f"{path / (s + '.pt')}: holds source {ckpt.name!r}, manifest says {s!r}"
             )
         ckpts.append(ckpt)
-    return PriorSet(
-        name=str(manifest.get("name", path.name)),
-        method=method,
-        sources=list(sources),
-        priors=[c.prior for c in ckpts],
-        shape=tuple(manifest["shape"]),
-        pixel_scale=manifest.get("pixel_scale"),
-        zeropoint=manifest.get("zeropoint"),
-        bunit=manifest.get("bunit"),
-        flux_scale=float(manifest.get("flux_scale", 1.0)),
-        support=_manifest_support(manifest, path),
-        manifest=manifest,
-        sha256=folder_digest(path),
-        path=path,
-    )
+    try:
+        frame = Frame.from_json(manifest.get("frame"), f"{path}/prior.json")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        return PriorSet(
+            name=str(manifest.get("name", path.name)),
+            method=method,
+            sources=list(sources),
+            priors=[c.prior for c in ckpts],
+            frame=frame,
+            support=_manifest_support(manifest, path),
+            manifest=manifest,
+            sha256=folder_digest(path),
+            path=path,
+        )
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}/prior.json: {exc}") from None

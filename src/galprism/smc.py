@@ -30,17 +30,28 @@ likelihood), so it is written here on :func:`~galprism.diffusion.samplers.randn_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from .diffusion.samplers import Generators, SamplerConfig, randn_rows
 
-if TYPE_CHECKING:
-    from .posterior import JointPosterior
+__all__ = ["TwistedDenoiser", "sample_smc", "RESAMPLE_ESS"]
 
-__all__ = ["sample_smc", "RESAMPLE_ESS"]
+
+class TwistedDenoiser(Protocol):
+    """What SMC needs of a posterior denoiser
+    (:class:`~galprism.posterior.JointPosterior` has it)."""
+
+    y: Tensor
+    n_sources: int
+    shape: tuple[int, ...]
+
+    def sigma(self, t: Tensor) -> Tensor: ...
+
+    def twisted(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
 
 #: Resample a group when its effective sample size falls below this fraction of its particles.
 RESAMPLE_ESS = 0.5
@@ -48,7 +59,7 @@ RESAMPLE_ESS = 0.5
 
 @torch.no_grad()
 def sample_smc(
-    posterior: JointPosterior,
+    posterior: TwistedDenoiser,
     config: SamplerConfig,
     *,
     generators: Generators = None,
@@ -60,7 +71,7 @@ def sample_smc(
     ----------
     posterior
         MMPS posterior denoiser whose rows come in groups of ``config.particles`` copies
-        of the same observation (:func:`~galprism.posterior.sample_posterior` builds it).
+        of the same observation (:func:`~galprism.sampling.sample_posterior` builds it).
     config
         ``method="smc"``: ``steps`` stochastic DDIM steps with ``eta`` (0 read as 1),
         ``particles`` per group.

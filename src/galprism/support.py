@@ -1,9 +1,9 @@
-"""Source supports: a source confined to a disk around the cutout centre.
+"""Source supports: a source confined to a disk around the cutout center.
 
 A prior may say that one of its sources (the central galaxy) is zero beyond some radius
-of the cutout centre; the light there then belongs to the other sources. This is the
+of the cutout center; the light there then belongs to the other sources. This is the
 part a scarlet source's bounding box plays. The constraint enters the likelihood: the
-source's term of the operator is masked (:func:`supported_operator`), so the sampler sees
+source's term of the operator is masked (:func:`source_operator`), so the sampler sees
 the source only through its disk, and the outputs are zero outside it
 (:func:`zero_outside_supports`).
 
@@ -20,15 +20,16 @@ with it the total flux's posterior is as wide as the data allow (docs/evaluation
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .diffusion.samplers import SamplerConfig
 from .errors import ConfigError
-from .operators import Mask, SourceSum
+from .operators import Composition, LinearOperator, Mask, SourceSum
 
 __all__ = [
     "PILOT",
@@ -37,7 +38,7 @@ __all__ = [
     "disk",
     "enclosed_radius",
     "resolve_support_masks",
-    "supported_operator",
+    "source_operator",
     "zero_outside_supports",
 ]
 
@@ -56,7 +57,7 @@ PILOT: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Support:
-    """A disk of ``radius`` prior pixels around the grid centre, or adaptive up to it."""
+    """A disk of ``radius`` prior pixels around the grid center, or adaptive up to it."""
 
     radius: float
     adaptive: bool = False
@@ -114,7 +115,7 @@ def check_support(support: Any, sources: Sequence[str], where: str) -> dict[str,
 
 
 def disk(shape: Sequence[int], radius: float) -> Tensor:
-    """Boolean ``shape`` mask of the pixels within ``radius`` pixels of the grid centre."""
+    """Boolean ``shape`` mask of the pixels within ``radius`` pixels of the grid center."""
     h, w = int(shape[-2]), int(shape[-1])
     yy, xx = torch.meshgrid(
         torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
@@ -146,22 +147,28 @@ def enclosed_radius(
     return float(max_radius)
 
 
-def supported_operator(
-    operator: SourceSum, sources: Sequence[str], masks: Mapping[str, Tensor]
+def source_operator(
+    sources: Sequence[str],
+    pieces: Sequence[LinearOperator],
+    supports: Mapping[str, Tensor],
 ) -> SourceSum:
-    """``operator`` with each supported source's term applied to that source inside its mask only.
+    """The sum over ``sources`` of ``pieces`` (outermost first), each supported source's
+    term ending in the mask of its support: the whole operator, built once.
 
     Masks are ``(C, H, W)`` (shared) or ``(B, C, H, W)`` (one per observation).
     """
-    if not masks:
-        return operator
-    terms = []
-    for name, op in zip(sources, operator.ops, strict=True):
-        if name in masks:
-            m = masks[name]
-            shape = tuple(m.shape[1:]) if m.ndim == len(op.in_shape) + 1 else None
-            op = op @ Mask(m, shape)
-        terms.append(op)
+    unknown = sorted(set(supports) - set(sources))
+    if unknown:
+        raise ConfigError(f"supports name unknown sources {unknown}; sources: {list(sources)}")
+    shared = Composition(list(pieces))
+    terms: list[LinearOperator] = []
+    for name in sources:
+        if name in supports:
+            m = supports[name]
+            shape = tuple(m.shape[1:]) if m.ndim == len(shared.in_shape) + 1 else None
+            terms.append(Composition([*pieces, Mask(m, shape)]))
+        else:
+            terms.append(shared)
     return SourceSum(terms)
 
 
@@ -185,11 +192,10 @@ def resolve_support_masks(
     prior: Any,
     y: Tensor,
     noise_var: Tensor,
-    operator: SourceSum,
+    operator_for: Callable[[Mapping[str, Tensor]], SourceSum],
     seeds: Sequence[int],
     *,
-    cg_iterations: int = 1,
-    trust: float = 0.0,
+    sampler: SamplerConfig | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[dict[str, Tensor], dict[str, list[float]]]:
     """Per-observation masks ``(B, *shape)`` and radii of ``supports``.
@@ -201,21 +207,34 @@ def resolve_support_masks(
     prior
         The prior (:class:`~galprism.priorset.PriorSet` interface: ``sources``, ``shape``,
         ``separate``); it draws the pilot run, once, only if a support is adaptive.
-    y, noise_var, operator
-        The batch of B observations, in the prior's units, and its unconfined operator.
+    y, noise_var
+        The batch of B observations, in the prior's units.
+    operator_for
+        Builds the batch's operator with the given support masks (source name ->
+        ``(B, *shape)``).
     seeds
         One seed per observation; the pilot's generators are seeded with
         ``seed ^ PILOT["salt"]``.
-    cg_iterations, trust, device
+    sampler
+        The main run's settings: the pilot keeps its ``cg_iterations`` and ``trust``.
+    device
         As for the main run.
     """
-    sources, shape, n_obs = list(prior.sources), tuple(prior.shape), len(seeds)
+    sources, shape, n_obs = list(prior.sources), tuple(prior.frame.shape), len(seeds)
     radii = {name: [s.radius] * n_obs for name, s in supports.items()}
     widest = {
         name: disk(shape, s.radius).expand(n_obs, *shape).clone() for name, s in supports.items()
     }
     adaptive = [name for name, s in supports.items() if s.adaptive]
     if adaptive:
+        main = sampler if sampler is not None else SamplerConfig()
+        pilot = SamplerConfig(
+            method=PILOT["sampler"],
+            steps=PILOT["steps"],
+            n_samples=PILOT["n_samples"],
+            cg_iterations=main.cg_iterations,
+            trust=main.trust,
+        )
         generators = [
             torch.Generator(device=device).manual_seed(int(s) ^ PILOT["salt"]) for s in seeds
         ]
@@ -223,14 +242,10 @@ def resolve_support_masks(
             prior.separate(
                 y,
                 noise_var,
-                supported_operator(operator, sources, widest),
-                n_samples=PILOT["n_samples"],
-                steps=PILOT["steps"],
-                cg_iterations=cg_iterations,
-                sampler=PILOT["sampler"],
+                operator_for(widest),
+                pilot,
                 generators=generators,
                 device=device,
-                trust=trust,
             )
             .detach()
             .to("cpu", torch.float64)

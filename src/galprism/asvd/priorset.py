@@ -3,21 +3,26 @@
 ``galprism separate --method asvd`` then runs the same pipeline, with the same inputs and
 outputs, as the diffusion method: the "sample" cube holds the single point estimate.
 The bases are learned from observed cutouts, so they already contain the survey's PSF:
-only the mask (and any downsampling) of each cutout's operator is applied here, and the
-separated sources are PSF-convolved images (the output header says so).
+the prior set declares ``psf_included``, the pipeline builds each cutout's operator
+without the PSF (mask and any downsampling only), and the separated sources are
+PSF-convolved images (the output header says so).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError
-from ..operators import Composition, Convolve, SourceSum
+from ..frame import Frame
+from ..operators import SourceSum
+from ..separate.prior import Capabilities
+from ..support import Support
 from .model import ASVDModel, load_asvd
 
 __all__ = ["ASVDPriorSet", "load_asvd_priorset"]
@@ -27,8 +32,10 @@ class ASVDPriorSet:
     """Adapter from :class:`ASVDModel` to the separation pipeline's prior interface."""
 
     method = "asvd"
-    flux_scale = 1.0
-    psf_included = True
+    #: One point estimate of PSF-convolved sources; no supports or free-form components.
+    capabilities = Capabilities(
+        posterior_samples=False, source_supports=False, freeform=False, psf_included=True
+    )
 
     def __init__(self, model: ASVDModel, path: Path, manifest: dict[str, Any]) -> None:
         self.model = model
@@ -36,21 +43,25 @@ class ASVDPriorSet:
         self.manifest = manifest
         self.name = str(manifest.get("name", path.name))
         self.sources = list(model.sources)
-        self.shape = tuple(model.shape)
-        self.pixel_scale = model.pixel_scale
-        self.zeropoint = model.zeropoint
-        self.bunit = model.bunit
+        # The bases are fitted in the data's own units: a flux scale of 1.
+        self.frame = Frame(
+            tuple(model.shape),
+            pixel_scale=model.pixel_scale,
+            zeropoint=model.zeropoint,
+            bunit=model.bunit,
+        )
         self.sha256 = str(manifest.get("sha256", ""))
+        self.support: dict[str, Support] = {}
 
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "method": self.method,
             "sources": self.sources,
-            "shape": list(self.shape),
-            "pixel_scale": self.pixel_scale,
-            "zeropoint": self.zeropoint,
-            "bunit": self.bunit,
+            "shape": list(self.frame.shape),
+            "pixel_scale": self.frame.pixel_scale,
+            "zeropoint": self.frame.zeropoint,
+            "bunit": self.frame.bunit,
             "training": {"tau": self.manifest.get("tau"), "ranks": self.manifest.get("ranks")},
             "sha256": self.sha256,
             "path": str(self.path),
@@ -61,39 +72,24 @@ class ASVDPriorSet:
         y: Tensor,
         noise_var: Tensor,
         operator: SourceSum,
+        sampler: SamplerConfig | None = None,
         *,
-        n_samples: int = 1,
-        steps: int = 0,
-        cg_iterations: int = 0,
-        sampler: str = "pc",
         generators: Sequence[torch.Generator] | torch.Generator | None = None,
         device: str | torch.device = "cpu",
-        callback=None,
-        trust: float = 0.0,
-        particles: int = 16,
+        callback: Callable[[int, int], None] | None = None,
     ) -> Tensor:
-        """Point estimate ``(B, 1, 2, *shape)``; sampler settings (``trust``, ``particles``) do not apply."""
-        op = _without_psf(operator)
-        out = self.model.separate(y.to(torch.float64), op, noise_var.to(torch.float64))
+        """Point estimate ``(B, 1, 2, *shape)``: no sampler setting applies.
+
+        ``operator`` must leave the PSF out (``capabilities.psf_included``): the bases
+        already contain it.
+        """
+        out = self.model.separate(y.to(torch.float64), operator, noise_var.to(torch.float64))
         return out[:, None].to(y.dtype)
 
     def sample_prior(self, source: str, n: int, **kwargs: Any) -> Tensor:
         raise ConfigError(
             f"prior {self.name!r}: adversarial-SVD bases are not a generative model; use a diffusion prior"
         )
-
-
-def _without_psf(operator: SourceSum) -> SourceSum:
-    """The operator with its PSF convolutions removed (the bases contain the PSF)."""
-
-    def strip(op):
-        if isinstance(op, Composition):
-            kept = [o for o in op.ops if not isinstance(o, Convolve)]
-            return Composition(kept) if kept else op.ops[-1]
-        return op
-
-    terms = [strip(op) for op in operator.ops]
-    return SourceSum(terms)
 
 
 def load_asvd_priorset(path: Path, manifest: dict[str, Any]) -> ASVDPriorSet:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ..separate import DEFAULTS, SAMPLERS
 from ._threads import set_threads, threads_option
+from .separate import SAMPLER_DEFAULTS, SAMPLERS, sampler_from_flags
 
 __all__ = ["evaluate"]
 
@@ -136,35 +137,35 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option(
     "--n-samples",
     type=click.IntRange(min=2),
-    default=DEFAULTS["n_samples"],
+    default=SAMPLER_DEFAULTS.n_samples,
     show_default=True,
     help="Posterior samples per cutout.",
 )
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
-    default=DEFAULTS["steps"],
+    default=SAMPLER_DEFAULTS.steps,
     show_default=True,
     help="Sampler steps.",
 )
 @click.option(
     "--cg-iterations",
     type=click.IntRange(min=0),
-    default=DEFAULTS["cg_iterations"],
+    default=SAMPLER_DEFAULTS.cg_iterations,
     show_default=True,
     help="CG iterations per step.",
 )
 @click.option(
     "--sampler",
     type=click.Choice(SAMPLERS),
-    default=DEFAULTS["sampler"],
+    default=SAMPLER_DEFAULTS.method,
     show_default=True,
     help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
 )
 @click.option(
     "--particles",
     type=click.IntRange(min=1),
-    default=DEFAULTS["particles"],
+    default=SAMPLER_DEFAULTS.particles,
     show_default=True,
     help="Chains per posterior sample of --sampler smc.",
 )
@@ -181,7 +182,9 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Cutouts per sampler call.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option(
+    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
+)
 @click.option(
     "--interval",
     type=click.Choice(["auto", "quantile", "student"]),
@@ -257,13 +260,23 @@ def evaluate(**opts) -> None:
     """
 
     from ..evaluate.pipeline import EvaluateConfig, run_evaluation
-    from ..separate import parse_support
+    from .separate import device_from_flag, parse_support
 
     set_threads(opts.pop("threads"), default_one=False)
     as_json = opts.pop("as_json")
     quiet = opts.pop("quiet")
     opts["support"] = parse_support(opts["support"])
+    opts["device"] = device_from_flag(opts["device"])
+    opts["sampler"] = sampler_from_flags(
+        method=opts.pop("sampler"),
+        steps=opts.pop("steps"),
+        n_samples=opts.pop("n_samples"),
+        cg_iterations=opts.pop("cg_iterations"),
+        particles=opts.pop("particles"),
+    )
     cfg = EvaluateConfig(**opts)
+    if cfg.support:
+        _check_support(cfg)
     progress = _Progress(not quiet)
     try:
         out = run_evaluation(
@@ -281,3 +294,16 @@ def evaluate(**opts) -> None:
             f"galprism evaluate: report in {cfg.output_dir}/summary.md ({out.seconds:.0f} s)",
             err=True,
         )
+
+
+def _check_support(cfg: Any) -> None:
+    """A --support naming a source the prior lacks is a usage error before any sampling."""
+    from ..errors import ConfigError, UsageError
+    from ..priorset import load_priorset
+    from ..separate import SeparateConfig, effective_support
+
+    prior = load_priorset(cfg.prior)
+    try:
+        effective_support(prior, SeparateConfig(support=cfg.support))
+    except ConfigError as exc:
+        raise UsageError(f"--support: {exc}") from None

@@ -163,10 +163,10 @@ def fit(
                 click.echo(f"galprism: tau curve: {json.dumps(point)}", err=True)
     else:
         from ..em.distributed import auto_device, env_rank
+        from .separate import device_from_flag
 
-        device = kw["device"]
-        if device == "auto":
-            device = auto_device()
+        # auto under torchrun: the process's own GPU (cuda:LOCAL_RANK).
+        device = device_from_flag(auto_device() if kw["device"] == "auto" else kw["device"])
         # Under torchrun every process runs the fit; rank 0 writes and reports.
         silent = (env_rank() or (0, 1, 0))[0] != 0
         result = fit_priors(

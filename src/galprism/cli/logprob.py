@@ -48,7 +48,9 @@ __all__ = ["logprob"]
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson probes."
 )
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
+)
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON line per candidate image on stdout."
 )
@@ -64,7 +66,9 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
 
     from ..io.fitsfile import hdu_array, read_hdulist
     from ..priorset import load_priorset
+    from .separate import device_from_flag
 
+    device = device_from_flag(kw["device"])
     prior = load_priorset(prior_spec)
     for path in candidates:
         hdul = read_hdulist(str(path))
@@ -76,7 +80,7 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
         if hdu is None or hdu.data is None:
             raise click.ClickException(f"{path}: no image data")
         data = np.asarray(hdu_array(hdu.data, f"{path}"), dtype=np.float64)
-        shape = tuple(prior.shape)
+        shape = tuple(prior.frame.shape)
         if data.shape == shape[1:] or data.shape == shape:
             data = data.reshape(1, *shape)
         elif data.shape[1:] == shape[1:] and shape[0] == 1:
@@ -88,12 +92,12 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
         zp = (
             kw["zeropoint"]
             if kw["zeropoint"] is not None
-            else hdu.header.get("MAGZERO", prior.zeropoint)
+            else hdu.header.get("MAGZERO", prior.frame.zeropoint)
         )
         factor = (
             1.0
-            if zp is None or prior.zeropoint is None
-            else 10 ** (-0.4 * (float(zp) - float(prior.zeropoint)))
+            if zp is None or prior.frame.zeropoint is None
+            else 10 ** (-0.4 * (float(zp) - float(prior.frame.zeropoint)))
         )
         images = torch.from_numpy(data * factor)
         lp = prior.log_prob(
@@ -103,7 +107,7 @@ def logprob(candidates: tuple[Path, ...], prior_spec: str, source: str, **kw: An
             exact=kw["exact"],
             probes=kw["probes"],
             generator=torch.Generator().manual_seed(kw["seed"]),
-            device=kw["device"],
+            device=device,
         )
         # Back to the candidate's own units: p_input(x) = p_prior(k x) k^D.
         lp = lp + images[0].numel() * math.log(factor)

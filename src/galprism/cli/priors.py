@@ -28,10 +28,11 @@ def describe_prior(prior: Any) -> dict[str, Any]:
     info.setdefault("name", prior.name)
     info.setdefault("method", prior.method)
     info.setdefault("sources", list(prior.sources))
-    info.setdefault("pixel_scale", prior.pixel_scale)
-    info.setdefault("shape", list(prior.shape))
-    info.setdefault("zeropoint", prior.zeropoint)
-    info.setdefault("bunit", prior.bunit)
+    frame = prior.frame
+    info.setdefault("pixel_scale", frame.pixel_scale)
+    info.setdefault("shape", list(frame.shape))
+    info.setdefault("zeropoint", frame.zeropoint)
+    info.setdefault("bunit", frame.bunit)
     info.setdefault("support", dict(getattr(prior, "support", {}) or {}))
     info.setdefault("sha256", prior.sha256)
     return info

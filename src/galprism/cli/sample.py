@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..separate import DEFAULTS, SAMPLERS
 from . import separate as _separate_cli
-from .separate import command_line
+from .separate import RUN_DEFAULTS, SAMPLER_DEFAULTS, SAMPLERS, command_line
 
 __all__ = ["sample"]
 
@@ -33,7 +32,7 @@ __all__ = ["sample"]
     "-n",
     "--n-samples",
     type=int,
-    default=DEFAULTS["n_samples"],
+    default=SAMPLER_DEFAULTS.n_samples,
     show_default=True,
     help="Samples per source.",
 )
@@ -45,19 +44,19 @@ __all__ = ["sample"]
     help="Output FITS file.",
 )
 @click.option(
-    "--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps."
+    "--steps", type=int, default=SAMPLER_DEFAULTS.steps, show_default=True, help="Sampler steps."
 )
 @click.option(
     "--sampler",
     type=click.Choice([m for m in SAMPLERS if m != "smc"]),
-    default=DEFAULTS["sampler"],
+    default=SAMPLER_DEFAULTS.method,
     show_default=True,
     help="Prior sampler (smc needs an observation to weigh its particles; use separate).",
 )
 @click.option(
     "--seed",
     type=int,
-    default=DEFAULTS["seed"],
+    default=RUN_DEFAULTS.seed,
     show_default=True,
     help="Run seed; each source's derives from it and its name.",
 )
@@ -87,11 +86,10 @@ def sample(
     """
     from ..io.prior_samples import prior_samples_hdulist
     from ..io.write import OutputExistsError, write_atomic
-    from ..separate import resolve_device
 
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output}: output exists; pass --overwrite to replace it")
-    dev = resolve_device(device)
+    dev = _separate_cli.device_from_flag(device)
     prior = _separate_cli.load_prior(prior_spec)
     t0 = time.perf_counter()
     hdul, summary = prior_samples_hdulist(

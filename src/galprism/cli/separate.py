@@ -2,19 +2,133 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import UsageError
-from ..separate import DEFAULTS, SAMPLERS
+from ..diffusion.samplers import METHODS as SAMPLERS
+from ..diffusion.samplers import SamplerConfig
+from ..errors import ConfigError, UsageError
+from ..freeform import FreeformConfig
+from ..separate import SeparateConfig
+from ..support import Support
 from ._threads import set_threads, threads_option
 
-__all__ = ["separate", "load_prior"]
+__all__ = [
+    "separate",
+    "load_prior",
+    "parse_support",
+    "parse_freeform",
+    "device_from_flag",
+    "sampler_from_flags",
+    "SAMPLER_DEFAULTS",
+    "SAMPLER_FLAGS",
+    "RUN_DEFAULTS",
+]
+
+#: The run defaults of ``galprism separate``: those of the library's :class:`SeparateConfig`.
+RUN_DEFAULTS = SeparateConfig()
+#: The sampler defaults of every command: those of the library's :class:`SamplerConfig`.
+SAMPLER_DEFAULTS = SamplerConfig()
+#: The flag of each :class:`SamplerConfig` field, for error messages.
+SAMPLER_FLAGS = {
+    "method": "--sampler",
+    "steps": "--steps",
+    "n_samples": "-n/--n-samples",
+    "cg_iterations": "--cg-iterations",
+    "particles": "--particles",
+    "trust": "--trust",
+}
+
+
+def sampler_from_flags(**values: Any) -> SamplerConfig:
+    """A :class:`SamplerConfig` from flag values, a bad one reported by its flag name.
+
+    Raises
+    ------
+    UsageError
+        Naming the first flag whose value the sampler refuses.
+    """
+    for key, value in values.items():
+        try:
+            SamplerConfig(**{key: value})
+        except ConfigError as exc:
+            reason = str(exc).partition(": ")[2] or str(exc)
+            raise UsageError(f"{SAMPLER_FLAGS.get(key, key)} {value}: {reason}") from None
+    return SamplerConfig(**values)
+
+
+def parse_support(values: Sequence[str]) -> dict[str, float | str] | None:
+    """``--support`` values (``SOURCE=RADIUS``, ``SOURCE=auto:RADIUS`` or ``none``) as a
+    :attr:`~galprism.separate.SeparateConfig.support`.
+
+    No values gives ``None`` (the prior's own supports); ``none`` gives ``{}``.
+    """
+    if not values:
+        return None
+    if any(v.strip().lower() == "none" for v in values):
+        if len(values) > 1:
+            raise UsageError(
+                f"--support none excludes other --support values, got {', '.join(values)}"
+            )
+        return {}
+    out: dict[str, float | str] = {}
+    for v in values:
+        name, sep, radius = v.partition("=")
+        value: float | str = radius.strip()
+        try:
+            value = float(radius)
+        except ValueError:
+            pass
+        if not sep or not name.strip():
+            raise UsageError(
+                f"--support {v!r}: expected SOURCE=RADIUS or SOURCE=auto:RADIUS (prior pixels), "
+                "or 'none'"
+            )
+        try:
+            Support.parse(value, f"--support {v!r}")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        out[name.strip()] = value
+    return out
+
+
+def parse_freeform(
+    bright: str | float | None, edge: str | float | None, residual: str | float | None = None
+) -> FreeformConfig:
+    """``--freeform-bright`` / ``-edge`` / ``-residual`` values (a number or ``none``) as a
+    :class:`FreeformConfig`."""
+    values: dict[str, float | None] = {}
+    for name, v in (("bright", bright), ("edge", edge), ("residual", residual)):
+        if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
+            values[name] = None
+            continue
+        try:
+            values[name] = float(v)
+        except ValueError:
+            raise UsageError(
+                f"--freeform-{name} {v!r}: expected a positive number or 'none'"
+            ) from None
+    for name, v in values.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UsageError(f"--freeform-{name} {v:g}: expected a positive number or 'none'")
+    return FreeformConfig(bright=values["bright"], edge=values["edge"], residual=values["residual"])
+
+
+def device_from_flag(device: str) -> str:
+    """``--device`` resolved (``auto``: CUDA when available); a bad one is a usage error."""
+    from ..separate import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ConfigError as exc:
+        raise UsageError(f"--device {device}: {str(exc).partition(': ')[2] or exc}") from None
 
 
 def load_prior(spec: str) -> Any:
@@ -156,38 +270,38 @@ def _record_line(rec: Any) -> str:
     "-n",
     "--n-samples",
     type=int,
-    default=DEFAULTS["n_samples"],
+    default=SAMPLER_DEFAULTS.n_samples,
     show_default=True,
     help="Posterior samples per cutout.",
 )
 @click.option(
-    "--steps", type=int, default=DEFAULTS["steps"], show_default=True, help="Sampler steps."
+    "--steps", type=int, default=SAMPLER_DEFAULTS.steps, show_default=True, help="Sampler steps."
 )
 @click.option(
     "--cg-iterations",
     type=int,
-    default=DEFAULTS["cg_iterations"],
+    default=SAMPLER_DEFAULTS.cg_iterations,
     show_default=True,
     help="Conjugate-gradient iterations per step.",
 )
 @click.option(
     "--sampler",
     type=click.Choice(SAMPLERS),
-    default=DEFAULTS["sampler"],
+    default=SAMPLER_DEFAULTS.method,
     show_default=True,
     help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
 )
 @click.option(
     "--particles",
     type=click.IntRange(min=1),
-    default=DEFAULTS["particles"],
+    default=SAMPLER_DEFAULTS.particles,
     show_default=True,
     help="Chains per posterior sample of --sampler smc.",
 )
 @click.option(
     "--trust",
     type=float,
-    default=DEFAULTS["trust"],
+    default=SAMPLER_DEFAULTS.trust,
     show_default=True,
     help="Trust radius of diffusion-prior MMPS corrections (0 = off).",
 )
@@ -196,7 +310,8 @@ def _record_line(rec: Any) -> str:
     "support",
     multiple=True,
     metavar="SOURCE=[auto:]RADIUS|none",
-    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout centre, or auto:RADIUS for "
+    help="Confine SOURCE to a disk of RADIUS prior pixels around the cutout center, or "
+    "auto:RADIUS for "
     "a disk fitted per cutout up to RADIUS (repeatable); 'none' drops the prior's own supports "
     "(default: the prior's, see `galprism priors`).",
 )
@@ -214,7 +329,7 @@ def _record_line(rec: Any) -> str:
     show_default=True,
     metavar="SNR|none",
     help="Give a peak on the cutout's outermost pixels above this signal-to-noise a free-form "
-    "component reaching beyond the grid (light from sources centred outside it).",
+    "component reaching beyond the grid (light from sources centered outside it).",
 )
 @click.option(
     "--freeform-residual",
@@ -227,7 +342,7 @@ def _record_line(rec: Any) -> str:
 @click.option(
     "--batch-size",
     type=int,
-    default=DEFAULTS["batch_size"],
+    default=RUN_DEFAULTS.batch_size,
     show_default=True,
     help="Cutouts per sampler call.",
 )
@@ -238,12 +353,12 @@ def _record_line(rec: Any) -> str:
 @click.option(
     "--seed",
     type=int,
-    default=DEFAULTS["seed"],
+    default=RUN_DEFAULTS.seed,
     show_default=True,
     help="Run seed; each cutout's derives from it and its file name.",
 )
-@click.option("--center", help="Crop centre X,Y in 0-based pixels (default: image centre).")
-@click.option("--center-radec", help="Crop centre RA,DEC in degrees, through the WCS.")
+@click.option("--center", help="Crop center X,Y in 0-based pixels (default: image center).")
+@click.option("--center-radec", help="Crop center RA,DEC in degrees, through the WCS.")
 @click.option("--image-hdu", help="Image HDU name or index (default: SCI, IMAGE, else primary).")
 @click.option(
     "--psf",
@@ -309,7 +424,7 @@ def separate(
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
-    from ..separate import RunWarnings, SeparateConfig, parse_freeform, parse_support, run_separate
+    from ..separate import RunWarnings, effective_support, run_separate
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
@@ -334,13 +449,20 @@ def separate(
         zeropoint=kw["zeropoint"],
         band=kw["band"],
     )
-    config = SeparateConfig(
-        n_samples=kw["n_samples"],
+    if kw["overwrite"] and kw["skip_existing"]:
+        raise UsageError("--overwrite and --skip-existing exclude each other")
+    if kw["center"] is not None and kw["center_radec"] is not None:
+        raise UsageError("--center and --center-radec exclude each other")
+    sampler = sampler_from_flags(
+        method=kw["sampler"],
         steps=kw["steps"],
+        n_samples=kw["n_samples"],
         cg_iterations=kw["cg_iterations"],
-        sampler=kw["sampler"],
         particles=kw["particles"],
         trust=kw["trust"],
+    )
+    config = SeparateConfig(
+        sampler=sampler,
         batch_size=kw["batch_size"],
         device=kw["device"],
         seed=kw["seed"],
@@ -369,6 +491,11 @@ def separate(
     prior = load_prior(prior_spec)
     if kw["method"] != "auto" and prior.method != kw["method"]:
         raise UsageError(f"--method {kw['method']}: prior {prior_spec!r} is a {prior.method} prior")
+    device_from_flag(config.device)
+    try:
+        effective_support(prior, config)
+    except ConfigError as exc:
+        raise UsageError(f"--support: {exc}") from None
     out = _Output(kw["json_lines"], kw["quiet"], total)
     warnings = RunWarnings(None if not kw["quiet"] else (lambda msg: None))
     if not kw["quiet"]:

@@ -17,12 +17,15 @@ denoiser's estimate at ``sigma_min`` rather than a slightly noisy state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Protocol
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from ..errors import ConfigError
 
 __all__ = ["METHODS", "JointDenoiser", "SamplerConfig", "sample", "randn_rows", "denoiser_calls"]
 
@@ -40,7 +43,11 @@ class JointDenoiser(Protocol):
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Settings of a sampler run.
+    """Every setting of a (posterior) sampler run, with the defaults of a separation.
+
+    The defaults are those of ``galprism separate``: the library's and the command
+    line's default separations are the same run. EM and other callers that want other
+    values pass their own instance.
 
     Parameters
     ----------
@@ -52,7 +59,8 @@ class SamplerConfig:
         posterior's modes by their evidence; :mod:`galprism.smc`; without an observation,
         as in :func:`sample`, it is stochastic DDIM).
     steps
-        Number of time steps.
+        Number of time steps. 32 rather than 16 DDIM steps lowered the RMSE of the
+        evaluation's 200 test cutouts from 0.118 to 0.108 (docs/evaluation.md).
     eta
         DDIM stochasticity (0 = deterministic; ``smc`` needs a stochastic step and takes
         0 as 1).
@@ -62,29 +70,65 @@ class SamplerConfig:
         Langevin step size relative to the noise level (``pc`` only).
     particles
         Particles per posterior sample (``smc`` only).
+    n_samples
+        Posterior samples per observation.
+    cg_iterations
+        Conjugate-gradient iterations of the MMPS covariance solve per denoiser call
+        (:mod:`galprism.posterior`); 0 uses the residual itself.
+    trust
+        Trust radius of the MMPS corrections of diffusion priors, in units of the
+        denoiser's own error scale (:mod:`galprism.posterior`); 0 turns the cap off. Off
+        by default: on a real HSC blend brighter than the training data the cap tripled
+        chi^2 (994 against 428), while EM needs it against rare exploding E-step samples.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown method or a count or scale out of range.
     """
 
-    method: str = "pc"
-    steps: int = 64
+    method: str = "ddim"
+    steps: int = 32
     eta: float = 0.0
     corrections: int = 1
     tau: float = 0.1
     particles: int = 16
+    n_samples: int = 8
+    cg_iterations: int = 1
+    trust: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(
-                f"SamplerConfig: unknown method {self.method!r} ({', '.join(METHODS)})"
+            raise ConfigError(
+                f"sampler: unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
             )
-        if self.particles < 1:
-            raise ValueError(f"SamplerConfig: particles must be >= 1, got {self.particles}")
-        if self.steps < 1:
-            raise ValueError(f"SamplerConfig: steps must be >= 1, got {self.steps}")
-        if self.corrections < 0 or self.tau <= 0 or not 0 <= self.eta <= 1:
-            raise ValueError("SamplerConfig: need corrections >= 0, tau > 0 and 0 <= eta <= 1")
+        for name in ("steps", "particles", "n_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ConfigError(f"sampler: {name} must be an integer >= 1, got {value!r}")
+        for name in ("corrections", "cg_iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 0:
+                raise ConfigError(f"sampler: {name} must be an integer >= 0, got {value!r}")
+        if not self.tau > 0:
+            raise ConfigError(f"sampler: tau must be > 0, got {self.tau!r}")
+        if not 0 <= self.eta <= 1:
+            raise ConfigError(f"sampler: eta must be in [0, 1], got {self.eta!r}")
+        if not (math.isfinite(self.trust) and self.trust >= 0):
+            raise ConfigError(f"sampler: trust must be >= 0, got {self.trust!r}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values (JSON records, run folders)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "sampler") -> SamplerConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown sampler settings {unknown}")
+        return cls(**data)
 
 
 def denoiser_calls(config: SamplerConfig) -> int:

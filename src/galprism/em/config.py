@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..diffusion.loss import TIME_SAMPLINGS
+from ..diffusion.samplers import SamplerConfig
 from ..diffusion.training import random_flux_scaling
 from ..errors import ConfigError
 
@@ -202,10 +203,29 @@ class EMConfig:
         )
         if total == 0:
             raise ConfigError("EM: needs at least one lap")
+        try:  # the sampler's own checks are the one rule for valid settings
+            self.sampler_of(0)
+        except ConfigError as err:
+            raise ConfigError(f"EM: {err}") from None
 
     def steps_of(self, phase_lap: int) -> int:
         """E-step sampler steps of lap ``phase_lap`` (from 0) of a phase."""
         return _scheduled(self.steps, phase_lap)
+
+    def sampler_of(self, phase_lap: int) -> SamplerConfig:
+        """The E-step's :class:`SamplerConfig` of lap ``phase_lap`` (from 0) of a phase: one
+        sample per observation, this lap's steps and corrections, and the run's method,
+        ``tau``, ``particles``, ``cg_iterations`` and ``trust``."""
+        return SamplerConfig(
+            self.sampler,
+            self.steps_of(phase_lap),
+            corrections=self.corrections_of(phase_lap),
+            tau=self.tau,
+            particles=self.particles,
+            n_samples=1,
+            cg_iterations=self.cg_iterations,
+            trust=self.trust,
+        )
 
     def corrections_of(self, phase_lap: int) -> int:
         """Langevin corrections per sampler step of lap ``phase_lap`` (from 0) of a phase."""

@@ -12,13 +12,13 @@ the M-step. Every redraw comes from the run's stream, so runs stay reproducible.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from ..diffusion import SamplerConfig
-from ..posterior import sample_posterior
+from ..sampling import sample_posterior
 from .distributed import observation_generators
 from .views import View
 
@@ -57,8 +57,6 @@ def posterior_samples(
     index: Tensor,
     sampler: SamplerConfig,
     *,
-    cg_iterations: int,
-    trust: float,
     batch: int,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
@@ -77,8 +75,9 @@ def posterior_samples(
         One prior per source of the view, in its order.
     index
         Which observations ``(n,)``.
-    sampler, cg_iterations, trust
-        Posterior sampler settings (see :func:`~galprism.posterior.sample_posterior`).
+    sampler
+        Posterior sampler settings (see :func:`~galprism.sampling.sample_posterior`);
+        one sample per observation is drawn whatever its ``n_samples``.
     batch
         Observations per sampler call.
     generator
@@ -99,8 +98,9 @@ def posterior_samples(
         x = view.y.new_zeros((0, len(priors), *view.source_shape))
         empty = view.y.new_zeros(0)
         return EStepResult(x, index, empty, empty.bool(), 0)
+    sampler = replace(sampler, n_samples=1)
     gens = _seeded(generator, observation_seed)
-    x = _draw(view, priors, index, sampler, cg_iterations, trust, batch, gens(0), device, progress)
+    x = _draw(view, priors, index, sampler, batch, gens(0), device, progress)
     chi2 = view.chi2_per_observation(x, index)
     redrawn = 0
     if reject_chi2 > 0:
@@ -114,8 +114,6 @@ def posterior_samples(
                 priors,
                 index[bad],
                 sampler,
-                cg_iterations,
-                trust,
                 batch,
                 gens(attempt),
                 device,
@@ -142,8 +140,6 @@ def _draw(
     priors: Sequence[nn.Module],
     index: Tensor,
     sampler: SamplerConfig,
-    cg_iterations: int,
-    trust: float,
     batch: int,
     generators: Noise,
     device: torch.device | str,
@@ -158,11 +154,8 @@ def _draw(
             op,
             view.y[idx].to(device),
             view.noise_var[idx].to(device),
-            n_samples=1,
-            config=sampler,
-            cg_iterations=cg_iterations,
+            sampler,
             generators=generators(idx),
-            trust=trust,
         )
         out.append(x[:, 0].cpu())
         if progress is not None:

@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from .. import __version__
 from ..diffusion import DiffusionPrior, SamplerConfig, random_flux_scaling
 from ..errors import ConfigError
+from ..frame import Frame
 from ..gaussian import GaussianPrior
-from ..posterior import sample_prior
 from ..priorset import PriorSet
+from ..sampling import sample_prior
 from .config import EMConfig
 from .distributed import Distributed
 from .estep import posterior_samples
@@ -238,13 +239,7 @@ def _lap(
     for earlier in stages[: plan.stage]:
         for s in earlier.learn:
             state.freeze(s)
-    sampler = SamplerConfig(
-        config.sampler,
-        config.steps_of(plan.phase_lap),
-        corrections=config.corrections_of(plan.phase_lap),
-        tau=config.tau,
-        particles=config.particles,
-    )
+    sampler = config.sampler_of(plan.phase_lap)
     samples: dict[str, list[Tensor]] = {s: [] for s in stage.learn}
     chi2, redrawn, rejected = {}, {}, {}
     for vname in stage.views:
@@ -263,8 +258,6 @@ def _lap(
             [state.prior_for(s, plan.phase).to(device) for s in view.sources],
             index[lo:hi],
             sampler,
-            cg_iterations=config.cg_iterations,
-            trust=config.trust,
             batch=config.estep_batch,
             generator=state.generator,
             device=device,
@@ -395,11 +388,14 @@ def _grids(
 def _finish(state: EMState, config: EMConfig, store: RunStore, dist: Distributed) -> EMResult:
     meta = config.metadata
     common = dict(
-        shape=tuple(config.shape),
-        pixel_scale=meta.get("pixel_scale"),
-        zeropoint=meta.get("zeropoint"),
-        bunit=meta.get("bunit"),
-        flux_scale=float(meta.get("flux_scale", 1.0)),
+        frame=Frame(
+            tuple(config.shape),
+            bands=meta.get("bands"),
+            pixel_scale=meta.get("pixel_scale"),
+            zeropoint=meta.get("zeropoint"),
+            bunit=meta.get("bunit"),
+            flux_scale=float(meta.get("flux_scale", 1.0)),
+        ),
         support=dict(meta.get("support") or {}),
     )
     training = {

@@ -24,15 +24,17 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, ShapeError
+from ..frame import Frame
 from ..io.inputs import cutout_seed
 from ..observation import Observation, stack_observations
 from ..priorset import PriorSet
 from ..separate import (
-    DEFAULTS,
     SeparateConfig,
     effective_support,
     fit_to_prior,
+    resolve_device,
     separate_observations,
 )
 from .testset import EvalCutout
@@ -76,17 +78,18 @@ class Method(Protocol):
 
 
 def forward_model(
-    obs: Observation, image: np.ndarray, prior_shape: Sequence[int], factor: int = 1
+    obs: Observation, image: np.ndarray, prior_shape: Sequence[int], grid_factor: int = 1
 ) -> np.ndarray:
     """``Downsample o Convolve(PSF)`` of an intrinsic ``(C, H, W)`` image, masked pixels included.
 
     This is galprism's own forward model (zero-padded FFT convolution with the cutout's
     PSF), so the convolved estimate is exactly what the method predicts for the data.
     """
-    batch = stack_observations([obs], prior_shape, 1, prior_pixel_scale=None)
-    if factor != 1:
+    batch = stack_observations([obs], Frame(tuple(prior_shape)))
+    if grid_factor != 1:
         raise ShapeError(
-            f"{obs.name}: forward_model handles cutouts on the prior's grid only (factor {factor})"
+            f"{obs.name}: forward_model handles cutouts on the prior's grid only "
+            f"(factor {grid_factor})"
         )
     x = torch.from_numpy(np.asarray(image, dtype=np.float64))[None]
     return batch.forward.apply(x)[0].numpy()
@@ -101,8 +104,8 @@ class GalprismMethod:
         The loaded prior set; must have a source named ``galaxy_source``.
     name, label
         Short key (results) and display name (report).
-    n_samples, steps, cg_iterations, sampler, particles
-        Posterior sampler settings (``particles``: chains per sample of ``sampler="smc"``).
+    sampler
+        Posterior sampler settings (at least 2 samples, for calibration).
     batch_size
         Cutouts per sampler call.
     seed
@@ -122,11 +125,7 @@ class GalprismMethod:
         name: str,
         label: str,
         *,
-        n_samples: int,
-        steps: int,
-        cg_iterations: int = 1,
-        sampler: str = "pc",
-        particles: int = DEFAULTS["particles"],
+        sampler: SamplerConfig,
         batch_size: int = 8,
         seed: int = 0,
         device: str = "cpu",
@@ -137,21 +136,18 @@ class GalprismMethod:
             raise ConfigError(
                 f"prior {prior.name!r} has no source {galaxy_source!r} (sources: {', '.join(prior.sources)})"
             )
-        if n_samples < 2:
+        if sampler.n_samples < 2:
             raise ConfigError(
-                f"{name}: needs at least 2 posterior samples per cutout for calibration, got {n_samples}"
+                f"{name}: needs at least 2 posterior samples per cutout for calibration, "
+                f"got {sampler.n_samples}"
             )
         self.prior = prior
         self.name = name
         self.label = label
         self.galaxy_index = prior.sources.index(galaxy_source)
-        self.device = device
+        self.device = resolve_device(device)
         self.config = SeparateConfig(
-            n_samples=n_samples,
-            steps=steps,
-            cg_iterations=cg_iterations,
             sampler=sampler,
-            particles=particles,
             batch_size=batch_size,
             seed=seed,
             device=device,
@@ -168,11 +164,12 @@ class GalprismMethod:
             "prior_path": str(self.prior.path) if self.prior.path else None,
             "prior_method": self.prior.method,
             "prior_sha256": self.prior.sha256,
-            "n_samples": c.n_samples,
-            "steps": c.steps,
-            "cg_iterations": c.cg_iterations,
-            "sampler": c.sampler,
-            "particles": c.particles,
+            "n_samples": c.sampler.n_samples,
+            "steps": c.sampler.steps,
+            "cg_iterations": c.sampler.cg_iterations,
+            "sampler": c.sampler.method,
+            "particles": c.sampler.particles,
+            "trust": c.sampler.trust,
             "support": {k: str(v) for k, v in effective_support(self.prior, c).items()},
             "batch_size": c.batch_size,
             "seed": c.seed,
@@ -197,7 +194,8 @@ class GalprismMethod:
             for o, c in zip(observations, group, strict=True):
                 if o.shape != c.observation.shape:
                     raise ShapeError(
-                        f"{c.name}: cutout {c.observation.shape[1:]} differs from prior {tuple(self.prior.shape[1:])}; "
+                        f"{c.name}: cutout {c.observation.shape[1:]} differs from prior "
+                        f"{tuple(self.prior.frame.shape[1:])}; "
                         "simulate the test set at the prior's size"
                     )
             seeds = [cutout_seed(self.config.seed, c.name) for c in group]
@@ -208,7 +206,7 @@ class GalprismMethod:
             for obs, res in zip(observations, results, strict=True):
                 samples = res.samples[:, self.galaxy_index, 0].astype(np.float64)  # (S, H, W)
                 mean = samples.mean(axis=0)
-                conv = forward_model(obs, mean[None], self.prior.shape)[0]
+                conv = forward_model(obs, mean[None], self.prior.frame.shape)[0]
                 out.append(Estimate(galaxy_conv=conv, galaxy=mean, samples=samples, seconds=share))
             if progress is not None:
                 progress(len(group))
@@ -280,7 +278,7 @@ class PhotutilsMethod:
     The background (a constant: the sigma-clipped median of the valid pixels) is
     subtracted; the image is smoothed with a Gaussian kernel of ``kernel_fwhm`` pixels
     (about the PSF) for detection at ``nsigma`` times the noise per pixel; the segment
-    under the cutout centre (else the nearest segment within ``max_distance`` pixels)
+    under the cutout center (else the nearest segment within ``max_distance`` pixels)
     is the central galaxy, and its background-subtracted pixels are the estimate
     (0 elsewhere and at masked pixels). No detection gives an all-zero estimate.
     """
@@ -360,7 +358,7 @@ class PhotutilsMethod:
         return data, np.asarray(segm.data, dtype=np.int64)
 
     def central_label(self, labels: np.ndarray) -> int:
-        """Label of the segment under the centre pixel, else the nearest within ``max_distance``."""
+        """Label of the segment under the center pixel, else the nearest within ``max_distance``."""
         h, w = labels.shape
         cy, cx = h // 2, w // 2
         if labels[cy, cx] > 0:

@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..diffusion.samplers import SamplerConfig
 from ..errors import ShapeError
 from ..io.inputs import cutout_seed
-from ..operators import Composition, Convolve, Identity, LinearOperator, Mask, SourceSum
+from ..operators import Composition, Convolve, Identity, LinearOperator, Mask
 from ..priorset import PriorSet
-from ..separate import DEFAULTS, SeparateConfig, effective_support, prior_zeropoint
-from ..support import resolve_support_masks, supported_operator, zero_outside_supports
+from ..separate import SeparateConfig, effective_support, prior_zeropoint
+from ..support import resolve_support_masks, source_operator, zero_outside_supports
 from .real import COVERAGE_MIN, RealCase
 
 __all__ = ["ChannelStack", "TwoViewResult", "two_view_separation"]
@@ -101,11 +102,7 @@ def two_view_separation(
     prior: PriorSet,
     case: RealCase,
     *,
-    n_samples: int = 16,
-    steps: int = 32,
-    cg_iterations: int = 1,
-    sampler: str = "pc",
-    particles: int = DEFAULTS["particles"],
+    sampler: SamplerConfig | None = None,
     seed: int = 0,
     galaxy_source: str = "galaxy",
     support: dict[str, float | str] | None = None,
@@ -113,23 +110,24 @@ def two_view_separation(
     """Sample the posterior of the real cutout with and without the HST view (same seed).
 
     ``support`` as :attr:`galprism.separate.SeparateConfig.support` (None: the prior's own);
-    ``particles``: chains per sample of ``sampler="smc"``.
+    ``sampler`` every sampler setting (default: ``galprism separate``'s).
     """
     import time
 
     t0 = time.perf_counter()
+    sampler = sampler if sampler is not None else SamplerConfig()
     cut = case.cutout
     obs = cut.observation
-    shape = tuple(prior.shape)
+    shape = tuple(prior.frame.shape)
     if obs.shape != shape:
         raise ShapeError(f"{obs.name}: cutout {obs.shape} does not match prior {shape}")
     zp = prior_zeropoint(prior)
-    fac = obs.flux_factor_to(zp)
+    flux_factor = obs.flux_factor_to(zp)
     offset = float(case.info.get("sky_offset", 0.0))
     # The HST view has no flat sky (it was fitted away), so remove the fitted offset from
     # the HSC data in both runs: the comparison then differs only by the HST view.
-    y_hsc = (obs.image - offset) * fac
-    var_hsc = np.where(obs.valid, obs.variance, 1.0) * fac**2
+    y_hsc = (obs.image - offset) * flux_factor
+    var_hsc = np.where(obs.valid, obs.variance, 1.0) * flux_factor**2
     hsc_op = Composition(
         [
             Mask(torch.from_numpy(obs.valid.copy())),
@@ -137,8 +135,8 @@ def two_view_separation(
         ]
     )
     covered = (case.coverage > COVERAGE_MIN)[None]
-    y_hst = np.where(covered, case.hst_truth_view[None], 0.0) * fac
-    var_hst = np.full(shape, (case.hst_truth_noise * fac) ** 2)
+    y_hst = np.where(covered, case.hst_truth_view[None], 0.0) * flux_factor
+    var_hst = np.full(shape, (case.hst_truth_noise * flux_factor) ** 2)
     hst_op = Composition([Mask(torch.from_numpy(covered.copy())), Identity(shape)])
     k = prior.sources.index(galaxy_source)
     supports = effective_support(prior, SeparateConfig(support=support))
@@ -154,24 +152,17 @@ def two_view_separation(
         ),
     ):
         y_t, var_t = torch.from_numpy(y[None]).float(), torch.from_numpy(var[None]).float()
-        full = SourceSum([op] * len(prior.sources))
+
+        def operator_for(masks, op=op):
+            return source_operator(prior.sources, [op], masks)
+
         masks, _ = resolve_support_masks(
-            supports, prior, y_t, var_t, full, [gen_seed], cg_iterations=cg_iterations
+            supports, prior, y_t, var_t, operator_for, [gen_seed], sampler=sampler
         )
         gen = torch.Generator().manual_seed(gen_seed)
-        x = prior.separate(
-            y_t,
-            var_t,
-            supported_operator(full, prior.sources, masks),
-            n_samples=n_samples,
-            steps=steps,
-            cg_iterations=cg_iterations,
-            sampler=sampler,
-            particles=particles,
-            generators=[gen],
-        )
+        x = prior.separate(y_t, var_t, operator_for(masks), sampler, generators=[gen])
         x = zero_outside_supports(x, prior.sources, masks)
-        gal = x[0, :, k, 0].double().numpy() / fac  # (S, H, W) in the cutout's units
+        gal = x[0, :, k, 0].double().numpy() / flux_factor  # (S, H, W) in the cutout's units
         runs[label] = gal
     foot = cut.galaxy_conv >= cut.sigma
     flux = {k_: v.sum(axis=(1, 2)) for k_, v in runs.items()}
@@ -188,6 +179,6 @@ def two_view_separation(
         flux_mean_hsc=float(flux["hsc"].mean()),
         flux_mean_both=float(flux["both"].mean()),
         truth_flux=float(cut.galaxy.sum()),
-        n_samples=n_samples,
+        n_samples=sampler.n_samples,
         seconds=time.perf_counter() - t0,
     )

@@ -10,16 +10,16 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
+from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, GalprismError
 from ..priorset import PriorSet, list_builtin_priors, load_priorset
-from ..separate import DEFAULTS as SEPARATE_DEFAULTS
 from .methods import GalprismMethod, Method, PhotutilsMethod
 from .report import write_report
 from .run import EvalResult, evaluate_methods
@@ -60,9 +60,8 @@ class EvaluateConfig:
     prior, gaussian_prior
         Prior of ``galprism`` (name or folder) and of ``gaussian`` (``"auto"``: the
         Gaussian PPCA prior from the same EM run, see :func:`find_gaussian_prior`).
-    n_samples, steps, cg_iterations, sampler, particles, batch_size, device
-        Posterior sampling of the probabilistic methods (``particles``: chains per sample
-        of ``sampler="smc"``).
+    sampler, batch_size, device
+        Posterior sampling of the probabilistic methods (defaults: ``galprism separate``'s).
     support
         Source supports of the probabilistic methods (``None``: each prior's own, ``{}``:
         none; see :attr:`galprism.separate.SeparateConfig.support`).
@@ -88,11 +87,7 @@ class EvaluateConfig:
     methods: tuple[str, ...] = ALL_METHODS
     prior: str = "default"
     gaussian_prior: str = "auto"
-    n_samples: int = SEPARATE_DEFAULTS["n_samples"]
-    steps: int = SEPARATE_DEFAULTS["steps"]
-    cg_iterations: int = SEPARATE_DEFAULTS["cg_iterations"]
-    sampler: str = SEPARATE_DEFAULTS["sampler"]
-    particles: int = SEPARATE_DEFAULTS["particles"]
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     support: dict[str, float | str] | None = None
     batch_size: int = 8
     device: str = "cpu"
@@ -130,6 +125,18 @@ class EvaluationOutput:
     seconds: float
 
 
+def _settings_record(cfg: EvaluateConfig) -> dict[str, Any]:
+    """The run's settings for the summary, the sampler's flattened (``sampler`` its method)."""
+    out = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in asdict(cfg).items()
+        if k not in ("command", "sampler")
+    }
+    sampler = cfg.sampler.to_dict()
+    out["sampler"] = sampler.pop("method")
+    return {**out, **sampler}
+
+
 def find_gaussian_prior(prior: PriorSet) -> Path | str | None:
     """The Gaussian (PPCA) prior learned by the same EM run as ``prior``, if one can be found.
 
@@ -152,7 +159,7 @@ def find_gaussian_prior(prior: PriorSet) -> Path | str | None:
         if (
             other.method == "gaussian"
             and other.sources == prior.sources
-            and tuple(other.shape) == tuple(prior.shape)
+            and tuple(other.frame.shape) == tuple(prior.frame.shape)
         ):
             return name
     return None
@@ -187,11 +194,7 @@ def _build_methods(
     methods: list[Method] = []
     skipped: dict[str, str] = {}
     sampling = dict(
-        n_samples=cfg.n_samples,
-        steps=cfg.steps,
-        cg_iterations=cfg.cg_iterations,
         sampler=cfg.sampler,
-        particles=cfg.particles,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=cfg.device,
@@ -366,11 +369,7 @@ def run_evaluation(
                             tv = two_view_separation(
                                 m.prior,
                                 case,
-                                n_samples=cfg.two_view_samples,
-                                steps=cfg.steps,
-                                cg_iterations=cfg.cg_iterations,
-                                sampler=cfg.sampler,
-                                particles=cfg.particles,
+                                sampler=replace(cfg.sampler, n_samples=cfg.two_view_samples),
                                 seed=cfg.seed,
                                 support=m.config.support,
                             )
@@ -395,11 +394,7 @@ def run_evaluation(
         "testset": str(test_dir),
         "testset_seed": testset_seed,
         "skipped": skipped,
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in asdict(cfg).items()
-            if k != "command"
-        },
+        "settings": _settings_record(cfg),
     }
     sections = [_real_section(real_result, info, two_view, real_error)]
     if skipped:

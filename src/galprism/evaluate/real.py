@@ -40,7 +40,7 @@ from astropy.wcs import WCS
 
 from ..errors import InputError
 from ..io.flux import noise_matched_zeropoint
-from ..observation import Observation
+from ..observation import Note, NoteKind, Observation
 from .measures import blendedness
 from .testset import EvalCutout
 
@@ -318,8 +318,12 @@ def build_real_case(
         zeropoint=zp,
         name="multiview/Cut_HSC.fits[i]",
         notes=(
-            f"noise sigma {sigma:.4g} estimated from source-free pixels",
-            f"zero point {zp:.3f} assumed (noise matched to {sim_sigma:.4g} at ZP {prior_zeropoint:g})",
+            Note(NoteKind.NOISE, f"noise sigma {sigma:.4g} estimated from source-free pixels"),
+            Note(
+                NoteKind.ZEROPOINT,
+                f"zero point {zp:.3f} assumed "
+                f"(noise matched to {sim_sigma:.4g} at ZP {prior_zeropoint:g})",
+            ),
         ),
     )
     obs = obs_full.crop(centre, (size, size))

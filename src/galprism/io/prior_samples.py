@@ -83,7 +83,7 @@ def prior_samples_hdulist(
         "SAMPLER": (sampler, "sampler"),
         "RUNSEED": (int(seed), "--seed"),
         "DEVICE": (device, "torch device"),
-        "PIXSCALE": (prior.pixel_scale, "[arcsec] pixel scale of the prior grid"),
+        "PIXSCALE": (prior.frame.pixel_scale, "[arcsec] pixel scale of the prior grid"),
     }
     hdus: list = [
         primary_hdu(cards, [f"galprism {__version__}: {command_line}"] if command_line else [])
@@ -105,10 +105,12 @@ def prior_samples_hdulist(
         extra = {
             "SOURCE": (name, "source of the prior"),
             "SEED": (s_seed, "seed of this source: sha256(RUNSEED:source)"),
-            "MAGZERO": (prior.zeropoint, "AB zero point of the values"),
+            "MAGZERO": (prior.frame.zeropoint, "AB zero point of the values"),
         }
         hdus.append(
-            image_hdu(data, name.upper(), wcs=None, bunit=prior.bunit, leading=leading, cards=extra)
+            image_hdu(
+                data, name.upper(), wcs=None, bunit=prior.frame.bunit, leading=leading, cards=extra
+            )
         )
         totals = x.sum(axis=(-2, -1))
         summary[name] = {

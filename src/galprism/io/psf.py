@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import PSFError
+from ..notes import Note, NoteKind
 from ..operators import validate_psf
 
 __all__ = ["prepare_psf", "recenter_psf", "refine_psf", "pad_psf"]
@@ -80,7 +81,7 @@ def _fourier_shift(kernel: np.ndarray, dx: float, dy: float) -> np.ndarray:
 
 def recenter_psf(
     data: np.ndarray, what: str, *, tolerance: float = 1.0, max_size: tuple[int, int] | None = None
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[Note]]:
     """Shift kernels whose centroid is more than ``tolerance`` px off-centre back onto it.
 
     The shift is a Fourier phase ramp on the kernel zero-padded by the shift's whole
@@ -154,7 +155,8 @@ def recenter_psf(
         band = f" band {b}" if len(kernels) > 1 else ""
         if shift is None:
             if even:
-                notes.append(f"PSF {what}{band}{size_note.removesuffix(' and')}")
+                text = f"PSF {what}{band}{size_note.removesuffix(' and')}"
+                notes.append(Note(NoteKind.PSF_PADDED, text))
             continue
         dx, dy = shift
         # One correction of the remaining offset: the first moment of the sampled kernel
@@ -164,7 +166,10 @@ def recenter_psf(
         out = _fourier_shift(out, -rx, -ry)
         padded[b] = out
         notes.append(
-            f"PSF {what}{band}{size_note} re-centred by ({dx - rx:+.2f}, {dy - ry:+.2f}) px"
+            Note(
+                NoteKind.PSF_RECENTERED,
+                f"PSF {what}{band}{size_note} re-centred by ({dx - rx:+.2f}, {dy - ry:+.2f}) px",
+            )
         )
     if max_size is not None:
         ny = min(padded.shape[-2], max_size[0] - (1 - max_size[0] % 2))

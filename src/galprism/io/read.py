@@ -33,7 +33,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import InputError, PSFError, ShapeError
-from ..observation import Observation
+from ..observation import Note, NoteKind, Observation
 from .fitsfile import describe, find_hdu, hdu_array, read_hdulist, sha256_file
 from .flux import Zeropoint, header_zeropoint
 from .masks import bad_pixels, mask_planes, parse_mask_bits
@@ -322,7 +322,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     name = os.fspath(path)
     hdul = read_hdulist(name)
     checksum = sha256_file(name)
-    notes: list[str] = []
+    notes: list[Note] = []
 
     ext, img_hdu = _select_image(hdul, name, opts.image_hdu)
     what = describe(name, ext)
@@ -351,13 +351,15 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
         bits = parse_mask_bits(opts.mask_bits, mask_planes(mheader), mwhat)
         bad = _broadcast(bad_pixels(mdata, bits, mwhat), image.shape, mwhat, "mask")
         valid &= ~bad
-        notes.append(f"mask from {mwhat} (bits {bits if bits >= 0 else 'all'})")
+        notes.append(
+            Note(NoteKind.MASK, f"mask from {mwhat} (bits {bits if bits >= 0 else 'all'})")
+        )
 
     # Noise: an explicit sigma, a noise HDU, or an estimate.
     if opts.noise_sigma is not None:
         sigma = parse_sigma(opts.noise_sigma, c, name)
         variance = np.broadcast_to(sigma**2, image.shape).copy()
-        notes.append(f"noise sigma {opts.noise_sigma} from --noise-sigma")
+        notes.append(Note(NoteKind.NOISE, f"noise sigma {opts.noise_sigma} from --noise-sigma"))
     else:
         found = find_hdu(hdul, tuple(NOISE_HDUS))
         if found is not None:
@@ -367,7 +369,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
             noise = to_variance(values, kind, valid, nwhat)
         else:
             noise = estimate_variance(image, valid, what)
-            notes.append(f"noise {noise.description}")
+            notes.append(Note(NoteKind.NOISE_ESTIMATED, f"noise {noise.description}"))
         variance = noise.variance
         valid &= ~noise.invalid
 
@@ -391,8 +393,12 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     kh, kw = pdata.shape[-2:]
     sums = pdata.reshape(-1, kh, kw).sum(axis=(-2, -1)) if pdata.ndim >= 2 else np.array([])
     if np.all(np.isfinite(sums)) and np.any(np.abs(sums - 1) > 1e-3) and np.all(sums > 0):
+        sum_text = ", ".join(f"{s:.4g}" for s in sums)
         notes.append(
-            f"PSF {pwhat} renormalised to unit sum (sum was {', '.join(f'{s:.4g}' for s in sums)})"
+            Note(
+                NoteKind.PSF_RENORMALISED,
+                f"PSF {pwhat} renormalised to unit sum (sum was {sum_text})",
+            )
         )
 
     # Sky geometry and flux scale.
@@ -421,7 +427,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     else:
         zp = header_zeropoint(header, primary)
     if zp is not None:
-        notes.append(f"zero point {zp.value:.4f} from {zp.source}")
+        notes.append(Note(NoteKind.ZEROPOINT, f"zero point {zp.value:.4f} from {zp.source}"))
 
     if opts.band is not None:
         names = band_names(c, header, primary)
@@ -430,14 +436,14 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
         if pdata.ndim >= 3 and pdata.reshape(-1, kh, kw).shape[0] == c and c > 1:
             pdata = pdata.reshape(-1, kh, kw)[b]
         label = f"{b}" if not names else f"{b} ({names[b]})"
-        notes.append(f"band {label} of {c} modelled")
+        notes.append(Note(NoteKind.BAND, f"band {label} of {c} modelled"))
 
     try:
         return Observation(
             image=image,
             variance=variance,
             psf=pdata,
-            mask=valid,
+            valid=valid,
             wcs=wcs,
             bunit=bunit,
             pixel_scale=pixel_scale,

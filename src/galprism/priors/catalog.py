@@ -30,7 +30,7 @@ __all__ = [
 
 #: ``format`` and ``format_version`` of the ``prior.json`` of diffusion and Gaussian priors
 SET_FORMAT = "galprism-priorset"
-SET_FORMAT_VERSION = 1
+SET_FORMAT_VERSION = 2
 #: the built-in prior used when none is named
 DEFAULT_PRIOR = "hsc-galaxy"
 
@@ -146,18 +146,24 @@ def describe_folder(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
         training: dict[str, Any] = {"tau": manifest.get("tau"), "ranks": manifest.get("ranks")}
         digest = str(manifest.get("sha256", ""))
         support: dict[str, str] = {}
+        frame = manifest  # adversarial-SVD manifests keep the grid at their top level
     else:
         training = manifest.get("training", {})
         digest = folder_digest(folder)
         support = {k: _support_text(v) for k, v in (manifest.get("support") or {}).items()}
+        frame = manifest.get("frame")
+        if not isinstance(frame, dict):
+            raise CheckpointError(f"{folder}/prior.json: no frame (grid and flux convention)")
     return {
         "name": str(manifest.get("name", folder.name)),
         "method": method,
         "sources": [str(s) for s in sources],
-        "shape": list(manifest.get("shape") or []),
-        "pixel_scale": manifest.get("pixel_scale"),
-        "zeropoint": manifest.get("zeropoint"),
-        "bunit": manifest.get("bunit"),
+        "shape": list(frame.get("shape") or []),
+        "pixel_scale": frame.get("pixel_scale"),
+        "zeropoint": frame.get("zeropoint"),
+        "bunit": frame.get("bunit"),
+        "bands": frame.get("bands"),
+        "flux_scale": frame.get("flux_scale"),
         "support": support,
         "training": training,
         "sha256": digest,
