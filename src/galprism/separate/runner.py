@@ -323,7 +323,7 @@ def _warn_notes(obs: Observation, prior: Separator, warn: RunWarnings) -> None:
         warn.warn(
             "zero point assumed",
             f"{obs.name}: no zero point in the header (MAGZERO/MAGZPT/ZP or flux BUNIT) or "
-            f"options; assuming the prior's AB zero point {zp:.4g}",
+            f"read options; assuming the prior's AB zero point {zp:.4g}",
         )
     elif obs.zeropoint is not None and zp is None:
         warn.warn(
