@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shlex
@@ -18,6 +19,7 @@ from ..errors import ConfigError, UsageError
 from ..freeform import FreeformConfig
 from ..separate import SeparateConfig
 from ..support import Support
+from ._errors import OVERWRITE_HINT, as_usage_error
 from ._threads import set_threads, threads_option
 
 __all__ = [
@@ -179,6 +181,11 @@ def command_line(ctx: click.Context) -> str:
     return shlex.join(words)
 
 
+#: How the runners word an output that exists without --overwrite, and what the user can pass.
+_EXISTS = "output exists and overwriting is not allowed"
+_EXISTS_HINT = f"{OVERWRITE_HINT} or --skip-existing"
+
+
 class _Output:
     """stderr for humans, stdout for JSON lines.
 
@@ -208,6 +215,9 @@ class _Output:
             click.echo(text, err=True)
 
     def record(self, rec: Any) -> None:
+        if rec.status == "error" and rec.error is not None and rec.error.endswith(_EXISTS):
+            # The library names no flag; the same text goes to stderr and to the JSON line.
+            rec = dataclasses.replace(rec, error=f"{rec.error}; {_EXISTS_HINT}")
         if rec.status == "error":
             self.message(f"galprism: error: {rec.error}")
         elif not self.quiet:
@@ -289,7 +299,8 @@ def _record_line(rec: Any) -> str:
     type=click.Choice(SAMPLERS),
     default=SAMPLER_DEFAULTS.method,
     show_default=True,
-    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
+    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles "
+    "times the cost.",
 )
 @click.option(
     "--particles",
@@ -336,8 +347,9 @@ def _record_line(rec: Any) -> str:
     default="none",
     show_default=True,
     metavar="SNR|none",
-    help="After a first draw, give each point-source peak of its residual above this matched-filter "
-    "signal-to-noise a free-form component and draw that cutout again (light the priors draw too faint).",
+    help="After a first draw, give each point-source peak of its residual above this "
+    "matched-filter signal-to-noise a free-form component and draw that cutout again (light the "
+    "priors draw too faint).",
 )
 @click.option(
     "--batch-size",
@@ -391,6 +403,19 @@ def _record_line(rec: Any) -> str:
 )
 @click.option("--json", "json_lines", is_flag=True, help="One JSON line per input on stdout.")
 @click.option(
+    "--scene",
+    is_flag=True,
+    help="Model every source of the image, blend by blend: detected sources (or --catalog), "
+    "galaxies drawn from the prior's galaxy source, stars and a background fitted with them.",
+)
+@click.option(
+    "--catalog",
+    "catalog",
+    metavar="FILE",
+    help="With --scene: ECSV or FITS source list (x/y or ra/dec; a kind column of galaxy/star, "
+    "else each source is classified) instead of detection ({stem}, {name}, {dir} allowed).",
+)
+@click.option(
     "--method",
     type=click.Choice(["auto", "diffusion", "gaussian", "asvd"]),
     default="auto",
@@ -419,8 +444,11 @@ def separate(
     gives <stem>.galprism.fits in --output-dir. An image larger than the prior's
     footprint is refused unless --center or --center-radec asks for a cutout of it.
     stderr gets one line per output and a summary line (--quiet: errors only); --json
-    lines on stdout come in input order. Exit status: 0 when every input succeeded (or
-    was skipped, or the shard holds none), 1 when any failed, 2 for usage errors.
+    lines on stdout come in input order. With --scene every source of an image is modelled
+    blend by blend and <stem>.galprism.fits holds a catalogue, stamps, MODEL, BACKGROUND,
+    RESID and CHILDREN, with <stem>.galprism.catalog.ecsv beside it. Exit status: 0 when
+    every input succeeded (or was skipped, or the shard holds none), 1 when any failed, 2 for
+    usage errors.
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
@@ -428,11 +456,18 @@ def separate(
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
-        shard = parse_shard(kw["shard"])
+        with as_usage_error("--shard"):
+            shard = parse_shard(kw["shard"])
     else:
-        shard = shard_from_env(os.environ)
+        try:
+            shard = shard_from_env(os.environ)
+        except ConfigError as exc:
+            raise UsageError(f"{exc}; use a contiguous --array range or pass --shard I/N") from exc
     stdin = sys.stdin if "-" in inputs else None
-    paths = list(expand_inputs(inputs, stdin))
+    try:
+        paths = list(expand_inputs(inputs, stdin))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
     if not paths:
         raise UsageError("no input files given (an empty list on stdin?)")
     if output is not None and len(paths) > 1:
@@ -453,6 +488,10 @@ def separate(
         raise UsageError("--overwrite and --skip-existing exclude each other")
     if kw["center"] is not None and kw["center_radec"] is not None:
         raise UsageError("--center and --center-radec exclude each other")
+    if kw["catalog"] is not None and not kw["scene"]:
+        raise UsageError("--catalog lists the sources of --scene; add --scene")
+    if kw["scene"] and (kw["center"] is not None or kw["center_radec"] is not None):
+        raise UsageError("--scene models the whole image; --center/--center-radec do not apply")
     sampler = sampler_from_flags(
         method=kw["sampler"],
         steps=kw["steps"],
@@ -496,12 +535,32 @@ def separate(
         effective_support(prior, config)
     except ConfigError as exc:
         raise UsageError(f"--support: {exc}") from None
+    if kw["scene"]:
+        from ..scene.run import galaxy_prior
+
+        try:
+            galaxy_prior(prior)
+        except ConfigError as exc:
+            raise UsageError(f"--scene: {exc}") from None
     out = _Output(kw["json_lines"], kw["quiet"], total)
     warnings = RunWarnings(None if not kw["quiet"] else (lambda msg: None))
     if not kw["quiet"]:
         warnings.emit = lambda msg: out.message(f"galprism: warning: {msg}")
     try:
-        summary = run_separate(paths, prior, config, on_record=out.record, warnings=warnings)
+        if kw["scene"]:
+            from ..scene.run import run_scene
+
+            summary = run_scene(
+                paths,
+                prior,
+                config,
+                catalog=kw["catalog"],
+                on_record=out.record,
+                warnings=warnings,
+                log=None if kw["quiet"] else (lambda msg: out.message(f"galprism: {msg}")),
+            )
+        else:
+            summary = run_separate(paths, prior, config, on_record=out.record, warnings=warnings)
     finally:
         out.close()
     if not kw["quiet"]:
