@@ -407,7 +407,9 @@ def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
     try:
         return EMConfig(sources=fit.sources, shape=[1, fit.size, fit.size], **settings)
     except TypeError as exc:
-        raise ConfigError(f"fit {fit.name!r}: bad [em] setting ({exc})") from exc
+        raise ConfigError(f"{where}: bad [em] setting ({exc})") from exc
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def fit_priors(
