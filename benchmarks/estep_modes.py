@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             particles=int(k) if method == "smc" else 16,
             tau=0.1,
             n_samples=1,
-            cg_iterations=config.cg_iterations,
-            trust=config.trust,
+            cg_iterations=config.sampler.cg_iterations,
+            trust=config.sampler.trust,
         )
         t0 = time.perf_counter()
         x = sample_posterior(

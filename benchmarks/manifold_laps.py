@@ -80,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_corrections": args.eval_corrections,
         "eval_sampler": args.eval_sampler,
         "eval_particles": args.eval_particles,
-        "em": {
-            "sampler": config.sampler,
-            "cg_iterations": config.cg_iterations,
-            "trust": config.trust,
-            "particles": config.particles,
-        },
+        "em": {"sampler": config.sampler.to_dict()},
     }
     rows = []
     for lap in args.laps:

@@ -50,7 +50,7 @@ def run_config(run_dir: Path, laps: list[int] | tuple[int, ...] = ()):
     from galprism.em import EMConfig
     from galprism.errors import ConfigError
 
-    config = EMConfig(**json.loads((run_dir / "config.json").read_text()))
+    config = EMConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     missing = [lap for lap in laps if not (run_dir / "checkpoints" / f"lap-{lap:04d}.pt").is_file()]
     if missing:
         raise ConfigError(f"{run_dir}: no checkpoint for lap(s) {', '.join(map(str, missing))}")
