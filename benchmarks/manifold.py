@@ -43,7 +43,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -170,19 +169,29 @@ def sinkhorn_samples(settings: dict[str, Any]) -> int:
 
 def em_config(fixed: dict[str, Any], settings: dict[str, Any]):
     """The :class:`galprism.em.EMConfig` of ``fixed`` (problem-given settings) and
-    ``settings["em"]``, whose ``sampler`` mapping overrides EM's default E-step sampler."""
+    ``settings["em"]``, whose ``sampler`` mapping overrides EM's default E-step sampler
+    (``steps``/``corrections`` may be schedules, as in a fit file's ``[em.sampler]``)."""
     from galprism.em import EMConfig
+    from galprism.em.config import estep_sampler_settings
+    from galprism.errors import ConfigError
 
-    return EMConfig.from_dict({**fixed, **settings["em"]})
+    em = dict(settings["em"])
+    former = EMConfig.former_key(em)
+    if former is not None:
+        name = "method" if former == "sampler" else former
+        raise ConfigError(f"manifold: E-step sampler setting {former!r} is now sampler.{name}")
+    em.update(estep_sampler_settings(em.pop("sampler", {}), "manifold: sampler"))
+    return EMConfig.from_dict({**fixed, **em})
 
 
 def eval_sampler(settings: dict[str, Any]):
     """The evaluation's posterior and prior sampler: ``eval_*`` settings, the rest (method,
     particles unless given, CG iterations, trust) the E-step sampler's."""
     from galprism.diffusion import SamplerConfig
-    from galprism.em.config import ESTEP_SAMPLER
+    from galprism.em.config import estep_sampler_settings
 
-    estep = replace(ESTEP_SAMPLER, **settings["em"].get("sampler", {}))
+    estep = estep_sampler_settings(settings["em"].get("sampler", {}), "manifold: sampler")
+    estep = estep["sampler"]
     return SamplerConfig(
         settings.get("eval_sampler") or estep.method,
         settings["eval_steps"],
