@@ -282,11 +282,12 @@ def test_fit_file_em_sampler_table_and_schedules(tmp_path):
     )
 
 
-def test_fit_file_sampler_keys_in_the_older_layout_say_where_they_moved(tmp_path):
+def test_fit_file_sampler_keys_in_the_older_layout_say_where_they_moved(tmp_path, capsys):
     """A fit file giving E-step sampler settings directly in ``[em]`` (the older layout) must
     be refused with a one-line ConfigError naming the file, the key and ``[em.sampler]``, as
     must unknown or invalid ``[em.sampler]`` settings; none may be silently ignored or read
-    under the old name."""
+    under the old name. ``galprism fit`` says so (exit 1) before reading the views' data (here
+    missing), and writes no run folder."""
     cases = (
         (
             '[em]\nsampler = "ddim"\n',
@@ -305,3 +306,7 @@ def test_fit_file_sampler_keys_in_the_older_layout_say_where_they_moved(tmp_path
         with pytest.raises(ConfigError, match=message) as info:
             em_config(load_fit_spec(path), 1.0, None)
         assert "\n" not in str(info.value) and str(path) in str(info.value)
+    path = _em_table_file(tmp_path, "[em]\ncg_iterations = 3\n")
+    code, _, err = _run(["fit", str(path), "-o", str(tmp_path / "run"), "-q"], capsys)
+    assert code == 1 and "[em] cg_iterations has moved to the [em.sampler] table" in err, err
+    assert not (tmp_path / "run").exists()

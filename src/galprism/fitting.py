@@ -421,6 +421,7 @@ def fit_priors(
     progress: bool | None = None,
 ) -> EMResult:
     """Learn the priors of ``fit`` by EM into ``run_dir`` (see :mod:`galprism.em`)."""
+    em_config(fit, 1.0, None)  # bad [em] settings fail before minutes of reading data
     data = [load_view(v, fit) for v in fit.views]
     zps = {d.zeropoint for d in data} - {None}
     if fit.zeropoint is None and len(zps) == 1:
