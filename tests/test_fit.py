@@ -295,6 +295,7 @@ def test_fit_file_sampler_keys_in_the_older_layout_say_where_they_moved(tmp_path
         ),
         ("[em]\nsteps = 16\n", r"\[em\] steps has moved to the \[em.sampler\] table"),
         ("[em]\ntrust = 0.0\n", r"\[em\] trust has moved"),
+        ("[em]\neta = 0.5\n", r"\[em\] eta belongs in the \[em.sampler\] table"),
         ("[em]\nstep_schedule = [4]\n", r"\[em.sampler\] \(steps = \[...\]\)"),
         ("[em.sampler]\nsteps = []\n", r"\[em.sampler\]: steps is an empty list"),
         ("[em.sampler]\nstep = 4\n", r"\[em.sampler\]: unknown sampler settings \['step'\]"),

@@ -51,7 +51,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ import h5py
 import numpy as np
 import torch
 
+from .diffusion import SamplerConfig
 from .em import EMConfig, EMResult, View, run_em
 from .em.config import estep_sampler_settings
 from .errors import ConfigError, InputError
@@ -371,6 +372,9 @@ def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
         raise ConfigError(
             f"{where}: [em] {former} has moved to the [em.sampler] table (as {moved})"
         )
+    misplaced = sorted(set(settings) & {f.name for f in fields(SamplerConfig)})
+    if misplaced:
+        raise ConfigError(f"{where}: [em] {misplaced[0]} belongs in the [em.sampler] table")
     for name in ("step_schedule", "correction_schedule"):
         if name in settings:
             raise ConfigError(

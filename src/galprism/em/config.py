@@ -60,7 +60,8 @@ class EMConfig:
         Observations per sampler call.
     sampler
         The E-step posterior sampler (:class:`~galprism.diffusion.SamplerConfig`; default
-        :data:`ESTEP_SAMPLER`). Its ``n_samples`` must be 1: each E-step draws one posterior
+        :data:`ESTEP_SAMPLER`; ``dataclasses.replace(ESTEP_SAMPLER, ...)`` keeps EM's
+        other defaults). Its ``n_samples`` must be 1: each E-step draws one posterior
         sample per observation. ``trust``: see :mod:`galprism.posterior`; ``particles``:
         chains per sample of the ``"smc"`` method (:mod:`galprism.smc`, which weights the
         posterior's modes by their evidence where MMPS alone samples them near their prior
