@@ -151,7 +151,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         entry["asvd_beats_svd"] = entry["asvd_psnr"] > entry["svd_psnr"]
         out[key] = entry
         log(
-            f"ranks {key}: SVD {entry['svd_psnr']:.2f} dB, ASVD {entry['asvd_psnr']:.2f} dB at tau={entry['tau']}, "
+            f"ranks {key}: SVD {entry['svd_psnr']:.2f} dB, ASVD {entry['asvd_psnr']:.2f} dB at "
+            f"tau={entry['tau']}, "
             f"auto {entry['auto_psnr']:.2f} dB at tau={entry['auto_tau']}"
         )
     small, large = out["16x8"], out["128x64"]
@@ -198,7 +199,8 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             "loadavg_1min_at_start": load,
         }
         log(
-            f"speed {key}: fit {fit_s:.1f} s, separate {sep_rate:.0f}/s, through PSF+2x {op_rate:.0f}/s (load {load:.1f})"
+            f"speed {key}: fit {fit_s:.1f} s, separate {sep_rate:.0f}/s, through PSF+2x "
+            f"{op_rate:.0f}/s (load {load:.1f})"
         )
     return out
 

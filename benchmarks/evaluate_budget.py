@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(
                 f"{n_samples} samples x {steps} steps ({sampler}): {per:.2f} s/cutout -> "
-                f"{rec['projected_minutes']} min for {args.project} (load {rec['load_average']:.1f})",
+                f"{rec['projected_minutes']} min for {args.project} (load "
+                f"{rec['load_average']:.1f})",
                 flush=True,
             )
     return 0

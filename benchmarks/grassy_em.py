@@ -1,4 +1,4 @@
-"""EM on grassy digits (METHOD.md section 6): digit posterior PSNR against PCPCA.
+"""EM on grassy digits (docs/method.md section 6): digit posterior PSNR against PCPCA.
 
 Learns a grass prior from the grass-only view and then a digit prior from the grass +
 0.5 x digit view with the grass frozen (stage-wise EM, :func:`galprism.em.run_em`: Gaussian

@@ -12,8 +12,10 @@ memory after 10 %, 50 % and 100 % of the inputs: flat numbers mean the pipeline 
 Usage::
 
     python benchmarks/separate_throughput.py --json
-    python benchmarks/separate_throughput.py --n-cutouts 1000 --n-samples 1 --steps 4 --json  # memory check
-    python benchmarks/separate_throughput.py --n-cutouts 1000 --n-samples 1 --steps 4 --trim --json  # leak or heap?
+    python benchmarks/separate_throughput.py --n-cutouts 1000 --n-samples 1 --steps 4 --json  #
+    memory check
+    python benchmarks/separate_throughput.py --n-cutouts 1000 --n-samples 1 --steps 4 --trim --json
+     # leak or heap?
 """
 
 from __future__ import annotations
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in report["runs"]:
             print(
-                f"{r['device']}: {r['cutouts_per_minute']} cutouts/min ({args.n_samples} samples, {args.steps} steps), "
+                f"{r['device']}: {r['cutouts_per_minute']} cutouts/min ({args.n_samples} samples, "
+                f"{args.steps} steps), "
                 f"{r['seconds']} s for {args.n_cutouts}",
                 file=sys.stderr,
             )

@@ -5,7 +5,8 @@ Simulates ``--n`` cutouts (default 1,000, HSC-like, 48x48, galaxies view, train 
 into a temporary folder, writing FITS + HDF5 (or HDF5 only with ``--no-fits``), and
 reports the rate. ``--json`` prints one JSON object on stdout.
 
-Usage: ``python benchmarks/simulate_throughput.py [--n 1000] [--view galaxies] [--no-fits] [--json]``
+Usage: ``python benchmarks/simulate_throughput.py [--n 1000] [--view galaxies] [--no-fits]
+[--json]``
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Accuracy and flux calibration of one method across several evaluation report folders.
 
-    python scripts/calibration_table.py docs/results/v14-testsets/* [--limit 100] [--method galprism] [--json]
+    python scripts/calibration_table.py REPORT_DIR [REPORT_DIR ...] [--limit 100] [--method
+    galprism] [--json]
 
 Reads ``results.jsonl`` of each ``galprism evaluate`` report folder (or a folder holding
 only that method's rows) and prints, per folder, the medians of RMSE and absolute flux
@@ -144,8 +145,10 @@ def main() -> None:
             )
         print(
             f"\npooled over {res['n']} cutouts of {len(res['galaxies'])} galaxies: 68% coverage "
-            f"{100 * res['coverage68']:.1f} (standard error {100 * res['coverage68_se_galaxy']:.1f} clustered by galaxy, "
-            f"{100 * res['coverage68_se_binomial']:.1f} binomial), 95% coverage {100 * res['coverage95']:.1f} "
+            f"{100 * res['coverage68']:.1f} (standard error "
+            f"{100 * res['coverage68_se_galaxy']:.1f} clustered by galaxy, "
+            f"{100 * res['coverage68_se_binomial']:.1f} binomial), 95% coverage "
+            f"{100 * res['coverage95']:.1f} "
             f"({100 * res['coverage95_se_galaxy']:.1f}, {100 * res['coverage95_se_binomial']:.1f})"
         )
         return
@@ -154,20 +157,23 @@ def main() -> None:
         print(json.dumps({"method": args.method, "limit": args.limit, "runs": table}))
         return
     print(
-        "| run | n | RMSE all / most blended | abs flux err all / most blended | flux err | 68% / 95% coverage | z median, robust std | SBC ranks |"
+        "| run | n | RMSE all / most blended | abs flux err all / most blended | flux err | 68% / "
+        "95% coverage | z median, robust std | SBC ranks |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for t in table:
         calibration = "| – | – | – |"
         if "sbc_ranks" in t:
             calibration = (
-                f"| {100 * t['coverage68']:.1f} / {100 * t['coverage95']:.1f} | {t['z_median']:+.2f}, {t['z_robust_std']:.2f} | "
+                f"| {100 * t['coverage68']:.1f} / {100 * t['coverage95']:.1f} | "
+                f"{t['z_median']:+.2f}, {t['z_robust_std']:.2f} | "
                 f"{' '.join(map(str, t['sbc_ranks']))} |"
             )
         print(
-            f"| {Path(t['folder']).name} | {t['n']} | {t['rmse']:.3f} / {t['rmse_most_blended']:.3f} | "
-            f"{t['abs_flux_err']:.3f} / {t['abs_flux_err_most_blended']:.3f} | {t['flux_err']:+.3f} "
-            + calibration
+            f"| {Path(t['folder']).name} | {t['n']} | {t['rmse']:.3f} / "
+            f"{t['rmse_most_blended']:.3f} | "
+            f"{t['abs_flux_err']:.3f} / {t['abs_flux_err_most_blended']:.3f} | "
+            f"{t['flux_err']:+.3f} " + calibration
         )
 
 

@@ -50,7 +50,11 @@ def noise_document(catalog: CosmosCatalog, data_dir: str | None) -> dict:
             "galaxies": galaxies,
         }
     return {
-        "description": "Std per output pixel (counts at ZP 27, catalogue flux) of each COSMOS stamp's own HST noise after rendering: [in the observation, in the PSF-free truth]. Keyed by galprism.simulate.hstnoise.psf_key.",
+        "description": (
+            "Std per output pixel (counts at ZP 27, catalogue flux) of each COSMOS stamp's own "
+            "HST noise after rendering: [in the observation, in the PSF-free truth]. "
+            "Keyed by galprism.simulate.hstnoise.psf_key."
+        ),
         "catalog_fingerprint": catalog.fingerprint,
         "setups": setups,
     }
@@ -61,7 +65,8 @@ def report(catalog: CosmosCatalog, data_dir: str | None) -> str:
     from galprism.simulate import SimulationConfig, Simulator
 
     lines = [
-        "| IDENT | split | MAG | ratio in obs at MAG | ratio in truth at MAG | brightest mag allowed | central |",
+        "| IDENT | split | MAG | ratio in obs at MAG | ratio in truth at MAG | brightest mag "
+        "allowed | central |",
         "|---:|---|---:|---:|---:|---:|---|",
     ]
     rows = []
@@ -80,7 +85,9 @@ def report(catalog: CosmosCatalog, data_dir: str | None) -> str:
             rows.append(
                 (
                     g["catalog_mag"],
-                    f"| {g['ident']} | {split} | {g['catalog_mag']:.2f} | {g['ratio_at_catalog_mag']:.2f} | {truth[g['ident']] / sigma:.2f} | {g['brightest_mag']:.2f} | {'yes' if g['central'] else 'no'} |",
+                    f"| {g['ident']} | {split} | {g['catalog_mag']:.2f} | "
+                    f"{g['ratio_at_catalog_mag']:.2f} | {truth[g['ident']] / sigma:.2f} | "
+                    f"{g['brightest_mag']:.2f} | {'yes' if g['central'] else 'no'} |",
                 )
             )
     lines += [r for _, r in sorted(rows)]

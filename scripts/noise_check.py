@@ -4,7 +4,8 @@
 
 For each cutout, prints one JSON line: the number of source-free pixels (outside a
 photutils segmentation at 1.5 sigma of the 2-px Gaussian-smoothed image, dilated by
-3 px, and unflagged in ``MASK`` when there is one), the ratio of their variance (about their median) to the median of the
+3 px, and unflagged in ``MASK`` when there is one), the ratio of their variance (about their
+median) to the median of the
 ``VARIANCE`` plane, and the correlation of neighbouring pixels (x, y, diagonal). A model
 that explains the data down to the noise has a reduced chi^2 near that ratio, not 1, and
 correlated noise is partly fitted by flexible models (priors/README.md, "posterior-

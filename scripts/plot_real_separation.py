@@ -1,6 +1,7 @@
 """Separate the real HSC cutouts of sample_fits/ with the built-in prior and draw the result.
 
-    python scripts/plot_real_separation.py [--prior default] [--out docs/figures/real_hsc_separation.png]
+    python scripts/plot_real_separation.py [--prior default] [--out
+    docs/figures/real_hsc_separation.png]
 
 For each real cutout (``hsc_cosmos35_i.fits``, ``multiview_hsc_i.fits``) the figure shows
 the data, the posterior mean of the galaxy, of the sky and of the free-form components
@@ -48,6 +49,13 @@ from galprism.simulate.noise import hsc_i_sigma  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CUTOUTS = ["sample_fits/hsc_cosmos35_i.fits", "sample_fits/multiview_hsc_i.fits"]
 NO_ZEROPOINT = {"sample_fits/multiview_hsc_i.fits"}
+# Both cutouts are larger than the prior's 48x48 grid, and separate models a larger image
+# only around an explicit center: (x, y), 0-based pixels, the whole pixel at (or just
+# past) each image's center.
+CENTERS = {
+    "sample_fits/hsc_cosmos35_i.fits": (24.0, 29.0),
+    "sample_fits/multiview_hsc_i.fits": (25.0, 25.0),
+}
 
 
 def cutout_zeropoint(path: Path, prior_zeropoint: float = 27.0) -> float:
@@ -118,6 +126,7 @@ def main() -> None:
                 SeparateConfig(
                     output=out,
                     read=read,
+                    center=CENTERS[name],
                     seed=options["seed"],
                     sampler=SamplerConfig(
                         **{k: v for k, v in options.items() if k not in ("seed", "freeform")}

@@ -63,7 +63,7 @@ def make_wcs(
 def gaussian_psf(
     size: int = 11, sigma: float = 1.2, n_bands: int | None = None, total: float = 1.0
 ) -> np.ndarray:
-    """Centred Gaussian kernel(s) summing to ``total``."""
+    """Centered Gaussian kernel(s) summing to ``total``."""
     r = np.arange(size) - (size - 1) / 2
     k = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
     k = k / k.sum() * total

@@ -20,8 +20,14 @@ from galprism.asvd import (
     top_eigenvectors,
     wiener_split,
 )
-from galprism.errors import CheckpointError, ConfigError, GalprismError, InputError, ShapeError
-from galprism.io.write import OutputExistsError
+from galprism.errors import (
+    CheckpointError,
+    ConfigError,
+    GalprismError,
+    InputError,
+    OutputExistsError,
+    ShapeError,
+)
 from galprism.operators import Composition, Convolve, Downsample, Mask, SourceSum
 
 torch.set_num_threads(1)
@@ -269,7 +275,8 @@ def test_tau_auto_picks_the_minimum_of_its_curve():
     ],
 )
 def test_bad_parameters_give_one_line_errors(kwargs, error, text):
-    """Out-of-range settings must fail before any work with a one-line message naming the setting."""
+    """Out-of-range settings must fail before any work with a one-line message naming the
+    setting."""
     clean, mixed = _images(100, 17), _images(100, 18)
     args = {"rank_clean": 4, "rank_unseen": 2, "tau": 0.2}
     args.update(kwargs)

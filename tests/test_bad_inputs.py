@@ -1,4 +1,5 @@
-"""Bad inputs in a batch: each gives one error line naming the file and the problem, the batch completes.
+"""Bad inputs in a batch: each gives one error line naming the file and the problem, the batch
+completes.
 
 Every case runs ``galprism separate`` through its real entry point on a batch of a good
 file, the case's file, and another good file.
@@ -61,7 +62,7 @@ def _non_finite_psf(path: Path) -> Path:
     return make_cutout(path, psf=psf, header=ZP)
 
 
-def _off_centre_psf(path: Path) -> Path:
+def _off_center_psf(path: Path) -> Path:
     psf = np.zeros((11, 11))
     psf[1, 1] = 1.0
     return make_cutout(path, psf=psf, header=ZP)
@@ -81,7 +82,7 @@ BAD = {
     "zero variance": (_zero_variance, "zero or negative"),
     "PSF larger than the image": (_psf_larger_than_image, "larger than the 16x16 image"),
     "non-finite PSF": (_non_finite_psf, "non-finite"),
-    "off-centre PSF": (_off_centre_psf, "off-centre"),
+    "off-center PSF": (_off_center_psf, "off-center"),
     "wrong band count": (_wrong_band_count, "2 band"),
 }
 
@@ -103,7 +104,8 @@ def _check_rest_completed(recs: list[dict], tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_reported_and_the_batch_completes(tmp_path, capsys, monkeypatch, case):
-    """One error line naming the file and the problem, exit status 1, the good files still separated."""
+    """One error line naming the file and the problem, exit status 1, the good files still
+    separated."""
     make, problem = BAD[case]
     bad = make(tmp_path / "bad.fits")
     prior = FakePrior(shape=(3, 16, 16)) if case == "wrong band count" else FakePrior()

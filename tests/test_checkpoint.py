@@ -8,7 +8,7 @@ import torch
 
 from galprism.checkpoint import PriorCheckpoint, load_prior, save_prior
 from galprism.diffusion import DiffusionPrior, VESchedule
-from galprism.errors import CheckpointError, ConfigError
+from galprism.errors import CheckpointError, OutputExistsError
 from galprism.frame import Frame
 from galprism.gaussian import GaussianPrior
 from galprism.priorset import PriorSet, load_priorset
@@ -107,7 +107,7 @@ def test_prior_folder_round_trip_and_errors(tmp_path):
     manifest = json.loads((tmp_path / "prior" / "prior.json").read_text())
     assert "pixel_scale" not in manifest and manifest["frame"]["pixel_scale"] == 0.168
     assert got.describe()["training"] == {"data": "unit test"}
-    with pytest.raises(ConfigError, match="already holds"):
+    with pytest.raises(OutputExistsError, match="already holds"):
         ps.save(tmp_path / "prior")
     with pytest.raises(CheckpointError, match="no such prior"):
         load_priorset(tmp_path / "missing")

@@ -1,4 +1,5 @@
-"""``galprism evaluate`` end to end on a few cutouts with a small stand-in prior, and its error handling.
+"""``galprism evaluate`` end to end on a few cutouts with a small stand-in prior, and its error
+handling.
 
 The stand-in is a Gaussian (PPCA) prior set fitted on simulated *training* cutouts'
 truths: enough to exercise every stage (sampling, measures, calibration, report) in
@@ -52,7 +53,8 @@ def standin_prior(folder: Path) -> Path:
 
 
 def gaussian_priorset(name: str, truths: dict[str, np.ndarray], rank: int, folder: Path) -> Path:
-    """Save a Gaussian prior set of galaxy and sky of the given ``rank``, fitted on ``truths`` (``(n, 48, 48)`` per
+    """Save a Gaussian prior set of galaxy and sky of the given ``rank``, fitted on ``truths``
+    (``(n, 48, 48)`` per
     source, in counts), with the test set's pixel scale and zeropoint."""
     scale = 0.05
     stack = {k: torch.from_numpy(truths[k][:, None] / scale).float() for k in ("galaxy", "sky")}
@@ -68,7 +70,8 @@ def gaussian_priorset(name: str, truths: dict[str, np.ndarray], rank: int, folde
 
 @needs_data
 def test_evaluate_end_to_end_and_reproducible(tmp_path, capsys, monkeypatch):
-    """One command writes summary.md, results.csv/.jsonl, summary.json and the figures; the same seed gives the
+    """One command writes summary.md, results.csv/.jsonl, summary.json and the figures; the same
+    seed gives the
     same per-cutout numbers; an existing report is not overwritten without --overwrite."""
     ts = copy_testset(tmp_path / "ts")
     prior = standin_prior(tmp_path / "prior")
@@ -157,7 +160,8 @@ def test_evaluate_end_to_end_and_reproducible(tmp_path, capsys, monkeypatch):
 
 
 def test_evaluate_rejects_train_split_and_bad_options(tmp_path, capsys, monkeypatch):
-    """A training-split file in the test set is a one-line error naming it; unknown methods exit 2."""
+    """A training-split file in the test set is a one-line error naming it; unknown methods exit
+    2."""
     ts = copy_testset(tmp_path / "ts")
     from astropy.io import fits
 
@@ -228,7 +232,8 @@ def test_evaluate_rejects_train_split_and_bad_options(tmp_path, capsys, monkeypa
 
 
 def truth_prior(testset: Path, folder: Path) -> Path:
-    """A rank-2 Gaussian prior of galaxy and sky fitted on the test set's own four truths: no real data needed,
+    """A rank-2 Gaussian prior of galaxy and sky fitted on the test set's own four truths: no real
+    data needed,
     enough to drive the sampler (the scores are not the point)."""
     from astropy.io import fits
 
@@ -241,8 +246,10 @@ def truth_prior(testset: Path, folder: Path) -> Path:
 
 
 def test_evaluate_smc_runs_with_the_particles_asked_for(tmp_path, capsys, monkeypatch):
-    """--sampler smc --particles P reaches the SMC sampler with P chains and is recorded in summary.json; if the
-    pipeline dropped the setting, SMC would silently run with the default 16 (or another sampler would run)."""
+    """--sampler smc --particles P reaches the SMC sampler with P chains and is recorded in
+    summary.json; if the
+    pipeline dropped the setting, SMC would silently run with the default 16 (or another sampler
+    would run)."""
     used = spy_smc_particles(monkeypatch)
     ts = copy_testset(tmp_path / "ts")
     prior = truth_prior(ts, tmp_path / "prior")

@@ -46,7 +46,8 @@ def test_identical_images_give_zero_errors_and_infinite_psnr():
 
 
 def test_pure_flux_offset():
-    """Scaling by 1.1 is a +10% flux error, RMSE 0.1 rms(t)/sigma, and leaves centroid, shape and size unchanged."""
+    """Scaling by 1.1 is a +10% flux error, RMSE 0.1 rms(t)/sigma, and leaves centroid, shape and
+    size unchanged."""
     t = gaussian_image(sigma=2.5, g2=-0.1)
     e = 1.1 * t
     assert flux_error(t, e) == pytest.approx(0.1, rel=1e-12)
@@ -61,7 +62,8 @@ def test_pure_flux_offset():
 
 
 def test_known_ellipticity_size_and_centroid():
-    """A GalSim Gaussian sheared by g1=0.3 measures g1=0.3; its size is sigma; a known shift is the centroid error."""
+    """A GalSim Gaussian sheared by g1=0.3 measures g1=0.3; its size is sigma; a known shift is the
+    centroid error."""
     m = adaptive_moments(gaussian_image(sigma=3.0, g1=0.3))
     assert m.ok
     assert m.g1 == pytest.approx(0.3, abs=0.005) and m.g2 == pytest.approx(0.0, abs=0.005)
@@ -80,7 +82,8 @@ def test_known_ellipticity_size_and_centroid():
 
 
 def test_adaptive_moments_failure_is_nan_and_counted():
-    """An empty estimate cannot be measured: shape errors NaN, hsm_ok 0, flux error -1; no exception."""
+    """An empty estimate cannot be measured: shape errors NaN, hsm_ok 0, flux error -1; no
+    exception."""
     t = gaussian_image()
     rec = compare(t, np.zeros_like(t), 1.0)
     assert rec["hsm_ok"] == 0.0
@@ -90,7 +93,8 @@ def test_adaptive_moments_failure_is_nan_and_counted():
 
 
 def test_blendedness_known_values():
-    """No neighbour: 0; a neighbour identical to the galaxy and on top of it: 1/2; a distant one: about 0."""
+    """No neighbour: 0; a neighbour identical to the galaxy and on top of it: 1/2; a distant one:
+    about 0."""
     g = gaussian_image(sigma=2.0, n=48)
     assert blendedness(g, np.zeros_like(g)) == 0.0
     assert blendedness(g, g.copy()) == pytest.approx(0.5, rel=1e-12)
@@ -99,7 +103,8 @@ def test_blendedness_known_values():
 
 
 def test_student_interval_has_nominal_coverage_for_calibrated_gaussian_posterior():
-    """Truth and 8 samples drawn from the same Gaussian: coverage 68% and 95% within 3 standard errors.
+    """Truth and 8 samples drawn from the same Gaussian: coverage 68% and 95% within 3 standard
+    errors.
 
     A plain mean +- 1.96 s interval would cover only about 91%: the Student prediction
     interval is what makes 8 samples enough.
@@ -128,7 +133,8 @@ def test_student_interval_has_nominal_coverage_for_calibrated_gaussian_posterior
 
 
 def test_overconfident_posterior_is_caught():
-    """Samples half as wide as the truth's spread: coverage far below nominal and SBC rejects uniformity."""
+    """Samples half as wide as the truth's spread: coverage far below nominal and SBC rejects
+    uniformity."""
     rng = np.random.default_rng(2)
     n, s = 2000, 8
     samples = 0.5 * rng.standard_normal((n, s))

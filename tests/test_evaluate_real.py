@@ -1,4 +1,5 @@
-"""The real-data machinery: resampling HST-like images onto an HSC-like grid, and the two-view operator."""
+"""The real-data machinery: resampling HST-like images onto an HSC-like grid, and the two-view
+operator."""
 
 from __future__ import annotations
 
@@ -23,16 +24,19 @@ def tan_wcs(scale_arcsec: float, crval: tuple[float, float], crpix: tuple[float,
 
 
 def test_resampler_matches_direct_rendering_on_the_coarse_grid():
-    """A galaxy drawn on a 0.03"/px grid and resampled through two TAN WCS equals the same galaxy drawn directly
-    at 0.168"/px: with its PSF replaced (convolved) and with the 0.2" truth kernel (intrinsic), to 1% of the
-    peak, flux to 0.5%. A wrong offset, flip or scale in the WCS mapping would move or resize the galaxy."""
+    """A galaxy drawn on a 0.03"/px grid and resampled through two TAN WCS equals the same galaxy
+    drawn directly
+    at 0.168"/px: with its PSF replaced (convolved) and with the 0.2" truth kernel (intrinsic), to
+    1% of the
+    peak, flux to 0.5%. A wrong offset, flip or scale in the WCS mapping would move or resize the
+    galaxy."""
     fine, coarse = 0.03, 0.168
     src = tan_wcs(fine, (150.0, 2.0), (100.5, 100.5))
     dst = tan_wcs(coarse, (150.0003, 1.9998), (20.5, 20.5))
     gal = galsim.Sersic(n=1.5, half_light_radius=0.35, flux=50.0).shear(g1=0.25, g2=-0.1)
     psf_src = galsim.Gaussian(fwhm=0.1)
     psf_dst = galsim.Moffat(beta=3.0, fwhm=0.6)
-    xs, ys = 112.3, 93.6  # 0-based source pixel of the galaxy centre
+    xs, ys = 112.3, 93.6  # 0-based source pixel of the galaxy center
     src_img = (
         galsim.Convolve(gal, psf_src)
         .drawImage(nx=200, ny=200, scale=fine, offset=(xs - 99.5, ys - 99.5))
@@ -63,7 +67,7 @@ def test_resampler_matches_direct_rendering_on_the_coarse_grid():
     assert cover[20, 20] == pytest.approx(1.0, abs=0.01)  # well inside the fine image's footprint
     assert (
         cover[0, 0] < 0.5
-    )  # the fine image covers 6" of the 6.7" coarse crop, centred: corners are outside
+    )  # the fine image covers 6" of the 6.7" coarse crop, centered: corners are outside
 
 
 def test_central_footprint_grows_into_unassigned_pixels_only():

@@ -234,8 +234,8 @@ def _shifted_psf(size: int, dx: float, dy: float, total: float = 1.0) -> np.ndar
     return k / k.sum() * total
 
 
-def test_off_centre_psf_is_recentred_with_its_flux():
-    """A PSF 1.6 px off-centre (refused before) comes back centred to 0.01 px with its sum kept
+def test_off_center_psf_is_recentered_with_its_flux():
+    """A PSF 1.6 px off-center comes back centered to 0.01 px with its sum kept
     and a note saying by how much it was moved."""
     from galprism.io.psf import recenter_psf
 
@@ -247,14 +247,14 @@ def test_off_centre_psf_is_recentred_with_its_flux():
     assert abs(cx) < 0.01 and abs(cy) < 0.01, (cx, cy)
     assert out.sum() == pytest.approx(2.5, rel=1e-12)
     assert out.shape[0] % 2 == 1 and notes == [
-        Note(NoteKind.PSF_RECENTERED, "PSF p.fits re-centred by (-1.40, +0.80) px")
+        Note(NoteKind.PSF_RECENTERED, "PSF p.fits re-centered by (-1.40, +0.80) px")
     ]
     kept, notes = recenter_psf(_shifted_psf(15, 0.5, 0.3), "p.fits")
     assert notes == [] and kept.shape == (15, 15), "a PSF within tolerance must stay as it is"
 
 
-def test_even_sized_psf_is_padded_and_recentred(tmp_path, capsys, monkeypatch):
-    """A 10x10 PSF (refused before: no central pixel) is padded to 11x11 and re-centred with
+def test_even_sized_psf_is_padded_and_recentered(tmp_path, capsys, monkeypatch):
+    """A 10x10 PSF (no central pixel) is padded to 11x11 and re-centered with
     its flux kept; the output header says so."""
     from galprism.io.psf import recenter_psf
 
@@ -269,7 +269,7 @@ def test_even_sized_psf_is_padded_and_recentred(tmp_path, capsys, monkeypatch):
     assert notes == [
         Note(
             NoteKind.PSF_RECENTERED,
-            "PSF p.fits padded from 10x10 to 11x11 and re-centred by (+0.50, +0.50) px",
+            "PSF p.fits padded from 10x10 to 11x11 and re-centered by (+0.50, +0.50) px",
         )
     ]
 
@@ -279,11 +279,11 @@ def test_even_sized_psf_is_padded_and_recentred(tmp_path, capsys, monkeypatch):
     )
     assert code == 0, err
     comments = "".join(str(c) for c in fits.getheader(tmp_path / "o.fits")["COMMENT"])
-    assert "padded from 10x10 to 11x11 and re-centred by (+0.50, +0.50) px" in comments
+    assert "padded from 10x10 to 11x11 and re-centered by (+0.50, +0.50) px" in comments
 
 
-def test_real_hst_psf_is_recentred_and_recorded(tmp_path, capsys, monkeypatch, data_dir):
-    """The real HST PSF, 0.74, 0.98 px off-centre, is accepted with a re-centring note in the
+def test_real_hst_psf_is_recentered_and_recorded(tmp_path, capsys, monkeypatch, data_dir):
+    """The real HST PSF, 0.74, 0.98 px off-center, is accepted with a re-centering note in the
     output header and a warning, instead of being refused."""
     psf = data_dir / "multiview" / "PSF_HST.fits"
     cut = make_cutout(tmp_path / "hst.fits", shape=(200, 200), scale=0.03, psf=None)
@@ -295,7 +295,7 @@ def test_real_hst_psf_is_recentred_and_recorded(tmp_path, capsys, monkeypatch, d
         prior=FakePrior(pixel_scale=0.03, shape=(1, 16, 16)),
     )
     assert code == 0, err
-    note = f"PSF {psf} re-centred by (-0.74, -0.98) px"
+    note = f"PSF {psf} re-centered by (-0.74, -0.98) px"
     assert any(note in line for line in err), err
     assert note in "".join(str(c) for c in fits.getheader(out)["COMMENT"])  # long cards wrap
 

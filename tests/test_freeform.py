@@ -1,4 +1,5 @@
-"""Free-form components (galprism.freeform): exact marginalisation, exact conditionals, detection."""
+"""Free-form components (galprism.freeform): exact marginalisation, exact conditionals,
+detection."""
 
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def test_boxes_go_to_peaks_too_bright_for_the_prior_and_to_edge_peaks_only():
     [box] = find_boxes(y, nv, valid, cfg, flux_scale=2.0)
     assert (box.row, box.col, box.kind) == (10, 12, "bright") and box.peak == pytest.approx(6.0)
     assert find_boxes(y, nv, valid, cfg, flux_scale=4.0) == []  # 3 prior units: the prior's own
-    # a source centred beyond the bottom edge peaks on the last row: box centred one row out
+    # a source centered beyond the bottom edge peaks on the last row: box centered one row out
     y, nv, valid = _scene(3.0, (25, 8))
     [box] = find_boxes(y, nv, valid, cfg, flux_scale=1.0)
     assert (box.row, box.col, box.kind) == (24, 8, "edge")
@@ -168,7 +169,7 @@ def test_build_freeform_puts_a_box_on_a_star_and_its_light_through_the_psf():
     )
     assert model is not None and [(b.row, b.col) for b in model.boxes[0]] == [(0, 12)]
     cols = model.columns[0].reshape(16, 16, 9)
-    # pixel (dr, dc) = (0, 0) of the box is column 4: the PSF centred at (0, 12)
+    # pixel (dr, dc) = (0, 0) of the box is column 4: the PSF centered at (0, 12)
     assert cols[0, 12, 4] == pytest.approx(0.75) and cols[0, 13, 4] == pytest.approx(0.25)
     # pixel (-1, 0) lies above the grid: its light never reaches it (PSF one row tall)
     assert float(cols[..., 1].abs().max()) < 1e-12

@@ -16,7 +16,8 @@ from galprism.observation import NoteKind
 
 
 def test_image_in_sci_image_or_primary_hdu(tmp_path):
-    """The image is found in SCI, IMAGE, or the primary HDU; a wrong pick would change the pixels."""
+    """The image is found in SCI, IMAGE, or the primary HDU; a wrong pick would change the
+    pixels."""
     img = np.arange(256, dtype=float).reshape(16, 16)
     for ext in ("SCI", "IMAGE", None):
         p = make_cutout(tmp_path / f"{ext}.fits", image=img, image_ext=ext)
@@ -66,7 +67,8 @@ def test_psf_sidecar_and_template(tmp_path):
 
 
 def test_psf_is_normalised_with_a_note(tmp_path):
-    """A PSF that does not sum to 1 is renormalised and the fact recorded (and later warned about)."""
+    """A PSF that does not sum to 1 is renormalised and the fact recorded (and later warned
+    about)."""
     p = make_cutout(tmp_path / "a.fits", psf=gaussian_psf(9, 1.0, total=3.0))
     obs = read_cutout(p)
     assert abs(obs.psf.sum() - 1) < 1e-6, "PSF not normalised to unit sum"
@@ -76,7 +78,8 @@ def test_psf_is_normalised_with_a_note(tmp_path):
 
 
 def test_mask_planes_default_and_names(tmp_path):
-    """MP_* planes: by default SAT/BAD/... are bad but DETECTED is not; names and numbers select bits."""
+    """MP_* planes: by default SAT/BAD/... are bad but DETECTED is not; names and numbers select
+    bits."""
     mask = np.zeros((16, 16), int)
     mask[1, 1] = 1 << HSC_PLANES["SAT"]
     mask[2, 2] = 1 << HSC_PLANES["DETECTED"]
@@ -139,7 +142,8 @@ def test_zero_inverse_variance_masks_the_pixel(tmp_path):
 
 
 def test_noise_sigma_option_and_estimate(tmp_path):
-    """--noise-sigma overrides; without any noise the sigma-clipped estimate is close and reported."""
+    """--noise-sigma overrides; without any noise the sigma-clipped estimate is close and
+    reported."""
     p = make_cutout(tmp_path / "a.fits", noise=None, shape=(64, 64), sigma=0.2, seed=3)
     obs = read_cutout(p)
     est = float(np.sqrt(obs.variance[0, 0, 0]))
@@ -209,7 +213,8 @@ def test_big_endian_and_scaled_integer_images(tmp_path):
 
 
 def test_reading_never_modifies_the_input(tmp_path):
-    """Input files are read-only for galprism: bytes unchanged, and the checksum is the file's SHA-256."""
+    """Input files are read-only for galprism: bytes unchanged, and the checksum is the file's
+    SHA-256."""
     p = make_cutout(tmp_path / "a.fits", mask=np.zeros((16, 16), int))
     before = p.read_bytes()
     obs = read_cutout(p, ReadOptions(noise_sigma="0.1"))
@@ -227,7 +232,8 @@ def test_output_stem():
 
 @pytest.mark.parametrize("keep", [0.3, 0.5, 0.75, 0.999])
 def test_truncated_files_are_refused(tmp_path, keep):
-    """A file cut anywhere (inside a header or inside data) is an error naming it, never a partial read."""
+    """A file cut anywhere (inside a header or inside data) is an error naming it, never a partial
+    read."""
     p = make_cutout(tmp_path / "a.fits")
     data = p.read_bytes()
     p.write_bytes(data[: int(len(data) * keep)])

@@ -14,7 +14,8 @@ TOL_DEG = 1e-9
 
 @pytest.mark.parametrize("sip", [False, True])
 def test_shift_matches_original_pixels(sip):
-    """Pixel (i, j) of a crop starting at (x0, y0) is pixel (i + x0, j + y0) of the original, to 1e-9 deg."""
+    """Pixel (i, j) of a crop starting at (x0, y0) is pixel (i + x0, j + y0) of the original, to
+    1e-9 deg."""
     w = make_wcs(40, 50, sip=sip)
     x = np.array([0.0, 3.5, 17.0, 49.0])
     y = np.array([0.0, 8.0, 2.25, 39.0])
@@ -30,7 +31,7 @@ def test_shift_matches_original_pixels(sip):
 @pytest.mark.parametrize("sip", [False, True])
 @pytest.mark.parametrize("factor", [2, 3, 4])
 def test_refine_puts_fine_pixels_inside_their_coarse_pixel(sip, factor):
-    """Fine pixel q is centred on coarse pixel (q + 0.5)/f - 0.5, SIP distortion included."""
+    """Fine pixel q is centered on coarse pixel (q + 0.5)/f - 0.5, SIP distortion included."""
     w = make_wcs(30, 30, sip=sip)
     r = refine_wcs(w, factor)
     q = np.array([0.0, 1.0, 7.0, 40.0, 119.0])
@@ -44,7 +45,8 @@ def test_refine_puts_fine_pixels_inside_their_coarse_pixel(sip, factor):
 
 
 def test_cube_header_adds_linear_sample_and_band_axes():
-    """The samples cube gets SAMPLE (and BAND) axes whose pixel k is sample k; the sky is untouched."""
+    """The samples cube gets SAMPLE (and BAND) axes whose pixel k is sample k; the sky is
+    untouched."""
     w = make_wcs(20, 20)
     h = image_header(w, (("SAMPLE", 8), ("BAND", 3)))
     c = WCS(h)
@@ -58,7 +60,8 @@ def test_cube_header_adds_linear_sample_and_band_axes():
 
 
 def test_cube_header_with_sip_stays_readable():
-    """astropy only accepts SIP in 2-D WCS: the cube keeps the exact 2-axis celestial WCS instead."""
+    """astropy only accepts SIP in 2-D WCS: the cube keeps the exact 2-axis celestial WCS
+    instead."""
     w = make_wcs(20, 20, sip=True)
     c = WCS(image_header(w, (("SAMPLE", 8),)))
     assert c.naxis == 2 and c.sip is not None

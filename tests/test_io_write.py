@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from galprism.io.write import OutputExistsError, image_hdu, primary_hdu, source_hdus, write_atomic
+from galprism.errors import OutputExistsError
+from galprism.io.write import image_hdu, primary_hdu, source_hdus, write_atomic
 
 
 def _hdul(value: float = 1.0) -> fits.HDUList:
@@ -29,7 +30,7 @@ def test_write_has_checksums_and_refuses_to_clobber(tmp_path):
     with fits.open(out, checksum=True) as h:  # astropy warns on a checksum mismatch
         assert "CHECKSUM" in h[1].header and "DATASUM" in h[1].header
         assert h[1].header["BUNIT"] == "nJy" and h[0].header["SEED"] == 5
-    with pytest.raises(OutputExistsError, match="o.fits.*--overwrite"):
+    with pytest.raises(OutputExistsError, match="o.fits.*overwriting is not allowed"):
         write_atomic(_hdul(2.0), out)
     assert fits.getdata(out, "X")[0, 0] == 1.0, "existing output was modified"
     write_atomic(_hdul(2.0), out, overwrite=True)
@@ -65,7 +66,8 @@ def test_crash_mid_write_leaves_no_partial_output(tmp_path):
                 fh.truncate(1000)  # half-written
             os._exit(9)  # killed: no exception handler runs
         fits.HDUList.writeto = crash
-        hdul = fits.HDUList([primary_hdu({{}}), image_hdu(np.ones((64, 64)), "X", wcs=None, bunit=None)])
+        image = image_hdu(np.ones((64, 64)), "X", wcs=None, bunit=None)
+        hdul = fits.HDUList([primary_hdu({{}}), image])
         write_atomic(hdul, {str(tmp_path / "o.fits")!r})
         """
     )
@@ -77,7 +79,8 @@ def test_crash_mid_write_leaves_no_partial_output(tmp_path):
 
 
 def test_source_hdus_layout():
-    """Each source gives a float32 cube (n, ny, nx) plus MEAN and STD; a band axis is kept when C > 1."""
+    """Each source gives a float32 cube (n, ny, nx) plus MEAN and STD; a band axis is kept when C >
+    1."""
     rng = np.random.default_rng(0)
     s = rng.normal(size=(5, 1, 6, 7))
     cube, mean, std = source_hdus("galaxy", s, wcs=None, bunit="nJy")

@@ -1,4 +1,4 @@
-"""The random 1-D manifold problem follows METHOD.md section 6 and the reference definition."""
+"""The random 1-D manifold problem follows docs/method.md section 6 and the reference definition."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def test_view_k_contains_sources_one_to_k(three):
 
 
 def test_features_lie_in_and_span_minus_two_two(three):
-    """Every feature is rescaled to [-2, 2]; a large draw must reach both ends (the map is the curve's range)."""
+    """Every feature is rescaled to [-2, 2]; a large draw must reach both ends (the map is the
+    curve's range)."""
     for b in range(3):
         x = three.sample_source(b, 65536, seed=1, dtype=torch.float64)
         assert x.min() >= -2.0 and x.max() <= 2.0, "fresh samples left [-2, 2]"
@@ -77,7 +78,8 @@ def test_features_lie_in_and_span_minus_two_two(three):
 
 
 def test_curve_matches_the_formula(three):
-    """x_j = sum_f a/f^alpha sin(2 pi (f b z + c)), rescaled with the stored constants, recomputed by loops."""
+    """x_j = sum_f a/f^alpha sin(2 pi (f b z + c)), rescaled with the stored constants, recomputed
+    by loops."""
     for curve, alpha in zip(three.curves, (3.0, 4.0, 5.0), strict=True):
         assert curve.alpha == alpha
         assert curve.cutoff == math.ceil(1e-3 ** (-1 / alpha)), (
@@ -154,7 +156,8 @@ def test_operator_reproduces_y_up_to_noise(three):
 
 
 def test_views_are_independent(three):
-    """The reference reuses draws across views; here source positions, matrices and noise must differ."""
+    """The reference reuses draws across views; here source positions, matrices and noise must
+    differ."""
     v1, v2, v3 = three.views
     a, b = v1.x[:, 0].double(), v2.x[:, 0].double()
     assert not torch.allclose(a, b), "view 2 reuses view 1's draws of source 1"
@@ -189,7 +192,8 @@ def test_source_curves_do_not_depend_on_the_number_of_sources(three):
 
 
 def test_fresh_samples_follow_the_view_truth_distribution(three):
-    """sample_source must draw from the same curve and rescaling as the views (two-sample KS per feature)."""
+    """sample_source must draw from the same curve and rescaling as the views (two-sample KS per
+    feature)."""
     fresh = three.sample_source(0, N_OBS, seed=11, dtype=torch.float64).numpy()
     data = three.views[0].x[:, 0].double().numpy()
     for j in range(5):
@@ -202,7 +206,8 @@ def test_fresh_samples_follow_the_view_truth_distribution(three):
 
 
 def test_mixed_variant_weights_and_matrices(mixed):
-    """View v: own source at weight 1, the other at f_mix, same A (reference train_mixing_matrix.get_dataset)."""
+    """View v: own source at weight 1, the other at f_mix, same A (reference
+    train_mixing_matrix.get_dataset)."""
     v1, v2 = mixed.views
     assert v1.weights == (1.0, 0.1) and v2.weights == (0.1, 1.0)
     assert v1.sources == (0, 1) and v2.sources == (0, 1)

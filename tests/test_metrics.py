@@ -39,7 +39,8 @@ def one_thread():
 
 # -- Sinkhorn ------------------------------------------------------------------------------
 def test_translate_costs_exactly_the_squared_shift():
-    """OT(u, u + t) - OT(u, u) = |t|^2 for a converged plan with squared Euclidean cost and uniform weights.
+    """OT(u, u + t) - OT(u, u) = |t|^2 for a converged plan with squared Euclidean cost and uniform
+    weights.
 
     Fails if the cost is not squared Euclidean, the weights are not uniform, or the returned
     value is not the transport cost <P, M> of the plan.
@@ -54,7 +55,8 @@ def test_translate_costs_exactly_the_squared_shift():
 
 
 def test_converged_small_reg_cost_approaches_exact_wasserstein():
-    """<P, M> of the entropic plan tends to the exact W2^2 (ot.emd2) as reg -> 0 (not the entropic objective)."""
+    """<P, M> of the entropic plan tends to the exact W2^2 (ot.emd2) as reg -> 0 (not the entropic
+    objective)."""
     rng = np.random.default_rng(1)
     u, v = rng.normal(size=(60, 2)), rng.normal(size=(60, 2)) + 0.5
     exact = ot.emd2([], [], ot.dist(u, v))
@@ -66,7 +68,8 @@ def test_converged_small_reg_cost_approaches_exact_wasserstein():
 
 
 def test_shifted_gaussians_give_squared_mean_difference():
-    """Independent 1-D Gaussian samples (standardised) with means 1 apart: S ~ W2^2 = 1; same law: S ~ 0."""
+    """Independent 1-D Gaussian samples (standardised) with means 1 apart: S ~ W2^2 = 1; same law:
+    S ~ 0."""
     rng = np.random.default_rng(2)
 
     def standard(n):
@@ -81,7 +84,8 @@ def test_shifted_gaussians_give_squared_mean_difference():
 
 
 def test_matches_the_reference_formula_written_out():
-    """The paper's settings and half split, written out with POT calls as in ddprism/metrics/metrics.py."""
+    """The paper's settings and half split, written out with POT calls as in
+    ddprism/metrics/metrics.py."""
     rng = np.random.default_rng(3)
     u, v = rng.normal(size=(61, 5)), rng.normal(size=(50, 5)) * 1.5
 
@@ -122,7 +126,8 @@ def test_torch_float32_agrees_with_numpy_float64(one_thread):
 
 
 def test_paper_settings_separate_a_wrong_source_from_the_truth():
-    """Paper settings on the manifold: truth vs fresh truth ~ 0, truth vs another source's curve >> 0.
+    """Paper settings on the manifold: truth vs fresh truth ~ 0, truth vs another source's curve >>
+    0.
 
     (At this small n the paper's settings do not converge and barely see a blur of the
     truth; docs/metrics.md measures how the value depends on n.)
@@ -170,7 +175,8 @@ def test_sinkhorn_bad_input_is_refused_with_one_line_errors():
 
 
 def test_exact_wasserstein_matches_the_sorted_formula_in_one_dimension():
-    """In 1-D, W2^2 between two equal-size samples is mean((sort u - sort v)^2); each half-split term too."""
+    """In 1-D, W2^2 between two equal-size samples is mean((sort u - sort v)^2); each half-split
+    term too."""
     rng = np.random.default_rng(6)
     u, v = rng.normal(size=(300, 1)), rng.gamma(2.0, size=(300, 1))
 

@@ -39,7 +39,7 @@ def _random_ops(gen, b):
 
     def psf(*lead):
         k = torch.rand(*lead, kh, kw, generator=gen, dtype=torch.float64) + 0.1
-        k[..., kh // 2, kw // 2] += 2.0  # keep the centroid near the centre
+        k[..., kh // 2, kw // 2] += 2.0  # keep the centroid near the center
         return k
 
     coarse = (c, h // 2, w // 2)

@@ -1,4 +1,5 @@
-"""PCPCA baseline: closed-form fit, Gaussian posterior, and recovery of a planted target structure."""
+"""PCPCA baseline: closed-form fit, Gaussian posterior, and recovery of a planted target
+structure."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _alignment(weights: np.ndarray, basis: np.ndarray) -> float:
 
 
 def test_recovers_planted_target_structure_better_than_pca():
-    """PCPCA must find the target-only directions and separate the source far better than PCA (gamma = 0)."""
+    """PCPCA must find the target-only directions and separate the source far better than PCA
+    (gamma = 0)."""
     target, background, source, basis = _planted()
     pca = PCPCA(2, 0.0).fit(target, background)
     pcpca = PCPCA(2, 0.99).fit(target, background)
@@ -52,7 +54,8 @@ def test_recovers_planted_target_structure_better_than_pca():
 
 
 def test_gamma_zero_is_probabilistic_pca():
-    """gamma = 0 must give Tipping & Bishop's PPCA: sigma^2 = mean discarded eigenvalue, W W^T = U (L - sigma^2) U^T."""
+    """gamma = 0 must give Tipping & Bishop's PPCA: sigma^2 = mean discarded eigenvalue, W W^T = U
+    (L - sigma^2) U^T."""
     target, background, _, _ = _planted(seed=1, n=500, m=300)
     model = PCPCA(3, 0.0).fit(target, background)
     vals, vecs = np.linalg.eigh(np.cov(target.T, bias=True))
@@ -64,7 +67,8 @@ def test_gamma_zero_is_probabilistic_pca():
 
 
 def test_posterior_equals_gaussian_conditioning():
-    """E[s|x] and Cov[s|x] must equal the joint-Gaussian conditioning formulas (written without Woodbury)."""
+    """E[s|x] and Cov[s|x] must equal the joint-Gaussian conditioning formulas (written without
+    Woodbury)."""
     target, background, _, _ = _planted(seed=2, n=800, m=800)
     model = PCPCA(2, 0.9).fit(target, background)
     w, s2 = model.weights, model.sigma2

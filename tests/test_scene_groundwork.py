@@ -108,9 +108,9 @@ def test_placement_does_not_smooth():
         torch.testing.assert_close(out.square().sum(), x.square().sum(), rtol=1e-10, atol=0)
 
 
-def test_placement_puts_the_stamp_centre_at_the_requested_position():
+def test_placement_puts_the_stamp_center_at_the_requested_position():
     """The light-weighted centroid of a placed, well-sampled Gaussian is (x, y) to 2e-3 px:
-    otherwise the shift has the wrong sign, the wrong centre convention (geometric centre
+    otherwise the shift has the wrong sign, the wrong center convention (geometric center
     of the stamp, 0-based pixels) or the wrong split into integer and fraction."""
     stamp = _gauss_stamp(1, 21, 20, sigma=2.0)
     yy, xx = torch.meshgrid(torch.arange(50, dtype=F64), torch.arange(60, dtype=F64), indexing="ij")
@@ -125,7 +125,7 @@ def test_placement_at_whole_pixel_offset_is_an_exact_copy():
     the operator resamples sources even when no resampling is needed."""
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(1, 2, 9, 8, generator=gen, dtype=F64)
-    # Geometric centre (3.5, 4) of a 9x8 stamp lands on (13.5, 10): first pixel at (10, 6).
+    # Geometric center (3.5, 4) of a 9x8 stamp lands on (13.5, 10): first pixel at (10, 6).
     out = PlaceStamp((13.5, 10.0), (2, 9, 8), (2, 20, 24))(x)
     torch.testing.assert_close(out[0, :, 6:15, 10:18], x[0], rtol=0, atol=1e-12)
     out[0, :, 6:15, 10:18] = 0
@@ -235,7 +235,7 @@ def test_blends_two_overlapping_and_one_isolated_give_two_blends():
     # The frame holds both model stamps: x from 20-7.5 to 28+7.5, y from 20-7.5.
     assert x0 <= 12 and x1 >= 36 and y0 <= 12 and y1 >= 28
     np.testing.assert_allclose(b0.positions, [[20 - x0, 20 - y0], [28 - x0, 20 - y0]])
-    # A 16-pixel stamp centred on a whole pixel straddles 17 pixels; centred between
+    # A 16-pixel stamp centered on a whole pixel straddles 17 pixels; centered between
     # pixels (70.5) it covers exactly the model grid.
     assert blends[1].shape == (17, 17)
     t["x"][2], t["y"][2] = 70.5, 60.5
@@ -304,7 +304,7 @@ TRUTH = [(15.3, 20.6, 2.0, 300.0), (50.7, 40.2, 2.5, 400.0), (30.1, 57.4, 1.8, 2
 
 def test_detect_finds_three_gaussian_blobs_within_half_a_pixel():
     """Three Gaussian sources on a sky of 5 with noise 0.1: exactly three detections, each
-    within 0.5 px of a true centre, with fluxes within 10%: otherwise the background, the
+    within 0.5 px of a true center, with fluxes within 10%: otherwise the background, the
     threshold or the 0-based position convention is wrong."""
     rng = np.random.default_rng(1)
     img = _blobs((72, 80), TRUTH) + 5.0 + rng.normal(0, 0.1, (72, 80))

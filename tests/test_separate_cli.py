@@ -1,4 +1,5 @@
-"""``galprism separate`` on the command line: JSON lines, exit statuses, stdin lists, SLURM shards."""
+"""``galprism separate`` on the command line: JSON lines, exit statuses, stdin lists, SLURM
+shards."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from fits_factory import FakePrior, make_cutout, run_cli
 
 
 def test_json_lines_and_exit_zero(tmp_path, capsys, monkeypatch):
-    """--json prints one parseable line per input with status, output, seconds, seed and flux stats."""
+    """--json prints one parseable line per input with status, output, seconds, seed and flux
+    stats."""
     paths = [
         make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(3)
     ]

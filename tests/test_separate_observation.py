@@ -67,10 +67,10 @@ def test_inputs_are_not_modified():
 
 
 def test_default_crop_is_identity_and_crop_keeps_pixels_and_sky():
-    """Cropping around a centre keeps each pixel's value and sky position (to 1e-9 deg)."""
+    """Cropping around a center keeps each pixel's value and sky position (to 1e-9 deg)."""
     wcs = make_wcs(20, 30)
     o = _obs((1, 20, 30), wcs=wcs, pixel_scale=0.2)
-    assert o.crop(None, (20, 30)) is o, "a same-size crop around the default centre must be a no-op"
+    assert o.crop(None, (20, 30)) is o, "a same-size crop around the default center must be a no-op"
     c = o.crop((10.2, 6.7), (8, 8))
     x0, y0 = 10 - 4, 7 - 4
     assert c.origin == (x0, y0)
@@ -129,7 +129,8 @@ def test_operator_is_mask_downsample_convolve():
 
 @pytest.mark.parametrize("factor", [2, 4])
 def test_refined_psf_reproduces_a_coarse_rendering(factor):
-    """Downsample o Convolve(refined PSF) on a fine galaxy matches GalSim's coarse rendering within 2 % of the peak.
+    """Downsample o Convolve(refined PSF) on a fine galaxy matches GalSim's coarse rendering within
+    2 % of the peak.
 
     A kernel that ignored the coarse pixel already contained in the survey PSF would
     double-count it and fail this for factor 4 (~3-5 % error).

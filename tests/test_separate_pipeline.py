@@ -46,7 +46,7 @@ def test_output_layout_provenance_and_wcs(tmp_path):
         output_dir=tmp_path / "out",
         command_line="galprism separate cut.fits",
         n_samples=3,
-        center=(10.0, 10.0),  # the image centre: a larger image is modelled only when asked
+        center=(10.0, 10.0),  # the image center: a larger image is modelled only when asked
     )
     assert summary.exit_code == 0 and recs[0].status == "ok", recs
     out = tmp_path / "out" / "cut.galprism.fits"
@@ -97,7 +97,8 @@ def test_output_layout_provenance_and_wcs(tmp_path):
 
 
 def test_finer_prior_grid_gets_a_refined_wcs(tmp_path):
-    """With a prior grid twice as fine, sources live on 16x16 fine pixels whose WCS nests in the 8x8 cutout."""
+    """With a prior grid twice as fine, sources live on 16x16 fine pixels whose WCS nests in the
+    8x8 cutout."""
     p = make_cutout(tmp_path / "c.fits", shape=(8, 8), scale=0.2, psf=gaussian_psf(5, 0.8))
     _, recs, _ = run([p], FakePrior(shape=(1, 16, 16), pixel_scale=0.1), output_dir=tmp_path)
     assert recs[0].status == "ok", recs
@@ -163,7 +164,8 @@ def test_missing_zero_point_assumes_the_prior_and_warns_once(tmp_path):
 
 
 def test_same_seed_same_output_regardless_of_batching_and_order(tmp_path):
-    """Each cutout's randomness derives from --seed and its name only: batch size and order do not matter."""
+    """Each cutout's randomness derives from --seed and its name only: batch size and order do not
+    matter."""
     paths = [
         make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(5)
     ]
@@ -186,7 +188,8 @@ def test_same_seed_same_output_regardless_of_batching_and_order(tmp_path):
 
 
 def test_skip_existing_finishes_only_what_is_missing(tmp_path):
-    """After a partial run, --skip-existing processes exactly the missing outputs and leaves the others alone."""
+    """After a partial run, --skip-existing processes exactly the missing outputs and leaves the
+    others alone."""
     paths = [make_cutout(tmp_path / f"c{i}.fits", seed=i) for i in range(5)]
     out = tmp_path / "o"
     run(paths, FakePrior(), output_dir=out)
@@ -208,7 +211,8 @@ def test_skip_existing_finishes_only_what_is_missing(tmp_path):
 
 
 def test_existing_output_is_an_error_without_flags_and_replaced_with_overwrite(tmp_path):
-    """No clobbering by default: the input fails (exit 1), the old file stays; --overwrite replaces it."""
+    """No clobbering by default: the input fails (exit 1), the old file stays; --overwrite replaces
+    it."""
     p = make_cutout(tmp_path / "c.fits")
     out = tmp_path / "o"
     out.mkdir()
@@ -221,7 +225,8 @@ def test_existing_output_is_an_error_without_flags_and_replaced_with_overwrite(t
 
 
 def test_shards_partition_the_batch_exactly(tmp_path):
-    """--shard I/N over all I covers every input exactly once and gives the same files as one run."""
+    """--shard I/N over all I covers every input exactly once and gives the same files as one
+    run."""
     paths = [make_cutout(tmp_path / f"c{i}.fits", seed=i) for i in range(9)]
     seen = []
     for i in range(3):
@@ -240,7 +245,8 @@ def test_shards_partition_the_batch_exactly(tmp_path):
 
 
 def test_a_failing_cutout_does_not_take_its_batch_down(tmp_path):
-    """When the sampler fails on a batch, the cutouts are retried alone and only the bad one fails."""
+    """When the sampler fails on a batch, the cutouts are retried alone and only the bad one
+    fails."""
     paths = [
         make_cutout(tmp_path / f"c{i}.fits", seed=i, header={"MAGZERO": 27.0}) for i in range(4)
     ]
@@ -258,7 +264,8 @@ def test_a_failing_cutout_does_not_take_its_batch_down(tmp_path):
 
 
 def test_duplicate_output_names_are_reported(tmp_path):
-    """Two inputs that would write the same output file: the second is an error, the first is kept."""
+    """Two inputs that would write the same output file: the second is an error, the first is
+    kept."""
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()
     a = make_cutout(tmp_path / "x" / "c.fits", seed=1)
@@ -301,7 +308,8 @@ def test_inputs_are_streamed_batch_by_batch(tmp_path):
 
 
 def test_point_estimate_prior_writes_one_sample(tmp_path):
-    """An asvd prior gives a single point estimate: a 1-sample cube, zero STD, and a header saying so."""
+    """An asvd prior gives a single point estimate: a 1-sample cube, zero STD, and a header saying
+    so."""
     p = make_cutout(tmp_path / "c.fits")
     _, recs, _ = run([p], FakePrior(point_estimate=True, method="asvd"), output_dir=tmp_path)
     with fits.open(tmp_path / "c.galprism.fits") as h:
@@ -322,7 +330,7 @@ def test_multiband_cubes_keep_a_band_axis(tmp_path):
     assert len(recs[0].sources["galaxy"]["flux_mean"]) == 3
 
 
-def test_center_radec_equals_the_pixel_centre(tmp_path):
+def test_center_radec_equals_the_pixel_center(tmp_path):
     """--center-radec crops around the pixel the WCS gives for that position, like --center X,Y."""
     p = make_cutout(tmp_path / "c.fits", shape=(30, 30))
     w = WCS(fits.getheader(p, "SCI"))

@@ -73,8 +73,10 @@ def prior_folder(tmp_path_factory):
 def test_cli_samples_follow_the_exact_posterior(
     tmp_path, capsys, monkeypatch, prior_folder, sampler
 ):
-    """Output samples (nJy input, prior at AB 27, 2x finer grid) match the closed-form Gaussian posterior,
-    with the default sampler and with SMC (whose particle weights and resampling must not bias it)."""
+    """Output samples (nJy input, prior at AB 27, 2x finer grid) match the closed-form Gaussian
+    posterior,
+    with the default sampler and with SMC (whose particle weights and resampling must not bias
+    it)."""
     folder, priors = prior_folder
     used = spy_smc_particles(monkeypatch)
     cut = make_cutout(
@@ -193,7 +195,8 @@ def test_real_prior_is_reproducible_and_batch_independent(
 
 
 def test_priors_lists_builtins_and_describes_a_folder(tmp_path, capsys, monkeypatch, prior_folder):
-    """`galprism priors --json` lists the built-in priors; given a folder it describes that prior."""
+    """`galprism priors --json` lists the built-in priors; given a folder it describes that
+    prior."""
     folder, _ = prior_folder
     code, _, out, err = run_cli(["priors", "--json"], capsys, monkeypatch)
     assert code == 0, err
@@ -235,7 +238,8 @@ def test_sample_draws_from_the_prior(tmp_path, capsys, monkeypatch, prior_folder
 def test_support_confines_a_source_and_follows_the_exact_posterior(
     tmp_path, capsys, monkeypatch, prior_folder
 ):
-    """A prior's ``support`` makes its galaxy zero outside a disk and the rest follow the confined model exactly.
+    """A prior's ``support`` makes its galaxy zero outside a disk and the rest follow the confined
+    model exactly.
 
     If the support were only applied to the outputs (not to the operator), the galaxy
     inside the disk and the sky would keep the unconstrained posterior and fail the
@@ -320,7 +324,8 @@ def test_support_confines_a_source_and_follows_the_exact_posterior(
 
 
 def test_bad_support_is_refused_with_one_line(tmp_path, capsys, monkeypatch, prior_folder):
-    """A support naming an unknown source or a radius <= 0 is a usage error (exit 2) or a broken prior folder (exit 1)."""
+    """A support naming an unknown source or a radius <= 0 is a usage error (exit 2) or a broken
+    prior folder (exit 1)."""
     folder, _ = prior_folder
     cut = make_cutout(
         tmp_path / "cut.fits",

@@ -8,7 +8,8 @@ from fits_factory import FakePrior, run_cli
 
 
 def test_sample_writes_one_cube_per_source(tmp_path, capsys, monkeypatch):
-    """-n N gives an (N, ny, nx) cube per source with the prior's provenance and per-source seeds."""
+    """-n N gives an (N, ny, nx) cube per source with the prior's provenance and per-source
+    seeds."""
     out = tmp_path / "s.fits"
     code, recs, _, err = run_cli(
         ["sample", "--prior", "fake", "-n", "3", "-o", out, "--json", "--seed", "4"],
@@ -59,7 +60,8 @@ def test_unknown_source_is_a_usage_error(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_sampler_is_a_usage_error(tmp_path, capsys, monkeypatch):
-    """A misspelt --sampler exits 2 naming the choices before any prior is sampled, not a traceback from inside."""
+    """A misspelt --sampler exits 2 naming the choices before any prior is sampled, not a traceback
+    from inside."""
     code, _, _, err = run_cli(
         ["sample", "-n", "2", "-o", tmp_path / "s.fits", "--sampler", "pcc"],
         capsys,

@@ -21,8 +21,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from galprism.errors import ConfigError, InputError
-from galprism.io.write import OutputExistsError
+from galprism.errors import ConfigError, InputError, OutputExistsError
 from galprism.operators import Convolve
 from galprism.simulate import SceneConfig, SimulationConfig, Simulator, simulate_batch
 from galprism.simulate.cosmos import SPLIT_SEED, CosmosCatalog, make_split
@@ -253,7 +252,8 @@ def test_cutouts_use_only_their_split(catalog):
 
 @needs_data
 def test_observation_fits_follows_the_separate_convention(batch):
-    """SCI/PSF/MASK/VARIANCE with TAN WCS at 0.168"/px, unit-sum odd PSF, named mask bits, positive variance."""
+    """SCI/PSF/MASK/VARIANCE with TAN WCS at 0.168"/px, unit-sum odd PSF, named mask bits, positive
+    variance."""
     out, result = batch
     assert result.n_written == 4 and not result.failed
     files = sorted(out.glob("*.fits"))
@@ -278,7 +278,7 @@ def test_observation_fits_follows_the_separate_convention(batch):
             assert np.unravel_index(np.argmax(psf), psf.shape) == (
                 psf.shape[0] // 2,
                 psf.shape[1] // 2,
-            ), "PSF not centred"
+            ), "PSF not centered"
             mask = hdul["MASK"]
             planes = {k[3:]: v for k, v in mask.header.items() if k.startswith("MP_")}
             assert planes == MASK_PLANES, "every mask bit must be named by an MP_* keyword"
@@ -299,7 +299,8 @@ def test_observation_fits_follows_the_separate_convention(batch):
 
 @needs_data
 def test_truth_is_separate_and_explains_the_observation(batch):
-    """No TRUE_* in the observation; truth files hold them and SCI = conv truths + noise off the mask."""
+    """No TRUE_* in the observation; truth files hold them and SCI = conv truths + noise off the
+    mask."""
     out, _ = batch
     for path in sorted(out.glob("*.fits")):
         with fits.open(path) as obs:
@@ -367,7 +368,8 @@ def test_observation_is_the_operator_applied_to_the_truth(sim_test):
 
 @needs_data
 def test_rendered_flux_matches_catalogue_magnitude(catalog):
-    """An isolated rendered galaxy sums to 10**(-0.4 (MAG - 27)) counts within 1%, transformed or not."""
+    """An isolated rendered galaxy sums to 10**(-0.4 (MAG - 27)) counts within 1%, transformed or
+    not."""
     for rec in (catalog.by_ident[42], catalog.by_ident[0], catalog.by_ident[122811]):
         t = build_template(catalog, rec, 0.168, 0.2, 27.0)
         expected = 10 ** (-0.4 * (rec.mag - 27.0))
@@ -384,7 +386,8 @@ def test_rendered_flux_matches_catalogue_magnitude(catalog):
 
 @needs_data
 def test_cutout_flux_matches_its_magnitude(catalog):
-    """In a written cutout, TRUE_GALAXY sums to the flux of the recorded central magnitude (1%, light beyond the edge aside)."""
+    """In a written cutout, TRUE_GALAXY sums to the flux of the recorded central magnitude (1%,
+    light beyond the edge aside)."""
     sim = Simulator(
         SimulationConfig(view="galaxies", split="test", n=1, size=96, seed=5, scene=QUIET), catalog
     )
@@ -430,7 +433,8 @@ def test_blank_sky_noise_has_the_requested_sigma(catalog):
 
 @needs_data
 def test_noise_measurements_agree():
-    """The two npz noise estimates (variance plane, clipped pixels) agree to 10%: the default is sound."""
+    """The two npz noise estimates (variance plane, clipped pixels) agree to 10%: the default is
+    sound."""
     m = measure_hsc_noise()
     assert abs(m.npz_sigma_clipped / m.npz_sigma_variance_plane - 1) < 0.1, m
     assert 0.015 < m.npz_sigma_variance_plane < 0.03, m
@@ -438,7 +442,8 @@ def test_noise_measurements_agree():
 
 @needs_data
 def test_hst_noise_scaling_matches_monte_carlo(catalog):
-    """GalSim's propagated stamp noise, scaled by the pixel-area ratio, matches a rendered noise field (15%).
+    """GalSim's propagated stamp noise, scaled by the pixel-area ratio, matches a rendered noise
+    field (15%).
 
     The stamp-noise cap rests on this number; a wrong unit convention would be off by 31x.
     """
@@ -523,8 +528,8 @@ def test_raised_central_noise_keeps_the_cap_and_records_the_noise(catalog, tmp_p
 
 
 @needs_data
-def test_centre_exclusion_keeps_neighbours_off_the_centre(catalog):
-    """No neighbour is centred within ``centre_exclusion`` px of the centre; 0 changes nothing.
+def test_center_exclusion_keeps_neighbours_off_the_center(catalog):
+    """No neighbour is centered within ``center_exclusion`` px of the center; 0 changes nothing.
 
     Fails if a neighbour lands inside the excluded disc, if the default (0) draws
     different scenes than before the option existed (every existing batch would change),
@@ -532,26 +537,26 @@ def test_centre_exclusion_keeps_neighbours_off_the_centre(catalog):
     """
     base = SimulationConfig(view="sky", split="train", n=200, seed=3, mask_fraction=0.0)
     plain = Simulator(base, catalog)
-    same = Simulator(replace(base, scene=replace(base.scene, centre_exclusion=0.0)), catalog)
-    excl = Simulator(replace(base, scene=replace(base.scene, centre_exclusion=4.0)), catalog)
-    centre = 0.5 * (plain.size - 1)
+    same = Simulator(replace(base, scene=replace(base.scene, center_exclusion=0.0)), catalog)
+    excl = Simulator(replace(base, scene=replace(base.scene, center_exclusion=4.0)), catalog)
+    center = 0.5 * (plain.size - 1)
 
     def dists(sim):
         return [
-            math.hypot(s.placement.x - centre, s.placement.y - centre)
+            math.hypot(s.placement.x - center, s.placement.y - center)
             for i in range(200)
             for s in _specs(sim, i)
         ]
 
     d_plain, d_excl = dists(plain), dists(excl)
     assert d_plain == dists(same)
-    assert min(d_plain) < 4.0, "without exclusion some neighbour should fall near the centre"
+    assert min(d_plain) < 4.0, "without exclusion some neighbour should fall near the center"
     assert min(d_excl) >= 4.0
     assert abs(len(d_excl) - len(d_plain)) < 0.1 * len(d_plain), (
         "exclusion moves neighbours, keeps their number"
     )
-    huge = replace(base, scene=replace(base.scene, centre_exclusion=1000.0))
-    with pytest.raises(ConfigError, match="centre_exclusion"):
+    huge = replace(base, scene=replace(base.scene, center_exclusion=1000.0))
+    with pytest.raises(ConfigError, match="center_exclusion"):
         Simulator(huge, catalog).plan(0)
 
 
@@ -560,7 +565,8 @@ def test_centre_exclusion_keeps_neighbours_off_the_centre(catalog):
 
 @needs_data
 def test_defects_are_masked(catalog):
-    """With mask_fraction 1 every cutout has defects, flagged only with BAD/CR/EDGE/NO_DATA, and valid excludes them."""
+    """With mask_fraction 1 every cutout has defects, flagged only with BAD/CR/EDGE/NO_DATA, and
+    valid excludes them."""
     sim = Simulator(
         SimulationConfig(view="sky", split="train", n=1, seed=2, mask_fraction=1.0), catalog
     )
@@ -621,7 +627,8 @@ def test_hst_instrument(catalog):
 
 @needs_data
 def test_same_seed_same_files_and_no_clobber(tmp_path, sim_test):
-    """Same seed -> byte-identical files; a second run refuses to overwrite and leaves the files alone."""
+    """Same seed -> byte-identical files; a second run refuses to overwrite and leaves the files
+    alone."""
     config = replace(sim_test.config, n=2)
     a, b = tmp_path / "a", tmp_path / "b"
     simulate_batch(config, a, simulator=sim_test)
@@ -639,7 +646,7 @@ def test_same_seed_same_files_and_no_clobber(tmp_path, sim_test):
         "a different seed gave the same cutout"
     )
     before = {p: p.read_bytes() for p in a.rglob("*") if p.is_file()}
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwriting is not allowed"):
         simulate_batch(config, a, simulator=sim_test)
     assert {p: p.read_bytes() for p in a.rglob("*") if p.is_file()} == before, (
         "a refused run changed files"
@@ -684,7 +691,8 @@ def test_hdf5_batch(batch):
 
 @needs_data
 def test_cli(tmp_path, capsys):
-    """The command prints one JSON object, writes files, is quiet off a terminal, and refuses to clobber."""
+    """The command prints one JSON object, writes files, is quiet off a terminal, and refuses to
+    clobber with one line that names --overwrite (the library's message alone names no flag)."""
     from galprism.cli.main import main
 
     argv = [
@@ -715,6 +723,7 @@ def test_cli(tmp_path, capsys):
     assert (
         exc.value.code == 1 and "exists" in err and len(err.strip().splitlines()) == 1 and out == ""
     )
+    assert "pass --overwrite to replace it" in err, err
 
 
 def test_cli_without_data_names_the_options(tmp_path, capsys, monkeypatch):
@@ -740,7 +749,7 @@ def test_cli_without_data_names_the_options(tmp_path, capsys, monkeypatch):
 @needs_data
 def test_cli_catalog_and_split_file(shared_data, tmp_path, capsys, monkeypatch):
     """--catalog with --split-file: the HST-like batch needs no data folder and its central
-    galaxies are the listed ones only."""
+    galaxies are the listed ones only; --center-exclusion reaches the scene configuration."""
     from galprism.cli.main import main
 
     monkeypatch.delenv(ENV_VAR, raising=False)
@@ -749,18 +758,22 @@ def test_cli_catalog_and_split_file(shared_data, tmp_path, capsys, monkeypatch):
     argv = ["simulate", "--view", "galaxies", "--split", "test", "-n", "3", "--size", "32"]
     argv += ["--instrument", "hst", "--catalog", str(find_catalog(data_dir=shared_data))]
     argv += ["--split-file", str(split), "--no-fits", "-o", str(tmp_path / "o"), "--json"]
+    argv += ["--center-exclusion", "2.5"]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     out, err = capsys.readouterr()
     assert exc.value.code == 0, err
     with h5py.File(json.loads(out)["hdf5"]) as f:
         assert set(f["central_ident"][...]) <= {5, 122811}
-        assert json.loads(f.attrs["config"])["split_file"] == str(split)
+        config = json.loads(f.attrs["config"])
+        assert config["split_file"] == str(split)
+        assert config["scene"]["center_exclusion"] == 2.5, config["scene"]
 
 
 @needs_data
 def test_bad_configuration_is_one_line_error(tmp_path):
-    """Unknown view or missing data folder fail before any work with a message naming the problem."""
+    """Unknown view or missing data folder fail before any work with a message naming the
+    problem."""
     with pytest.raises(ConfigError, match="view 'stars'"):
         SimulationConfig(view="stars").validate()
     with pytest.raises(ConfigError, match=f"{tmp_path}: COSMOS catalogue file not found"):
@@ -773,7 +786,8 @@ def test_bad_configuration_is_one_line_error(tmp_path):
 
 
 def test_sample_fits_are_small_documented_and_follow_the_convention():
-    """sample_fits/ stays under 2 MB, names sources and licences, and its files are separate-ready."""
+    """sample_fits/ stays under 2 MB, names sources and licences, and its files are
+    separate-ready."""
     files = [p for p in SAMPLE.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 2 * 1024**2
     readme = (SAMPLE / "README.md").read_text()
@@ -831,7 +845,7 @@ def test_sample_fits_real_data_is_unmodified(shared_data):
 def test_star_is_the_psf_at_its_subpixel_position():
     """A star's intrinsic image convolved with the pixelised PSF is that PSF shifted.
 
-    Fails if the point is put at a pixel centre (the residual would reach ~10% of the
+    Fails if the point is put at a pixel center (the residual would reach ~10% of the
     peak for a 0.4 px offset), if its flux is not the placement's, or if part of it
     is lost inside the canvas.
     """

@@ -1,4 +1,5 @@
-"""Source supports (galprism.support): disks, the adaptive radius rule, and their use in separation."""
+"""Source supports (galprism.support): disks, the adaptive radius rule, and their use in
+separation."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ from galprism.separate import RunWarnings, SeparateConfig, run_separate
 from galprism.support import PILOT, Support, check_support, disk, enclosed_radius
 
 
-def test_disk_is_centred_and_counts_the_right_pixels():
-    """A disk of radius 0.75 on an even grid is the 4 central pixels; radius 100 covers everything."""
+def test_disk_is_centered_and_counts_the_right_pixels():
+    """A disk of radius 0.75 on an even grid is the 4 central pixels; radius 100 covers
+    everything."""
     d = disk((1, 8, 8), 0.75)
     assert d.shape == (1, 8, 8) and d.dtype == torch.bool
-    assert d.sum() == 4 and d[0, 3:5, 3:5].all(), "disk not centred between the 4 central pixels"
+    assert d.sum() == 4 and d[0, 3:5, 3:5].all(), "disk not centered between the 4 central pixels"
     assert disk((2, 8, 8), 100).all()
 
 
 def test_enclosed_radius_known_answers():
-    """A point at the centre needs radius 1 (+ pad); a ring at 6 px needs 6 (+ pad); no light gives the maximum."""
+    """A point at the center needs radius 1 (+ pad); a ring at 6 px needs 6 (+ pad); no light gives
+    the maximum."""
     img = torch.zeros(1, 16, 16)
     img[0, 7:9, 7:9] = 1.0
     assert enclosed_radius(img, 12, fraction=0.95, pad=4) == 5.0
@@ -40,7 +43,8 @@ def test_enclosed_radius_known_answers():
 
 
 def test_support_values_parse_and_refuse():
-    """Numbers are fixed radii, 'auto:R' adaptive; anything else is a one-line error naming the source."""
+    """Numbers are fixed radii, 'auto:R' adaptive; anything else is a one-line error naming the
+    source."""
     got = check_support({"galaxy": "auto:20", "sky": 5}, ["galaxy", "sky"], "here")
     assert got == {"galaxy": Support(20.0, True), "sky": Support(5.0, False)}
     assert got["galaxy"].to_json() == "auto:20" and got["sky"].to_json() == 5.0

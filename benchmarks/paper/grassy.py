@@ -179,7 +179,8 @@ def _load_mnist_cached(path: str, mtime: float) -> tuple[np.ndarray, np.ndarray]
     side2 = MNIST_SIDE * MNIST_SIDE
     if table.shape[1] != side2 + 1:
         raise InputError(
-            f"{path}: expected {side2 + 1} columns (784 pixels then the label), found {table.shape[1]}"
+            f"{path}: expected {side2 + 1} columns (784 pixels then the label), found "
+            f"{table.shape[1]}"
         )
     pixels, labels = table[:, :side2], table[:, side2]
     if not np.isfinite(table).all() or pixels.min() < 0 or pixels.max() > 255:
@@ -252,7 +253,7 @@ def _check_split(split: str) -> None:
 
 
 def _fit_digits(digits: Tensor, size: int) -> Tensor:
-    """Bring 28x28 digits to ``size``: centred zero padding, or area resampling when smaller."""
+    """Bring 28x28 digits to ``size``: centered zero padding, or area resampling when smaller."""
     if size == MNIST_SIDE:
         return digits
     if size > MNIST_SIDE:
@@ -344,7 +345,8 @@ def grassy_view(
         )
     if int(downsample) != downsample or downsample < 1 or size % downsample:
         raise ConfigError(
-            f"grassy digits: downsample must be a positive integer dividing size={size}, got {downsample!r}"
+            f"grassy digits: downsample must be a positive integer dividing size={size}, got "
+            f"{downsample!r}"
         )
     if not np.isfinite(noise_sigma) or noise_sigma < 0:
         raise ConfigError(

@@ -6,7 +6,7 @@ The baseline the DDPRISM paper compares with on Grassy MNIST. Target observation
 maximise the contrastive log-likelihood ``log p(X) - gamma log p(Y)``. Its maximiser is
 closed-form::
 
-    C       = X_c^T X_c - gamma Y_c^T Y_c                  (each set centred on its mean)
+    C       = X_c^T X_c - gamma Y_c^T Y_c                  (each set centered on its mean)
     lambda_1 >= ... >= lambda_D, U = eigenpairs of C
     sigma^2 = sum_{j > k} lambda_j / ((n - gamma m) (D - k))
     W       = U_k (Lambda_k / (n - gamma m) - sigma^2 I)^{1/2}
@@ -156,7 +156,8 @@ class PCPCA:
         sigma2 = (np.trace(c) - top_vals.sum()) / (scale * (d - k))
         if not sigma2 > 0:
             raise ConfigError(
-                f"PCPCA: sigma^2 = {sigma2:.3g} is not positive (the background outweighs the target "
+                f"PCPCA: sigma^2 = {sigma2:.3g} is not positive (the background outweighs the "
+                "target "
                 f"outside the top {k} directions); lower gamma (now {self.gamma})"
             )
         lam = top_vals / scale

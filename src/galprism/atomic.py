@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import GalprismError
+from .errors import GalprismError, OutputExistsError
 
 __all__ = ["atomic_path", "temp_prefix", "stale_temps", "remove_stale_temps"]
 
@@ -84,13 +84,15 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
 
     Raises
     ------
+    OutputExistsError
+        If ``path`` exists (or appears while writing) and ``overwrite`` is false.
     GalprismError
-        If ``path`` exists and ``overwrite`` is false, or if writing fails (the
-        temporary file is removed and any existing ``path`` is left untouched).
+        If writing fails (the temporary file is removed and any existing ``path`` is
+        left untouched).
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise GalprismError(f"{path}: exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{path}: exists and overwriting is not allowed")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
@@ -101,7 +103,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         if not overwrite and path.exists():
-            raise GalprismError(f"{path}: appeared while writing; pass --overwrite to replace it")
+            raise OutputExistsError(
+                f"{path}: appeared while writing and overwriting is not allowed"
+            )
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)

@@ -121,7 +121,8 @@ def load_prior(
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: prior format version {version} (galprism {payload.get('galprism_version', '?')}); "
+            f"{path}: prior format version {version} (galprism "
+            f"{payload.get('galprism_version', '?')}); "
             f"this galprism ({__version__}) reads version {FORMAT_VERSION}"
         )
     kind = payload.get("kind")

@@ -28,7 +28,7 @@ class ShapeError(InputError):
 
 
 class PSFError(InputError):
-    """A point-spread function that is not odd-sized, centred, finite or normalisable."""
+    """A point-spread function that is not odd-sized, centered, finite or normalisable."""
 
 
 class CheckpointError(GalprismError):
@@ -37,6 +37,14 @@ class CheckpointError(GalprismError):
 
 class ConfigError(GalprismError, ValueError):
     """An inconsistent configuration (views, sources, run folders, options)."""
+
+
+class OutputExistsError(GalprismError):
+    """An output that already exists where replacing it was not allowed.
+
+    The message names the output and says only that it exists: which option replaces it
+    is the command line's to say, so each command appends its own hint.
+    """
 
 
 class UsageError(GalprismError):

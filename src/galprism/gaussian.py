@@ -56,7 +56,8 @@ class GaussianPrior(nn.Module):
             )
         if variances.shape != (components.shape[1],):
             raise ShapeError(
-                f"GaussianPrior: variances must be ({components.shape[1]},), got {tuple(variances.shape)}"
+                f"GaussianPrior: variances must be ({components.shape[1]},), got "
+                f"{tuple(variances.shape)}"
             )
         noise = torch.as_tensor(noise, dtype=mean.dtype)
         if (

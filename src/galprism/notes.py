@@ -20,7 +20,7 @@ class NoteKind(enum.Enum):
     NOISE = "noise"
     NOISE_ESTIMATED = "noise estimated"
     PSF_RENORMALISED = "PSF renormalised"
-    PSF_RECENTERED = "PSF re-centred"
+    PSF_RECENTERED = "PSF re-centered"
     PSF_PADDED = "PSF padded"
     ZEROPOINT = "zero point"
     BAND = "band"

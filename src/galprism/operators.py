@@ -1,6 +1,6 @@
 """Linear observation operators with exact adjoints.
 
-An observation of view ``a`` is ``y = sum_b A_b x_b + n`` (METHOD.md section 1). Each
+An observation of view ``a`` is ``y = sum_b A_b x_b + n`` (docs/method.md section 1). Each
 ``A_b`` here is a composition of small operators (mask, PSF convolution, block-sum
 downsampling, amplitude) and :class:`SourceSum` adds the sources up.
 
@@ -355,7 +355,8 @@ def validate_psf(
     kh, kw = psf.shape[-2:]
     if kh % 2 == 0 or kw % 2 == 0:
         raise PSFError(
-            f"{name}: PSF size {kh}x{kw} is even; galprism needs odd sizes so that the kernel has a central pixel"
+            f"{name}: PSF size {kh}x{kw} is even; galprism needs odd sizes so that the kernel has "
+            "a central pixel"
         )
     if not torch.isfinite(psf).all():
         raise PSFError(f"{name}: PSF contains non-finite values (NaN or inf)")
@@ -375,7 +376,8 @@ def validate_psf(
         worst = int(torch.argmax(offset.reshape(-1)))
         raise PSFError(
             f"{name}: PSF is off-center: centroid at ({float(cx.reshape(-1)[worst]):+.2f}, "
-            f"{float(cy.reshape(-1)[worst]):+.2f}) px from the central pixel (tolerance {center_tolerance} px)"
+            f"{float(cy.reshape(-1)[worst]):+.2f}) px from the central pixel (tolerance "
+            f"{center_tolerance} px)"
         )
     renormalised = bool(((total - 1).abs() > sum_tolerance).any())
     if renormalised and not normalize:
@@ -494,7 +496,8 @@ class Composition(LinearOperator):
         for outer, inner in zip(flat[:-1], flat[1:], strict=True):
             if outer.in_shape != inner.out_shape:
                 raise ShapeError(
-                    f"Composition: {inner!r} produces {inner.out_shape} but {outer!r} expects {outer.in_shape}"
+                    f"Composition: {inner!r} produces {inner.out_shape} but {outer!r} expects "
+                    f"{outer.in_shape}"
                 )
         sizes = {op.batch_size for op in flat} - {None}
         if len(sizes) > 1:
@@ -542,7 +545,8 @@ class SourceSum(LinearOperator):
         sizes = {op.batch_size for op in ops} - {None}
         if len(sizes) > 1:
             raise ShapeError(
-                f"SourceSum: source operators hold different numbers of observations {sorted(sizes)}"
+                "SourceSum: source operators hold different numbers of observations "
+                f"{sorted(sizes)}"
             )
         self.ops = ops
         self.source_shape = ops[0].in_shape

@@ -1,6 +1,6 @@
 """Joint prior and joint MMPS posterior denoisers over a stacked state of K sources.
 
-The posterior denoiser of METHOD.md section 4: with each source's Tweedie moments
+The posterior denoiser of docs/method.md section 4: with each source's Tweedie moments
 ``D_b = E[x_b | x_t]`` and ``Cov_b = sigma_b^2 J_b``,
 
     D_b^post = D_b + sigma_b^2 J_b^T A_b^T C^{-1} (y - sum_b A_b D_b),
@@ -110,28 +110,34 @@ class JointPosterior(JointPrior):
             )
         if operator.n_sources != self.n_sources:
             raise ShapeError(
-                f"JointPosterior: operator mixes {operator.n_sources} sources but {self.n_sources} priors were given"
+                f"JointPosterior: operator mixes {operator.n_sources} sources but {self.n_sources} "
+                "priors were given"
             )
         if operator.source_shape != tuple(self.shape):
             raise ShapeError(
-                f"JointPosterior: operator expects sources of shape {operator.source_shape}, priors have {tuple(self.shape)}"
+                f"JointPosterior: operator expects sources of shape {operator.source_shape}, "
+                f"priors have {tuple(self.shape)}"
             )
         if tuple(y.shape[1:]) != operator.out_shape:
             raise ShapeError(
-                f"JointPosterior: observations have shape {tuple(y.shape)}, operator produces (batch, {', '.join(map(str, operator.out_shape))})"
+                f"JointPosterior: observations have shape {tuple(y.shape)}, operator produces "
+                f"(batch, {', '.join(map(str, operator.out_shape))})"
             )
         if operator.batch_size is not None and operator.batch_size != y.shape[0]:
             raise ShapeError(
-                f"JointPosterior: {y.shape[0]} observations but the operator holds {operator.batch_size}"
+                f"JointPosterior: {y.shape[0]} observations but the operator holds "
+                f"{operator.batch_size}"
             )
         noise_var = torch.as_tensor(noise_var, dtype=y.dtype, device=y.device)
         if not torch.isfinite(y).all():
             raise InputError(
-                "JointPosterior: observations contain non-finite values (mask them and set them to 0)"
+                "JointPosterior: observations contain non-finite values (mask them and set them to "
+                "0)"
             )
         if not torch.isfinite(noise_var).all() or (noise_var <= 0).any():
             raise InputError(
-                "JointPosterior: noise variance must be finite and > 0 everywhere (use the mask for bad pixels)"
+                "JointPosterior: noise variance must be finite and > 0 everywhere (use the mask "
+                "for bad pixels)"
             )
         self.operator = operator
         self.y = y

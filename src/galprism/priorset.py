@@ -41,7 +41,7 @@ from . import __version__
 from .atomic import atomic_path
 from .checkpoint import PriorCheckpoint, load_prior, save_prior
 from .diffusion.samplers import SamplerConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, OutputExistsError
 from .frame import Frame
 from .operators import SourceSum
 from .priors.catalog import (  # torch-free, so that `galprism priors` lists without torch
@@ -123,7 +123,8 @@ class PriorSet:
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.priors):
             raise ConfigError(
-                f"prior {self.name!r}: {len(self.sources)} source names for {len(self.priors)} priors"
+                f"prior {self.name!r}: {len(self.sources)} source names for {len(self.priors)} "
+                "priors"
             )
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"prior {self.name!r}: duplicate source names {self.sources}")
@@ -272,7 +273,9 @@ class PriorSet:
         """Write the prior folder (one checkpoint per source, then ``prior.json``)."""
         folder = Path(folder)
         if (folder / "prior.json").exists() and not overwrite:
-            raise ConfigError(f"{folder}: already holds a prior; pass --overwrite to replace it")
+            raise OutputExistsError(
+                f"{folder}: already holds a prior and overwriting is not allowed"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         for name, prior in zip(self.sources, self.priors, strict=True):
             save_prior(

@@ -73,7 +73,8 @@ class Support:
                 radius = float("nan")
             if not (math.isfinite(radius) and radius > 0):
                 raise ConfigError(
-                    f"{where}: adaptive support must read 'auto:R' with a maximum radius R > 0 pixels, got {value!r}"
+                    f"{where}: adaptive support must read 'auto:R' with a maximum radius R > 0 "
+                    f"pixels, got {value!r}"
                 )
             return cls(radius, True)
         if (
@@ -127,7 +128,8 @@ def disk(shape: Sequence[int], radius: float) -> Tensor:
 def enclosed_radius(
     image: Tensor, max_radius: float, fraction: float = PILOT["fraction"], pad: float = PILOT["pad"]
 ) -> float:
-    """``min(max_radius, r + pad)`` with ``r`` the smallest whole radius whose disk holds ``fraction``
+    """``min(max_radius, r + pad)`` with ``r`` the smallest whole radius whose disk holds
+    ``fraction``
     of the light of ``image`` (``(..., H, W)``, summed over leading axes) within ``max_radius``.
 
     An image with no net light within ``max_radius`` gets ``max_radius``.

@@ -1,7 +1,7 @@
 """Adversarial SVD (Ludvigsen & Grasmair): fast semi-supervised two-source separation.
 
 Clean cutouts ``U`` of one source and mixtures ``V`` (clean source + an unseen one) give
-two linear bases in seconds (METHOD.md section 8):
+two linear bases in seconds (docs/method.md section 8):
 
 * the clean basis ``W0``: top eigenvectors of ``C_U - tau C_V`` (:mod:`.eigen`);
 * the unseen basis ``W1``: fitted on the mixtures with ``W0`` fixed (:mod:`.unseen`);

@@ -38,7 +38,8 @@ def as_data(data: object, name: str) -> Tensor:
     if bad.any():
         first = int(bad.reshape(data.shape[0], -1).any(dim=1).nonzero()[0, 0])
         raise InputError(
-            f"ASVD {name}: {int(bad.sum())} non-finite value(s) (NaN or inf), first in cutout {first}"
+            f"ASVD {name}: {int(bad.sum())} non-finite value(s) (NaN or inf), first in cutout "
+            f"{first}"
         )
     return data
 

@@ -1,7 +1,7 @@
 """Second moments and the adversarial eigenproblem ``top-d eig(C_clean - tau * C_mixed)``.
 
 Minimising ``(1/N_U)||(I - WW^T)U||^2 - (tau/N_V)||(I - WW^T)V||^2`` over orthonormal ``W``
-is maximising ``tr(W^T (C_U - tau C_V) W)`` with ``C = X^T X / N`` (METHOD.md section 8), so
+is maximising ``tr(W^T (C_U - tau C_V) W)`` with ``C = X^T X / N`` (docs/method.md section 8), so
 ``W`` holds the top-``d`` eigenvectors of a symmetric (in general indefinite) ``P x P``
 matrix. ``tau = 0`` is the Eckart-Young (SVD) basis of the clean data.
 

@@ -32,8 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..errors import CheckpointError, ConfigError, GalprismError
-from ..io.write import OutputExistsError
+from ..errors import CheckpointError, ConfigError, GalprismError, OutputExistsError
 from ..operators import LinearOperator
 from . import _validate as v
 from .eigen import SecondMoment, adversarial_basis
@@ -171,7 +170,7 @@ class ASVDModel:
         dest = Path(os.fspath(folder))
         if dest.exists() and not overwrite:
             raise OutputExistsError(
-                f"{dest}: prior folder exists; pass overwrite=True (--overwrite) to replace it"
+                f"{dest}: prior folder exists and overwriting is not allowed (overwrite=False)"
             )
         if dest.exists() and not dest.is_dir():
             raise GalprismError(f"{dest}: exists and is not a folder")
@@ -251,7 +250,8 @@ def load_asvd(folder: str | os.PathLike[str]) -> ASVDModel:
     version = _require(manifest, "format_version", path)
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: format_version {version!r} is not supported (this galprism reads {FORMAT_VERSION})"
+            f"{path}: format_version {version!r} is not supported (this galprism reads "
+            f"{FORMAT_VERSION})"
         )
     try:
         shape = tuple(int(s) for s in _require(manifest, "shape", path))
@@ -404,7 +404,8 @@ def fit_asvd(
         n_fit_v = w.shape[0] - max(1, int(round(holdout * w.shape[0])))
         if n_fit_u < d0 or n_fit_v < d1:
             raise ConfigError(
-                f"ASVD: tau='auto' holds out {holdout:.0%} of the data, leaving {n_fit_u} clean cutouts "
+                f"ASVD: tau='auto' holds out {holdout:.0%} of the data, leaving {n_fit_u} clean "
+                "cutouts "
                 f"and {n_fit_v} mixtures, too few for ranks ({d0}, {d1})"
             )
         if tau_grid is not None:

@@ -1,4 +1,5 @@
-"""An adversarial-SVD prior folder seen through the interface of :class:`~galprism.priorset.PriorSet`.
+"""An adversarial-SVD prior folder seen through the interface of
+:class:`~galprism.priorset.PriorSet`.
 
 ``galprism separate --method asvd`` then runs the same pipeline, with the same inputs and
 outputs, as the diffusion method: the "sample" cube holds the single point estimate.
@@ -88,7 +89,8 @@ class ASVDPriorSet:
 
     def sample_prior(self, source: str, n: int, **kwargs: Any) -> Tensor:
         raise ConfigError(
-            f"prior {self.name!r}: adversarial-SVD bases are not a generative model; use a diffusion prior"
+            f"prior {self.name!r}: adversarial-SVD bases are not a generative model; use a "
+            "diffusion prior"
         )
 
 

@@ -7,7 +7,7 @@ coefficients solve the weighted least-squares problem::
 
 with ``Sigma`` the per-pixel noise variance (pixels with infinite variance, or masked, get
 weight 0). The components ``W_i h_i`` are then turned into sources by the split of
-METHOD.md section 8::
+docs/method.md section 8::
 
     u_i = v * P(W_i h_i) / sum_j P(W_j h_j)
 
@@ -63,7 +63,8 @@ def project(x: Tensor, projection: str) -> Tensor:
 
 
 def wiener_split(mixture: Tensor, components: Tensor, projection: str) -> Tensor:
-    """``u_i = v * P(c_i) / sum_j P(c_j)`` for ``mixture`` ``(B, P)`` and ``components`` ``(B, K, P)``.
+    """``u_i = v * P(c_i) / sum_j P(c_j)`` for ``mixture`` ``(B, P)`` and ``components`` ``(B, K,
+    P)``.
 
     Where every projected component is zero the mixture is shared equally (the ratio is
     undefined there and no source is preferred).
@@ -106,11 +107,13 @@ def _weights(
         var = torch.as_tensor(noise_var, dtype=torch.float64)
         if tuple(var.shape) not in (obs_shape, (n, *obs_shape)):
             raise ShapeError(
-                f"ASVD: noise_var has shape {tuple(var.shape)}, expected a scalar, {obs_shape} or ({n}, {', '.join(map(str, obs_shape))})"
+                f"ASVD: noise_var has shape {tuple(var.shape)}, expected a scalar, {obs_shape} or "
+                f"({n}, {', '.join(map(str, obs_shape))})"
             )
         if torch.isnan(var).any() or (var <= 0).any():
             raise InputError(
-                "ASVD: noise_var must be positive (use inf for pixels to ignore); found NaN or values <= 0"
+                "ASVD: noise_var must be positive (use inf for pixels to ignore); found NaN or "
+                "values <= 0"
             )
         w = (1.0 / var).reshape(-1 if var.ndim > len(obs_shape) else 1, *obs_shape)
     elif noise_var is not None:
@@ -121,7 +124,8 @@ def _weights(
         m = torch.as_tensor(mask)
         if tuple(m.shape) not in (obs_shape, (n, *obs_shape)):
             raise ShapeError(
-                f"ASVD: mask has shape {tuple(m.shape)}, expected {obs_shape} or ({n}, {', '.join(map(str, obs_shape))})"
+                f"ASVD: mask has shape {tuple(m.shape)}, expected {obs_shape} or ({n}, "
+                f"{', '.join(map(str, obs_shape))})"
             )
         m = (
             m.to(torch.bool)
@@ -216,14 +220,16 @@ def separate_with_bases(
         for op in ops:
             if op.in_shape != tuple(shape):
                 raise ShapeError(
-                    f"ASVD: {op!r} expects sources of shape {op.in_shape}, the model's are {tuple(shape)}"
+                    f"ASVD: {op!r} expects sources of shape {op.in_shape}, the model's are "
+                    f"{tuple(shape)}"
                 )
         obs_shape = tuple(ops[0].out_shape)
     else:
         obs_shape = tuple(shape)
     if y.ndim != len(obs_shape) + 1 or tuple(y.shape[1:]) != obs_shape:
         raise ShapeError(
-            f"ASVD: observations have shape {tuple(y.shape)}, expected (batch, {', '.join(map(str, obs_shape))})"
+            f"ASVD: observations have shape {tuple(y.shape)}, expected (batch, "
+            f"{', '.join(map(str, obs_shape))})"
         )
     n = y.shape[0]
     batch_sizes = {op.batch_size for op in ops or []} - {None}
@@ -296,7 +302,8 @@ def separate_with_bases(
         if bad.any():
             first = start + int(bad.any(dim=1).nonzero()[0, 0])
             raise InputError(
-                f"ASVD: observation {first} has non-finite values at pixels that are observed (not masked)"
+                f"ASVD: observation {first} has non-finite values at pixels that are observed (not "
+                "masked)"
             )
         if ignore is not None:
             yb = torch.where(ignore, torch.zeros((), dtype=work), yb)

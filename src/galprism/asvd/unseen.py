@@ -1,6 +1,6 @@
 """The unseen source's basis ``W1``, fitted on the mixtures with the clean basis ``W0`` fixed.
 
-Problem (METHOD.md section 8)::
+Problem (docs/method.md section 8)::
 
     min over H0, H1 and orthonormal W1 of (1/N_V) ||V - W0 H0 - W1 H1||_F^2
 

@@ -31,9 +31,10 @@ def set_threads(threads: int | None, *, default_one: bool) -> None:
     ``OMP_NUM_THREADS`` is given. ``separate`` uses it: a cutout's networks are small
     (48x48 U-Nets), so a second thread gains little, and on a shared machine OpenMP
     threads that spin-wait for a busy core are catastrophic (the README command took
-    156 s with torch's default 2 threads and 7 s with one on our 2-core machine with
-    three other jobs); scale out with ``--shard`` instead. Training (``fit``) and
-    ``evaluate`` keep torch's default, which uses an idle machine's cores.
+    156 s with torch's default 2 threads and 7 s with one on a 2-core CPU while three
+    other jobs ran; see docs/user-guide.md); scale out with ``--shard`` instead.
+    Training (``fit``) and ``evaluate`` keep torch's default, which uses an idle
+    machine's cores.
     """
     import torch
 

@@ -91,7 +91,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--test-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Existing test set (galprism simulate --view galaxies --split test); default: simulate one into OUTPUT_DIR/testset.",
+    help="Existing test set (galprism simulate --view galaxies --split test); default: simulate "
+    "one into OUTPUT_DIR/testset.",
 )
 @click.option(
     "-n",
@@ -160,7 +161,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=click.Choice(SAMPLERS),
     default=SAMPLER_DEFAULTS.method,
     show_default=True,
-    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
+    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles "
+    "times the cost.",
 )
 @click.option(
     "--particles",
@@ -173,7 +175,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--support",
     multiple=True,
     metavar="SOURCE=[auto:]RADIUS|none",
-    help="Source supports of the probabilistic methods, as for `galprism separate` (default: each prior's own).",
+    help="Source supports of the probabilistic methods, as for `galprism separate` (default: each "
+    "prior's own).",
 )
 @click.option(
     "--batch-size",
@@ -190,7 +193,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=click.Choice(["auto", "quantile", "student"]),
     default="auto",
     show_default=True,
-    help="Credible intervals: sample quantiles or Student-t prediction intervals (auto: quantiles when resolved).",
+    help="Credible intervals: sample quantiles or Student-t prediction intervals (auto: quantiles "
+    "when resolved).",
 )
 @click.option(
     "--asvd-train",
@@ -260,6 +264,7 @@ def evaluate(**opts) -> None:
     """
 
     from ..evaluate.pipeline import EvaluateConfig, run_evaluation
+    from ._errors import overwrite_hint
     from .separate import device_from_flag, parse_support
 
     set_threads(opts.pop("threads"), default_one=False)
@@ -279,12 +284,13 @@ def evaluate(**opts) -> None:
         _check_support(cfg)
     progress = _Progress(not quiet)
     try:
-        out = run_evaluation(
-            cfg,
-            log=progress.log,
-            warn=lambda msg: click.echo(f"galprism: warning: {msg}", err=True),
-            progress=progress if progress.bar is not None else None,
-        )
+        with overwrite_hint():
+            out = run_evaluation(
+                cfg,
+                log=progress.log,
+                warn=lambda msg: click.echo(f"galprism: warning: {msg}", err=True),
+                progress=progress if progress.bar is not None else None,
+            )
     finally:
         progress.stop()
     if as_json:
@@ -298,12 +304,10 @@ def evaluate(**opts) -> None:
 
 def _check_support(cfg: Any) -> None:
     """A --support naming a source the prior lacks is a usage error before any sampling."""
-    from ..errors import ConfigError, UsageError
     from ..priorset import load_priorset
     from ..separate import SeparateConfig, effective_support
+    from ._errors import as_usage_error
 
     prior = load_priorset(cfg.prior)
-    try:
+    with as_usage_error("--support"):
         effective_support(prior, SeparateConfig(support=cfg.support))
-    except ConfigError as exc:
-        raise UsageError(f"--support: {exc}") from None

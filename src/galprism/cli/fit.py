@@ -62,7 +62,12 @@ def _view_option(spec: str) -> dict[str, Any]:
     type=click.Choice(["stagewise", "joint"]),
     help="How views are used (default stagewise).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (auto under torchrun: cuda:LOCAL_RANK).",
+)
 @click.option(
     "--resume/--no-resume",
     default=True,
@@ -157,16 +162,22 @@ def fit(
             for point in summary["tau_selection"]["curve"]:
                 click.echo(f"galprism: tau curve: {json.dumps(point)}", err=True)
     else:
+        from ..em.distributed import auto_device, env_rank
         from .separate import device_from_flag
 
-        device = device_from_flag(kw["device"])
+        # auto under torchrun: the process's own GPU (cuda:LOCAL_RANK).
+        device = device_from_flag(auto_device() if kw["device"] == "auto" else kw["device"])
+        # Under torchrun every process runs the fit; rank 0 writes and reports.
+        silent = (env_rank() or (0, 1, 0))[0] != 0
         result = fit_priors(
             spec,
             run_dir,
             device=device,
             resume=kw["resume"],
-            progress=None if not kw["quiet"] else False,
+            progress=None if not kw["quiet"] and not silent else False,
         )
+        if silent:
+            return
         summary = {
             "method": "diffusion",
             "prior": str(result.priors.path),

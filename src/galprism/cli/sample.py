@@ -31,7 +31,7 @@ __all__ = ["sample"]
 @click.option(
     "-n",
     "--n-samples",
-    type=int,
+    type=click.IntRange(min=1),
     default=SAMPLER_DEFAULTS.n_samples,
     show_default=True,
     help="Samples per source.",
@@ -84,13 +84,18 @@ def sample(
     One HDU per source, named after it, holding (N, ny, nx) (or (N, bands, ny, nx)) in
     the prior's flux units; the primary header records the prior, seeds and settings.
     """
-    from ..io.prior_samples import prior_samples_hdulist
-    from ..io.write import OutputExistsError, write_atomic
+    from ..errors import OutputExistsError
+    from ..io.prior_samples import prior_samples_hdulist, select_sources
+    from ..io.write import write_atomic
+    from ._errors import OVERWRITE_HINT, as_usage_error, overwrite_hint
 
+    # Checked before sampling too, so that a refused output costs no sampling time.
     if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output}: output exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{output}: output exists; {OVERWRITE_HINT}")
     dev = _separate_cli.device_from_flag(device)
     prior = _separate_cli.load_prior(prior_spec)
+    with as_usage_error("--source"):
+        select_sources(prior, sources)
     t0 = time.perf_counter()
     hdul, summary = prior_samples_hdulist(
         prior,
@@ -102,7 +107,8 @@ def sample(
         device=dev,
         command_line=command_line(ctx),
     )
-    write_atomic(hdul, output, overwrite=overwrite)
+    with overwrite_hint():
+        write_atomic(hdul, output, overwrite=overwrite)
     if as_json:
         click.echo(
             json.dumps(

@@ -391,6 +391,19 @@ def _record_line(rec: Any) -> str:
 )
 @click.option("--json", "json_lines", is_flag=True, help="One JSON line per input on stdout.")
 @click.option(
+    "--scene",
+    is_flag=True,
+    help="Model every source of the image, blend by blend: detected sources (or --catalog), "
+    "galaxies drawn from the prior's galaxy source, stars and a background fitted with them.",
+)
+@click.option(
+    "--catalog",
+    "catalog",
+    metavar="FILE",
+    help="With --scene: ECSV or FITS source list (x/y or ra/dec; a kind column of galaxy/star, "
+    "else each source is classified) instead of detection ({stem}, {name}, {dir} allowed).",
+)
+@click.option(
     "--method",
     type=click.Choice(["auto", "diffusion", "gaussian", "asvd"]),
     default="auto",
@@ -419,7 +432,9 @@ def separate(
     gives <stem>.galprism.fits in --output-dir. An image larger than the prior's
     footprint is refused unless --center or --center-radec asks for a cutout of it.
     stderr gets one line per output and a summary line (--quiet: errors only); --json
-    lines on stdout come in input order. Exit status: 0 when every input succeeded (or
+    lines on stdout come in input order. With --scene every source of an image is modelled
+    blend by blend and <stem>.galprism.fits holds a catalogue, stamps, MODEL, BACKGROUND,
+    RESID and CHILDREN, with <stem>.galprism.catalog.ecsv beside it. Exit status: 0 when every input succeeded (or
     was skipped, or the shard holds none), 1 when any failed, 2 for usage errors.
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
@@ -453,6 +468,10 @@ def separate(
         raise UsageError("--overwrite and --skip-existing exclude each other")
     if kw["center"] is not None and kw["center_radec"] is not None:
         raise UsageError("--center and --center-radec exclude each other")
+    if kw["catalog"] is not None and not kw["scene"]:
+        raise UsageError("--catalog lists the sources of --scene; add --scene")
+    if kw["scene"] and (kw["center"] is not None or kw["center_radec"] is not None):
+        raise UsageError("--scene models the whole image; --center/--center-radec do not apply")
     sampler = sampler_from_flags(
         method=kw["sampler"],
         steps=kw["steps"],
@@ -496,12 +515,32 @@ def separate(
         effective_support(prior, config)
     except ConfigError as exc:
         raise UsageError(f"--support: {exc}") from None
+    if kw["scene"]:
+        from ..scene.run import galaxy_prior
+
+        try:
+            galaxy_prior(prior)
+        except ConfigError as exc:
+            raise UsageError(f"--scene: {exc}") from None
     out = _Output(kw["json_lines"], kw["quiet"], total)
     warnings = RunWarnings(None if not kw["quiet"] else (lambda msg: None))
     if not kw["quiet"]:
         warnings.emit = lambda msg: out.message(f"galprism: warning: {msg}")
     try:
-        summary = run_separate(paths, prior, config, on_record=out.record, warnings=warnings)
+        if kw["scene"]:
+            from ..scene.run import run_scene
+
+            summary = run_scene(
+                paths,
+                prior,
+                config,
+                catalog=kw["catalog"],
+                on_record=out.record,
+                warnings=warnings,
+                log=None if kw["quiet"] else (lambda msg: out.message(f"galprism: {msg}")),
+            )
+        else:
+            summary = run_separate(paths, prior, config, on_record=out.record, warnings=warnings)
     finally:
         out.close()
     if not kw["quiet"]:

@@ -12,6 +12,7 @@ import click
 from ..errors import ConfigError
 from ..simulate.cosmos import SPLIT_FILE_FORMAT, SPLIT_SEED
 from ..simulate.data import COSMOS_SOURCES, ENV_VAR, HSC_SOURCES
+from ._errors import overwrite_hint
 
 __all__ = ["simulate"]
 
@@ -154,11 +155,11 @@ def _check_data(catalog: Path | None, data_dir: Path | None, instrument: str) ->
     "that cutout's noise (raise: bright centrals of every galaxy, noisier cutouts).",
 )
 @click.option(
-    "--centre-exclusion",
+    "--center-exclusion",
     type=click.FloatRange(min=0.0),
     default=0.0,
     show_default=True,
-    help="No neighbour is centred within this many pixels of the cutout centre.",
+    help="No neighbour is centered within this many pixels of the cutout center.",
 )
 @click.option(
     "--star-density",
@@ -253,7 +254,7 @@ def simulate(**kw: object) -> None:
         max_hst_noise_ratio=kw["max_hst_noise_ratio"],
         central_mag_max=kw["central_mag_max"],
         central_noise=kw["central_noise"],
-        centre_exclusion=kw["centre_exclusion"],
+        center_exclusion=kw["center_exclusion"],
         star_density=kw["star_density"],
         star_mag_range=tuple(kw["star_mags"]),
         bright_sersic=kw["bright_sersic"],
@@ -279,15 +280,16 @@ def simulate(**kw: object) -> None:
     hdf5 = None if kw["no_hdf5"] else (kw["hdf5"] or "auto")
     progress = _Progress(not kw["quiet"], config.n)
     try:
-        result = simulate_batch(
-            config,
-            kw["output_dir"],
-            prefix=kw["prefix"],
-            write_fits=not kw["no_fits"],
-            hdf5=hdf5,
-            overwrite=kw["overwrite"],
-            progress=progress,
-        )
+        with overwrite_hint():
+            result = simulate_batch(
+                config,
+                kw["output_dir"],
+                prefix=kw["prefix"],
+                write_fits=not kw["no_fits"],
+                hdf5=hdf5,
+                overwrite=kw["overwrite"],
+                progress=progress,
+            )
     finally:
         progress.stop()
     summary = result.to_dict()
@@ -296,7 +298,8 @@ def simulate(**kw: object) -> None:
     if not kw["quiet"] and sys.stderr.isatty():
         where = summary["output_dir"] or summary["hdf5"]
         click.echo(
-            f"galprism simulate: {result.n_written} {config.view} cutouts ({config.split} galaxies) in {result.seconds:.1f} s "
+            f"galprism simulate: {result.n_written} {config.view} cutouts ({config.split} "
+            f"galaxies) in {result.seconds:.1f} s "
             f"({summary['cutouts_per_minute']}/min) -> {where}",
             err=True,
         )

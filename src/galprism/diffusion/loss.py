@@ -19,6 +19,7 @@ def denoising_loss(
     generator: torch.Generator | None = None,
     *,
     time_sampling: str = "beta33",
+    rows: tuple[int, int] | None = None,
 ) -> Tensor:
     """Mean of ``lambda(sigma) |D(x + sigma z, sigma) - x|^2`` over a batch of clean ``x``.
 
@@ -41,6 +42,11 @@ def denoising_loss(
         ``t`` near 1 (P(t > 0.95) = 0.1 %), so the network's Jacobian at ``sigma_max`` stays
         untrained; MMPS multiplies that Jacobian by ``sigma^2`` to get its covariance, and
         an untrained one there made EM posterior samples explode (docs/em.md).
+    rows
+        ``(lo, hi)``: the batch's noise is drawn for all ``B`` rows as usual, but only rows
+        ``[lo, hi)`` enter the loss, as their sum divided by the whole batch's size. The
+        parts of a batch split among processes then add up to the loss of the whole
+        batch, and each process's draws match a single process's.
     """
     if time_sampling not in TIME_SAMPLINGS:
         raise ValueError(
@@ -60,9 +66,19 @@ def denoising_loss(
     sigma = prior.schedule.sigma(t)
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     s = sigma.reshape(b, *([1] * (x.ndim - 1)))
+    if rows is not None:
+        lo, hi = rows
+        numel = x.numel()
+        x, z, s, sigma = x[lo:hi], z[lo:hi], s[lo:hi], sigma[lo:hi]
+        if x.shape[0] == 0:
+            # No rows here: a zero that still reaches every parameter, so that the
+            # gradients summed over the processes have the same layout everywhere.
+            return sum(p.sum() for p in prior.parameters()) * 0.0
     d = prior.denoise(x + s * z, sigma)
     sd2 = prior.sigma_data**2
     weight = (s**2 + sd2) / (s**2 * sd2)
+    if rows is not None:
+        return (weight * (d - x) ** 2).sum() / numel
     return (weight * (d - x) ** 2).mean()
 
 

@@ -29,7 +29,8 @@ class VESchedule:
     def __post_init__(self) -> None:
         if not (0 < self.sigma_min < self.sigma_max) or not math.isfinite(self.sigma_max):
             raise ValueError(
-                f"VESchedule: need 0 < sigma_min < sigma_max < inf, got {self.sigma_min}, {self.sigma_max}"
+                f"VESchedule: need 0 < sigma_min < sigma_max < inf, got {self.sigma_min}, "
+                f"{self.sigma_max}"
             )
 
     def sigma(self, t: Tensor) -> Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -14,7 +14,23 @@ from .denoiser import DiffusionPrior
 from .ema import EMA
 from .loss import denoising_loss
 
-__all__ = ["Trainer", "random_flux_scaling"]
+__all__ = ["BatchSplit", "Trainer", "random_flux_scaling"]
+
+#: ``Trainer(amp=...)`` values: bfloat16 autocast on CUDA only, never, or on any device.
+AMP_MODES = ("cuda", "off", "on")
+
+
+class BatchSplit(Protocol):
+    """How :meth:`Trainer.fit` shares each minibatch among processes (data parallelism);
+    :class:`galprism.em.distributed.Distributed` is one."""
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """Rows ``[lo, hi)`` of a batch of ``n`` that this process computes."""
+        ...
+
+    def all_sum_(self, tensors: Sequence[Tensor]) -> None:
+        """Sum ``tensors`` over the processes, in place."""
+        ...
 
 
 class Trainer:
@@ -34,7 +50,9 @@ class Trainer:
     warmup
         Steps of linear learning-rate warm-up.
     amp
-        Use bfloat16 autocast on CUDA (ignored on CPU).
+        bfloat16 autocast of the network's forward pass: ``"cuda"`` (or True) on CUDA
+        devices only, ``"off"`` (or False) never, ``"on"`` on any device that supports
+        it (CPU too; for tests). The loss and the optimiser stay float32.
     time_sampling
         Distribution of the training noise levels (see
         :func:`~galprism.diffusion.loss.denoising_loss`).
@@ -55,7 +73,7 @@ class Trainer:
         grad_clip: float = 1.0,
         warmup: int = 100,
         weight_decay: float = 0.0,
-        amp: bool = True,
+        amp: bool | str = True,
         time_sampling: str = "beta33",
         lr_schedule: str = "constant",
     ) -> None:
@@ -63,6 +81,9 @@ class Trainer:
             raise ValueError(
                 f"Trainer: lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}"
             )
+        amp = {True: "cuda", False: "off"}.get(amp, amp) if isinstance(amp, bool) else amp
+        if amp not in AMP_MODES:
+            raise ValueError(f"Trainer: amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
         self.prior = prior
         self.lr = lr
         self.grad_clip = grad_clip
@@ -88,18 +109,23 @@ class Trainer:
         generator: torch.Generator | None = None,
         callback: Callable[[int, float], None] | None = None,
         augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
+        split: BatchSplit | None = None,
     ) -> float:
         """Train for ``steps`` steps on minibatches of ``data`` ``(N, *shape)``.
 
         ``augment(batch, generator)``, if given, transforms each minibatch before the
-        loss (e.g. :func:`random_flux_scaling`). Returns the mean loss over the last
-        quarter of the steps.
+        loss (e.g. :func:`random_flux_scaling`). With ``split``, every process draws the
+        same minibatch and noise (same ``data`` and generator state), computes the loss of
+        its rows only, and the gradients and loss are summed over the processes before
+        the update, which then equals the single-process update up to summation order.
+        Returns the mean loss over the last quarter of the steps.
         """
         self.prior.train()
         device = next(self.prior.parameters()).device
         data = data.to(device)
         n = data.shape[0]
-        use_amp = self.amp and device.type == "cuda"
+        use_amp = self.amp == "on" or (self.amp == "cuda" and device.type == "cuda")
+        params = list(self.prior.parameters())
         tail: list[float] = []
         for i in range(steps):
             idx = torch.randint(
@@ -116,15 +142,24 @@ class Trainer:
                 lr *= 0.5 * (1 + math.cos(math.pi * i / steps))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            rows = split.shard(batch.shape[0]) if split is not None else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = denoising_loss(
                     self.prior,
                     batch,
                     generator=_gen_for(generator, device),
                     time_sampling=self.time_sampling,
+                    rows=rows,
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if split is not None:
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                loss = loss.detach().float().reshape(1)
+                split.all_sum_([p.grad for p in params] + [loss])
+                loss = loss[0]
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.prior.parameters(), self.grad_clip)
             self.optimizer.step()

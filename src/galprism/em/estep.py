@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..diffusion import SamplerConfig
 from ..sampling import sample_posterior
+from .distributed import observation_generators
 from .views import View
 
 __all__ = ["EStepResult", "posterior_samples"]
@@ -62,6 +63,7 @@ def posterior_samples(
     reject_chi2: float = 0.0,
     redraws: int = 0,
     progress: Callable[..., None] | None = None,
+    observation_seed: int | None = None,
 ) -> EStepResult:
     """One posterior sample per observation ``index`` of ``view``, redrawing failures.
 
@@ -79,20 +81,30 @@ def posterior_samples(
     batch
         Observations per sampler call.
     generator
-        Source of all noise.
+        Source of all noise (unless ``observation_seed`` is given).
     device
         Where sampling runs; samples come back on the CPU.
     reject_chi2, redraws
         Data-fit threshold (0 = no check) and number of redraw rounds.
     progress
         Called after each sampler call.
+    observation_seed
+        When given, observation ``i``'s noise comes from its own generator, seeded from
+        ``(observation_seed, i, attempt)``
+        (:func:`~galprism.em.distributed.observation_generators`): its sample then depends
+        neither on the other observations of its batch nor on which process draws it.
     """
+    if index.numel() == 0:  # a process with no share of a small E-step
+        x = view.y.new_zeros((0, len(priors), *view.source_shape))
+        empty = view.y.new_zeros(0)
+        return EStepResult(x, index, empty, empty.bool(), 0)
     sampler = replace(sampler, n_samples=1)
-    x = _draw(view, priors, index, sampler, batch, generator, device, progress)
+    gens = _seeded(generator, observation_seed)
+    x = _draw(view, priors, index, sampler, batch, gens(0), device, progress)
     chi2 = view.chi2_per_observation(x, index)
     redrawn = 0
     if reject_chi2 > 0:
-        for _ in range(redraws):
+        for attempt in range(1, redraws + 1):
             bad = torch.nonzero(chi2 > reject_chi2)[:, 0]
             if bad.numel() == 0:
                 break
@@ -103,7 +115,7 @@ def posterior_samples(
                 index[bad],
                 sampler,
                 batch,
-                generator,
+                gens(attempt),
                 device,
                 None,
             )
@@ -112,13 +124,24 @@ def posterior_samples(
     return EStepResult(x, index, chi2, failed, redrawn)
 
 
+#: ``generators(index)`` -> the noise source of a sampler call on observations ``index``
+Noise = Callable[[Tensor], torch.Generator | list[torch.Generator]]
+
+
+def _seeded(generator: torch.Generator, seed: int | None) -> Callable[[int], Noise]:
+    """``attempt -> noise source``: the shared ``generator``, or per-observation ones."""
+    if seed is None:
+        return lambda attempt: lambda idx: generator
+    return lambda attempt: lambda idx: observation_generators(seed, idx, attempt)
+
+
 def _draw(
     view: View,
     priors: Sequence[nn.Module],
     index: Tensor,
     sampler: SamplerConfig,
     batch: int,
-    generator: torch.Generator,
+    generators: Noise,
     device: torch.device | str,
     progress: Callable[..., None] | None,
 ) -> Tensor:
@@ -132,7 +155,7 @@ def _draw(
             view.y[idx].to(device),
             view.noise_var[idx].to(device),
             sampler,
-            generators=generator,
+            generators=generators(idx),
         )
         out.append(x[:, 0].cpu())
         if progress is not None:

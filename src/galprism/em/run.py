@@ -11,6 +11,9 @@ samples.
 Each lap ends with a checkpoint (priors, optimisers, the random stream), written
 atomically before the lap's history line, so a run killed at any moment resumes from its
 last completed lap and reproduces the numbers of an uninterrupted run.
+
+Under ``torchrun`` the E-step and M-step work is shared among the processes and rank 0
+alone writes the run folder (:mod:`galprism.em.distributed`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..gaussian import GaussianPrior
 from ..priorset import PriorSet
 from ..sampling import sample_prior
 from .config import EMConfig
+from .distributed import Distributed
 from .estep import posterior_samples
 from .grids import save_grid
 from .plan import LapPlan, Stage, plan_laps, plan_stages
@@ -81,6 +85,7 @@ def run_em(
     hook: LapHook | None = None,
     stop_after: int | None = None,
     notify: Callable[[str], None] | None = None,
+    distributed: Distributed | None = None,
 ) -> EMResult | None:
     """Learn one prior per source from ``views`` by EM; write everything to ``run_dir``.
 
@@ -107,6 +112,15 @@ def run_em(
     notify
         Where resume messages go (which lap a run resumes from, unusable checkpoints
         skipped); default one ``galprism:`` line each on stderr.
+    distributed
+        This process's place among several (:mod:`galprism.em.distributed`); by default
+        taken from ``torchrun``'s environment, joining its process group for the run.
+        In a distributed run every process calls :func:`run_em` with the same views and
+        config; each observation's E-step noise comes from its own seed, so the samples
+        and the learned priors do not depend on the number of processes (up to float
+        round-off), but differ from a run without ``torchrun``, which draws all noise
+        from one stream. Rank 0 alone writes ``run_dir`` and speaks; ``hook`` runs on
+        every rank.
 
     Returns
     -------
@@ -125,20 +139,50 @@ def run_em(
         another configuration (the message names the differing settings).
     """
     device = torch.device(device)
+    dist = distributed if distributed is not None else Distributed.from_env(device)
+    try:
+        return _run(
+            views, config, run_dir, device, resume, progress, hook, stop_after, notify, dist
+        )
+    finally:
+        dist.close()
+
+
+def _run(
+    views: Sequence[View],
+    config: EMConfig,
+    run_dir: str | Path,
+    device: torch.device,
+    resume: bool,
+    progress: bool | None,
+    hook: LapHook | None,
+    stop_after: int | None,
+    notify: Callable[[str], None] | None,
+    dist: Distributed,
+) -> EMResult | None:
     views = list(views)
     stages = plan_stages(views, config)
     laps = plan_laps(stages, config)
     by_name = {v.name: v for v in views}
     store = RunStore(run_dir)
-    done = store.init(
-        config, resume=resume, extends=lambda stored, n: plan_laps(stages, stored)[:n] == laps[:n]
+    done = dist.on_main(
+        lambda: store.init(
+            config,
+            resume=resume,
+            extends=lambda stored, n: plan_laps(stages, stored)[:n] == laps[:n],
+        )
     )
     if done > len(laps):
         raise ConfigError(f"{run_dir}: holds {done} laps but this configuration plans {len(laps)}")
     state = EMState(config, device)
     say = notify or (lambda msg: print(f"galprism: {msg}", file=sys.stderr, flush=True))
+    if not dist.is_main:
+        say = lambda msg: None  # noqa: E731 - rank 0 speaks for the run
     if done:
-        done = store.load_latest(done, state.load_state_dict, say)
+        # Rank 0 picks the checkpoint (skipping unusable ones); the others load that one.
+        done = dist.on_main(lambda: store.load_latest(done, state.load_state_dict, say))
+        if done and not dist.is_main:
+            state.load_state_dict(store.load_checkpoint(done))
     if done:
         say(f"{store.root}: resuming after lap {done} of {len(laps)}")
     else:
@@ -148,31 +192,35 @@ def run_em(
                 _initial_variance(views, source, config)
             )
 
-    with Progress(len(laps), progress) as bar:
+    with Progress(len(laps), progress if dist.is_main else False) as bar:
         bar.lap_done(done)
         for plan in laps[done:]:
             if stop_after is not None and plan.lap > stop_after:
                 return None
-            record, current, data = _lap(plan, stages, by_name, state, config, device, bar)
+            record, current, data = _lap(plan, stages, by_name, state, config, device, bar, dist)
             if len(config.shape) == 3 and config.grid_samples:
-                _grids(store, plan, current, data, config, state.generator, device)
+                if dist.is_main:
+                    _grids(store, plan, current, data, config, state.generator, device)
+                # The grids drew from the run's stream on rank 0 only.
+                dist.sync_generator(state.generator)
             if hook is not None:
                 record.update(hook(record, current, data))
-            ckpt = {
-                "lap": plan.lap,
-                "galprism_version": __version__,
-                "config": config.to_dict(),
-                **state.state_dict(),
-            }
-            store.save_checkpoint(plan.lap, ckpt, keep=config.keep_checkpoints)
-            store.append_history(record)
+            if dist.is_main:
+                ckpt = {
+                    "lap": plan.lap,
+                    "galprism_version": __version__,
+                    "config": config.to_dict(),
+                    **state.state_dict(),
+                }
+                store.save_checkpoint(plan.lap, ckpt, keep=config.keep_checkpoints)
+                store.append_history(record)
             bar.lap_done(plan.lap)
             bar.log(
                 f"lap {plan.lap}/{len(laps)} {plan.phase} {','.join(record['learning'])}: "
                 f"loss {record['loss']} chi2 {record['chi2']}"
             )
 
-    return _finish(state, config, store)
+    return _finish(state, config, store, dist)
 
 
 def _lap(
@@ -183,6 +231,7 @@ def _lap(
     config: EMConfig,
     device: torch.device,
     bar: Progress,
+    dist: Distributed,
 ) -> tuple[dict[str, Any], dict[str, nn.Module], dict[str, Tensor]]:
     """One E-step and M-step; returns the history record, current priors and samples."""
     stage = stages[plan.stage]
@@ -197,11 +246,17 @@ def _lap(
         view = by_name[vname]
         n = min(config.estep_observations or view.n_obs, view.n_obs)
         index = torch.randperm(view.n_obs, generator=state.generator)[:n].sort().values
-        step = bar.start(f"lap {plan.lap} {plan.phase} E-step {vname}", -(-n // config.estep_batch))
+        seed, lo, hi = None, 0, n
+        if dist.enabled:
+            seed = int(torch.randint(2**62, (1,), generator=state.generator))
+            lo, hi = dist.shard(n)
+        step = bar.start(
+            f"lap {plan.lap} {plan.phase} E-step {vname}", -(-(hi - lo) // config.estep_batch)
+        )
         res = posterior_samples(
             view,
             [state.prior_for(s, plan.phase).to(device) for s in view.sources],
-            index,
+            index[lo:hi],
             sampler,
             batch=config.estep_batch,
             generator=state.generator,
@@ -209,7 +264,14 @@ def _lap(
             reject_chi2=config.reject_chi2,
             redraws=config.redraws,
             progress=step,
+            observation_seed=seed,
         )
+        if dist.enabled:
+            res.x = dist.assemble(res.x, lo, n)
+            res.chi2 = dist.assemble(res.chi2, lo, n)
+            res.failed = dist.assemble(res.failed, lo, n)
+            res.index = index
+            res.redrawn = int(dist.all_sum(torch.tensor(res.redrawn)))
         chi2[vname] = float(res.chi2.nanmean())
         redrawn[vname] = res.redrawn / n
         rejected[vname] = float(res.failed.float().mean())
@@ -226,7 +288,7 @@ def _lap(
                 f"EM lap {plan.lap}: source {s!r} has {data[s].shape[0]} usable E-step samples"
             )
         if plan.phase == "gaussian":
-            state.gaussians[s] = GaussianPrior.fit(data[s], config.gaussian_rank, state.schedule())
+            state.gaussians[s] = _fit_gaussian(data[s], config, state, dist)
             continue
         if s not in state.trainers:
             state.trainers[s] = state.new_trainer(float(data[s].std()))
@@ -240,6 +302,7 @@ def _lap(
             generator=state.generator,
             callback=step,
             augment=augment,
+            split=dist if dist.enabled else None,
         )
     record = {
         "lap": plan.lap,
@@ -256,6 +319,25 @@ def _lap(
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return record, {s: state.prior_for(s, plan.phase) for s in stage.learn}, data
+
+
+def _fit_gaussian(
+    data: Tensor, config: EMConfig, state: EMState, dist: Distributed
+) -> GaussianPrior:
+    """The PPCA fit to ``data``; in a distributed run rank 0 fits (every rank holds all
+    samples) and the others take its result, so that all ranks keep one prior even where
+    the fit draws random numbers (randomised SVD of large images)."""
+    if not dist.enabled:
+        return GaussianPrior.fit(data, config.gaussian_rank, state.schedule())
+
+    def fit() -> dict[str, Any]:
+        prior = GaussianPrior.fit(data, config.gaussian_rank, state.schedule())
+        return {"config": prior.config(), "state": prior.state_dict()}
+
+    fitted = dist.on_main(fit)
+    prior = GaussianPrior.from_config(fitted["config"])
+    prior.load_state_dict(fitted["state"])
+    return prior
 
 
 def _initial_variance(views: Sequence[View], source: str, config: EMConfig) -> float:
@@ -303,7 +385,7 @@ def _grids(
         )
 
 
-def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
+def _finish(state: EMState, config: EMConfig, store: RunStore, dist: Distributed) -> EMResult:
     meta = config.metadata
     common = dict(
         frame=Frame(
@@ -327,7 +409,8 @@ def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
     diff = PriorSet(
         name, method, list(config.sources), finals, manifest={"training": training}, **common
     )
-    diff.save(store.root / "prior", overwrite=True)
+    if dist.is_main:
+        diff.save(store.root / "prior", overwrite=True)
     gauss = PriorSet(
         f"{name}-gaussian",
         "gaussian",
@@ -336,5 +419,8 @@ def _finish(state: EMState, config: EMConfig, store: RunStore) -> EMResult:
         manifest={"training": training},
         **common,
     )
-    gauss.save(store.root / "prior-gaussian", overwrite=True)
+    if dist.is_main:
+        gauss.save(store.root / "prior-gaussian", overwrite=True)
+    # The other ranks return once rank 0's files are complete.
+    dist.barrier()
     return EMResult(diff, gauss, store.history(), store.root)

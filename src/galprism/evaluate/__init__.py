@@ -1,4 +1,5 @@
-"""Side-by-side evaluation of deblenders on simulated test cutouts with truth (``galprism evaluate``).
+"""Side-by-side evaluation of deblenders on simulated test cutouts with truth (``galprism
+evaluate``).
 
 * :mod:`.testset`: the test set (observations read as ``galprism separate`` reads them,
   truth files), made from a seed with :func:`make_testset`;

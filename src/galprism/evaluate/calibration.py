@@ -51,7 +51,8 @@ def interval_method(n_samples: int, levels: Sequence[float] = LEVELS, method: st
     resolved = all((1 - lv) / 2 >= 1 / (n_samples + 1) for lv in levels)
     if method == "quantile" and not resolved:
         raise ConfigError(
-            f"{n_samples} samples cannot resolve quantile intervals at levels {list(levels)}; use --interval student"
+            f"{n_samples} samples cannot resolve quantile intervals at levels {list(levels)}; "
+            "use Student-t intervals"
         )
     if method == "auto":
         return "quantile" if resolved else "student"

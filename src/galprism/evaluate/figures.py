@@ -1,4 +1,5 @@
-"""PNG figures of an evaluation (matplotlib, Agg backend): metric vs blendedness, gallery, calibration."""
+"""PNG figures of an evaluation (matplotlib, Agg backend): metric vs blendedness, gallery,
+calibration."""
 
 from __future__ import annotations
 
@@ -203,7 +204,8 @@ def write_figures(result: EvalResult, folder: Path, *, overwrite: bool = False) 
 
 
 def real_figure(result: EvalResult, path: Path, overwrite: bool = False) -> Path:
-    """The real cutout: observation, HST truth (convolved and intrinsic), each method's estimate and residual."""
+    """The real cutout: observation, HST truth (convolved and intrinsic), each method's estimate
+    and residual."""
     c = result.cutouts[0]
     methods = [m for m in result.methods if m.error is None]
     ncol = 3 + len(methods)

@@ -128,7 +128,7 @@ def adaptive_moments(
     guess_sigma
         Starting size of the weight in pixels.
     guess_center
-        Starting centroid ``(x, y)`` in 0-based pixels (default the image centre).
+        Starting centroid ``(x, y)`` in 0-based pixels (default the image center).
 
     Returns
     -------

@@ -134,7 +134,8 @@ class GalprismMethod:
     ) -> None:
         if galaxy_source not in prior.sources:
             raise ConfigError(
-                f"prior {prior.name!r} has no source {galaxy_source!r} (sources: {', '.join(prior.sources)})"
+                f"prior {prior.name!r} has no source {galaxy_source!r} (sources: "
+                f"{', '.join(prior.sources)})"
             )
         if sampler.n_samples < 2:
             raise ConfigError(
@@ -155,7 +156,7 @@ class GalprismMethod:
         )
         effective_support(
             prior, self.config
-        )  # a bad --support is a usage error before any sampling
+        )  # a support naming an unknown source fails here, before any sampling
 
     def settings(self) -> dict[str, object]:
         c = self.config
@@ -188,7 +189,8 @@ class GalprismMethod:
             factors = {f for _, f in fitted}
             if factors != {1}:
                 raise ShapeError(
-                    f"{group[0].name}: the evaluation compares on the prior's grid; cutout pixel scale differs (factor {factors})"
+                    f"{group[0].name}: the evaluation compares on the prior's grid; cutout pixel "
+                    f"scale differs (factor {factors})"
                 )
             observations = [o for o, _ in fitted]
             for o, c in zip(observations, group, strict=True):

@@ -1,4 +1,5 @@
-"""The whole evaluation as one call: test set, methods, real data, report (``galprism evaluate``)."""
+"""The whole evaluation as one call: test set, methods, real data, report (``galprism
+evaluate``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from .. import __version__
 from ..diffusion.samplers import SamplerConfig
-from ..errors import ConfigError, GalprismError
+from ..errors import ConfigError, GalprismError, OutputExistsError
 from ..priorset import PriorSet, list_builtin_priors, load_priorset
 from .methods import GalprismMethod, Method, PhotutilsMethod
 from .report import write_report
@@ -41,7 +42,8 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 @dataclass
 class EvaluateConfig:
-    """Options of an evaluation (the CLI's flags; defaults fit 200 cutouts in 30 min on 2 CPU cores).
+    """Options of an evaluation (the CLI's flags; defaults fit 200 cutouts in 30 min on 2 CPU
+    cores).
 
     Attributes
     ----------
@@ -108,10 +110,11 @@ class EvaluateConfig:
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             raise ConfigError(
-                f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}"
+                f"evaluation methods: unknown method(s) {', '.join(unknown)}; "
+                f"choose from {', '.join(ALL_METHODS)}"
             )
         if not self.methods:
-            raise ConfigError("--methods: no method selected")
+            raise ConfigError("evaluation methods: no method selected")
 
 
 @dataclass
@@ -180,7 +183,7 @@ def _load_priors(cfg: EvaluateConfig) -> tuple[PriorSet | None, PriorSet | None,
         )
         if target is None:
             skipped["gaussian"] = (
-                f"no Gaussian (PPCA) prior found beside prior {cfg.prior!r}; pass --gaussian-prior"
+                f"no Gaussian (PPCA) prior found beside prior {cfg.prior!r}; give one explicitly"
             )
         else:
             gauss = load_priorset(target)
@@ -221,7 +224,7 @@ def _build_methods(
     if "scarlet2" in cfg.methods:
         if cfg.scarlet2_python is None:
             skipped["scarlet2"] = (
-                "no scarlet2 environment given (--scarlet2-python); see docs/evaluation.md"
+                "no scarlet2 environment (its Python) given; see docs/evaluation.md"
             )
         else:
             from .scarlet import Scarlet2Method
@@ -239,22 +242,35 @@ def _real_section(
     if error is not None:
         return "\n".join([*lines, f"Not run: {error}", ""])
     if real is None:
-        return "\n".join([*lines, "Not run (--no-real).", ""])
+        return "\n".join([*lines, "Not run (real-data comparison not requested).", ""])
     lines += [
-        "`multiview/Cut_HSC.fits` i band, cropped around the central galaxy, through every method; truth: "
-        "the HST image of that galaxy (its deblended HST segment) on the HSC grid through the two WCS "
-        '(GalSim, flux-conserving), HST PSF replaced by the HSC PSF (convolved truth) or by the 0.2" truth '
-        "kernel (intrinsic truth), one flux scale fitted on the whole scene. One cutout, so one value per method.",
+        "`multiview/Cut_HSC.fits` i band, cropped around the central galaxy, through every method; "
+        "truth: "
+        "the HST image of that galaxy (its deblended HST segment) on the HSC grid through the two "
+        "WCS "
+        "(GalSim, flux-conserving), HST PSF replaced by the HSC PSF (convolved truth) or by the "
+        '0.2" truth '
+        "kernel (intrinsic truth), one flux scale fitted on the whole scene. One cutout, so one "
+        "value per method.",
         "",
-        f"- HSC noise σ = {info['hsc_noise_sigma']:.4g} (cube units, source-free pixels); the cube has no zero point: "
-        f"ZP {info['zeropoint_assumed']:.3f} assumed (noise matched to the simulations' {info['sim_noise_sigma']:.4g} counts at ZP 27).",
-        f"- WCS: affine HST→HSC map residual {info['wcs_affine_residual_px']:.1e} px, pixel ratio {info['hst_to_hsc_pixel_ratio']:.4f}; "
-        f"astrometric shift refined to ({info['astrometric_shift_px'][0]:+.2f}, {info['astrometric_shift_px'][1]:+.2f}) HSC px.",
-        f"- Scene fit: scale {info['flux_scale_hst_to_hsc']:.4g} HSC/HST units, sky offset {info['sky_offset']:+.3g}, "
-        f"residual RMS {info['scene_fit_rms_sigma']:.2f} σ over {info['scene_fit_pixels']} px. A scale fitted to the central "
-        f"galaxy alone would be {info['central_own_scale_ratio']:.3f} times the scene's: the truth flux is uncertain at that level.",
-        f"- The HST image's own noise in the truth: {info['truth_conv_noise_sigma']:.2f} σ per pixel (convolved), "
-        f"{info['truth_intrinsic_noise_sigma']:.2f} σ (intrinsic); a perfect method would show RMSE ≈ {info['truth_rmse_floor_sigma']:.2f} σ "
+        f"- HSC noise σ = {info['hsc_noise_sigma']:.4g} (cube units, source-free pixels); the cube "
+        "has no zero point: "
+        f"ZP {info['zeropoint_assumed']:.3f} assumed (noise matched to the simulations' "
+        f"{info['sim_noise_sigma']:.4g} counts at ZP 27).",
+        f"- WCS: affine HST→HSC map residual {info['wcs_affine_residual_px']:.1e} px, pixel ratio "
+        f"{info['hst_to_hsc_pixel_ratio']:.4f}; "
+        f"astrometric shift refined to ({info['astrometric_shift_px'][0]:+.2f}, "
+        f"{info['astrometric_shift_px'][1]:+.2f}) HSC px.",
+        f"- Scene fit: scale {info['flux_scale_hst_to_hsc']:.4g} HSC/HST units, sky offset "
+        f"{info['sky_offset']:+.3g}, "
+        f"residual RMS {info['scene_fit_rms_sigma']:.2f} σ over {info['scene_fit_pixels']} px. A "
+        "scale fitted to the central "
+        f"galaxy alone would be {info['central_own_scale_ratio']:.3f} times the scene's: the truth "
+        "flux is uncertain at that level.",
+        f"- The HST image's own noise in the truth: {info['truth_conv_noise_sigma']:.2f} σ per "
+        "pixel (convolved), "
+        f"{info['truth_intrinsic_noise_sigma']:.2f} σ (intrinsic); a perfect method would show "
+        f"RMSE ≈ {info['truth_rmse_floor_sigma']:.2f} σ "
         f"(convolved) against this truth. Blendedness {info['blendedness']:.3f}.",
         "",
     ]
@@ -282,11 +298,15 @@ def _real_section(
         lines += [
             "### HSC + HST views together",
             "",
-            "The HST view enters on the prior's grid (see `galprism/evaluate/multiview.py` for why native "
-            "resolution is not possible with integer-factor operators, and what would be needed). Posterior "
-            "standard deviation of the central galaxy's flux and mean per-pixel standard deviation in its footprint:",
+            "The HST view enters on the prior's grid (see `galprism/evaluate/multiview.py` for why "
+            "native "
+            "resolution is not possible with integer-factor operators, and what would be needed). "
+            "Posterior "
+            "standard deviation of the central galaxy's flux and mean per-pixel standard deviation "
+            "in its footprint:",
             "",
-            "| prior | flux std, HSC | flux std, HSC+HST | ratio | pixel std, HSC | pixel std, HSC+HST | ratio | S |",
+            "| prior | flux std, HSC | flux std, HSC+HST | ratio | pixel std, HSC | pixel std, "
+            "HSC+HST | ratio | S |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for tv in two_view:
@@ -294,8 +314,10 @@ def _real_section(
                 lines.append(f"| {tv['prior']} | failed: {tv['error']} |||||||")
                 continue
             lines.append(
-                f"| {tv['prior']} | {tv['flux_std_hsc']:.3g} | {tv['flux_std_both']:.3g} | {tv['flux_std_both'] / tv['flux_std_hsc']:.2f} | "
-                f"{tv['pixel_std_hsc']:.3g} | {tv['pixel_std_both']:.3g} | {tv['pixel_std_both'] / tv['pixel_std_hsc']:.2f} | {tv['n_samples']} |"
+                f"| {tv['prior']} | {tv['flux_std_hsc']:.3g} | {tv['flux_std_both']:.3g} | "
+                f"{tv['flux_std_both'] / tv['flux_std_hsc']:.2f} | "
+                f"{tv['pixel_std_hsc']:.3g} | {tv['pixel_std_both']:.3g} | "
+                f"{tv['pixel_std_both'] / tv['pixel_std_hsc']:.2f} | {tv['n_samples']} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -318,15 +340,16 @@ def run_evaluation(
     warn = warn or log
     out = Path(cfg.output_dir)
     if (out / "summary.md").exists() and not cfg.overwrite:
-        raise GalprismError(f"{out}: already holds a report; pass --overwrite to replace it")
+        raise OutputExistsError(f"{out}: already holds a report and overwriting is not allowed")
     torch.manual_seed(cfg.seed)
     main, gauss, skipped = _load_priors(cfg)
     if cfg.test_dir is None:
         test_dir = out / "testset"
         existing = list(test_dir.glob("*.fits")) if test_dir.is_dir() else []
         if existing and not cfg.overwrite:
-            raise GalprismError(
-                f"{test_dir}: test set exists; pass --overwrite or --test-dir {test_dir}"
+            raise OutputExistsError(
+                f"{test_dir}: test set exists and overwriting is not allowed "
+                f"(it can be reused as the test set folder {test_dir})"
             )
         log(f"simulating {cfg.n} test cutouts (seed {cfg.seed}) into {test_dir}")
         make_testset(test_dir, cfg.n, cfg.seed, data_dir=cfg.data_dir, overwrite=cfg.overwrite)
@@ -379,7 +402,8 @@ def run_evaluation(
                                 {"prior": m.prior.name, "error": " ".join(str(exc).split())}
                             )
                             warn(
-                                f"two-view separation with {m.prior.name}: failed: {two_view[-1]['error']}"
+                                f"two-view separation with {m.prior.name}: failed: "
+                                f"{two_view[-1]['error']}"
                             )
         except GalprismError as exc:
             real_error = str(exc)
@@ -389,7 +413,10 @@ def run_evaluation(
         "command": cfg.command,
         "version": __version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": f"{platform.machine()}, {os.cpu_count()} CPU, torch {torch.__version__} ({torch.get_num_threads()} threads), {cfg.device}",
+        "host": (
+            f"{platform.machine()}, {os.cpu_count()} CPU, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {cfg.device}"
+        ),
         "seconds": seconds,
         "testset": str(test_dir),
         "testset_seed": testset_seed,

@@ -6,10 +6,10 @@ central galaxy of the HSC i-band cutout:
 
 1. The central galaxy is the HST segment (photutils ``detect_sources`` +
    ``deblend_sources`` on the HST image, whose resolution makes this reliable) nearest the
-   HSC cube's centre; the HSC cutout is cropped to the prior's size around it.
+   HSC cube's center; the HSC cutout is cropped to the prior's size around it.
 2. HST images are brought to the HSC grid with GalSim: an ``InterpolatedImage`` whose WCS
    is the exact affine map from HST to HSC pixels (fitted through the two astropy WCS;
-   residual recorded, < 1e-5 px here), so fluxes are conserved. The HST PSF (re-centred
+   residual recorded, < 1e-5 px here), so fluxes are conserved. The HST PSF (re-centered
    on its centroid) is deconvolved and replaced by the HSC i-band PSF (the *convolved*
    truth) or by the simulator's truth kernel, a 0.2" Gaussian, integrated over HSC
    pixels (the *intrinsic* truth, defined exactly as ``TRUE_GALAXY`` in simulations).
@@ -50,7 +50,7 @@ __all__ = [
     "load_multiview",
     "pixel_affine",
     "Resampler",
-    "recentred_psf",
+    "recentered_psf",
     "hst_segments",
     "build_real_case",
     "TRUTH_FWHM",
@@ -87,7 +87,8 @@ def _read(path: Path) -> fits.PrimaryHDU:
 
 
 def load_multiview(data_dir: str | os.PathLike[str] | None = None) -> MultiviewData:
-    """Read ``Cut_HSC.fits`` (i band), ``PSF_HSC.fits`` (i band), ``Cut_HST.fits``, ``PSF_HST.fits``."""
+    """Read ``Cut_HSC.fits`` (i band), ``PSF_HSC.fits`` (i band), ``Cut_HST.fits``,
+    ``PSF_HST.fits``."""
     from ..simulate.data import multiview_dir  # local: shares the simulator's data lookup
 
     folder = multiview_dir(data_dir)
@@ -97,7 +98,8 @@ def load_multiview(data_dir: str | os.PathLike[str] | None = None) -> MultiviewD
     hst_psf = _read(folder / "PSF_HST.fits").data
     if hsc.data.ndim != 3 or hsc.data.shape[0] <= HSC_BAND or hsc_psf.ndim != 3:
         raise InputError(
-            f"{folder}/Cut_HSC.fits: expected a (bands, H, W) cube with an i band and a matching PSF cube"
+            f"{folder}/Cut_HSC.fits: expected a (bands, H, W) cube with an i band and a matching "
+            "PSF cube"
         )
     for name, arr in (
         ("Cut_HSC", hsc.data),
@@ -140,8 +142,9 @@ def pixel_affine(
     return a, np.array([cx[2], cy[2]]), float(resid)
 
 
-def recentred_psf(psf: np.ndarray, wcs: galsim.BaseWCS) -> galsim.GSObject:
-    """A unit-flux ``InterpolatedImage`` of ``psf`` shifted so that its centroid is at the origin."""
+def recentered_psf(psf: np.ndarray, wcs: galsim.BaseWCS) -> galsim.GSObject:
+    """A unit-flux ``InterpolatedImage`` of ``psf`` shifted so that its centroid is at the
+    origin."""
     ii = galsim.InterpolatedImage(
         galsim.Image(np.ascontiguousarray(psf), wcs=wcs), x_interpolant="lanczos5", flux=1.0
     )
@@ -156,7 +159,8 @@ def recentred_psf(psf: np.ndarray, wcs: galsim.BaseWCS) -> galsim.GSObject:
 
 @dataclass
 class Resampler:
-    """Draws images of the source grid onto a crop of the destination grid (world = destination pixels).
+    """Draws images of the source grid onto a crop of the destination grid (world = destination
+    pixels).
 
     Parameters
     ----------
@@ -185,13 +189,13 @@ class Resampler:
 
     def __post_init__(self) -> None:
         self.jac = galsim.JacobianWCS(self.a[0, 0], self.a[0, 1], self.a[1, 0], self.a[1, 1])
-        self.src_psf_obj = recentred_psf(self.src_psf, self.jac)
-        self.dst_psf_obj = recentred_psf(self.dst_psf, galsim.PixelScale(1.0))
+        self.src_psf_obj = recentered_psf(self.src_psf, self.jac)
+        self.dst_psf_obj = recentered_psf(self.dst_psf, galsim.PixelScale(1.0))
         h, w = self.src_shape
-        centre = self.a @ np.array([0.5 * (w - 1), 0.5 * (h - 1)]) + self.t
+        center = self.a @ np.array([0.5 * (w - 1), 0.5 * (h - 1)]) + self.t
         ny, nx = self.size
         self.offset = galsim.PositionD(
-            centre[0] - self.origin[0] - 0.5 * (nx - 1), centre[1] - self.origin[1] - 0.5 * (ny - 1)
+            center[0] - self.origin[0] - 0.5 * (nx - 1), center[1] - self.origin[1] - 0.5 * (ny - 1)
         )
 
     def _profile(self, image: np.ndarray) -> galsim.GSObject:
@@ -211,7 +215,8 @@ class Resampler:
         return self._draw(prof, "no_pixel")
 
     def intrinsic(self, image: np.ndarray, fwhm_dst_pixels: float) -> np.ndarray:
-        """``image`` with its PSF replaced by a Gaussian (FWHM in destination pixels), pixel-integrated."""
+        """``image`` with its PSF replaced by a Gaussian (FWHM in destination pixels),
+        pixel-integrated."""
         kernel = galsim.Gaussian(fwhm=fwhm_dst_pixels)
         prof = galsim.Convolve(
             [self._profile(image), galsim.Deconvolve(self.src_psf_obj), kernel],
@@ -294,7 +299,7 @@ def build_real_case(
     a, t, resid = pixel_affine(mv.hst_wcs, mv.hsc_wcs, hst.shape)
     ainv = np.linalg.inv(a)
     hh, hw = mv.hsc.shape
-    centre_hst = ainv @ (np.array([0.5 * (hw - 1), 0.5 * (hh - 1)]) - t)
+    center_hst = ainv @ (np.array([0.5 * (hw - 1), 0.5 * (hh - 1)]) - t)
     best, best_d, centroid = 0, math.inf, (math.nan, math.nan)
     for lab in np.unique(labels[labels > 0]):
         yy, xx = np.nonzero(labels == lab)
@@ -302,13 +307,13 @@ def build_real_case(
         if f.sum() <= 0:
             continue
         cx, cy = (f * xx).sum() / f.sum(), (f * yy).sum() / f.sum()
-        d = math.hypot(cx - centre_hst[0], cy - centre_hst[1])
+        d = math.hypot(cx - center_hst[0], cy - center_hst[1])
         if d < best_d:
             best, best_d, centroid = int(lab), d, (cx, cy)
     if best == 0:
-        raise InputError("Cut_HST.fits: no HST segment with positive flux near the HSC centre")
+        raise InputError("Cut_HST.fits: no HST segment with positive flux near the HSC center")
     gal_hsc = a @ np.array(centroid) + t
-    centre = (int(round(gal_hsc[0])), int(round(gal_hsc[1])))
+    center = (int(round(gal_hsc[0])), int(round(gal_hsc[1])))
     obs_full = Observation(
         mv.hsc,
         np.full(mv.hsc.shape, sigma**2),
@@ -326,7 +331,7 @@ def build_real_case(
             ),
         ),
     )
-    obs = obs_full.crop(centre, (size, size))
+    obs = obs_full.crop(center, (size, size))
     x0, y0 = obs.origin
     shift, fit = align_scene(hst, obs, a, t, mv.hst_psf, mv.hsc_psf, refine=refine_alignment)
     rs, scale, offset, fit_mask = fit["resampler"], fit["scale"], fit["offset"], fit["mask"]

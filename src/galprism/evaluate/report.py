@@ -47,7 +47,8 @@ INTRINSIC: tuple[tuple[str, str, str], ...] = tuple((f"int_{k}", t, f) for k, t,
 
 
 def stat(values: Sequence[float]) -> tuple[float, float, float, int]:
-    """Median, 16th and 84th percentiles over the finite-or-infinite (non-NaN) values, and their count."""
+    """Median, 16th and 84th percentiles over the finite-or-infinite (non-NaN) values, and their
+    count."""
     a = np.asarray([v for v in values if v is not None], dtype=np.float64)
     a = a[~np.isnan(a)]
     if a.size == 0:
@@ -126,7 +127,8 @@ def summary_tables(result: EvalResult) -> dict[str, str]:
     intr = [m.name for m in result.methods if m.error is None and m.intrinsic]
     out["intrinsic"] = _table(result, INTRINSIC, lambda m: _rows_of(result, m), intr)
     cal = [
-        "| method | interval | flux 68% | flux 95% | pixel 68% | pixel 95% | flux SBC p | pixel SBC p |",
+        "| method | interval | flux 68% | flux 95% | pixel 68% | pixel 95% | flux SBC p | pixel "
+        "SBC p |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     labels = {m.name: m.label for m in result.methods}
@@ -135,19 +137,22 @@ def summary_tables(result: EvalResult) -> dict[str, str]:
             f"| {labels[name]} | {c.method}, S={c.n_samples} | "
             f"{100 * c.flux_coverage[0.68]:.1f} ± {100 * c.flux_coverage_err[0.68]:.1f} | "
             f"{100 * c.flux_coverage[0.95]:.1f} ± {100 * c.flux_coverage_err[0.95]:.1f} | "
-            f"{_fmt(100 * c.pixel_coverage[0.68], '{:.1f}')} | {_fmt(100 * c.pixel_coverage[0.95], '{:.1f}')} | "
+            f"{_fmt(100 * c.pixel_coverage[0.68], '{:.1f}')} | "
+            f"{_fmt(100 * c.pixel_coverage[0.95], '{:.1f}')} | "
             f"{c.flux_sbc_p:.3g} | {_fmt(c.pixel_sbc_p, '{:.3g}')} |"
         )
     out["calibration"] = "\n".join(cal)
     tim = [
-        "| method | cutouts | total [s] | per cutout [s] | adaptive-moments failures | not detected or failed | status |",
+        "| method | cutouts | total [s] | per cutout [s] | adaptive-moments failures | not "
+        "detected or failed | status |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for m in result.methods:
         per = m.seconds / m.n_cutouts if m.n_cutouts else math.nan
         status = "ok" if m.error is None else f"failed: {m.error}"
         tim.append(
-            f"| {m.label} | {m.n_cutouts} | {m.seconds:.1f} | {_fmt(per, '{:.3f}')} | {m.hsm_failures} | {m.not_detected} | {status} |"
+            f"| {m.label} | {m.n_cutouts} | {m.seconds:.1f} | {_fmt(per, '{:.3f}')} | "
+            f"{m.hsm_failures} | {m.not_detected} | {status} |"
         )
     out["timing"] = "\n".join(tim)
     out["edges"] = ", ".join(f"{e:.3f}" for e in edges)
@@ -184,7 +189,8 @@ def verdict(result: EvalResult, main: str = "galprism", tolerance: float = 0.05)
             ok = best == main
             others = ", ".join(f"{labels[k]} {v:.3f}" for k, v in meds.items())
             lines.append(
-                f"- {what}, {scope}: {labels[main]} is {'the best' if ok else 'NOT the best (best: ' + labels[best] + ')'} ({others})."
+                f"- {what}, {scope}: {labels[main]} is "
+                f"{'the best' if ok else 'NOT the best (best: ' + labels[best] + ')'} ({others})."
             )
     cal = result.calibration.get(main)
     if cal is not None:
@@ -211,13 +217,16 @@ def summary_markdown(
         f"Command: `{meta.get('command', '')}`  ",
         f"galprism {meta.get('version', '')}, {meta.get('date', '')}, {meta.get('host', '')}; "
         f"total time {meta.get('seconds', math.nan):.0f} s.  ",
-        f"Test set: {n} cutouts from `{meta.get('testset', '')}` (test split, seed {meta.get('testset_seed', 'n/a')}).",
+        f"Test set: {n} cutouts from `{meta.get('testset', '')}` (test split, seed "
+        f"{meta.get('testset_seed', 'n/a')}).",
         "",
         "Values are the median and, in brackets, the 16th and 84th percentiles over cutouts. "
-        "Headline measures compare each method's central galaxy **convolved with the cutout's PSF** "
+        "Headline measures compare each method's central galaxy **convolved with the cutout's "
+        "PSF** "
         "against the convolved truth (`TRUE_GALAXY_CONV`), identically for every method; "
         "RMSE is in units of the noise sigma, flux errors are relative, centroid errors in pixels, "
-        "abs Δg is the ellipticity error and size err the relative size error from adaptive moments "
+        "abs Δg is the ellipticity error and size err the relative size error from adaptive "
+        "moments "
         "(GalSim HSM; failures count in the timing table and are left out of the medians). "
         "See docs/evaluation.md for every definition.",
         "",
@@ -243,7 +252,8 @@ def summary_markdown(
         "",
         "## Calibration (probabilistic methods)",
         "",
-        "Coverage (%) of central credible intervals of the intrinsic total flux (± binomial standard "
+        "Coverage (%) of central credible intervals of the intrinsic total flux (± binomial "
+        "standard "
         "error at the nominal level) and of intrinsic pixel values in the galaxy footprint "
         "(convolved truth ≥ 1σ); SBC: chi-square p-value of the rank histogram (pixel ranks are "
         "pooled over correlated pixels, so their p-value is over-confident).",

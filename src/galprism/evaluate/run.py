@@ -167,7 +167,7 @@ def evaluate_methods(
         if len(ests) > len(cutouts):
             run.error = f"returned {len(ests)} estimates for {len(cutouts)} cutouts"
             continue
-        # A method may cover only the first cutouts (e.g. scarlet2 with --scarlet2-limit).
+        # A method may cover only the first cutouts (e.g. scarlet2 given a cutout limit).
         run.n_cutouts = len(ests)
         flux_s, flux_t, pix_s, pix_t = [], [], [], []
         kind = (

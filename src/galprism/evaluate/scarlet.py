@@ -2,7 +2,7 @@
 
 scarlet2 (JAX) does not need to install beside galprism (torch): the cutouts and the
 photutils detections go to :mod:`galprism.evaluate.scarlet_worker`, executed by the
-Python given with ``--scarlet2-python``, through an ``.npz`` file, and the central
+Python interpreter given as ``python``, through an ``.npz`` file, and the central
 source's model comes back the same way. Set up such an environment with::
 
     python -m venv scarlet-venv && scarlet-venv/bin/pip install scarlet2
@@ -71,7 +71,7 @@ class Scarlet2Method:
     ) -> None:
         self.python = str(python)
         if not Path(self.python).is_file():
-            raise ConfigError(f"--scarlet2-python {self.python}: not found")
+            raise ConfigError(f"scarlet2 Python {self.python}: not found")
         self.max_iter = int(max_iter)
         self.limit = limit
         self.timeout = float(timeout)

@@ -89,7 +89,8 @@ def _truth_array(hdul: fits.HDUList, name: str, path: Path, shape: tuple[int, in
     data = hdul[name].data
     if data is None or data.shape != shape:
         raise InputError(
-            f"{path}[{name}]: expected a {shape[1]}x{shape[0]} image, got {None if data is None else data.shape}"
+            f"{path}[{name}]: expected a {shape[1]}x{shape[0]} image, got "
+            f"{None if data is None else data.shape}"
         )
     arr = np.asarray(data, dtype=np.float64)
     if not np.isfinite(arr).all():
@@ -98,7 +99,8 @@ def _truth_array(hdul: fits.HDUList, name: str, path: Path, shape: tuple[int, in
 
 
 def find_testset_files(folder: str | os.PathLike[str], pattern: str = "*.fits") -> list[Path]:
-    """Observation files of a test-set folder matching ``pattern``, sorted by name (not ``truth/``)."""
+    """Observation files of a test-set folder matching ``pattern``, sorted by name (not
+    ``truth/``)."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: test set folder not found")
@@ -192,6 +194,7 @@ def make_testset(
     if result.failed:
         index, reason = result.failed[0]
         raise InputError(
-            f"{folder}: simulating the test set failed for {len(result.failed)} cutout(s), e.g. #{index}: {reason}"
+            f"{folder}: simulating the test set failed for {len(result.failed)} cutout(s), e.g. "
+            f"#{index}: {reason}"
         )
     return Path(folder)

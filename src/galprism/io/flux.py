@@ -1,7 +1,7 @@
 """Photometric zero points: putting cutouts on the flux scale a prior learned.
 
 A prior is trained on data with one AB zero point ``zp`` (``mag = -2.5 log10(flux) + zp``)
-or flux unit. An input's own zero point comes, in this order, from ``--zeropoint``, the
+or flux unit. An input's own zero point comes, in this order, from ``zeropoint``, the
 header keywords in :data:`ZEROPOINT_KEYS`, a ``BUNIT`` that is a flux density (``nJy``
 is AB 31.4, ``uJy`` 23.9, ``nanomaggy`` 22.5; astropy's units do the conversion), or the
 HST ``PHOTFLAM``/``PHOTPLAM`` pair. Converting flux from zero point ``zp_in`` to
@@ -117,7 +117,8 @@ def header_zeropoint(*headers: fits.Header | None) -> Zeropoint | None:
 def noise_matched_zeropoint(
     sigma: float, reference_sigma: float, reference_zeropoint: float
 ) -> float:
-    """Zero point that gives noise ``sigma`` the level ``reference_sigma`` has at ``reference_zeropoint``.
+    """Zero point that gives noise ``sigma`` the level ``reference_sigma`` has at
+    ``reference_zeropoint``.
 
     The guess for an image without a zero point whose depth is like the reference data's
     (a prior's training data): ``reference_zeropoint + 2.5 log10(sigma / reference_sigma)``.

@@ -97,7 +97,8 @@ def shard_from_env(env: Mapping[str, str]) -> tuple[int, int] | None:
         ) from exc
     if n < 1 or not 0 <= index < n:
         raise UsageError(
-            f"SLURM array task {task} (min {env.get('SLURM_ARRAY_TASK_MIN', '0')}) is outside 0..{n - 1}; "
+            f"SLURM array task {task} (min {env.get('SLURM_ARRAY_TASK_MIN', '0')}) "
+            f"is outside 0..{n - 1}; "
             "use a contiguous --array range or pass --shard I/N"
         )
     return index, n

@@ -1,8 +1,8 @@
 """Bit masks: which pixels of a cutout are unusable.
 
-Convention: a mask HDU (``MASK``, ``DQ``) or ``--mask`` file holds integer flags where a
+Convention: a mask HDU (``MASK``, ``DQ``) or ``mask`` file holds integer flags where a
 non-zero selected bit marks a *bad* pixel (HST ``DQ``, LSST/HSC ``MASK`` planes). Which
-bits count is chosen with ``--mask-bits``:
+bits count is chosen with ``mask_bits``:
 
 * names (``BAD,SAT,CR``) are looked up in the mask header's ``MP_<NAME> = <bit index>``
   keywords, the LSST/HSC convention;
@@ -10,7 +10,7 @@ bits count is chosen with ``--mask-bits``:
   convention;
 * ``all`` selects every bit and ``none`` ignores the mask.
 
-Without ``--mask-bits`` a mask with ``MP_*`` keywords uses the planes that LSST's
+Without ``mask_bits`` a mask with ``MP_*`` keywords uses the planes that LSST's
 deblender (scarlet) ignores by default, :data:`DEFAULT_BAD_PLANES`, so that planes like
 ``DETECTED`` do not hide the very galaxy being deblended; a mask without them uses every
 bit.
@@ -27,7 +27,7 @@ from ..errors import InputError
 
 __all__ = ["DEFAULT_BAD_PLANES", "mask_planes", "parse_mask_bits", "bad_pixels", "ALL_BITS"]
 
-#: planes treated as bad when the mask names its planes and no --mask-bits is given
+#: planes treated as bad when the mask names its planes and no mask bits are given
 DEFAULT_BAD_PLANES: tuple[str, ...] = ("BAD", "SAT", "CR", "NO_DATA", "SUSPECT", "EDGE")
 #: every bit: ``value & ALL_BITS != 0`` is ``value != 0``
 ALL_BITS = -1
@@ -58,7 +58,7 @@ def mask_planes(header: fits.Header) -> dict[str, int]:
 
 
 def parse_mask_bits(spec: str | None, planes: Mapping[str, int], what: str) -> int:
-    """Turn a ``--mask-bits`` value into the integer of bits that mark a bad pixel.
+    """Turn a mask-bits specification into the integer of bits that mark a bad pixel.
 
     Parameters
     ----------
@@ -106,7 +106,7 @@ def parse_mask_bits(spec: str | None, planes: Mapping[str, int], what: str) -> i
         if not planes:
             raise InputError(
                 f"{what}: mask plane {tok!r} given but the mask header defines no MP_* planes; "
-                "give --mask-bits as bit values instead"
+                "give the mask bits as bit values instead"
             )
         if name not in planes:
             raise InputError(

@@ -101,7 +101,8 @@ def to_variance(values: np.ndarray, kind: NoiseKind, valid: np.ndarray, what: st
         if bad.any():
             worst = float(v[bad].min())
             raise InputError(
-                f"{what}: {label} is zero or negative (min {worst:.3g}) at {int(bad.sum())} unmasked pixel(s)"
+                f"{what}: {label} is zero or negative (min {worst:.3g}) at {int(bad.sum())} "
+                "unmasked pixel(s)"
             )
         invalid = nonfinite
         var = v**2 if kind == "sigma" else v
@@ -135,12 +136,14 @@ def estimate_variance(image: np.ndarray, valid: np.ndarray, what: str) -> NoiseR
         pix = image[c][valid[c]]
         if pix.size < 10:
             raise InputError(
-                f"{what}: band {c} has only {pix.size} valid pixel(s), too few to estimate the noise"
+                f"{what}: band {c} has only {pix.size} valid pixel(s), too few to estimate the "
+                "noise"
             )
         _, _, std = sigma_clipped_stats(pix, sigma=3.0, maxiters=10, stdfunc="mad_std")
         if not np.isfinite(std) or std <= 0:
             raise InputError(
-                f"{what}: band {c} has no pixel-to-pixel scatter, cannot estimate the noise; give --noise-sigma"
+                f"{what}: band {c} has no pixel-to-pixel scatter, cannot estimate the noise; "
+                "give the noise sigma explicitly"
             )
         var[c] = std**2
         sigmas.append(std)
@@ -151,7 +154,7 @@ def estimate_variance(image: np.ndarray, valid: np.ndarray, what: str) -> NoiseR
 
 
 def parse_sigma(spec: str, n_bands: int, what: str) -> np.ndarray:
-    """Parse ``--noise-sigma``: one value for every band or one per band, comma separated.
+    """Parse a noise sigma: one value for every band or one per band, comma separated.
 
     Returns
     -------
@@ -162,13 +165,13 @@ def parse_sigma(spec: str, n_bands: int, what: str) -> np.ndarray:
         values = [float(t) for t in str(spec).split(",") if t.strip()]
     except ValueError as exc:
         raise InputError(
-            f"{what}: --noise-sigma {spec!r} is not a number or comma-separated numbers"
+            f"{what}: noise sigma {spec!r} is not a number or comma-separated numbers"
         ) from exc
     if len(values) == 1:
         values = values * n_bands
     if len(values) != n_bands:
-        raise InputError(f"{what}: --noise-sigma gives {len(values)} values for {n_bands} band(s)")
+        raise InputError(f"{what}: noise sigma gives {len(values)} values for {n_bands} band(s)")
     arr = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise InputError(f"{what}: --noise-sigma must be positive, got {spec}")
+        raise InputError(f"{what}: noise sigma must be positive, got {spec}")
     return arr.reshape(-1, 1, 1)

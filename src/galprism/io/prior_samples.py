@@ -11,11 +11,44 @@ import torch
 from astropy.io import fits
 
 from .. import __version__
-from ..errors import UsageError
+from ..errors import ConfigError, ShapeError
 from .inputs import derive_seed
 from .write import image_hdu, primary_hdu
 
-__all__ = ["prior_samples_hdulist"]
+__all__ = ["prior_samples_hdulist", "select_sources"]
+
+
+def select_sources(prior: Any, sources: Sequence[str] | None) -> list[str]:
+    """The prior's names of the requested sources (all of them when none is requested).
+
+    Parameters
+    ----------
+    prior
+        A :class:`galprism.priorset.PriorSet` (``name``, ``sources``).
+    sources
+        Source names, case-insensitive; None or empty for every source.
+
+    Returns
+    -------
+    list of str
+        The names as the prior spells them, in the requested order.
+
+    Raises
+    ------
+    ConfigError
+        If a requested source is not one of the prior's.
+    """
+    known = {s.lower(): s for s in prior.sources}
+    if not sources:
+        return list(prior.sources)
+    wanted = []
+    for s in sources:
+        if s.lower() not in known:
+            raise ConfigError(
+                f"prior {prior.name!r} has no source {s!r} (sources: {', '.join(prior.sources)})"
+            )
+        wanted.append(known[s.lower()])
+    return wanted
 
 
 def prior_samples_hdulist(
@@ -59,19 +92,14 @@ def prior_samples_hdulist(
 
     Raises
     ------
-    UsageError
+    ConfigError
         If a requested source is not one of the prior's, or ``n`` < 1.
+    ShapeError
+        If the prior returns samples of another shape than ``(n, C, H, W)``.
     """
     if n < 1:
-        raise UsageError(f"-n must be at least 1, got {n}")
-    known = {s.lower(): s for s in prior.sources}
-    wanted = list(prior.sources) if not sources else []
-    for s in sources or ():
-        if s.lower() not in known:
-            raise UsageError(
-                f"prior {prior.name!r} has no source {s!r} (sources: {', '.join(prior.sources)})"
-            )
-        wanted.append(known[s.lower()])
+        raise ConfigError(f"sample count must be at least 1, got {n}")
+    wanted = select_sources(prior, sources)
     cards = {
         "GPVERS": (__version__, "galprism version"),
         "PRIOR": (prior.name, "prior name"),
@@ -81,7 +109,7 @@ def prior_samples_hdulist(
         "NSAMPLE": (int(n), "samples per source"),
         "NSTEPS": (int(steps), "sampler steps"),
         "SAMPLER": (sampler, "sampler"),
-        "RUNSEED": (int(seed), "--seed"),
+        "RUNSEED": (int(seed), "run seed"),
         "DEVICE": (device, "torch device"),
         "PIXSCALE": (prior.frame.pixel_scale, "[arcsec] pixel scale of the prior grid"),
     }
@@ -97,8 +125,9 @@ def prior_samples_hdulist(
         x = x.detach().to("cpu", torch.float64).numpy()
         seconds = time.perf_counter() - t0
         if x.ndim != 4 or x.shape[0] != n:
-            raise UsageError(
-                f"prior {prior.name!r} returned samples of shape {x.shape} for {name!r}, expected ({n}, C, H, W)"
+            raise ShapeError(
+                f"prior {prior.name!r} returned samples of shape {x.shape} for {name!r}, "
+                f"expected ({n}, C, H, W)"
             )
         data = x if x.shape[1] > 1 else x[:, 0]
         leading = ("SAMPLE", "BAND") if x.shape[1] > 1 else ("SAMPLE",)

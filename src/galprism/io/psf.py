@@ -9,7 +9,7 @@ quintic), deconvolved by the coarse pixel and convolved by the fine one, drawn o
 grid. On Moffat PSFs of 1.5-4 coarse pixels FWHM and factors 2-6 the resulting forward
 model matches a direct coarse rendering of a Sersic galaxy to <= 1.2 % of its peak,
 whereas simply interpolating the coarse PSF (which counts the coarse pixel twice) is off
-by up to 6 % (scratch experiment, see docs/user-guide.md).
+by up to 6 % (docs/user-guide.md; ``tests/test_separate_observation.py`` checks 2 %).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def prepare_psf(data: np.ndarray, n_bands: int, what: str) -> tuple[np.ndarray, 
     Raises
     ------
     PSFError
-        On a wrong band count, an even size, an off-centre kernel, non-finite values or a
+        On a wrong band count, an even size, an off-center kernel, non-finite values or a
         non-positive sum.
     """
     arr = np.asarray(data, dtype=np.float64)
@@ -82,7 +82,7 @@ def _fourier_shift(kernel: np.ndarray, dx: float, dy: float) -> np.ndarray:
 def recenter_psf(
     data: np.ndarray, what: str, *, tolerance: float = 1.0, max_size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, list[Note]]:
-    """Shift kernels whose centroid is more than ``tolerance`` px off-centre back onto it.
+    """Shift kernels whose centroid is more than ``tolerance`` px off-center back onto it.
 
     The shift is a Fourier phase ramp on the kernel zero-padded by the shift's whole
     pixels plus one on each side: it moves the centroid by exactly the sub-pixel amount
@@ -106,16 +106,16 @@ def recenter_psf(
     -------
     psf, notes
         The kernels (``data`` itself when none is shifted) and one note per shifted
-        kernel, e.g. ``PSF f.fits[PSF] re-centred by (-0.74, -0.98) px``.
+        kernel, e.g. ``PSF f.fits[PSF] re-centered by (-0.74, -0.98) px``.
 
     Raises
     ------
     PSFError
-        If a centroid is more than a quarter of the kernel's size off-centre along an
+        If a centroid is more than a quarter of the kernel's size off-center along an
         axis: such a kernel is more likely a wrong file than a shifted PSF.
 
     An even-sized kernel gets a zero row or column to make its size odd and is then
-    re-centred whatever its offset. Kernels that are non-finite or do not have a positive
+    re-centered whatever its offset. Kernels that are non-finite or do not have a positive
     sum are returned unchanged, for :func:`prepare_psf` to refuse with its own message.
     """
     arr = np.asarray(data, dtype=np.float64)
@@ -128,7 +128,7 @@ def recenter_psf(
         return data, []
     even = kh % 2 == 0 or kw % 2 == 0
     if even:
-        # A zero row/column makes the size odd; the kernel is then re-centred however
+        # A zero row/column makes the size odd; the kernel is then re-centered however
         # small its offset, since an even-sized kernel has no central pixel to be near.
         kernels = np.pad(kernels, ((0, 0), (0, 1 - kh % 2), (0, 1 - kw % 2)))
         kh, kw = kernels.shape[-2:]
@@ -141,7 +141,7 @@ def recenter_psf(
         if abs(cx) > kw / 4 or abs(cy) > kh / 4:
             band = f" band {b}" if len(kernels) > 1 else ""
             raise PSFError(
-                f"{what}: PSF{band} is off-centre: centroid at ({cx:+.2f}, {cy:+.2f}) px, more "
+                f"{what}: PSF{band} is off-center: centroid at ({cx:+.2f}, {cy:+.2f}) px, more "
                 f"than a quarter of its {kw}x{kh} size from the central pixel"
             )
         shifts.append((-cx, -cy))
@@ -168,7 +168,7 @@ def recenter_psf(
         notes.append(
             Note(
                 NoteKind.PSF_RECENTERED,
-                f"PSF {what}{band}{size_note} re-centred by ({dx - rx:+.2f}, {dy - ry:+.2f}) px",
+                f"PSF {what}{band}{size_note} re-centered by ({dx - rx:+.2f}, {dy - ry:+.2f}) px",
             )
         )
     if max_size is not None:
@@ -192,7 +192,7 @@ def refine_psf(psf: np.ndarray, factor: int) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``(C, kh * f (+1 if even), kw * f (+1 if even))`` unit-sum kernels, centred on
+        ``(C, kh * f (+1 if even), kw * f (+1 if even))`` unit-sum kernels, centered on
         the central fine pixel.
     """
     f = int(factor)

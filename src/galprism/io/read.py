@@ -3,17 +3,17 @@
 Conventions, all documented in docs/user-guide.md ("Input conventions"):
 
 * image: the HDU named ``SCI`` or ``IMAGE``, else the primary HDU; 2-D, or 3-D with
-  bands first (``--image-hdu`` picks another by name or index);
-* PSF: HDU ``PSF`` or ``--psf FILE``; 2-D or one kernel per band; it may not be larger
-  than the image; a kernel more than 1 px off-centre, or of even size, is re-centred
+  bands first (``image_hdu`` picks another by name or index);
+* PSF: HDU ``PSF`` or a ``psf`` file; 2-D or one kernel per band; it may not be larger
+  than the image; a kernel more than 1 px off-center, or of even size, is re-centered
   (:func:`.psf.recenter_psf`, with a note); a pixel scale in its own header (WCS,
   ``PIXSCALE``, ``CDELT``/``CD``) must be the image's;
-* band: ``--band`` picks one band of a cube by name (``BANDS``, ``FILTERn``, ``FILTER``)
+* band: ``band`` picks one band of a cube by name (``BANDS``, ``FILTERn``, ``FILTER``)
   or index;
-* mask: HDU ``MASK`` or ``DQ`` or ``--mask FILE``; bit flags (see :mod:`.masks`);
-* noise: see :mod:`.noise`; ``--noise-sigma`` overrides, otherwise it is estimated;
+* mask: HDU ``MASK`` or ``DQ`` or a ``mask`` file; bit flags (see :mod:`.masks`);
+* noise: see :mod:`.noise`; ``noise_sigma`` overrides, otherwise it is estimated;
 * WCS and ``BUNIT`` from the image header (the primary header as fallback for
-  ``BUNIT`` and zero points); pixel scale from ``--pixel-scale``, else the WCS, else a
+  ``BUNIT`` and zero points); pixel scale from ``pixel_scale``, else the WCS, else a
   ``PIXSCALE``/``PIXSCAL1``/``SECPIX`` keyword (arcsec);
 * zero point: see :mod:`.flux`.
 
@@ -78,7 +78,7 @@ class ReadOptions:
     psf, mask
         Sidecar FITS files (templates with ``{stem}``, ``{name}``, ``{dir}`` allowed).
     mask_bits
-        ``--mask-bits`` specification (see :mod:`galprism.io.masks`).
+        ``mask_bits`` specification (see :mod:`galprism.io.masks`).
     noise_sigma
         One noise standard deviation, or one per band comma separated.
     pixel_scale
@@ -165,7 +165,9 @@ def _select_image(
         try:
             hdu = hdul[key]
         except (KeyError, IndexError) as exc:
-            raise InputError(f"{path}: has no HDU {image_hdu!r} (--image-hdu)") from exc
+            raise InputError(
+                f"{path}: has no HDU {image_hdu!r} (asked for as the image HDU)"
+            ) from exc
         return str(image_hdu), hdu
     found = find_hdu(hdul, IMAGE_HDUS, with_data=False)
     if found is not None:
@@ -359,7 +361,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     if opts.noise_sigma is not None:
         sigma = parse_sigma(opts.noise_sigma, c, name)
         variance = np.broadcast_to(sigma**2, image.shape).copy()
-        notes.append(Note(NoteKind.NOISE, f"noise sigma {opts.noise_sigma} from --noise-sigma"))
+        notes.append(Note(NoteKind.NOISE, f"noise sigma {opts.noise_sigma} as given"))
     else:
         found = find_hdu(hdul, tuple(NOISE_HDUS))
         if found is not None:
@@ -381,7 +383,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     else:
         found = find_hdu(hdul, PSF_HDUS)
         if found is None:
-            raise PSFError(f"{name}: no PSF: the file has no PSF HDU and no --psf was given")
+            raise PSFError(f"{name}: no PSF: the file has no PSF HDU and no PSF file was given")
         pwhat = describe(name, found[1].name)
         pdata, pheader = hdu_array(found[1].data, pwhat), found[1].header
     pdata = np.asarray(pdata, dtype=np.float64)
@@ -423,7 +425,7 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     bunit = str(bunit).strip() if bunit else None
     zp: Zeropoint | None
     if opts.zeropoint is not None:
-        zp = Zeropoint(float(opts.zeropoint), "--zeropoint")
+        zp = Zeropoint(float(opts.zeropoint), "the value given")
     else:
         zp = header_zeropoint(header, primary)
     if zp is not None:

@@ -63,14 +63,15 @@ def pixel_scale_arcsec(wcs: WCS, what: str, *, tolerance: float = 0.01) -> float
     ------
     InputError
         If the two axes differ by more than ``tolerance`` (relative): the prior grid has
-        square pixels; give ``--pixel-scale`` to override.
+        square pixels; give a pixel scale explicitly to override.
     """
     sx, sy = (float(s) * 3600.0 for s in proj_plane_pixel_scales(wcs))
     if not (np.isfinite(sx) and np.isfinite(sy)) or sx <= 0 or sy <= 0:
         raise InputError(f"{what}: WCS gives an unusable pixel scale ({sx}, {sy}) arcsec")
     if abs(sx - sy) > tolerance * max(sx, sy):
         raise InputError(
-            f"{what}: pixels are not square ({sx:.5g} x {sy:.5g} arcsec); give --pixel-scale to override"
+            f"{what}: pixels are not square ({sx:.5g} x {sy:.5g} arcsec); "
+            "give a pixel scale explicitly to override"
         )
     return float(np.sqrt(sx * sy))
 
@@ -96,7 +97,7 @@ def shift_wcs(wcs: WCS, x0: int, y0: int) -> WCS:
 def refine_wcs(wcs: WCS, factor: int) -> WCS:
     """WCS of a grid ``factor`` times finer covering the same sky.
 
-    Fine pixel ``q`` (0-based) is centred on coarse pixel ``(q + 0.5) / factor - 0.5``:
+    Fine pixel ``q`` (0-based) is centered on coarse pixel ``(q + 0.5) / factor - 0.5``:
     each coarse pixel is split into ``factor x factor`` fine ones, exactly the blocks that
     :class:`galprism.operators.Downsample` sums.
 

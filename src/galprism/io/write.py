@@ -34,11 +34,11 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
 
 from ..atomic import remove_stale_temps, stale_temps, temp_prefix
-from ..errors import GalprismError, InputError
+from ..errors import GalprismError, InputError, OutputExistsError
 from .wcsutil import image_header
 
 __all__ = [
-    "OutputExistsError",
+    "OutputExistsError",  # defined in galprism.errors; importable from here too
     "write_atomic",
     "source_hdus",
     "image_hdu",
@@ -48,10 +48,6 @@ __all__ = [
     "check_writable",
     "StaleTemps",
 ]
-
-
-class OutputExistsError(GalprismError):
-    """The output file exists and neither ``--overwrite`` nor ``--skip-existing`` was given."""
 
 
 def temp_path(path: Path) -> Path:
@@ -145,9 +141,7 @@ def write_atomic(
     """
     dest = Path(os.fspath(path))
     if not overwrite and dest.exists():
-        raise OutputExistsError(
-            f"{dest}: output exists; pass --overwrite to replace it or --skip-existing"
-        )
+        raise OutputExistsError(f"{dest}: output exists and overwriting is not allowed")
     if not dest.parent.is_dir():
         raise GalprismError(f"{dest}: output folder {dest.parent} does not exist")
     if remove_stale:
@@ -173,14 +167,12 @@ def _link_no_clobber(tmp: Path, dest: Path) -> None:
     try:
         os.link(tmp, dest)
     except FileExistsError as exc:
-        raise OutputExistsError(
-            f"{dest}: output exists; pass --overwrite to replace it or --skip-existing"
-        ) from exc
+        raise OutputExistsError(f"{dest}: output exists and overwriting is not allowed") from exc
     except OSError:
         # File systems without hard links: fall back to check + rename.
         if dest.exists():
             raise OutputExistsError(
-                f"{dest}: output exists; pass --overwrite to replace it or --skip-existing"
+                f"{dest}: output exists and overwriting is not allowed"
             ) from None
         os.replace(tmp, dest)
 

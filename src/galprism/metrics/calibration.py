@@ -42,7 +42,8 @@ def _pair(samples: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]
         )
     if s.shape[0] == 0 or s.shape[1] < 2:
         raise ShapeError(
-            f"posterior samples: need at least 1 observation and 2 samples each, got shape {s.shape}"
+            "posterior samples: need at least 1 observation and 2 samples each, got shape "
+            f"{s.shape}"
         )
     require_finite(s, "posterior samples")
     require_finite(t, "truth")

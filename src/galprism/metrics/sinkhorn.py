@@ -1,6 +1,6 @@
 """Debiased Sinkhorn divergence between two sample sets, as the DDPRISM paper defines it.
 
-Definition (reference ``ddprism/metrics/metrics.py``; METHOD.md section 6)::
+Definition (reference ``ddprism/metrics/metrics.py``; docs/method.md section 6)::
 
     S(u, v) = OT(u, v) - OT(u[:n//2], u[-n//2:]) / 2 - OT(v[:m//2], v[-m//2:]) / 2
 

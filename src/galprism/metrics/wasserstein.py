@@ -1,4 +1,5 @@
-"""Debiased exact squared 2-Wasserstein distance: a fast, converged companion to the Sinkhorn metric.
+"""Debiased exact squared 2-Wasserstein distance: a fast, converged companion to the Sinkhorn
+metric.
 
 ``W(u, v) = W2^2(u, v) - W2^2(u_1, u_2) / 2 - W2^2(v_1, v_2) / 2`` with the same half split
 as :func:`~galprism.metrics.sinkhorn_divergence`, but each term is the exact optimal
@@ -32,7 +33,8 @@ def _emd(p: np.ndarray, q: np.ndarray, max_iter: int) -> float:
         cost, log = ot.emd2([], [], ot.dist(p, q), numItermax=max_iter, log=True)
     if log.get("warning"):
         raise ConfigError(
-            f"wasserstein_divergence: exact transport did not finish ({log['warning']}); raise max_iter"
+            f"wasserstein_divergence: exact transport did not finish ({log['warning']}); raise "
+            "max_iter"
         )
     return float(cost)
 

@@ -7,6 +7,11 @@
   the star (PSF times flux) model, as linear operators with exact adjoints.
 * :mod:`.classify`: a star-or-galaxy decision from the fit of a point source against an
   extended one.
+* :mod:`.model`: the joint linear model of one blend (galaxies drawn from the galaxy prior
+  at their positions and flux scales, stars and a background integrated out) and its
+  posterior samples.
+* :mod:`.run`: ``galprism separate --scene``: image to catalogue, stamps, model, residual
+  and children, blend by blend (imported on demand; it needs the separate pipeline).
 
 The modules import only numpy, astropy and torch at import time; photutils is imported
 when :func:`~galprism.scene.detect.detect` runs.

@@ -21,8 +21,7 @@ from typing import Any
 
 import galsim
 
-from ..errors import GalprismError
-from ..io.write import OutputExistsError
+from ..errors import GalprismError, OutputExistsError
 from .simulator import SimulationConfig, Simulator
 from .write import HDF5Writer, write_fits_pair
 
@@ -184,7 +183,8 @@ def simulate_batch(
         existing = [p for p in targets if p.exists()]
         if existing:
             raise OutputExistsError(
-                f"{existing[0]}: output exists ({len(existing)} of this batch's files do); pass --overwrite to replace them"
+                f"{existing[0]}: output exists ({len(existing)} of this batch's files do) "
+                "and overwriting is not allowed"
             )
     for d in {p.parent for _, obs, tru in paths for p in (obs, tru)} | (
         {h5_path.parent} if h5_path else set()

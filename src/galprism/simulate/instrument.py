@@ -1,7 +1,7 @@
 """The two simulated instruments: HSC-like i band and HST/ACS F814W.
 
 An :class:`Instrument` holds what the rendering needs: pixel scale, the PSF images
-(odd-sized, centred, unit sum), the noise added to every cutout, and the flux convention.
+(odd-sized, centered, unit sum), the noise added to every cutout, and the flux convention.
 Both instruments write fluxes in counts on an AB zero point of 27 (HSC coadd counts,
 ``FLUXMAG0 = 10**(0.4*27)``): ``mag = 27 - 2.5 log10(flux)``.
 
@@ -9,7 +9,7 @@ Both instruments write fluxes in counts on an AB zero point of 27 (HSC coadd cou
   ``multiview/PSF_HSC.fits`` (31x31); white Gaussian noise at the level measured on the
   real HSC i band (:func:`galprism.simulate.noise.hsc_i_sigma`).
 * ``hst``: 0.03"/px; the ACS PSF of a catalogue galaxy (one of the 70, drawn per cutout,
-  re-centred on its centroid and trimmed to 51x51 with GalSim);
+  re-centered on its centroid and trimmed to 51x51 with GalSim);
   noise is the real correlated ACS noise of the catalogue (GalSim ``CorrelatedNoise``
   from ``acs_I_unrot_sci_20_cf.fits`` beside the catalogue, else GalSim's own copy) at
   the median catalogue ``NOISE_VARIANCE``.
@@ -52,7 +52,7 @@ class Instrument:
     pixel_scale
         Arcsec per pixel.
     psfs
-        ``(P, kh, kw)`` float64 PSF images, odd-sized, peak at the centre, unit sum.
+        ``(P, kh, kw)`` float64 PSF images, odd-sized, peak at the center, unit sum.
     psf_origin
         Where the PSFs come from (written to headers).
     noise_sigma
@@ -127,7 +127,7 @@ def check_psf(psf: np.ndarray, what: str) -> np.ndarray:
     cy, cx = float((psf * yy).sum()), float((psf * xx).sum())
     if math.hypot(cy - psf.shape[0] // 2, cx - psf.shape[1] // 2) > 1.0:
         raise PSFError(
-            f"{what}: PSF centroid ({cx:.2f}, {cy:.2f}) is more than 1 pixel from the centre"
+            f"{what}: PSF centroid ({cx:.2f}, {cy:.2f}) is more than 1 pixel from the center"
         )
     return psf
 
@@ -168,16 +168,16 @@ def _hsc(
     )
 
 
-def _centred_acs_psf(psf: np.ndarray, size: int = 51) -> np.ndarray:
-    """An ACS PSF re-centred on its centroid, on a ``size`` x ``size`` grid (GalSim shift).
+def _centered_acs_psf(psf: np.ndarray, size: int = 51) -> np.ndarray:
+    """An ACS PSF re-centered on its centroid, on a ``size`` x ``size`` grid (GalSim shift).
 
     The catalogue's 65x51 PSF stamps have centroids up to 1.2 px from their central
-    pixel; a centred kernel keeps the simulated galaxies where their truth says they are.
+    pixel; a centered kernel keeps the simulated galaxies where their truth says they are.
     """
     image = galsim.Image(np.asarray(psf, dtype=np.float64), scale=0.03)
     yy, xx = np.indices(psf.shape)
     total = psf.sum()
-    # Centroid relative to the image's true centre, in arcsec.
+    # Centroid relative to the image's true center, in arcsec.
     dx = ((psf * xx).sum() / total - 0.5 * (psf.shape[1] - 1)) * 0.03
     dy = ((psf * yy).sum() / total - 0.5 * (psf.shape[0] - 1)) * 0.03
     ii = galsim.InterpolatedImage(image, x_interpolant="lanczos3", flux=1.0).shift(-dx, -dy)
@@ -187,7 +187,7 @@ def _centred_acs_psf(psf: np.ndarray, size: int = 51) -> np.ndarray:
 def _hst(catalog: CosmosCatalog, noise_sigma: float | None) -> Instrument:
     psfs = [
         check_psf(
-            _centred_acs_psf(catalog.psf_image(r)), f"{catalog.dir}: ACS PSF of IDENT {r.ident}"
+            _centered_acs_psf(catalog.psf_image(r)), f"{catalog.dir}: ACS PSF of IDENT {r.ident}"
         )
         for r in catalog.records
     ]
@@ -213,7 +213,7 @@ def _hst(catalog: CosmosCatalog, noise_sigma: float | None) -> Instrument:
         band="ACS-F814W",
         pixel_scale=0.03,
         psfs=np.stack(psfs),
-        psf_origin="COSMOS catalogue ACS PSFs, re-centred, 51x51",
+        psf_origin="COSMOS catalogue ACS PSFs, re-centered, 51x51",
         noise_sigma=math.sqrt(variance),
         noise_origin=origin,
         correlated_noise=noise,

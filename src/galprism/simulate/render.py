@@ -65,8 +65,8 @@ class GalaxyTemplate:
     fine_scale
         Sub-pixel scale of the template (arcsec).
     centroid
-        Light centroid (adaptive moments) relative to the template centre, arcsec; each
-        appearance is centred, flipped and rotated about it.
+        Light centroid (adaptive moments) relative to the template center, arcsec; each
+        appearance is centered, flipped and rotated about it.
     """
 
     record: GalaxyRecord
@@ -84,7 +84,7 @@ class Placement:
     Attributes
     ----------
     x, y
-        Centre in pixels of the canvas (0-based, pixel centres at integers).
+        Center in pixels of the canvas (0-based, pixel centers at integers).
     flux
         Total flux in output counts.
     rotation
@@ -146,7 +146,7 @@ def build_template(
         image, x_interpolant="lanczos3", flux=flux, calculate_stepk=False, calculate_maxk=False
     )
     # Stamps are cut around catalogue positions, not light centroids (offsets up to ~1
-    # HSC pixel): centre on the adaptive-moments centroid so "central" means central.
+    # HSC pixel): center on the adaptive-moments centroid so "central" means central.
     moments = galsim.hsm.FindAdaptiveMom(image, strict=False)
     centroid = (0.0, 0.0)
     if moments.moments_status == 0:
@@ -224,7 +224,7 @@ def draw_source(
     x0, x1, y0, y1 = bounds
     nx, ny = x1 - x0, y1 - y0
     fine = galsim.Image(nx * k, ny * k, scale=pixel_scale / k, dtype=np.float64)
-    # The fine image's true centre sits at output-pixel coordinate x0 + (nx - 1) / 2.
+    # The fine image's true center sits at output-pixel coordinate x0 + (nx - 1) / 2.
     offset = (k * (placement.x - (x0 + 0.5 * (nx - 1))), k * (placement.y - (y0 + 0.5 * (ny - 1))))
     _transformed(template, placement).drawImage(image=fine, method="no_pixel", offset=offset)
     canvas[y0:y1, x0:x1] += fine.bin(k, k).array
@@ -243,7 +243,7 @@ def draw_point(canvas: np.ndarray, placement: Placement) -> None:
     normalised to unit sum, so the flux is exact). Convolved with a pixelised PSF this is
     that PSF shifted by the sub-pixel offset, which is what a star on a detector is; a
     pixel-integrated point (all the flux in one pixel) would put every star at a pixel
-    centre. Weights falling outside the canvas are dropped, as for an edge.
+    center. Weights falling outside the canvas are dropped, as for an edge.
 
     Parameters
     ----------

@@ -7,7 +7,7 @@ The two views of the method (``docs/simulate.md`` has the numbers):
   from a power-law number count ``dN/dm = n25 * 10**(slope * (m - 25))`` per arcmin^2
   per mag, plus a smooth sky-subtraction residual (constant + gradient).
 * ``galaxies``: the same surroundings plus one central galaxy within ``center_jitter``
-  pixels of the cutout centre.
+  pixels of the cutout center.
 
 Optionally (both off by default, so that existing batches stay bit-identical), two kinds
 of neighbour the COSMOS stamps cannot supply:
@@ -95,11 +95,11 @@ class SceneConfig:
     mag_bright, mag_faint
         Magnitude range of neighbours.
     margin
-        Arcsec around the cutout where neighbour centres may also fall.
+        Arcsec around the cutout where neighbour centers may also fall.
     central_mag_max
         Faintest magnitude of a central galaxy.
     center_jitter
-        Largest offset of the central galaxy from the cutout centre, pixels.
+        Largest offset of the central galaxy from the cutout center, pixels.
     max_brighten
         Largest brightening over the catalogue magnitude, mag.
     max_hst_noise_ratio
@@ -123,9 +123,9 @@ class SceneConfig:
     sersic_n_range, sersic_hlr_range, sersic_shear_max
         Sersic index range (uniform), half-light radius range in arcsec (log-uniform),
         largest reduced shear of those neighbours.
-    centre_exclusion
-        Radius (pixels) around the cutout centre where no neighbour is centred (0: none).
-        With it the sky source is "everything not centred on the cutout", which is what
+    center_exclusion
+        Radius (pixels) around the cutout center where no neighbour is centered (0: none).
+        With it the sky source is "everything not centered on the cutout", which is what
         a survey gets by cutting its sky view at random positions at least that far from
         any detection, and what keeps a central galaxy from being explained as sky.
     central_noise
@@ -148,7 +148,7 @@ class SceneConfig:
     background_sigma: float = 0.3
     background_gradient: float = 0.1
     central_noise: str = "fixed"
-    centre_exclusion: float = 0.0
+    center_exclusion: float = 0.0
     star_density: float = 0.0
     star_mag_range: tuple[float, float] = (18.0, 26.0)
     bright_sersic: bool = False
@@ -160,11 +160,13 @@ class SceneConfig:
         """Raise :class:`ConfigError` on values that make no sense."""
         if not (self.count_n25 >= 0 and self.count_slope > 0):
             raise ConfigError(
-                f"scene: counts need n25 >= 0 and slope > 0, got {self.count_n25}, {self.count_slope}"
+                f"scene: counts need n25 >= 0 and slope > 0, got {self.count_n25}, "
+                f"{self.count_slope}"
             )
         if not self.mag_bright < self.mag_faint:
             raise ConfigError(
-                f"scene: mag_bright {self.mag_bright} must be brighter than mag_faint {self.mag_faint}"
+                f"scene: mag_bright {self.mag_bright} must be brighter than mag_faint "
+                f"{self.mag_faint}"
             )
         lo, hi = self.dilation_range
         if not 0 < lo <= hi:
@@ -194,17 +196,18 @@ class SceneConfig:
             )
         if self.central_noise not in CENTRAL_NOISE:
             raise ConfigError(
-                f"scene: central_noise {self.central_noise!r}: must be one of {', '.join(CENTRAL_NOISE)}"
+                f"scene: central_noise {self.central_noise!r}: must be one of "
+                f"{', '.join(CENTRAL_NOISE)}"
             )
         if (
             self.margin < 0
             or self.center_jitter < 0
             or self.background_sigma < 0
             or self.background_gradient < 0
-            or not self.centre_exclusion >= 0
+            or not self.center_exclusion >= 0
         ):
             raise ConfigError(
-                "scene: margin, center_jitter, centre_exclusion and background terms must be >= 0"
+                "scene: margin, center_jitter, center_exclusion and background terms must be >= 0"
             )
 
 
@@ -406,13 +409,15 @@ def sample_scene(
     if view not in VIEWS:
         raise ConfigError(f"view {view!r}: must be one of {', '.join(VIEWS)}")
     specs: list[SourceSpec] = []
-    centre = 0.5 * (size - 1)
+    center = 0.5 * (size - 1)
     if view == "galaxies":
         centrals = [p for p in pool if central_m_min(p, cfg) <= cfg.central_mag_max]
         if not centrals:
             raise ConfigError(
-                f"no galaxy of this split can be central: all need magnitudes fainter than central_mag_max "
-                f"{cfg.central_mag_max} to keep their HST noise below {cfg.max_hst_noise_ratio} x the added noise"
+                "no galaxy of this split can be central: all need magnitudes fainter than "
+                "central_mag_max "
+                f"{cfg.central_mag_max} to keep their HST noise below {cfg.max_hst_noise_ratio} x "
+                "the added noise"
             )
         p = centrals[int(rng.integers(len(centrals)))]
         m_min = central_m_min(p, cfg)
@@ -421,8 +426,8 @@ def sample_scene(
         phi = 2.0 * math.pi * rng.random()
         tr = _transform(rng, cfg)
         placement = Placement(
-            centre + r * math.cos(phi),
-            centre + r * math.sin(phi),
+            center + r * math.cos(phi),
+            center + r * math.sin(phi),
             10.0 ** (-0.4 * (mag - zeropoint)),
             **tr,
         )
@@ -446,18 +451,18 @@ def sample_scene(
         )
         n = int(rng.poisson(expected))
         mags = _sample_mags(rng, n, lo, hi, s)
-        if cfg.centre_exclusion >= (0.5 * size + m_px) * math.sqrt(2.0):
+        if cfg.center_exclusion >= (0.5 * size + m_px) * math.sqrt(2.0):
             raise ConfigError(
-                f"scene: centre_exclusion {cfg.centre_exclusion} px leaves no room for neighbours"
+                f"scene: center_exclusion {cfg.center_exclusion} px leaves no room for neighbours"
             )
         m_mins = np.array([p.m_min for p in pool])
         for mag in mags:
             allowed = np.flatnonzero(m_mins <= mag)
             if not len(allowed):
-                specs.append(_sersic_spec(rng, float(mag), size, m_px, centre, zeropoint, cfg))
+                specs.append(_sersic_spec(rng, float(mag), size, m_px, center, zeropoint, cfg))
                 continue
             p = pool[int(allowed[rng.integers(len(allowed))])]
-            x, y = _position(rng, size, m_px, centre, cfg)
+            x, y = _position(rng, size, m_px, center, cfg)
             tr = _transform(rng, cfg)
             placement = Placement(float(x), float(y), 10.0 ** (-0.4 * (mag - zeropoint)), **tr)
             specs.append(
@@ -473,17 +478,17 @@ def sample_scene(
         lo_s, hi_s = cfg.star_mag_range
         n = int(rng.poisson(cfg.star_density * (side / 60.0) ** 2 * (hi_s - lo_s)))
         for mag in rng.uniform(lo_s, hi_s, size=n):
-            x, y = _position(rng, size, m_px, centre, cfg)
+            x, y = _position(rng, size, m_px, center, cfg)
             placement = Placement(float(x), float(y), 10.0 ** (-0.4 * (mag - zeropoint)))
             specs.append(SourceSpec("star", -1, placement, float(mag), math.nan))
     return specs
 
 
 def _position(
-    rng: np.random.Generator, size: int, m_px: float, centre: float, cfg: SceneConfig
+    rng: np.random.Generator, size: int, m_px: float, center: float, cfg: SceneConfig
 ) -> tuple[float, float]:
     x, y = rng.uniform(-0.5 - m_px, size - 0.5 + m_px, size=2)
-    while math.hypot(x - centre, y - centre) < cfg.centre_exclusion:
+    while math.hypot(x - center, y - center) < cfg.center_exclusion:
         x, y = rng.uniform(-0.5 - m_px, size - 0.5 + m_px, size=2)
     return float(x), float(y)
 
@@ -493,11 +498,11 @@ def _sersic_spec(
     mag: float,
     size: int,
     m_px: float,
-    centre: float,
+    center: float,
     zeropoint: float,
     cfg: SceneConfig,
 ) -> SourceSpec:
-    x, y = _position(rng, size, m_px, centre, cfg)
+    x, y = _position(rng, size, m_px, center, cfg)
     n = float(rng.uniform(*cfg.sersic_n_range))
     hlr = float(math.exp(rng.uniform(*np.log(cfg.sersic_hlr_range))))
     g = cfg.sersic_shear_max * math.sqrt(rng.random())

@@ -6,7 +6,7 @@ Observation file ``<stem>.fits`` (one per cutout):
   instrument, noise level);
 * ``SCI``: float32 image, celestial TAN WCS (``CD`` matrix for the pixel scale), ``BUNIT``,
   ``MAGZERO``/``FLUXMAG0``;
-* ``PSF``: float64, odd-sized, centred, unit sum;
+* ``PSF``: float64, odd-sized, centered, unit sum;
 * ``MASK``: int32 bit mask, 0 = good, planes named by ``MP_*`` keywords (HSC convention);
 * ``VARIANCE``: float32 per-pixel variance of the added noise.
 
@@ -36,8 +36,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..errors import GalprismError
-from ..io.write import OutputExistsError, temp_path
+from ..errors import GalprismError, OutputExistsError
+from ..io.write import temp_path
 from .defects import BAD_PLANES, MASK_PLANES
 from .scene import SourceSpec
 
@@ -70,7 +70,7 @@ TRUTH_HDUS = {
 def wcs_cards(
     size: tuple[int, int], pixel_scale: float, crval: tuple[float, float] = NOMINAL_CRVAL
 ) -> list[tuple[str, Any, str]]:
-    """Celestial TAN WCS cards of a cutout, reference pixel at its centre, north up, east left.
+    """Celestial TAN WCS cards of a cutout, reference pixel at its center, north up, east left.
 
     Parameters
     ----------
@@ -79,7 +79,7 @@ def wcs_cards(
     pixel_scale
         Arcsec per pixel.
     crval
-        (RA, Dec) in degrees at the centre.
+        (RA, Dec) in degrees at the center.
 
     Returns
     -------
@@ -93,8 +93,8 @@ def wcs_cards(
         ("CTYPE2", "DEC--TAN", "gnomonic projection"),
         ("CUNIT1", "deg", ""),
         ("CUNIT2", "deg", ""),
-        ("CRPIX1", 0.5 * (nx + 1), "reference pixel: cutout centre"),
-        ("CRPIX2", 0.5 * (ny + 1), "reference pixel: cutout centre"),
+        ("CRPIX1", 0.5 * (nx + 1), "reference pixel: cutout center"),
+        ("CRPIX2", 0.5 * (ny + 1), "reference pixel: cutout center"),
         ("CRVAL1", float(crval[0]), "[deg] nominal RA (simulation)"),
         ("CRVAL2", float(crval[1]), "[deg] nominal Dec (simulation)"),
         ("CD1_1", -d, f"[deg/px] {pixel_scale} arcsec/px, east left"),
@@ -217,7 +217,7 @@ def truth_hdul(cutout: Any, meta: Mapping[str, Any]) -> fits.HDUList:
         if key in cutout.truth:
             hdus.append(_image_hdu(cutout.truth[key], name, meta))
     table = fits.BinTableHDU(sources_table(cutout.sources), name="SOURCES")
-    table.header["COORDS"] = ("0-based pixel centres of SCI", "X, Y convention")
+    table.header["COORDS"] = ("0-based pixel centers of SCI", "X, Y convention")
     table.header["HSTNOISE"] = ("stamp noise in SCI / NOISESIG", "")
     return fits.HDUList([primary, *hdus, table])
 
@@ -244,7 +244,7 @@ def write_atomic(hdul: fits.HDUList, path: Path, overwrite: bool = False) -> Pat
                 os.link(tmp, path)
             except FileExistsError as exc:
                 raise OutputExistsError(
-                    f"{path}: output exists; pass --overwrite to replace it"
+                    f"{path}: output exists and overwriting is not allowed"
                 ) from exc
     except OSError as exc:
         raise GalprismError(f"{path}: cannot write ({exc.strerror or exc})") from exc
@@ -304,7 +304,7 @@ class HDF5Writer:
         self.truth_path = self.path.with_name(f"{self.path.stem}.truth{self.path.suffix or '.h5'}")
         for p in (self.path, self.truth_path):
             if p.exists() and not overwrite:
-                raise OutputExistsError(f"{p}: output exists; pass --overwrite to replace it")
+                raise OutputExistsError(f"{p}: output exists and overwriting is not allowed")
             if not p.parent.is_dir():
                 raise GalprismError(f"{p}: output folder {p.parent} does not exist")
         self.meta = dict(meta)
@@ -428,8 +428,9 @@ class HDF5Writer:
     def close(self) -> tuple[Path, Path]:
         """Finish both files and move them into place; returns (observations, truth)."""
         dtype = np.dtype(
-            [("row", "i8"), ("cutout", "i8"), ("role", "S9"), ("ident", "i8"), ("x", "f8"), ("y", "f8"), ("mag", "f8"), ("flux", "f8"),
-             ("rotation", "f8"), ("flip", "?"), ("g1", "f8"), ("g2", "f8"), ("dilation", "f8"), ("hst_noise_ratio", "f8"),
+            [("row", "i8"), ("cutout", "i8"), ("role", "S9"), ("ident", "i8"), ("x", "f8"),
+             ("y", "f8"), ("mag", "f8"), ("flux", "f8"), ("rotation", "f8"), ("flip", "?"),
+             ("g1", "f8"), ("g2", "f8"), ("dilation", "f8"), ("hst_noise_ratio", "f8"),
              ("sersic_n", "f8"), ("hlr", "f8")]
         )  # fmt: skip
         self._truth.create_dataset(
@@ -442,7 +443,7 @@ class HDF5Writer:
         try:
             if not self.overwrite and (self.path.exists() or self.truth_path.exists()):
                 raise OutputExistsError(
-                    f"{self.path}: output appeared while writing; pass --overwrite to replace it"
+                    f"{self.path}: output appeared while writing and overwriting is not allowed"
                 )
             os.replace(self._tmp_truth, self.truth_path)
             os.replace(self._tmp, self.path)

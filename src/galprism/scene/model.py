@@ -1,0 +1,370 @@
+"""The joint linear model of one blend and its posterior samples.
+
+A blend's observation ``y`` (its box of the image, ``(C, H, W)``) is modelled as
+
+    y = sum_k A P_k s_k x_k + sum_j S_j f_j + G b + n,
+
+* ``x_k`` ``(C, h, w)``: galaxy ``k`` on the prior's grid, a draw of the galaxy prior
+  in the units it was trained on; ``s_k >= 1`` its flux scale (:func:`flux_scales`), so
+  that a galaxy brighter than the training set is a scaled training-like galaxy;
+* ``P_k``: :class:`~galprism.scene.placement.PlaceStamp` at the galaxy's sub-pixel
+  position in the blend frame (the box on the prior's grid);
+* ``A``: the observation's PSF, downsampling to the image's pixels and mask;
+* ``S_j f_j``: star ``j``, its PSF image times one flux per band
+  (:class:`~galprism.scene.placement.StarOperator`);
+* ``G b``: the background, a constant and an x and a y gradient per band.
+
+Stars and background are linear with broad Gaussian priors, so they are integrated out
+of the likelihood by the low-rank whitening of :class:`galprism.freeform.FreeformModel`
+and the galaxies are drawn by MMPS from the marginal likelihood with one joint solve;
+given each galaxy draw the linear coefficients are drawn from their exact Gaussian
+conditional (:meth:`~galprism.freeform.FreeformModel.sample`).
+
+Everything here is in the prior's normalised units (data at the prior's zero point
+divided by its ``flux_scale``); :class:`BlendSamples` converts back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..diffusion.samplers import SamplerConfig
+from ..errors import ConfigError, ShapeError
+from ..frame import Frame
+from ..freeform import FreeformModel
+from ..observation import Observation
+from ..operators import Composition, Convolve, Downsample, LinearOperator, Mask, Scale, SourceSum
+from ..sampling import sample_posterior, sample_prior
+from .placement import PlaceStamp, StarOperator
+
+__all__ = [
+    "BlendModel",
+    "BlendSamples",
+    "build_blend_model",
+    "sample_blend",
+    "typical_flux",
+    "flux_scales",
+    "BACKGROUND_TERMS",
+]
+
+#: background columns per band: constant, x gradient, y gradient
+BACKGROUND_TERMS = 3
+#: prior standard deviation of a star's flux or a background coefficient, in units of the
+#: data's own scale for it: broad enough that the data alone decide
+BROAD = 10.0
+
+_TYPICAL: dict[int, tuple[nn.Module, float]] = {}
+
+
+def typical_flux(
+    prior: nn.Module, *, n: int = 64, steps: int = 32, seed: int = 0, device: str = "cpu"
+) -> float:
+    """Median total flux (all bands, normalised units) of ``n`` draws of ``prior``.
+
+    Computed once per prior object and cached: the flux of a typical training galaxy.
+
+    Raises
+    ------
+    ConfigError
+        If the median is not positive (the prior draws no light to scale).
+    """
+    key = id(prior)
+    hit = _TYPICAL.get(key)
+    if hit is not None and hit[0] is prior:
+        return hit[1]
+    x = sample_prior(
+        [prior],
+        n,
+        config=SamplerConfig(steps=steps),
+        generators=torch.Generator(device=device).manual_seed(seed),
+        device=device,
+    )
+    value = float(x[:, 0].flatten(1).sum(1).median())
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"galaxy prior: its draws have median total flux {value:g}, not > 0")
+    _TYPICAL[key] = (prior, value)
+    return value
+
+
+def flux_scales(measured: Sequence[float] | np.ndarray, typical: float) -> np.ndarray:
+    """``s_k = max(1, measured_k / typical)``: faint galaxies stay at the prior's scale."""
+    m = np.asarray(measured, dtype=np.float64)
+    s = np.where(np.isfinite(m), m / float(typical), 1.0)
+    return np.maximum(s, 1.0)
+
+
+@dataclass(eq=False)
+class BlendModel:
+    """The linear pieces of one blend (:func:`build_blend_model`), in normalised units.
+
+    Attributes
+    ----------
+    y, noise_var, valid
+        ``(1, C, H, W)`` data, noise variance (1 where masked) and mask of the box.
+    operator
+        The galaxies' operator on the marginal (whitened) likelihood, one term per galaxy
+        with ``s_k`` folded in, or None without galaxies.
+    light
+        Per galaxy, ``(C, h, w) -> (C, H, W)``: its light on the box, masked pixels
+        included (``Downsample o Convolve o P_k o s_k``).
+    linear
+        Stars and background integrated out of the likelihood, or None when there are
+        none.
+    y_white, noise_white
+        Data and noise (ones) of the marginal likelihood the sampler sees.
+    n_galaxies, n_stars
+        Source counts; star ``j``'s fluxes are columns ``j C .. (j + 1) C`` of the
+        linear coefficients, the background's the last ``3 C``.
+    scales
+        ``(n_galaxies,)`` the ``s_k``.
+    flux_factor
+        Image units to normalised units.
+    """
+
+    y: Tensor
+    noise_var: Tensor
+    valid: Tensor
+    operator: SourceSum | None
+    light: list[LinearOperator]
+    linear: FreeformModel | None
+    y_white: Tensor
+    noise_white: Tensor
+    n_galaxies: int
+    n_stars: int
+    background: bool
+    scales: np.ndarray
+    flux_factor: float
+
+
+def _columns(obs: Observation, stars: np.ndarray, background: bool) -> Tensor:
+    """``(n_pixels, k)``: each star's unit-flux image per band, then the background planes."""
+    c, h, w = obs.shape
+    cols = []
+    for pos in stars:
+        op = StarOperator(np.array(obs.psf), pos, obs.shape, per_band=True, name=f"{obs.name} PSF")
+        cols.append(op.columns.reshape(c, -1).T)
+    if background:
+        yy, xx = torch.meshgrid(
+            torch.linspace(-1.0, 1.0, h, dtype=torch.float64),
+            torch.linspace(-1.0, 1.0, w, dtype=torch.float64),
+            indexing="ij",
+        )
+        for plane in (torch.ones_like(xx), xx, yy):
+            for band in range(c):
+                img = torch.zeros((c, h, w), dtype=torch.float64)
+                img[band] = plane
+                cols.append(img.reshape(-1, 1))
+    return torch.cat(cols, dim=1) if cols else torch.zeros(c * h * w, 0, dtype=torch.float64)
+
+
+def build_blend_model(
+    obs: Observation,
+    frame: Frame,
+    galaxies: np.ndarray,
+    scales: np.ndarray,
+    stars: np.ndarray,
+    *,
+    star_scale: np.ndarray | None = None,
+    background: bool = True,
+    background_scale: float | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> BlendModel:
+    """The joint linear model of one blend.
+
+    Parameters
+    ----------
+    obs
+        The blend's box of the image (padded pixels masked).
+    frame
+        The galaxy prior's grid and flux convention.
+    galaxies, stars
+        ``(K, 2)`` and ``(J, 2)`` positions ``(x, y)`` in ``obs``'s pixels (0-based).
+    scales
+        ``(K,)`` flux scales ``s_k`` (:func:`flux_scales`).
+    star_scale
+        ``(J,)`` prior standard deviation of each star's flux per band, normalised units;
+        default :data:`BROAD` times the box's brightest pixel divided by the PSF's peak.
+    background
+        Model a constant plus gradient background per band.
+    background_scale
+        Prior standard deviation of each background coefficient, normalised units;
+        default :data:`BROAD` times the larger of the box's brightest pixel and its noise.
+    dtype
+        Floating dtype of the sampler's tensors.
+
+    Raises
+    ------
+    ShapeError
+        If the bands disagree, the positions are malformed or there is nothing to model.
+    """
+    c, h, w = obs.shape
+    if not frame.is_image or frame.shape[0] != c:
+        raise ShapeError(f"{obs.name}: {c} band(s) but the galaxy prior's grid is {frame.shape}")
+    galaxies = np.asarray(galaxies, dtype=np.float64).reshape(-1, 2)
+    stars = np.asarray(stars, dtype=np.float64).reshape(-1, 2)
+    scales = np.asarray(scales, dtype=np.float64).reshape(-1)
+    if scales.shape[0] != galaxies.shape[0]:
+        raise ShapeError(f"{obs.name}: {scales.shape[0]} flux scales for {len(galaxies)} galaxies")
+    if len(galaxies) == 0 and len(stars) == 0:
+        raise ShapeError(f"{obs.name}: a blend needs at least one source")
+    f = obs.grid_factor(frame.pixel_scale)
+    fine = (c, h * f, w * f)
+    flux_factor = obs.flux_factor_to(frame.ab_zeropoint) / frame.flux_scale
+    y = torch.from_numpy(obs.image * flux_factor)[None]
+    noise_var = torch.from_numpy(np.where(obs.valid, obs.variance * flux_factor**2, 1.0))[None]
+    valid = torch.from_numpy(obs.valid.copy())[None]
+
+    cols = _columns(obs, stars, background)
+    linear = None
+    if cols.shape[1]:
+        peak = float(np.abs(np.where(obs.valid, obs.image, 0.0)).max()) * flux_factor
+        sigma = float(np.sqrt(np.median(obs.variance[obs.valid]))) * flux_factor
+        if star_scale is None:
+            psf_peak = float(obs.psf.max())
+            star_scale = np.full(len(stars), BROAD * max(peak, sigma) / psf_peak)
+        star_scale = np.asarray(star_scale, dtype=np.float64).reshape(-1)
+        if star_scale.shape[0] != len(stars) or not (star_scale > 0).all():
+            raise ShapeError(f"{obs.name}: star flux scales must be {len(stars)} positive values")
+        diag = [np.repeat(star_scale, c)]
+        if background:
+            bs = BROAD * max(peak, sigma) if background_scale is None else background_scale
+            diag.append(np.full(BACKGROUND_TERMS * c, float(bs)))
+        factors = torch.diag(torch.from_numpy(np.concatenate(diag)))[None]
+        # The free-form model is the low-rank marginalisation itself; its boxes and grid
+        # only serve its own images(), which a scene does not use.
+        linear = FreeformModel(
+            [[]], cols[None], factors, noise_var.sqrt(), valid, 0, (c, h * f, w * f)
+        )
+    if linear is not None:
+        y_white, noise_white = linear.whiten(y)
+        whitening = linear.whitening()
+    else:
+        y_white, noise_white, whitening = y, noise_var, []
+
+    psf = torch.from_numpy(np.array(obs.prior_grid_psf(f), dtype=np.float64))
+    blur: list[LinearOperator] = [Downsample(f, fine)] if f > 1 else []
+    blur.append(Convolve(psf, fine, name=f"{obs.name} PSF"))
+    stamp = tuple(int(s) for s in frame.shape)
+    light, terms = [], []
+    for pos, s in zip(galaxies, scales, strict=True):
+        # Image pixel i covers fine pixels i f .. i f + f - 1, centred at i f + (f - 1) / 2.
+        place = PlaceStamp(pos * f + (f - 1) / 2.0, stamp, fine)
+        own = [*blur, place, Scale(float(s), stamp)]
+        light.append(Composition(own))
+        terms.append(Composition([*whitening, Mask(valid[0]), *own]))
+    return BlendModel(
+        y=y.to(dtype),
+        noise_var=noise_var.to(dtype),
+        valid=valid,
+        operator=SourceSum(terms) if terms else None,
+        light=light,
+        linear=linear,
+        y_white=y_white.to(dtype),
+        noise_white=noise_white.to(dtype),
+        n_galaxies=len(galaxies),
+        n_stars=len(stars),
+        background=background,
+        scales=scales,
+        flux_factor=float(flux_factor),
+    )
+
+
+@dataclass(eq=False)
+class BlendSamples:
+    """Posterior samples of one blend, in normalised units (:func:`sample_blend`).
+
+    Attributes
+    ----------
+    galaxies
+        ``(S, K, C, h, w)`` the galaxies on the prior's grid, ``s_k x_k``.
+    coefficients
+        ``(S, k)`` star fluxes (per band) then background coefficients.
+    sources
+        ``(S, K + J, C, H, W)`` each source's light on the box (galaxies then stars).
+    background
+        ``(S, C, H, W)`` the background's light on the box.
+    """
+
+    galaxies: Tensor
+    coefficients: Tensor
+    sources: Tensor
+    background: Tensor
+
+    @property
+    def model(self) -> Tensor:
+        """``(S, C, H, W)`` every component's light."""
+        return self.sources.sum(1) + self.background
+
+
+def sample_blend(
+    model: BlendModel,
+    prior: nn.Module | None,
+    sampler: SamplerConfig,
+    generator: torch.Generator,
+    linear_generator: torch.Generator,
+    *,
+    device: str = "cpu",
+) -> BlendSamples:
+    """Joint posterior samples of a blend's galaxies, stars and background.
+
+    The galaxies are drawn by MMPS on the marginal likelihood, the same network (or
+    Gaussian) ``prior`` for each; the stars' fluxes and the background are drawn given
+    each galaxy sample from their exact conditional with ``linear_generator``.
+    """
+    n_s = sampler.n_samples
+    _, c, h, w = model.y.shape
+    if model.n_galaxies:
+        if prior is None:
+            raise ConfigError("sample_blend: the blend has galaxies but no galaxy prior was given")
+        x = sample_posterior(
+            [prior] * model.n_galaxies,
+            model.operator,
+            model.y_white.to(device),
+            model.noise_white.to(device),
+            sampler,
+            generators=[generator],
+        )[0]
+        x = x.detach().to("cpu", torch.float64)  # (S, K, C, h, w)
+        lights = torch.stack(
+            [op.apply(x[:, k]) for k, op in enumerate(model.light)], dim=1
+        )  # (S, K, C, H, W)
+        galaxies = x * torch.from_numpy(model.scales)[None, :, None, None, None]
+    else:
+        lights = torch.zeros(n_s, 0, c, h, w, dtype=torch.float64)
+        galaxies = torch.zeros(n_s, 0, c, 1, 1, dtype=torch.float64)
+    y = model.y.to(torch.float64)
+    if model.linear is None:
+        coefficients = torch.zeros(n_s, 0, dtype=torch.float64)
+        stars = torch.zeros(n_s, 0, c, h, w, dtype=torch.float64)
+        bkg = torch.zeros(n_s, c, h, w, dtype=torch.float64)
+    else:
+        residual = (y - lights.sum(1)) * model.valid.to(torch.float64)
+        coefficients = model.linear.sample(residual[None], [linear_generator])[0]
+        cols = model.linear.columns[0]  # (n, k)
+        n_star_cols = model.n_stars * c
+        stars = (
+            torch.stack(
+                [
+                    (coefficients[:, j * c : (j + 1) * c] @ cols[:, j * c : (j + 1) * c].T).reshape(
+                        n_s, c, h, w
+                    )
+                    for j in range(model.n_stars)
+                ],
+                dim=1,
+            )
+            if model.n_stars
+            else torch.zeros(n_s, 0, c, h, w, dtype=torch.float64)
+        )
+        bkg = (coefficients[:, n_star_cols:] @ cols[:, n_star_cols:].T).reshape(n_s, c, h, w)
+    return BlendSamples(
+        galaxies=galaxies,
+        coefficients=coefficients,
+        sources=torch.cat([lights, stars], dim=1),
+        background=bkg,
+    )

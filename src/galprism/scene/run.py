@@ -1,0 +1,530 @@
+"""``galprism separate --scene``: every source of an image, blend by blend.
+
+For each input (:func:`run_scene`):
+
+1. read the image; take its sources from a catalogue (:func:`~galprism.scene.read_catalog`)
+   or detect them (:func:`~galprism.scene.detect`, each detection classified as a star or
+   a galaxy by :func:`~galprism.scene.star_or_galaxy`);
+2. group the sources into blends (:func:`~galprism.scene.group_blends`); each blend's box
+   covers its members' footprints and the prior's footprint around each, and the part of
+   a box beyond the image is kept as masked pixels, so nothing is cropped;
+3. for each blend, crop the image, noise, mask and PSF to its box, build the joint model
+   (:func:`~galprism.scene.model.build_blend_model`: each galaxy a draw of the galaxy prior
+   at its position and flux scale, stars and a background integrated out) and draw its
+   joint posterior (:func:`~galprism.scene.model.sample_blend`);
+4. write one FITS file with the catalogue (``CATALOG``), each source's posterior mean and
+   standard deviation stamp (``STAMPS``), the scene's ``MODEL``, ``BACKGROUND``,
+   normalised residual ``RESID`` and flux-conserving ``CHILDREN``, and the catalogue as
+   ECSV beside it, both atomically.
+
+Blends are modelled independently: the light of a source of one blend that reaches into
+another blend's box is not in that blend's model.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+import torch
+from astropy.io import fits
+from astropy.table import Column, Table
+
+from .. import __version__
+from ..errors import ConfigError, GalprismError, InputError, ShapeError
+from ..io.inputs import cutout_seed, derive_seed, in_shard, output_path
+from ..io.read import _sidecar_path, read_cutout
+from ..io.write import image_hdu, primary_hdu, write_atomic
+from ..observation import Observation
+from ..separate.config import SeparateConfig
+from ..separate.runner import InputRecord, RunSummary, RunWarnings, _error_text
+from .blends import Blend, group_blends
+from .catalog import (
+    _find,
+    _read_table,
+    catalog_hdu,
+    catalog_path_for,
+    normalize_catalog,
+    write_catalog,
+)
+from .classify import star_or_galaxy
+from .detect import _background, detect
+from .model import build_blend_model, flux_scales, sample_blend, typical_flux
+
+__all__ = ["SceneResult", "galaxy_prior", "separate_scene", "write_scene", "run_scene"]
+
+#: quantiles of each source's flux written to the catalogue (column suffix, level)
+QUANTILES = (("q025", 0.025), ("q16", 0.16), ("q84", 0.84), ("q975", 0.975))
+#: XORed into a blend's seed for the draws of its stars and background
+LINEAR_SALT = 0x5CE7E
+
+
+def galaxy_prior(prior: Any) -> tuple[torch.nn.Module, Any]:
+    """The galaxy source's prior module of a prior set, and its frame.
+
+    Raises
+    ------
+    ConfigError
+        If the prior has no ``galaxy`` source with a prior module on an image grid.
+    """
+    sources = list(getattr(prior, "sources", []))
+    modules = getattr(prior, "priors", None)
+    if "galaxy" not in sources or modules is None:
+        raise ConfigError(
+            f"prior {getattr(prior, 'name', '?')!r}: scene mode needs a prior with a 'galaxy' "
+            f"source it can draw from; it has {sources}"
+        )
+    if not prior.frame.is_image:
+        raise ConfigError(f"prior {prior.name!r}: its grid {prior.frame.shape} is not an image")
+    return modules[sources.index("galaxy")], prior.frame
+
+
+@dataclass(eq=False)
+class SceneResult:
+    """Everything :func:`write_scene` writes for one image, in the image's units.
+
+    Attributes
+    ----------
+    observation
+        The whole image.
+    catalog
+        One row per source (see :func:`separate_scene`).
+    stamps
+        ``(N, 2, C, sh, sw)`` each source's light on the image's pixels: posterior mean
+        and standard deviation, in a window whose first pixel is the catalogue's
+        ``stamp_x0``, ``stamp_y0``.
+    model, background
+        ``(C, H, W)`` posterior mean of the whole model and of its background.
+    children
+        ``(N, C, H, W)`` ``(data - background) * model_k / sum_j model_j``.
+    blends
+        The blends, in order.
+    seed
+        The image's seed.
+    """
+
+    observation: Observation
+    catalog: Table
+    stamps: np.ndarray
+    model: np.ndarray
+    background: np.ndarray
+    children: np.ndarray
+    blends: list[Blend]
+    seed: int
+
+    @property
+    def resid(self) -> np.ndarray:
+        """``(data - model) / sigma``, NaN at masked pixels."""
+        obs = self.observation
+        return np.where(obs.valid, (obs.image - self.model) / np.sqrt(obs.variance), np.nan)
+
+
+def _sources(
+    obs: Observation, catalog: str | None, warnings: RunWarnings | None
+) -> tuple[Table, bool]:
+    """The image's sources and whether they were detected (not read from a catalogue).
+
+    Detected sources, and those of a catalogue without a ``kind`` column, are classified
+    by :func:`~galprism.scene.star_or_galaxy` on the background-subtracted image.
+    """
+    if catalog is not None:
+        path = Path(_sidecar_path(catalog, obs.name))
+        raw = _read_table(path)
+        table = normalize_catalog(raw, str(path), shape=obs.shape, wcs=obs.wcs)
+        if _find(raw, "kind") is not None:
+            return table, False
+        background = _background(obs.image, obs.valid, None, obs.name)
+    else:
+        found = detect(obs.image, obs.variance, obs.valid, wcs=obs.wcs, name=obs.name)
+        if len(found) == 0:
+            raise InputError(f"{obs.name}: no source detected")
+        table, background = found.table.copy(), found.background
+    data = obs.image - background
+    kinds = []
+    for x, y in zip(table["x"], table["y"], strict=True):
+        fit = star_or_galaxy(data, obs.variance, obs.psf, (float(x), float(y)), valid=obs.valid)
+        kinds.append(fit.kind)
+    table["kind"] = Column(np.array(kinds, dtype="<U6"), description="galaxy or star")
+    return table, catalog is None
+
+
+def _measured_fluxes(box: Observation, positions: np.ndarray, radius: float) -> np.ndarray:
+    """Each source's sum of valid data within ``radius`` pixels, pixels nearer another
+    member going to that member (image units, all bands)."""
+    _, h, w = box.shape
+    yy, xx = np.mgrid[:h, :w]
+    d = np.hypot(xx[None] - positions[:, 0, None, None], yy[None] - positions[:, 1, None, None])
+    nearest = d.argmin(0)
+    data = np.where(box.valid, box.image, 0.0).sum(0)
+    return np.array(
+        [float(data[(nearest == k) & (d[k] <= radius)].sum()) for k in range(len(positions))]
+    )
+
+
+def _table_fluxes(table: Table, rows: tuple[int, ...]) -> np.ndarray | None:
+    if "flux" not in table.colnames:
+        return None
+    values = np.ma.filled(np.ma.asarray(table["flux"], dtype=np.float64), np.nan)
+    values = values.reshape(len(table), -1).sum(1)
+    return values[list(rows)]
+
+
+def separate_scene(
+    obs: Observation,
+    prior: Any,
+    config: SeparateConfig,
+    seed: int,
+    *,
+    catalog: str | None = None,
+    warnings: RunWarnings | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> SceneResult:
+    """Separate every source of one image (steps 1 to 3 of the module docstring).
+
+    Parameters
+    ----------
+    obs
+        The whole image.
+    prior
+        A prior set with a ``galaxy`` source (:func:`galaxy_prior`).
+    config
+        Sampler settings (``config.sampler``).
+    seed
+        The image's seed; each blend's derives from it and the blend's index.
+    catalog
+        Catalogue file (``{stem}``, ``{name}``, ``{dir}`` templates allowed), or None to
+        detect the sources.
+    log
+        Called with one line per blend.
+
+    Raises
+    ------
+    GalprismError
+        One line naming the file and the problem (a bad catalogue row, no source...).
+    """
+    module, frame = galaxy_prior(prior)
+    c, ph, pw = frame.shape
+    if obs.n_bands != c:
+        raise ShapeError(f"{obs.name}: image has {obs.n_bands} band(s) but the prior models {c}")
+    f = obs.grid_factor(frame.pixel_scale)
+    if ph % f or pw % f:
+        raise ShapeError(f"{obs.name}: prior grid {ph}x{pw} is not divisible by {f}")
+    footprint = (ph // f, pw // f)
+    table, _ = _sources(obs, catalog, warnings)
+    blends = group_blends(table, obs.shape, footprint)
+    typical = typical_flux(module, device=device)
+    _, h, w = obs.shape
+    n = len(table)
+    n_s = config.sampler.n_samples
+    sh, sw = footprint
+    stamps = np.zeros((n, 2, c, sh, sw))
+    origins = np.zeros((n, 2), dtype=np.int64)
+    fluxes = np.zeros((n, n_s, c))
+    light_sum = np.zeros((n, c, h, w))
+    bkg_sum = np.zeros((c, h, w))
+    cover = np.zeros((h, w))
+    chi2 = np.zeros(n)
+    share = np.zeros(n)
+    blend_of = np.zeros(n, dtype=np.int64)
+    kinds = np.asarray(table["kind"]).astype(str)
+    xy = np.stack([np.asarray(table["x"], float), np.asarray(table["y"], float)], axis=1)
+    for blend in blends:
+        t0 = time.perf_counter()
+        y0, y1, x0, x1 = blend.requested
+        ny, nx = y1 - y0, x1 - x0
+        box = obs.crop((x0 + nx // 2, y0 + ny // 2), (ny, nx))
+        bx0, by0 = box.origin[0] - obs.origin[0], box.origin[1] - obs.origin[1]
+        rows = np.asarray(blend.rows)
+        pos = xy[rows] - np.array([bx0, by0], dtype=np.float64)
+        is_star = kinds[rows] == "star"
+        gal_rows, star_rows = rows[~is_star], rows[is_star]
+        measured = _table_fluxes(table, tuple(gal_rows.tolist()))
+        if measured is None or not np.isfinite(measured).all():
+            measured = _measured_fluxes(box, pos, min(sh, sw) / 2.0)[~is_star]
+        norm = box.flux_factor_to(frame.ab_zeropoint) / frame.flux_scale
+        scales = flux_scales(measured * norm, typical)
+        model = build_blend_model(box, frame, pos[~is_star], scales, pos[is_star])
+        bseed = derive_seed(seed, f"blend {blend.index}")
+        draws = sample_blend(
+            model,
+            module,
+            config.sampler,
+            torch.Generator(device=device).manual_seed(bseed),
+            torch.Generator().manual_seed(bseed ^ LINEAR_SALT),
+            device=device,
+        )
+        k = 1.0 / model.flux_factor
+        order = np.concatenate([gal_rows, star_rows])  # the sources' axis of the draws
+        lights = draws.sources.numpy() * k  # (S, M, C, ny, nx)
+        total = draws.model.numpy() * k
+        data = box.image
+        sq = np.where(box.valid[None], (data[None] - total) ** 2 / box.variance[None], 0.0)
+        blend_chi2 = float(sq.sum((1, 2, 3)).mean() / max(int(box.valid.sum()), 1))
+        gal_flux = draws.galaxies.numpy().sum((-2, -1)) * k  # (S, K, C)
+        star_flux = draws.coefficients[:, : model.n_stars * c].numpy().reshape(n_s, -1, c) * k
+        all_flux = np.concatenate([gal_flux, star_flux], axis=1)
+        mean_light = lights.mean(0)
+        source_total = mean_light.sum()
+        # The box's pixels inside the image, in box and image coordinates.
+        iy = slice(max(by0, 0), min(by0 + ny, h))
+        ix = slice(max(bx0, 0), min(bx0 + nx, w))
+        sy = slice(iy.start - by0, iy.stop - by0)
+        sx = slice(ix.start - bx0, ix.stop - bx0)
+        for m, row in enumerate(order):
+            fluxes[row] = all_flux[:, m]
+            light_sum[row][:, iy, ix] = mean_light[m][:, sy, sx]
+            share[row] = float(mean_light[m].sum() / source_total) if source_total else math.nan
+            chi2[row] = blend_chi2
+            blend_of[row] = blend.index
+            px, py = xy[row]
+            ox = int(math.floor(px + 0.5)) - sw // 2
+            oy = int(math.floor(py + 0.5)) - sh // 2
+            origins[row] = (ox, oy)
+            stamps[row, 0] = _window(lights[:, m].mean(0), ox - bx0, oy - by0, sh, sw)
+            stamps[row, 1] = _window(lights[:, m].std(0), ox - bx0, oy - by0, sh, sw)
+        bkg_sum[:, iy, ix] += draws.background.numpy().mean(0)[:, sy, sx] * k
+        cover[iy, ix] += 1.0
+        if log is not None:
+            log(
+                f"{obs.name}: {blend.describe()}: chi2 {blend_chi2:.2f}, "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+    # Overlapping boxes each fitted a background there: their mean is the scene's.
+    background = np.divide(bkg_sum, cover, out=np.zeros_like(bkg_sum), where=cover > 0)
+    sources = light_sum.sum(0)
+    model = sources + background
+    with np.errstate(divide="ignore", invalid="ignore"):
+        children = np.where(
+            sources[None] != 0, (obs.image - background)[None] * light_sum / sources[None], 0.0
+        )
+    catalog = _catalog(table, obs, blend_of, fluxes, chi2, share, origins)
+    return SceneResult(obs, catalog, stamps, model, background, children, blends, int(seed))
+
+
+def _window(img: np.ndarray, x0: int, y0: int, sh: int, sw: int) -> np.ndarray:
+    """``img[:, y0:y0+sh, x0:x0+sw]`` with zeros beyond its edges."""
+    c, h, w = img.shape
+    out = np.zeros((c, sh, sw))
+    ys, xs = slice(max(y0, 0), min(y0 + sh, h)), slice(max(x0, 0), min(x0 + sw, w))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        out[:, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = img[:, ys, xs]
+    return out
+
+
+def _catalog(
+    table: Table,
+    obs: Observation,
+    blend_of: np.ndarray,
+    fluxes: np.ndarray,
+    chi2: np.ndarray,
+    share: np.ndarray,
+    origins: np.ndarray,
+) -> Table:
+    """The output catalogue: positions, kinds, blends, flux summaries and stamp origins."""
+    squeeze = (lambda a: a[..., 0]) if obs.n_bands == 1 else (lambda a: a)
+    unit = obs.bunit
+    out = Table()
+    out["id"] = Column(np.asarray(table["id"], np.int64), description="source id")
+    out["blend"] = Column(blend_of, description="blend index")
+    out["kind"] = Column(np.asarray(table["kind"]).astype("<U6"), description="galaxy or star")
+    out["x"] = Column(np.asarray(table["x"], float), unit=u.pix, description="0-based column")
+    out["y"] = Column(np.asarray(table["y"], float), unit=u.pix, description="0-based row")
+    if "ra" in table.colnames:
+        out["ra"] = Column(
+            np.asarray(table["ra"], float), unit=u.deg, description="right ascension"
+        )
+        out["dec"] = Column(np.asarray(table["dec"], float), unit=u.deg, description="declination")
+    n = fluxes.shape[1]
+    out["flux"] = Column(squeeze(fluxes.mean(1)), unit=unit, description="posterior mean flux")
+    out["flux_err"] = Column(
+        squeeze(fluxes.std(1, ddof=1) if n > 1 else np.zeros_like(fluxes[:, 0])),
+        unit=unit,
+        description="posterior standard deviation of the flux",
+    )
+    for suffix, q in QUANTILES:
+        out[f"flux_{suffix}"] = Column(
+            squeeze(np.quantile(fluxes, q, axis=1)), unit=unit, description=f"{q:g} quantile"
+        )
+    out["chi2"] = Column(chi2, description="blend reduced chi^2 (posterior-predictive mean)")
+    out["light_share"] = Column(share, description="share of the blend's source light")
+    out["stamp_x0"] = Column(origins[:, 0], unit=u.pix, description="STAMPS first column")
+    out["stamp_y0"] = Column(origins[:, 1], unit=u.pix, description="STAMPS first row")
+    return out
+
+
+def write_scene(
+    result: SceneResult, path: Path, prior: Any, config: SeparateConfig
+) -> tuple[Path, Path]:
+    """Write the FITS file and its ECSV catalogue beside it, each atomically.
+
+    Raises
+    ------
+    GalprismError
+        If either exists without ``config.overwrite`` or cannot be written.
+    """
+    obs = result.observation
+    history = [f"galprism {__version__}: {config.command_line or shlex.join(sys.argv)}"]
+    s = config.sampler
+    cards = {
+        "INPUT": (Path(obs.name).name, "input file"),
+        "PRIOR": (str(prior.name), "prior"),
+        "MODE": ("scene", "every source of the image, blend by blend"),
+        "SEED": (int(result.seed), "image seed"),
+        "SAMPLER": (s.method, "posterior sampler"),
+        "STEPS": (int(s.steps), "sampler steps"),
+        "NSAMPLE": (int(s.n_samples), "posterior samples per blend"),
+        "NBLEND": (len(result.blends), "blends"),
+        "NSOURCE": (len(result.catalog), "sources"),
+    }
+    primary = primary_hdu(cards, history)
+    for blend in result.blends:
+        primary.header.add_comment(blend.describe())
+    banded = obs.n_bands > 1
+    lead = ("BAND",) if banded else ()
+
+    def plane(a: np.ndarray) -> np.ndarray:
+        return a if banded else a[..., 0, :, :]
+
+    cache: dict = {}
+    hdus = [
+        primary,
+        catalog_hdu(result.catalog),
+        image_hdu(
+            plane(result.stamps),
+            "STAMPS",
+            wcs=None,
+            bunit=obs.bunit,
+            leading=("SOURCE", "STAT", *lead),
+            cards={
+                "STATDEF": ("0 mean, 1 std", "STAT axis"),
+                "ORIGIN": ("catalogue stamp_x0, stamp_y0", "first pixel"),
+            },
+        ),
+        image_hdu(
+            plane(result.model), "MODEL", wcs=obs.wcs, bunit=obs.bunit, leading=lead, cache=cache
+        ),
+        image_hdu(
+            plane(result.background),
+            "BACKGROUND",
+            wcs=obs.wcs,
+            bunit=obs.bunit,
+            leading=lead,
+            cache=cache,
+        ),
+        image_hdu(
+            plane(result.resid),
+            "RESID",
+            wcs=obs.wcs,
+            bunit=None,
+            leading=lead,
+            cards={"RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels")},
+            cache=cache,
+        ),
+        image_hdu(
+            plane(result.children),
+            "CHILDREN",
+            wcs=obs.wcs,
+            bunit=obs.bunit,
+            leading=("SOURCE", *lead),
+            cards={"CHILDDEF": ("(data - BACKGROUND) * m_k / sum m", "catalogue order")},
+            cache=cache,
+        ),
+    ]
+    ecsv = catalog_path_for(path)
+    if not config.overwrite:
+        for p in (path, ecsv):
+            if p.exists():
+                raise GalprismError(f"{p}: output exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(fits.HDUList(hdus), path, overwrite=config.overwrite)
+    write_catalog(result.catalog, ecsv, overwrite=True)
+    return path, ecsv
+
+
+def run_scene(
+    inputs: Iterable[str],
+    prior: Any,
+    config: SeparateConfig,
+    *,
+    catalog: str | None = None,
+    on_record: Callable[[InputRecord], None] | None = None,
+    warnings: RunWarnings | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Separate each input image blend by blend; a failing input does not stop the run.
+
+    Returns
+    -------
+    RunSummary
+        Counts; ``exit_code`` is 1 when any input failed.
+    """
+    from ..separate.config import resolve_device
+
+    galaxy_prior(prior)
+    device = resolve_device(config.device)
+    summary = RunSummary()
+    t_run = time.perf_counter()
+    index = 0
+    for path in inputs:
+        if config.shard is not None and not in_shard(path, *config.shard):
+            continue
+        t0 = time.perf_counter()
+        out = config.output if config.output is not None else output_path(path, config.output_dir)
+        seed = cutout_seed(config.seed, path)
+        if config.skip_existing and out.exists():
+            rec = InputRecord(path, str(out), "skipped", 0.0, seed, index=index)
+            summary.skipped += 1
+        else:
+            try:
+                if out.exists() and not config.overwrite:
+                    raise GalprismError(f"{out}: output exists; pass --overwrite to replace it")
+                obs = read_cutout(path, config.read)
+                result = separate_scene(
+                    obs,
+                    prior,
+                    config,
+                    seed,
+                    catalog=catalog,
+                    warnings=warnings,
+                    device=device,
+                    log=log,
+                )
+                write_scene(result, Path(out), prior, config)
+                chi2 = [float(v) for v in result.catalog["chi2"]]
+                rec = InputRecord(
+                    path,
+                    str(out),
+                    "ok",
+                    time.perf_counter() - t0,
+                    seed,
+                    chi2=float(np.mean(chi2)) if chi2 else None,
+                    index=index,
+                )
+                summary.ok += 1
+            except (GalprismError, OSError, ValueError, RuntimeError) as exc:
+                rec = InputRecord(
+                    path,
+                    None,
+                    "error",
+                    time.perf_counter() - t0,
+                    seed,
+                    error=_error_text(exc, path),
+                    index=index,
+                )
+                summary.errors += 1
+        if on_record is not None:
+            on_record(rec)
+        index += 1
+    summary.seconds = time.perf_counter() - t_run
+    if warnings is not None:
+        warnings.finish()
+    return summary
