@@ -326,6 +326,30 @@ def test_scene_batch_goes_on_past_a_catalogue_with_a_bad_row(tmp_path, capsys, m
     assert (tmp_path / "bad.ecsv").read_text().count("\n") > 2  # the input catalogue is untouched
 
 
+def test_scene_existing_output_is_refused_and_the_command_names_the_flags(
+    tmp_path, capsys, monkeypatch
+):
+    """--scene refuses an existing output like a cutout run: exit 1, the file untouched, and
+    one error text (stderr and JSON alike) ending in the --overwrite/--skip-existing hint.
+    Fails if scene mode overwrites, names no remedy, or words it apart from cutout runs."""
+    from tests.fits_factory import run_cli
+
+    path, _ = _scene_file(tmp_path, "scene", [(10.0, 12.0, "galaxy", 30.0)])
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "scene.galprism.fits"
+    out.write_bytes(b"old")
+    argv = ["separate", path, "--output-dir", tmp_path / "out", "--json", *SCENE_FLAGS]
+    code, records, _, err = run_cli(argv, capsys, monkeypatch, prior=_gaussian_priorset())
+    assert code == 1 and [r["status"] for r in records] == ["error"], err
+    text = records[0]["error"]
+    assert text.endswith(
+        f"{out}: output exists and overwriting is not allowed; "
+        "pass --overwrite to replace it or --skip-existing"
+    ), text
+    assert f"galprism: error: {text}" in err, err
+    assert out.read_bytes() == b"old"
+
+
 def test_scene_catalogue_without_kinds_gets_its_stars_classified(tmp_path, capsys, monkeypatch):
     """Without a kind column the catalogue's sources are classified: the point source must
     be modelled as a star (PSF times flux) and the extended ones as galaxies, else a star

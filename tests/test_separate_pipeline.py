@@ -219,6 +219,7 @@ def test_existing_output_is_an_error_without_flags_and_replaced_with_overwrite(t
     (out / "c.galprism.fits").write_bytes(b"old")
     summary, recs, _ = run([p], FakePrior(), output_dir=out)
     assert summary.exit_code == 1 and "output exists" in recs[0].error and str(p) in recs[0].error
+    assert "--" not in recs[0].error, f"the library names a flag: {recs[0].error}"
     assert (out / "c.galprism.fits").read_bytes() == b"old"
     summary, recs, _ = run([p], FakePrior(), output_dir=out, overwrite=True)
     assert summary.exit_code == 0 and (out / "c.galprism.fits").read_bytes()[:6] == b"SIMPLE"

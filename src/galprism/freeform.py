@@ -165,7 +165,7 @@ def find_boxes(
 
 
 def _local_maxima(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Pixels of ``ok`` that are the largest of ``values`` over their 5 x 5 neighbourhood (``ok`` only)."""
+    """Pixels of ``ok`` holding the largest of ``values`` in their 5 x 5 neighbourhood of ``ok``."""
     masked = np.where(ok, values, -np.inf)
     return ok & (ndimage.maximum_filter(masked, size=5, mode="constant", cval=-np.inf) == values)
 
@@ -278,7 +278,7 @@ class FreeformModel:
         return y_w, torch.ones_like(y_w)
 
     def sample(self, residual: Tensor, generator: Sequence[torch.Generator]) -> Tensor:
-        """Box pixels ``(B, S, k)`` given the residuals ``y - A x`` ``(B, S, *obs_shape)`` of S samples.
+        """Box pixels ``(B, S, k)`` given residuals ``y - A x`` ``(B, S, *obs_shape)`` of S samples.
 
         ``c = F z`` with ``z | x, y ~ N(V diag(S / (S^2 + 1)) U^T r, V diag(1 / (S^2 + 1)) V^T)``
         for the whitened residual ``r``: the exact conditional of the linear-Gaussian model.
@@ -299,13 +299,13 @@ class FreeformModel:
         return torch.einsum("bij,bsj->bsi", self.factors, z_post)
 
     def model(self, coefficients: Tensor) -> Tensor:
-        """The boxes' light ``(B, S, *obs_shape)``, masked pixels included, for pixels ``(B, S, k)``."""
+        """The boxes' light ``(B, S, *obs_shape)``, masked pixels too, of pixels ``(B, S, k)``."""
         b = coefficients.shape[0]
         out = torch.einsum("bnk,bsk->bsn", self.columns, coefficients)
         return out.reshape(b, coefficients.shape[1], *self.sigma.shape[1:])
 
     def images(self, coefficients: Tensor) -> Tensor:
-        """The boxes' intrinsic pixels on the prior grid ``(B, S, C, H, W)`` (parts beyond it dropped)."""
+        """The boxes' intrinsic pixels on the prior grid ``(B, S, C, H, W)``, cut at its edges."""
         c, hh, ww = self.prior_shape
         hw = self.half_width
         side = 2 * hw + 1
@@ -334,7 +334,7 @@ def _columns(
     grid_factor: int,
     half_width: int,
 ) -> Tensor:
-    """The light ``(n, k)`` of each box pixel at unit value in the cutout, through PSF and downsampling.
+    """The light ``(n, k)`` of each box pixel at unit value in the cutout, through PSF and binning.
 
     The PSF is applied on the grid widened by the box size, so that pixels beyond the
     grid send their light in, then the grid is cut out.
@@ -423,7 +423,7 @@ def build_freeform(
 
 
 def _correlation_factor(bands: int, half_width: int, length: float) -> Tensor:
-    """Cholesky factor of one box's pixel correlation ``exp(-d^2 / (2 length^2))`` (bands independent)."""
+    """Cholesky factor of one box's pixel correlation ``exp(-d^2 / (2 length^2))``, bands apart."""
     side = 2 * half_width + 1
     yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     p = torch.stack([yy.flatten(), xx.flatten()], 1).to(torch.float64)

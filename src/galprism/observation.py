@@ -133,7 +133,8 @@ class Observation:
             )
         except ValueError as exc:
             raise ShapeError(
-                f"{name}: variance of shape {np.shape(self.variance)} does not match the image {image.shape}"
+                f"{name}: variance of shape {np.shape(self.variance)} does not match the image "
+                f"{image.shape}"
             ) from exc
         if self.valid is None:
             valid = np.ones(image.shape, bool)
@@ -152,7 +153,8 @@ class Observation:
         bad_var = valid & (variance <= 0)
         if bad_var.any():
             raise InputError(
-                f"{name}: noise variance is zero or negative at {int(bad_var.sum())} unmasked pixel(s)"
+                f"{name}: noise variance is zero or negative at {int(bad_var.sum())} unmasked "
+                "pixel(s)"
             )
         if not valid.any():
             raise InputError(f"{name}: all pixels are masked (no valid pixel left)")
@@ -214,7 +216,8 @@ class Observation:
         """
         if self.wcs is None:
             raise InputError(
-                f"{self.name}: has no celestial WCS, cannot place RA,Dec = {ra},{dec}; use --center X,Y"
+                f"{self.name}: has no celestial WCS, cannot place RA,Dec = {ra},{dec}; "
+                "give the center in pixels"
             )
         x, y = self.wcs.all_world2pix([[ra, dec]], 0)[0]
         if not (np.isfinite(x) and np.isfinite(y)):
@@ -364,8 +367,8 @@ def grid_factor(cutout_scale: float | None, prior_scale: float | None, name: str
     n = round(ratio)
     if n < 1 or abs(ratio - n) > SCALE_TOLERANCE * ratio:
         raise InputError(
-            f"{name}: pixel scale {cutout_scale:.6g} arcsec is not an integer multiple of the prior's "
-            f"{prior_scale:.6g} arcsec (ratio {ratio:.4g})"
+            f"{name}: pixel scale {cutout_scale:.6g} arcsec is not an integer multiple of the "
+            f"prior's {prior_scale:.6g} arcsec (ratio {ratio:.4g})"
         )
     return int(n)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shlex
@@ -18,6 +19,7 @@ from ..errors import ConfigError, UsageError
 from ..freeform import FreeformConfig
 from ..separate import SeparateConfig
 from ..support import Support
+from ._errors import OVERWRITE_HINT, as_usage_error
 from ._threads import set_threads, threads_option
 
 __all__ = [
@@ -179,6 +181,11 @@ def command_line(ctx: click.Context) -> str:
     return shlex.join(words)
 
 
+#: How the runners word an output that exists without --overwrite, and what the user can pass.
+_EXISTS = "output exists and overwriting is not allowed"
+_EXISTS_HINT = f"{OVERWRITE_HINT} or --skip-existing"
+
+
 class _Output:
     """stderr for humans, stdout for JSON lines.
 
@@ -208,6 +215,9 @@ class _Output:
             click.echo(text, err=True)
 
     def record(self, rec: Any) -> None:
+        if rec.status == "error" and rec.error is not None and rec.error.endswith(_EXISTS):
+            # The library names no flag; the same text goes to stderr and to the JSON line.
+            rec = dataclasses.replace(rec, error=f"{rec.error}; {_EXISTS_HINT}")
         if rec.status == "error":
             self.message(f"galprism: error: {rec.error}")
         elif not self.quiet:
@@ -289,7 +299,8 @@ def _record_line(rec: Any) -> str:
     type=click.Choice(SAMPLERS),
     default=SAMPLER_DEFAULTS.method,
     show_default=True,
-    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles times the cost.",
+    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles "
+    "times the cost.",
 )
 @click.option(
     "--particles",
@@ -336,8 +347,9 @@ def _record_line(rec: Any) -> str:
     default="none",
     show_default=True,
     metavar="SNR|none",
-    help="After a first draw, give each point-source peak of its residual above this matched-filter "
-    "signal-to-noise a free-form component and draw that cutout again (light the priors draw too faint).",
+    help="After a first draw, give each point-source peak of its residual above this "
+    "matched-filter signal-to-noise a free-form component and draw that cutout again (light the "
+    "priors draw too faint).",
 )
 @click.option(
     "--batch-size",
@@ -434,8 +446,9 @@ def separate(
     stderr gets one line per output and a summary line (--quiet: errors only); --json
     lines on stdout come in input order. With --scene every source of an image is modelled
     blend by blend and <stem>.galprism.fits holds a catalogue, stamps, MODEL, BACKGROUND,
-    RESID and CHILDREN, with <stem>.galprism.catalog.ecsv beside it. Exit status: 0 when every input succeeded (or
-    was skipped, or the shard holds none), 1 when any failed, 2 for usage errors.
+    RESID and CHILDREN, with <stem>.galprism.catalog.ecsv beside it. Exit status: 0 when
+    every input succeeded (or was skipped, or the shard holds none), 1 when any failed, 2 for
+    usage errors.
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
@@ -443,11 +456,18 @@ def separate(
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
-        shard = parse_shard(kw["shard"])
+        with as_usage_error("--shard"):
+            shard = parse_shard(kw["shard"])
     else:
-        shard = shard_from_env(os.environ)
+        try:
+            shard = shard_from_env(os.environ)
+        except ConfigError as exc:
+            raise UsageError(f"{exc}; use a contiguous --array range or pass --shard I/N") from exc
     stdin = sys.stdin if "-" in inputs else None
-    paths = list(expand_inputs(inputs, stdin))
+    try:
+        paths = list(expand_inputs(inputs, stdin))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
     if not paths:
         raise UsageError("no input files given (an empty list on stdin?)")
     if output is not None and len(paths) > 1:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import ConfigError
 from .read import output_stem
 
 __all__ = [
@@ -57,20 +57,20 @@ def in_shard(path: str | os.PathLike[str], index: int, count: int) -> bool:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``--shard I/N`` (``0 <= I < N``).
+    """Parse a shard ``I/N`` (``0 <= I < N``).
 
     Raises
     ------
-    UsageError
+    ConfigError
         If the text is not two integers with ``0 <= I < N``.
     """
     try:
         i_text, n_text = text.split("/")
         index, count = int(i_text), int(n_text)
     except ValueError as exc:
-        raise UsageError(f"--shard {text!r}: expected I/N with integers, e.g. 0/8") from exc
+        raise ConfigError(f"shard {text!r}: expected I/N with integers, e.g. 0/8") from exc
     if count < 1 or not 0 <= index < count:
-        raise UsageError(f"--shard {text!r}: need 0 <= I < N")
+        raise ConfigError(f"shard {text!r}: need 0 <= I < N")
     return index, count
 
 
@@ -82,7 +82,7 @@ def shard_from_env(env: Mapping[str, str]) -> tuple[int, int] | None:
 
     Raises
     ------
-    UsageError
+    ConfigError
         If the variables are set but inconsistent (e.g. a stepped array ``0-9:2``).
     """
     task, count = env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_ARRAY_TASK_COUNT")
@@ -92,14 +92,13 @@ def shard_from_env(env: Mapping[str, str]) -> tuple[int, int] | None:
         index = int(task) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
         n = int(count)
     except ValueError as exc:
-        raise UsageError(
+        raise ConfigError(
             f"SLURM_ARRAY_TASK_ID={task!r}/SLURM_ARRAY_TASK_COUNT={count!r} are not integers"
         ) from exc
     if n < 1 or not 0 <= index < n:
-        raise UsageError(
+        raise ConfigError(
             f"SLURM array task {task} (min {env.get('SLURM_ARRAY_TASK_MIN', '0')}) "
-            f"is outside 0..{n - 1}; "
-            "use a contiguous --array range or pass --shard I/N"
+            f"is outside 0..{n - 1}"
         )
     return index, n
 
@@ -109,11 +108,16 @@ def expand_inputs(args: Iterable[str], stdin: Iterable[str] | None = None) -> It
 
     Blank lines and lines starting with ``#`` in the stdin list are ignored; surrounding
     whitespace is stripped.
+
+    Raises
+    ------
+    ConfigError
+        If ``-`` is given but ``stdin`` is None.
     """
     for arg in args:
         if arg == "-":
             if stdin is None:
-                raise UsageError("'-' given but there is no standard input to read paths from")
+                raise ConfigError("'-' given but there is no standard input to read paths from")
             for line in stdin:
                 line = line.strip()
                 if line and not line.startswith("#"):

@@ -9,7 +9,7 @@ footprints overlap are in one blend, and blending is transitive (union-find): a 
 A-B, B-C makes one blend of three. A source that overlaps nothing is a one-source blend.
 
 Each blend's box in the image covers its members' footprints and the model stamps
-centred on them, is padded to at least the model grid (and to a multiple of
+centered on them, is padded to at least the model grid (and to a multiple of
 ``multiple`` pixels, e.g. the factor between the prior's and the image's pixels), and is
 then clipped to the image. Clipping is recorded in :attr:`Blend.clipped`, never silent:
 the pixels beyond the image are the ones the model must treat as unobserved.
@@ -101,7 +101,7 @@ class Blend:
 
 def footprint_overlaps(
     boxes: np.ndarray | None = None,
-    centres: np.ndarray | None = None,
+    centers: np.ndarray | None = None,
     radii: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pairwise overlap of footprints, an ``(N, N)`` boolean matrix (diagonal true).
@@ -111,18 +111,18 @@ def footprint_overlaps(
     boxes
         ``(N, 4)`` closed boxes ``(xmin, xmax, ymin, ymax)`` in pixels; two boxes overlap
         when they share at least one point.
-    centres, radii
-        ``(N, 2)`` disc centres ``(x, y)`` and ``(N,)`` radii, used when ``boxes`` is
-        None; two discs overlap when their centres are closer than the sum of the radii.
+    centers, radii
+        ``(N, 2)`` disc centers ``(x, y)`` and ``(N,)`` radii, used when ``boxes`` is
+        None; two discs overlap when their centers are closer than the sum of the radii.
     """
     if boxes is not None:
         b = np.asarray(boxes, dtype=np.float64)
         ox = (b[:, None, 0] <= b[None, :, 1]) & (b[None, :, 0] <= b[:, None, 1])
         oy = (b[:, None, 2] <= b[None, :, 3]) & (b[None, :, 2] <= b[:, None, 3])
         return ox & oy
-    if centres is None or radii is None:
-        raise InputError("footprint_overlaps: give boxes, or centres and radii")
-    c = np.asarray(centres, dtype=np.float64)
+    if centers is None or radii is None:
+        raise InputError("footprint_overlaps: give boxes, or centers and radii")
+    c = np.asarray(centers, dtype=np.float64)
     r = np.asarray(radii, dtype=np.float64)
     d = np.hypot(c[:, None, 0] - c[None, :, 0], c[:, None, 1] - c[None, :, 1])
     return d < r[:, None] + r[None, :]
@@ -245,7 +245,7 @@ def group_blends(
         default = min(mh, mw) / 2.0
         radii = np.full(n, float(radius)) if radius is not None else None
         radii = radii if radii is not None else _radii(table, default, radius_factor)
-        overlap = footprint_overlaps(centres=xy, radii=radii)
+        overlap = footprint_overlaps(centers=xy, radii=radii)
         boxes = np.stack(
             [xy[:, 0] - radii, xy[:, 0] + radii, xy[:, 1] - radii, xy[:, 1] + radii], axis=1
         )
@@ -256,8 +256,8 @@ def group_blends(
     blends = []
     for index, members in enumerate(groups):
         rows = order[members]
-        # Pixels touched by the model stamps centred on the members: a stamp whose first
-        # pixel centre falls at 12.5 spreads light over pixels 12 and 13 (half-open ends).
+        # Pixels touched by the model stamps centered on the members: a stamp whose first
+        # pixel center falls at 12.5 spreads light over pixels 12 and 13 (half-open ends).
         sx = xy[rows, 0] - (mw - 1) / 2
         sy = xy[rows, 1] - (mh - 1) / 2
         b = boxes[rows]

@@ -6,7 +6,7 @@ columns
 ``id``
     Integer, unique. Numbered ``1..N`` in file order when the file has no id column.
 ``x``, ``y``
-    Position in pixels of the image, **0-based**: the centre of the first pixel is
+    Position in pixels of the image, **0-based**: the center of the first pixel is
     ``(0, 0)`` and pixel ``i`` covers ``[i - 0.5, i + 0.5]`` (astropy's and photutils'
     convention; FITS ``CRPIX`` and DS9 count from 1, so subtract 1 from those). Read from
     ``x``/``y`` or ``xcentroid``/``ycentroid`` (any letter case), or computed from
@@ -311,8 +311,8 @@ def normalize_catalog(
 
     out = Table()
     out["id"] = Column(ids, description="source id")
-    out["x"] = Column(x, unit=u.pix, description="0-based pixel column of the source centre")
-    out["y"] = Column(y, unit=u.pix, description="0-based pixel row of the source centre")
+    out["x"] = Column(x, unit=u.pix, description="0-based pixel column of the source center")
+    out["y"] = Column(y, unit=u.pix, description="0-based pixel row of the source center")
     if ra is not None:
         out["ra"] = Column(ra, unit=u.deg, description="right ascension")
         out["dec"] = Column(dec, unit=u.deg, description="declination")

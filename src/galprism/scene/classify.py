@@ -71,9 +71,9 @@ def _gaussian_blur(psf: np.ndarray, sigma: float) -> np.ndarray:
     xx = np.arange(kw) - (kw - 1) / 2
     g = np.exp(-(yy[:, None] ** 2 + xx[None, :] ** 2) / (2 * sigma**2))
     g /= g.sum()
-    # Circular convolution of two centred kernels: ifftshift puts the Gaussian's centre at
-    # the origin so that the result stays centred. Light wrapped around is a tail of the
-    # Gaussian far from the centre (sizes here are well below the PSF stamp).
+    # Circular convolution of two centered kernels: ifftshift puts the Gaussian's center at
+    # the origin so that the result stays centered. Light wrapped around is a tail of the
+    # Gaussian far from the center (sizes here are well below the PSF stamp).
     out = np.fft.irfft2(np.fft.rfft2(psf) * np.fft.rfft2(np.fft.ifftshift(g)), s=(kh, kw))
     return out / out.sum(axis=(-2, -1), keepdims=True)
 
@@ -116,7 +116,7 @@ def star_or_galaxy(
     image, variance
         ``(H, W)`` or ``(C, H, W)``, background-subtracted image and its noise variance.
     psf
-        ``(kh, kw)`` or ``(C, kh, kw)`` PSF (odd sizes, centred).
+        ``(kh, kw)`` or ``(C, kh, kw)`` PSF (odd sizes, centered).
     position
         ``(x, y)`` of the source, 0-based pixels.
     valid

@@ -26,7 +26,7 @@ Steps (:func:`detect`):
 6. ``SourceCatalog`` on the inverse-variance weighted mean of the bands gives centroids,
    shape moments and Kron radii; fluxes are summed per band over each segment.
 
-Positions are 0-based pixels: the centre of the first pixel is ``(0, 0)``.
+Positions are 0-based pixels: the center of the first pixel is ``(0, 0)``.
 """
 
 from __future__ import annotations

@@ -253,7 +253,7 @@ def build_blend_model(
     stamp = tuple(int(s) for s in frame.shape)
     light, terms = [], []
     for pos, s in zip(galaxies, scales, strict=True):
-        # Image pixel i covers fine pixels i f .. i f + f - 1, centred at i f + (f - 1) / 2.
+        # Image pixel i covers fine pixels i f .. i f + f - 1, centered at i f + (f - 1) / 2.
         place = PlaceStamp(pos * f + (f - 1) / 2.0, stamp, fine)
         own = [*blur, place, Scale(float(s), stamp)]
         light.append(Composition(own))

@@ -1,7 +1,7 @@
 """Place source stamps of the prior's grid into a blend frame, and the star model.
 
 A source modelled by a prior is a stamp of the prior's grid, shape ``(C, h, w)``, whose
-geometric centre ``((w - 1) / 2, (h - 1) / 2)`` is the source's position. A blend frame
+geometric center ``((w - 1) / 2, (h - 1) / 2)`` is the source's position. A blend frame
 ``(C, H, W)`` holds several sources at sub-pixel positions ``(x, y)`` (0-based pixels of
 the frame, pixel ``i`` covering ``[i - 0.5, i + 0.5]``). :class:`PlaceStamps` sums the
 placed stamps: ``frame = sum_k P(x_k, y_k) stamp_k``; :class:`PlaceStamp` is the same map
@@ -50,12 +50,12 @@ __all__ = ["PlaceStamps", "PlaceStamp", "StarOperator", "split_offset"]
 
 
 def split_offset(position: float, size: int) -> tuple[int, float]:
-    """Integer and fractional offset of a stamp of ``size`` pixels centred at ``position``.
+    """Integer and fractional offset of a stamp of ``size`` pixels centered at ``position``.
 
     Parameters
     ----------
     position
-        Frame coordinate (0-based pixels) of the stamp's geometric centre.
+        Frame coordinate (0-based pixels) of the stamp's geometric center.
     size
         Stamp size along that axis.
 
@@ -85,7 +85,7 @@ class PlaceStamps(LinearOperator):
     ----------
     positions
         ``(K, 2)`` array of ``(x, y)`` frame coordinates (0-based pixels) of each stamp's
-        geometric centre. Positions may put a stamp partly or wholly outside the frame:
+        geometric center. Positions may put a stamp partly or wholly outside the frame:
         its light outside the frame is dropped (the frame is a window on the sky).
     stamp_shape
         ``(C, h, w)``: the prior's grid.
@@ -255,7 +255,7 @@ class StarOperator(LinearOperator):
         ``(kh, kw)`` or ``(C, kh, kw)`` PSF of the observed image; validated with
         :func:`~galprism.operators.validate_psf` and normalised to unit sum.
     position
-        ``(x, y)``: the star's position in the image (0-based pixels); the PSF's centre
+        ``(x, y)``: the star's position in the image (0-based pixels); the PSF's center
         pixel goes there.
     frame_shape
         ``(C, H, W)`` of the observed image (or of the blend's window on it).

@@ -39,7 +39,7 @@ from astropy.io import fits
 from astropy.table import Column, Table
 
 from .. import __version__
-from ..errors import ConfigError, GalprismError, InputError, ShapeError
+from ..errors import ConfigError, GalprismError, InputError, OutputExistsError, ShapeError
 from ..io.inputs import cutout_seed, derive_seed, in_shard, output_path
 from ..io.read import _sidecar_path, read_cutout
 from ..io.write import image_hdu, primary_hdu, write_atomic
@@ -368,8 +368,10 @@ def write_scene(
 
     Raises
     ------
+    OutputExistsError
+        If either exists without ``config.overwrite``.
     GalprismError
-        If either exists without ``config.overwrite`` or cannot be written.
+        If either cannot be written.
     """
     obs = result.observation
     history = [f"galprism {__version__}: {config.command_line or shlex.join(sys.argv)}"]
@@ -443,7 +445,7 @@ def write_scene(
     if not config.overwrite:
         for p in (path, ecsv):
             if p.exists():
-                raise GalprismError(f"{p}: output exists; pass --overwrite to replace it")
+                raise OutputExistsError(f"{p}: output exists and overwriting is not allowed")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(fits.HDUList(hdus), path, overwrite=config.overwrite)
     write_catalog(result.catalog, ecsv, overwrite=True)
@@ -486,7 +488,7 @@ def run_scene(
         else:
             try:
                 if out.exists() and not config.overwrite:
-                    raise GalprismError(f"{out}: output exists; pass --overwrite to replace it")
+                    raise OutputExistsError(f"{out}: output exists and overwriting is not allowed")
                 obs = read_cutout(path, config.read)
                 result = separate_scene(
                     obs,

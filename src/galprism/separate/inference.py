@@ -140,7 +140,7 @@ def fit_to_prior(
     if obs.pixel_scale is None and prior.frame.pixel_scale is not None and warnings is not None:
         warnings.warn(
             "pixel scale assumed",
-            f"{obs.name}: no pixel scale (WCS, PIXSCALE or --pixel-scale); assuming the "
+            f"{obs.name}: no pixel scale (WCS, PIXSCALE or read options); assuming the "
             f"prior's {prior.frame.pixel_scale:g} arcsec/pixel",
         )
     grid_factor = obs.grid_factor(prior.frame.pixel_scale)

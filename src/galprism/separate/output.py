@@ -73,7 +73,7 @@ def _cards(
             "reduced chi2 of MODEL (mean of RESID**2)",
         ),
         "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
-        "RUNSEED": (int(config.seed), "--seed of the run"),
+        "RUNSEED": (int(config.seed), "run seed"),
         "DEVICE": (device, "torch device"),
         "INFILE": (obs.name, "input file"),
         "INSHA256": (obs.checksum, ""),

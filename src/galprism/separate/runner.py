@@ -272,9 +272,7 @@ def run_separate(
                 report(InputRecord(path, str(out), "skipped", 0.0, seed, index=index))
                 continue
             if not config.overwrite:
-                exc = OutputExistsError(
-                    f"{out}: output exists; pass --overwrite to replace it or --skip-existing"
-                )
+                exc = OutputExistsError(f"{out}: output exists and overwriting is not allowed")
                 report(
                     InputRecord(
                         path,
@@ -324,8 +322,8 @@ def _warn_notes(obs: Observation, prior: Separator, warn: RunWarnings) -> None:
     if obs.zeropoint is None and zp is not None:
         warn.warn(
             "zero point assumed",
-            f"{obs.name}: no --zeropoint, MAGZERO/MAGZPT/ZP or flux BUNIT; assuming the "
-            f"prior's AB zero point {zp:.4g}",
+            f"{obs.name}: no zero point in the header (MAGZERO/MAGZPT/ZP or flux BUNIT) or "
+            f"read options; assuming the prior's AB zero point {zp:.4g}",
         )
     elif obs.zeropoint is not None and zp is None:
         warn.warn(
