@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from galprism.diffusion import SamplerConfig
     from galprism.em import EMConfig, View, run_em
+    from galprism.em.config import ESTEP_SAMPLER
 
     t0 = time.perf_counter()
     kw = dict(downsample=args.downsample)
@@ -122,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         gaussian_rank=32,
         estep_observations=args.estep,
         estep_batch=64,
-        sampler="ddim",
-        steps=args.steps,
-        cg_iterations=args.cg,
+        sampler=replace(ESTEP_SAMPLER, method="ddim", steps=args.steps, cg_iterations=args.cg),
         train_steps=args.train_steps,
         train_batch=32,
         lr=1e-3,

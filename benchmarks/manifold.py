@@ -27,7 +27,7 @@ Usage::
     python benchmarks/manifold.py --sources 2 --budget quick --json
     python benchmarks/manifold.py --sources 3 --budget full --json
     python benchmarks/manifold.py --mixed 0.1 --budget quick --seed 1 --json
-    python benchmarks/manifold.py --sources 2 --set cg_iterations=1 --set steps=64 --json
+    python benchmarks/manifold.py --sources 2 --set sampler.cg_iterations=1 --set sampler.steps=64
     python benchmarks/manifold.py --sources 2 --oracle 5000 --set eval_steps=64 --json  # priors from the truth
 
 Run with ``OMP_NUM_THREADS=1``; the script also calls ``torch.set_num_threads(--threads)``.
@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-#: EM settings per budget (EMConfig fields) and evaluation settings.
+#: EM settings per budget (EMConfig fields; ``sampler``: the E-step SamplerConfig's settings
+#: other than EM's defaults, galprism.em.config.ESTEP_SAMPLER) and evaluation settings.
 BUDGETS: dict[str, dict[str, Any]] = {
     # Aimed at 5 minutes: E-steps on 4,096-observation subsets, SMC with 4 particles
     # (docs/em.md, "The quick budget with SMC E-steps"). Eighteenth session, both cores,
@@ -66,12 +67,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
             gaussian_rank=5,
             estep_observations=4096,
             estep_batch=4096,
-            sampler="smc",
-            particles=4,
-            steps=16,
-            corrections=1,
-            cg_iterations=3,
-            trust=4.0,
+            sampler=dict(
+                method="smc", particles=4, steps=16, corrections=1, cg_iterations=3, trust=4.0
+            ),
             train_steps=1000,
             train_batch=256,
             lr=1e-3,
@@ -127,12 +125,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
             gaussian_rank=5,
             estep_observations=2048,
             estep_batch=2048,
-            sampler="smc",
-            particles=16,
-            steps=64,
-            corrections=1,
-            cg_iterations=3,
-            trust=4.0,
+            sampler=dict(
+                method="smc", particles=16, steps=64, corrections=1, cg_iterations=3, trust=4.0
+            ),
             train_steps=1000,
             train_batch=256,
             lr=1e-3,
@@ -152,7 +147,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Settings of the evaluation (the rest of ``--set`` goes to :class:`galprism.em.EMConfig`).
+#: Settings of the evaluation (the rest of ``--set`` goes to :class:`galprism.em.EMConfig`,
+#: ``sampler.NAME`` to its E-step sampler).
 EVAL_SETTINGS = (
     "n_obs",
     "eval_n",
@@ -169,6 +165,43 @@ def sinkhorn_samples(settings: dict[str, Any]) -> int:
     where a row or ``--set`` gives it (at most ``eval_n``, the samples there are), else
     all ``eval_n``."""
     return min(settings.get("sinkhorn_n") or settings["eval_n"], settings["eval_n"])
+
+
+def em_config(fixed: dict[str, Any], settings: dict[str, Any]):
+    """The :class:`galprism.em.EMConfig` of ``fixed`` (problem-given settings) and
+    ``settings["em"]``, whose ``sampler`` mapping overrides EM's default E-step sampler
+    (``steps``/``corrections`` may be schedules, as in a fit file's ``[em.sampler]``)."""
+    from galprism.em import EMConfig
+    from galprism.em.config import estep_sampler_settings
+    from galprism.errors import ConfigError
+
+    em = dict(settings["em"])
+    former = EMConfig.former_key(em)
+    if former is not None:
+        name = "method" if former == "sampler" else former
+        raise ConfigError(f"manifold: E-step sampler setting {former!r} is now sampler.{name}")
+    em.update(estep_sampler_settings(em.pop("sampler", {}), "manifold: sampler"))
+    return EMConfig.from_dict({**fixed, **em})
+
+
+def eval_sampler(settings: dict[str, Any]):
+    """The evaluation's posterior and prior sampler: ``eval_*`` settings, the rest (method,
+    particles unless given, CG iterations, trust) the E-step sampler's."""
+    from galprism.diffusion import SamplerConfig
+    from galprism.em.config import estep_sampler_settings
+
+    estep = estep_sampler_settings(settings["em"].get("sampler", {}), "manifold: sampler")
+    estep = estep["sampler"]
+    return SamplerConfig(
+        settings.get("eval_sampler") or estep.method,
+        settings["eval_steps"],
+        corrections=settings["eval_corrections"],
+        tau=0.1,
+        particles=settings.get("eval_particles") or estep.particles,
+        n_samples=1,
+        cg_iterations=estep.cg_iterations,
+        trust=estep.trust,
+    )
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -207,23 +240,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Posterior and prior metrics of ``priors`` (one per source); ``sinkhorn=False`` skips
     the paper's Sinkhorn divergence (minutes per call for a poor model, docs/metrics.md)."""
-    from galprism.diffusion import SamplerConfig
     from galprism.metrics import mean_psnr, sinkhorn_divergence_details, wasserstein_divergence
     from galprism.sampling import sample_posterior, sample_prior
 
-    em = settings["em"]
     n = settings["eval_n"]
     n_sinkhorn = sinkhorn_samples(settings)
-    sampler = SamplerConfig(
-        settings.get("eval_sampler") or em["sampler"],
-        settings["eval_steps"],
-        corrections=settings["eval_corrections"],
-        tau=0.1,
-        particles=settings.get("eval_particles") or em.get("particles", 16),
-        n_samples=1,
-        cg_iterations=em["cg_iterations"],
-        trust=em["trust"],
-    )
+    sampler = eval_sampler(settings)
     gen = torch.Generator().manual_seed(10_000 + seed)
     names = problem.source_names
     out: dict[str, Any] = {"posterior": {}, "prior": {}}
@@ -446,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override an EMConfig field (JSON value) or an evaluation setting: n_obs/eval_n/eval_steps/"
+        help="override an EMConfig field (JSON value), the E-step sampler's NAME as "
+        "sampler.NAME, or an evaluation setting: n_obs/eval_n/eval_steps/"
         "eval_corrections/eval_sampler/eval_particles (evaluation sampler; default: the "
         "E-step's)/sinkhorn_n (Sinkhorn samples; default: eval_n)",
     )
@@ -485,16 +508,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from galprism.em import EMConfig, View, run_em
+    from galprism.em import View, run_em
 
     settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BUDGETS[args.budget].items()}
     settings["em"] = dict(settings["em"])
+    settings["em"]["sampler"] = dict(settings["em"].get("sampler", {}))
     rows = settings.pop("rows", {})
     row = dict(rows.get("mixed" if args.mixed is not None else f"sources{args.sources}", {}))
     settings["em"].update(row.pop("em", {}))
     for key, value in [*row.items(), *_parse_set(args.set).items()]:
         if key in EVAL_SETTINGS:
             settings[key] = value
+        elif key.startswith("sampler."):
+            settings["em"]["sampler"][key.removeprefix("sampler.")] = value
         else:
             settings["em"][key] = value
     t_start, cpu_start = time.perf_counter(), cpu_counters()
@@ -504,14 +530,16 @@ def main(argv: list[str] | None = None) -> int:
         View.from_source_sum(v.name, names, v.y, v.noise_var, v.operator) for v in problem.views
     ]
     arrangement = args.arrangement or ("joint" if args.mixed is not None else "stagewise")
-    config = EMConfig(
-        sources=names,
-        shape=[5],
-        arrangement=arrangement,
-        seed=args.seed,
-        initial_variance="auto",
-        grid_samples=0,
-        **settings["em"],
+    config = em_config(
+        dict(
+            sources=names,
+            shape=[5],
+            arrangement=arrangement,
+            seed=args.seed,
+            initial_variance="auto",
+            grid_samples=0,
+        ),
+        settings,
     )
     if args.oracle is not None:
         t_fit = time.perf_counter()

@@ -8,6 +8,7 @@ manifold problem of tests/test_em.py, with CPU threads pinned to one per process
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from paper.manifold import contrastive_problem
 from galprism.diffusion import DiffusionPrior, Trainer, VESchedule
 from galprism.diffusion.samplers import SamplerConfig
 from galprism.em import EMConfig, RunStore, View, posterior_samples, run_em
+from galprism.em.config import ESTEP_SAMPLER
 from galprism.em.distributed import Distributed, auto_device, observation_generators
 from galprism.gaussian import GaussianPrior
 
@@ -42,9 +44,7 @@ def _config(**kw) -> EMConfig:
         # 63 of 64 observations and batches of 31: the shards of 2 ranks differ in size.
         estep_observations=63,
         estep_batch=20,
-        sampler="pc",
-        steps=4,
-        cg_iterations=3,
+        sampler=replace(ESTEP_SAMPLER, method="pc", steps=4, cg_iterations=3),
         reject_chi2=2.0,
         redraws=1,
         train_steps=20,

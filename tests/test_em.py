@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from paper.manifold import contrastive_problem
 
 from galprism.diffusion import SamplerConfig
 from galprism.em import EMConfig, RunStore, View, run_em
+from galprism.em.config import ESTEP_SAMPLER
 from galprism.errors import ConfigError, GalprismError, ShapeError
 from galprism.metrics import wasserstein_divergence
 from galprism.operators import MatrixOperator, SourceSum
@@ -35,7 +37,14 @@ def tiny():
     return contrastive_problem(2, 64, seed=3)
 
 
+_SAMPLER_SETTINGS = {f.name for f in fields(SamplerConfig)}
+
+
 def _tiny_config(**kw) -> EMConfig:
+    """The toy run's settings; keywords named after SamplerConfig's settings (``method``,
+    ``steps``, ...) set the E-step sampler's, the others EMConfig's."""
+    sampler = dict(method="pc", steps=4, cg_iterations=3)
+    sampler.update({k: kw.pop(k) for k in list(kw) if k in _SAMPLER_SETTINGS})
     base = dict(
         sources=["source1", "source2"],
         shape=[5],
@@ -43,9 +52,7 @@ def _tiny_config(**kw) -> EMConfig:
         diffusion_laps=1,
         gaussian_rank=3,
         estep_batch=64,
-        sampler="pc",
-        steps=4,
-        cg_iterations=3,
+        sampler=replace(ESTEP_SAMPLER, **sampler),
         train_steps=20,
         train_batch=32,
         backbone_kwargs={"hidden": 16, "blocks": 1, "emb_features": 8},
@@ -108,9 +115,7 @@ def test_em_beats_its_gaussian_warm_start_on_the_manifold_problem(tmp_path):
         gaussian_rank=5,
         estep_observations=1024,
         estep_batch=1024,
-        sampler="pc",
-        steps=16,
-        cg_iterations=3,
+        sampler=replace(ESTEP_SAMPLER, method="pc", steps=16, cg_iterations=3),
         train_steps=400,
         train_batch=256,
         ema_decay=0.99,
@@ -408,44 +413,102 @@ def test_full_disk_while_writing_a_checkpoint(tiny, tmp_path, monkeypatch):
 
 
 def test_a_step_schedule_sets_each_laps_estep_sampler(tiny, tmp_path, monkeypatch):
-    """``steps=[4, 8]`` runs lap 0 of every phase with 4 sampler steps and later laps with 8;
-    ``steps=[4]`` is the same run as ``steps=4``. Fails if the schedule is ignored, indexed by
-    the global lap instead of the lap within the phase, or if a bad schedule is accepted."""
+    """``step_schedule=(4,)`` with ``steps=8`` runs lap 0 of every phase with 4 sampler steps
+    and later laps with 8; on one lap per phase it is the same run as ``steps=4``. Fails if the
+    schedule is ignored, indexed by the global lap instead of the lap within the phase, if the
+    sampler's own steps do not serve the laps after it, or if a bad schedule is accepted."""
     seen, restore = _record_e_step_samplers(monkeypatch, lambda sampler: sampler.steps)
     views = _views(tiny)
-    run_em(views, _tiny_config(diffusion_laps=2, steps=[4, 8]), tmp_path / "sched", progress=False)
+    config = _tiny_config(diffusion_laps=2, step_schedule=(4,), steps=8)
+    run_em(views, config, tmp_path / "sched", progress=False)
     # per stage (one view each): gaussian lap 0, diffusion laps 0 and 1
     assert seen == [4, 4, 8, 4, 4, 8]
     restore()
-    a = run_em(views, _tiny_config(steps=[4]), tmp_path / "list", progress=False)
+    a = run_em(views, _tiny_config(step_schedule=(4,), steps=8), tmp_path / "one", progress=False)
     b = run_em(views, _tiny_config(steps=4), tmp_path / "int", progress=False)
     assert _strip(a.history) == _strip(b.history) and _same_priors(a.priors, b.priors)
-    for bad in ([], [0], [4, -1], 0):
-        with pytest.raises(ConfigError, match="steps"):
-            _tiny_config(steps=bad)
+    for bad in ((0,), (4, -1), (4, 1.5), (True,), 4):
+        with pytest.raises(ConfigError, match="step_schedule"):
+            _tiny_config(step_schedule=bad)
+    with pytest.raises(ConfigError, match="steps"):
+        _tiny_config(steps=0)
 
 
 def test_a_corrections_schedule_sets_each_laps_langevin_corrections(tiny, tmp_path, monkeypatch):
-    """``corrections=[2, 0]`` runs lap 0 of every phase with 2 Langevin corrections per step
-    and later laps with none, alongside a ``steps`` schedule; ``corrections=[1]`` is the
-    same run as ``corrections=1``. Fails if the schedule is ignored or mis-indexed, or if a
-    negative or empty schedule is accepted."""
+    """``correction_schedule=(2,)`` with ``corrections=0`` runs lap 0 of every phase with 2
+    Langevin corrections per step and later laps with none, alongside a step schedule; on one
+    lap per phase ``correction_schedule=(1,)`` with 3 corrections is the same run as 1
+    correction. Fails if the schedule is ignored or mis-indexed, or if a negative or
+    fractional schedule is accepted."""
     seen, restore = _record_e_step_samplers(
         monkeypatch, lambda sampler: (sampler.steps, sampler.corrections)
     )
     views = _views(tiny)
-    config = _tiny_config(diffusion_laps=2, sampler="pc", steps=[4, 8], corrections=[2, 0])
+    config = _tiny_config(
+        diffusion_laps=2, step_schedule=(4,), steps=8, correction_schedule=(2,), corrections=0
+    )
     run_em(views, config, tmp_path / "sched", progress=False)
     assert seen == [(4, 2), (4, 2), (8, 0)] * 2
     restore()
     a = run_em(
-        views, _tiny_config(sampler="pc", corrections=[1]), tmp_path / "list", progress=False
+        views,
+        _tiny_config(correction_schedule=(1,), corrections=3),
+        tmp_path / "one",
+        progress=False,
     )
-    b = run_em(views, _tiny_config(sampler="pc", corrections=1), tmp_path / "int", progress=False)
+    b = run_em(views, _tiny_config(corrections=1), tmp_path / "int", progress=False)
     assert _strip(a.history) == _strip(b.history) and _same_priors(a.priors, b.priors)
-    for bad in ([], [-1], [1, 0.5], -1):
-        with pytest.raises(ConfigError, match="corrections"):
-            _tiny_config(corrections=bad)
+    for bad in ((-1,), (1, 0.5), -1):
+        with pytest.raises(ConfigError, match="correction_schedule"):
+            _tiny_config(correction_schedule=bad)
+
+
+def test_the_run_folder_stores_the_sampler_that_runs(tiny, tmp_path, monkeypatch):
+    """``config.json`` and the prior's training record hold the E-step sampler as one
+    ``sampler`` mapping equal to the SamplerConfig the laps after the schedule run with, and
+    the schedule on its own; the stored folder resumes to the same config. Fails if the
+    stored values differ from what runs (e.g. the separation defaults stored, or ``n_samples``
+    other than the one sample an E-step draws) or the layout is not the nested one."""
+    seen, restore = _record_e_step_samplers(monkeypatch, lambda sampler: sampler)
+    config = _tiny_config(diffusion_laps=2, step_schedule=(3,), method="smc", particles=2)
+    result = run_em(_views(tiny), config, tmp_path / "run", progress=False)
+    restore()
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["sampler"] == seen[-1].to_dict() == config.sampler.to_dict()
+    assert stored["sampler"]["n_samples"] == 1 and stored["step_schedule"] == [3]
+    assert {"steps", "particles", "trust", "tau", "cg_iterations", "corrections"}.isdisjoint(stored)
+    assert EMConfig.from_dict(stored) == config
+    training = json.loads((result.priors.path / "prior.json").read_text())["training"]
+    assert training["em"]["sampler"] == stored["sampler"]
+    assert training["em"]["step_schedule"] == [3]
+
+
+def test_a_run_folder_of_the_older_layout_is_refused_in_one_line(tiny, tmp_path):
+    """A run folder whose ``config.json`` keeps the E-step sampler's settings as loose EM
+    settings (the older layout) must be refused with a one-line ConfigError that names the
+    folder's file and says it is of an older format, leaving the file untouched; a config
+    mapping of that layout is refused by ``EMConfig.from_dict`` too. Fails if the old layout
+    is read with silently substituted defaults."""
+    views = _views(tiny)
+    run_em(views, _tiny_config(), tmp_path / "run", progress=False, stop_after=1)
+    path = tmp_path / "run" / "config.json"
+    old = json.loads(path.read_text())
+    sampler = old.pop("sampler")
+    del old["step_schedule"], old["correction_schedule"]
+    old.update(sampler="pc", steps=sampler["steps"], cg_iterations=sampler["cg_iterations"])
+    path.write_text(json.dumps(old))
+    before = path.read_text()
+    with pytest.raises(ConfigError) as info:
+        run_em(views, _tiny_config(), tmp_path / "run", progress=False)
+    msg = _one_line(info.value)
+    assert "config.json" in msg and "older format" in msg, msg
+    assert path.read_text() == before
+    with pytest.raises(ConfigError, match="'sampler' is a setting of an older layout"):
+        EMConfig.from_dict(old)
+    with pytest.raises(ConfigError, match="'trust' is a setting of an older layout"):
+        EMConfig.from_dict({"sources": ["a"], "shape": [5], "trust": 0.0})
+    with pytest.raises(ConfigError, match="n_samples must be 1"):
+        _tiny_config(n_samples=2)
 
 
 def test_flux_augment_reaches_the_m_step_of_its_source_only(tiny, tmp_path, monkeypatch):
@@ -483,14 +546,14 @@ def test_flux_augment_reaches_the_m_step_of_its_source_only(tiny, tmp_path, monk
 def test_an_smc_run_gives_its_particles_to_every_e_step_and_resumes_exactly(
     tiny, tmp_path, monkeypatch
 ):
-    """``sampler="smc"`` with ``particles=3`` must reach every E-step with 3 particles (not the
+    """``method="smc"`` with ``particles=3`` must reach every E-step with 3 particles (not the
     sampler's default), learn finite priors, and resume bit for bit: its resampling draws
     come from the run's checkpointed generator like every other draw."""
     seen, restore = _record_e_step_samplers(
         monkeypatch, lambda sampler: (sampler.method, sampler.particles)
     )
     views = _views(tiny)
-    config = _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 2])
+    config = _tiny_config(method="smc", particles=3, diffusion_laps=[2, 2])
     full = run_em(views, config, tmp_path / "full", progress=False)
     assert seen and set(seen) == {("smc", 3)}
     assert all(
@@ -499,7 +562,7 @@ def test_an_smc_run_gives_its_particles_to_every_e_step_and_resumes_exactly(
     restore()
     first = run_em(
         views,
-        _tiny_config(sampler="smc", particles=3, diffusion_laps=[2, 1]),
+        _tiny_config(method="smc", particles=3, diffusion_laps=[2, 1]),
         tmp_path / "resumed",
         progress=False,
     )

@@ -170,4 +170,6 @@ def test_smc_settings_are_checked():
     assert torch.equal(a, b)
     assert denoiser_calls(SamplerConfig("smc", 10, particles=8)) == 88
     with pytest.raises(ConfigError, match="particles"):
-        EMConfig(sources=["a"], shape=[5], sampler="smc", particles=0)
+        EMConfig.from_dict(
+            {"sources": ["a"], "shape": [5], "sampler": {"method": "smc", "particles": 0}}
+        )

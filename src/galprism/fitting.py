@@ -19,8 +19,13 @@ A fit file names the sources, the prior's grid and the views::
     sources = ["galaxy", "sky"]
     files = ["cutouts/*.fits"]            # ... or FITS cutouts in separate's convention
 
-    [em]            # any EMConfig setting (galprism.em.EMConfig)
+    [em]            # any EMConfig setting (galprism.em.EMConfig) but the sampler's
     diffusion_laps = 4
+
+    [em.sampler]    # the E-step sampler: SamplerConfig settings (galprism.diffusion)
+    method = "ddim"
+    steps = [16, 32]        # a list is a schedule over the laps of each phase (see below)
+    cg_iterations = 1
 
     [network]       # U-Net settings (galprism.nn.UNet)
     widths = [16, 32, 64]
@@ -29,6 +34,14 @@ Paths are relative to the fit file. Every observation keeps its own PSF, mask an
 in its operator, so the priors are of the intrinsic (PSF-free) sources. ``support`` is
 written into the prior folder's ``prior.json`` and used by ``galprism separate``; the
 E-steps of the fit do not use it (the priors are learned unconfined).
+
+``[em.sampler]`` takes :class:`~galprism.diffusion.SamplerConfig`'s settings ``method``,
+``steps``, ``corrections``, ``tau``, ``eta``, ``cg_iterations``, ``trust`` and ``particles``;
+those left out keep EM's defaults (:data:`galprism.em.config.ESTEP_SAMPLER`, not those of a
+separation). ``steps`` and ``corrections`` may be lists ``[a, b, ..., z]``: ``a`` for lap 0
+of each phase of each stage, ``b`` for lap 1, ..., ``z`` for every later lap
+(``EMConfig.step_schedule`` / ``correction_schedule``). A fit file that gives these settings
+directly in ``[em]`` (the older layout) is refused, naming the key.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +59,9 @@ import h5py
 import numpy as np
 import torch
 
+from .diffusion import SamplerConfig
 from .em import EMConfig, EMResult, View, run_em
+from .em.config import estep_sampler_settings
 from .errors import ConfigError, InputError
 from .operators import Composition, Convolve, Mask, SourceSum
 from .support import check_support
@@ -342,7 +357,34 @@ def to_view(data: ViewData, flux_scale: float) -> View:
 
 
 def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
+    """The :class:`EMConfig` of ``fit`` (its ``[em]`` table, ``[em.sampler]`` included).
+
+    Raises
+    ------
+    ConfigError
+        On an unknown or invalid setting, or a sampler setting in the older layout.
+    """
+    where = f"fit {fit.name!r}" if fit.source_file is None else str(fit.source_file)
     settings = dict(fit.em)
+    former = EMConfig.former_key(settings)
+    if former is not None:
+        moved = "method" if former == "sampler" else former
+        raise ConfigError(
+            f"{where}: [em] {former} has moved to the [em.sampler] table (as {moved})"
+        )
+    misplaced = sorted(set(settings) & {f.name for f in fields(SamplerConfig)})
+    if misplaced:
+        raise ConfigError(f"{where}: [em] {misplaced[0]} belongs in the [em.sampler] table")
+    for name in ("step_schedule", "correction_schedule"):
+        if name in settings:
+            raise ConfigError(
+                f"{where}: [em] {name}: give a schedule as a list in [em.sampler] "
+                f"({'steps' if name == 'step_schedule' else 'corrections'} = [...])"
+            )
+    table = settings.pop("sampler", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [em] sampler must be the [em.sampler] table")
+    settings.update(estep_sampler_settings(table, f"{where}: [em.sampler]"))
     network = dict(fit.network)
     settings.setdefault("backbone", "unet")
     settings.setdefault("backbone_kwargs", network)
@@ -369,7 +411,9 @@ def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
     try:
         return EMConfig(sources=fit.sources, shape=[1, fit.size, fit.size], **settings)
     except TypeError as exc:
-        raise ConfigError(f"fit {fit.name!r}: bad [em] setting ({exc})") from exc
+        raise ConfigError(f"{where}: bad [em] setting ({exc})") from exc
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def fit_priors(
@@ -381,6 +425,7 @@ def fit_priors(
     progress: bool | None = None,
 ) -> EMResult:
     """Learn the priors of ``fit`` by EM into ``run_dir`` (see :mod:`galprism.em`)."""
+    em_config(fit, 1.0, None)  # bad [em] settings fail before minutes of reading data
     data = [load_view(v, fit) for v in fit.views]
     zps = {d.zeropoint for d in data} - {None}
     if fit.zeropoint is None and len(zps) == 1:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ..diffusion.loss import TIME_SAMPLINGS
@@ -11,7 +11,28 @@ from ..diffusion.samplers import SamplerConfig
 from ..diffusion.training import random_flux_scaling
 from ..errors import ConfigError
 
-__all__ = ["EMConfig"]
+__all__ = ["EMConfig", "ESTEP_SAMPLER", "estep_sampler_settings"]
+
+#: The E-step sampler of an EM run unless its settings give another: one PC sample per
+#: observation, with the MMPS trust radius on against rare exploding E-step samples. The
+#: one place EM's sampler defaults are written.
+ESTEP_SAMPLER = SamplerConfig(
+    method="pc",
+    steps=64,
+    eta=0.0,
+    corrections=1,
+    tau=0.1,
+    particles=16,
+    n_samples=1,
+    cg_iterations=1,
+    trust=4.0,
+)
+
+#: Settings of the E-step sampler that an older layout kept as loose EM settings.
+_FORMER_SAMPLER_KEYS = ("steps", "corrections", "tau", "cg_iterations", "trust", "particles")
+
+#: Sampler settings that may carry a per-lap schedule, and the EMConfig field holding it.
+_SCHEDULES = {"steps": "step_schedule", "corrections": "correction_schedule"}
 
 
 @dataclass
@@ -37,17 +58,21 @@ class EMConfig:
         Observations per view sampled in each E-step (0 = all).
     estep_batch
         Observations per sampler call.
-    sampler, steps, corrections, tau, cg_iterations, trust
-        E-step posterior sampler settings (``trust``: see :mod:`galprism.posterior`).
-        ``steps`` may be a list: a schedule over the laps of each phase of each stage
-        (entry ``i`` for its lap ``i``, the last entry for every later lap), e.g.
-        ``[16, 16, 32, 64]``: cheap E-steps while the priors are far off, exact ones late.
-        ``corrections`` may be a schedule of the same kind (counts >= 0), e.g. with
-        ``steps = [256, 1024]``, ``corrections = [3, 1]``.
-    particles
-        Particles per posterior sample of the ``"smc"`` sampler (:mod:`galprism.smc`,
-        which weights the posterior's modes by their evidence where MMPS alone samples
-        them near their prior weight; docs/em.md). Ignored by the other samplers.
+    sampler
+        The E-step posterior sampler (:class:`~galprism.diffusion.SamplerConfig`; default
+        :data:`ESTEP_SAMPLER`; ``dataclasses.replace(ESTEP_SAMPLER, ...)`` keeps EM's
+        other defaults). Its ``n_samples`` must be 1: each E-step draws one posterior
+        sample per observation. ``trust``: see :mod:`galprism.posterior`; ``particles``:
+        chains per sample of the ``"smc"`` method (:mod:`galprism.smc`, which weights the
+        posterior's modes by their evidence where MMPS alone samples them near their prior
+        weight; docs/em.md).
+    step_schedule, correction_schedule
+        Sampler steps and Langevin corrections of the first laps of each phase of each
+        stage: entry ``i`` for its lap ``i``, the sampler's own ``steps`` /
+        ``corrections`` for every later lap (empty: the sampler's value for every lap).
+        E.g. ``step_schedule=(16, 16, 32)`` with ``sampler.steps = 64``: cheap E-steps
+        while the priors are far off, exact ones late; or ``step_schedule=(256,)``,
+        ``correction_schedule=(3,)`` with 1024 steps and 1 correction.
     reject_chi2, redraws
         E-step samples whose posterior-predictive reduced chi^2 exceeds ``reject_chi2``
         are drawn again (fresh noise) up to ``redraws`` times, and those still failing are
@@ -99,13 +124,9 @@ class EMConfig:
     gaussian_rank: int = 8
     estep_observations: int = 0
     estep_batch: int = 1024
-    sampler: str = "pc"
-    steps: int | list[int] = 64
-    corrections: int | list[int] = 1
-    particles: int = 16
-    tau: float = 0.1
-    cg_iterations: int = 1
-    trust: float = 4.0
+    sampler: SamplerConfig = field(default_factory=lambda: ESTEP_SAMPLER)
+    step_schedule: tuple[int, ...] = ()
+    correction_schedule: tuple[int, ...] = ()
     reject_chi2: float = 0.0
     redraws: int = 0
     train_steps: int = 1000
@@ -143,24 +164,40 @@ class EMConfig:
             raise ConfigError(
                 f"EM: arrangement must be 'stagewise' or 'joint', got {self.arrangement!r}"
             )
-        # Counts that may also be given as a list (per stage, or a schedule over laps).
+        if not isinstance(self.sampler, SamplerConfig):
+            raise ConfigError(
+                f"EM: sampler must be a SamplerConfig (method, steps, ...), got {self.sampler!r}"
+            )
+        if self.sampler.n_samples != 1:
+            raise ConfigError(
+                "EM: sampler n_samples must be 1 (one posterior sample per observation), "
+                f"got {self.sampler.n_samples!r}"
+            )
+        # Lap counts may also be given per stage.
         for name, least in (
             ("gaussian_laps", 0),
             ("diffusion_laps", 0),
-            ("steps", 1),
-            ("corrections", 0),
+            ("step_schedule", 1),
+            ("correction_schedule", 0),
         ):
             value = getattr(self, name)
+            schedule = name.endswith("_schedule")
             counts = value if isinstance(value, list | tuple) else [value]
-            if not counts or any(int(c) != c or c < least for c in counts):
-                raise ConfigError(
-                    f"EM: {name} must be a count >= {least} or a non-empty list of them, got {value!r}"
+            if (
+                (not counts and not schedule)
+                or (schedule and not isinstance(value, list | tuple))
+                or any(isinstance(c, bool) or int(c) != c or c < least for c in counts)
+            ):
+                kind = "a list of counts" if schedule else "a count or a non-empty list of counts"
+                raise ConfigError(f"EM: {name} must be {kind} >= {least}, got {value!r}")
+            if schedule:
+                setattr(self, name, tuple(int(c) for c in value))
+            else:
+                setattr(
+                    self,
+                    name,
+                    [int(c) for c in value] if isinstance(value, list | tuple) else int(value),
                 )
-            setattr(
-                self,
-                name,
-                [int(c) for c in value] if isinstance(value, list | tuple) else int(value),
-            )
         for name in (
             "estep_observations",
             "keep_checkpoints",
@@ -170,8 +207,8 @@ class EMConfig:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"EM: {name} must be >= 0")
-        if self.reject_chi2 < 0 or self.trust < 0:
-            raise ConfigError("EM: reject_chi2 and trust must be >= 0")
+        if self.reject_chi2 < 0:
+            raise ConfigError("EM: reject_chi2 must be >= 0")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ConfigError(
                 f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {self.time_sampling!r}"
@@ -180,7 +217,7 @@ class EMConfig:
             raise ConfigError(
                 f"EM: lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
             )
-        for name in ("estep_batch", "train_batch", "gaussian_rank", "particles"):
+        for name in ("estep_batch", "train_batch", "gaussian_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"EM: {name} must be >= 1")
         for name, spec in self.flux_augment.items():
@@ -204,32 +241,22 @@ class EMConfig:
         if total == 0:
             raise ConfigError("EM: needs at least one lap")
         try:  # the sampler's own checks are the one rule for valid settings
-            self.sampler_of(0)
+            for lap in range(max(len(self.step_schedule), len(self.correction_schedule))):
+                self.sampler_of(lap)
         except ConfigError as err:
             raise ConfigError(f"EM: {err}") from None
 
-    def steps_of(self, phase_lap: int) -> int:
-        """E-step sampler steps of lap ``phase_lap`` (from 0) of a phase."""
-        return _scheduled(self.steps, phase_lap)
-
     def sampler_of(self, phase_lap: int) -> SamplerConfig:
-        """The E-step's :class:`SamplerConfig` of lap ``phase_lap`` (from 0) of a phase: one
-        sample per observation, this lap's steps and corrections, and the run's method,
-        ``tau``, ``particles``, ``cg_iterations`` and ``trust``."""
-        return SamplerConfig(
-            self.sampler,
-            self.steps_of(phase_lap),
-            corrections=self.corrections_of(phase_lap),
-            tau=self.tau,
-            particles=self.particles,
-            n_samples=1,
-            cg_iterations=self.cg_iterations,
-            trust=self.trust,
+        """The E-step's :class:`SamplerConfig` of lap ``phase_lap`` (from 0) of a phase:
+        :attr:`sampler` with this lap's entry of each schedule, one sample per observation."""
+        steps, corrections = (
+            schedule[phase_lap] if phase_lap < len(schedule) else constant
+            for schedule, constant in (
+                (self.step_schedule, self.sampler.steps),
+                (self.correction_schedule, self.sampler.corrections),
+            )
         )
-
-    def corrections_of(self, phase_lap: int) -> int:
-        """Langevin corrections per sampler step of lap ``phase_lap`` (from 0) of a phase."""
-        return _scheduled(self.corrections, phase_lap)
+        return replace(self.sampler, steps=steps, corrections=corrections, n_samples=1)
 
     def augment_of(
         self, sources: Sequence[str], phase_lap: int
@@ -259,22 +286,87 @@ class EMConfig:
         return value[stage]
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values (``config.json``, the prior's training record)."""
         return asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the sampler's settings as ``"sampler.<name>"`` entries."""
+        out = self.to_dict()
+        sampler = out.pop("sampler")
+        return {**out, **{f"sampler.{k}": v for k, v in sampler.items()}}
+
+    @staticmethod
+    def former_key(data: Mapping[str, Any]) -> str | None:
+        """The first setting of ``data`` in the older layout, where the E-step sampler's
+        settings were loose EM settings (``sampler`` its method name), or None."""
+        if isinstance(data.get("sampler"), str):
+            return "sampler"
+        return next((k for k in _FORMER_SAMPLER_KEYS if k in data), None)
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EMConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> EMConfig:
+        """The inverse of :meth:`to_dict`; ``sampler`` may be a mapping of some of
+        :class:`SamplerConfig`'s settings, the others taken from :data:`ESTEP_SAMPLER`.
+
+        Raises
+        ------
+        ConfigError
+            On unknown settings, or settings of the older layout (naming the first).
+        """
+        former = cls.former_key(data)
+        if former is not None:
+            raise ConfigError(
+                f"EM: {former!r} is a setting of an older layout; the E-step sampler's "
+                "settings are now the 'sampler' mapping"
+            )
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"EM: unknown settings {sorted(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("sampler"), Mapping):
+            data["sampler"] = _estep_sampler(data["sampler"], "EM sampler")
         return cls(**data)
 
     def differences(self, other: EMConfig) -> list[str]:
-        """Settings that differ from ``other`` (ignoring those safe to change on resume)."""
-        a, b = self.to_dict(), other.to_dict()
+        """Settings that differ from ``other`` (ignoring those safe to change on resume), the
+        sampler's named ``"sampler.<name>"`` (see :meth:`flat`)."""
+        a, b = self.flat(), other.flat()
         return [k for k in a if k not in self.RESUMABLE_CHANGES and a[k] != b[k]]
 
 
-def _scheduled(value: int | list[int], lap: int) -> int:
-    """Entry ``lap`` of a schedule (its last entry for later laps), or the constant ``value``."""
-    return value[min(lap, len(value) - 1)] if isinstance(value, list) else value
+def _estep_sampler(settings: Mapping[str, Any], where: str) -> SamplerConfig:
+    """:data:`ESTEP_SAMPLER` with ``settings`` (some of :class:`SamplerConfig`'s) replaced."""
+    unknown = sorted(set(settings) - {f.name for f in fields(SamplerConfig)})
+    if unknown:
+        raise ConfigError(f"{where}: unknown sampler settings {unknown}")
+    try:
+        return replace(ESTEP_SAMPLER, **settings)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def estep_sampler_settings(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """:class:`EMConfig` settings ``sampler``, ``step_schedule`` and ``correction_schedule``
+    of a sampler table whose ``steps`` and ``corrections`` may be lists.
+
+    A list ``[a, b, ..., z]`` is a schedule over the laps of each phase: ``a`` for lap 0,
+    ``b`` for lap 1, ..., and ``z`` (the sampler's own value) for every later lap. Settings
+    the table leaves out are those of :data:`ESTEP_SAMPLER`.
+
+    Raises
+    ------
+    ConfigError
+        On an empty list or an unknown or invalid setting (``where`` names the table).
+    """
+    constants = dict(table)
+    out: dict[str, Any] = {}
+    for name, field_name in _SCHEDULES.items():
+        value = constants.get(name)
+        if isinstance(value, list | tuple):
+            if not value:
+                raise ConfigError(f"{where}: {name} is an empty list")
+            out[field_name] = tuple(value[:-1])
+            constants[name] = value[-1]
+    out["sampler"] = _estep_sampler(constants, where)
+    return out

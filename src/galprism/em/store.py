@@ -70,13 +70,20 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.config_path.exists():
             try:
-                stored = EMConfig.from_dict(json.loads(self.config_path.read_text()))
-            except (json.JSONDecodeError, TypeError) as exc:
+                raw = json.loads(self.config_path.read_text())
+                former = EMConfig.former_key(raw) if isinstance(raw, dict) else None
+                if former is not None:
+                    raise ConfigError(
+                        f"{self.config_path}: run folder of an older format (loose E-step "
+                        f"sampler setting {former!r}); start a new run folder"
+                    )
+                stored = EMConfig.from_dict(raw)
+            except (json.JSONDecodeError, TypeError, AttributeError) as exc:
                 raise ConfigError(
                     f"{self.config_path}: unreadable run configuration ({exc})"
                 ) from exc
             diff = config.differences(stored)
-            a, b = config.to_dict(), stored.to_dict()
+            a, b = config.flat(), stored.flat()
             if diff and all(k in EMConfig.EXTENDABLE for k in diff):
                 done = self.last_lap()
                 if extends is None or not extends(stored, done):
