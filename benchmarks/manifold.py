@@ -1,4 +1,4 @@
-"""EM on the paper's random 1-D manifold problem (METHOD.md section 6), with its metrics.
+"""EM on the paper's random 1-D manifold problem (docs/method.md section 6), with its metrics.
 
 Generates the contrastive problem (``--sources 2|3``: view k holds sources 1..k) or the
 mixed one (``--mixed F``: two views, each source at weight 1 in its own view and F in the
@@ -52,10 +52,8 @@ import torch
 #: other than EM's defaults, galprism.em.config.ESTEP_SAMPLER) and evaluation settings.
 BUDGETS: dict[str, dict[str, Any]] = {
     # Aimed at 5 minutes: E-steps on 4,096-observation subsets, SMC with 4 particles
-    # (docs/em.md, "The quick budget with SMC E-steps"). Eighteenth session, both cores,
-    # --no-eval-gaussian: 2 sources 194 s; mixed 383 s with 10 diffusion laps, 226 s with 6.
-    # Twenty-first session, on a faster machine: 2 sources 131 s, mixed 177 s, 3 sources
-    # (with ``rows.sources3``) 195 s.
+    # (docs/em.md, "The quick budget with SMC E-steps"). On both cores of a 2-core CPU with
+    # --no-eval-gaussian: 2 sources 131 s, mixed 177 s, 3 sources (``rows.sources3``) 195 s.
     "quick": dict(
         n_obs=65536,
         eval_n=2048,
@@ -85,7 +83,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
             "mixed": dict(em=dict(diffusion_laps=6)),
             # Three stages take 7 to 9 minutes with the settings above, 40 % of it in the
             # paper-setting Sinkhorn of the poorly learned source 3, whose iterations grow
-            # as the fit worsens (hundreds at n = 2,048; docs/em.md, twenty-first session).
+            # as the fit worsens (hundreds at n = 2,048; docs/em.md).
             # Fewer laps on fewer observations and the Sinkhorn on 1,024 of the 2,048
             # evaluation samples: 195 s instead of 401 to 535 s, 0.4 to 1.6 dB less.
             "sources3": dict(
@@ -103,17 +101,15 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # weight, which kept a broad cloud in the crowded-view source however many laps ran
     # ("The E-step's mode weights"); twisted SMC, 64 steps x 16 particles, weighs them by
     # their evidence at the cost of the earlier PC 256 x 3, and with a cosine learning rate
-    # in every M-step the 2-source row reaches 41.9 / 42.6 dB after 8 / 24 diffusion laps
-    # (sixteenth session). Fewer E-step observations (2,048) pay for the dear sampler. The
-    # first stage (a source seen alone) converges within ~8 diffusion laps, so the laps go
-    # to the later stages (``rows``: laps per stage for each contrastive row). 20 later-stage
-    # laps keep the 2-source row inside its hour on both cores (seventeenth session: 16 laps
-    # with 8 evaluation particles took 41 minutes and gave 38.5 / 37.6 dB, short of the
-    # paper's 38.27, where the 24-lap run's priors after 16 laps gave 40.4 / 39.4 dB with 16
-    # evaluation particles at n = 2,048). The 3-source row has laps of its own (``rows``):
-    # with 8 / 20 / 20 source 3 stopped at 18.4 dB, still learning (nineteenth session, 97
-    # minutes); 8 / 16 / 32 gives 22.6 / 22.8 / 20.2 dB in 87 minutes (twenty-first
-    # session; 124 minutes in the twentieth, on a machine losing CPU to other guests).
+    # in every M-step the 2-source row reaches 41.9 / 42.6 dB after 8 / 24 diffusion laps.
+    # Fewer E-step observations (2,048) pay for the dear sampler. The first stage (a source
+    # seen alone) converges within ~8 diffusion laps, so the laps go to the later stages
+    # (``rows``: laps per stage for each contrastive row). 20 later-stage laps keep the
+    # 2-source row inside its hour on both cores (16 laps with 8 evaluation particles took
+    # 41 minutes and gave 38.5 / 37.6 dB, short of the paper's 38.27). The 3-source row has
+    # laps of its own (``rows``): with 8 / 20 / 20 source 3 stopped at 18.4 dB, still
+    # learning; 8 / 16 / 32 gives 22.6 / 22.8 / 20.2 dB in 87 to 124 minutes, depending on
+    # how much CPU the machine loses to other jobs.
     "full": dict(
         n_obs=65536,
         eval_n=16384,
@@ -423,7 +419,7 @@ def cpu_report(start: tuple[float, list[int] | None]) -> dict[str, Any]:
     """CPU use since ``start`` (:func:`cpu_counters`): the process's CPU seconds and the
     share of the machine's CPU time the hypervisor gave to other guests ("steal"). Our
     2-core machine is a shared virtual one; a wall time taken while much was stolen says
-    more about the neighbours than about the code (docs/em.md, twentieth session)."""
+    more about the neighbours than about the code (docs/em.md)."""
     process, ticks = cpu_counters()
     out: dict[str, Any] = {"process_seconds": process - start[0], "steal_share": None}
     if ticks is not None and start[1] is not None and len(ticks) == len(start[1]) == 8:

@@ -1,4 +1,4 @@
-"""EM (METHOD.md section 5): it learns, it resumes exactly, and bad input fails in one line.
+"""EM (docs/method.md section 5): it learns, it resumes exactly, and bad input fails in one line.
 
 Everything runs on the paper's 1-D manifold problem (sources in R^5, observations in R^3)
 at toy sizes so that the whole file takes well under a minute on one core.

@@ -37,7 +37,7 @@ _SCHEDULES = {"steps": "step_schedule", "corrections": "correction_schedule"}
 
 @dataclass
 class EMConfig:
-    """Everything that determines an EM run (see METHOD.md section 5).
+    """Everything that determines an EM run (see docs/method.md section 5).
 
     Parameters
     ----------

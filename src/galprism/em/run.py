@@ -1,4 +1,4 @@
-"""Expectation-maximisation over views (METHOD.md section 5).
+"""Expectation-maximisation over views (docs/method.md section 5).
 
 A run is a fixed sequence of laps planned from the views and the config
 (:mod:`galprism.em.plan`): per stage, Gaussian (PPCA) laps, then diffusion laps. Each lap
