@@ -28,7 +28,8 @@ Usage::
     python benchmarks/manifold.py --sources 3 --budget full --json
     python benchmarks/manifold.py --mixed 0.1 --budget quick --seed 1 --json
     python benchmarks/manifold.py --sources 2 --set sampler.cg_iterations=1 --set sampler.steps=64
-    python benchmarks/manifold.py --sources 2 --oracle 5000 --set eval_steps=64 --json  # priors from the truth
+    # priors from the truth:
+    python benchmarks/manifold.py --sources 2 --oracle 5000 --set eval_steps=64 --json
 
 Run with ``OMP_NUM_THREADS=1``; the script also calls ``torch.set_num_threads(--threads)``.
 """
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=2,
         choices=(1, 2, 3),
-        help="contrastive problem with this many sources (1: source 1 alone, for trade-off studies)",
+        help="contrastive problem with this many sources (1: source 1 alone, for trade-offs)",
     )
     parser.add_argument(
         "--mixed",

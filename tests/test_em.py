@@ -103,9 +103,9 @@ def test_em_beats_its_gaussian_warm_start_on_the_manifold_problem(tmp_path):
     (chi^2 near 1). Measured when written: W2^2 0.70 vs 2.66 (source 1) and 2.62 vs 4.31
     (source 2, learned from the mixed view with source 1 frozen). W2 rather than the paper's
     Sinkhorn: converged, and 0.3 s per call where the paper-setting Sinkhorn of a Gaussian
-    needs hundreds of iterations (docs/metrics.md). If this fails, the diffusion laps do not learn (M-step not trained on
-    the posterior samples, frozen sources not used, wrong prior in the E-step) or the
-    E-step is broken (chi^2 >> 1)."""
+    needs hundreds of iterations (docs/metrics.md). If this fails, the diffusion laps do not
+    learn (M-step not trained on the posterior samples, frozen sources not used, wrong prior
+    in the E-step) or the E-step is broken (chi^2 >> 1)."""
     problem = contrastive_problem(2, 2048, seed=1)
     config = EMConfig(
         sources=problem.source_names,
@@ -140,7 +140,8 @@ def test_em_beats_its_gaussian_warm_start_on_the_manifold_problem(tmp_path):
         w_learned = wasserstein_divergence(learned[:, b], truth)
         w_gauss = wasserstein_divergence(gauss[:, b], truth)
         assert w_learned < 0.75 * w_gauss, (
-            f"{name}: learned prior W2^2 {w_learned:.3f} not clearly below the Gaussian warm start's {w_gauss:.3f}"
+            f"{name}: learned prior W2^2 {w_learned:.3f} not clearly below the Gaussian warm "
+            f"start's {w_gauss:.3f}"
         )
 
 

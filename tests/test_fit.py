@@ -237,7 +237,8 @@ def test_fit_file_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="unknown settings"):
         load_fit_spec(bad)
     bad.write_text(
-        'sources = ["galaxy"]\nsize = 8\nsupport = {star = 3}\n[[views]]\nname = "v"\nsources = ["galaxy"]\ndata = "x.h5"\n'
+        'sources = ["galaxy"]\nsize = 8\nsupport = {star = 3}\n[[views]]\nname = "v"\n'
+        'sources = ["galaxy"]\ndata = "x.h5"\n'
     )
     with pytest.raises(ConfigError, match="support names source 'star'"):
         load_fit_spec(bad)

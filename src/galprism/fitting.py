@@ -115,7 +115,8 @@ class FitSpec:
             for s in v.sources:
                 if s not in self.sources:
                     raise ConfigError(
-                        f"view {v.name!r}: names unknown source {s!r} (sources: {', '.join(self.sources)})"
+                        f"view {v.name!r}: names unknown source {s!r} (sources: "
+                        f"{', '.join(self.sources)})"
                     )
             if v.data is None and not v.files:
                 raise ConfigError(f"view {v.name!r}: give `data` (HDF5) or `files` (FITS)")
@@ -258,7 +259,8 @@ def _load_fits(
         f = o.grid_factor(pixel_scale)
         if f != 1:
             raise ConfigError(
-                f"{p}: pixel scale differs from the prior grid's; fit on cutouts at the prior's scale"
+                f"{p}: pixel scale differs from the prior grid's; fit on cutouts at the prior's "
+                "scale"
             )
         obs.append(o.crop(None, (size, size)))
     y = np.stack([o.image * o.flux_factor_to(zeropoint) for o in obs])
@@ -295,7 +297,8 @@ def load_view(spec: ViewSpec, fit: FitSpec) -> ViewData:
     )
     if data.y.shape[-2:] != (fit.size, fit.size):
         raise ConfigError(
-            f"view {spec.name!r}: cutouts are {tuple(data.y.shape[-2:])} pixels but the prior is {fit.size}x{fit.size}"
+            f"view {spec.name!r}: cutouts are {tuple(data.y.shape[-2:])} pixels but the prior is "
+            f"{fit.size}x{fit.size}"
         )
     if (
         fit.pixel_scale is not None
@@ -303,7 +306,8 @@ def load_view(spec: ViewSpec, fit: FitSpec) -> ViewData:
         and not math.isclose(data.pixel_scale, fit.pixel_scale, rel_tol=1e-3)
     ):
         raise ConfigError(
-            f'view {spec.name!r}: data at {data.pixel_scale}"/px but the prior grid is {fit.pixel_scale}"/px'
+            f'view {spec.name!r}: data at {data.pixel_scale}"/px but the prior grid is '
+            f'{fit.pixel_scale}"/px'
         )
     if data.y.shape[0] == 0:
         raise ConfigError(f"view {spec.name!r}: no cutouts")
@@ -459,14 +463,16 @@ def fit_asvd_prior(
 
     if fit.support:
         raise ConfigError(
-            f"fit {fit.name!r}: `support` applies to diffusion and Gaussian priors, not to --method asvd"
+            f"fit {fit.name!r}: `support` applies to diffusion and Gaussian priors, not to "
+            "--method asvd"
         )
     data = [load_view(v, fit) for v in fit.views]
     clean = [d for d in data if len(d.spec.sources) == 1]
     mixed = [d for d in data if len(d.spec.sources) == 2]
     if len(clean) != 1 or len(mixed) != 1 or clean[0].spec.sources[0] not in mixed[0].spec.sources:
         raise ConfigError(
-            "fit --method asvd: needs one view with a single (clean) source and one view with that source plus one more"
+            "fit --method asvd: needs one view with a single (clean) source and one view with "
+            "that source plus one more"
         )
     known = clean[0].spec.sources[0]
     unseen = next(s for s in mixed[0].spec.sources if s != known)

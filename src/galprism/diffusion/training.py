@@ -204,7 +204,8 @@ def random_flux_scaling(
     """
     if not (0 < low <= high and 0 < fraction <= 1):
         raise ValueError(
-            f"random_flux_scaling: need 0 < low <= high and 0 < fraction <= 1, got {low}, {high}, {fraction}"
+            f"random_flux_scaling: need 0 < low <= high and 0 < fraction <= 1, got {low}, {high}, "
+            f"{fraction}"
         )
     lo, hi = math.log(low), math.log(high)
 

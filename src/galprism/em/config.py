@@ -211,7 +211,8 @@ class EMConfig:
             raise ConfigError("EM: reject_chi2 must be >= 0")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ConfigError(
-                f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got {self.time_sampling!r}"
+                f"EM: time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, got "
+                f"{self.time_sampling!r}"
             )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(
@@ -223,12 +224,14 @@ class EMConfig:
         for name, spec in self.flux_augment.items():
             if name not in self.sources:
                 raise ConfigError(
-                    f"EM: flux_augment names unknown source {name!r} (sources: {', '.join(self.sources)})"
+                    f"EM: flux_augment names unknown source {name!r} (sources: "
+                    f"{', '.join(self.sources)})"
                 )
             values = list(spec) if isinstance(spec, list | tuple) else [spec]
             if len(values) not in (2, 3):
                 raise ConfigError(
-                    f"EM: flux_augment[{name!r}] must be [low, high] or [low, high, fraction], got {spec!r}"
+                    f"EM: flux_augment[{name!r}] must be [low, high] or [low, high, fraction], "
+                    f"got {spec!r}"
                 )
             self.flux_augment[name] = [float(v) for v in values]
             try:  # the augmentation's own check is the one rule for valid ranges

@@ -61,11 +61,13 @@ def plan_stages(views: Sequence[View], config: EMConfig) -> list[Stage]:
         for s in v.sources:
             if s not in config.sources:
                 raise ConfigError(
-                    f"view {v.name!r}: names unknown source {s!r} (sources: {', '.join(config.sources)})"
+                    f"view {v.name!r}: names unknown source {s!r} (sources: "
+                    f"{', '.join(config.sources)})"
                 )
         if v.source_shape != tuple(config.shape):
             raise ShapeError(
-                f"view {v.name!r}: operator expects sources of shape {v.source_shape}, config says {tuple(config.shape)}"
+                f"view {v.name!r}: operator expects sources of shape {v.source_shape}, config "
+                f"says {tuple(config.shape)}"
             )
     seen = {s for v in views for s in v.sources}
     missing = [s for s in config.sources if s not in seen]

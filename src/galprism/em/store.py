@@ -89,7 +89,8 @@ class RunStore:
                 if extends is None or not extends(stored, done):
                     detail = "; ".join(f"{k}: run has {b[k]!r}, now {a[k]!r}" for k in diff)
                     raise ConfigError(
-                        f"{self.root}: lap counts and flux augmentation may change on resume only after the last completed lap "
+                        f"{self.root}: lap counts and flux augmentation may change on resume only "
+                        "after the last completed lap "
                         f"({done}) ({detail})"
                     )
                 if resume or done == 0:

@@ -53,16 +53,19 @@ class View:
             raise ConfigError(f"view {self.name!r}: has no observations")
         if not isinstance(self.operator, SourceSum) or self.operator.n_sources != len(self.sources):
             raise ShapeError(
-                f"view {self.name!r}: operator must be a SourceSum over its {len(self.sources)} source(s)"
+                f"view {self.name!r}: operator must be a SourceSum over its {len(self.sources)} "
+                "source(s)"
             )
         if tuple(self.y.shape[1:]) != self.operator.out_shape:
             raise ShapeError(
-                f"view {self.name!r}: observations have shape {tuple(self.y.shape[1:])}, its operator "
+                f"view {self.name!r}: observations have shape {tuple(self.y.shape[1:])}, its "
+                "operator "
                 f"produces {self.operator.out_shape}"
             )
         if self.operator.batch_size not in (None, self.y.shape[0]):
             raise ShapeError(
-                f"view {self.name!r}: {self.y.shape[0]} observations but the operator holds {self.operator.batch_size}"
+                f"view {self.name!r}: {self.y.shape[0]} observations but the operator holds "
+                f"{self.operator.batch_size}"
             )
         self.noise_var = torch.as_tensor(self.noise_var, dtype=self.y.dtype).expand_as(self.y)
         if not torch.isfinite(self.y).all():
@@ -71,7 +74,8 @@ class View:
             raise ShapeError(f"view {self.name!r}: noise variance must be finite and > 0")
         if self.valid is not None and self.valid.shape != self.y.shape:
             raise ShapeError(
-                f"view {self.name!r}: valid mask has shape {tuple(self.valid.shape)}, expected {tuple(self.y.shape)}"
+                f"view {self.name!r}: valid mask has shape {tuple(self.valid.shape)}, expected "
+                f"{tuple(self.y.shape)}"
             )
 
     @classmethod
@@ -87,7 +91,8 @@ class View:
         """Build a view from an operator over *all* sources, dropping absent (``Zero``) ones."""
         if operator.n_sources != len(source_names):
             raise ShapeError(
-                f"view {name!r}: {len(source_names)} source names for {operator.n_sources} operator terms"
+                f"view {name!r}: {len(source_names)} source names for {operator.n_sources} "
+                "operator terms"
             )
         keep = [k for k, op in enumerate(operator.ops) if not isinstance(op, Zero)]
         return cls(
