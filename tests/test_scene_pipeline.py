@@ -11,7 +11,7 @@ from galprism.gaussian import GaussianPrior
 from galprism.observation import Observation
 from galprism.scene.model import build_blend_model, flux_scales, sample_blend, typical_flux
 from galprism.testing import exactness_errors
-from tests.fits_factory import gaussian_psf
+from fits_factory import gaussian_psf
 
 
 def _smooth_prior(size: int, seed: int) -> GaussianPrior:
@@ -201,7 +201,7 @@ def _scene_file(tmp_path, name, sources, *, noise=0.05, seed=0):
     """A 24 x 40 image of Gaussian galaxies and PSF stars, its truth, and its catalogue."""
     from astropy.table import Table
 
-    from tests.fits_factory import make_cutout
+    from fits_factory import make_cutout
 
     shape = (24, 40)
     psf_sigma = 1.2
@@ -239,7 +239,7 @@ def test_scene_cli_writes_a_catalogue_model_and_children_that_add_up(tmp_path, c
     from astropy.io import fits
     from astropy.table import Table
 
-    from tests.fits_factory import run_cli
+    from fits_factory import run_cli
 
     sources = [(8.3, 11.6, "galaxy", 30.0), (12.8, 12.2, "galaxy", 20.0), (30.4, 9.7, "star", 40.0)]
     path, clean = _scene_file(tmp_path, "scene", sources)
@@ -295,7 +295,7 @@ def test_scene_batch_goes_on_past_a_catalogue_with_a_bad_row(tmp_path, capsys, m
     source, exit status 1, while the next input of the batch is written."""
     from astropy.table import Table
 
-    from tests.fits_factory import run_cli
+    from fits_factory import run_cli
 
     good, _ = _scene_file(tmp_path, "good", [(10.0, 12.0, "galaxy", 30.0)])
     bad, _ = _scene_file(tmp_path, "bad", [(10.0, 12.0, "galaxy", 30.0)], seed=1)
@@ -332,7 +332,7 @@ def test_scene_existing_output_is_refused_and_the_command_names_the_flags(
     """--scene refuses an existing output like a cutout run: exit 1, the file untouched, and
     one error text (stderr and JSON alike) ending in the --overwrite/--skip-existing hint.
     Fails if scene mode overwrites, names no remedy, or words it apart from cutout runs."""
-    from tests.fits_factory import run_cli
+    from fits_factory import run_cli
 
     path, _ = _scene_file(tmp_path, "scene", [(10.0, 12.0, "galaxy", 30.0)])
     (tmp_path / "out").mkdir()
@@ -356,7 +356,7 @@ def test_scene_catalogue_without_kinds_gets_its_stars_classified(tmp_path, capsy
     would be forced through the galaxy prior."""
     from astropy.table import Table
 
-    from tests.fits_factory import run_cli
+    from fits_factory import run_cli
 
     sources = [(8.3, 11.6, "galaxy", 30.0), (12.8, 12.2, "galaxy", 20.0), (30.4, 9.7, "star", 40.0)]
     path, _ = _scene_file(tmp_path, "scene", sources)

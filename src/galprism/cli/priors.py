@@ -33,7 +33,7 @@ def describe_prior(prior: Any) -> dict[str, Any]:
     info.setdefault("shape", list(frame.shape))
     info.setdefault("zeropoint", frame.zeropoint)
     info.setdefault("bunit", frame.bunit)
-    info.setdefault("support", dict(getattr(prior, "support", {}) or {}))
+    info.setdefault("support", dict(prior.support))
     info.setdefault("sha256", prior.sha256)
     return info
 

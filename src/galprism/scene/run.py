@@ -75,16 +75,15 @@ def galaxy_prior(prior: Any) -> tuple[torch.nn.Module, Any]:
     ConfigError
         If the prior has no ``galaxy`` source with a prior module on an image grid.
     """
-    sources = list(getattr(prior, "sources", []))
-    modules = getattr(prior, "priors", None)
-    if "galaxy" not in sources or modules is None:
+    sources = list(prior.sources)
+    if "galaxy" not in sources or not prior.capabilities.posterior_samples:
         raise ConfigError(
-            f"prior {getattr(prior, 'name', '?')!r}: scene mode needs a prior with a 'galaxy' "
-            f"source it can draw from; it has {sources}"
+            f"prior {prior.name!r}: scene mode needs a prior with a 'galaxy' source it can "
+            f"draw posterior samples from; it has {sources} ({prior.method})"
         )
     if not prior.frame.is_image:
         raise ConfigError(f"prior {prior.name!r}: its grid {prior.frame.shape} is not an image")
-    return modules[sources.index("galaxy")], prior.frame
+    return prior.priors[sources.index("galaxy")], prior.frame
 
 
 @dataclass(eq=False)
