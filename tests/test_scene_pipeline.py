@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fits_factory import gaussian_psf
 
 from galprism.diffusion.samplers import SamplerConfig
 from galprism.frame import Frame
@@ -11,7 +12,6 @@ from galprism.gaussian import GaussianPrior
 from galprism.observation import Observation
 from galprism.scene.model import build_blend_model, flux_scales, sample_blend, typical_flux
 from galprism.testing import exactness_errors
-from fits_factory import gaussian_psf
 
 
 def _smooth_prior(size: int, seed: int) -> GaussianPrior:
@@ -200,7 +200,6 @@ def _blob(shape, x, y, sigma, flux):
 def _scene_file(tmp_path, name, sources, *, noise=0.05, seed=0):
     """A 24 x 40 image of Gaussian galaxies and PSF stars, its truth, and its catalogue."""
     from astropy.table import Table
-
     from fits_factory import make_cutout
 
     shape = (24, 40)
@@ -238,7 +237,6 @@ def test_scene_cli_writes_a_catalogue_model_and_children_that_add_up(tmp_path, c
     data - BACKGROUND wherever the sources' model is non-zero (flux conservation)."""
     from astropy.io import fits
     from astropy.table import Table
-
     from fits_factory import run_cli
 
     sources = [(8.3, 11.6, "galaxy", 30.0), (12.8, 12.2, "galaxy", 20.0), (30.4, 9.7, "star", 40.0)]
@@ -294,7 +292,6 @@ def test_scene_batch_goes_on_past_a_catalogue_with_a_bad_row(tmp_path, capsys, m
     """A catalogue row with no position fails its input with one line naming the file and the
     source, exit status 1, while the next input of the batch is written."""
     from astropy.table import Table
-
     from fits_factory import run_cli
 
     good, _ = _scene_file(tmp_path, "good", [(10.0, 12.0, "galaxy", 30.0)])
@@ -355,7 +352,6 @@ def test_scene_catalogue_without_kinds_gets_its_stars_classified(tmp_path, capsy
     be modelled as a star (PSF times flux) and the extended ones as galaxies, else a star
     would be forced through the galaxy prior."""
     from astropy.table import Table
-
     from fits_factory import run_cli
 
     sources = [(8.3, 11.6, "galaxy", 30.0), (12.8, 12.2, "galaxy", 20.0), (30.4, 9.7, "star", 40.0)]
