@@ -1,0 +1,1 @@
+"""The built-in priors: the shipped prior folders (``builtin/``) and their catalogue."""
