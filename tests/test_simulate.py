@@ -691,8 +691,9 @@ def test_hdf5_batch(batch):
 
 @needs_data
 def test_cli(tmp_path, capsys):
-    """The command prints one JSON object, writes files, is quiet off a terminal, and refuses to
-    clobber with one line that names --overwrite (the library's message alone names no flag)."""
+    """The command prints one JSON object on stdout and one summary line on stderr (also off a
+    terminal; --quiet silences it), writes files, and refuses to clobber with one line that
+    names --overwrite (the library's message alone names no flag)."""
     from galprism.cli.main import main
 
     argv = [
@@ -717,6 +718,12 @@ def test_cli(tmp_path, capsys):
     summary = json.loads(out)
     assert summary["n_written"] == 2 and summary["seed"] == 3 and summary["hdf5"] is None
     assert len(list(tmp_path.glob("hsc_sky_test_*.fits"))) == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("galprism simulate: 2 sky cutouts") and str(tmp_path) in line, err
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--quiet", "--overwrite"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 0 and err == "", err
     with pytest.raises(SystemExit) as exc:
         main(argv)
     out, err = capsys.readouterr()

@@ -295,7 +295,7 @@ def evaluate(**opts) -> None:
         progress.stop()
     if as_json:
         click.echo(json.dumps(out.summary, default=str))
-    if not quiet and sys.stderr.isatty():
+    if not quiet:
         click.echo(
             f"galprism evaluate: report in {cfg.output_dir}/summary.md ({out.seconds:.0f} s)",
             err=True,
