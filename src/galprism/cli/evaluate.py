@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ._threads import set_threads, threads_option
-from .separate import SAMPLER_DEFAULTS, SAMPLERS, sampler_from_flags
+from .separate import SAMPLER_DEFAULTS, sampler_from_flags, sampler_options
 
 __all__ = ["evaluate"]
 
@@ -142,35 +142,7 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Posterior samples per cutout.",
 )
-@click.option(
-    "--steps",
-    type=click.IntRange(min=1),
-    default=SAMPLER_DEFAULTS.steps,
-    show_default=True,
-    help="Sampler steps.",
-)
-@click.option(
-    "--cg-iterations",
-    type=click.IntRange(min=1),
-    default=SAMPLER_DEFAULTS.cg_iterations,
-    show_default=True,
-    help="CG iterations per step.",
-)
-@click.option(
-    "--sampler",
-    type=click.Choice(SAMPLERS),
-    default=SAMPLER_DEFAULTS.method,
-    show_default=True,
-    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles "
-    "times the cost.",
-)
-@click.option(
-    "--particles",
-    type=click.IntRange(min=1),
-    default=SAMPLER_DEFAULTS.particles,
-    show_default=True,
-    help="Chains per posterior sample of --sampler smc.",
-)
+@sampler_options
 @click.option(
     "--support",
     multiple=True,

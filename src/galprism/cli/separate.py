@@ -7,7 +7,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,46 @@ SAMPLER_FLAGS = {
     "particles": "--particles",
     "trust": "--trust",
 }
+
+
+def sampler_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The posterior-sampler flags shared by ``separate`` and ``evaluate`` (``--steps``,
+    ``--cg-iterations``, ``--sampler``, ``--particles``), their defaults those of
+    :class:`SamplerConfig`; :func:`sampler_from_flags` checks the values."""
+    options = [
+        click.option(
+            "--steps",
+            type=int,
+            default=SAMPLER_DEFAULTS.steps,
+            show_default=True,
+            help="Sampler steps.",
+        ),
+        click.option(
+            "--cg-iterations",
+            type=int,
+            default=SAMPLER_DEFAULTS.cg_iterations,
+            show_default=True,
+            help="Conjugate-gradient iterations per step.",
+        ),
+        click.option(
+            "--sampler",
+            type=click.Choice(SAMPLERS),
+            default=SAMPLER_DEFAULTS.method,
+            show_default=True,
+            help="Posterior sampler; smc weighs the posterior's modes by their evidence at "
+            "--particles times the cost.",
+        ),
+        click.option(
+            "--particles",
+            type=click.IntRange(min=1),
+            default=SAMPLER_DEFAULTS.particles,
+            show_default=True,
+            help="Chains per posterior sample of --sampler smc.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def sampler_from_flags(**values: Any) -> SamplerConfig:
@@ -284,31 +324,7 @@ def _record_line(rec: Any) -> str:
     show_default=True,
     help="Posterior samples per cutout.",
 )
-@click.option(
-    "--steps", type=int, default=SAMPLER_DEFAULTS.steps, show_default=True, help="Sampler steps."
-)
-@click.option(
-    "--cg-iterations",
-    type=int,
-    default=SAMPLER_DEFAULTS.cg_iterations,
-    show_default=True,
-    help="Conjugate-gradient iterations per step.",
-)
-@click.option(
-    "--sampler",
-    type=click.Choice(SAMPLERS),
-    default=SAMPLER_DEFAULTS.method,
-    show_default=True,
-    help="Posterior sampler; smc weighs the posterior's modes by their evidence at --particles "
-    "times the cost.",
-)
-@click.option(
-    "--particles",
-    type=click.IntRange(min=1),
-    default=SAMPLER_DEFAULTS.particles,
-    show_default=True,
-    help="Chains per posterior sample of --sampler smc.",
-)
+@sampler_options
 @click.option(
     "--trust",
     type=float,
