@@ -1,4 +1,4 @@
-"""The ``--threads`` option shared by the commands that run networks on the CPU."""
+"""The ``--threads`` and ``--device`` options shared by the commands that run networks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 
 from ..errors import UsageError
 
-__all__ = ["threads_option", "set_threads"]
+__all__ = ["threads_option", "set_threads", "device_option"]
 
 
 def threads_option(default_one: bool) -> Callable[[Any], Any]:
@@ -44,3 +44,11 @@ def set_threads(threads: int | None, *, default_one: bool) -> None:
         torch.set_num_threads(threads)
     elif default_one and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
+
+
+def device_option(
+    help_text: str = "Torch device: auto, cpu, cuda, cuda:N.",
+) -> Callable[[Any], Any]:
+    """The ``--device`` option of every command that runs networks, one default: ``auto``
+    (CUDA when present, else the CPU)."""
+    return click.option("--device", default="auto", show_default=True, help=help_text)

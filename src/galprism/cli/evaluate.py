@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._threads import set_threads, threads_option
+from ._threads import device_option, set_threads, threads_option
 from .separate import SAMPLER_DEFAULTS, sampler_from_flags, sampler_options
 
 __all__ = ["evaluate"]
@@ -157,9 +157,7 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Cutouts per sampler call.",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
-)
+@device_option()
 @click.option(
     "--interval",
     type=click.Choice(["auto", "quantile", "student"]),

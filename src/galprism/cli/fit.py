@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from ._threads import set_threads, threads_option
+from ._threads import device_option, set_threads, threads_option
 
 __all__ = ["fit"]
 
@@ -62,12 +62,7 @@ def _view_option(spec: str) -> dict[str, Any]:
     type=click.Choice(["stagewise", "joint"]),
     help="How views are used (default stagewise).",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, cuda or cuda:N (auto under torchrun: cuda:LOCAL_RANK).",
-)
+@device_option("auto, cpu, cuda or cuda:N (auto under torchrun: cuda:LOCAL_RANK).")
 @click.option(
     "--resume/--no-resume",
     default=True,

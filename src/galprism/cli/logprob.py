@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from ._threads import device_option
+
 __all__ = ["logprob"]
 
 
@@ -48,9 +50,7 @@ __all__ = ["logprob"]
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the Hutchinson probes."
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
-)
+@device_option()
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON line per candidate image on stdout."
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import separate as _separate_cli
+from ._threads import device_option
 from .separate import RUN_DEFAULTS, SAMPLER_DEFAULTS, SAMPLERS, command_line
 
 __all__ = ["sample"]
@@ -60,9 +61,7 @@ __all__ = ["sample"]
     show_default=True,
     help="Run seed; each source's derives from it and its name.",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
-)
+@device_option()
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context

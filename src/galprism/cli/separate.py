@@ -20,7 +20,7 @@ from ..freeform import FreeformConfig
 from ..separate import SeparateConfig
 from ..support import Support
 from ._errors import OVERWRITE_HINT, as_usage_error
-from ._threads import set_threads, threads_option
+from ._threads import device_option, set_threads, threads_option
 
 __all__ = [
     "separate",
@@ -374,9 +374,7 @@ def _record_line(rec: Any) -> str:
     show_default=True,
     help="Cutouts per sampler call.",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N."
-)
+@device_option()
 @threads_option(default_one=True)
 @click.option(
     "--seed",
