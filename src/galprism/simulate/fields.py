@@ -124,7 +124,7 @@ class ScenesConfig:
         if self.split not in SPLITS:
             raise ConfigError(f"split {self.split!r}: must be one of {', '.join(SPLITS)}")
         lo, hi = self.n_galaxies
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+        if not (int(lo) == lo and int(hi) == hi and 1 <= lo <= hi):
             raise ConfigError(
                 f"scenes: galaxy count range {self.n_galaxies}: need 1 <= low <= high"
             )
