@@ -54,14 +54,20 @@ def _ranks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
     return d0, d1
 
 
-def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+def _methods(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
     from ..evaluate.pipeline import ALL_METHODS
+    from ..evaluate.scenes import SCENE_METHODS
 
+    if value is None:
+        return None
+    known = ALL_METHODS + tuple(m for m in SCENE_METHODS if m not in ALL_METHODS)
     names = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [n for n in names if n not in ALL_METHODS]
+    bad = [n for n in names if n not in known]
     if bad or not names:
         raise click.BadParameter(
-            f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_METHODS)}"
+            f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(known)}"
         )
     return names
 
@@ -92,7 +98,20 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Existing test set (galprism simulate --view galaxies --split test); default: simulate "
-    "one into OUTPUT_DIR/testset.",
+    "one into OUTPUT_DIR/testset. With --scenes: the scenes folder (--view scenes), required.",
+)
+@click.option(
+    "--scenes",
+    is_flag=True,
+    help="Evaluate every source of the scenes in --test-dir (galprism's scene mode, photutils, "
+    "SEP) against their truth tables; see docs/evaluation.md.",
+)
+@click.option(
+    "--match-radius",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="With --scenes: largest distance in pixels of a detection matched to a true source.",
 )
 @click.option(
     "-n",
@@ -119,9 +138,9 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option(
     "--methods",
     callback=_methods,
-    default="galprism,gaussian,asvd,photutils,scarlet2",
-    show_default=True,
-    help="Comma-separated methods to compare.",
+    default=None,
+    help="Comma-separated methods to compare [default: galprism,gaussian,asvd,photutils,scarlet2;"
+    " with --scenes: galprism,photutils,sep].",
 )
 @click.option(
     "--prior",
@@ -240,6 +259,16 @@ def evaluate(**opts) -> None:
     set_threads(opts.pop("threads"), default_one=False)
     as_json = opts.pop("as_json")
     quiet = opts.pop("quiet")
+    scenes = opts.pop("scenes")
+    radius = opts.pop("match_radius")
+    if scenes:
+        _evaluate_scenes(opts, radius, as_json, quiet)
+        return
+    if opts["methods"] is None:
+        from ..evaluate.pipeline import ALL_METHODS
+
+        opts["methods"] = ALL_METHODS
+    _only_for_scenes(opts["methods"])
     opts["support"] = parse_support(opts["support"])
     opts["device"] = device_from_flag(opts["device"])
     opts["sampler"] = sampler_from_flags(
@@ -282,3 +311,65 @@ def _check_support(cfg: Any) -> None:
     prior = load_priorset(cfg.prior)
     with as_usage_error("--support"):
         effective_support(prior, SeparateConfig(support=cfg.support))
+
+
+def _only_for_scenes(methods: tuple[str, ...]) -> None:
+    from ..evaluate.pipeline import ALL_METHODS
+
+    extra = [m for m in methods if m not in ALL_METHODS]
+    if extra:
+        raise click.UsageError(f"--methods {','.join(extra)}: only with --scenes")
+
+
+def _evaluate_scenes(opts: dict[str, Any], radius: float, as_json: bool, quiet: bool) -> None:
+    """``--scenes``: per-source evaluation of the scenes in --test-dir."""
+    from ..evaluate.scenes import SCENE_METHODS, SceneEvalConfig, run_scene_evaluation
+    from ._errors import overwrite_hint
+    from .separate import device_from_flag
+
+    if opts["test_dir"] is None:
+        raise click.UsageError(
+            "--scenes needs --test-dir (galprism simulate --view scenes --split test)"
+        )
+    methods = opts["methods"] or SCENE_METHODS
+    wrong = [m for m in methods if m not in SCENE_METHODS]
+    if wrong:
+        raise click.UsageError(
+            f"--methods {','.join(wrong)}: not with --scenes; choose from {','.join(SCENE_METHODS)}"
+        )
+    sampler = sampler_from_flags(
+        method=opts["sampler"],
+        steps=opts["steps"],
+        n_samples=opts["n_samples"],
+        cg_iterations=opts["cg_iterations"],
+        particles=opts["particles"],
+        jacobian=opts["jacobian"],
+    )
+    cfg = SceneEvalConfig(
+        output_dir=opts["output_dir"],
+        test_dir=opts["test_dir"],
+        limit=opts["limit"],
+        seed=opts["seed"],
+        methods=tuple(methods),
+        prior=opts["prior"],
+        sampler=sampler,
+        device=device_from_flag(opts["device"]),
+        radius=radius,
+        overwrite=opts["overwrite"],
+    )
+
+    def log(message: str) -> None:
+        if not quiet and sys.stderr.isatty():
+            click.echo(f"galprism evaluate: {message}", err=True)
+
+    with overwrite_hint():
+        out = run_scene_evaluation(
+            cfg, log=log, warn=lambda msg: click.echo(f"galprism: warning: {msg}", err=True)
+        )
+    if as_json:
+        click.echo(json.dumps(out.summary, default=str))
+    if not quiet:
+        click.echo(
+            f"galprism evaluate: report in {cfg.output_dir}/summary.md ({out.seconds:.0f} s)",
+            err=True,
+        )
