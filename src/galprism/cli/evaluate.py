@@ -104,7 +104,7 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--scenes",
     is_flag=True,
     help="Evaluate every source of the scenes in --test-dir (galprism's scene mode, photutils, "
-    "SEP) against their truth tables; see docs/evaluation.md.",
+    "SEP, scarlet2) against their truth tables; see docs/evaluation.md.",
 )
 @click.option(
     "--match-radius",
@@ -140,7 +140,7 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=_methods,
     default=None,
     help="Comma-separated methods to compare [default: galprism,gaussian,asvd,photutils,scarlet2;"
-    " with --scenes: galprism,photutils,sep].",
+    " with --scenes: galprism,photutils,sep,scarlet2].",
 )
 @click.option(
     "--prior",
@@ -355,6 +355,8 @@ def _evaluate_scenes(opts: dict[str, Any], radius: float, as_json: bool, quiet: 
         sampler=sampler,
         device=device_from_flag(opts["device"]),
         radius=radius,
+        scarlet2_python=opts["scarlet2_python"],
+        scarlet2_limit=opts["scarlet2_limit"],
         overwrite=opts["overwrite"],
     )
 

@@ -12,9 +12,12 @@ data, i.e. PSF-convolved, on the scene's pixel grid. Adapters:
   :class:`galprism.evaluate.methods.PhotutilsMethod`, then ``SourceCatalog`` centroids and
   segment fluxes; a source's image is its segment's background-subtracted pixels;
 * :class:`SepScene`: SEP's ``extract`` (SExtractor's algorithm) with the same threshold,
-  smoothing kernel, area and deblending settings as photutils where SEP has them.
+  smoothing kernel, area and deblending settings as photutils where SEP has them;
+* :class:`Scarlet2Scene`: scarlet2 in its own environment, one source per photutils
+  detection, each source's model rendered through the PSF.
 
-photutils and SEP do not classify sources or give flux intervals: those entries are None.
+photutils, SEP and scarlet2 do not classify sources or give flux intervals: those entries
+are None.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "GalprismScene",
     "PhotutilsScene",
     "SepScene",
+    "Scarlet2Scene",
     "sep_available",
     "QUANTILE_LEVELS",
 ]
@@ -323,3 +327,128 @@ class SepScene:
             images=images,
             seconds=time.perf_counter() - t0,
         )
+
+
+class Scarlet2Scene:
+    """scarlet2 on the whole scene, in its own environment (as :mod:`galprism.evaluate.scarlet`).
+
+    One source per photutils detection (:class:`PhotutilsScene`'s segmentation), at the
+    segment's brightest pixel; :mod:`galprism.evaluate.scene_scarlet_worker` fits them
+    together and returns each source's model rendered in the observation frame. A source's
+    flux is the sum of its rendering and its position the rendering's centroid (the source
+    centers are not fitted). The worker is one process per scene, so a scene's time
+    includes starting Python and importing JAX.
+
+    Parameters
+    ----------
+    python
+        The scarlet2 environment's Python executable.
+    max_iter
+        Adam iterations per scene.
+    limit
+        Run only the first ``limit`` scenes.
+    timeout
+        Seconds allowed per scene.
+    """
+
+    def __init__(
+        self,
+        python: str,
+        *,
+        max_iter: int = 200,
+        limit: int | None = None,
+        timeout: float = 600.0,
+        name: str = "scarlet2",
+        label: str = "scarlet2",
+    ) -> None:
+        from pathlib import Path
+
+        self.python = str(python)
+        if not Path(self.python).is_file():
+            raise ConfigError(f"scarlet2 Python {self.python}: not found")
+        self.max_iter = int(max_iter)
+        self.limit = limit
+        self.timeout = float(timeout)
+        self.detector = PhotutilsMethod()
+        self.version = "unknown"
+        self.name = name
+        self.label = label
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "python": self.python,
+            "max_iter": self.max_iter,
+            "limit": self.limit,
+            "scarlet2": self.version,
+            "detection": self.detector.settings(),
+        }
+
+    def detect(self, case: SceneCase) -> SceneDetections:
+        import os
+        import subprocess
+        import tempfile
+        from pathlib import Path
+
+        from ..errors import GalprismError
+        from .scarlet import _peaks
+
+        t0 = time.perf_counter()
+        obs = case.observation
+        image, variance, valid = obs.image[0], obs.variance[0], obs.valid[0]
+        data, labels = self.detector.segment(image, variance, valid)
+        centers = np.array([(y, x) for _, y, x in _peaks(data, labels)], dtype=np.float64)
+        if centers.size == 0:
+            return SceneDetections.empty("nothing detected", time.perf_counter() - t0)
+        worker = Path(__file__).with_name("scene_scarlet_worker.py")
+        with tempfile.TemporaryDirectory(prefix="galprism-scarlet2-") as tmp:
+            inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+            np.savez(
+                inp,
+                image=image,
+                variance=variance,
+                valid=valid,
+                psf=obs.psf[0],
+                centers=centers,
+                max_iter=np.array(self.max_iter),
+            )
+            env = {
+                **os.environ,
+                "JAX_PLATFORMS": "cpu",
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+            }
+            try:
+                proc = subprocess.run(
+                    [self.python, str(worker), str(inp), str(out)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise GalprismError(
+                    f"scarlet2: {case.name}: worker exceeded {self.timeout:.0f} s"
+                ) from exc
+            if proc.returncode != 0 or not out.is_file():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise GalprismError(
+                    f"scarlet2: {case.name}: worker failed (exit {proc.returncode}): {last}"
+                )
+            with np.load(out, allow_pickle=False) as res:
+                models = np.asarray(res["models"], dtype=np.float64)
+                status = str(res["status"])
+                self.version = str(res["version"])
+        if status != "ok":
+            return SceneDetections.empty(f"scarlet2: {status}", time.perf_counter() - t0)
+        flux = models.sum(axis=(1, 2))
+        h, w = case.shape
+        yy, xx = np.mgrid[:h, :w]
+        pos = np.clip(models, 0.0, None)
+        norm = np.maximum(pos.sum(axis=(1, 2)), 1e-300)
+        x = (pos * xx).sum(axis=(1, 2)) / norm
+        y = (pos * yy).sum(axis=(1, 2)) / norm
+        # A source whose rendering has no positive light keeps its detection peak.
+        empty = pos.sum(axis=(1, 2)) <= 0
+        x[empty], y[empty] = centers[empty, 1], centers[empty, 0]
+        return SceneDetections(x, y, flux, images=models, seconds=time.perf_counter() - t0)

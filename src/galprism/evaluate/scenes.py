@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 #: methods ``galprism evaluate --scenes`` knows, in report order
-SCENE_METHODS: tuple[str, ...] = ("galprism", "photutils", "sep")
+SCENE_METHODS: tuple[str, ...] = ("galprism", "photutils", "sep", "scarlet2")
 #: default matching radius in pixels (0.5" on HSC's 0.168" pixels, below the PSF's FWHM)
 MATCH_RADIUS = 3.0
 #: side in pixels of the square around a true source where its image is compared
@@ -372,7 +372,9 @@ def evaluate_scenes(
         entry = {"label": method.label, "settings": method.settings(), "seconds": 0.0}
         entry["failed_scenes"] = 0
         info[method.name] = entry
-        for c, tm in zip(cases, truth_m, strict=True):
+        # A method may run on the first scenes only (scarlet2 given a limit).
+        limit = getattr(method, "limit", None) or len(cases)
+        for c, tm in zip(cases[:limit], truth_m[:limit], strict=True):
             t0 = time.perf_counter()
             try:
                 det = method.detect(c)
@@ -588,6 +590,9 @@ class SceneEvalConfig:
         galprism's prior (name or folder), sampler settings and torch device.
     radius
         Matching radius in pixels.
+    scarlet2_python, scarlet2_limit
+        Python of an environment with scarlet2 (None: scarlet2 is skipped), and the number
+        of scenes it runs on (None: all).
     overwrite
         Replace an existing report.
     """
@@ -601,6 +606,8 @@ class SceneEvalConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     device: str = "cpu"
     radius: float = MATCH_RADIUS
+    scarlet2_python: str | None = None
+    scarlet2_limit: int | None = None
     overwrite: bool = False
     command: str = field(default_factory=lambda: shlex.join(["galprism", *sys.argv[1:]]))
 
@@ -643,6 +650,13 @@ def _build(cfg: SceneEvalConfig) -> tuple[list[SceneMethod], dict[str, str]]:
                 methods.append(SepScene())
             else:
                 skipped["sep"] = "sep is not installed: pip install 'galprism[evaluate]'"
+        elif name == "scarlet2":
+            if cfg.scarlet2_python is None:
+                skipped["scarlet2"] = "no scarlet2 environment (its Python) given"
+            else:
+                from .scene_peers import Scarlet2Scene
+
+                methods.append(Scarlet2Scene(cfg.scarlet2_python, limit=cfg.scarlet2_limit))
     return methods, skipped
 
 
