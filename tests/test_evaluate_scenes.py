@@ -275,3 +275,64 @@ def test_cli_scenes_galprism_records_seed_kinds_and_intervals(
     assert rows and all(r["kind_est"] in ("galaxy", "star") for r in rows)
     assert all(r["flux_in95"] in ("True", "False") for r in rows)
     assert all(float(r["rmse"]) >= 0 for r in rows)
+
+
+# ---------------------------------------------------------------- scarlet2 plumbing
+
+FAKE_WORKER = """#!{python}
+import sys
+import numpy as np
+_, worker, inp, out = sys.argv
+d = np.load(inp)
+mode = {mode!r}
+if mode == "crash":
+    sys.exit("boom")
+h, w = d["image"].shape
+models = np.zeros((len(d["centers"]), h, w))
+for k, (y, x) in enumerate(d["centers"]):
+    models[k, int(y), int(x)] = 100.0 + k  # a point of known flux at each detection
+    models[k, int(y), int(x) + 1] = 100.0 + k
+status = "ok" if mode == "ok" else "ValueError: no fit"
+np.savez(out, models=models, seconds=np.array(0.1), status=np.array(status),
+         version=np.array("fake"))
+"""
+
+
+def _fake_python(tmp_path: Path, mode: str) -> str:
+    import sys
+
+    path = tmp_path / f"python-{mode}"
+    path.write_text(FAKE_WORKER.format(python=sys.executable, mode=mode))
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.needs_data
+def test_scarlet2_scene_reads_every_rendering_and_reports_worker_failures(scene_dir, tmp_path):
+    """The scarlet2 adapter gets one rendering per photutils detection back: flux is the sum
+    of the rendering, position its centroid; a fit that fails in the worker gives a scene
+    with no detection and the worker's message; a crashed worker is a failed scene in the
+    evaluation, which goes on. Fails if renderings are paired with the wrong detections or
+    a worker failure stops the run."""
+    from galprism.errors import GalprismError
+    from galprism.evaluate.scene_peers import PhotutilsScene, Scarlet2Scene
+    from galprism.evaluate.scenes import evaluate_scenes
+
+    case = load_scene_set(scene_dir, 1)[0]
+    det = Scarlet2Scene(_fake_python(tmp_path, "ok")).detect(case)
+    n_phot = len(PhotutilsScene().detect(case))
+    assert len(det) == n_phot > 0
+    assert det.flux.tolist() == [2 * (100.0 + k) for k in range(n_phot)]
+    assert det.images is not None and det.images.sum(axis=(1, 2)).tolist() == det.flux.tolist()
+    iy, ix = np.unravel_index(det.images[0].argmax(), det.images[0].shape)
+    assert (det.x[0], det.y[0]) == (ix + 0.5, iy)
+
+    bad = Scarlet2Scene(_fake_python(tmp_path, "fail")).detect(case)
+    assert len(bad) == 0 and "no fit" in bad.note
+    crash = Scarlet2Scene(_fake_python(tmp_path, "crash"))
+    with pytest.raises(GalprismError, match="worker failed"):
+        crash.detect(case)
+    warnings: list[str] = []
+    res = evaluate_scenes([case], [crash, PhotutilsScene()], warn=warnings.append)
+    assert res.methods["scarlet2"]["failed_scenes"] == 1 and "boom" in warnings[0]
+    assert any(s["method"] == "photutils" and s["n_matched"] > 0 for s in res.scenes)
