@@ -225,6 +225,7 @@ def test_cli_scenes_photutils_and_sep_end_to_end(scene_dir, tmp_path, capsys, mo
             "asvd",
         ],
         ["evaluate", "--test-dir", scene_dir, "-o", tmp_path / "r4", "--methods", "sep"],
+        ["evaluate", "--test-dir", scene_dir, "-o", tmp_path / "r5", "--match-radius", "2"],
     ]
     for b in bad:
         code, _, _, err = run_cli(b, capsys, monkeypatch)

@@ -264,6 +264,9 @@ def evaluate(**opts) -> None:
     if scenes:
         _evaluate_scenes(opts, radius, as_json, quiet)
         return
+    source = click.get_current_context().get_parameter_source("match_radius")
+    if source is not None and source.name != "DEFAULT":
+        raise click.UsageError("--match-radius: only with --scenes")
     if opts["methods"] is None:
         from ..evaluate.pipeline import ALL_METHODS
 
