@@ -311,9 +311,9 @@ def _fake_python(tmp_path: Path, mode: str) -> str:
 @pytest.mark.needs_data
 def test_scarlet2_scene_reads_every_rendering_and_reports_worker_failures(scene_dir, tmp_path):
     """The scarlet2 adapter gets one rendering per photutils detection back: flux is the sum
-    of the rendering, position its centroid; a fit that fails in the worker gives a scene
-    with no detection and the worker's message; a crashed worker is a failed scene in the
-    evaluation, which goes on. Fails if renderings are paired with the wrong detections or
+    of the rendering, position its centroid; a fit that fails in the worker or a crashed
+    worker is an error naming the scene, counted as a failed scene by the evaluation,
+    which goes on. Fails if renderings are paired with the wrong detections or
     a worker failure stops the run."""
     from galprism.errors import GalprismError
     from galprism.evaluate.scene_peers import PhotutilsScene, Scarlet2Scene
@@ -328,8 +328,8 @@ def test_scarlet2_scene_reads_every_rendering_and_reports_worker_failures(scene_
     iy, ix = np.unravel_index(det.images[0].argmax(), det.images[0].shape)
     assert (det.x[0], det.y[0]) == (ix + 0.5, iy)
 
-    bad = Scarlet2Scene(_fake_python(tmp_path, "fail")).detect(case)
-    assert len(bad) == 0 and "no fit" in bad.note
+    with pytest.raises(GalprismError, match=f"{case.name}: fit failed: ValueError: no fit"):
+        Scarlet2Scene(_fake_python(tmp_path, "fail")).detect(case)
     crash = Scarlet2Scene(_fake_python(tmp_path, "crash"))
     with pytest.raises(GalprismError, match="worker failed"):
         crash.detect(case)

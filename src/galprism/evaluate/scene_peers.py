@@ -440,7 +440,7 @@ class Scarlet2Scene:
                 status = str(res["status"])
                 self.version = str(res["version"])
         if status != "ok":
-            return SceneDetections.empty(f"scarlet2: {status}", time.perf_counter() - t0)
+            raise GalprismError(f"scarlet2: {case.name}: fit failed: {status}")
         flux = models.sum(axis=(1, 2))
         h, w = case.shape
         yy, xx = np.mgrid[:h, :w]
