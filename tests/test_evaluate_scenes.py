@@ -263,13 +263,14 @@ def test_cli_scenes_galprism_records_seed_kinds_and_intervals(
     out = tmp_path / "report"
     argv = ["evaluate", "--scenes", "--test-dir", scene_dir, "--limit", "1", "-o", out]
     argv += ["--methods", "galprism", "--prior", prior, "--steps", "4", "--n-samples", "4"]
-    argv += ["--seed", "3", "--device", "cpu", "--json", "-q"]
+    argv += ["--seed", "3", "--device", "cpu", "--rho", "7", "--json", "-q"]
     code, recs, _, err = run_cli(argv, capsys, monkeypatch)
     assert code == 0, err
     g = recs[0]["methods"]["galprism"]
     assert g["n_matched"] > 0 and g["n_intervals"] == g["n_matched"]
     assert 0 <= g["star_galaxy_accuracy"] <= 1 and 0 <= g["coverage95"] <= 1
     assert g["settings"]["steps"] == 4 and g["settings"]["n_samples"] == 4
+    assert g["settings"]["rho"] == 7  # every sampler flag reaches the scene sampler
     (scene,) = list(csv.DictReader((out / "scenes.csv").open()))
     assert int(scene["seed"]) == cutout_seed(3, scene["scene"])
     rows = [r for r in csv.DictReader((out / "results.csv").open()) if r["matched"] == "True"]

@@ -348,6 +348,7 @@ def _evaluate_scenes(opts: dict[str, Any], radius: float, as_json: bool, quiet: 
         cg_iterations=opts["cg_iterations"],
         particles=opts["particles"],
         jacobian=opts["jacobian"],
+        rho=opts["rho"],
     )
     cfg = SceneEvalConfig(
         output_dir=opts["output_dir"],
