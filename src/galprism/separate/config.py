@@ -12,7 +12,13 @@ from ..errors import ConfigError
 from ..freeform import FreeformConfig
 from ..io.read import ReadOptions
 
-__all__ = ["SeparateConfig", "resolve_device"]
+__all__ = ["PRECISIONS", "SeparateConfig", "resolve_device", "resolve_precision"]
+
+#: Arithmetic of the prior networks' forward passes (:mod:`galprism.separate.precision`):
+#: ``float32``; ``bf16``, autocast to bfloat16 (CUDA or CPU); ``tf32``, float32 tensors with
+#: TensorFloat-32 matrix products (CUDA only). The likelihood, the conjugate-gradient solve
+#: and the operators stay float32 in every case.
+PRECISIONS = ("float32", "bf16", "tf32")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class SeparateConfig:
     freeform
         When sources the priors cannot draw (too bright, or centered beyond the grid) get
         a free-form component integrated out of the likelihood (:mod:`galprism.freeform`).
+    precision
+        One of :data:`PRECISIONS` for the prior networks, or ``None``: ``"bf16"`` on a
+        CUDA device, ``"float32"`` on the CPU (:func:`resolve_precision`).
     """
 
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -68,6 +77,7 @@ class SeparateConfig:
     command_line: str | None = None
     support: dict[str, float | str] | None = None
     freeform: FreeformConfig = field(default_factory=FreeformConfig)
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.sampler, SamplerConfig):
@@ -80,6 +90,11 @@ class SeparateConfig:
             raise ConfigError("separate: overwrite and skip_existing exclude each other")
         if self.center is not None and self.center_radec is not None:
             raise ConfigError("separate: center and center_radec exclude each other")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"separate: precision must be one of {', '.join(PRECISIONS)}, "
+                f"got {self.precision!r}"
+            )
 
 
 def resolve_device(device: str) -> str:
@@ -99,3 +114,28 @@ def resolve_device(device: str) -> str:
     except RuntimeError as exc:
         raise ConfigError(f"device {device!r}: not a torch device") from exc
     return device
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """The network precision a run uses on a resolved ``device``.
+
+    ``None`` -> ``"bf16"`` on CUDA, where bfloat16 matrix products are several times
+    faster than float32 ones, and ``"float32"`` elsewhere, where CPU bfloat16 is no faster
+    and float32 keeps results identical to a float32 run.
+
+    Raises
+    ------
+    ConfigError
+        If ``precision`` is not one of :data:`PRECISIONS`, or is ``"tf32"`` on a device
+        other than CUDA.
+    """
+    on_cuda = torch.device(device).type == "cuda"
+    if precision is None:
+        return "bf16" if on_cuda else "float32"
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision {precision!r}: not one of {', '.join(PRECISIONS)}"
+        )
+    if precision == "tf32" and not on_cuda:
+        raise ConfigError(f"precision tf32: TensorFloat-32 is a CUDA mode, device is {device}")
+    return precision

@@ -20,7 +20,8 @@ from ..support import (
     resolve_support_masks,
     zero_outside_supports,
 )
-from .config import SeparateConfig
+from .config import SeparateConfig, resolve_precision
+from .precision import network_precision
 from .prior import Separator, effective_support, prior_zeropoint
 
 if TYPE_CHECKING:
@@ -214,7 +215,8 @@ def separate_observations(
     seeds
         One seed per observation; each gets its own ``torch.Generator``.
     device
-        Torch device for the sampler.
+        Torch device for the sampler; with ``config.precision`` it decides the networks'
+        precision (:func:`~galprism.separate.config.resolve_precision`).
 
     Returns
     -------
@@ -313,20 +315,22 @@ def _separate_once(
             psf_included=prior.capabilities.psf_included,
         )
 
-    supports, radii = resolve_support_masks(
-        effective_support(prior, config),
-        prior,
-        y,
-        noise_var,
-        operator_for,
-        seeds,
-        sampler=config.sampler,
-        device=device,
-    )
-    operator = operator_for(supports)
-    samples = prior.separate(
-        y, noise_var, operator, config.sampler, generators=generators, device=device
-    )
+    # Only the networks change precision; the samples come back in y's dtype.
+    with network_precision(prior, resolve_precision(config.precision, device), device):
+        supports, radii = resolve_support_masks(
+            effective_support(prior, config),
+            prior,
+            y,
+            noise_var,
+            operator_for,
+            seeds,
+            sampler=config.sampler,
+            device=device,
+        )
+        operator = operator_for(supports)
+        samples = prior.separate(
+            y, noise_var, operator, config.sampler, generators=generators, device=device
+        )
     b, k = len(observations), len(prior.sources)
     shape = tuple(samples.shape)
     if len(shape) != 6 or shape[0] != b or shape[2] != k or shape[3:] != tuple(prior.frame.shape):

@@ -18,7 +18,7 @@ from ..errors import GalprismError, InputError
 from ..io.inputs import cutout_seed, in_shard, output_path
 from ..io.write import OutputExistsError, StaleTemps, check_writable
 from ..observation import NoteKind, Observation
-from .config import SeparateConfig, resolve_device
+from .config import SeparateConfig, resolve_device, resolve_precision
 from .inference import modelled_region, prepare_observation, separate_observations
 from .output import write_result
 from .prior import Separator, effective_support, prior_zeropoint
@@ -146,6 +146,7 @@ def run_separate(
     t_run = time.perf_counter()
     warn = warnings or RunWarnings()
     device = resolve_device(config.device)
+    resolve_precision(config.precision, device)  # tf32 on a CPU is an error before any work
     effective_support(prior, config)  # a bad support is an error before any work
     summary = RunSummary()
     if config.output is None:
