@@ -133,9 +133,7 @@ def resolve_precision(precision: str | None, device: str) -> str:
     if precision is None:
         return "bf16" if on_cuda else "float32"
     if precision not in PRECISIONS:
-        raise ConfigError(
-            f"precision {precision!r}: not one of {', '.join(PRECISIONS)}"
-        )
+        raise ConfigError(f"precision {precision!r}: not one of {', '.join(PRECISIONS)}")
     if precision == "tf32" and not on_cuda:
         raise ConfigError(f"precision tf32: TensorFloat-32 is a CUDA mode, device is {device}")
     return precision
