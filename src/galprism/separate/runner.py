@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._memory import trim_freed_memory
+from .._memory import keep_large_allocations_mapped, trim_freed_memory
 from ..errors import GalprismError, InputError
 from ..io.inputs import cutout_seed, in_shard, output_path
 from ..io.write import OutputExistsError, StaleTemps, check_writable
@@ -144,6 +144,9 @@ def run_separate(
         ``exit_code`` 1 when any input failed.
     """
     t_run = time.perf_counter()
+    # Batch after batch, large tensors would otherwise fragment the heap and the peak
+    # resident memory would grow with the number of inputs (see galprism._memory).
+    keep_large_allocations_mapped()
     warn = warnings or RunWarnings()
     device = resolve_device(config.device)
     resolve_precision(config.precision, device)  # tf32 on a CPU is an error before any work
