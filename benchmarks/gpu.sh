@@ -22,24 +22,49 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# Wheels galprism needs beyond torch, numpy, scipy, click, h5py, rich, matplotlib and
-# pyyaml, pinned so that one version of each travels.
+# Wheels that `galprism separate` and the tests need beyond torch, numpy, scipy, click,
+# h5py, rich, matplotlib and pyyaml, pinned so that one version of each travels (POT and
+# photutils, for `galprism evaluate`, are left out).
 WHEELS=(
     astropy==8.0.2 astropy-iers-data==0.2026.11.16.0.37.44 pyerfa==2.0.1.5
-    galsim==2.8.5 lsstdesc.coord==1.3.1 pot==0.9.7.post1 photutils==3.0.0
+    galsim==2.8.5 lsstdesc.coord==1.3.1
 )
 
+WHL=${GALPRISM_GPU_WHEELS:-.whl} # where `fetch` puts the wheels and the run looks for them
+
 if [[ "${1:-}" == "fetch" ]]; then
-    echo /.whl/ >>.git/info/exclude 2>/dev/null || true
-    mkdir -p .whl
+    if [[ "$WHL" == .whl ]]; then # keep the wheels out of git
+        exclude=$(git rev-parse --git-path info/exclude 2>/dev/null) &&
+            { grep -qx /.whl/ "$exclude" 2>/dev/null || echo /.whl/ >>"$exclude"; }
+    fi
+    mkdir -p "$WHL"
     for w in "${WHEELS[@]}"; do
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
             --implementation cp --platform manylinux_2_28_x86_64 \
             --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
             --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-            --platform any -d .whl "$w" || { echo "gpu.sh: could not fetch $w" >&2; exit 3; }
+            --platform any -d "$WHL" "$w" || { echo "gpu.sh: could not fetch $w" >&2; exit 3; }
     done
-    du -sh .whl
+    # GalSim's extension carries 190 MB of debug symbols: without them the wheels fit
+    # the few tens of MB a machine without network can be sent.
+    python3 - "$WHL"/galsim-*.whl <<'STRIP' || exit 3
+import os, subprocess, sys, tempfile, zipfile
+for wheel in sys.argv[1:]:
+    tmp = wheel + ".tmp"
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith(".so"):
+                with tempfile.NamedTemporaryFile(suffix=".so", delete=False) as fh:
+                    fh.write(data)
+                subprocess.run(["strip", "--strip-debug", fh.name], check=True)
+                with open(fh.name, "rb") as fh2:
+                    data = fh2.read()
+                os.unlink(fh.name)
+            dst.writestr(info, data)
+    os.replace(tmp, wheel)
+STRIP
+    du -sh "$WHL"
     exit 0
 fi
 
@@ -60,11 +85,11 @@ else
 fi
 
 SITE=""
-if compgen -G ".whl/*.whl" >/dev/null; then
+if compgen -G "$WHL/*.whl" >/dev/null; then
     SITE=/tmp/galprism-site
     if [[ ! -f $SITE/.done ]]; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$SITE" .whl/*.whl || { echo "gpu.sh: installing .whl/ failed" >&2; exit 3; }
+            --target "$SITE" "$WHL"/*.whl || { echo "gpu.sh: installing $WHL failed" >&2; exit 3; }
         touch "$SITE/.done"
     fi
 fi

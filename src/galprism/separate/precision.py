@@ -3,9 +3,12 @@
 Only the backbone of each :class:`~galprism.diffusion.denoiser.DiffusionPrior` (its U-Net
 or MLP) runs in lower precision: its output is cast back to the state's dtype before the
 EDM preconditioning, so the denoiser's skip connection, the likelihood, the
-conjugate-gradient solve and the operators stay float32. The Jacobian-vector products of
-MMPS go through the same casts (autograd records them), so the network's VJPs run in the
-precision of its forward pass. Self-attention blocks stay float32 (see
+conjugate-gradient solve and the operators stay float32. Under bf16 the vector-Jacobian
+products of MMPS go through the same casts (autograd records them), so they run in bf16
+too; under TF32 only the forward pass uses TF32 matrix products, the VJPs run with
+torch's global settings. ``float32`` changes nothing: on CUDA, torch's defaults then
+apply (cuDNN convolutions may use TF32 unless ``torch.backends.cudnn.allow_tf32`` is
+False). Under bf16 the self-attention blocks stay float32 (see
 :func:`_keep_attention_float32`).
 
 :func:`network_precision` swaps each backbone for a :class:`LowPrecisionNet` for the
