@@ -15,7 +15,7 @@ from ..freeform import Box, build_freeform, find_residual_boxes
 from ..io.read import read_cutout
 from ..notes import Note, NoteKind
 from ..observation import Observation, stack_observations
-from ..operators import SourceSum
+from ..operators import LinearOperator, LowRankUpdate, SourceSum, Weight
 from ..support import (
     resolve_support_masks,
     zero_outside_supports,
@@ -273,6 +273,35 @@ def _freeform_applies(prior: Separator) -> bool:
     return prior.capabilities.freeform
 
 
+def _on_device(
+    operators: Sequence[LinearOperator], device: str, dtype: torch.dtype
+) -> list[LinearOperator]:
+    """The free-form whitening operators with their tensors moved once to the sampler's
+    device and dtype.
+
+    They hold float64 host tensors (the free-form model is built in float64), and every
+    application would otherwise copy them to the sampler's dtype and device: a basis of
+    pixels x box pixels per cutout and sample, copied at each product of every step (a
+    host-to-device transfer on a GPU, and tens of MB of transient copies per batch). The
+    values are those each application's conversion gave, so the samples do not change.
+    """
+    moved: list[LinearOperator] = []
+    for op in operators:
+        if isinstance(op, LowRankUpdate):
+            moved.append(
+                LowRankUpdate(
+                    op.basis.to(device=device, dtype=dtype),
+                    op.gains.to(device=device, dtype=dtype),
+                    op.in_shape,
+                )
+            )
+        elif isinstance(op, Weight):
+            moved.append(Weight(op.weights.to(device=device, dtype=dtype), op.in_shape))
+        else:
+            moved.append(op)
+    return moved
+
+
 def _separate_once(
     observations: Sequence[Observation],
     prior: Separator,
@@ -305,7 +334,7 @@ def _separate_once(
     if freeform is not None:
         y, noise_var = freeform.whiten(batch.y.to(torch.float64))
         y, noise_var = y.to(batch.y.dtype), noise_var.to(batch.y.dtype)
-        whitening = freeform.whitening()
+        whitening = _on_device(freeform.whitening(), device, y.dtype)
 
     def operator_for(masks: Mapping[str, torch.Tensor]) -> SourceSum:
         return batch.operator_for(
