@@ -50,12 +50,14 @@ _MALLOPT = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
 
 
 def keep_large_allocations_mapped(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Serve allocations of ``threshold`` bytes and more with their own mapping, always.
+    """Give allocations of ``threshold`` bytes and more their own mapping from now on.
 
     Sets glibc's ``M_MMAP_THRESHOLD``, which stops glibc from raising it as blocks are
     freed: large tensors then return to the system when freed instead of fragmenting the
-    heap. A threshold given in the environment (``MALLOC_MMAP_THRESHOLD_``) is the user's
-    choice and is left alone. The setting is process-wide and lasts until changed.
+    heap. (glibc still serves a request from a free heap chunk large enough for it, such
+    as one left by blocks freed before the call.) A threshold given in the environment
+    (``MALLOC_MMAP_THRESHOLD_``) is the user's choice and is left alone. The setting is
+    process-wide and lasts until changed.
 
     Parameters
     ----------
