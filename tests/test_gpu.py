@@ -250,8 +250,10 @@ def test_separate_on_cuda_bf16_close_to_cpu_float32(tmp_path, real_prior):
     ones for the same cutouts: a device or precision bug in separation shows up here."""
     obs = _cutouts(tmp_path, real_prior)
     cpu = _separate(obs, real_prior, "float32")
-    gpu = _separate(obs, real_prior, None, device="cuda")
-    real_prior.to("cpu")
+    try:
+        gpu = _separate(obs, real_prior, None, device="cuda")
+    finally:
+        real_prior.to("cpu")  # the module's other tests use the same prior on the CPU
     for a, b in zip(cpu, gpu, strict=True):
         mean_a, mean_b = a.samples.mean(axis=0), b.samples.mean(axis=0)
         scale = float(abs(mean_a).max())
