@@ -15,7 +15,8 @@ of ``separate_throughput.py``) and, after every ``--every`` outputs, records
 
 If ``heap_in_use_mb`` and ``py_traced_mb`` stay flat while ``rss_mb`` and ``heap_free_mb``
 grow, the growth is freed memory glibc keeps (fragmentation), not a leak. The run itself
-returns such memory after each written batch (:mod:`galprism._memory`).
+returns such memory after each written batch, and with ``--flat-memory`` keeps large
+tensors out of the heap (:mod:`galprism._memory`).
 
 Usage::
 
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--support", default=None, help="as galprism separate's (default: prior's)")
     ap.add_argument("--tracemalloc", action="store_true")
+    ap.add_argument(
+        "--flat-memory", action="store_true", help="as galprism separate's (fixed mmap threshold)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=Path(tmp) / "out",
             support=parse_support([args.support]) if args.support else None,
             command_line="benchmarks/separate_memory.py",
+            flat_memory=args.flat_memory,
         )
         if args.tracemalloc:
             tracemalloc.start(10)
@@ -166,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "separate_memory",
         "n_cutouts": args.n_cutouts,
+        "flat_memory": args.flat_memory,
         "ok": summary.ok,
         "marks": marks,
     }

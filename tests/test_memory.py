@@ -88,3 +88,21 @@ def test_threshold_from_the_environment_is_left_alone(monkeypatch):
     must not overwrite it with its own."""
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert _memory.keep_large_allocations_mapped() is False
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_run_fixes_the_threshold_only_with_flat_memory(tmp_path, monkeypatch, flat):
+    """flat_memory must reach glibc (else --flat-memory would silently do nothing), and a
+    plain run must keep glibc's own rule, whose heap reuse is much faster for large
+    tensors."""
+    from fits_factory import FakePrior, make_cutout
+
+    from galprism.separate import RunWarnings, SeparateConfig, run_separate, runner
+
+    calls = []
+    monkeypatch.setattr(runner, "keep_large_allocations_mapped", lambda: calls.append(1))
+    path = make_cutout(tmp_path / "c.fits")
+    config = SeparateConfig(output_dir=tmp_path / "out", flat_memory=flat)
+    summary = run_separate([path], FakePrior(), config, warnings=RunWarnings(lambda m: None))
+    assert summary.ok == 1
+    assert calls == ([1] if flat else [])

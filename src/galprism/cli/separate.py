@@ -382,6 +382,12 @@ def _record_line(rec: Any) -> str:
     help="Arithmetic of the prior networks: float32; bf16 (autocast); tf32 (CUDA only). "
     "The likelihood and its solve stay float32. [default: bf16 on CUDA, else float32]",
 )
+@click.option(
+    "--flat-memory",
+    is_flag=True,
+    help="Keep the peak memory flat over any number of inputs (large tensors get their own "
+    "mappings; costs CPU time, see the user guide).",
+)
 @threads_option(default_one=True)
 @click.option(
     "--seed",
@@ -526,6 +532,7 @@ def separate(
         batch_size=kw["batch_size"],
         device=kw["device"],
         precision=kw["precision"],
+        flat_memory=kw["flat_memory"],
         seed=kw["seed"],
         center=_pair(kw["center"], "--center"),
         center_radec=_pair(kw["center_radec"], "--center-radec"),

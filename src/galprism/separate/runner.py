@@ -144,9 +144,10 @@ def run_separate(
         ``exit_code`` 1 when any input failed.
     """
     t_run = time.perf_counter()
-    # Batch after batch, large tensors would otherwise fragment the heap and the peak
-    # resident memory would grow with the number of inputs (see galprism._memory).
-    keep_large_allocations_mapped()
+    if config.flat_memory:
+        # Batch after batch, large tensors would otherwise fragment the heap and the peak
+        # resident memory would creep up with the number of inputs (see galprism._memory).
+        keep_large_allocations_mapped()
     warn = warnings or RunWarnings()
     device = resolve_device(config.device)
     resolve_precision(config.precision, device)  # tf32 on a CPU is an error before any work
