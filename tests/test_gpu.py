@@ -214,6 +214,18 @@ def test_precision_defaults_and_refusals():
         SeparateConfig(precision="fp8")
 
 
+def test_difference_jacobian_keeps_float32_networks():
+    """A forward difference of step 1e-3 through bf16 or TF32 networks measures their
+    rounding, not their Jacobian: the default must then be float32 on CUDA too, and an
+    explicit lower precision must be refused rather than give a meaningless posterior."""
+    assert resolve_precision(None, "cuda", "difference") == "float32"
+    assert resolve_precision(None, "cpu", "difference") == "float32"
+    assert resolve_precision("float32", "cuda", "difference") == "float32"
+    for precision in ("bf16", "tf32"):
+        with pytest.raises(ConfigError, match="forward-difference"):
+            resolve_precision(precision, "cuda", "difference")
+
+
 def test_cli_tf32_on_cpu_is_a_one_line_usage_error(tmp_path, capsys, monkeypatch):
     """--precision tf32 --device cpu must stop before any work with exit status 2 and one
     line naming the flag, not run in float32 while the user believes TF32 was used."""

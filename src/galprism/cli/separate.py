@@ -571,7 +571,7 @@ def separate(
         raise UsageError(f"--method {kw['method']}: prior {prior_spec!r} is a {prior.method} prior")
     device = device_from_flag(config.device)
     try:
-        resolve_precision(config.precision, device)
+        resolve_precision(config.precision, device, config.sampler.jacobian)
     except ConfigError as exc:
         raise UsageError(
             f"--precision {config.precision}: {str(exc).partition(': ')[2] or exc}"

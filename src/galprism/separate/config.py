@@ -123,24 +123,32 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_precision(precision: str | None, device: str) -> str:
+def resolve_precision(precision: str | None, device: str, jacobian: str = "vjp") -> str:
     """The network precision a run uses on a resolved ``device``.
 
     ``None`` -> ``"bf16"`` on CUDA, where bfloat16 matrix products are several times
     faster than float32 ones, and ``"float32"`` elsewhere, where CPU bfloat16 is no faster
-    and float32 keeps results identical to a float32 run.
+    and float32 keeps results identical to a float32 run. With ``jacobian="difference"``
+    (:class:`~galprism.diffusion.SamplerConfig`) the default is ``"float32"`` everywhere:
+    a forward difference of step 1e-3 of the network's input drowns in bfloat16's (and
+    TF32's) rounding, which is of that size.
 
     Raises
     ------
     ConfigError
-        If ``precision`` is not one of :data:`PRECISIONS`, or is ``"tf32"`` on a device
-        other than CUDA.
+        If ``precision`` is not one of :data:`PRECISIONS`, is ``"tf32"`` on a device
+        other than CUDA, or is not ``"float32"`` with a forward-difference Jacobian.
     """
     on_cuda = torch.device(device).type == "cuda"
     if precision is None:
-        return "bf16" if on_cuda else "float32"
+        return "bf16" if on_cuda and jacobian != "difference" else "float32"
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r}: not one of {', '.join(PRECISIONS)}")
     if precision == "tf32" and not on_cuda:
         raise ConfigError(f"precision tf32: TensorFloat-32 is a CUDA mode, device is {device}")
+    if precision != "float32" and jacobian == "difference":
+        raise ConfigError(
+            f"precision {precision}: the forward-difference Jacobian needs float32 networks "
+            "(its step is as small as the rounding)"
+        )
     return precision

@@ -345,7 +345,8 @@ def _separate_once(
         )
 
     # Only the networks change precision; the samples come back in y's dtype.
-    with network_precision(prior, resolve_precision(config.precision, device), device):
+    precision = resolve_precision(config.precision, device, config.sampler.jacobian)
+    with network_precision(prior, precision, device):
         supports, radii = resolve_support_masks(
             effective_support(prior, config),
             prior,

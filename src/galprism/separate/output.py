@@ -75,7 +75,10 @@ def _cards(
         "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
         "RUNSEED": (int(config.seed), "run seed"),
         "DEVICE": (device, "torch device"),
-        "PRECISN": (resolve_precision(config.precision, device), "diffusion networks' arithmetic"),
+        "PRECISN": (
+            resolve_precision(config.precision, device, config.sampler.jacobian),
+            "diffusion networks' arithmetic",
+        ),
         "INFILE": (obs.name, "input file"),
         "INSHA256": (obs.checksum, ""),
         "CROPX0": (int(obs.origin[0]), "input pixel x (0-based) of output pixel 0"),

@@ -150,7 +150,8 @@ def run_separate(
         keep_large_allocations_mapped()
     warn = warnings or RunWarnings()
     device = resolve_device(config.device)
-    resolve_precision(config.precision, device)  # tf32 on a CPU is an error before any work
+    # tf32 on a CPU, or bf16 with a difference Jacobian, is an error before any work
+    resolve_precision(config.precision, device, config.sampler.jacobian)
     effective_support(prior, config)  # a bad support is an error before any work
     summary = RunSummary()
     if config.output is None:
