@@ -9,9 +9,19 @@ prior's zero point) into a temporary folder, then runs the full pipeline
 Reports cutouts per minute (pipeline wall time, prior loading excluded) and the resident
 memory after 10 %, 50 % and 100 % of the inputs: flat numbers mean the pipeline streams.
 
+With ``--command LABEL=EXECUTABLE`` (repeatable) it instead times whole ``galprism
+separate`` commands of several installations (e.g. the current one and v0.1.0 in its own
+virtual environment) on the same inputs (``--inputs DIR``: real cutouts, e.g. a
+``galprism simulate`` test set), alternating between them ``--repeat`` times, each child on
+one thread; it reports each one's CPU seconds per cutout (the child's user + system time,
+the run with one input subtracted so that start-up and prior loading are left out),
+cutouts per CPU-core-minute, and every command's ratio to the first, all as medians.
+
 Usage::
 
     python benchmarks/separate_throughput.py --json
+    python benchmarks/separate_throughput.py --inputs TESTSET --n-cutouts 16 --repeat 3 \
+        --command v0.1.0=../v010/.venv/bin/galprism --command main=galprism --json
     python benchmarks/separate_throughput.py --n-cutouts 1000 --n-samples 1 --steps 4 --json  #
     memory check
     python benchmarks/separate_throughput.py --n-cutouts 1000 --n-samples 1 --steps 4 --trim --json
@@ -23,7 +33,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import platform
+import shlex
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -163,6 +177,82 @@ def run_once(prior, paths: list[str], out: Path, device: str, args: argparse.Nam
     return result
 
 
+def child_cpu_seconds(argv: list[str]) -> tuple[float, float]:
+    """CPU (user + system) and wall seconds of one child process; raises if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:2])} failed ({proc.returncode}): {err[-500:]}")
+    return usage.ru_utime + usage.ru_stime, wall
+
+
+def compare_commands(args: argparse.Namespace) -> dict:
+    """Alternate whole ``galprism separate`` runs of several installations on ``--inputs``."""
+    paths = sorted(str(p) for p in Path(args.inputs).glob("*.fits"))[: args.n_cutouts]
+    if len(paths) < 2:
+        raise SystemExit(f"{args.inputs}: needs at least 2 FITS cutouts")
+    commands = []
+    for spec in args.command:
+        label, _, exe = spec.partition("=")
+        if not exe:
+            raise SystemExit(f"--command {spec!r}: expected LABEL=EXECUTABLE [FLAGS]")
+        commands.append((label, shlex.split(exe)))
+    per: dict[str, dict[str, list[float]]] = {
+        label: {"cpu_n": [], "cpu_1": [], "wall_n": []} for label, _ in commands
+    }
+    with tempfile.TemporaryDirectory(prefix="galprism-bench-") as tmp:
+        for rep in range(args.repeat):
+            for label, exe in commands:
+                for key, inputs in (("cpu_1", paths[:1]), ("cpu_n", paths)):
+                    out = Path(tmp) / f"{label}-{rep}-{key}"
+                    argv = [*exe[:1], "separate", *inputs, "--output-dir", str(out)]
+                    argv += ["--threads", "1", "--quiet", *exe[1:]]
+                    cpu, wall = child_cpu_seconds(argv)
+                    per[label][key].append(cpu)
+                    if key == "cpu_n":
+                        per[label]["wall_n"].append(wall)
+    n = len(paths)
+    runs = []
+    for label, exe in commands:
+        marginal = [
+            (a - b) / (n - 1) for a, b in zip(per[label]["cpu_n"], per[label]["cpu_1"], strict=True)
+        ]
+        runs.append(
+            {
+                "label": label,
+                "command": " ".join(exe),
+                "cpu_seconds_per_cutout": round(statistics.median(marginal), 3),
+                "cpu_seconds_per_cutout_runs": [round(v, 3) for v in marginal],
+                "cutouts_per_cpu_minute": round(60 / statistics.median(marginal), 2),
+                "startup_cpu_seconds": round(
+                    statistics.median(
+                        [b - m for b, m in zip(per[label]["cpu_1"], marginal, strict=True)]
+                    ),
+                    2,
+                ),
+            }
+        )
+    first = runs[0]["cpu_seconds_per_cutout_runs"]
+    for r in runs:
+        # Ratios within each repetition (runs of one repetition share the machine's state).
+        ratios = [a / b for a, b in zip(first, r["cpu_seconds_per_cutout_runs"], strict=True)]
+        r[f"speedup_vs_{runs[0]['label']}"] = round(statistics.median(ratios), 2)
+    return {
+        "benchmark": "separate_throughput",
+        "mode": "commands",
+        "inputs": str(args.inputs),
+        "n_cutouts": n,
+        "repeat": args.repeat,
+        "cpu": platform.processor() or platform.machine(),
+        "runs": runs,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prior", default="default", help="built-in prior name or prior folder")
@@ -190,8 +280,30 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also report the RSS after glibc's malloc_trim at each mark (Linux)",
     )
+    ap.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        help="LABEL=EXECUTABLE [FLAGS]: time this galprism's separate (repeatable)",
+    )
+    ap.add_argument("--inputs", type=Path, default=None, help="folder of cutouts (--command)")
+    ap.add_argument("--repeat", type=int, default=3, help="repetitions (--command)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    if args.command:
+        if args.inputs is None:
+            raise SystemExit("--command needs --inputs DIR")
+        report = compare_commands(args)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            for r in report["runs"]:
+                print(
+                    f"{r['label']}: {r['cpu_seconds_per_cutout']} CPU s per cutout, "
+                    f"{r['cutouts_per_cpu_minute']} cutouts per CPU-core-minute",
+                    file=sys.stderr,
+                )
+        return 0
 
     from galprism.diffusion import SamplerConfig
     from galprism.priorset import load_priorset

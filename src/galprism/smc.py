@@ -35,7 +35,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .diffusion.samplers import Generators, SamplerConfig, randn_rows
+from .diffusion.samplers import Generators, SamplerConfig, randn_rows, time_grid
 
 __all__ = ["TwistedDenoiser", "sample_smc", "RESAMPLE_ESS"]
 
@@ -95,7 +95,7 @@ def sample_smc(
     eta = config.eta if config.eta > 0 else 1.0
     y = posterior.y
     shape = (rows, posterior.n_sources, *posterior.shape)
-    ts = torch.linspace(1.0, 0.0, config.steps + 1, dtype=torch.float64)
+    ts = time_grid(config, posterior)
 
     def per_source(t: Tensor) -> Tensor:
         return (

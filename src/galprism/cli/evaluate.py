@@ -249,6 +249,7 @@ def evaluate(**opts) -> None:
         cg_iterations=opts.pop("cg_iterations"),
         particles=opts.pop("particles"),
         jacobian=opts.pop("jacobian"),
+        rho=opts.pop("rho"),
     )
     cfg = EvaluateConfig(**opts)
     if cfg.support:

@@ -47,6 +47,7 @@ SAMPLER_FLAGS = {
     "particles": "--particles",
     "trust": "--trust",
     "jacobian": "--jacobian",
+    "rho": "--rho",
 }
 
 
@@ -91,6 +92,14 @@ def sampler_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="MMPS covariance products of the networks: vjp (autograd, exact) or "
             "difference (a forward difference, two forwards without a graph).",
+        ),
+        click.option(
+            "--rho",
+            type=float,
+            default=SAMPLER_DEFAULTS.rho,
+            show_default=True,
+            help="Step spacing: 0 uniform in log sigma; rho > 0 uniform in sigma^(1/rho) "
+            "(Karras et al.; more steps at low noise).",
         ),
     ]
     for option in reversed(options):
@@ -536,6 +545,7 @@ def separate(
         particles=kw["particles"],
         trust=kw["trust"],
         jacobian=kw["jacobian"],
+        rho=kw["rho"],
     )
     config = SeparateConfig(
         sampler=sampler,

@@ -85,6 +85,10 @@ class SamplerConfig:
         How the MMPS covariance products ``J u`` of diffusion priors are computed:
         ``"vjp"`` (autograd, exact) or ``"difference"`` (a forward difference of the
         network, :meth:`galprism.diffusion.DiffusionPrior.linearize`).
+    rho
+        Spacing of the time steps: 0 puts them uniformly in ``log sigma``; ``rho > 0``
+        spaces ``sigma^(1/rho)`` uniformly (Karras et al. 2022, ``rho = 7`` there), which
+        puts more of them at low noise.
 
     Raises
     ------
@@ -102,6 +106,7 @@ class SamplerConfig:
     cg_iterations: int = 1
     trust: float = 0.0
     jacobian: str = "vjp"
+    rho: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -129,6 +134,8 @@ class SamplerConfig:
             raise ConfigError(
                 f"sampler: jacobian must be 'vjp' or 'difference', got {self.jacobian!r}"
             )
+        if not (math.isfinite(self.rho) and self.rho >= 0):
+            raise ConfigError(f"sampler: rho must be >= 0, got {self.rho!r}")
         if not (math.isfinite(self.trust) and self.trust >= 0):
             raise ConfigError(f"sampler: trust must be >= 0, got {self.trust!r}")
 
@@ -152,6 +159,24 @@ def denoiser_calls(config: SamplerConfig) -> int:
         return (config.steps + 1) * config.particles
     per_step = {"ddim": 1, "heun": 2, "pc": 1 + config.corrections}[config.method]
     return config.steps * per_step + 1
+
+
+def time_grid(config: SamplerConfig, denoiser: JointDenoiser) -> Tensor:
+    """The ``steps + 1`` times from 1 to 0 of a sampler run (see :attr:`SamplerConfig.rho`).
+
+    With ``rho > 0`` the times are those of the first source's noise levels spaced as
+    Karras et al.; sources with other schedules follow the same times.
+    """
+    u = torch.linspace(0.0, 1.0, config.steps + 1, dtype=torch.float64)
+    if config.rho == 0:
+        return 1.0 - u
+    ends = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    s_max, s_min = (float(denoiser.sigma(t).flatten()[0]) for t in ends)
+    a, b = s_max ** (1 / config.rho), s_min ** (1 / config.rho)
+    sigma = (a + u * (b - a)) ** config.rho
+    t = torch.log(sigma / s_min) / math.log(s_max / s_min)
+    t[0], t[-1] = 1.0, 0.0
+    return t
 
 
 def randn_rows(
@@ -226,7 +251,7 @@ def sample(
         # stochastic DDIM (galprism.smc).
         config = replace(config, method="ddim", eta=config.eta if config.eta > 0 else 1.0)
     shape = tuple(shape)
-    ts = torch.linspace(1.0, 0.0, config.steps + 1, dtype=torch.float64)
+    ts = time_grid(config, denoiser)
 
     def noise() -> Tensor:
         return randn_rows(shape, generators, dtype=dtype, device=device)
