@@ -162,7 +162,7 @@ def run_once(prior, paths: list[str], out: Path, device: str, args: argparse.Nam
 
     result = {
         "device": device,
-        "precision": resolve_precision(args.precision, device),
+        "precision": resolve_precision(args.precision, device, config.sampler.jacobian),
         "seconds": round(seconds, 2),
         "cutouts_per_minute": round(summary.ok / seconds * 60, 2) if summary.ok else 0.0,
         "ok": summary.ok,

@@ -215,7 +215,7 @@ def test_precision_defaults_and_refusals():
 
 
 def test_difference_jacobian_keeps_float32_networks():
-    """A forward difference of step 1e-3 through bf16 or TF32 networks measures their
+    """A forward difference of step 3e-3 through bf16 or TF32 networks measures their
     rounding, not their Jacobian: the default must then be float32 on CUDA too, and an
     explicit lower precision must be refused rather than give a meaningless posterior."""
     assert resolve_precision(None, "cuda", "difference") == "float32"
