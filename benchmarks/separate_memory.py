@@ -4,6 +4,9 @@ Runs :func:`galprism.separate.run_separate` over ``--n-cutouts`` synthetic cutou
 of ``separate_throughput.py``) and, after every ``--every`` outputs, records
 
 * ``rss_mb`` / ``peak_rss_mb``: resident set size now and its peak so far;
+* ``interval_peak_rss_mb``: the peak since the previous mark (Linux: the kernel's count
+  is restarted at each mark through /proc/self/clear_refs);
+* ``heap_mb``: bytes glibc's arenas obtained from the system (``mallinfo2().arena``);
 * ``heap_in_use_mb`` / ``heap_free_mb`` / ``mmap_mb``: glibc's ``mallinfo2`` (bytes
   handed out, bytes freed but kept in the arenas, bytes in mmapped blocks);
 * ``py_traced_mb``: Python's own allocations (``tracemalloc``, with ``--tracemalloc``),
@@ -12,7 +15,8 @@ of ``separate_throughput.py``) and, after every ``--every`` outputs, records
 
 If ``heap_in_use_mb`` and ``py_traced_mb`` stay flat while ``rss_mb`` and ``heap_free_mb``
 grow, the growth is freed memory glibc keeps (fragmentation), not a leak. The run itself
-returns such memory after each written batch (:mod:`galprism._memory`).
+returns such memory after each written batch, and with ``--flat-memory`` keeps large
+tensors out of the heap (:mod:`galprism._memory`).
 
 Usage::
 
@@ -70,11 +74,22 @@ def peak_rss_mb() -> float:
     return 0.0
 
 
+def reset_peak_rss() -> bool:
+    """Restart the kernel's peak RSS count (Linux: ``5`` to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def heap() -> dict[str, float]:
     """glibc heap statistics in MiB."""
     m = _libc.mallinfo2()
     mb = 2.0**20
     return {
+        "heap_mb": round(m.arena / mb, 2),
         "heap_in_use_mb": round(m.uordblks / mb, 2),
         "heap_free_mb": round(m.fordblks / mb, 2),
         "mmap_mb": round(m.hblkhd / mb, 2),
@@ -89,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--support", default=None, help="as galprism separate's (default: prior's)")
     ap.add_argument("--tracemalloc", action="store_true")
+    ap.add_argument(
+        "--flat-memory", action="store_true", help="as galprism separate's (fixed mmap threshold)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -115,21 +133,31 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=Path(tmp) / "out",
             support=parse_support([args.support]) if args.support else None,
             command_line="benchmarks/separate_memory.py",
+            flat_memory=args.flat_memory,
         )
         if args.tracemalloc:
             tracemalloc.start(10)
         done = [0]
+        # The kernel's peak is reset at every mark to see in which interval it was reached;
+        # peak_rss_mb is the running maximum of those, i.e. the process's peak so far.
+        peak = [peak_rss_mb()]
+        can_reset = reset_peak_rss()
 
         def on_record(rec) -> None:
             done[0] += 1
             if done[0] % args.every:
                 return
+            interval_peak = peak_rss_mb()
+            peak[0] = max(peak[0], interval_peak)
             row = {
                 "done": done[0],
                 "rss_mb": round(rss_mb(), 1),
-                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "peak_rss_mb": round(peak[0], 1),
+                "interval_peak_rss_mb": round(interval_peak, 1),
                 **heap(),
             }
+            if can_reset:
+                reset_peak_rss()
             row["gc_objects"] = len(gc.get_objects())
             if args.tracemalloc:
                 row["py_traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 2)
@@ -143,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "separate_memory",
         "n_cutouts": args.n_cutouts,
+        "flat_memory": args.flat_memory,
         "ok": summary.ok,
         "marks": marks,
     }

@@ -124,6 +124,7 @@ def run_once(prior, paths: list[str], out: Path, device: str, args: argparse.Nam
         ),
         batch_size=args.batch_size,
         device=device,
+        precision=args.precision,
         output_dir=out,
         command_line="benchmarks/separate_throughput.py",
     )
@@ -157,8 +158,11 @@ def run_once(prior, paths: list[str], out: Path, device: str, args: argparse.Nam
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    from galprism.separate import resolve_precision
+
     result = {
         "device": device,
+        "precision": resolve_precision(args.precision, device, config.sampler.jacobian),
         "seconds": round(seconds, 2),
         "cutouts_per_minute": round(summary.ok / seconds * 60, 2) if summary.ok else 0.0,
         "ok": summary.ok,
@@ -264,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    ap.add_argument(
+        "--precision",
+        choices=["float32", "bf16", "tf32"],
+        default=None,
+        help="prior networks' precision (default: galprism's, bf16 on CUDA, else float32)",
     )
     ap.add_argument(
         "--trim",

@@ -17,7 +17,7 @@ from ..diffusion.samplers import METHODS as SAMPLERS
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, UsageError
 from ..freeform import FreeformConfig
-from ..separate import SeparateConfig
+from ..separate import PRECISIONS, SeparateConfig
 from ..support import Support
 from ._errors import OVERWRITE_HINT, as_usage_error
 from ._threads import device_option, set_threads, threads_option
@@ -393,6 +393,19 @@ def _record_line(rec: Any) -> str:
     help="Cutouts per sampler call.",
 )
 @device_option()
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help="Arithmetic of the prior networks: float32; bf16 (autocast); tf32 (CUDA only). "
+    "The likelihood and its solve stay float32. [default: bf16 on CUDA, else float32]",
+)
+@click.option(
+    "--flat-memory",
+    is_flag=True,
+    help="Keep the peak memory flat over any number of inputs (large tensors get their own "
+    "mappings; costs CPU time, see the user guide).",
+)
 @threads_option(default_one=True)
 @click.option(
     "--seed",
@@ -484,7 +497,7 @@ def separate(
     """
     from ..io.inputs import expand_inputs, in_shard, parse_shard, shard_from_env
     from ..io.read import ReadOptions
-    from ..separate import RunWarnings, effective_support, run_separate
+    from ..separate import RunWarnings, effective_support, resolve_precision, run_separate
 
     set_threads(kw["threads"], default_one=True)
     if kw["shard"] is not None:
@@ -538,6 +551,8 @@ def separate(
         sampler=sampler,
         batch_size=kw["batch_size"],
         device=kw["device"],
+        precision=kw["precision"],
+        flat_memory=kw["flat_memory"],
         seed=kw["seed"],
         center=_pair(kw["center"], "--center"),
         center_radec=_pair(kw["center_radec"], "--center-radec"),
@@ -564,7 +579,13 @@ def separate(
     prior = load_prior(prior_spec)
     if kw["method"] != "auto" and prior.method != kw["method"]:
         raise UsageError(f"--method {kw['method']}: prior {prior_spec!r} is a {prior.method} prior")
-    device_from_flag(config.device)
+    device = device_from_flag(config.device)
+    try:
+        resolve_precision(config.precision, device, config.sampler.jacobian)
+    except ConfigError as exc:
+        raise UsageError(
+            f"--precision {config.precision}: {str(exc).partition(': ')[2] or exc}"
+        ) from None
     try:
         effective_support(prior, config)
     except ConfigError as exc:

@@ -20,7 +20,8 @@ The prior is any object with the :class:`Separator` interface: the built-in
 :class:`galprism.priorset.PriorSet` or, in tests, a stand-in; it declares what it can do
 in its :class:`Capabilities`.
 
-Modules: :mod:`.config` (:class:`SeparateConfig`, :func:`resolve_device`), :mod:`.prior`
+Modules: :mod:`.config` (:class:`SeparateConfig`, :func:`resolve_device`), :mod:`.precision`
+(bf16/TF32 networks), :mod:`.prior`
 (:class:`Separator`, :class:`Capabilities`, supports), :mod:`.inference`
 (:func:`separate_observations`, :class:`SeparationResult`), :mod:`.output` (header
 cards, HDU list, atomic write) and :mod:`.runner` (:func:`run_separate` and its records).
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from ..diffusion.samplers import METHODS as SAMPLERS
 from ..diffusion.samplers import SamplerConfig
-from .config import SeparateConfig, resolve_device
+from .config import PRECISIONS, SeparateConfig, resolve_device, resolve_precision
 from .inference import (
     FREEFORM_SALT,
     SeparationResult,
@@ -61,5 +62,7 @@ __all__ = [
     "write_result",
     "run_separate",
     "resolve_device",
+    "resolve_precision",
+    "PRECISIONS",
     "prior_zeropoint",
 ]

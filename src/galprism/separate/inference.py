@@ -15,12 +15,13 @@ from ..freeform import Box, build_freeform, find_residual_boxes
 from ..io.read import read_cutout
 from ..notes import Note, NoteKind
 from ..observation import Observation, stack_observations
-from ..operators import SourceSum
+from ..operators import LinearOperator, LowRankUpdate, SourceSum, Weight
 from ..support import (
     resolve_support_masks,
     zero_outside_supports,
 )
-from .config import SeparateConfig
+from .config import SeparateConfig, resolve_precision
+from .precision import network_precision
 from .prior import Separator, effective_support, prior_zeropoint
 
 if TYPE_CHECKING:
@@ -214,7 +215,8 @@ def separate_observations(
     seeds
         One seed per observation; each gets its own ``torch.Generator``.
     device
-        Torch device for the sampler.
+        Torch device for the sampler; with ``config.precision`` it decides the networks'
+        precision (:func:`~galprism.separate.config.resolve_precision`).
 
     Returns
     -------
@@ -271,6 +273,35 @@ def _freeform_applies(prior: Separator) -> bool:
     return prior.capabilities.freeform
 
 
+def _on_device(
+    operators: Sequence[LinearOperator], device: str, dtype: torch.dtype
+) -> list[LinearOperator]:
+    """The free-form whitening operators with their tensors moved once to the sampler's
+    device and dtype.
+
+    They hold float64 host tensors (the free-form model is built in float64), and every
+    application would otherwise copy them to the sampler's dtype and device: a basis of
+    pixels x box pixels per cutout and sample, copied at each product of every step (a
+    host-to-device transfer on a GPU, and tens of MB of transient copies per batch). The
+    values are those each application's conversion gave, so the samples do not change.
+    """
+    moved: list[LinearOperator] = []
+    for op in operators:
+        if isinstance(op, LowRankUpdate):
+            moved.append(
+                LowRankUpdate(
+                    op.basis.to(device=device, dtype=dtype),
+                    op.gains.to(device=device, dtype=dtype),
+                    op.in_shape,
+                )
+            )
+        elif isinstance(op, Weight):
+            moved.append(Weight(op.weights.to(device=device, dtype=dtype), op.in_shape))
+        else:
+            moved.append(op)
+    return moved
+
+
 def _separate_once(
     observations: Sequence[Observation],
     prior: Separator,
@@ -303,7 +334,7 @@ def _separate_once(
     if freeform is not None:
         y, noise_var = freeform.whiten(batch.y.to(torch.float64))
         y, noise_var = y.to(batch.y.dtype), noise_var.to(batch.y.dtype)
-        whitening = freeform.whitening()
+        whitening = _on_device(freeform.whitening(), device, y.dtype)
 
     def operator_for(masks: Mapping[str, torch.Tensor]) -> SourceSum:
         return batch.operator_for(
@@ -313,20 +344,23 @@ def _separate_once(
             psf_included=prior.capabilities.psf_included,
         )
 
-    supports, radii = resolve_support_masks(
-        effective_support(prior, config),
-        prior,
-        y,
-        noise_var,
-        operator_for,
-        seeds,
-        sampler=config.sampler,
-        device=device,
-    )
-    operator = operator_for(supports)
-    samples = prior.separate(
-        y, noise_var, operator, config.sampler, generators=generators, device=device
-    )
+    # Only the networks change precision; the samples come back in y's dtype.
+    precision = resolve_precision(config.precision, device, config.sampler.jacobian)
+    with network_precision(prior, precision, device):
+        supports, radii = resolve_support_masks(
+            effective_support(prior, config),
+            prior,
+            y,
+            noise_var,
+            operator_for,
+            seeds,
+            sampler=config.sampler,
+            device=device,
+        )
+        operator = operator_for(supports)
+        samples = prior.separate(
+            y, noise_var, operator, config.sampler, generators=generators, device=device
+        )
     b, k = len(observations), len(prior.sources)
     shape = tuple(samples.shape)
     if len(shape) != 6 or shape[0] != b or shape[2] != k or shape[3:] != tuple(prior.frame.shape):

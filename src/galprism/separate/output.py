@@ -16,7 +16,7 @@ from ..observation import Observation
 from ..support import (
     Support,
 )
-from .config import SeparateConfig
+from .config import SeparateConfig, resolve_precision
 from .inference import MODELLED, SeparationResult, modelled_region
 from .prior import Separator, effective_support, prior_zeropoint
 
@@ -75,6 +75,10 @@ def _cards(
         "SEED": (int(result.seed), "seed of this cutout: sha256(RUNSEED:basename)"),
         "RUNSEED": (int(config.seed), "run seed"),
         "DEVICE": (device, "torch device"),
+        "PRECISN": (
+            resolve_precision(config.precision, device, config.sampler.jacobian),
+            "diffusion networks' arithmetic",
+        ),
         "INFILE": (obs.name, "input file"),
         "INSHA256": (obs.checksum, ""),
         "CROPX0": (int(obs.origin[0]), "input pixel x (0-based) of output pixel 0"),

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from .._memory import trim_freed_memory
+from .._memory import keep_large_allocations_mapped, trim_freed_memory
 from ..errors import GalprismError, InputError
 from ..io.inputs import cutout_seed, in_shard, output_path
 from ..io.write import OutputExistsError, StaleTemps, check_writable
 from ..observation import NoteKind, Observation
-from .config import SeparateConfig, resolve_device
+from .config import SeparateConfig, resolve_device, resolve_precision
 from .inference import modelled_region, prepare_observation, separate_observations
 from .output import write_result
 from .prior import Separator, effective_support, prior_zeropoint
@@ -144,8 +144,14 @@ def run_separate(
         ``exit_code`` 1 when any input failed.
     """
     t_run = time.perf_counter()
+    if config.flat_memory:
+        # Batch after batch, large tensors would otherwise fragment the heap and the peak
+        # resident memory would creep up with the number of inputs (see galprism._memory).
+        keep_large_allocations_mapped()
     warn = warnings or RunWarnings()
     device = resolve_device(config.device)
+    # tf32 on a CPU, or bf16 with a difference Jacobian, is an error before any work
+    resolve_precision(config.precision, device, config.sampler.jacobian)
     effective_support(prior, config)  # a bad support is an error before any work
     summary = RunSummary()
     if config.output is None:
