@@ -258,13 +258,21 @@ def _em_table_file(tmp_path, em: str) -> Path:
 def test_fit_file_em_sampler_table_and_schedules(tmp_path):
     """``[em.sampler]`` sets the E-step sampler over EM's defaults (not a separation's), and a
     list ``steps``/``corrections`` is a schedule whose last entry is the sampler's own value.
-    Fails if a table key is dropped, EM's defaults (trust 4, one sample) are replaced by
-    SamplerConfig's, or a list is taken whole as the schedule."""
+    Fails if a table key is dropped, EM's defaults (trust 4, one sample, exact VJPs) are
+    replaced by SamplerConfig's, or a list is taken whole as the schedule."""
     em = '[em]\ndiffusion_laps = 3\n[em.sampler]\nmethod = "smc"\nsteps = [16, 32, 64]\n'
     em += "corrections = [2, 1]\nparticles = 4\ntau = 0.2\n"
     config = em_config(load_fit_spec(_em_table_file(tmp_path, em)), 1.0, None)
     assert config.sampler == SamplerConfig(
-        "smc", 64, corrections=1, tau=0.2, particles=4, n_samples=1, cg_iterations=1, trust=4.0
+        "smc",
+        64,
+        corrections=1,
+        tau=0.2,
+        particles=4,
+        n_samples=1,
+        cg_iterations=1,
+        trust=4.0,
+        jacobian="vjp",
     )
     assert config.step_schedule == (16, 32) and config.correction_schedule == (2,)
     assert [(config.sampler_of(i).steps, config.sampler_of(i).corrections) for i in range(4)] == [

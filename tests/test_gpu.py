@@ -81,7 +81,12 @@ def exact_gaussian_errors(device: str, precision: str, n: int = 2048) -> tuple[f
             prob.y.to(device),
             prob.noise_var.to(device),
             SamplerConfig(
-                method="pc", steps=32, n_samples=n, cg_iterations=prob.y[0].numel(), trust=4.0
+                method="pc",
+                steps=32,
+                n_samples=n,
+                cg_iterations=prob.y[0].numel(),
+                trust=4.0,
+                jacobian="vjp",
             ),
             generators=torch.Generator(device=device).manual_seed(1),
         )
@@ -142,7 +147,10 @@ def _cutouts(tmp_path, prior, n=2):
 
 def _separate(observations, prior, precision, device="cpu"):
     config = SeparateConfig(
-        sampler=SamplerConfig(steps=6, n_samples=2), support={}, precision=precision
+        # Exact VJPs: bf16 networks are refused with a forward-difference Jacobian.
+        sampler=SamplerConfig(steps=6, n_samples=2, jacobian="vjp"),
+        support={},
+        precision=precision,
     )
     return separate_observations(observations, prior, config, [11, 12], device=device)
 
@@ -207,6 +215,9 @@ def test_precision_defaults_and_refusals():
     assert resolve_precision(None, "cuda") == "bf16"
     assert resolve_precision(None, "cuda:1") == "bf16"
     assert resolve_precision(None, "cpu") == "float32"
+    # The default Jacobian ("auto") is a forward difference on a CPU, VJPs on a GPU.
+    assert resolve_precision(None, "cuda", "auto") == "bf16"
+    assert resolve_precision(None, "cpu", "auto") == "float32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ConfigError, match="tf32"):
         resolve_precision("tf32", "cpu")

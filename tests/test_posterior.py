@@ -189,7 +189,7 @@ def test_posterior_correction_from_cg_products_equals_explicit_one(cg):
     solved v (float64, to round-off); a difference means a wrong alpha or a lost term."""
     priors = _unet_priors()
     op, y = _masked_problem()
-    post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg, trust=0.0)
+    post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg, trust=0.0, jacobian="vjp")
     x = torch.randn((3, 2, 1, 8, 8), generator=torch.Generator().manual_seed(2)).double() * 0.5
     t = torch.tensor(0.6, dtype=torch.float64)
     got = post.twisted(x, t)
@@ -221,7 +221,7 @@ def test_posterior_spends_one_vjp_per_source_and_cg_iteration(monkeypatch):
     x = torch.randn((3, 2, 1, 8, 8)).double() * 0.5
     t = torch.tensor(0.5, dtype=torch.float64)
     for cg in (1, 2, 3):
-        post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg)
+        post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg, jacobian="vjp")
         calls["n"] = 0
         post(x, t)
         assert calls["n"] == 2 * cg
@@ -252,3 +252,28 @@ def test_cg_with_products_matches_plain_cg_and_product_of_solution():
         torch.testing.assert_close(gx, product(x), rtol=1e-10, atol=1e-12)
     x, gx = conjugate_gradient_with_products(product, finish, b, iterations=0)
     assert gx is None and not x.any()
+
+
+def test_difference_jacobian_spends_no_vjp_and_one_forward_per_source_and_cg_iteration(
+    monkeypatch,
+):
+    """With the forward-difference Jacobian (the CPU default) a denoiser call must run no
+    autograd at all, and one network forward per source plus one per CG iteration; a VJP
+    or an extra forward means the cheaper path is not the one taken."""
+    priors = _unet_priors()
+    op, y = _masked_problem()
+
+    def no_vjp(*args, **kwargs):
+        raise AssertionError("torch.func.vjp called on the forward-difference path")
+
+    monkeypatch.setattr(torch.func, "vjp", no_vjp)
+    forwards = {"n": 0}
+    for p in priors:
+        p.net.register_forward_hook(lambda *a: forwards.__setitem__("n", forwards["n"] + 1))
+    x = torch.randn((3, 2, 1, 8, 8)).double() * 0.5
+    t = torch.tensor(0.5, dtype=torch.float64)
+    for cg in (1, 2, 3):
+        post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg, jacobian="auto")
+        forwards["n"] = 0
+        post(x, t)
+        assert forwards["n"] == 2 * (1 + cg)

@@ -218,7 +218,8 @@ def resolve_support_masks(
         One seed per observation; the pilot's generators are seeded with
         ``seed ^ PILOT["salt"]``.
     sampler
-        The main run's settings: the pilot keeps its ``cg_iterations`` and ``trust``.
+        The main run's settings: the pilot keeps its ``cg_iterations``, ``trust`` and
+        ``jacobian``.
     device
         As for the main run.
     """
@@ -236,6 +237,7 @@ def resolve_support_masks(
             n_samples=PILOT["n_samples"],
             cg_iterations=main.cg_iterations,
             trust=main.trust,
+            jacobian=main.jacobian,
         )
         generators = [
             torch.Generator(device=device).manual_seed(int(s) ^ PILOT["salt"]) for s in seeds
