@@ -146,7 +146,7 @@ def test_galaxy_100x_brighter_than_the_training_set_is_not_biased_by_its_flux_sc
     iteration), 32 samples: each must be detected as one galaxy, its posterior mean flux
     within 10% of the truth and the truth inside its 68% and 95% intervals. Fails if the
     flux scale shows the prior the galaxy at the wrong brightness (scaled to the prior's
-    median flux these came out 18-23% too bright) or the background takes its light.
+    median flux these came out 13-23% too bright) or the background takes its light.
 
     This is weaker than 5% with calibrated intervals: measured errors are -7% to +2%,
     the posterior standard deviation is about 17% of the flux, and the reduced chi^2 is

@@ -69,7 +69,7 @@ LINEAR_SALT = 0x5CE7E
 #: the prior at that flux (its flux scale s > 1). An upper quantile rather than the median:
 #: the prior then sees the galaxy among the brightest it was trained on, with the smallest
 #: s, and every error of its draw is multiplied by s (galaxies 100x brighter than the
-#: training set came out 18-23% too bright at the median, -7% to +2% here).
+#: training set came out 13-23% too bright at the median, -7% to +2% here).
 SCALE_QUANTILE = 0.95
 
 
