@@ -40,7 +40,10 @@ from .errors import InputError, ShapeError
 from .linalg import conjugate_gradient_with_products
 from .operators import SourceSum
 
-__all__ = ["JointPrior", "JointPosterior", "DEFAULT_TRUST"]
+__all__ = ["JointPrior", "JointPosterior", "DEFAULT_TRUST", "JACOBIANS"]
+
+#: How :class:`JointPosterior` applies a diffusion prior's Jacobian.
+JACOBIANS = ("vjp", "difference")
 
 #: Default trust radius of diffusion-prior corrections (see the module docstring).
 DEFAULT_TRUST = 4.0
@@ -95,6 +98,11 @@ class JointPosterior(JointPrior):
     trust
         Largest correction of a diffusion prior's source, in units of
         ``sqrt(D) * c_out(sigma)`` (see the module docstring); 0 disables the limit.
+    jacobian
+        How a diffusion prior's ``J u`` is computed: ``"vjp"`` (exact, autograd) or
+        ``"difference"`` (a forward difference of the network, two forwards without a
+        graph: :meth:`~galprism.diffusion.DiffusionPrior.linearize`). Gaussian priors are
+        always exact.
     """
 
     def __init__(
@@ -105,6 +113,7 @@ class JointPosterior(JointPrior):
         noise_var: Tensor | float,
         cg_iterations: int = 1,
         trust: float = DEFAULT_TRUST,
+        jacobian: str = "vjp",
     ) -> None:
         super().__init__(priors)
         if not isinstance(operator, SourceSum):
@@ -149,6 +158,11 @@ class JointPosterior(JointPrior):
         if not trust >= 0:
             raise InputError(f"JointPosterior: trust must be >= 0, got {trust}")
         self.trust = float(trust)
+        if jacobian not in JACOBIANS:
+            raise InputError(
+                f"JointPosterior: jacobian must be one of {', '.join(JACOBIANS)}, got {jacobian!r}"
+            )
+        self.jacobian = jacobian
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         return self.twisted(x_t, t)[1]
@@ -176,15 +190,19 @@ class JointPosterior(JointPrior):
         # torch.func.vjp differentiates even under the sampler's no_grad; calling the
         # closures with grad disabled keeps them from recording a second-order graph.
         for k, prior in enumerate(self.priors):
-            d, vjp = torch.func.vjp(lambda x, p=prior, s=sig[k]: p.denoise(x, s), x_t[:, k])
+            if self.jacobian == "difference" and isinstance(prior, DiffusionPrior):
+                d, jvp = prior.linearize(x_t[:, k], sig[k])
+            else:
+                d, vjp = torch.func.vjp(lambda x, p=prior, s=sig[k]: p.denoise(x, s), x_t[:, k])
+                jvp = lambda u, f=vjp: f(u)[0]  # noqa: E731
             means.append(d)
-            vjps.append(vjp)
+            vjps.append(jvp)
 
         def cov_x(u: Tensor) -> Tensor:
             """``sigma_b^2 J_b u_b`` for every source (J symmetric, so J^T = J)."""
             with torch.no_grad():
                 return torch.stack(
-                    [var[k] * vjps[k](u[:, k])[0] for k in range(self.n_sources)], dim=1
+                    [var[k] * vjps[k](u[:, k]) for k in range(self.n_sources)], dim=1
                 )
 
         d = torch.stack(means, dim=1).detach()

@@ -64,7 +64,13 @@ def sample_posterior(
     op = operator.take(index) if operator.batch_size is not None else operator
     noise_var = torch.as_tensor(noise_var, dtype=y.dtype, device=y.device).expand_as(y)
     posterior = JointPosterior(
-        priors, op, y[index], noise_var[index], sampler.cg_iterations, sampler.trust
+        priors,
+        op,
+        y[index],
+        noise_var[index],
+        sampler.cg_iterations,
+        sampler.trust,
+        jacobian=sampler.jacobian,
     )
     if smc:
         x = sample_smc(posterior, sampler, generators=generators, callback=callback)

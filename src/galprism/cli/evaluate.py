@@ -248,6 +248,7 @@ def evaluate(**opts) -> None:
         n_samples=opts.pop("n_samples"),
         cg_iterations=opts.pop("cg_iterations"),
         particles=opts.pop("particles"),
+        jacobian=opts.pop("jacobian"),
     )
     cfg = EvaluateConfig(**opts)
     if cfg.support:

@@ -46,6 +46,7 @@ SAMPLER_FLAGS = {
     "cg_iterations": "--cg-iterations",
     "particles": "--particles",
     "trust": "--trust",
+    "jacobian": "--jacobian",
 }
 
 
@@ -82,6 +83,14 @@ def sampler_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default=SAMPLER_DEFAULTS.particles,
             show_default=True,
             help="Chains per posterior sample of --sampler smc.",
+        ),
+        click.option(
+            "--jacobian",
+            type=click.Choice(["vjp", "difference"]),
+            default=SAMPLER_DEFAULTS.jacobian,
+            show_default=True,
+            help="MMPS covariance products of the networks: vjp (autograd, exact) or "
+            "difference (a forward difference, two forwards without a graph).",
         ),
     ]
     for option in reversed(options):
@@ -513,6 +522,7 @@ def separate(
         cg_iterations=kw["cg_iterations"],
         particles=kw["particles"],
         trust=kw["trust"],
+        jacobian=kw["jacobian"],
     )
     config = SeparateConfig(
         sampler=sampler,

@@ -54,12 +54,107 @@ def _check_data(catalog: Path | None, data_dir: Path | None, instrument: str) ->
         )
 
 
+#: options of the cutout views only, and of the scenes view only (parameter -> flag)
+_CUTOUT_ONLY = {
+    "hdf5": "--hdf5",
+    "no_fits": "--no-fits",
+    "central_noise": "--central-noise",
+    "center_exclusion": "--center-exclusion",
+    "star_density": "--star-density",
+    "bright_sersic": "--bright-sersic",
+    "central_mag_max": "--central-mag-max",
+}
+_SCENES_ONLY = {
+    "n_galaxies": "--galaxies",
+    "galaxy_mags": "--galaxy-mags",
+    "star_fraction": "--star-fraction",
+    "inner_fraction": "--inner-fraction",
+}
+
+
+def _check_view_options(ctx: click.Context, view: str) -> None:
+    """Refuse an option given on the command line that the chosen view would ignore."""
+    ignored = _CUTOUT_ONLY if view == "scenes" else _SCENES_ONLY
+    for name, flag in ignored.items():
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{flag} does not apply to --view {view}")
+
+
+def _scenes(kw: dict[str, object]) -> None:
+    """``--view scenes``: several galaxies and stars per image, per-source truth."""
+    from dataclasses import replace
+
+    from ..simulate import SceneConfig
+    from ..simulate.fields import ScenesConfig
+    from ..simulate.fields_batch import scene_summary, simulate_scenes
+
+    lo, hi = kw["n_galaxies"]
+    if lo > hi:
+        raise click.UsageError(f"--galaxies {lo} {hi}: the first must not exceed the second")
+    m_lo, m_hi = kw["galaxy_mags"]
+    if not m_lo <= m_hi:
+        raise click.UsageError(f"--galaxy-mags {m_lo} {m_hi}: give the brightest first")
+    scene = replace(
+        SceneConfig(),
+        max_hst_noise_ratio=kw["max_hst_noise_ratio"],
+        star_mag_range=tuple(kw["star_mags"]),
+    )
+    config = ScenesConfig(
+        split=kw["split"],
+        n=kw["n"],
+        size=kw["size"],
+        instrument=kw["instrument"],
+        psf=kw["psf"],
+        noise_sigma=kw["noise_sigma"],
+        truth_fwhm=kw["truth_fwhm"],
+        seed=kw["seed"],
+        start=kw["start"],
+        mask_fraction=0.0 if kw["mask_fraction"] is None else kw["mask_fraction"],
+        scene=scene,
+        data_dir=str(kw["data_dir"]) if kw["data_dir"] else None,
+        catalog=str(kw["catalog"]) if kw["catalog"] else None,
+        split_seed=kw["split_seed"],
+        split_file=str(kw["split_file"]) if kw["split_file"] else None,
+        n_galaxies=(int(lo), int(hi)),
+        galaxy_mags=(float(m_lo), float(m_hi)),
+        star_fraction=kw["star_fraction"],
+        inner_fraction=kw["inner_fraction"],
+    )
+    progress = _Progress(not kw["quiet"], config.n)
+    try:
+        with overwrite_hint():
+            result = simulate_scenes(
+                config,
+                kw["output_dir"],
+                prefix=kw["prefix"],
+                overwrite=kw["overwrite"],
+                progress=progress,
+            )
+    finally:
+        progress.stop()
+    summary = scene_summary(result)
+    if kw["as_json"]:
+        click.echo(json.dumps(summary))
+    if not kw["quiet"]:
+        click.echo(
+            f"galprism simulate: {result.n_written} scenes ({config.split} galaxies) in "
+            f"{result.seconds:.1f} s ({summary['scenes_per_minute']}/min) -> "
+            f"{summary['output_dir']}",
+            err=True,
+        )
+    for index, error in result.failed:
+        click.echo(f"galprism simulate: scene {index} failed: {error}", err=True)
+    if result.failed:
+        sys.exit(1)
+
+
 @click.command("simulate")
 @click.option(
     "--view",
-    type=click.Choice(["sky", "galaxies"]),
+    type=click.Choice(["sky", "galaxies", "scenes"]),
     required=True,
-    help="sky: neighbours and background only; galaxies: plus a central galaxy.",
+    help="sky: neighbours and background only; galaxies: plus a central galaxy; scenes: "
+    "fields of several galaxies and stars with per-source truth.",
 )
 @click.option(
     "--split",
@@ -74,7 +169,8 @@ def _check_data(catalog: Path | None, data_dir: Path | None, instrument: str) ->
     "--size",
     type=click.IntRange(8, 4096),
     default=None,
-    help="Cutout side in pixels [default: 48 for hsc, 256 for hst].",
+    help="Cutout side in pixels [default: 48 for hsc, 256 for hst; scenes: 96 for hsc, "
+    "512 for hst].",
 )
 @click.option(
     "--instrument",
@@ -129,9 +225,9 @@ def _check_data(catalog: Path | None, data_dir: Path | None, instrument: str) ->
 @click.option(
     "--mask-fraction",
     type=click.FloatRange(0.0, 1.0),
-    default=0.3,
-    show_default=True,
-    help="Fraction of cutouts with bad columns, cosmic rays or edges (masked).",
+    default=None,
+    help="Fraction of cutouts with bad columns, cosmic rays or edges (masked) "
+    "[default: 0.3; scenes: 0].",
 )
 @click.option(
     "--noise-sigma",
@@ -189,6 +285,36 @@ def _check_data(catalog: Path | None, data_dir: Path | None, instrument: str) ->
     help="Faintest central galaxy (AB mag).",
 )
 @click.option(
+    "--galaxies",
+    "n_galaxies",
+    type=(click.IntRange(min=1), click.IntRange(min=1)),
+    default=(3, 6),
+    show_default=True,
+    help="scenes: fewest and most galaxies per scene (uniform).",
+)
+@click.option(
+    "--galaxy-mags",
+    type=(float, float),
+    default=(19.0, 26.0),
+    show_default=True,
+    help="scenes: brightest and faintest galaxy (AB mag, uniform); brighter than a COSMOS "
+    "galaxy may be shown, a galaxy is a Sersic profile.",
+)
+@click.option(
+    "--star-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="scenes: fraction of scenes with one star (magnitude uniform in --star-mags).",
+)
+@click.option(
+    "--inner-fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.6,
+    show_default=True,
+    help="scenes: sources are placed uniformly in the central square of this fraction of the side.",
+)
+@click.option(
     "--truth-fwhm",
     type=click.FloatRange(min=0.0, min_open=True),
     default=None,
@@ -231,7 +357,8 @@ def _check_data(catalog: Path | None, data_dir: Path | None, instrument: str) ->
     is_flag=True,
     help="No summary line on stderr (the progress bar appears only on a terminal).",
 )
-def simulate(**kw: object) -> None:
+@click.pass_context
+def simulate(ctx: click.Context, **kw: object) -> None:
     """Make realistic survey cutouts from the real HST COSMOS galaxies.
 
     Writes one FITS file per cutout in galprism separate's input convention (SCI, PSF,
@@ -239,11 +366,19 @@ def simulate(**kw: object) -> None:
     the same batch as HDF5 for training. The galaxies come from --catalog (GalSim's
     COSMOS sample: galsim_download_cosmos, or BlendingToolKit's COSMOS example set);
     the HSC-like PSF and noise from --data-dir or $GALPRISM_DATA_DIR. See docs/simulate.md.
+
+    --view scenes writes fields of several galaxies and stars instead, each with a
+    per-source truth table and truth images in OUTPUT_DIR/truth/ (FITS only).
     """
     from dataclasses import replace
 
     from ..simulate import SceneConfig, SimulationConfig, simulate_batch
 
+    _check_view_options(ctx, str(kw["view"]))
+    if kw["view"] == "scenes":
+        _check_data(kw["catalog"], kw["data_dir"], kw["instrument"])
+        _scenes(kw)
+        return
     if kw["no_hdf5"] and kw["no_fits"]:
         raise click.UsageError("--no-hdf5 and --no-fits together would write nothing")
     if kw["no_hdf5"] and kw["hdf5"] is not None:
@@ -270,7 +405,7 @@ def simulate(**kw: object) -> None:
         truth_fwhm=kw["truth_fwhm"],
         seed=kw["seed"],
         start=kw["start"],
-        mask_fraction=kw["mask_fraction"],
+        mask_fraction=0.3 if kw["mask_fraction"] is None else kw["mask_fraction"],
         scene=scene,
         data_dir=str(kw["data_dir"]) if kw["data_dir"] else None,
         catalog=str(kw["catalog"]) if kw["catalog"] else None,

@@ -81,6 +81,10 @@ class SamplerConfig:
         denoiser's own error scale (:mod:`galprism.posterior`); 0 turns the cap off. Off
         by default: on a real HSC blend brighter than the training data the cap tripled
         chi^2 (994 against 428), while EM needs it against rare exploding E-step samples.
+    jacobian
+        How the MMPS covariance products ``J u`` of diffusion priors are computed:
+        ``"vjp"`` (autograd, exact) or ``"difference"`` (a forward difference of the
+        network, :meth:`galprism.diffusion.DiffusionPrior.linearize`).
 
     Raises
     ------
@@ -97,6 +101,7 @@ class SamplerConfig:
     n_samples: int = 8
     cg_iterations: int = 1
     trust: float = 0.0
+    jacobian: str = "vjp"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -120,6 +125,10 @@ class SamplerConfig:
             raise ConfigError(f"sampler: tau must be > 0, got {self.tau!r}")
         if not 0 <= self.eta <= 1:
             raise ConfigError(f"sampler: eta must be in [0, 1], got {self.eta!r}")
+        if self.jacobian not in ("vjp", "difference"):
+            raise ConfigError(
+                f"sampler: jacobian must be 'vjp' or 'difference', got {self.jacobian!r}"
+            )
         if not (math.isfinite(self.trust) and self.trust >= 0):
             raise ConfigError(f"sampler: trust must be >= 0, got {self.trust!r}")
 

@@ -6,6 +6,8 @@ Python entry points:
   makes any cutout with :meth:`Simulator.cutout` (in memory, e.g. for EM training);
 * :func:`simulate_batch` writes a batch as FITS (``galprism separate``'s input convention,
   truth in separate files) and HDF5;
+* :class:`ScenesConfig`, :class:`SceneSimulator` and :func:`simulate_scenes` do the same
+  for fields of several galaxies and stars with per-source truth (``--view scenes``);
 * :class:`CosmosCatalog` opens any GalSim ``RealGalaxyCatalog`` with its train/test
   split (drawn from a seed, or :func:`read_split_file`); :func:`measure_hsc_noise` gives
   the noise of the real HSC images.
@@ -15,6 +17,8 @@ See ``docs/simulate.md`` for the model and its numbers.
 
 from .batch import BatchResult, simulate_batch
 from .cosmos import CosmosCatalog, read_split_file
+from .fields import SceneField, ScenesConfig, SceneSimulator
+from .fields_batch import simulate_scenes
 from .noise import measure_hsc_noise
 from .scene import SceneConfig
 from .simulator import Cutout, SimulationConfig, Simulator
@@ -24,9 +28,13 @@ __all__ = [
     "CosmosCatalog",
     "Cutout",
     "SceneConfig",
+    "SceneField",
+    "SceneSimulator",
+    "ScenesConfig",
     "SimulationConfig",
     "Simulator",
     "measure_hsc_noise",
     "read_split_file",
     "simulate_batch",
+    "simulate_scenes",
 ]
