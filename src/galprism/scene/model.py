@@ -59,41 +59,60 @@ BACKGROUND_TERMS = 3
 #: data's own scale for it: broad enough that the data alone decide
 BROAD = 10.0
 
-_TYPICAL: dict[int, tuple[nn.Module, float]] = {}
+_TYPICAL: dict[int, tuple[nn.Module, Tensor]] = {}
 
 
 def typical_flux(
-    prior: nn.Module, *, n: int = 64, steps: int = 32, seed: int = 0, device: str = "cpu"
+    prior: nn.Module,
+    *,
+    n: int = 64,
+    steps: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+    quantile: float = 0.5,
 ) -> float:
-    """Median total flux (all bands, normalised units) of ``n`` draws of ``prior``.
+    """The ``quantile`` of the total flux (all bands, normalised units) of ``n`` draws of
+    ``prior``: by default the median, the flux of a typical training galaxy.
 
-    Computed once per prior object and cached: the flux of a typical training galaxy.
+    The draws are made once per prior object and cached.
 
     Raises
     ------
     ConfigError
-        If the median is not positive (the prior draws no light to scale).
+        If ``quantile`` is not in [0, 1] or the flux there is not positive (the prior
+        draws no light to scale).
     """
+    if not 0.0 <= quantile <= 1.0:
+        raise ConfigError(f"typical_flux: quantile {quantile!r} is not in [0, 1]")
     key = id(prior)
     hit = _TYPICAL.get(key)
-    if hit is not None and hit[0] is prior:
-        return hit[1]
-    x = sample_prior(
-        [prior],
-        n,
-        config=SamplerConfig(steps=steps),
-        generators=torch.Generator(device=device).manual_seed(seed),
-        device=device,
-    )
-    value = float(x[:, 0].flatten(1).sum(1).median())
+    if hit is None or hit[0] is not prior:
+        x = sample_prior(
+            [prior],
+            n,
+            config=SamplerConfig(steps=steps),
+            generators=torch.Generator(device=device).manual_seed(seed),
+            device=device,
+        )
+        hit = (prior, x[:, 0].flatten(1).sum(1).to("cpu", torch.float64))
+        _TYPICAL[key] = hit
+    fluxes = hit[1]
+    # torch's median (the lower middle value) keeps the default what it always was.
+    value = float(fluxes.median() if quantile == 0.5 else fluxes.quantile(quantile))
     if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"galaxy prior: its draws have median total flux {value:g}, not > 0")
-    _TYPICAL[key] = (prior, value)
+        raise ConfigError(
+            f"galaxy prior: the {quantile:g} quantile of its draws' total flux is {value:g}, "
+            "not > 0"
+        )
     return value
 
 
 def flux_scales(measured: Sequence[float] | np.ndarray, typical: float) -> np.ndarray:
-    """``s_k = max(1, measured_k / typical)``: faint galaxies stay at the prior's scale."""
+    """``s_k = max(1, measured_k / typical)``: faint galaxies stay at the prior's scale.
+
+    ``typical`` is the flux a scaled galaxy is shown to the prior at (e.g. an upper
+    quantile of the prior's fluxes, :func:`typical_flux`).
+    """
     m = np.asarray(measured, dtype=np.float64)
     s = np.where(np.isfinite(m), m / float(typical), 1.0)
     return np.maximum(s, 1.0)
