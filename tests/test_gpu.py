@@ -215,9 +215,7 @@ def test_precision_defaults_and_refusals():
     assert resolve_precision(None, "cuda") == "bf16"
     assert resolve_precision(None, "cuda:1") == "bf16"
     assert resolve_precision(None, "cpu") == "float32"
-    # The default Jacobian ("auto") is a forward difference on a CPU, VJPs on a GPU.
-    assert resolve_precision(None, "cuda", "auto") == "bf16"
-    assert resolve_precision(None, "cpu", "auto") == "float32"
+    assert resolve_precision(None, "cuda", "difference") == "float32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ConfigError, match="tf32"):
         resolve_precision("tf32", "cpu")

@@ -257,7 +257,7 @@ def test_cg_with_products_matches_plain_cg_and_product_of_solution():
 def test_difference_jacobian_spends_no_vjp_and_one_forward_per_source_and_cg_iteration(
     monkeypatch,
 ):
-    """With the forward-difference Jacobian (the CPU default) a denoiser call must run no
+    """With the forward-difference Jacobian (`jacobian="difference"`) a denoiser call must run no
     autograd at all, and one network forward per source plus one per CG iteration; a VJP
     or an extra forward means the cheaper path is not the one taken."""
     priors = _unet_priors()
@@ -273,7 +273,7 @@ def test_difference_jacobian_spends_no_vjp_and_one_forward_per_source_and_cg_ite
     x = torch.randn((3, 2, 1, 8, 8)).double() * 0.5
     t = torch.tensor(0.5, dtype=torch.float64)
     for cg in (1, 2, 3):
-        post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg, jacobian="auto")
+        post = JointPosterior(priors, op, y, 0.05, cg_iterations=cg, jacobian="difference")
         forwards["n"] = 0
         post(x, t)
         assert forwards["n"] == 2 * (1 + cg)

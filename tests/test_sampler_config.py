@@ -50,7 +50,7 @@ def test_separation_defaults_are_those_of_the_command_line():
         0.0,
         16,
     )
-    assert (d.jacobian, d.rho) == ("auto", 0.0)
+    assert (d.jacobian, d.rho) == ("vjp", 0.0)
     assert SeparateConfig().sampler == d
 
 

@@ -43,7 +43,7 @@ from .operators import SourceSum
 __all__ = ["JointPrior", "JointPosterior", "DEFAULT_TRUST", "JACOBIANS"]
 
 #: How :class:`JointPosterior` applies a diffusion prior's Jacobian.
-JACOBIANS = ("auto", "vjp", "difference")
+JACOBIANS = ("vjp", "difference")
 
 #: Default trust radius of diffusion-prior corrections (see the module docstring).
 DEFAULT_TRUST = 4.0
@@ -99,10 +99,9 @@ class JointPosterior(JointPrior):
         Largest correction of a diffusion prior's source, in units of
         ``sqrt(D) * c_out(sigma)`` (see the module docstring); 0 disables the limit.
     jacobian
-        How a diffusion prior's ``J u`` is computed: ``"vjp"`` (exact, autograd),
+        How a diffusion prior's ``J u`` is computed: ``"vjp"`` (exact, autograd) or
         ``"difference"`` (a forward difference of the network, two forwards without a
-        graph: :meth:`~galprism.diffusion.DiffusionPrior.linearize`) or ``"auto"``
-        (``"difference"`` for states on a CPU, ``"vjp"`` elsewhere). Gaussian priors are
+        graph: :meth:`~galprism.diffusion.DiffusionPrior.linearize`). Gaussian priors are
         always exact.
     """
 
@@ -114,7 +113,7 @@ class JointPosterior(JointPrior):
         noise_var: Tensor | float,
         cg_iterations: int = 1,
         trust: float = DEFAULT_TRUST,
-        jacobian: str = "auto",
+        jacobian: str = "vjp",
     ) -> None:
         super().__init__(priors)
         if not isinstance(operator, SourceSum):
@@ -190,9 +189,7 @@ class JointPosterior(JointPrior):
         means, vjps = [], []
         # torch.func.vjp differentiates even under the sampler's no_grad; calling the
         # closures with grad disabled keeps them from recording a second-order graph.
-        difference = self.jacobian == "difference" or (
-            self.jacobian == "auto" and x_t.device.type == "cpu"
-        )
+        difference = self.jacobian == "difference"
         for k, prior in enumerate(self.priors):
             if difference and isinstance(prior, DiffusionPrior):
                 d, jvp = prior.linearize(x_t[:, k], sig[k])

@@ -140,8 +140,6 @@ def resolve_precision(precision: str | None, device: str, jacobian: str = "vjp")
         other than CUDA, or is not ``"float32"`` with a forward-difference Jacobian.
     """
     on_cuda = torch.device(device).type == "cuda"
-    if jacobian == "auto":
-        jacobian = "vjp" if torch.device(device).type != "cpu" else "difference"
     if precision is None:
         return "bf16" if on_cuda and jacobian != "difference" else "float32"
     if precision not in PRECISIONS:
