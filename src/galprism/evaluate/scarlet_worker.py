@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 
-def deblend(image, variance, valid, psf, centers, central, max_iter):
+def fit_scene(image, variance, valid, psf, centers, max_iter):
+    """The fitted scarlet2 scene of one image and its observation (the model above)."""
     import scarlet2 as s2
     from numpyro.distributions import constraints
 
@@ -58,7 +59,12 @@ def deblend(image, variance, valid, psf, centers, central, max_iter):
                 constraint=constraints.unit_interval,
                 stepsize=0.1,
             )
-    fitted = scene.fit(obs, max_iter=int(max_iter), progress_bar=False)
+    return obs, scene.fit(obs, max_iter=int(max_iter), progress_bar=False)
+
+
+def deblend(image, variance, valid, psf, centers, central, max_iter):
+    """The central source's model rendered in the observation frame."""
+    obs, fitted = fit_scene(image, variance, valid, psf, centers, max_iter)
     model = fitted.evaluate_source(fitted.sources[central])
     return np.asarray(obs.render(model))[0]
 

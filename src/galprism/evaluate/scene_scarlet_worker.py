@@ -27,38 +27,11 @@ import numpy as np
 
 
 def deblend_all(image, variance, valid, psf, centers, max_iter):
-    import scarlet2 as s2
-    from numpyro.distributions import constraints
+    """Every source's model rendered in the observation frame, ``(M, H, W)``."""
+    # The fit is the cutout worker's, beside this file (on sys.path as the script's folder).
+    from scarlet_worker import fit_scene
 
-    weights = np.where(valid, 1.0 / variance, 0.0)
-    obs = s2.Observation(
-        np.where(valid, image, 0.0)[None], weights[None], psf=s2.ArrayPSF(psf[None])
-    )
-    frame = s2.Frame.from_observations(obs)
-    with s2.Scene(frame) as scene:
-        for y, x in centers:
-            center = np.array([y, x], dtype=float)
-            try:
-                spectrum, morph = s2.init.from_gaussian_moments(obs, center, min_corr=0.99)
-            except Exception:  # noqa: BLE001 - scarlet2's moments fail on faint sources
-                spectrum = s2.init.pixel_spectrum(obs, center, correct_psf=True)
-                morph = s2.init.compact_morphology()
-            s2.Source(center, spectrum, morph)
-    with s2.Parameters(scene):
-        for j, src in enumerate(scene.sources):
-            s2.Parameter(
-                src.spectrum,
-                name=f"spectrum:{j}",
-                constraint=constraints.positive,
-                stepsize=s2.relative_step,
-            )
-            s2.Parameter(
-                src.morphology,
-                name=f"morph:{j}",
-                constraint=constraints.unit_interval,
-                stepsize=0.1,
-            )
-    fitted = scene.fit(obs, max_iter=int(max_iter), progress_bar=False)
+    obs, fitted = fit_scene(image, variance, valid, psf, centers, max_iter)
     return np.stack(
         [np.asarray(obs.render(fitted.evaluate_source(src)))[0] for src in fitted.sources]
     )
