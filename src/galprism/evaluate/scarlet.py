@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +38,52 @@ def _peaks(smooth_data: np.ndarray, labels: np.ndarray) -> list[tuple[int, float
         k = int(np.argmax(smooth_data[yy, xx]))
         out.append((int(lab), float(yy[k]), float(xx[k])))
     return out
+
+
+def run_worker(
+    python: str, worker: Path, inputs: dict[str, np.ndarray], timeout: float, what: str
+) -> dict[str, np.ndarray]:
+    """Run a scarlet2 worker script with another environment's ``python`` on ``inputs``.
+
+    The worker reads ``inputs`` from an ``.npz`` file and writes its outputs to another;
+    JAX runs on one CPU thread.
+
+    Returns
+    -------
+    dict
+        The worker's output arrays.
+
+    Raises
+    ------
+    GalprismError
+        Naming ``what``, if the worker runs past ``timeout`` seconds, fails or writes
+        nothing.
+    """
+    with tempfile.TemporaryDirectory(prefix="galprism-scarlet2-") as tmp:
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(inp, **inputs)
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        }
+        try:
+            proc = subprocess.run(
+                [python, str(worker), str(inp), str(out)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise GalprismError(f"scarlet2: {what}: worker exceeded {timeout:.0f} s") from exc
+        if proc.returncode != 0 or not out.is_file():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise GalprismError(f"scarlet2: {what}: worker failed (exit {proc.returncode}): {last}")
+        with np.load(out, allow_pickle=False) as res:
+            return {k: np.asarray(res[k]) for k in res.files}
 
 
 class Scarlet2Method:
@@ -104,51 +149,25 @@ class Scarlet2Method:
                 if lab == chosen:
                     central[-1] = len(centers)
                 centers.append((i, y, x))
-        with tempfile.TemporaryDirectory(prefix="galprism-scarlet2-") as tmp:
-            inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-            np.savez(
-                inp,
-                images=np.stack([c.observation.image[0] for c in cuts]),
-                variances=np.stack([c.observation.variance[0] for c in cuts]),
-                valid=np.stack([c.observation.valid[0] for c in cuts]),
-                psfs=np.stack([c.observation.psf[0] for c in cuts]),
-                centers=np.array(centers, dtype=np.float64).reshape(-1, 3),
-                central=np.array(central, dtype=np.int64),
-                max_iter=np.array(self.max_iter),
-            )
-            env = {
-                **os.environ,
-                "JAX_PLATFORMS": "cpu",
-                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-            }
-            t0 = time.perf_counter()
-            try:
-                proc = subprocess.run(
-                    [self.python, str(WORKER), str(inp), str(out)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=self.timeout,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise GalprismError(
-                    f"scarlet2: worker exceeded {self.timeout:.0f} s on {len(cuts)} cutouts"
-                ) from exc
-            if proc.returncode != 0 or not out.is_file():
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise GalprismError(f"scarlet2: worker failed (exit {proc.returncode}): {last}")
-            with np.load(out, allow_pickle=False) as res:
-                conv, seconds, status = (
-                    res["galaxy_conv"],
-                    res["seconds"],
-                    [str(s) for s in res["status"]],
-                )
-                self.version = str(res["version"])
-            if progress is not None:
-                progress(len(cuts))
-            _ = time.perf_counter() - t0
+        res = run_worker(
+            self.python,
+            WORKER,
+            {
+                "images": np.stack([c.observation.image[0] for c in cuts]),
+                "variances": np.stack([c.observation.variance[0] for c in cuts]),
+                "valid": np.stack([c.observation.valid[0] for c in cuts]),
+                "psfs": np.stack([c.observation.psf[0] for c in cuts]),
+                "centers": np.array(centers, dtype=np.float64).reshape(-1, 3),
+                "central": np.array(central, dtype=np.int64),
+                "max_iter": np.array(self.max_iter),
+            },
+            self.timeout,
+            f"{len(cuts)} cutouts",
+        )
+        conv, seconds, status = res["galaxy_conv"], res["seconds"], [str(v) for v in res["status"]]
+        self.version = str(res["version"])
+        if progress is not None:
+            progress(len(cuts))
         return [
             Estimate(
                 galaxy_conv=np.asarray(conv[i], dtype=np.float64),

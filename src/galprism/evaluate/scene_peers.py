@@ -384,13 +384,10 @@ class Scarlet2Scene:
         }
 
     def detect(self, case: SceneCase) -> SceneDetections:
-        import os
-        import subprocess
-        import tempfile
         from pathlib import Path
 
         from ..errors import GalprismError
-        from .scarlet import _peaks
+        from .scarlet import _peaks, run_worker
 
         t0 = time.perf_counter()
         obs = case.observation
@@ -399,46 +396,23 @@ class Scarlet2Scene:
         centers = np.array([(y, x) for _, y, x in _peaks(data, labels)], dtype=np.float64)
         if centers.size == 0:
             return SceneDetections.empty("nothing detected", time.perf_counter() - t0)
-        worker = Path(__file__).with_name("scene_scarlet_worker.py")
-        with tempfile.TemporaryDirectory(prefix="galprism-scarlet2-") as tmp:
-            inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-            np.savez(
-                inp,
-                image=image,
-                variance=variance,
-                valid=valid,
-                psf=obs.psf[0],
-                centers=centers,
-                max_iter=np.array(self.max_iter),
-            )
-            env = {
-                **os.environ,
-                "JAX_PLATFORMS": "cpu",
-                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-            }
-            try:
-                proc = subprocess.run(
-                    [self.python, str(worker), str(inp), str(out)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=self.timeout,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise GalprismError(
-                    f"scarlet2: {case.name}: worker exceeded {self.timeout:.0f} s"
-                ) from exc
-            if proc.returncode != 0 or not out.is_file():
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise GalprismError(
-                    f"scarlet2: {case.name}: worker failed (exit {proc.returncode}): {last}"
-                )
-            with np.load(out, allow_pickle=False) as res:
-                models = np.asarray(res["models"], dtype=np.float64)
-                status = str(res["status"])
-                self.version = str(res["version"])
+        res = run_worker(
+            self.python,
+            Path(__file__).with_name("scene_scarlet_worker.py"),
+            {
+                "image": image,
+                "variance": variance,
+                "valid": valid,
+                "psf": obs.psf[0],
+                "centers": centers,
+                "max_iter": np.array(self.max_iter),
+            },
+            self.timeout,
+            case.name,
+        )
+        models = np.asarray(res["models"], dtype=np.float64)
+        status = str(res["status"])
+        self.version = str(res["version"])
         if status != "ok":
             raise GalprismError(f"scarlet2: {case.name}: fit failed: {status}")
         flux = models.sum(axis=(1, 2))
