@@ -198,36 +198,31 @@ def run_separate(
                     process([p])
                 return
         share = (time.perf_counter() - t0) / len(group)
+
+        def failed(p: _Pending, exc: BaseException) -> None:
+            report(
+                InputRecord(
+                    p.path,
+                    str(p.output),
+                    "error",
+                    p.seconds + share,
+                    p.seed,
+                    error=_error_text(exc, p.path),
+                    index=p.index,
+                    modelled=modelled_region(p.obs),
+                )
+            )
+
         for p, res in zip(group, results, strict=True):
             where = {"index": p.index, "modelled": modelled_region(p.obs)}
             if isinstance(res, BaseException):
-                report(
-                    InputRecord(
-                        p.path,
-                        str(p.output),
-                        "error",
-                        p.seconds + share,
-                        p.seed,
-                        error=_error_text(res, p.path),
-                        **where,
-                    )
-                )
+                failed(p, res)
                 continue
             t1 = time.perf_counter()
             try:
                 write_result(res, p.output, prior, config, device=device)
             except Exception as exc:  # noqa: BLE001 - one unwritable output must not stop the run
-                report(
-                    InputRecord(
-                        p.path,
-                        str(p.output),
-                        "error",
-                        p.seconds + share,
-                        p.seed,
-                        error=_error_text(exc, p.path),
-                        **where,
-                    )
-                )
+                failed(p, exc)
                 continue
             seconds = p.seconds + share + time.perf_counter() - t1
             report(
