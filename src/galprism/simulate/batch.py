@@ -192,7 +192,7 @@ def simulate_batch(
         d.mkdir(parents=True, exist_ok=True)
     meta = sim.meta()
     writer = (
-        HDF5Writer(h5_path, meta, sim.instrument.psfs, overwrite=overwrite)
+        HDF5Writer(h5_path, meta, sim.psf_stack(), overwrite=overwrite)
         if h5_path is not None
         else None
     )

@@ -31,6 +31,7 @@ from ..errors import ConfigError, InputError
 from .data import find_catalog
 
 __all__ = [
+    "HSC_MAG_BANDS",
     "SPLIT_SEED",
     "SPLITS",
     "SPLIT_FILE_FORMAT",
@@ -44,6 +45,8 @@ __all__ = [
 SPLIT_SEED = 20251005
 #: catalogue columns the simulator reads (and ``stamp_flux``, for the HST-like instrument)
 COLUMNS = ("IDENT", "MAG", "NOISE_VARIANCE", "PIXEL_SCALE")
+#: bands of the ``HSC_<band>`` magnitude columns of the ``_fits`` companion, in this order
+HSC_MAG_BANDS = ("g", "r", "i", "z", "y")
 #: what :func:`read_split_file` accepts, for help texts
 SPLIT_FILE_FORMAT = (
     "the test galaxies, one per line: IDENTs, or catalogue row numbers (0-based) under a "
@@ -75,6 +78,9 @@ class GalaxyRecord:
         Stamp pixel scale in arcsec (0.03).
     flux_radius
         SExtractor half-light radius in HST pixels (NaN when unknown).
+    hsc_mags
+        HSC g, r, i, z, y AB magnitudes (``HSC_g`` ... ``HSC_y`` of the ``_fits``
+        companion), NaN when unknown; empty when the companion has none.
     """
 
     ident: int
@@ -84,6 +90,7 @@ class GalaxyRecord:
     noise_variance: float
     pixel_scale: float
     flux_radius: float
+    hsc_mags: tuple[float, ...] = ()
 
     def flux(self, zeropoint: float) -> float:
         """Total flux on an AB ``zeropoint`` at the catalogue magnitude."""
@@ -247,6 +254,7 @@ class CosmosCatalog:
                 "RealGalaxyCatalog"
             )
         radii: dict[int, float] = {}
+        colours: dict[int, tuple[float, ...]] = {}
         # GalSim's companion of real_galaxy_catalog_X.fits (flux_radius, ...), optional.
         extra = self.dir / f"{self.path.stem}_fits.fits"
         if extra.is_file():
@@ -256,6 +264,14 @@ class CosmosCatalog:
                     int(i): float(r)
                     for i, r in zip(fits_table["IDENT"], fits_table["flux_radius"], strict=True)
                 }
+            hsc_cols = [f"HSC_{b}" for b in HSC_MAG_BANDS]
+            if all(c in fits_table.colnames for c in hsc_cols):
+                mags = np.stack([np.asarray(fits_table[c], dtype=np.float64) for c in hsc_cols])
+                colours = {
+                    int(i): tuple(float(m) for m in mags[:, k])
+                    for k, i in enumerate(fits_table["IDENT"])
+                }
+        self.companion: Path | None = extra if extra.is_file() else None
         has_flux = "stamp_flux" in table.colnames
         self.records: list[GalaxyRecord] = [
             GalaxyRecord(
@@ -266,6 +282,7 @@ class CosmosCatalog:
                 noise_variance=float(row["NOISE_VARIANCE"]),
                 pixel_scale=float(row["PIXEL_SCALE"]),
                 flux_radius=radii.get(int(row["IDENT"]), math.nan),
+                hsc_mags=colours.get(int(row["IDENT"]), ()),
             )
             for k, row in enumerate(table)
         ]

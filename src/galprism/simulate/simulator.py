@@ -17,19 +17,30 @@ from typing import Any
 
 import galsim
 import numpy as np
+from scipy.signal import fftconvolve
 
 from .. import __version__
 from ..errors import ConfigError
+from .bands import (
+    BandSet,
+    coloured_images,
+    galaxy_colours,
+    gradient_weights,
+    make_bandset,
+    parse_bands,
+    star_colours,
+)
 from .cosmos import SPLIT_SEED, SPLITS, CosmosCatalog
 from .defects import add_defects, bad_bits
 from .hstnoise import hst_noise_table
 from .instrument import INSTRUMENTS, Instrument, make_instrument
-from .render import GalaxyTemplate, build_template
+from .render import GalaxyTemplate, build_template, draw_point, draw_sersic, draw_source
 from .scene import (
     VIEWS,
     PoolGalaxy,
     SceneConfig,
     SourceSpec,
+    _shifted,
     build_pool,
     central_m_min,
     cutout_noise_sigma,
@@ -81,6 +92,13 @@ class SimulationConfig:
     split_file
         File listing the test galaxies (:func:`galprism.simulate.cosmos.read_split_file`);
         replaces the drawn split.
+    bands
+        HSC bands to simulate together (e.g. ``("g", "r", "i", "z", "y")``), HSC-like
+        instrument only; None (the default) for the single i-like band
+        (:mod:`galprism.simulate.bands`).
+    colour_gradient, gradient_fwhm
+        With ``bands``: the radial colour gradient (:func:`galprism.simulate.bands.
+        gradient_weights`) and the FWHM (arcsec) of its smoothed component.
     """
 
     view: str = "galaxies"
@@ -99,9 +117,28 @@ class SimulationConfig:
     catalog: str | None = None
     split_seed: int = SPLIT_SEED
     split_file: str | None = None
+    bands: tuple[str, ...] | None = None
+    colour_gradient: float = 0.3
+    gradient_fwhm: float = 0.5
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
+        if self.bands is not None:
+            object.__setattr__(self, "bands", parse_bands(self.bands))
+            if self.instrument != "hsc":
+                raise ConfigError(
+                    f"bands {','.join(self.bands)}: several bands need the hsc instrument"
+                )
+            if self.noise_sigma is not None:
+                raise ConfigError(
+                    "noise sigma: with several bands each band's noise is the one measured "
+                    "on the real HSC data; give none"
+                )
+            if not (0.0 <= self.colour_gradient <= 1.0 and self.gradient_fwhm > 0):
+                raise ConfigError(
+                    f"colour gradient {self.colour_gradient}: must be in [0, 1] (FWHM "
+                    f"{self.gradient_fwhm} > 0)"
+                )
         if self.view not in VIEWS:
             raise ConfigError(f"view {self.view!r}: must be one of {', '.join(VIEWS)}")
         if self.split not in SPLITS:
@@ -132,6 +169,12 @@ class SimulationConfig:
         """JSON-able form (recorded in HDF5 attributes and ``--json`` output)."""
         d = asdict(self)
         d["scene"]["dilation_range"] = list(self.scene.dilation_range)
+        if self.bands is None:
+            # Single-band batches record exactly what they always did.
+            for key in ("bands", "colour_gradient", "gradient_fwhm"):
+                d.pop(key)
+        else:
+            d["bands"] = list(self.bands)
         return d
 
 
@@ -167,7 +210,15 @@ class Cutout:
     background
         Sky residual (constant, x gradient, y gradient), counts.
     noise_sigma
-        Std of this cutout's added noise (the batch's, unless ``central_noise`` raised it).
+        Std of this cutout's added noise (the batch's, unless ``central_noise`` raised it);
+        with several bands, that of the reference band (i, else the first).
+    bands
+        Band names of a multi-band cutout (then every image array is ``(C, H, W)`` and
+        ``psf`` is ``(C, kh, kw)``); empty for a single band.
+    band_sigmas
+        ``(C,)`` std of each band's added noise (multi-band only).
+    source_fluxes
+        ``(len(sources), C)`` total flux placed per band of every source (multi-band only).
     """
 
     index: int
@@ -183,10 +234,18 @@ class Cutout:
     defects: list[str]
     background: tuple[float, float, float]
     noise_sigma: float
+    bands: tuple[str, ...] = ()
+    band_sigmas: np.ndarray | None = None
+    source_fluxes: np.ndarray | None = None
 
 
 def _code(text: str) -> int:
     return zlib.crc32(text.encode())
+
+
+def _convolve_bands(cube: np.ndarray, psfs: np.ndarray) -> np.ndarray:
+    """Each band of ``(C, n, n)`` convolved with its own PSF (``fftconvolve``, same size)."""
+    return np.stack([fftconvolve(c, p, mode="same") for c, p in zip(cube, psfs, strict=True)])
 
 
 class Simulator:
@@ -255,6 +314,19 @@ class Simulator:
             _code(config.view),
             _code(config.split),
         ]
+        self.bandset: BandSet | None = None
+        self.colours: dict[int, np.ndarray] = {}
+        if config.bands is not None:
+            self.bandset = make_bandset(
+                config.bands,
+                psf=config.psf,
+                data_dir=config.data_dir,
+                gradient=config.colour_gradient,
+                gradient_fwhm=config.gradient_fwhm,
+            )
+            self.colours = {
+                r.ident: galaxy_colours(r, config.bands, str(self.catalog.path)) for r in members
+            }
 
     def meta(self) -> dict[str, Any]:
         """Batch metadata written to every file."""
@@ -279,7 +351,58 @@ class Simulator:
             "catalog_fingerprint": self.catalog.fingerprint,
             "split_origin": self.catalog.split_origin,
             "config": self.config.to_dict(),
+            **(self._band_meta() if self.bandset is not None else {}),
         }
+
+    def _band_meta(self) -> dict[str, Any]:
+        bs = self.bandset
+        assert bs is not None
+        return {
+            "bands": list(bs.bands),
+            "filters": list(bs.filters),
+            "band": ",".join(bs.filters),
+            "band_sigmas": [float(v) for v in bs.sigmas],
+            "noise_sigma": float(bs.sigmas[bs.reference]),
+            "noise_origin": bs.noise_origin,
+            "psf_origin": bs.psf_origin,
+            "colour_gradient": bs.gradient,
+            "gradient_fwhm": bs.gradient_fwhm,
+        }
+
+    def psf_stack(self) -> np.ndarray:
+        """The batch's PSFs as ``(P, C, kh, kw)`` (C = 1 for a single band)."""
+        if self.bandset is not None:
+            return self.bandset.psfs[None]
+        return self.instrument.psfs[:, None]
+
+    def source_colours(self, rng: np.random.Generator, specs: list[SourceSpec]) -> np.ndarray:
+        """``(len(specs), C)`` flux ratios to i of the sources (multi-band batches).
+
+        COSMOS galaxies: their catalogue colours; stars: the stellar locus; Sersic
+        galaxies: the colours of a galaxy of the split drawn uniformly (from ``rng``).
+        """
+        bs = self.bandset
+        assert bs is not None
+        idents = sorted(self.colours)
+        out = np.empty((len(specs), len(bs.bands)))
+        for k, s in enumerate(specs):
+            if s.role == "star":
+                out[k] = star_colours(rng, bs.bands)
+            elif s.role == "sersic":
+                out[k] = self.colours[idents[int(rng.integers(len(idents)))]]
+            else:
+                out[k] = self.colours[s.ident]
+        return out
+
+    def band_images(self, canvas: np.ndarray, colours: np.ndarray, star: bool) -> np.ndarray:
+        """``(C, n, n)`` intrinsic band images of one source drawn in i on ``canvas``."""
+        bs = self.bandset
+        assert bs is not None
+        weights = np.zeros(len(bs.bands)) if star else gradient_weights(bs.bands, bs.gradient)
+        sigma_px = (
+            bs.gradient_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / self.instrument.pixel_scale
+        )
+        return coloured_images(canvas, colours, weights, sigma_px)
 
     def centrals(self) -> list[PoolGalaxy]:
         """Galaxies that may be central under the current caps."""
@@ -322,6 +445,8 @@ class Simulator:
         -------
         Cutout
         """
+        if self.bandset is not None:
+            return self._band_cutout(index)
         cfg, inst = self.config, self.instrument
         rng, psf_index, specs = self.plan(index)
         sigma = cutout_noise_sigma(specs, inst.noise_sigma, cfg.scene)
@@ -373,6 +498,82 @@ class Simulator:
             defects=defects,
             background=scene.background,
             noise_sigma=sigma,
+        )
+
+    def _band_cutout(self, index: int) -> Cutout:
+        """A multi-band cutout: the single-band scene, coloured per source, per-band PSF/noise."""
+        cfg, inst, bs = self.config, self.instrument, self.bandset
+        assert bs is not None
+        rng, psf_index, specs = self.plan(index)
+        sigma = cutout_noise_sigma(specs, inst.noise_sigma, cfg.scene)
+        factor = sigma / inst.noise_sigma
+        if factor != 1.0:
+            specs = [replace(s, hst_noise_ratio=s.hst_noise_ratio / factor) for s in specs]
+        colours = self.source_colours(rng, specs)
+        n_b, size = len(bs.bands), self.size
+        pad = max(bs.psfs.shape[-2:]) // 2
+        n = size + 2 * pad
+        crop = (slice(None), slice(pad, pad + size), slice(pad, pad + size))
+        galaxy = np.zeros((n_b, n, n))
+        sky = np.zeros((n_b, n, n))
+        for spec, col in zip(specs, colours, strict=True):
+            canvas = np.zeros((n, n))
+            placement = _shifted(spec.placement, pad)
+            if spec.role == "star":
+                draw_point(canvas, placement)
+            elif spec.role == "sersic":
+                draw_sersic(
+                    canvas, placement, spec.sersic_n, spec.hlr, inst.pixel_scale, self.truth_fwhm
+                )
+            else:
+                draw_source(canvas, self.templates[spec.ident], placement, inst.pixel_scale)
+            target = galaxy if spec.role == "central" else sky
+            target += self.band_images(canvas, col, spec.role == "star")
+        # Sky-subtraction residual per band, in units of that band's noise (a plane: the
+        # unit-sum PSF leaves it unchanged away from the canvas edge).
+        b0 = cfg.scene.background_sigma * bs.sigmas * rng.standard_normal(n_b)
+        grad = cfg.scene.background_gradient * bs.sigmas[:, None] * rng.standard_normal((n_b, 2))
+        coords = (np.arange(n) - pad - 0.5 * (size - 1)) / size
+        sky += (
+            b0[:, None, None]
+            + grad[:, 0, None, None] * coords[None, None, :]
+            + grad[:, 1, None, None] * coords[None, :, None]
+        )
+        truth: dict[str, np.ndarray] = {}
+        if cfg.view == "galaxies":
+            truth["galaxy"] = galaxy[crop].copy()
+            truth["galaxy_conv"] = _convolve_bands(galaxy, bs.psfs)[crop]
+        truth["sky"] = sky[crop].copy()
+        truth["sky_conv"] = _convolve_bands(sky, bs.psfs)[crop]
+        sigmas = bs.sigmas * factor
+        truth["noise"] = sigmas[:, None, None] * rng.standard_normal((n_b, size, size))
+        image = truth["sky_conv"] + truth["noise"]
+        if "galaxy_conv" in truth:
+            image = image + truth["galaxy_conv"]
+        maskbits = np.zeros(image.shape, dtype=np.int32)
+        defects: list[str] = []
+        # Defects of each band drawn on their own: a coadd's bands come from other exposures.
+        for b in range(n_b):
+            if rng.random() < cfg.mask_fraction:
+                defects += add_defects(rng, image[b], maskbits[b], float(sigmas[b]))
+        central = next((s.ident for s in specs if s.role == "central"), -1)
+        return Cutout(
+            index=int(index),
+            image=image.astype(np.float32),
+            variance=np.broadcast_to(sigmas[:, None, None] ** 2, image.shape).astype(np.float32),
+            maskbits=maskbits,
+            valid=(maskbits & bad_bits()) == 0,
+            psf=bs.psfs,
+            psf_index=psf_index,
+            truth={k: v.astype(np.float32) for k, v in truth.items()},
+            sources=specs,
+            central_ident=int(central),
+            defects=defects,
+            background=(float(b0[bs.reference]), *map(float, grad[bs.reference])),
+            noise_sigma=float(sigmas[bs.reference]),
+            bands=bs.bands,
+            band_sigmas=sigmas,
+            source_fluxes=np.array([s.placement.flux for s in specs])[:, None] * colours,
         )
 
     def hst_noise_summary(self) -> dict[str, Any]:

@@ -121,7 +121,24 @@ def _image_hdu(
         hdu.header["FLUXMAG0"] = (10.0 ** (0.4 * meta["zeropoint"]), "flux of a 0 mag AB source")
     hdu.header["FILTER"] = (meta["band"], "")
     hdu.header["PIXSCALE"] = (meta["pixel_scale"], "[arcsec/px]")
+    if meta.get("bands"):
+        band_cards(hdu.header, meta, flux=flux)
     return hdu
+
+
+def band_cards(header: fits.Header, meta: Mapping[str, Any], flux: bool = True) -> None:
+    """``BANDS``, ``NBANDS`` and per-band ``FILTERn`` (and ``MAGZERn``) cards of a cube.
+
+    ``n`` is the 1-based plane number along the cube's band axis (its first, FITS's last).
+    """
+    bands = list(meta["bands"])
+    header["BANDS"] = (",".join(bands), "band of each plane, bands first")
+    header["NBANDS"] = (len(bands), "number of bands")
+    for k, name in enumerate(meta["filters"], start=1):
+        header[f"FILTER{k}"] = (name, f"filter of band plane {k}")
+    if flux:
+        for k in range(1, len(bands) + 1):
+            header[f"MAGZERO{k}"] = (meta["zeropoint"], f"AB zero point of band plane {k}")
 
 
 def _primary(meta: Mapping[str, Any], index: int, kind: str) -> fits.PrimaryHDU:
@@ -139,6 +156,13 @@ def _primary(meta: Mapping[str, Any], index: int, kind: str) -> fits.PrimaryHDU:
     h["INSTRUME"] = (meta["instrument"], "simulated instrument")
     h["FILTER"] = (meta["band"], "")
     h["NOISESIG"] = (meta["noise_sigma"], "[count] std of the added noise")
+    if meta.get("bands"):
+        band_cards(h, meta, flux=False)
+        h["NOISESIG"] = (meta["noise_sigma"], "[count] std of the added noise, i (else 1st) band")
+        for k, v in enumerate(meta["band_sigmas"], start=1):
+            h[f"NOISESI{k}"] = (v, f"[count] std of the added noise, band plane {k}")
+        h["COLGRAD"] = (meta["colour_gradient"], "colour gradient: g-band smoothed fraction")
+        h["GRADFWHM"] = (meta["gradient_fwhm"], "[arcsec] FWHM of the smoothed component")
     h["NOISEORI"] = (meta["noise_origin"][:68], "")
     h["PSFORIG"] = (meta["psf_origin"][:68], "")
     h["TRUTHFWH"] = (meta["truth_fwhm"], "[arcsec] FWHM of the truth kernel")
@@ -163,6 +187,9 @@ def observation_hdul(cutout: Any, meta: Mapping[str, Any]) -> fits.HDUList:
     primary.header["NDEFECT"] = (len(cutout.defects), "masked defects added")
     # The cutout's own level: central_noise = "raise" may make it exceed the batch's.
     primary.header["NOISESIG"] = (float(cutout.noise_sigma), "[count] std of the added noise")
+    if getattr(cutout, "band_sigmas", None) is not None:
+        for k, v in enumerate(cutout.band_sigmas, start=1):
+            primary.header[f"NOISESI{k}"] = (float(v), f"[count] noise std, band plane {k}")
     sci = _image_hdu(cutout.image, "SCI", meta)
     psf = fits.ImageHDU(np.ascontiguousarray(cutout.psf, dtype=np.float64), name="PSF")
     psf.header["PSFORIG"] = (meta["psf_origin"][:68], "")
@@ -183,9 +210,17 @@ def add_mask_planes(header: fits.Header, planes: Mapping[str, int]) -> None:
         header.append(fits.Card(key if len(key) <= 8 else f"HIERARCH {key}", bit, "mask plane bit"))
 
 
-def sources_table(sources: list[SourceSpec]) -> Table:
-    """The placed galaxies as an astropy table (cutout pixel coordinates, 0-based)."""
-    return Table(
+def sources_table(
+    sources: list[SourceSpec],
+    fluxes: np.ndarray | None = None,
+    bands: tuple[str, ...] = (),
+) -> Table:
+    """The placed galaxies as an astropy table (cutout pixel coordinates, 0-based).
+
+    With ``bands``, ``fluxes`` ``(len(sources), C)`` adds one ``FLUX_<B>`` column per band
+    (total flux placed in that band).
+    """
+    table = Table(
         {
             "ROLE": [s.role for s in sources],
             "IDENT": np.array([s.ident for s in sources], dtype=np.int64),
@@ -203,6 +238,11 @@ def sources_table(sources: list[SourceSpec]) -> Table:
             "HLR": np.array([s.hlr for s in sources], dtype=np.float64),
         }
     )
+    for k, b in enumerate(bands):
+        table[f"FLUX_{b.upper()}"] = np.asarray(fluxes, dtype=np.float64).reshape(-1, len(bands))[
+            :, k
+        ]
+    return table
 
 
 def truth_hdul(cutout: Any, meta: Mapping[str, Any]) -> fits.HDUList:
@@ -216,7 +256,11 @@ def truth_hdul(cutout: Any, meta: Mapping[str, Any]) -> fits.HDUList:
     for key, name in TRUTH_HDUS.items():
         if key in cutout.truth:
             hdus.append(_image_hdu(cutout.truth[key], name, meta))
-    table = fits.BinTableHDU(sources_table(cutout.sources), name="SOURCES")
+    bands = tuple(getattr(cutout, "bands", ()) or ())
+    table = fits.BinTableHDU(
+        sources_table(cutout.sources, getattr(cutout, "source_fluxes", None), bands),
+        name="SOURCES",
+    )
     table.header["COORDS"] = ("0-based pixel centers of SCI", "X, Y convention")
     table.header["HSTNOISE"] = ("stamp noise in SCI / NOISESIG", "")
     return fits.HDUList([primary, *hdus, table])
@@ -267,7 +311,8 @@ class HDF5Writer:
 
     Observation file (``path``), cutouts along the first axis, ``C = 1`` band:
 
-    * ``images`` (N, C, H, W) float32, ``variance`` (N, C, H, W) float32,
+    * ``images`` (N, C, H, W) float32 (C = 1, or the bands of ``meta["bands"]``),
+      ``variance`` (N, C, H, W) float32,
       ``mask`` (N, C, H, W) bool, True = valid pixel, ``maskbits`` (N, C, H, W) int32;
     * ``psf`` (P, C, kh, kw) float64 and ``psf_index`` (N,) int32: cutout i uses
       ``psf[psf_index[i]]`` (one PSF per batch for HSC, one per ACS PSF for HST);
@@ -275,11 +320,13 @@ class HDF5Writer:
     * attributes: ``pixel_scale``, ``zeropoint``, ``bunit``, ``view``, ``split``,
       ``instrument``, ``band``, ``seed``, ``seed_key``, ``galprism_version``,
       ``noise_sigma``, ``mask_planes`` (JSON), ``bad_planes``, ``config`` (JSON),
-      ``truth_file``.
+      ``truth_file``; with several bands also ``bands`` (``"g,r,i,z,y"``), ``filters``,
+      ``band_sigmas``, ``colour_gradient``, ``gradient_fwhm``.
 
     Truth file (``<stem>.truth.h5``): ``galaxy``, ``sky``, ``galaxy_conv``, ``sky_conv``,
     ``noise`` (N, C, H, W) float32 (``galaxy*`` only in the galaxies view), ``index``,
-    and ``sources``, a table with one row per placed galaxy and its ``cutout`` row.
+    and ``sources``, a table with one row per placed galaxy and its ``cutout`` row (and
+    ``flux_<band>`` columns with several bands).
 
     Parameters
     ----------
@@ -288,7 +335,7 @@ class HDF5Writer:
     meta
         Batch metadata.
     psfs
-        ``(P, kh, kw)`` PSFs of the batch.
+        ``(P, kh, kw)`` PSFs of a single-band batch, or ``(P, C, kh, kw)``.
     overwrite
         Replace existing files.
     """
@@ -316,7 +363,8 @@ class HDF5Writer:
         self._n = 0
         self._sources: list[tuple] = []
         size = int(meta["size"])
-        shape = (0, 1, size, size)
+        self.bands = tuple(meta.get("bands") or ())
+        shape = (0, max(1, len(self.bands)), size, size)
         ds = {"track_times": False}
         for f in (self._obs, self._truth):
             f.create_dataset(
@@ -338,7 +386,8 @@ class HDF5Writer:
                 **extra,
                 **ds,
             )
-        self._obs.create_dataset("psf", data=np.asarray(psfs, dtype=np.float64)[:, None], **ds)
+        psfs = np.asarray(psfs, dtype=np.float64)
+        self._obs.create_dataset("psf", data=psfs if psfs.ndim == 4 else psfs[:, None], **ds)
         self._obs.create_dataset(
             "psf_index", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1024,), **ds
         )
@@ -377,6 +426,14 @@ class HDF5Writer:
             "bad_planes": ",".join(BAD_PLANES),
             "config": json.dumps(meta["config"], sort_keys=True),
         }
+        if self.bands:
+            attrs.update(
+                bands=",".join(self.bands),
+                filters=",".join(meta["filters"]),
+                band_sigmas=np.asarray(meta["band_sigmas"], dtype=np.float64),
+                colour_gradient=meta["colour_gradient"],
+                gradient_fwhm=meta["gradient_fwhm"],
+            )
         for f in (self._obs, self._truth):
             f.attrs.update(attrs)
         self._obs.attrs["truth_file"] = self.truth_path.name
@@ -401,8 +458,10 @@ class HDF5Writer:
         self._append(t["index"], cutout.index)
         for name in self._truth_names:
             self._append(t[name], cutout.truth[name][None].astype(np.float32))
-        for s in cutout.sources:
+        fluxes = getattr(cutout, "source_fluxes", None)
+        for k, s in enumerate(cutout.sources):
             p = s.placement
+            band_fluxes = tuple(float(v) for v in fluxes[k]) if self.bands else ()
             self._sources.append(
                 (
                     self._n,
@@ -421,6 +480,7 @@ class HDF5Writer:
                     s.hst_noise_ratio,
                     s.sersic_n,
                     s.hlr,
+                    *band_fluxes,
                 )
             )
         self._n += 1
@@ -432,6 +492,7 @@ class HDF5Writer:
              ("y", "f8"), ("mag", "f8"), ("flux", "f8"), ("rotation", "f8"), ("flip", "?"),
              ("g1", "f8"), ("g2", "f8"), ("dilation", "f8"), ("hst_noise_ratio", "f8"),
              ("sersic_n", "f8"), ("hlr", "f8")]
+            + [(f"flux_{b}", "f8") for b in self.bands]
         )  # fmt: skip
         self._truth.create_dataset(
             "sources", data=np.array(self._sources, dtype=dtype), track_times=False
