@@ -80,6 +80,29 @@ def _check_view_options(ctx: click.Context, view: str) -> None:
             raise click.UsageError(f"{flag} does not apply to --view {view}")
 
 
+def _band_settings(kw: dict[str, object]) -> dict[str, object]:
+    """The config fields of ``--bands`` / ``--colour-gradient``, checked in flag names."""
+    if kw["bands"] is None:
+        if kw["colour_gradient"] is not None:
+            raise click.UsageError("--colour-gradient applies only with --bands")
+        return {}
+    from ..simulate.bands import parse_bands
+
+    try:
+        bands = parse_bands(str(kw["bands"]))
+    except ConfigError as exc:
+        raise click.UsageError(f"--bands {kw['bands']}: {exc}") from None
+    if kw["instrument"] != "hsc":
+        raise click.UsageError("--bands needs --instrument hsc (the real HSC PSFs and noise)")
+    if kw["noise_sigma"] is not None:
+        raise click.UsageError(
+            "--noise-sigma does not apply with --bands: each band's noise is measured on the "
+            "real HSC data"
+        )
+    gradient = 0.3 if kw["colour_gradient"] is None else float(kw["colour_gradient"])
+    return {"bands": bands, "colour_gradient": gradient}
+
+
 def _scenes(kw: dict[str, object]) -> None:
     """``--view scenes``: several galaxies and stars per image, per-source truth."""
     from dataclasses import replace
@@ -119,6 +142,7 @@ def _scenes(kw: dict[str, object]) -> None:
         galaxy_mags=(float(m_lo), float(m_hi)),
         star_fraction=kw["star_fraction"],
         inner_fraction=kw["inner_fraction"],
+        **_band_settings(kw),
     )
     progress = _Progress(not kw["quiet"], config.n)
     try:
@@ -186,6 +210,21 @@ def _scenes(kw: dict[str, object]) -> None:
     default="npz",
     show_default=True,
     help="HSC PSF: hsc_cosmos_35.npz i band (43x43) or multiview/PSF_HSC.fits i band (31x31).",
+)
+@click.option(
+    "--bands",
+    default=None,
+    metavar="B,B,...",
+    help="Simulate several HSC bands at once, e.g. g,r,i,z,y: each galaxy coloured by its "
+    "catalogue magnitudes, each band with its real HSC PSF and noise; FITS cubes and "
+    "(N, C, H, W) HDF5 [default: the single i-like band].",
+)
+@click.option(
+    "--colour-gradient",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help='With --bands: fraction of the g-band light in a 0.5" smoothed copy (bluer outer '
+    "light; r takes about half of it, i, z, y none) [default: 0.3].",
 )
 @click.option(
     "--seed",
@@ -411,6 +450,7 @@ def simulate(ctx: click.Context, **kw: object) -> None:
         catalog=str(kw["catalog"]) if kw["catalog"] else None,
         split_seed=kw["split_seed"],
         split_file=str(kw["split_file"]) if kw["split_file"] else None,
+        **_band_settings(kw),
     )
     hdf5 = None if kw["no_hdf5"] else (kw["hdf5"] or "auto")
     progress = _Progress(not kw["quiet"], config.n)

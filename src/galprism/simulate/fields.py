@@ -46,7 +46,7 @@ from .cosmos import SPLIT_SEED, SPLITS, CosmosCatalog
 from .defects import add_defects, bad_bits
 from .render import Placement, draw_point, draw_sersic, draw_source
 from .scene import SceneConfig, SourceSpec, _transform
-from .simulator import SimulationConfig, Simulator, _code
+from .simulator import SimulationConfig, Simulator, _code, _convolve_bands
 from .write import wcs_cards
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "half_light_radius",
     "blendedness",
     "truth_table",
+    "add_band_columns",
 ]
 
 #: the view name of these fields (``--view scenes``)
@@ -96,6 +97,8 @@ class ScenesConfig:
     footprint_sigma
         A source's footprint, for its blendedness, is where its noiseless image is at least
         this many noise standard deviations.
+    bands, colour_gradient, gradient_fwhm
+        Several HSC bands, as in :class:`galprism.simulate.SimulationConfig`.
     """
 
     split: str = "test"
@@ -118,6 +121,9 @@ class ScenesConfig:
     star_fraction: float = 0.5
     inner_fraction: float = 0.6
     footprint_sigma: float = 1.0
+    bands: tuple[str, ...] | None = None
+    colour_gradient: float = 0.3
+    gradient_fwhm: float = 0.5
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
@@ -160,6 +166,9 @@ class ScenesConfig:
             catalog=self.catalog,
             split_seed=self.split_seed,
             split_file=self.split_file,
+            bands=self.bands,
+            colour_gradient=self.colour_gradient,
+            gradient_fwhm=self.gradient_fwhm,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +176,11 @@ class ScenesConfig:
         d = asdict(self)
         d["view"] = SCENES_VIEW
         d["scene"]["dilation_range"] = list(self.scene.dilation_range)
+        if self.bands is None:
+            for key in ("bands", "colour_gradient", "gradient_fwhm"):
+                d.pop(key)
+        else:
+            d["bands"] = list(self.bands)
         return d
 
 
@@ -215,6 +229,13 @@ class SceneField:
         Its standard deviation.
     defects
         Defect kinds added.
+    bands
+        Band names of a multi-band scene (then ``image``, ``variance``, ``maskbits``,
+        ``valid``, ``background``, ``noiseless`` and ``noise`` are ``(C, H, W)``, ``images``
+        and ``intrinsic`` ``(N, C, H, W)``, ``psf`` ``(C, kh, kw)``, and ``noise_sigma`` is the
+        reference band's); empty for a single band.
+    band_sigmas
+        ``(C,)`` noise std per band (multi-band only).
     """
 
     index: int
@@ -234,6 +255,8 @@ class SceneField:
     noise: np.ndarray
     noise_sigma: float
     defects: list[str]
+    bands: tuple[str, ...] = ()
+    band_sigmas: np.ndarray | None = None
 
 
 def half_light_radius(image: np.ndarray, x: float, y: float) -> float:
@@ -517,6 +540,8 @@ class SceneSimulator:
         -------
         SceneField
         """
+        if self.base.bandset is not None:
+            return self._band_scene(index)
         cfg, inst = self.config, self.instrument
         rng, psf_index, specs = self.plan(index)
         psf = inst.psfs[psf_index]
@@ -587,3 +612,122 @@ class SceneSimulator:
             noise_sigma=float(sigma),
             defects=defects,
         )
+
+    def _band_scene(self, index: int) -> SceneField:
+        """A multi-band scene: the sources of :meth:`plan`, coloured, per-band PSF and noise."""
+        cfg, inst = self.config, self.instrument
+        bs = self.base.bandset
+        assert bs is not None
+        rng, psf_index, specs = self.plan(index)
+        colours = self.base.source_colours(rng, specs)
+        size, scale, n_b = self.size, inst.pixel_scale, len(bs.bands)
+        pad = max(bs.psfs.shape[-2:]) // 2
+        n = size + 2 * pad
+        crop = (slice(None), slice(pad, pad + size), slice(pad, pad + size))
+        images = np.zeros((len(specs), n_b, size, size))
+        intrinsic = np.zeros((len(specs), n_b, size, size))
+        joint = np.zeros((n_b, n, n))
+        for k, spec in enumerate(specs):
+            canvas = np.zeros((n, n))
+            placement = replace(spec.placement, x=spec.placement.x + pad, y=spec.placement.y + pad)
+            if spec.role == "star":
+                draw_point(canvas, placement)
+            elif spec.role == "sersic":
+                draw_sersic(canvas, placement, spec.sersic_n, spec.hlr, scale, self.truth_fwhm)
+            else:
+                draw_source(canvas, self.base.templates[spec.ident], placement, scale)
+            cube = self.base.band_images(canvas, colours[k], spec.role == "star")
+            joint += cube
+            intrinsic[k] = cube[crop]
+            images[k] = _convolve_bands(cube, bs.psfs)[crop]
+        sigmas = bs.sigmas
+        b0 = cfg.scene.background_sigma * sigmas * rng.standard_normal(n_b)
+        grad = cfg.scene.background_gradient * sigmas[:, None] * rng.standard_normal((n_b, 2))
+        coords = (np.arange(size) - 0.5 * (size - 1)) / size
+        background = (
+            b0[:, None, None]
+            + grad[:, 0, None, None] * coords[None, None, :]
+            + grad[:, 1, None, None] * coords[None, :, None]
+        )
+        noiseless = _convolve_bands(joint, bs.psfs)[crop] + background
+        noise = sigmas[:, None, None] * rng.standard_normal((n_b, size, size))
+        image = noiseless + noise
+        maskbits = np.zeros(image.shape, dtype=np.int32)
+        defects: list[str] = []
+        for b in range(n_b):
+            if rng.random() < cfg.mask_fraction:
+                defects += add_defects(rng, image[b], maskbits[b], float(sigmas[b]))
+        ref = bs.reference
+        truth = truth_table(
+            specs,
+            images[:, ref],
+            intrinsic[:, ref],
+            self.wcs,
+            inst.zeropoint,
+            inst.bunit,
+            float(sigmas[ref]),
+            cfg.footprint_sigma,
+        )
+        add_band_columns(truth, images, bs.bands, inst.zeropoint, inst.bunit, ref)
+        return SceneField(
+            index=int(index),
+            image=image.astype(np.float32),
+            variance=np.broadcast_to(sigmas[:, None, None] ** 2, image.shape).astype(np.float32),
+            maskbits=maskbits,
+            valid=(maskbits & bad_bits()) == 0,
+            psf=bs.psfs,
+            psf_index=psf_index,
+            sources=specs,
+            truth=truth,
+            images=images,
+            intrinsic=intrinsic,
+            background=background,
+            background_terms=(float(b0[ref]), *map(float, grad[ref])),
+            noiseless=noiseless,
+            noise=noise,
+            noise_sigma=float(sigmas[ref]),
+            defects=defects,
+            bands=bs.bands,
+            band_sigmas=sigmas,
+        )
+
+
+def add_band_columns(
+    truth: Table,
+    images: np.ndarray,
+    bands: tuple[str, ...],
+    zeropoint: float,
+    bunit: str,
+    reference: int,
+) -> None:
+    """Add ``flux_<b>`` and ``mag_<b>`` per band to a scene's truth table, in place.
+
+    ``images`` is ``(N, C, H, W)``; ``flux``/``mag`` (and the other single-band columns)
+    stay those of band ``reference``, recorded as the table's ``REFBAND``.
+
+    Parameters
+    ----------
+    truth
+        The table of :func:`truth_table`.
+    images
+        Noiseless PSF-convolved per-source band images.
+    bands
+        Band names.
+    zeropoint, bunit
+        Units of the images.
+    reference
+        Index of the band of the single-band columns.
+    """
+    import astropy.units as u
+
+    flux = images.sum(axis=(2, 3))
+    for k, b in enumerate(bands):
+        f = flux[:, k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mag = np.where(f > 0, zeropoint - 2.5 * np.log10(np.where(f > 0, f, 1.0)), np.nan)
+        truth[f"flux_{b}"] = Column(
+            f, unit=bunit, description=f"flux in band {b} (sum of its noiseless convolved image)"
+        )
+        truth[f"mag_{b}"] = Column(mag, unit=u.mag, description=f"AB magnitude in band {b}")
+    truth.meta["BANDS"] = ",".join(bands)
+    truth.meta["REFBAND"] = bands[reference]
