@@ -210,6 +210,7 @@ class ViewData:
     pixel_scale: float | None
     zeropoint: float | None
     bunit: str | None
+    bands: tuple[str, ...] | None = None
 
 
 def _load_hdf5(spec: ViewSpec) -> ViewData:
@@ -231,6 +232,7 @@ def _load_hdf5(spec: ViewSpec) -> ViewData:
         psfs = np.asarray(f["psf"], dtype=np.float64)
         psf = torch.from_numpy(psfs[np.asarray(f["psf_index"][:n])])
         attrs = dict(f.attrs)
+    bands = _hdf5_bands(attrs, y.shape[1], path)
     return ViewData(
         spec,
         y,
@@ -240,7 +242,33 @@ def _load_hdf5(spec: ViewSpec) -> ViewData:
         _opt_float(attrs.get("pixel_scale")),
         _opt_float(attrs.get("zeropoint")),
         str(attrs["bunit"]) if "bunit" in attrs else None,
+        bands,
     )
+
+
+def _hdf5_bands(attrs: dict[str, Any], channels: int, path: Path | None) -> tuple[str, ...] | None:
+    """Band names of an HDF5 batch: its ``bands`` attribute (``"g,r,i"``), else None.
+
+    Raises
+    ------
+    InputError
+        If the attribute names another number of bands than the images have.
+    """
+    raw = attrs.get("bands")
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    names = (
+        [b.strip() for b in raw.split(",")]
+        if isinstance(raw, str)
+        else [b.decode() if isinstance(b, bytes) else str(b) for b in np.atleast_1d(raw)]
+    )
+    if len(names) != channels:
+        raise InputError(
+            f"{path}: attribute bands names {len(names)} band(s) but the images have {channels}"
+        )
+    return tuple(names)
 
 
 def _opt_float(x: Any) -> float | None:
@@ -317,6 +345,25 @@ def load_view(spec: ViewSpec, fit: FitSpec) -> ViewData:
     return data
 
 
+def data_bands(views: Sequence[ViewData]) -> tuple[int, tuple[str, ...] | None]:
+    """The number of bands ``C`` shared by every view and their names (None if unnamed).
+
+    Raises
+    ------
+    ConfigError
+        If the views have different numbers of bands or name them differently.
+    """
+    channels = {int(v.y.shape[1]) for v in views}
+    if len(channels) != 1:
+        detail = ", ".join(f"{v.spec.name!r}: {int(v.y.shape[1])}" for v in views)
+        raise ConfigError(f"fit: the views have different numbers of bands ({detail})")
+    named = {v.bands for v in views if v.bands is not None}
+    if len(named) > 1:
+        detail = ", ".join(f"{v.spec.name!r}: {','.join(v.bands or ())}" for v in views)
+        raise ConfigError(f"fit: the views name their bands differently ({detail})")
+    return channels.pop(), (named.pop() if named else None)
+
+
 def flux_scale_of(views: Sequence[ViewData]) -> float:
     """Per-dataset flux unit: the 99.9th percentile of |data| over valid pixels.
 
@@ -360,13 +407,22 @@ def to_view(data: ViewData, flux_scale: float) -> View:
     )
 
 
-def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
+def em_config(
+    fit: FitSpec,
+    flux_scale: float,
+    bunit: str | None,
+    channels: int = 1,
+    bands: Sequence[str] | None = None,
+) -> EMConfig:
     """The :class:`EMConfig` of ``fit`` (its ``[em]`` table, ``[em.sampler]`` included).
 
     Raises
     ------
     ConfigError
         On an unknown or invalid setting, or a sampler setting in the older layout.
+
+    ``channels`` is the number of bands of the data (the priors' ``C``), ``bands`` their
+    names (recorded in the prior's frame).
     """
     where = f"fit {fit.name!r}" if fit.source_file is None else str(fit.source_file)
     settings = dict(fit.em)
@@ -412,8 +468,10 @@ def em_config(fit: FitSpec, flux_scale: float, bunit: str | None) -> EMConfig:
             },
         },
     }
+    if bands is not None:
+        settings["metadata"]["bands"] = list(bands)
     try:
-        return EMConfig(sources=fit.sources, shape=[1, fit.size, fit.size], **settings)
+        return EMConfig(sources=fit.sources, shape=[channels, fit.size, fit.size], **settings)
     except TypeError as exc:
         raise ConfigError(f"{where}: bad [em] setting ({exc})") from exc
     except ConfigError as err:
@@ -437,9 +495,10 @@ def fit_priors(
     if fit.pixel_scale is None:
         scales = {d.pixel_scale for d in data} - {None}
         fit.pixel_scale = scales.pop() if len(scales) == 1 else None
+    channels, bands = data_bands(data)
     flux_scale = fit.flux_scale or flux_scale_of(data)
     views = [to_view(d, flux_scale) for d in data]
-    config = em_config(fit, flux_scale, data[0].bunit)
+    config = em_config(fit, flux_scale, data[0].bunit, channels, bands)
     result = run_em(views, config, run_dir, device=device, resume=resume, progress=progress)
     return result
 

@@ -158,7 +158,7 @@ def _primary(meta: Mapping[str, Any], index: int, kind: str) -> fits.PrimaryHDU:
     h["NOISESIG"] = (meta["noise_sigma"], "[count] std of the added noise")
     if meta.get("bands"):
         band_cards(h, meta, flux=False)
-        h["NOISESIG"] = (meta["noise_sigma"], "[count] std of the added noise, i (else 1st) band")
+        h["NOISESIG"] = (meta["noise_sigma"], "[count] noise std, i (else first) band")
         for k, v in enumerate(meta["band_sigmas"], start=1):
             h[f"NOISESI{k}"] = (v, f"[count] std of the added noise, band plane {k}")
         h["COLGRAD"] = (meta["colour_gradient"], "colour gradient: g-band smoothed fraction")
