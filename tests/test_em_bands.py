@@ -18,8 +18,8 @@ BANDS = ("g", "r", "i")
 
 @pytest.fixture(scope="module")
 def band_sims(tmp_path_factory, shared_data):
-    """16 sky and 16 galaxy cutouts of 32x32 pixels in g, r, i (HDF5 only), and a
-    single-band sky batch."""
+    """16 sky and 16 galaxy cutouts of 32x32 pixels in g, r, i (galaxies also as FITS),
+    and a single-band sky batch."""
     root = tmp_path_factory.mktemp("band_sims")
     for view, seed, bands in (("sky", 1, BANDS), ("galaxies", 2, BANDS), ("sky1", 3, None)):
         cfg = SimulationConfig(
@@ -32,7 +32,7 @@ def band_sims(tmp_path_factory, shared_data):
             bands=bands,
             data_dir=str(shared_data),
         )
-        simulate_batch(cfg, root / view, write_fits=False)
+        simulate_batch(cfg, root / view, write_fits=view == "galaxies")
     return root
 
 
@@ -124,3 +124,18 @@ def test_views_with_different_bands_are_refused(band_sims):
     assert data[0].bands is None and data[1].bands == BANDS
     with pytest.raises(ConfigError, match="different numbers of bands"):
         data_bands(data)
+
+
+def test_fits_view_reads_band_names(band_sims):
+    """A view of multi-band FITS cubes gets its band names from BANDS, as an HDF5 view
+    does from its attribute; without them the prior's frame would lose the bands."""
+    path = _fit_file(band_sims)
+    path.write_text(
+        path.read_text().replace(
+            'data = "galaxies/hsc_galaxies_train.h5"', 'files = ["galaxies/*.fits"]'
+        )
+    )
+    fit = load_fit_spec(path)
+    data = [load_view(v, fit) for v in fit.views]
+    assert data[1].y.shape[1:] == (3, SIZE, SIZE)
+    assert data_bands(data) == (3, BANDS)

@@ -308,7 +308,37 @@ def _load_fits(
         pixel_scale,
         zeropoint,
         obs[0].bunit,
+        _fits_bands(files, int(y.shape[1])),
     )
+
+
+def _fits_bands(files: Sequence[Path], channels: int) -> tuple[str, ...] | None:
+    """Band names of multi-band FITS cubes (``BANDS`` / ``FILTERn``); None for one band.
+
+    Raises
+    ------
+    InputError
+        If two files name their bands differently.
+    """
+    if channels < 2:
+        return None
+    from astropy.io import fits
+
+    from .io.read import band_names
+
+    names: tuple[str, ...] | None = None
+    for p in files:
+        with fits.open(p) as h:
+            sci = h["SCI"].header if "SCI" in h else h[0].header
+            found = band_names(channels, sci, h[0].header)
+        here = tuple(found) if found else None
+        if p == files[0]:
+            names = here
+        elif here != names:
+            raise InputError(
+                f"{p}: bands {here} differ from {names} of {files[0]} in the same view"
+            )
+    return names
 
 
 def _pad(psf: np.ndarray, kh: int, kw: int) -> np.ndarray:
