@@ -114,6 +114,7 @@ def test_three_band_fit_gives_a_three_band_prior(band_sims, tmp_path, capsys):
     assert code == 0, err
     with fits.open(tmp_path / "s.fits") as h:
         assert h["GALAXY"].data.shape == (2, 3, SIZE, SIZE)
+        assert h["GALAXY"].header["BANDS"] == "g,r,i"
         assert torch.isfinite(torch.from_numpy(h["SKY"].data.astype("f4"))).all()
 
 

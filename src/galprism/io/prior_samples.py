@@ -136,6 +136,8 @@ def prior_samples_hdulist(
             "SEED": (s_seed, "seed of this source: sha256(RUNSEED:source)"),
             "MAGZERO": (prior.frame.zeropoint, "AB zero point of the values"),
         }
+        if prior.frame.bands is not None and x.shape[1] > 1:
+            extra["BANDS"] = (",".join(prior.frame.bands), "band of each plane of the BAND axis")
         hdus.append(
             image_hdu(
                 data, name.upper(), wcs=None, bunit=prior.frame.bunit, leading=leading, cards=extra
