@@ -11,6 +11,8 @@ Python entry points:
 * :class:`CosmosCatalog` opens any GalSim ``RealGalaxyCatalog`` with its train/test
   split (drawn from a seed, or :func:`read_split_file`); :func:`measure_hsc_noise` gives
   the noise of the real HSC images.
+* ``bands=("g", "r", "i", "z", "y")`` in either configuration simulates several HSC bands at
+  once (catalogue colours, per-band real PSFs and noise; :mod:`galprism.simulate.bands`).
 
 See ``docs/simulate.md`` for the model and its numbers.
 """

@@ -61,7 +61,8 @@ class BatchResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary (``galprism simulate --json``)."""
+        """JSON-able summary (``galprism simulate --json``); ``bands`` only with several."""
+        extra = {"bands": self.meta["bands"]} if self.meta.get("bands") else {}
         return {
             "n_written": self.n_written,
             "n_failed": len(self.failed),
@@ -84,6 +85,7 @@ class BatchResult:
             "pixel_scale": self.meta.get("pixel_scale"),
             "zeropoint": self.meta.get("zeropoint"),
             "noise_sigma": self.meta.get("noise_sigma"),
+            **extra,
         }
 
 

@@ -6,6 +6,10 @@ Each cutout draws all its randomness from its own generator,
 ``numpy.random.default_rng(SeedSequence([seed, crc32(instrument), crc32(view),
 crc32(split), i]))``, so cutout ``i`` is the same whatever else is generated, in any order
 or on any machine with the same library versions, and the seed is recorded in every file.
+
+With ``bands`` the same sources are drawn (the generator's first draws are the same), then
+coloured per band (:mod:`galprism.simulate.bands`) and convolved with each band's PSF; the
+draws after them (colours, background, noise, defects) are the multi-band cutout's own.
 """
 
 from __future__ import annotations
