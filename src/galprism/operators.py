@@ -16,6 +16,9 @@ Conventions
   to unit sum), downsampling sums blocks.
 * Operators work on CPU and CUDA, in float32 and float64: parameters follow the device
   and dtype of the tensor they are applied to.
+* Grids related by anything other than an integer block split (other pixel scales,
+  rotations, offsets) are mapped by :class:`Resample` (:mod:`galprism.resample`), a
+  precomputed sparse area-overlap matrix, importable from here.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .errors import PSFError, ShapeError
+
+if TYPE_CHECKING:
+    from .resample import Resample, integer_factor
 
 __all__ = [
     "LinearOperator",
@@ -42,6 +49,8 @@ __all__ = [
     "SourceSum",
     "Weight",
     "LowRankUpdate",
+    "Resample",
+    "integer_factor",
     "validate_psf",
 ]
 
@@ -577,6 +586,16 @@ class SourceSum(LinearOperator):
 
     def __repr__(self) -> str:
         return "SourceSum[" + ", ".join(repr(op) for op in self.ops) + "]"
+
+
+def __getattr__(name: str) -> object:
+    # The WCS resampler lives in its own module (it needs astropy and scipy, which most
+    # users of the operators never load); it is re-exported here on first use.
+    if name in ("Resample", "integer_factor"):
+        from . import resample
+
+        return getattr(resample, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def numel(shape: Shape) -> int:
