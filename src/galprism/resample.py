@@ -38,6 +38,7 @@ sparse product.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Sequence
 
@@ -89,7 +90,7 @@ class Resample(LinearOperator):
     target_coverage
         ``(h, w)`` float64: fraction of each target pixel's area that source pixels cover.
     matrix
-        The ``(h W, H W)`` weights as a ``scipy.sparse.csr_matrix`` (float64), rows and
+        The ``(h w, H W)`` weights as a ``scipy.sparse.csr_matrix`` (float64), rows and
         columns in C order of ``(h, w)`` and ``(H, W)``.
 
     Raises
@@ -118,14 +119,18 @@ class Resample(LinearOperator):
                 f"Resample: {source_name} {src_shape} and {target_name} {tgt_shape} differ in "
                 "their leading (band) axes"
             )
-        if int(subdivide) != subdivide or subdivide < 1:
+        try:
+            pieces = operator.index(subdivide)
+        except TypeError:
+            pieces = 0
+        if pieces < 1:
             raise ConfigError(f"Resample: subdivide must be a positive integer, got {subdivide}")
         for wcs, name in ((source_wcs, source_name), (target_wcs, target_name)):
             _check_wcs(wcs, name)
         self.in_shape, self.out_shape = src_shape, tgt_shape
         self.source_name, self.target_name = source_name, target_name
         self.matrix, clipped = _overlap_matrix(
-            source_wcs, src_shape[-2:], target_wcs, tgt_shape[-2:], int(subdivide)
+            source_wcs, src_shape[-2:], target_wcs, tgt_shape[-2:], pieces
         )
         self.coverage = np.asarray(self.matrix.sum(axis=0)).reshape(src_shape[-2:])
         self.target_coverage = clipped.reshape(tgt_shape[-2:])
@@ -136,6 +141,11 @@ class Resample(LinearOperator):
             )
         self._transpose = self.matrix.T.tocsr()
         self._cache: dict[tuple, Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        # The torch copies of the matrix are rebuilt on demand: pickles (worker processes)
+        # stay free of device tensors.
+        return {**self.__dict__, "_cache": {}}
 
     def flux_fraction(self, x: Tensor) -> Tensor:
         """Fraction of each image's total flux that lands on the target grid.
