@@ -55,8 +55,8 @@ from .operators import LinearOperator
 __all__ = ["Resample", "integer_factor"]
 
 # Candidate (source piece, target pixel) pairs clipped at once: bounds the clipping
-# arrays to a few hundred MB whatever the grids' sizes and scale ratio.
-_CHUNK_PAIRS = 1 << 17
+# arrays to some 100 MB whatever the grids' sizes and scale ratio.
+_CHUNK_PAIRS = 1 << 15
 # Weights below this share of a source pixel are round-off slivers, not overlaps.
 _SLIVER = 1e-7
 
