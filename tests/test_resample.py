@@ -348,3 +348,22 @@ def test_gradients_flow_and_the_operator_pickles():
     torch.testing.assert_close(x.grad, op.adjoint(y))
     clone = pickle.loads(pickle.dumps(op))
     torch.testing.assert_close(clone.apply(x.detach()), op.apply(x.detach()))
+
+
+def test_grids_in_different_celestial_frames():
+    """A galactic-coordinate grid on the same sky as an ICRS grid receives the light at the
+    same place (read as RA/Dec, its coordinates would point elsewhere on the sky)."""
+    from astropy.coordinates import SkyCoord
+
+    icrs = _grid(0.1, (21, 21))
+    gal = SkyCoord(ra=150.1, dec=2.2, unit="deg").galactic
+    gw = _grid(0.1, (21, 21), rotate_deg=60.0, ra=gal.l.deg, dec=gal.b.deg)
+    gw.wcs.ctype = ["GLON-TAN", "GLAT-TAN"]
+    op = Resample(icrs, (21, 21), gw, (21, 21))
+    x = torch.zeros(1, 21, 21, dtype=torch.float64)
+    x[0, 10, 10] = 1.0
+    out = op.apply(x)[0].numpy()
+    assert abs(out.sum() - 1.0) < 1e-9
+    yy, xx = np.mgrid[:21, :21]
+    centroid = (float((out * xx).sum()), float((out * yy).sum()))
+    assert np.hypot(centroid[0] - 10, centroid[1] - 10) < 1e-3, centroid
