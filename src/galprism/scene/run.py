@@ -116,6 +116,8 @@ class SceneResult:
         The blends, in order.
     seed
         The image's seed.
+    device, precision
+        Where and in what arithmetic the galaxy networks ran.
     """
 
     observation: Observation
@@ -126,6 +128,8 @@ class SceneResult:
     children: np.ndarray
     blends: list[Blend]
     seed: int
+    device: str = "cpu"
+    precision: str = "float32"
 
     @property
     def resid(self) -> np.ndarray:
@@ -218,7 +222,14 @@ def separate_scene(
     GalprismError
         One line naming the file and the problem (a bad catalogue row, no source...).
     """
+    # Imported here: galprism.separate imports this module.
+    from ..separate.config import resolve_precision
+    from ..separate.precision import network_precision
+
     module, frame = galaxy_prior(prior)
+    # Only the galaxy network changes precision, as for cutouts; the flux-scale reference
+    # below is drawn in float32 so that it does not depend on the device's precision.
+    precision = resolve_precision(config.precision, device, config.sampler.jacobian)
     c, ph, pw = frame.shape
     if obs.n_bands != c:
         raise ShapeError(f"{obs.name}: image has {obs.n_bands} band(s) but the prior models {c}")
@@ -261,14 +272,15 @@ def separate_scene(
         scales = flux_scales(measured * norm, typical)
         model = build_blend_model(box, frame, pos[~is_star], scales, pos[is_star])
         bseed = derive_seed(seed, f"blend {blend.index}")
-        draws = sample_blend(
-            model,
-            module,
-            config.sampler,
-            torch.Generator(device=device).manual_seed(bseed),
-            torch.Generator().manual_seed(bseed ^ LINEAR_SALT),
-            device=device,
-        )
+        with network_precision(prior, precision, device):
+            draws = sample_blend(
+                model,
+                module,
+                config.sampler,
+                torch.Generator(device=device).manual_seed(bseed),
+                torch.Generator().manual_seed(bseed ^ LINEAR_SALT),
+                device=device,
+            )
         k = 1.0 / model.flux_factor
         order = np.concatenate([gal_rows, star_rows])  # the sources' axis of the draws
         lights = draws.sources.numpy() * k  # (S, M, C, ny, nx)
@@ -314,7 +326,9 @@ def separate_scene(
             sources[None] != 0, (obs.image - background)[None] * light_sum / sources[None], 0.0
         )
     catalog = _catalog(table, obs, blend_of, fluxes, chi2, share, origins)
-    return SceneResult(obs, catalog, stamps, model, background, children, blends, int(seed))
+    return SceneResult(
+        obs, catalog, stamps, model, background, children, blends, int(seed), device, precision
+    )
 
 
 def _window(img: np.ndarray, x0: int, y0: int, sh: int, sw: int) -> np.ndarray:
@@ -391,6 +405,11 @@ def write_scene(
         "SAMPLER": (s.method, "posterior sampler"),
         "STEPS": (int(s.steps), "sampler steps"),
         "NSAMPLE": (int(s.n_samples), "posterior samples per blend"),
+        "NCGITER": (int(s.cg_iterations), "conjugate-gradient iterations per step"),
+        "JACOBIAN": (s.jacobian, "network Jacobian products: vjp or difference"),
+        "RHO": (float(s.rho), "step spacing: 0 log-uniform, else Karras rho"),
+        "DEVICE": (result.device, "torch device"),
+        "PRECISN": (result.precision, "diffusion networks' arithmetic"),
         "NBLEND": (len(result.blends), "blends"),
         "NSOURCE": (len(result.catalog), "sources"),
     }
@@ -476,10 +495,12 @@ def run_scene(
     RunSummary
         Counts; ``exit_code`` is 1 when any input failed.
     """
-    from ..separate.config import resolve_device
+    from ..separate.config import resolve_device, resolve_precision
 
     galaxy_prior(prior)
     device = resolve_device(config.device)
+    # A precision the device cannot run is the run's error, not every input's.
+    resolve_precision(config.precision, device, config.sampler.jacobian)
     summary = RunSummary()
     t_run = time.perf_counter()
     index = 0
