@@ -209,7 +209,8 @@ def _scenes(kw: dict[str, object]) -> None:
     type=click.Choice(["npz", "multiview"]),
     default="npz",
     show_default=True,
-    help="HSC PSF: hsc_cosmos_35.npz i band (43x43) or multiview/PSF_HSC.fits i band (31x31).",
+    help="HSC PSF: hsc_cosmos_35.npz i band (43x43) or multiview/PSF_HSC.fits i band (31x31); "
+    "with --bands each band's kernel of that file.",
 )
 @click.option(
     "--bands",
@@ -272,7 +273,8 @@ def _scenes(kw: dict[str, object]) -> None:
     "--noise-sigma",
     type=click.FloatRange(min=0.0, min_open=True),
     default=None,
-    help="Added noise std in counts (ZP 27) [default: measured on the real HSC i band].",
+    help="Added noise std in counts (ZP 27) [default: measured on the real HSC i band]; "
+    "not with --bands (each band's is measured).",
 )
 @click.option(
     "--max-hst-noise-ratio",
