@@ -146,9 +146,7 @@ def header_band_zeropoints(n_bands: int, *headers: fits.Header | None) -> list[Z
 
 
 def _is_finite_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def noise_matched_zeropoint(
