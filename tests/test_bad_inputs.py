@@ -76,6 +76,10 @@ def _wrong_band_count(path: Path) -> Path:
     )
 
 
+def _unnamed_cube(path: Path) -> Path:
+    return make_cutout(path, shape=(3, 16, 16), header=ZP)
+
+
 BAD = {
     "truncated FITS": (_truncated, "truncated"),
     "not a FITS file": (_not_fits, "not a readable FITS file"),
@@ -88,6 +92,7 @@ BAD = {
     "non-finite PSF": (_non_finite_psf, "non-finite"),
     "off-center PSF": (_off_center_psf, "off-center"),
     "wrong band count": (_wrong_band_count, "2 band"),
+    "cube without band names": (_unnamed_cube, "no band names"),
 }
 
 

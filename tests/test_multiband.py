@@ -307,3 +307,80 @@ def test_band_zero_points_come_from_numbered_keywords(tmp_path):
         h.writeto(tmp_path / "flat.fits")
     flat = read_cutout(tmp_path / "flat.fits")
     assert flat.zeropoint == 26.0 and flat.band_zeropoints is None
+
+
+def _scene_prior(bands: tuple[str, ...], size: int = 8) -> PriorSet:
+    """A smooth 2-band galaxy prior with a central blob mean on a ``size`` grid of 0.2"."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    blob = torch.exp(-((yy - (size - 1) / 2) ** 2 + (xx - (size - 1) / 2) ** 2) / 2.0)
+    c = len(bands)
+    mean = torch.stack([blob * (1.0 + b) for b in range(c)]).to(torch.float64)
+    rho = torch.tensor([[0.7 ** abs(i - j) for j in range(c)] for i in range(c)])
+    cov = 0.5 * torch.kron(rho, _smooth_cov(size, 1.0)) + 1e-3 * torch.eye(c * size * size)
+    frame = Frame((c, size, size), bands=bands, pixel_scale=0.2, zeropoint=27.0)
+    gauss = GaussianPrior.from_covariance(mean, cov.to(torch.float64))
+    return PriorSet("gauss-gi", "gaussian", ["galaxy"], [gauss], frame)
+
+
+def test_scene_blend_of_a_one_band_image_sees_only_its_band_of_the_prior():
+    """The blend operator of an i-band image with a g,i galaxy prior is the one-band blend
+    operator applied to the galaxy's i band: g light never reaches the data and i light
+    reaches it exactly as with a one-band prior."""
+    from galprism.scene.model import build_blend_model
+
+    prior = _scene_prior(("g", "i"))
+    psf = gaussian_psf(5, 1.0)
+    img = Observation(np.zeros((1, 12, 12)), 0.01, psf, bands=("i",), zeropoint=27.0)
+    one = Observation(np.zeros((1, 12, 12)), 0.01, psf, zeropoint=27.0)
+    pos, scales = np.array([[4.2, 5.1], [7.6, 6.3]]), np.array([1.0, 2.0])
+    two_band = build_blend_model(img, prior.frame, pos, scales, np.zeros((0, 2)))
+    one_band = build_blend_model(
+        one, Frame((1, 8, 8), pixel_scale=0.2, zeropoint=27.0), pos, scales, np.zeros((0, 2))
+    )
+    x = torch.randn((3, 2, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for a, b in zip(two_band.light, one_band.light, strict=True):
+        torch.testing.assert_close(a.apply(x), b.apply(x[:, 1:]), rtol=1e-12, atol=1e-12)
+        y = torch.randn((3, 1, 12, 12), dtype=torch.float64)
+        back = a.adjoint(y)
+        assert float(back[:, 0].abs().max()) == 0.0, "g must not see the i-band data"
+        torch.testing.assert_close(back[:, 1:], b.adjoint(y), rtol=1e-12, atol=1e-12)
+
+
+def test_scene_catalogue_has_per_band_flux_columns_for_a_multi_band_prior(
+    tmp_path, capsys, monkeypatch
+):
+    """With a g,i prior an i-band scene gets flux_i, flux_err_i, flux_q16_i... and no plain
+    flux column; the star's i flux is recovered."""
+    from astropy.table import Table
+
+    shape = (20, 30)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    clean = np.zeros(shape)
+    for x, y, width, flux in ((8.2, 9.6, 1.9, 30.0), (22.4, 10.3, 1.2, 40.0)):
+        g = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * width**2))
+        clean += flux * g / g.sum()
+    img = clean + np.random.default_rng(0).normal(0, 0.05, shape)
+    path = make_cutout(
+        tmp_path / "scene.fits",
+        shape=shape,
+        image=img,
+        sigma=0.05,
+        psf=gaussian_psf(11, 1.2),
+        header={"MAGZERO": 27.0, "FILTER": "i"},
+    )
+    Table({"x": [8.2, 22.4], "y": [9.6, 10.3], "kind": ["galaxy", "star"]}).write(
+        tmp_path / "scene.ecsv", format="ascii.ecsv"
+    )
+    code, recs, _, err = run_cli(
+        ["separate", path, "--catalog", tmp_path / "scene.ecsv", "--output-dir", tmp_path / "o"]
+        + ["--json", "--scene", "--steps", "8", "-n", "16", "--cg-iterations", "8"],
+        capsys,
+        monkeypatch,
+        prior=_scene_prior(("g", "i")),
+    )
+    assert code in (0, None) and recs[0]["status"] == "ok", err
+    cat = Table.read(tmp_path / "o" / "scene.galprism.catalog.ecsv")
+    names = set(cat.colnames)
+    assert {"flux_i", "flux_err_i", "flux_q16_i", "flux_q84_i"} <= names, names
+    assert "flux" not in names and "flux_g" not in names, names
+    assert abs(float(cat["flux_i"][1]) - 40.0) < 0.1 * 40.0, cat["flux_i"][1]
