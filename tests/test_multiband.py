@@ -384,3 +384,31 @@ def test_scene_catalogue_has_per_band_flux_columns_for_a_multi_band_prior(
     assert {"flux_i", "flux_err_i", "flux_q16_i", "flux_q84_i"} <= names, names
     assert "flux" not in names and "flux_g" not in names, names
     assert abs(float(cat["flux_i"][1]) - 40.0) < 0.1 * 40.0, cat["flux_i"][1]
+
+
+def test_freeform_components_live_in_the_input_bands(prior):
+    """A bright point source in an i,g input of the g,r,i prior gets a free-form box in the
+    input's two bands; the output has the prior's three bands in GALAXY and the input's two,
+    named, in FREEFORM and MODEL: free-form components built on the prior's band count would
+    not fit the data they whiten."""
+    from dataclasses import replace
+
+    from galprism.freeform import FreeformConfig
+    from galprism.separate.output import build_hdulist
+
+    img = np.random.default_rng(0).normal(0, 0.05, (2, 4, 4))
+    img[:, 1, 2] += 200.0
+    psf = np.stack([gaussian_psf(3, 0.7)] * 2)
+    obs = Observation(img, 0.0025, psf, pixel_scale=0.2, zeropoint=27.0, bands=("i", "g"))
+    cfg = replace(
+        CONFIG,
+        sampler=SamplerConfig(n_samples=4, steps=4, cg_iterations=4),
+        freeform=FreeformConfig(bright=5.0, edge=None),
+    )
+    cropped, _ = fit_to_prior(obs, prior, cfg)
+    res = separate_observations([cropped], prior, cfg, [1])[0]
+    assert [b.kind for b in res.boxes] == ["bright"]
+    assert res.freeform is not None and res.freeform.shape == (4, 2, N, N)
+    with build_hdulist(res, prior, cfg, "cpu") as h:
+        assert h["GALAXY"].data.shape == (4, 3, N, N) and h["GALAXY"].header["BANDS"] == "g,r,i"
+        assert h["FREEFORM"].header["BANDS"] == "i,g" and h["MODEL"].header["BANDS"] == "i,g"

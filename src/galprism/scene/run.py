@@ -432,6 +432,8 @@ def write_scene(
         "NBLEND": (len(result.blends), "blends"),
         "NSOURCE": (len(result.catalog), "sources"),
     }
+    if obs.bands is not None:
+        cards["BANDS"] = (",".join(obs.bands), "bands of the image, in BAND axis order")
     primary = primary_hdu(cards, history)
     for blend in result.blends:
         primary.header.add_comment(blend.describe())
