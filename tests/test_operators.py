@@ -171,3 +171,29 @@ def test_psf_larger_than_image_is_an_error():
     """A PSF that cannot fit the image is refused rather than cropped silently."""
     with pytest.raises(PSFError, match="larger"):
         Convolve(torch.ones(41, 41), (1, 8, 8))
+
+
+def test_low_rank_update_repeated_rows_share_the_basis_and_match_a_gathered_copy():
+    """A posterior sampler repeats each observation once per sample: the taken operator must
+    keep one basis (no per-row copy, which reaches hundreds of MB) and give exactly what an
+    operator built from the gathered rows gives, also when taken again (resampling)."""
+    from galprism.operators import LowRankUpdate
+
+    g = torch.Generator().manual_seed(3)
+    b, n, k, s = 3, 16, 4, 5
+    basis = torch.linalg.qr(torch.randn(b, n, k, generator=g, dtype=torch.float64))[0]
+    gains = torch.rand(b, k, generator=g, dtype=torch.float64)
+    op = LowRankUpdate(basis, gains, (4, 4))
+    rows = torch.arange(b).repeat_interleave(s)
+    taken = op.take(rows)
+    assert taken.basis.data_ptr() == basis.data_ptr() and taken.batch_size == b * s
+    gathered = LowRankUpdate(basis[rows], gains[rows], (4, 4))
+    x = torch.randn(b * s, 4, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(taken.apply(x), gathered.apply(x), rtol=1e-12, atol=1e-12)
+    again = torch.tensor([14, 0, 7, 7])
+    torch.testing.assert_close(
+        taken.take(again).apply(x[again]),
+        gathered.take(again).apply(x[again]),
+        rtol=1e-12,
+        atol=1e-12,
+    )

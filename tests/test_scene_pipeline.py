@@ -277,11 +277,19 @@ def test_scene_cli_writes_a_catalogue_model_and_children_that_add_up(tmp_path, c
         resid = hdul["RESID"].data
         assert hdul["MODEL"].header["CTYPE1"].startswith("RA")
         assert len(Table.read(hdul["CATALOG"])) == 3
-    assert children.shape == (3, *data.shape)
     assert stamps.shape == (3, 2, 8, 8)
+    # Children are windows of each source's blend box; placed back they share out the data.
+    assert children.shape[0] == 3 and children.shape[1:] != data.shape
+    placed = np.zeros_like(data)
+    for k, (x0, y0) in enumerate(zip(cat["child_x0"], cat["child_y0"], strict=True)):
+        ny = min(children.shape[1], data.shape[0] - y0)
+        nx = min(children.shape[2], data.shape[1] - x0)
+        placed[y0 : y0 + ny, x0 : x0 + nx] += children[k, :ny, :nx]
+    frac = np.asarray(cat["stamp_frac"])
+    assert np.all((frac > 0.5) & (frac <= 1.0 + 1e-9)), frac
     sources_model = model - bkg
     on = np.abs(sources_model) > 1e-6
-    np.testing.assert_allclose(children.sum(0)[on], (data - bkg)[on], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(placed[on], (data - bkg)[on], rtol=1e-4, atol=1e-4)
     assert on.sum() > 100
     # The model reaches the noise where the sources are.
     bright = clean > 0.5

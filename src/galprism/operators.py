@@ -16,6 +16,9 @@ Conventions
   to unit sum), downsampling sums blocks.
 * Operators work on CPU and CUDA, in float32 and float64: parameters follow the device
   and dtype of the tensor they are applied to.
+* Grids related by anything other than an integer block split (other pixel scales,
+  rotations, offsets) are mapped by :class:`Resample` (:mod:`galprism.resample`), a
+  precomputed sparse area-overlap matrix, importable from here.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .errors import PSFError, ShapeError
+
+if TYPE_CHECKING:
+    from .resample import Resample, integer_factor
 
 __all__ = [
     "LinearOperator",
@@ -43,6 +50,8 @@ __all__ = [
     "SourceSum",
     "Weight",
     "LowRankUpdate",
+    "Resample",
+    "integer_factor",
     "validate_psf",
 ]
 
@@ -296,18 +305,33 @@ class LowRankUpdate(LinearOperator):
                 f"(B, {n}, k) and (B, k) for images of shape {self.in_shape}"
             )
         self.basis, self.gains = basis, gains
+        # Rows per observation: a posterior sampler repeats each observation once per
+        # sample (``take`` with ``arange(B).repeat_interleave(S)``); the basis, which can
+        # be hundreds of MB per copy, is then shared by reshaping the state instead.
+        self.repeats = 1
         self.batch_size = int(basis.shape[0])
 
     def _apply(self, x: Tensor) -> Tensor:
         u, g = _param(self.basis, x), _param(self.gains, x)
-        flat = x.reshape(x.shape[0], -1)
-        coef = torch.einsum("bnk,bn->bk", u, flat) * g
-        return (flat - torch.einsum("bnk,bk->bn", u, coef)).reshape(x.shape)
+        b, r = u.shape[0], self.repeats
+        flat = x.reshape(b, r, -1)
+        coef = torch.einsum("bnk,brn->brk", u, flat) * g[:, None]
+        return (flat - torch.einsum("bnk,brk->brn", u, coef)).reshape(x.shape)
 
     _adjoint = _apply
 
     def take(self, index: Tensor) -> LowRankUpdate:
         i = index.to(self.basis.device)
+        b = self.basis.shape[0]
+        n = i.numel()
+        if self.repeats == 1 and n % b == 0:
+            pattern = torch.arange(b, device=i.device).repeat_interleave(n // b)
+            if torch.equal(i, pattern):
+                out = LowRankUpdate(self.basis, self.gains, self.in_shape)
+                out.repeats, out.batch_size = n // b, n
+                return out
+        if self.repeats > 1:
+            i = torch.div(i, self.repeats, rounding_mode="floor")
         return LowRankUpdate(self.basis[i], self.gains[i], self.in_shape)
 
 
@@ -618,6 +642,16 @@ class SourceSum(LinearOperator):
 
     def __repr__(self) -> str:
         return "SourceSum[" + ", ".join(repr(op) for op in self.ops) + "]"
+
+
+def __getattr__(name: str) -> object:
+    # The WCS resampler lives in its own module (it needs astropy and scipy, which most
+    # users of the operators never load); it is re-exported here on first use.
+    if name in ("Resample", "integer_factor"):
+        from . import resample
+
+        return getattr(resample, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def numel(shape: Shape) -> int:

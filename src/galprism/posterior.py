@@ -61,6 +61,9 @@ class JointPrior:
             raise ShapeError(f"JointPrior: source priors have different shapes {sorted(shapes)}")
         self.priors = priors
         self.shape = priors[0].shape
+        # Noise levels already on the sampler's device, keyed by (t, device, dtype): filled by
+        # :meth:`prepare_times` so that the sampler loop copies nothing from the host.
+        self._sigma_cache: dict[tuple[float, str, torch.dtype], Tensor] = {}
 
     @property
     def n_sources(self) -> int:
@@ -70,7 +73,22 @@ class JointPrior:
         t = torch.as_tensor(t, dtype=torch.float64)
         return torch.stack([p.schedule.sigma(t) for p in self.priors])
 
+    def prepare_times(self, ts: Tensor, like: Tensor) -> Tensor:
+        """Every source's noise level at the times ``ts``, moved to ``like``'s device once.
+
+        Returns the ``(len(ts), K)`` table; later calls at these times reuse its rows.
+        """
+        ts = torch.as_tensor(ts, dtype=torch.float64).flatten()
+        table = torch.stack([self.sigma(t) for t in ts]).to(device=like.device, dtype=like.dtype)
+        for t, row in zip(ts.tolist(), table, strict=True):
+            self._sigma_cache[(t, str(like.device), like.dtype)] = row
+        return table
+
     def _sigmas(self, t: Tensor, like: Tensor) -> Tensor:
+        key = (float(t), str(like.device), like.dtype)
+        cached = self._sigma_cache.get(key)
+        if cached is not None:
+            return cached
         return self.sigma(t).to(device=like.device, dtype=like.dtype)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:

@@ -218,6 +218,20 @@ def _draw(
     return draw(shape, generator=g, dtype=dtype, device=gdev).to(device)
 
 
+def sigma_table(denoiser: JointDenoiser, ts: Tensor, like: Tensor) -> Tensor:
+    """Every source's noise level at the times ``ts``, ``(len(ts), K)`` on ``like``'s device.
+
+    Made once per sampler run, so that the loop over steps copies nothing from the host
+    (on a GPU each small copy is a synchronisation). A denoiser that keeps its own noise
+    levels on the device (:meth:`~galprism.posterior.JointPrior.prepare_times`) is given
+    the same times to fill its table.
+    """
+    prepare = getattr(denoiser, "prepare_times", None)
+    if prepare is not None:
+        return prepare(ts, like)
+    return torch.stack([denoiser.sigma(t) for t in ts]).to(device=like.device, dtype=like.dtype)
+
+
 def _per_source(sig: Tensor, x: Tensor) -> Tensor:
     """Reshape per-source noise levels ``(K,)`` to broadcast against ``(N, K, *shape)``."""
     return sig.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))
@@ -260,11 +274,12 @@ def sample(
     def noise() -> Tensor:
         return randn_rows(shape, generators, dtype=dtype, device=device)
 
-    x = _per_source(denoiser.sigma(ts[0]), torch.empty(shape, dtype=dtype)).to(device) * noise()
+    sigmas = sigma_table(denoiser, ts, torch.empty(0, dtype=dtype, device=device))
+    x = _per_source(sigmas[0], torch.empty(shape, dtype=dtype, device=device)) * noise()
     for i in range(config.steps):
         t, s = ts[i], ts[i + 1]
-        sig_t = _per_source(denoiser.sigma(t), x).to(device)
-        sig_s = _per_source(denoiser.sigma(s), x).to(device)
+        sig_t = _per_source(sigmas[i], x)
+        sig_s = _per_source(sigmas[i + 1], x)
         d = denoiser(x, t)
         if config.method == "heun":
             slope = (x - d) / sig_t

@@ -111,11 +111,15 @@ class SceneResult:
     model, background
         ``(C, H, W)`` posterior mean of the whole model and of its background.
     children
-        ``(N, C, H, W)`` ``(data - background) * model_k / sum_j model_j``.
+        ``(N, C, bh, bw)`` ``(data - background) * model_k / sum_j model_j`` in each
+        source's blend box, whose first pixel is the catalogue's ``child_x0``, ``child_y0``
+        (all windows of the largest box's size, zero beyond a source's own box).
     blends
         The blends, in order.
     seed
         The image's seed.
+    device, precision
+        Where and in what arithmetic the galaxy networks ran.
     """
 
     observation: Observation
@@ -126,6 +130,8 @@ class SceneResult:
     children: np.ndarray
     blends: list[Blend]
     seed: int
+    device: str = "cpu"
+    precision: str = "float32"
 
     @property
     def resid(self) -> np.ndarray:
@@ -227,7 +233,14 @@ def separate_scene(
     GalprismError
         One line naming the file and the problem (a bad catalogue row, no source...).
     """
+    # Imported here: galprism.separate imports this module.
+    from ..separate.config import resolve_precision
+    from ..separate.precision import network_precision
+
     module, frame = galaxy_prior(prior)
+    # Only the galaxy network changes precision, as for cutouts; the flux-scale reference
+    # below is drawn in float32 so that it does not depend on the device's precision.
+    precision = resolve_precision(config.precision, device, config.sampler.jacobian)
     _, ph, pw = frame.shape
     c = obs.n_bands
     index = list(obs.band_index(frame, f"prior {prior.name!r}"))
@@ -245,11 +258,15 @@ def separate_scene(
     stamps = np.zeros((n, 2, c, sh, sw))
     origins = np.zeros((n, 2), dtype=np.int64)
     fluxes = np.zeros((n, n_s, c))
-    light_sum = np.zeros((n, c, h, w))
+    # Each source's posterior-mean light inside its blend's box (clipped to the image):
+    # memory grows with the boxes, not with sources x image pixels.
+    light_box: list[tuple[int, int, np.ndarray]] = [(0, 0, np.zeros((c, 0, 0)))] * n
+    sources = np.zeros((c, h, w))
     bkg_sum = np.zeros((c, h, w))
     cover = np.zeros((h, w))
     chi2 = np.zeros(n)
     share = np.zeros(n)
+    stamp_frac = np.full(n, np.nan)
     blend_of = np.zeros(n, dtype=np.int64)
     kinds = np.asarray(table["kind"]).astype(str)
     xy = np.stack([np.asarray(table["x"], float), np.asarray(table["y"], float)], axis=1)
@@ -278,14 +295,15 @@ def separate_scene(
             scales = flux_scales(per_band, typical)
         model = build_blend_model(box, frame, pos[~is_star], scales, pos[is_star])
         bseed = derive_seed(seed, f"blend {blend.index}")
-        draws = sample_blend(
-            model,
-            module,
-            config.sampler,
-            torch.Generator(device=device).manual_seed(bseed),
-            torch.Generator().manual_seed(bseed ^ LINEAR_SALT),
-            device=device,
-        )
+        with network_precision(prior, precision, device):
+            draws = sample_blend(
+                model,
+                module,
+                config.sampler,
+                torch.Generator(device=device).manual_seed(bseed),
+                torch.Generator().manual_seed(bseed ^ LINEAR_SALT),
+                device=device,
+            )
         k1 = 1.0 / model.flux_factor  # (C,) per band
         k = k1[:, None, None]
         order = np.concatenate([gal_rows, star_rows])  # the sources' axis of the draws
@@ -311,7 +329,8 @@ def separate_scene(
         sx = slice(ix.start - bx0, ix.stop - bx0)
         for m, row in enumerate(order):
             fluxes[row] = all_flux[:, m]
-            light_sum[row][:, iy, ix] = mean_light[m][:, sy, sx]
+            light_box[row] = (ix.start, iy.start, mean_light[m][:, sy, sx])
+            sources[:, iy, ix] += mean_light[m][:, sy, sx]
             share[row] = float(mean_light[m].sum() / source_total) if source_total else math.nan
             chi2[row] = blend_chi2
             blend_of[row] = blend.index
@@ -321,6 +340,9 @@ def separate_scene(
             origins[row] = (ox, oy)
             stamps[row, 0] = _window(lights[:, m].mean(0), ox - bx0, oy - by0, sh, sw)
             stamps[row, 1] = _window(lights[:, m].std(0), ox - bx0, oy - by0, sh, sw)
+            light_total = float(mean_light[m].sum())
+            if light_total:
+                stamp_frac[row] = float(stamps[row, 0].sum()) / light_total
         bkg_sum[:, iy, ix] += draws.background.numpy().mean(0)[:, sy, sx] * k
         cover[iy, ix] += 1.0
         if log is not None:
@@ -330,17 +352,43 @@ def separate_scene(
             )
     # Overlapping boxes each fitted a background there: their mean is the scene's.
     background = np.divide(bkg_sum, cover, out=np.zeros_like(bkg_sum), where=cover > 0)
-    sources = light_sum.sum(0)
     model = sources + background
-    with np.errstate(divide="ignore", invalid="ignore"):
-        children = np.where(
-            sources[None] != 0, (obs.image - background)[None] * light_sum / sources[None], 0.0
-        )
+    children, child_origins = _children(obs.image - background, sources, light_box)
     suffixes = None
     if frame.shape[0] > 1:
         suffixes = list(obs.bands) if obs.bands is not None else [str(i) for i in range(c)]
-    catalog = _catalog(table, obs, blend_of, fluxes, chi2, share, origins, suffixes)
-    return SceneResult(obs, catalog, stamps, model, background, children, blends, int(seed))
+    catalog = _catalog(
+        table, obs, blend_of, fluxes, chi2, share, origins, child_origins, stamp_frac, suffixes
+    )
+    return SceneResult(
+        obs, catalog, stamps, model, background, children, blends, int(seed), device, precision
+    )
+
+
+def _children(
+    signal: np.ndarray, sources: np.ndarray, light_box: list[tuple[int, int, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flux-conserving children ``signal * m_k / sum_j m_j``, each in its blend's box.
+
+    Returns ``(N, C, bh, bw)`` windows, all of the largest box's size (zero beyond a
+    source's own box), and their first pixels ``(N, 2)`` (x, y). A source's light lies
+    inside its blend's box, so placing every window back sums to ``signal`` wherever the
+    model has light, with no image-sized array per source.
+    """
+    n = len(light_box)
+    c = signal.shape[0]
+    bh = max((lb[2].shape[1] for lb in light_box), default=0)
+    bw = max((lb[2].shape[2] for lb in light_box), default=0)
+    out = np.zeros((n, c, bh, bw))
+    origins = np.zeros((n, 2), dtype=np.int64)
+    for row, (x0, y0, light) in enumerate(light_box):
+        _, ny, nx = light.shape
+        region = (slice(None), slice(y0, y0 + ny), slice(x0, x0 + nx))
+        total = sources[region]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[row, :, :ny, :nx] = np.where(total != 0, signal[region] * light / total, 0.0)
+        origins[row] = (x0, y0)
+    return out, origins
 
 
 def _window(img: np.ndarray, x0: int, y0: int, sh: int, sw: int) -> np.ndarray:
@@ -361,6 +409,8 @@ def _catalog(
     chi2: np.ndarray,
     share: np.ndarray,
     origins: np.ndarray,
+    child_origins: np.ndarray,
+    stamp_frac: np.ndarray,
     suffixes: list[str] | None = None,
 ) -> Table:
     """The output catalogue: positions, kinds, blends, flux summaries and stamp origins.
@@ -403,6 +453,11 @@ def _catalog(
     out["light_share"] = Column(share, description="share of the blend's source light")
     out["stamp_x0"] = Column(origins[:, 0], unit=u.pix, description="STAMPS first column")
     out["stamp_y0"] = Column(origins[:, 1], unit=u.pix, description="STAMPS first row")
+    out["stamp_frac"] = Column(
+        stamp_frac, description="share of the source's mean light inside its STAMPS window"
+    )
+    out["child_x0"] = Column(child_origins[:, 0], unit=u.pix, description="CHILDREN first column")
+    out["child_y0"] = Column(child_origins[:, 1], unit=u.pix, description="CHILDREN first row")
     return out
 
 
@@ -429,6 +484,11 @@ def write_scene(
         "SAMPLER": (s.method, "posterior sampler"),
         "STEPS": (int(s.steps), "sampler steps"),
         "NSAMPLE": (int(s.n_samples), "posterior samples per blend"),
+        "NCGITER": (int(s.cg_iterations), "conjugate-gradient iterations per step"),
+        "JACOBIAN": (s.jacobian, "network Jacobian products: vjp or difference"),
+        "RHO": (float(s.rho), "step spacing: 0 log-uniform, else Karras rho"),
+        "DEVICE": (result.device, "torch device"),
+        "PRECISN": (result.precision, "diffusion networks' arithmetic"),
         "NBLEND": (len(result.blends), "blends"),
         "NSOURCE": (len(result.catalog), "sources"),
     }
@@ -481,11 +541,13 @@ def write_scene(
         image_hdu(
             plane(result.children),
             "CHILDREN",
-            wcs=obs.wcs,
+            wcs=None,
             bunit=obs.bunit,
             leading=("SOURCE", *lead),
-            cards={"CHILDDEF": ("(data - BACKGROUND) * m_k / sum m", "catalogue order")},
-            cache=cache,
+            cards={
+                "CHILDDEF": ("(data - BACKGROUND) * m_k / sum m", "catalogue order"),
+                "ORIGIN": ("catalogue child_x0, child_y0", "first pixel"),
+            },
         ),
     ]
     ecsv = catalog_path_for(path)
@@ -516,10 +578,12 @@ def run_scene(
     RunSummary
         Counts; ``exit_code`` is 1 when any input failed.
     """
-    from ..separate.config import resolve_device
+    from ..separate.config import resolve_device, resolve_precision
 
     galaxy_prior(prior)
     device = resolve_device(config.device)
+    # A precision the device cannot run is the run's error, not every input's.
+    resolve_precision(config.precision, device, config.sampler.jacobian)
     summary = RunSummary()
     t_run = time.perf_counter()
     index = 0

@@ -48,6 +48,8 @@ def _cards(
         "NCGITER": (int(config.sampler.cg_iterations), "conjugate-gradient iterations per step"),
         "TRUST": (float(config.sampler.trust), "MMPS trust radius (0 = off)"),
         "SAMPLER": (config.sampler.method, "posterior sampler"),
+        "JACOBIAN": (config.sampler.jacobian, "network Jacobian products: vjp or difference"),
+        "RHO": (float(config.sampler.rho), "step spacing: 0 log-uniform, else Karras rho"),
         "NPARTIC": (int(config.sampler.particles), "chains per sample (smc sampler only)"),
         "SUPPORT": (
             _support_text(effective_support(prior, config), result.support_radii),
