@@ -213,6 +213,9 @@ def test_cli_cube_writes_band_cubes_with_band_names_and_zero_points(
     assert code == 0 and recs[0]["status"] == "ok", err
     with fits.open(out) as h:
         assert h[0].header["PBANDS"] == "g,r,i" and h[0].header["BANDS"] == "r,i"
+        assert (h[0].header["ZPINPUT1"], h[0].header["ZPINPUT2"]) == (27.0, 27.4)
+        assert h[0].header["FLUXFAC1"] == 1.0 and "FLUXFAC" not in h[0].header
+        assert h[0].header["FLUXFAC2"] == pytest.approx(10 ** (0.4 * (PRIOR_ZP - 27.4)))
         gal = h["GALAXY"].header
         assert gal["BANDS"] == "g,r,i" and h["GALAXY"].data.shape == (64, 3, N, N)
         # r and i keep the input's zero points; g, which the input lacks, is on the prior's.
