@@ -15,6 +15,8 @@ from astropy.io import fits
 from fits_factory import FakePrior, gaussian_psf, make_cutout, run_cli
 
 ZP = {"MAGZERO": 27.0}
+#: a 3-band cube names its bands, so that they can be matched to a prior's
+BANDS = {"BANDS": "g,r,i"}
 
 
 def _truncated(path: Path) -> Path:
@@ -69,7 +71,13 @@ def _off_center_psf(path: Path) -> Path:
 
 
 def _wrong_band_count(path: Path) -> Path:
-    return make_cutout(path, shape=(3, 16, 16), psf=gaussian_psf(9, 1.0, n_bands=2), header=ZP)
+    return make_cutout(
+        path, shape=(3, 16, 16), psf=gaussian_psf(9, 1.0, n_bands=2), header={**ZP, **BANDS}
+    )
+
+
+def _unnamed_cube(path: Path) -> Path:
+    return make_cutout(path, shape=(3, 16, 16), header=ZP)
 
 
 BAD = {
@@ -84,6 +92,7 @@ BAD = {
     "non-finite PSF": (_non_finite_psf, "non-finite"),
     "off-center PSF": (_off_center_psf, "off-center"),
     "wrong band count": (_wrong_band_count, "2 band"),
+    "cube without band names": (_unnamed_cube, "no band names"),
 }
 
 
@@ -112,7 +121,9 @@ def test_bad_input_is_reported_and_the_batch_completes(tmp_path, capsys, monkeyp
     paths = _batch(tmp_path, bad)
     if case == "wrong band count":  # a 3-band prior, so that the good files are 3-band too
         paths = [
-            make_cutout(tmp_path / f"good{i}.fits", shape=(3, 16, 16), seed=i, header=ZP)
+            make_cutout(
+                tmp_path / f"good{i}.fits", shape=(3, 16, 16), seed=i, header={**ZP, **BANDS}
+            )
             for i in (1, 2)
         ]
         paths.insert(1, bad)

@@ -38,14 +38,15 @@ def test_image_hdu_option_picks_another_hdu(tmp_path):
 
 def test_three_d_image_has_bands_first_and_per_band_psf(tmp_path):
     """A (C, H, W) image keeps its bands; a 2-D PSF is used for every band, a 3-D one per band."""
-    p = make_cutout(tmp_path / "b.fits", shape=(3, 16, 16), psf=gaussian_psf(9, 1.0))
+    bands = {"BANDS": "g,r,i"}
+    p = make_cutout(tmp_path / "b.fits", shape=(3, 16, 16), psf=gaussian_psf(9, 1.0), header=bands)
     obs = read_cutout(p)
     assert obs.shape == (3, 16, 16)
     assert obs.psf.shape == (3, 9, 9) and np.allclose(obs.psf[0], obs.psf[2]), (
         "2-D PSF not broadcast to bands"
     )
     psfs = np.stack([gaussian_psf(9, s) for s in (0.8, 1.0, 1.4)])
-    p = make_cutout(tmp_path / "c.fits", shape=(3, 16, 16), psf=psfs)
+    p = make_cutout(tmp_path / "c.fits", shape=(3, 16, 16), psf=psfs, header=bands)
     obs = read_cutout(p)
     np.testing.assert_allclose(
         obs.psf,

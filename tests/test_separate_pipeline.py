@@ -322,7 +322,7 @@ def test_point_estimate_prior_writes_one_sample(tmp_path):
 
 def test_multiband_cubes_keep_a_band_axis(tmp_path):
     """With bands, source cubes are (n, C, ny, nx) with a BAND axis and MODEL is (C, ny, nx)."""
-    p = make_cutout(tmp_path / "c.fits", shape=(3, 16, 16))
+    p = make_cutout(tmp_path / "c.fits", shape=(3, 16, 16), header={"BANDS": "g,r,i"})
     _, recs, _ = run([p], FakePrior(shape=(3, 16, 16)), output_dir=tmp_path, n_samples=2)
     assert recs[0].status == "ok", recs
     with fits.open(tmp_path / "c.galprism.fits") as h:

@@ -7,9 +7,10 @@ size and how to build its forward operator from a prior's :class:`~galprism.fram
 (:meth:`Observation.operator_for`), each source's term in one piece:
 
 ``A_k = [whitening] o Mask(valid) o Downsample(f) o Convolve(PSF on the prior grid)
-o [Mask(support of source k)]``
+o [SelectBands] o [Mask(support of source k)]``
 
-with ``f`` = cutout pixel scale / prior pixel scale (the grid factor), the whitening of
+with ``f`` = cutout pixel scale / prior pixel scale (the grid factor), ``SelectBands``
+the prior's bands that the cutout observes (:meth:`Observation.band_index`), the whitening of
 free-form components (:mod:`galprism.freeform`) and source supports
 (:mod:`galprism.support`) passed in when the operator is built, and the PSF left out
 for priors whose sources already contain it. :func:`stack_observations` turns a list of
@@ -45,6 +46,7 @@ from .operators import (
     Identity,
     LinearOperator,
     Mask,
+    SelectBands,
     SourceSum,
 )
 from .support import source_operator
@@ -55,6 +57,7 @@ __all__ = [
     "Observation",
     "ObservationBatch",
     "grid_factor",
+    "match_bands",
     "stack_observations",
 ]
 
@@ -84,7 +87,7 @@ class Observation:
     pixel_scale
         Arcseconds per pixel, or None when unknown.
     zeropoint
-        AB zero point of the image values, or None when unknown.
+        AB zero point of the image values (every band), or None when unknown.
     name
         How the observation is named in messages (its file name).
     checksum
@@ -95,6 +98,11 @@ class Observation:
     notes
         Facts about how the observation was assembled (noise estimated, PSF
         renormalised...), recorded in outputs.
+    bands
+        Band names, one per image band, or None when unnamed (then the bands are a
+        prior's own, in order, and their number must be the prior's).
+    band_zeropoints
+        AB zero point of each band, or None; when given it replaces ``zeropoint``.
 
     Raises
     ------
@@ -115,6 +123,8 @@ class Observation:
     checksum: str | None = None
     origin: tuple[int, int] = (0, 0)
     notes: tuple[Note, ...] = field(default_factory=tuple)
+    bands: tuple[str, ...] | None = None
+    band_zeropoints: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         name = self.name
@@ -177,6 +187,20 @@ class Observation:
             raise InputError(f"{name}: pixel scale must be positive, got {self.pixel_scale}")
         if self.zeropoint is not None and not math.isfinite(self.zeropoint):
             raise InputError(f"{name}: zero point must be finite, got {self.zeropoint}")
+        if self.bands is not None:
+            bands = tuple(str(b).strip() for b in self.bands)
+            if len(bands) != c or not all(bands):
+                raise InputError(f"{name}: {len(bands)} band name(s) for an image of {c} band(s)")
+            if len({b.lower() for b in bands}) != c:
+                raise InputError(f"{name}: band names {', '.join(bands)} are not distinct")
+            object.__setattr__(self, "bands", bands)
+        if self.band_zeropoints is not None:
+            zps = tuple(float(z) for z in self.band_zeropoints)
+            if len(zps) != c or not all(math.isfinite(z) for z in zps):
+                raise InputError(
+                    f"{name}: band zero points must be {c} finite value(s), got {list(zps)}"
+                )
+            object.__setattr__(self, "band_zeropoints", zps)
         for attr, value in (
             ("image", image),
             ("variance", variance),
@@ -296,11 +320,43 @@ class Observation:
         """
         return grid_factor(self.pixel_scale, prior_pixel_scale, self.name)
 
+    @property
+    def zeropoints(self) -> tuple[float, ...] | None:
+        """AB zero point of each band (``band_zeropoints``, else ``zeropoint`` for every band),
+        or None when unknown."""
+        if self.band_zeropoints is not None:
+            return self.band_zeropoints
+        if self.zeropoint is None:
+            return None
+        return (float(self.zeropoint),) * self.n_bands
+
+    def flux_factors_to(self, zeropoint: float | None) -> np.ndarray:
+        """``(C,)`` factors converting each band's fluxes to ``zeropoint`` (1 when either is
+        unknown)."""
+        zps = self.zeropoints
+        if zeropoint is None or zps is None:
+            return np.ones(self.n_bands)
+        return np.array([flux_factor(z, zeropoint) for z in zps])
+
     def flux_factor_to(self, zeropoint: float | None) -> float:
-        """Factor converting this cutout's fluxes to ``zeropoint`` (1 when either is unknown)."""
-        if zeropoint is None or self.zeropoint is None:
-            return 1.0
-        return flux_factor(self.zeropoint, zeropoint)
+        """Factor converting this cutout's fluxes to ``zeropoint`` (1 when either is unknown).
+
+        Raises
+        ------
+        InputError
+            If the bands have different zero points (see :meth:`flux_factors_to`).
+        """
+        factors = self.flux_factors_to(zeropoint)
+        if np.ptp(factors) > 0:
+            raise InputError(
+                f"{self.name}: bands have different zero points; one flux factor does not apply"
+            )
+        return float(factors[0])
+
+    def band_index(self, frame: Frame, prior: str = "the prior") -> tuple[int, ...]:
+        """Index of each of this cutout's bands among ``frame``'s bands (see
+        :func:`match_bands`)."""
+        return match_bands(self, frame, prior)
 
     def prior_grid_psf(self, grid_factor: int) -> np.ndarray:
         """The PSF on a grid ``grid_factor`` times finer (see :mod:`galprism.io.psf`)."""
@@ -342,14 +398,64 @@ class Observation:
             If the cutout is not the frame's size divided by the grid factor, or its pixel
             scale is no integer multiple of the frame's.
         """
+        index = self.band_index(frame)
         grid_factor = self.grid_factor(frame.pixel_scale)
-        shape = _check_prior_shape(self, frame.shape, grid_factor)
+        shape = _check_prior_shape(self, frame.shape, grid_factor, len(index))
         psf = torch.from_numpy(np.array(self.prior_grid_psf(grid_factor), dtype=np.float64))
-        blur: list[LinearOperator] = [Downsample(grid_factor, shape)] if grid_factor > 1 else []
-        if not psf_included:
-            blur.append(Convolve(psf, shape, name=f"{self.name} PSF"))
+        blur = _blur_operators(psf, shape, index, grid_factor, f"{self.name} PSF")
+        if psf_included:
+            blur = [op for op in blur if not isinstance(op, Convolve)]
         pieces = [*whitening, Mask(torch.from_numpy(self.valid.copy())), *blur]
         return source_operator(sources, pieces, supports or {})
+
+
+def match_bands(obs: Observation, frame: Frame, prior: str = "the prior") -> tuple[int, ...]:
+    """Index of each band of ``obs`` among the bands of ``frame`` (a prior's grid).
+
+    Named bands are matched by name (ignoring case), so an input may observe any of the
+    prior's bands in any order; unnamed bands (on either side) are the prior's own, in
+    order, and must be as many.
+
+    Raises
+    ------
+    InputError
+        Naming the cutout, if a band is not the prior's or the band counts differ where
+        the bands have no names.
+    """
+    if not frame.is_image:
+        raise ShapeError(f"{obs.name}: prior {prior} has no image grid (shape {frame.shape})")
+    c = int(frame.shape[0])
+    if frame.bands is None or obs.bands is None:
+        if obs.n_bands == c:
+            return tuple(range(c))
+        if frame.bands is None:
+            raise ShapeError(f"{obs.name}: cutout has {obs.n_bands} band(s) but {prior} models {c}")
+        raise InputError(
+            f"{obs.name}: cutout has {obs.n_bands} band(s) without names, which cannot be matched "
+            f"to the {c} bands ({', '.join(frame.bands)}) of {prior}"
+        )
+    lookup = {b.lower(): i for i, b in enumerate(frame.bands)}
+    unknown = [b for b in obs.bands if b.lower() not in lookup]
+    if unknown:
+        raise InputError(
+            f"{obs.name}: band(s) {', '.join(unknown)} of the cutout's {obs.n_bands} band(s) are "
+            f"not modelled by {prior} (bands {', '.join(frame.bands)})"
+        )
+    return tuple(lookup[b.lower()] for b in obs.bands)
+
+
+def _blur_operators(
+    psf: Tensor, shape: tuple[int, int, int], index: Sequence[int], factor: int, name: str
+) -> list[LinearOperator]:
+    """``Downsample o Convolve o SelectBands`` from a prior grid ``shape`` to a cutout that
+    observes the bands ``index``, outermost first (no selection when it observes them all)."""
+    c, h, w = shape
+    observed = (len(index), h, w)
+    ops: list[LinearOperator] = [Downsample(factor, observed)] if factor > 1 else []
+    ops.append(Convolve(psf, observed, name=name))
+    if tuple(index) != tuple(range(c)):
+        ops.append(SelectBands(index, shape))
+    return ops
 
 
 def grid_factor(cutout_scale: float | None, prior_scale: float | None, name: str) -> int:
@@ -374,8 +480,10 @@ def grid_factor(cutout_scale: float | None, prior_scale: float | None, name: str
 
 
 def _check_prior_shape(
-    obs: Observation, prior_shape: Sequence[int], grid_factor: int
+    obs: Observation, prior_shape: Sequence[int], grid_factor: int, n_bands: int | None = None
 ) -> tuple[int, int, int]:
+    """The prior's ``(C, H, W)`` after checking that ``obs`` is its grid downsampled by
+    ``grid_factor``, with ``n_bands`` of its bands (all by default)."""
     shape = tuple(int(s) for s in prior_shape)
     if len(shape) != 3:
         raise ShapeError(f"prior shape must be (C, H, W), got {shape}")
@@ -384,7 +492,8 @@ def _check_prior_shape(
         raise ShapeError(
             f"prior grid {h}x{w} is not divisible by the downsampling factor {grid_factor}"
         )
-    if obs.shape != (c, h // grid_factor, w // grid_factor):
+    observed = (c if n_bands is None else n_bands, h // grid_factor, w // grid_factor)
+    if obs.shape != observed:
         raise ShapeError(
             f"{obs.name}: cutout shape {obs.shape} does not match the prior grid {shape} "
             f"downsampled by {grid_factor}; crop it first"
@@ -401,18 +510,22 @@ class ObservationBatch:
     frame
         The prior's grid the observations are modelled on.
     y
-        ``(B, C, h, w)`` data converted to the prior's flux scale (0 at masked pixels).
+        ``(B, c, h, w)`` data converted to the prior's flux scale (0 at masked pixels),
+        ``c`` the bands observed.
     noise_var
-        ``(B, C, h, w)`` noise variance on that scale (1 at masked pixels).
+        ``(B, c, h, w)`` noise variance on that scale (1 at masked pixels).
     forward
-        ``Downsample o Convolve`` without the mask, one source: the model image of a
-        source everywhere, masked pixels included.
+        ``Downsample o Convolve [o SelectBands]`` without the mask, one source: the model
+        image of a source everywhere, masked pixels included.
     valid
-        ``(B, C, h, w)`` boolean.
+        ``(B, c, h, w)`` boolean.
     flux_factors
-        ``(B,)`` factor from each cutout's units to the prior's.
+        ``(B, c)`` factor from each cutout band's units to the prior's.
     grid_factor
         Cutout pixel / prior pixel, shared by the batch.
+    band_index
+        Index of each observed band among the prior's (:func:`match_bands`), shared by
+        the batch.
     """
 
     frame: Frame
@@ -422,6 +535,7 @@ class ObservationBatch:
     valid: Tensor
     flux_factors: Tensor
     grid_factor: int
+    band_index: tuple[int, ...]
 
     def operator_for(
         self,
@@ -473,32 +587,43 @@ def stack_observations(
     Raises
     ------
     ShapeError
-        If the observations disagree in shape or grid factor.
+        If the observations disagree in shape, bands or grid factor.
+    InputError
+        If an observation's bands are not the frame's (:func:`match_bands`).
     """
     if not observations:
         raise ShapeError("stack_observations: no observation given")
+    indices = {o.band_index(frame) for o in observations}
+    if len(indices) != 1:
+        raise ShapeError(
+            "stack_observations: observations observe different bands of the prior "
+            f"{sorted(indices)}"
+        )
+    index = indices.pop()
     factors = {o.grid_factor(frame.pixel_scale) for o in observations}
     if len(factors) != 1:
         raise ShapeError(
             f"stack_observations: observations have different grid factors {sorted(factors)}"
         )
     f = factors.pop()
-    shape = _check_prior_shape(observations[0], frame.shape, f)
+    shape = _check_prior_shape(observations[0], frame.shape, f, len(index))
     for o in observations[1:]:
-        _check_prior_shape(o, shape, f)
+        _check_prior_shape(o, shape, f, len(index))
     zeropoint = frame.ab_zeropoint
-    flux = np.array([o.flux_factor_to(zeropoint) for o in observations])
-    y = np.stack([o.image * k for o, k in zip(observations, flux, strict=True)])
-    var = np.stack(
-        [np.where(o.valid, o.variance * k**2, 1.0) for o, k in zip(observations, flux, strict=True)]
+    flux = np.stack([o.flux_factors_to(zeropoint) for o in observations])  # (B, c)
+    k3 = flux[:, :, None, None]
+    y = np.stack([o.image for o in observations]) * k3
+    var = np.where(
+        np.stack([o.valid for o in observations]),
+        np.stack([o.variance for o in observations]) * k3**2,
+        1.0,
     )
     valid = np.stack([o.valid for o in observations])
     psfs = [o.prior_grid_psf(f) for o in observations]
     kh = max(p.shape[-2] for p in psfs)
     kw = max(p.shape[-1] for p in psfs)
     psf = np.stack([pad_psf(p, (kh, kw)) for p in psfs])
-    conv = Convolve(torch.from_numpy(psf), shape, name="batch PSF")
-    blur = Composition([Downsample(f, shape), conv]) if f > 1 else Composition([conv])
+    blur = Composition(_blur_operators(torch.from_numpy(psf), shape, index, f, "batch PSF"))
     return ObservationBatch(
         frame=frame,
         y=torch.from_numpy(y).to(dtype),
@@ -507,4 +632,5 @@ def stack_observations(
         valid=torch.from_numpy(valid),
         flux_factors=torch.from_numpy(flux),
         grid_factor=f,
+        band_index=index,
     )

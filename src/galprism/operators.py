@@ -45,6 +45,7 @@ __all__ = [
     "MatrixOperator",
     "Convolve",
     "Downsample",
+    "SelectBands",
     "Composition",
     "SourceSum",
     "Weight",
@@ -506,6 +507,46 @@ class Downsample(LinearOperator):
     def _adjoint(self, y: Tensor) -> Tensor:
         f = self.factor
         return y.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+
+
+class SelectBands(LinearOperator):
+    """The observed bands of a source: ``(C, H, W) -> (len(index), H, W)``.
+
+    An input that observes some of a prior's bands sees band ``index[j]`` of the source as
+    its band ``j``. The adjoint puts each observed band back in its place and zeros the
+    bands not observed.
+
+    Parameters
+    ----------
+    index
+        Distinct band indices into the source's ``C`` bands, in the observation's order.
+    shape
+        Source shape ``(C, H, W)``.
+    """
+
+    def __init__(self, index: Sequence[int], shape: Sequence[int]) -> None:
+        self.in_shape = _as_shape(shape)
+        if len(self.in_shape) != 3:
+            raise ShapeError(f"SelectBands: image shape must be (C, H, W), got {self.in_shape}")
+        c, h, w = self.in_shape
+        idx = tuple(int(i) for i in index)
+        if not idx or len(set(idx)) != len(idx) or not all(0 <= i < c for i in idx):
+            raise ShapeError(
+                f"SelectBands: band indices must be distinct and in 0..{c - 1}, got {list(idx)}"
+            )
+        self.index = idx
+        self._index = torch.tensor(idx, dtype=torch.long)
+        self.out_shape = (len(idx), h, w)
+
+    def _apply(self, x: Tensor) -> Tensor:
+        return x.index_select(1, self._index.to(x.device))
+
+    def _adjoint(self, y: Tensor) -> Tensor:
+        out = y.new_zeros((y.shape[0], *self.in_shape))
+        return out.index_copy(1, self._index.to(y.device), y)
+
+    def __repr__(self) -> str:
+        return f"SelectBands({list(self.index)} of {self.in_shape[0]})"
 
 
 class Composition(LinearOperator):

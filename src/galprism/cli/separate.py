@@ -435,8 +435,14 @@ def _record_line(rec: Any) -> str:
 @click.option(
     "--band",
     metavar="NAME|INDEX",
-    help="Model one band of a cube: a name from the BANDS, FILTERn or FILTER header keywords, "
-    "or a 0-based index.",
+    help="Model one band of a cube: a name from --bands or the BANDS, FILTERn or FILTER header "
+    "keywords, or a 0-based index.",
+)
+@click.option(
+    "--bands",
+    metavar="NAMES",
+    help="Names of the inputs' bands in cube order, comma separated (e.g. g,r,i), instead of "
+    "the BANDS/FILTERn/FILTER header keywords; matched to the prior's bands by name.",
 )
 @click.option("--pixel-scale", type=float, help="Cutout pixel scale in arcsec (overrides the WCS).")
 @click.option("--zeropoint", type=float, help="AB zero point of the inputs (overrides the header).")
@@ -520,16 +526,18 @@ def separate(
         raise UsageError(
             f"-o/--output names one file but {len(paths)} inputs were given; use --output-dir"
         )
-    read = ReadOptions(
-        image_hdu=kw["image_hdu"],
-        psf=kw["psf_file"],
-        mask=kw["mask_file"],
-        mask_bits=kw["mask_bits"],
-        noise_sigma=kw["noise_sigma"],
-        pixel_scale=kw["pixel_scale"],
-        zeropoint=kw["zeropoint"],
-        band=kw["band"],
-    )
+    with as_usage_error("--bands"):
+        read = ReadOptions(
+            image_hdu=kw["image_hdu"],
+            psf=kw["psf_file"],
+            mask=kw["mask_file"],
+            mask_bits=kw["mask_bits"],
+            noise_sigma=kw["noise_sigma"],
+            pixel_scale=kw["pixel_scale"],
+            zeropoint=kw["zeropoint"],
+            band=kw["band"],
+            bands=kw["bands"],
+        )
     if kw["overwrite"] and kw["skip_existing"]:
         raise UsageError("--overwrite and --skip-existing exclude each other")
     if kw["center"] is not None and kw["center_radec"] is not None:

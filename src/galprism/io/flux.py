@@ -4,7 +4,11 @@ A prior is trained on data with one AB zero point ``zp`` (``mag = -2.5 log10(flu
 or flux unit. An input's own zero point comes, in this order, from ``zeropoint``, the
 header keywords in :data:`ZEROPOINT_KEYS`, a ``BUNIT`` that is a flux density (``nJy``
 is AB 31.4, ``uJy`` 23.9, ``nanomaggy`` 22.5; astropy's units do the conversion), or the
-HST ``PHOTFLAM``/``PHOTPLAM`` pair. Converting flux from zero point ``zp_in`` to
+HST ``PHOTFLAM``/``PHOTPLAM`` pair. A cube may give one zero point per band with numbered
+keywords, ``MAGZERO1`` ... ``MAGZEROn`` (or the numbered form of any key in
+:data:`ZEROPOINT_KEYS`, band ``i`` of the cube being keyword ``i + 1``, as with
+``FILTERn``); they take precedence over a single value (:func:`header_band_zeropoints`).
+Converting flux from zero point ``zp_in`` to
 ``zp_prior`` multiplies it by ``10**(0.4 (zp_prior - zp_in))`` and the variance by the
 square of that.
 """
@@ -22,6 +26,7 @@ __all__ = [
     "Zeropoint",
     "zeropoint_of_unit",
     "header_zeropoint",
+    "header_band_zeropoints",
     "flux_factor",
     "noise_matched_zeropoint",
 ]
@@ -112,6 +117,36 @@ def header_zeropoint(*headers: fits.Header | None) -> Zeropoint | None:
             zp = -2.5 * math.log10(photflam) - 5 * math.log10(photplam) - 2.408
             return Zeropoint(zp, "header PHOTFLAM/PHOTPLAM")
     return None
+
+
+def header_band_zeropoints(n_bands: int, *headers: fits.Header | None) -> list[Zeropoint] | None:
+    """One zero point per band of a cube from numbered keywords, or None when none has them.
+
+    The first header and key of :data:`ZEROPOINT_KEYS` (in that order) for which
+    ``KEY1`` ... ``KEYn`` are all finite numbers gives the zero points, ``KEYi`` being
+    band ``i - 1``'s.
+
+    Parameters
+    ----------
+    n_bands
+        Number of bands of the cube.
+    headers
+        Headers to search in order (the image HDU's, then the primary's).
+    """
+    if n_bands < 1:
+        return None
+    for h in headers:
+        if h is None:
+            continue
+        for key in ZEROPOINT_KEYS:
+            values = [h.get(f"{key}{i + 1}") for i in range(n_bands)]
+            if all(_is_finite_number(v) for v in values):
+                return [Zeropoint(float(v), f"header {key}{i + 1}") for i, v in enumerate(values)]
+    return None
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def noise_matched_zeropoint(

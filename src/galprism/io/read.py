@@ -8,14 +8,16 @@ Conventions, all documented in docs/user-guide.md ("Input conventions"):
   than the image; a kernel more than 1 px off-center, or of even size, is re-centered
   (:func:`.psf.recenter_psf`, with a note); a pixel scale in its own header (WCS,
   ``PIXSCALE``, ``CDELT``/``CD``) must be the image's;
-* band: ``band`` picks one band of a cube by name (``BANDS``, ``FILTERn``, ``FILTER``)
-  or index;
+* bands: named by ``bands`` (one name per band, in order), else by the header's
+  ``BANDS``, ``FILTER1``...``FILTERn`` or (one band) ``FILTER``; a cube of several bands
+  must have names, so that each band meets the prior's band of that name; ``band`` picks
+  one band of a cube by name or index;
 * mask: HDU ``MASK`` or ``DQ`` or a ``mask`` file; bit flags (see :mod:`.masks`);
 * noise: see :mod:`.noise`; ``noise_sigma`` overrides, otherwise it is estimated;
 * WCS and ``BUNIT`` from the image header (the primary header as fallback for
   ``BUNIT`` and zero points); pixel scale from ``pixel_scale``, else the WCS, else a
   ``PIXSCALE``/``PIXSCAL1``/``SECPIX`` keyword (arcsec);
-* zero point: see :mod:`.flux`.
+* zero point: see :mod:`.flux` (one per band from ``MAGZERO1``...``MAGZEROn``).
 
 Sidecar paths may contain ``{stem}``, ``{name}`` and ``{dir}``, filled in from each
 input's path, so that every cutout of a batch can have its own PSF file.
@@ -32,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..errors import InputError, PSFError, ShapeError
+from ..errors import ConfigError, InputError, PSFError, ShapeError
 from ..observation import Note, NoteKind, Observation
 from .fitsfile import describe, find_hdu, hdu_array, read_hdulist, sha256_file
-from .flux import Zeropoint, header_zeropoint
+from .flux import Zeropoint, header_band_zeropoints, header_zeropoint
 from .masks import bad_pixels, mask_planes, parse_mask_bits
 from .noise import NOISE_HDUS, estimate_variance, parse_sigma, to_variance
 from .psf import recenter_psf
@@ -86,9 +88,17 @@ class ReadOptions:
     zeropoint
         AB zero point, overriding the header.
     band
-        One band of a cube to model: a name from the header's ``BANDS``, ``FILTERn`` or
-        ``FILTER`` keywords, or a 0-based index; the mask, noise and a per-band PSF are
-        taken from the same band.
+        One band of a cube to model: a name from ``bands`` or the header's ``BANDS``,
+        ``FILTERn`` or ``FILTER`` keywords, or a 0-based index; the mask, noise, a per-band
+        PSF and zero point are taken from the same band.
+    bands
+        Names of the input's bands, in order (a sequence or a comma-separated string such
+        as ``"g,r,i"``), instead of the header's; their number must be the image's.
+
+    Raises
+    ------
+    ConfigError
+        If ``bands`` holds an empty or repeated name.
     """
 
     image_hdu: str | None = None
@@ -99,6 +109,18 @@ class ReadOptions:
     pixel_scale: float | None = None
     zeropoint: float | None = None
     band: str | int | None = None
+    bands: tuple[str, ...] | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bands is None:
+            return
+        raw = self.bands.split(",") if isinstance(self.bands, str) else list(self.bands)
+        names = tuple(str(b).strip() for b in raw)
+        if not names or not all(names) or len({n.lower() for n in names}) != len(names):
+            raise ConfigError(
+                f"bands: expected distinct, non-empty band names, got {', '.join(names)!r}"
+            )
+        object.__setattr__(self, "bands", names)
 
 
 def output_stem(path: str | os.PathLike[str]) -> str:
@@ -222,6 +244,27 @@ def band_names(n_bands: int, *headers: fits.Header | None) -> list[str] | None:
     return None
 
 
+def _cube_band_names(
+    n_bands: int, given: tuple[str, ...] | None, one_band: bool, what: str, *headers: fits.Header
+) -> list[str] | None:
+    """The bands' names: those given, else the header's; a cube of several bands must have
+    them unless ``one_band`` of it is picked by index."""
+    if given is not None:
+        if len(given) != n_bands:
+            raise InputError(
+                f"{what}: {len(given)} band name(s) given ({','.join(given)}) for an image of "
+                f"{n_bands} band(s)"
+            )
+        return list(given)
+    names = band_names(n_bands, *headers)
+    if names is None and n_bands > 1 and not one_band:
+        raise InputError(
+            f"{what}: cube of {n_bands} bands has no band names (header BANDS or FILTER1.."
+            f"FILTER{n_bands}) and none were given"
+        )
+    return names
+
+
 def _band_index(band: str | int, names: list[str] | None, n_bands: int, what: str) -> int:
     known = (
         ", ".join(f"{i}={n}" for i, n in enumerate(names))
@@ -332,6 +375,8 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     c, h, w = image.shape
     header = img_hdu.header
     primary = hdul[0].header if img_hdu is not hdul[0] else None
+    given = None if opts.bands is None else tuple(opts.bands)  # a tuple after __post_init__
+    names = _cube_band_names(c, given, opts.band is not None, what, header, primary)
 
     valid = np.isfinite(image)
     if not valid.any():
@@ -387,6 +432,14 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
         pwhat = describe(name, found[1].name)
         pdata, pheader = hdu_array(found[1].data, pwhat), found[1].header
     pdata = np.asarray(pdata, dtype=np.float64)
+    while pdata.ndim > 3 and pdata.shape[0] == 1:
+        pdata = pdata[0]
+    if pdata.ndim == 3 and pdata.shape[0] == 1:
+        pdata = pdata[0]
+    if pdata.ndim == 3 and pdata.shape[0] != c:
+        raise InputError(
+            f"{pwhat}: PSF cube has {pdata.shape[0]} band(s) but the image ({what}) has {c}"
+        )
     kh, kw = pdata.shape[-2:]
     if kh > h or kw > w:
         raise PSFError(f"{pwhat}: PSF of {kh}x{kw} pixels is larger than the {h}x{w} image")
@@ -424,21 +477,33 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
     bunit = header.get("BUNIT") or (primary.get("BUNIT") if primary is not None else None)
     bunit = str(bunit).strip() if bunit else None
     zp: Zeropoint | None
+    band_zps: list[Zeropoint] | None = None
     if opts.zeropoint is not None:
         zp = Zeropoint(float(opts.zeropoint), "the value given")
     else:
-        zp = header_zeropoint(header, primary)
+        band_zps = header_band_zeropoints(c, header, primary)
+        zp = None if band_zps is not None else header_zeropoint(header, primary)
+    b = None if opts.band is None else _band_index(opts.band, names, c, what)
+    if band_zps is not None:
+        if b is not None:
+            band_zps = [band_zps[b]]
+        if len({z.value for z in band_zps}) == 1:
+            zp, band_zps = band_zps[0], None  # one value for every band
     if zp is not None:
         notes.append(Note(NoteKind.ZEROPOINT, f"zero point {zp.value:.4f} from {zp.source}"))
+    if band_zps is not None:
+        text = ", ".join(f"{z.value:.4f}" for z in band_zps)
+        notes.append(
+            Note(NoteKind.ZEROPOINT, f"zero points {text} from {band_zps[0].source} onwards")
+        )
 
-    if opts.band is not None:
-        names = band_names(c, header, primary)
-        b = _band_index(opts.band, names, c, what)
+    if b is not None:
         image, variance, valid = image[b : b + 1], variance[b : b + 1], valid[b : b + 1]
-        if pdata.ndim >= 3 and pdata.reshape(-1, kh, kw).shape[0] == c and c > 1:
-            pdata = pdata.reshape(-1, kh, kw)[b]
+        if pdata.ndim == 3 and c > 1:
+            pdata = pdata[b]
         label = f"{b}" if not names else f"{b} ({names[b]})"
         notes.append(Note(NoteKind.BAND, f"band {label} of {c} modelled"))
+        names = None if names is None else [names[b]]
 
     try:
         return Observation(
@@ -453,6 +518,8 @@ def read_cutout(path: str | os.PathLike[str], options: ReadOptions | None = None
             name=name,
             checksum=checksum,
             notes=tuple(notes),
+            bands=None if names is None else tuple(names),
+            band_zeropoints=None if band_zps is None else tuple(z.value for z in band_zps),
         )
     except PSFError as exc:
         # Observation names the PSF after the cutout; say which HDU or file it came from.

@@ -39,7 +39,16 @@ from ..errors import ConfigError, ShapeError
 from ..frame import Frame
 from ..freeform import FreeformModel
 from ..observation import Observation
-from ..operators import Composition, Convolve, Downsample, LinearOperator, Mask, Scale, SourceSum
+from ..operators import (
+    Composition,
+    Convolve,
+    Downsample,
+    LinearOperator,
+    Mask,
+    Scale,
+    SelectBands,
+    SourceSum,
+)
 from ..sampling import sample_posterior, sample_prior
 from .placement import PlaceStamp, StarOperator
 
@@ -131,7 +140,8 @@ class BlendModel:
         with ``s_k`` folded in, or None without galaxies.
     light
         Per galaxy, ``(C, h, w) -> (C, H, W)``: its light on the box, masked pixels
-        included (``Downsample o Convolve o P_k o s_k``).
+        included (``Downsample o Convolve o P_k [o SelectBands] o s_k``, the selection
+        keeping the prior's bands the image observes).
     linear
         Stars and background integrated out of the likelihood, or None when there are
         none.
@@ -143,7 +153,9 @@ class BlendModel:
     scales
         ``(n_galaxies,)`` the ``s_k``.
     flux_factor
-        Image units to normalised units.
+        ``(C,)`` image units to normalised units, per band of the image.
+    band_index
+        Index of each image band among the galaxy prior's bands.
     """
 
     y: Tensor
@@ -158,7 +170,8 @@ class BlendModel:
     n_stars: int
     background: bool
     scales: np.ndarray
-    flux_factor: float
+    flux_factor: np.ndarray
+    band_index: tuple[int, ...]
 
 
 def _columns(obs: Observation, stars: np.ndarray, background: bool) -> Tensor:
@@ -219,12 +232,12 @@ def build_blend_model(
 
     Raises
     ------
-    ShapeError
-        If the bands disagree, the positions are malformed or there is nothing to model.
+    ShapeError, InputError
+        If the image's bands are not the prior's (:func:`~galprism.observation.match_bands`),
+        the positions are malformed or there is nothing to model.
     """
     c, h, w = obs.shape
-    if not frame.is_image or frame.shape[0] != c:
-        raise ShapeError(f"{obs.name}: {c} band(s) but the galaxy prior's grid is {frame.shape}")
+    index = obs.band_index(frame, "the galaxy prior")
     galaxies = np.asarray(galaxies, dtype=np.float64).reshape(-1, 2)
     stars = np.asarray(stars, dtype=np.float64).reshape(-1, 2)
     scales = np.asarray(scales, dtype=np.float64).reshape(-1)
@@ -234,16 +247,22 @@ def build_blend_model(
         raise ShapeError(f"{obs.name}: a blend needs at least one source")
     f = obs.grid_factor(frame.pixel_scale)
     fine = (c, h * f, w * f)
-    flux_factor = obs.flux_factor_to(frame.ab_zeropoint) / frame.flux_scale
-    y = torch.from_numpy(obs.image * flux_factor)[None]
-    noise_var = torch.from_numpy(np.where(obs.valid, obs.variance * flux_factor**2, 1.0))[None]
+    flux_factor = obs.flux_factors_to(frame.ab_zeropoint) / frame.flux_scale
+    uniform = bool(np.ptp(flux_factor) == 0)
+    per_band = flux_factor[:, None, None]
+    y = torch.from_numpy(obs.image * per_band)[None]
+    noise_var = torch.from_numpy(np.where(obs.valid, obs.variance * per_band**2, 1.0))[None]
     valid = torch.from_numpy(obs.valid.copy())[None]
 
     cols = _columns(obs, stars, background)
     linear = None
     if cols.shape[1]:
-        peak = float(np.abs(np.where(obs.valid, obs.image, 0.0)).max()) * flux_factor
-        sigma = float(np.sqrt(np.median(obs.variance[obs.valid]))) * flux_factor
+        if uniform:
+            peak = float(np.abs(np.where(obs.valid, obs.image, 0.0)).max()) * flux_factor[0]
+            sigma = float(np.sqrt(np.median(obs.variance[obs.valid]))) * flux_factor[0]
+        else:
+            peak = float(np.abs(np.where(obs.valid, obs.image * per_band, 0.0)).max())
+            sigma = float(np.sqrt(np.median((obs.variance * per_band**2)[obs.valid])))
         if star_scale is None:
             psf_peak = float(obs.psf.max())
             star_scale = np.full(len(stars), BROAD * max(peak, sigma) / psf_peak)
@@ -270,11 +289,15 @@ def build_blend_model(
     blur: list[LinearOperator] = [Downsample(f, fine)] if f > 1 else []
     blur.append(Convolve(psf, fine, name=f"{obs.name} PSF"))
     stamp = tuple(int(s) for s in frame.shape)
+    observed = (c, *stamp[1:])
+    select: list[LinearOperator] = (
+        [SelectBands(index, stamp)] if index != tuple(range(stamp[0])) else []
+    )
     light, terms = [], []
     for pos, s in zip(galaxies, scales, strict=True):
         # Image pixel i covers fine pixels i f .. i f + f - 1, centered at i f + (f - 1) / 2.
-        place = PlaceStamp(pos * f + (f - 1) / 2.0, stamp, fine)
-        own = [*blur, place, Scale(float(s), stamp)]
+        place = PlaceStamp(pos * f + (f - 1) / 2.0, observed, fine)
+        own = [*blur, place, *select, Scale(float(s), stamp)]
         light.append(Composition(own))
         terms.append(Composition([*whitening, Mask(valid[0]), *own]))
     return BlendModel(
@@ -290,7 +313,8 @@ def build_blend_model(
         n_stars=len(stars),
         background=background,
         scales=scales,
-        flux_factor=float(flux_factor),
+        flux_factor=flux_factor,
+        band_index=index,
     )
 
 

@@ -169,25 +169,34 @@ def _sources(
     return table, catalog is None
 
 
-def _measured_fluxes(box: Observation, positions: np.ndarray, radius: float) -> np.ndarray:
+def _measured_fluxes(
+    box: Observation, positions: np.ndarray, radius: float, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Each source's sum of valid data within ``radius`` pixels, pixels nearer another
-    member going to that member (image units, all bands)."""
+    member going to that member (image units, all bands, each times its ``weights``)."""
     _, h, w = box.shape
     yy, xx = np.mgrid[:h, :w]
     d = np.hypot(xx[None] - positions[:, 0, None, None], yy[None] - positions[:, 1, None, None])
     nearest = d.argmin(0)
-    data = np.where(box.valid, box.image, 0.0).sum(0)
+    image = box.image if weights is None else box.image * weights[:, None, None]
+    data = np.where(box.valid, image, 0.0).sum(0)
     return np.array(
         [float(data[(nearest == k) & (d[k] <= radius)].sum()) for k in range(len(positions))]
     )
 
 
-def _table_fluxes(table: Table, rows: tuple[int, ...]) -> np.ndarray | None:
+def _table_fluxes(
+    table: Table, rows: tuple[int, ...], n_bands: int | None = None
+) -> np.ndarray | None:
+    """The catalogue's ``flux`` of ``rows`` summed over bands, or ``(rows, n_bands)`` per
+    band when ``n_bands`` is given (None when the column has another number of bands)."""
     if "flux" not in table.colnames:
         return None
     values = np.ma.filled(np.ma.asarray(table["flux"], dtype=np.float64), np.nan)
-    values = values.reshape(len(table), -1).sum(1)
-    return values[list(rows)]
+    values = values.reshape(len(table), -1)
+    if n_bands is None:
+        return values.sum(1)[list(rows)]
+    return values[list(rows)] if values.shape[1] == n_bands else None
 
 
 def separate_scene(
@@ -232,9 +241,9 @@ def separate_scene(
     # Only the galaxy network changes precision, as for cutouts; the flux-scale reference
     # below is drawn in float32 so that it does not depend on the device's precision.
     precision = resolve_precision(config.precision, device, config.sampler.jacobian)
-    c, ph, pw = frame.shape
-    if obs.n_bands != c:
-        raise ShapeError(f"{obs.name}: image has {obs.n_bands} band(s) but the prior models {c}")
+    _, ph, pw = frame.shape
+    c = obs.n_bands
+    index = list(obs.band_index(frame, f"prior {prior.name!r}"))
     f = obs.grid_factor(frame.pixel_scale)
     if ph % f or pw % f:
         raise ShapeError(f"{obs.name}: prior grid {ph}x{pw} is not divisible by {f}")
@@ -274,8 +283,16 @@ def separate_scene(
         measured = _table_fluxes(table, tuple(gal_rows.tolist()))
         if measured is None or not np.isfinite(measured).all():
             measured = _measured_fluxes(box, pos, min(sh, sw) / 2.0)[~is_star]
-        norm = box.flux_factor_to(frame.ab_zeropoint) / frame.flux_scale
-        scales = flux_scales(measured * norm, typical)
+        norm = box.flux_factors_to(frame.ab_zeropoint) / frame.flux_scale
+        if np.ptp(norm) == 0:
+            scales = flux_scales(measured * norm[0], typical)
+        else:  # bands on different zero points: each band's flux normalised by its own
+            per_band = _table_fluxes(table, tuple(gal_rows.tolist()), c)
+            if per_band is None or not np.isfinite(per_band).all():
+                per_band = _measured_fluxes(box, pos, min(sh, sw) / 2.0, norm)[~is_star]
+            else:
+                per_band = per_band @ norm
+            scales = flux_scales(per_band, typical)
         model = build_blend_model(box, frame, pos[~is_star], scales, pos[is_star])
         bseed = derive_seed(seed, f"blend {blend.index}")
         with network_precision(prior, precision, device):
@@ -287,15 +304,21 @@ def separate_scene(
                 torch.Generator().manual_seed(bseed ^ LINEAR_SALT),
                 device=device,
             )
-        k = 1.0 / model.flux_factor
+        k1 = 1.0 / model.flux_factor  # (C,) per band
+        k = k1[:, None, None]
         order = np.concatenate([gal_rows, star_rows])  # the sources' axis of the draws
         lights = draws.sources.numpy() * k  # (S, M, C, ny, nx)
         total = draws.model.numpy() * k
         data = box.image
         sq = np.where(box.valid[None], (data[None] - total) ** 2 / box.variance[None], 0.0)
         blend_chi2 = float(sq.sum((1, 2, 3)).mean() / max(int(box.valid.sum()), 1))
-        gal_flux = draws.galaxies.numpy().sum((-2, -1)) * k  # (S, K, C)
-        star_flux = draws.coefficients[:, : model.n_stars * c].numpy().reshape(n_s, -1, c) * k
+        galaxies = draws.galaxies.numpy()
+        gal_flux = (
+            galaxies.sum((-2, -1))[..., index] * k1  # (S, K, C): the bands the image has
+            if galaxies.shape[1]
+            else np.zeros((n_s, 0, c))
+        )
+        star_flux = draws.coefficients[:, : model.n_stars * c].numpy().reshape(n_s, -1, c) * k1
         all_flux = np.concatenate([gal_flux, star_flux], axis=1)
         mean_light = lights.mean(0)
         source_total = mean_light.sum()
@@ -331,8 +354,11 @@ def separate_scene(
     background = np.divide(bkg_sum, cover, out=np.zeros_like(bkg_sum), where=cover > 0)
     model = sources + background
     children, child_origins = _children(obs.image - background, sources, light_box)
+    suffixes = None
+    if frame.shape[0] > 1:
+        suffixes = list(obs.bands) if obs.bands is not None else [str(i) for i in range(c)]
     catalog = _catalog(
-        table, obs, blend_of, fluxes, chi2, share, origins, child_origins, stamp_frac
+        table, obs, blend_of, fluxes, chi2, share, origins, child_origins, stamp_frac, suffixes
     )
     return SceneResult(
         obs, catalog, stamps, model, background, children, blends, int(seed), device, precision
@@ -385,8 +411,13 @@ def _catalog(
     origins: np.ndarray,
     child_origins: np.ndarray,
     stamp_frac: np.ndarray,
+    suffixes: list[str] | None = None,
 ) -> Table:
-    """The output catalogue: positions, kinds, blends, flux summaries and stamp origins."""
+    """The output catalogue: positions, kinds, blends, flux summaries and stamp origins.
+
+    With ``suffixes`` (one per image band: a prior of several bands) each flux column
+    is one per band, ``flux_i``, ``flux_err_i``...; without, one column per statistic.
+    """
     squeeze = (lambda a: a[..., 0]) if obs.n_bands == 1 else (lambda a: a)
     unit = obs.bunit
     out = Table()
@@ -401,16 +432,23 @@ def _catalog(
         )
         out["dec"] = Column(np.asarray(table["dec"], float), unit=u.deg, description="declination")
     n = fluxes.shape[1]
-    out["flux"] = Column(squeeze(fluxes.mean(1)), unit=unit, description="posterior mean flux")
-    out["flux_err"] = Column(
-        squeeze(fluxes.std(1, ddof=1) if n > 1 else np.zeros_like(fluxes[:, 0])),
-        unit=unit,
-        description="posterior standard deviation of the flux",
-    )
+    stats = {
+        "flux": (fluxes.mean(1), "posterior mean flux"),
+        "flux_err": (
+            fluxes.std(1, ddof=1) if n > 1 else np.zeros_like(fluxes[:, 0]),
+            "posterior standard deviation of the flux",
+        ),
+    }
     for suffix, q in QUANTILES:
-        out[f"flux_{suffix}"] = Column(
-            squeeze(np.quantile(fluxes, q, axis=1)), unit=unit, description=f"{q:g} quantile"
-        )
+        stats[f"flux_{suffix}"] = (np.quantile(fluxes, q, axis=1), f"{q:g} quantile")
+    for name, (values, text) in stats.items():
+        if suffixes is None:
+            out[name] = Column(squeeze(values), unit=unit, description=text)
+        else:
+            for b, band in enumerate(suffixes):
+                out[f"{name}_{band}"] = Column(
+                    values[:, b], unit=unit, description=f"{text}, band {band}"
+                )
     out["chi2"] = Column(chi2, description="blend reduced chi^2 (posterior-predictive mean)")
     out["light_share"] = Column(share, description="share of the blend's source light")
     out["stamp_x0"] = Column(origins[:, 0], unit=u.pix, description="STAMPS first column")
@@ -454,6 +492,8 @@ def write_scene(
         "NBLEND": (len(result.blends), "blends"),
         "NSOURCE": (len(result.catalog), "sources"),
     }
+    if obs.bands is not None:
+        cards["BANDS"] = (",".join(obs.bands), "bands of the image, in BAND axis order")
     primary = primary_hdu(cards, history)
     for blend in result.blends:
         primary.header.add_comment(blend.describe())

@@ -53,11 +53,12 @@ class SeparationResult:
     sources
         Source names, in the order of the samples' K axis.
     samples
-        ``(n, K, C, H, W)`` float32 on the prior's grid.
+        ``(n, K, C, H, W)`` float32 on the prior's grid, in all the prior's ``C`` bands.
     model
-        ``(C, h, w)`` posterior mean of the predicted data on the cutout's grid.
+        ``(c, h, w)`` posterior mean of the predicted data on the cutout's grid, in the
+        cutout's ``c`` bands.
     resid
-        ``(C, h, w)`` ``(data - model) / sigma``; NaN at masked pixels.
+        ``(c, h, w)`` ``(data - model) / sigma``; NaN at masked pixels.
     chi2_samples
         ``(n,)`` reduced chi^2 over unmasked pixels of each sample's predicted data: the
         posterior-predictive check. Its expectation is 1 when the posterior is calibrated,
@@ -67,8 +68,14 @@ class SeparationResult:
         The cutout's seed.
     grid_factor
         Cutout pixel scale / prior pixel scale.
-    flux_factor
-        Multiplier from the cutout's units to the prior's.
+    flux_factors
+        ``(c,)`` multiplier from each cutout band's units to the prior's.
+    band_index
+        Index of each cutout band among the prior's bands.
+    source_factors
+        ``(C,)`` the multiplier that converted each band of ``samples`` from the prior's
+        units: a band's of ``flux_factors``; for a band the cutout lacks, the cutout's
+        common factor when its bands share one, else 1 (the prior's units).
     zeropoint_assumed
         The cutout said nothing about its flux scale and the prior's was assumed.
     support_radii
@@ -87,11 +94,20 @@ class SeparationResult:
     chi2_samples: np.ndarray
     seed: int
     grid_factor: int
-    flux_factor: float
+    flux_factors: np.ndarray
+    band_index: tuple[int, ...]
+    source_factors: np.ndarray
     zeropoint_assumed: bool = False
     support_radii: dict[str, float] = field(default_factory=dict)
     freeform: np.ndarray | None = None
     boxes: list[Box] = field(default_factory=list)
+
+    @property
+    def flux_factor(self) -> float:
+        """The multiplier from the cutout's units to the prior's when every band has the same
+        one, else NaN (see ``flux_factors``)."""
+        f = self.flux_factors
+        return float(f[0]) if np.ptp(f) == 0 else float("nan")
 
     def flux_summary(self) -> dict[str, dict[str, list[float]]]:
         """Per source and band: mean and standard deviation over samples of the total flux."""
@@ -133,11 +149,8 @@ def fit_to_prior(
     obs: Observation, prior: Separator, config: SeparateConfig, warnings: RunWarnings | None = None
 ) -> tuple[Observation, int]:
     """Check an observation against a prior and crop it to the prior's footprint."""
-    c, h, w = (int(s) for s in prior.frame.shape)
-    if obs.n_bands != c:
-        raise ShapeError(
-            f"{obs.name}: cutout has {obs.n_bands} band(s) but prior {prior.name!r} models {c}"
-        )
+    _, h, w = (int(s) for s in prior.frame.shape)
+    obs.band_index(prior.frame, f"prior {prior.name!r}")
     if obs.pixel_scale is None and prior.frame.pixel_scale is not None and warnings is not None:
         warnings.warn(
             "pixel scale assumed",
@@ -239,7 +252,7 @@ def separate_observations(
         redo = []
         for i in searched:
             res = results[i]
-            obs, flux_factor = res.observation, res.flux_factor
+            obs, flux_factor = res.observation, res.flux_factors[:, None, None]
             found = find_residual_boxes(
                 (obs.image - res.model) * flux_factor,
                 obs.variance * flux_factor**2,
@@ -324,7 +337,7 @@ def _separate_once(
             batch.noise_var,
             batch.valid,
             psfs,
-            prior.frame.shape,
+            (len(batch.band_index), *prior.frame.shape[1:]),
             batch.grid_factor,
             float(prior.frame.flux_scale),
             config.freeform,
@@ -394,7 +407,9 @@ def _separate_once(
     predicted = light.mean(dim=1)
     results = []
     for i, obs in enumerate(observations):
-        flux_factor = float(batch.flux_factors[i])
+        factors = batch.flux_factors[i].numpy()
+        flux_factor = factors[:, None, None]
+        sources = _source_factors(factors, batch.band_index, int(prior.frame.shape[0]))
         model = predicted[i].numpy() / flux_factor
         sigma = np.sqrt(obs.variance)
         resid = np.where(obs.valid, (obs.image - model) / sigma, np.nan)
@@ -405,14 +420,16 @@ def _separate_once(
             SeparationResult(
                 observation=obs,
                 sources=list(prior.sources),
-                samples=(x[i].numpy() / flux_factor).astype(np.float32),
+                samples=(x[i].numpy() / sources[:, None, None]).astype(np.float32),
                 model=model,
                 resid=resid,
                 chi2_samples=chi2_samples,
                 seed=int(seeds[i]),
                 grid_factor=batch.grid_factor,
-                flux_factor=flux_factor,
-                zeropoint_assumed=obs.zeropoint is None and zp is not None,
+                flux_factors=factors,
+                band_index=batch.band_index,
+                source_factors=sources,
+                zeropoint_assumed=obs.zeropoints is None and zp is not None,
                 support_radii={name: r[i] for name, r in radii.items()},
                 freeform=None
                 if ff_images is None or not freeform.boxes[i]
@@ -421,3 +438,12 @@ def _separate_once(
             )
         )
     return results
+
+
+def _source_factors(factors: np.ndarray, index: Sequence[int], n_bands: int) -> np.ndarray:
+    """``(C,)`` per prior band: the observed band's flux factor; for a band not observed, the
+    factor the observed bands share, else 1 (the prior's own units)."""
+    common = float(factors[0]) if np.ptp(factors) == 0 else 1.0
+    out = np.full(n_bands, common)
+    out[list(index)] = factors
+    return out

@@ -20,7 +20,7 @@ from .config import SeparateConfig, resolve_precision
 from .inference import MODELLED, SeparationResult, modelled_region
 from .prior import Separator, effective_support, prior_zeropoint
 
-__all__ = ["build_hdulist", "write_result"]
+__all__ = ["build_hdulist", "output_zeropoints", "write_result"]
 
 
 def _cards(
@@ -94,9 +94,60 @@ def _cards(
         "ZPINPUT": (obs.zeropoint, "AB zero point of the input (and outputs)"),
         "ZPPRIOR": (zp_prior, "AB zero point of the prior"),
         "ZPASSUME": (bool(result.zeropoint_assumed), "input zero point unknown, prior's assumed"),
-        "FLUXFAC": (float(result.flux_factor), "input units -> prior units"),
     }
+    if prior.frame.bands is not None:
+        cards["PBANDS"] = (",".join(prior.frame.bands), "bands of the prior (source HDUs)")
+    if obs.bands is not None:
+        cards["BANDS"] = (",".join(obs.bands), "bands of the input (MODEL, RESID)")
+    factors = result.flux_factors
+    if np.ptp(factors) == 0:
+        cards["FLUXFAC"] = (float(factors[0]), "input units -> prior units")
+    else:
+        for i, f in enumerate(factors):
+            cards[f"FLUXFAC{i + 1}"] = (float(f), f"input band {i} units -> prior units")
+    if obs.band_zeropoints is not None:
+        for i, z in enumerate(obs.band_zeropoints):
+            cards[f"ZPINPUT{i + 1}"] = (z, f"AB zero point of input band {i}")
     return cards
+
+
+def _zeropoint_cards(zeropoints: list[float | None]) -> dict[str, tuple[Any, str]]:
+    """``MAGZERO`` when every band has the same zero point, else ``MAGZERO1``.. per band."""
+    if len(set(zeropoints)) == 1:
+        return {"MAGZERO": (zeropoints[0], "AB zero point of the values")}
+    return {
+        f"MAGZERO{i + 1}": (z, f"AB zero point of band {i}")
+        for i, z in enumerate(zeropoints)
+        if z is not None
+    }
+
+
+def _band_cards(bands: tuple[str, ...] | None, n_bands: int) -> dict[str, tuple[Any, str]]:
+    if bands is None or n_bands < 2:
+        return {}
+    return {"BANDS": (",".join(bands), "band names, in BAND axis order")}
+
+
+def output_zeropoints(
+    result: SeparationResult, prior: Separator
+) -> tuple[list[float | None], list[float | None]]:
+    """AB zero points of the output values: per prior band (sources), per input band (MODEL).
+
+    An input band's is the input's (the prior's when it had none and it was assumed); a
+    prior band the input lacks has the input bands' common zero point, else the prior's
+    (as :class:`~galprism.separate.inference.SeparationResult` converts its samples).
+    """
+    obs = result.observation
+    zp_prior = prior_zeropoint(prior)
+    zps: tuple[float, ...] | None = obs.zeropoints
+    if zps is None and result.zeropoint_assumed and zp_prior is not None:
+        zps = (zp_prior,) * obs.n_bands
+    observed: list[float | None] = list(zps) if zps is not None else [None] * obs.n_bands
+    common = observed[0] if len(set(observed)) == 1 else zp_prior
+    per_source: list[float | None] = [common] * int(prior.frame.shape[0])
+    for j, b in enumerate(result.band_index):
+        per_source[b] = observed[j]
+    return per_source, observed
 
 
 def _modelled_card(obs: Observation) -> str:
@@ -131,12 +182,10 @@ def build_hdulist(
     for note in obs.notes:
         primary.header.add_comment(note.text)
     bunit = obs.bunit or (prior.frame.bunit if result.zeropoint_assumed else None)
-    zp = (
-        obs.zeropoint
-        if obs.zeropoint is not None
-        else (prior_zeropoint(prior) if result.zeropoint_assumed else None)
-    )
-    extra = {"MAGZERO": (zp, "AB zero point of the values")}
+    source_zps, input_zps = output_zeropoints(result, prior)
+    n_prior = int(prior.frame.shape[0])
+    extra = {**_zeropoint_cards(source_zps), **_band_cards(prior.frame.bands, n_prior)}
+    input_extra = {**_zeropoint_cards(input_zps), **_band_cards(obs.bands, obs.n_bands)}
     fine_wcs = obs.prior_grid_wcs(result.grid_factor)
     hdus = [primary]
     cache: dict = {}  # WCS header cards per grid and axes, built once per file
@@ -153,7 +202,7 @@ def build_hdulist(
         )
     if result.freeform is not None:
         cards = {
-            **extra,
+            **input_extra,
             "SOURCE": ("freeform", "free-form components (galprism.freeform)"),
             "NSAMPLE": (int(result.freeform.shape[0]), "samples"),
             "FFHALF": (int(config.freeform.half_width), "box half-width [prior px]"),
@@ -174,10 +223,19 @@ def build_hdulist(
     resid = result.resid if banded else result.resid[0]
     hdus.append(
         image_hdu(
-            model, "MODEL", wcs=obs.wcs, bunit=bunit, leading=leading, cards=extra, cache=cache
+            model,
+            "MODEL",
+            wcs=obs.wcs,
+            bunit=bunit,
+            leading=leading,
+            cards=input_extra,
+            cache=cache,
         )
     )
-    resid_cards = {"RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels")}
+    resid_cards = {
+        "RESIDDEF": ("(data - MODEL) / sigma", "NaN at masked pixels"),
+        **_band_cards(obs.bands, obs.n_bands),
+    }
     hdus.append(
         image_hdu(
             resid, "RESID", wcs=obs.wcs, bunit=None, leading=leading, cards=resid_cards, cache=cache

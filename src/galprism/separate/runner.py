@@ -304,7 +304,8 @@ def run_separate(
             )
             continue
         _warn_notes(obs, prior, warn)
-        group_key = (obs.shape, grid_factor)
+        # A batch shares one operator: the same shape, grid factor and observed bands.
+        group_key = (obs.shape, grid_factor, obs.band_index(prior.frame))
         pending.setdefault(group_key, []).append(
             _Pending(path, out, obs, seed, time.perf_counter() - t0, index)
         )
@@ -322,13 +323,13 @@ def _warn_notes(obs: Observation, prior: Separator, warn: RunWarnings) -> None:
         if note.kind in WARNED_NOTES:
             warn.warn(note.kind.value, f"{obs.name}: {note.text}")
     zp = prior_zeropoint(prior)
-    if obs.zeropoint is None and zp is not None:
+    if obs.zeropoints is None and zp is not None:
         warn.warn(
             "zero point assumed",
             f"{obs.name}: no zero point in the header (MAGZERO/MAGZPT/ZP or flux BUNIT) or "
             f"read options; assuming the prior's AB zero point {zp:.4g}",
         )
-    elif obs.zeropoint is not None and zp is None:
+    elif obs.zeropoints is not None and zp is None:
         warn.warn(
             "prior zero point unknown",
             f"prior {prior.name!r} records no zero point; fluxes of {obs.name} used as they are",
