@@ -468,6 +468,16 @@ def _record_line(rec: Any) -> str:
     "else each source is classified) instead of detection ({stem}, {name}, {dir} allowed).",
 )
 @click.option(
+    "--with",
+    "views",
+    multiple=True,
+    metavar="FILE",
+    help="With --scene and one input: a further image of the same sky (another band or "
+    "instrument, with its own WCS, PSF, noise and zero point), modelled jointly with the input "
+    "(repeatable); it must be sharper than the prior's resolution. Each gets DATA_n, MODEL_n "
+    "and RESID_n in the output.",
+)
+@click.option(
     "--method",
     type=click.Choice(["auto", "diffusion", "gaussian", "asvd"]),
     default="auto",
@@ -498,7 +508,8 @@ def separate(
     stderr gets one line per output and a summary line (--quiet: errors only); --json
     lines on stdout come in input order. With --scene every source of an image is modelled
     blend by blend and <stem>.galprism.fits holds a catalogue, stamps, MODEL, BACKGROUND,
-    RESID and CHILDREN, with <stem>.galprism.catalog.ecsv beside it. Exit status: 0 when
+    RESID and CHILDREN, with <stem>.galprism.catalog.ecsv beside it; --with FILE adds views
+    of the same sky to one posterior. Exit status: 0 when
     every input succeeded (or was skipped, or the shard holds none), 1 when any failed, 2 for
     usage errors.
     """
@@ -544,6 +555,12 @@ def separate(
         raise UsageError("--center and --center-radec exclude each other")
     if kw["catalog"] is not None and not kw["scene"]:
         raise UsageError("--catalog lists the sources of --scene; add --scene")
+    if kw["views"] and not kw["scene"]:
+        raise UsageError("--with adds views of a scene; add --scene")
+    if kw["views"] and len(paths) > 1:
+        raise UsageError(
+            f"--with gives further views of one image, but {len(paths)} inputs were given"
+        )
     if kw["scene"] and (kw["center"] is not None or kw["center_radec"] is not None):
         raise UsageError("--scene models the whole image; --center/--center-radec do not apply")
     sampler = sampler_from_flags(
@@ -622,6 +639,7 @@ def separate(
                 on_record=out.record,
                 warnings=warnings,
                 log=None if kw["quiet"] else (lambda msg: out.message(f"galprism: {msg}")),
+                views=kw["views"],
             )
         else:
             summary = run_separate(paths, prior, config, on_record=out.record, warnings=warnings)

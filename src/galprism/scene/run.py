@@ -27,8 +27,8 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,19 @@ from .catalog import (
 )
 from .classify import star_or_galaxy
 from .detect import _background, detect
+from .joint import ViewBox, build_joint_model, sample_joint
 from .model import build_blend_model, flux_scales, sample_blend, typical_flux
+from .placement import PlaceStamp, StarOperator
+from .views import MODEL_FWHM, MatchedView, crop_padded, match_view, model_kernel
 
-__all__ = ["SceneResult", "galaxy_prior", "separate_scene", "write_scene", "run_scene"]
+__all__ = [
+    "SceneResult",
+    "ViewResult",
+    "galaxy_prior",
+    "separate_scene",
+    "write_scene",
+    "run_scene",
+]
 
 #: quantiles of each source's flux written to the catalogue (column suffix, level)
 QUANTILES = (("q025", 0.025), ("q16", 0.16), ("q84", 0.84), ("q975", 0.975))
@@ -95,6 +105,36 @@ def galaxy_prior(prior: Any) -> tuple[torch.nn.Module, Any]:
 
 
 @dataclass(eq=False)
+class ViewResult:
+    """A further view's posterior-mean model on the model frame, in the view's units.
+
+    Attributes
+    ----------
+    matched
+        The view brought to the model frame (:func:`~galprism.scene.views.match_view`).
+    model, background
+        ``(C_v, H f, W f)`` posterior mean of the whole model and of its background.
+    """
+
+    matched: MatchedView
+    model: np.ndarray
+    background: np.ndarray
+
+    @property
+    def resid(self) -> np.ndarray:
+        """``(data - model) / sigma`` against the noise bound, NaN where not valid."""
+        m = self.matched
+        return np.where(m.valid, (m.image - self.model) / np.sqrt(m.variance), np.nan)
+
+    @property
+    def chi2(self) -> float:
+        """Mean squared :attr:`resid` over valid pixels (pure noise gives
+        ``matched.noise_chi2``, not 1: the bound exceeds the noise)."""
+        r = self.resid[self.matched.valid]
+        return float(np.mean(r**2))
+
+
+@dataclass(eq=False)
 class SceneResult:
     """Everything :func:`write_scene` writes for one image, in the image's units.
 
@@ -120,6 +160,11 @@ class SceneResult:
         The image's seed.
     device, precision
         Where and in what arithmetic the galaxy networks ran.
+    views
+        The further views jointly modelled, in order (none for one image).
+    frame_sources
+        ``(C, H f, W f)`` the sources' posterior mean on the model frame without the
+        image's PSF, at the prior's resolution (stars as its kernel), image units.
     """
 
     observation: Observation
@@ -132,12 +177,20 @@ class SceneResult:
     seed: int
     device: str = "cpu"
     precision: str = "float32"
+    views: list[ViewResult] = field(default_factory=list)
+    frame_sources: np.ndarray | None = None
 
     @property
     def resid(self) -> np.ndarray:
         """``(data - model) / sigma``, NaN at masked pixels."""
         obs = self.observation
         return np.where(obs.valid, (obs.image - self.model) / np.sqrt(obs.variance), np.nan)
+
+    @property
+    def chi2(self) -> float:
+        """Mean squared :attr:`resid` over valid pixels."""
+        r = self.resid[self.observation.valid]
+        return float(np.mean(r**2))
 
 
 def _sources(
@@ -209,6 +262,7 @@ def separate_scene(
     warnings: RunWarnings | None = None,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
+    views: Sequence[Observation] = (),
 ) -> SceneResult:
     """Separate every source of one image (steps 1 to 3 of the module docstring).
 
@@ -227,6 +281,11 @@ def separate_scene(
         detect the sources.
     log
         Called with one line per blend.
+    views
+        Further images of the same sky, modelled jointly with ``obs``: one posterior of
+        every blend over all of them (:mod:`~galprism.scene.views`,
+        :mod:`~galprism.scene.joint`). Sources are detected on ``obs`` (or read from the
+        catalogue) and catalogue fluxes are in ``obs``'s units.
 
     Raises
     ------
@@ -248,6 +307,7 @@ def separate_scene(
     if ph % f or pw % f:
         raise ShapeError(f"{obs.name}: prior grid {ph}x{pw} is not divisible by {f}")
     footprint = (ph // f, pw // f)
+    matched = [match_view(obs, v, frame) for v in views]
     table, _ = _sources(obs, catalog, warnings)
     blends = group_blends(table, obs.shape, footprint)
     typical = typical_flux(module, device=device, quantile=SCALE_QUANTILE)
@@ -268,6 +328,13 @@ def separate_scene(
     share = np.zeros(n)
     stamp_frac = np.full(n, np.nan)
     blend_of = np.zeros(n, dtype=np.int64)
+    fine = (h * f, w * f)
+    frame_sources = np.zeros((c, *fine))
+    scale = obs.pixel_scale if obs.pixel_scale is not None else frame.pixel_scale
+    kernel_fwhm = MODEL_FWHM / (scale / f) if scale else MODEL_FWHM / 0.2
+    view_sum = [np.zeros((m.n_bands, *fine)) for m in matched]
+    view_bkg = [np.zeros((m.n_bands, *fine)) for m in matched]
+    view_cover = np.zeros(fine)
     kinds = np.asarray(table["kind"]).astype(str)
     xy = np.stack([np.asarray(table["x"], float), np.asarray(table["y"], float)], axis=1)
     for blend in blends:
@@ -293,17 +360,25 @@ def separate_scene(
             else:
                 per_band = per_band @ norm
             scales = flux_scales(per_band, typical)
-        model = build_blend_model(box, frame, pos[~is_star], scales, pos[is_star])
         bseed = derive_seed(seed, f"blend {blend.index}")
-        with network_precision(prior, precision, device):
-            draws = sample_blend(
-                model,
-                module,
-                config.sampler,
-                torch.Generator(device=device).manual_seed(bseed),
-                torch.Generator().manual_seed(bseed ^ LINEAR_SALT),
-                device=device,
-            )
+        gens = (
+            torch.Generator(device=device).manual_seed(bseed),
+            torch.Generator().manual_seed(bseed ^ LINEAR_SALT),
+        )
+        if matched:
+            windows = [_view_window(m, bx0 * f, by0 * f, ny * f, nx * f) for m in matched]
+            model = build_joint_model(box, windows, frame, pos[~is_star], scales, pos[is_star])
+            with network_precision(prior, precision, device):
+                per_view = sample_joint(model, module, config.sampler, *gens, device=device)
+            draws = per_view[0]
+            _add_views(per_view[1:], matched, view_sum, view_bkg, bx0 * f, by0 * f)
+            fy = slice(max(by0 * f, 0), min((by0 + ny) * f, fine[0]))
+            fx = slice(max(bx0 * f, 0), min((bx0 + nx) * f, fine[1]))
+            view_cover[fy, fx] += 1.0
+        else:
+            model = build_blend_model(box, frame, pos[~is_star], scales, pos[is_star])
+            with network_precision(prior, precision, device):
+                draws = sample_blend(model, module, config.sampler, *gens, device=device)
         k1 = 1.0 / model.flux_factor  # (C,) per band
         k = k1[:, None, None]
         order = np.concatenate([gal_rows, star_rows])  # the sources' axis of the draws
@@ -344,6 +419,18 @@ def separate_scene(
             if light_total:
                 stamp_frac[row] = float(stamps[row, 0].sum()) / light_total
         bkg_sum[:, iy, ix] += draws.background.numpy().mean(0)[:, sy, sx] * k
+        _add_frame_sources(
+            frame_sources,
+            galaxies.mean(0),
+            pos[~is_star],
+            star_flux.mean(0),
+            pos[is_star],
+            model.band_index,
+            k1,
+            f,
+            (bx0 * f, by0 * f, ny * f, nx * f),
+            kernel_fwhm,
+        )
         cover[iy, ix] += 1.0
         if log is not None:
             log(
@@ -360,9 +447,90 @@ def separate_scene(
     catalog = _catalog(
         table, obs, blend_of, fluxes, chi2, share, origins, child_origins, stamp_frac, suffixes
     )
+    view_results = []
+    for m, vsum, vbkg in zip(matched, view_sum, view_bkg, strict=True):
+        vb = np.divide(vbkg, view_cover, out=np.zeros_like(vbkg), where=view_cover > 0)
+        view_results.append(ViewResult(m, vsum + vb, vb))
     return SceneResult(
-        obs, catalog, stamps, model, background, children, blends, int(seed), device, precision
+        obs,
+        catalog,
+        stamps,
+        model,
+        background,
+        children,
+        blends,
+        int(seed),
+        device,
+        precision,
+        view_results,
+        frame_sources,
     )
+
+
+def _add_frame_sources(
+    out: np.ndarray,
+    galaxies: np.ndarray,
+    gal_pos: np.ndarray,
+    star_flux: np.ndarray,
+    star_pos: np.ndarray,
+    band_index: tuple[int, ...],
+    k1: np.ndarray,
+    f: int,
+    window: tuple[int, int, int, int],
+    kernel_fwhm: float,
+) -> None:
+    """Add one blend's posterior-mean sources on the model frame, without the image's
+    PSF (galaxies as the prior draws them, stars as the model kernel), image units."""
+    x0, y0, ny, nx = window
+    c = out.shape[0]
+    box = np.zeros((c, ny, nx))
+    for g, pos in zip(galaxies, gal_pos, strict=True):
+        stamp = torch.from_numpy(g[list(band_index)] * k1[:, None, None])
+        place = PlaceStamp(pos * f + (f - 1) / 2.0, tuple(stamp.shape), (c, ny, nx))
+        box += place.apply(stamp[None])[0].numpy()
+    if len(star_pos):
+        size = 2 * int(math.ceil(3.0 * kernel_fwhm)) + 1
+        kern = np.stack([model_kernel(kernel_fwhm, size)] * c)
+        for flux, pos in zip(star_flux, star_pos, strict=True):
+            star = StarOperator(kern, pos * f + (f - 1) / 2.0, (c, ny, nx), per_band=True)
+            box += star.apply(torch.from_numpy(flux)[None])[0].numpy()
+    _, h, w = out.shape
+    ys, xs = slice(max(y0, 0), min(y0 + ny, h)), slice(max(x0, 0), min(x0 + nx, w))
+    out[:, ys, xs] += box[:, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+
+
+def _view_window(m: MatchedView, x0: int, y0: int, ny: int, nx: int) -> ViewBox:
+    """A matched view's window on a blend box of the model frame (masked beyond it)."""
+    return ViewBox(
+        image=crop_padded(m.image, y0, x0, ny, nx, 0.0),
+        variance=crop_padded(m.variance, y0, x0, ny, nx, 1.0),
+        valid=crop_padded(m.valid, y0, x0, ny, nx, False),
+        to_normalised=m.to_normalised,
+        band_index=m.band_index,
+        kernel_fwhm=m.kernel_fwhm,
+    )
+
+
+def _add_views(
+    draws: Sequence[Any],
+    matched: Sequence[MatchedView],
+    sums: list[np.ndarray],
+    bkgs: list[np.ndarray],
+    x0: int,
+    y0: int,
+) -> None:
+    """Add each view's posterior-mean source light and background of one blend (view
+    units) to the scene's, on the model frame."""
+    for d, m, total, bkg in zip(draws, matched, sums, bkgs, strict=True):
+        k = (1.0 / m.to_normalised)[:, None, None]
+        light = d.sources.numpy().mean(0).sum(0) * k
+        back = d.background.numpy().mean(0) * k
+        _, h, w = total.shape
+        _, ny, nx = light.shape
+        ys, xs = slice(max(y0, 0), min(y0 + ny, h)), slice(max(x0, 0), min(x0 + nx, w))
+        sy, sx = slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0)
+        total[:, ys, xs] += light[:, sy, sx]
+        bkg[:, ys, xs] += back[:, sy, sx]
 
 
 def _children(
@@ -494,6 +662,14 @@ def write_scene(
     }
     if obs.bands is not None:
         cards["BANDS"] = (",".join(obs.bands), "bands of the image, in BAND axis order")
+    if result.views:
+        cards["NVIEW"] = (1 + len(result.views), "views modelled jointly; view 1 is INPUT")
+        cards["VIEW1"] = (Path(obs.name).name, "view 1: MODEL, RESID")
+        cards["CHI2_1"] = (result.chi2, "view 1 reduced chi^2 of the posterior mean")
+        for n, v in enumerate(result.views, start=2):
+            cards[f"VIEW{n}"] = (Path(v.matched.name).name, f"view {n}: DATA_{n}, MODEL_{n}")
+            cards[f"CHI2_{n}"] = (v.chi2, f"view {n} reduced chi^2 against its noise bound")
+            cards[f"CHI2N_{n}"] = (v.matched.noise_chi2, f"view {n} reduced chi^2 of pure noise")
     primary = primary_hdu(cards, history)
     for blend in result.blends:
         primary.header.add_comment(blend.describe())
@@ -550,6 +726,33 @@ def write_scene(
             },
         ),
     ]
+    for n, v in enumerate(result.views, start=2):
+        m = v.matched
+        vlead = ("BAND",) if m.n_bands > 1 else ()
+
+        def vplane(a: np.ndarray, banded: bool = m.n_bands > 1) -> np.ndarray:
+            return a if banded else a[0]
+
+        grid = {"VGRID": ("model frame", "the prior's grid on view 1's sky")}
+        hdus += [
+            image_hdu(
+                vplane(np.where(m.valid, m.image, np.nan)),
+                f"DATA_{n}",
+                wcs=m.wcs,
+                bunit=m.bunit,
+                leading=vlead,
+                cards={**grid, "DATADEF": ("view matched to the model kernel", "NaN: unseen")},
+            ),
+            image_hdu(vplane(v.model), f"MODEL_{n}", wcs=m.wcs, bunit=m.bunit, leading=vlead),
+            image_hdu(
+                vplane(v.resid),
+                f"RESID_{n}",
+                wcs=m.wcs,
+                bunit=None,
+                leading=vlead,
+                cards={"RESIDDEF": ("(DATA - MODEL) / sigma", "sigma: the noise bound")},
+            ),
+        ]
     ecsv = catalog_path_for(path)
     if not config.overwrite:
         for p in (path, ecsv):
@@ -570,8 +773,13 @@ def run_scene(
     on_record: Callable[[InputRecord], None] | None = None,
     warnings: RunWarnings | None = None,
     log: Callable[[str], None] | None = None,
+    views: Sequence[str] = (),
 ) -> RunSummary:
     """Separate each input image blend by blend; a failing input does not stop the run.
+
+    ``views`` are further FITS images of each input's sky, modelled jointly with it (see
+    :func:`separate_scene`); they are read with their own headers and extensions only
+    (PSF, noise, zero point), not with ``config.read``, which describes the inputs.
 
     Returns
     -------
@@ -601,6 +809,7 @@ def run_scene(
                 if out.exists() and not config.overwrite:
                     raise OutputExistsError(f"{out}: output exists and overwriting is not allowed")
                 obs = read_cutout(path, config.read)
+                others = [read_cutout(v) for v in views]
                 result = separate_scene(
                     obs,
                     prior,
@@ -610,6 +819,7 @@ def run_scene(
                     warnings=warnings,
                     device=device,
                     log=log,
+                    views=others,
                 )
                 write_scene(result, Path(out), prior, config)
                 chi2 = [float(v) for v in result.catalog["chi2"]]
