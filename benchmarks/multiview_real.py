@@ -118,7 +118,9 @@ def hst_resolution_rmse(result: Any, hst: Any, matched: Any, sky: float) -> dict
     rs = Resample(frame_wcs, src.shape, hst.wcs, (hv, wv))
     model = (rs.matrix @ src.reshape(-1)).reshape(hv, wv) * to_hst
     fw = MODEL_FWHM / hst.pixel_scale
-    kernel, _ = matching_kernel(np.asarray(hst.psf[0]), model_kernel(fw, 2 * math.ceil(4.5 * fw) + 1))
+    kernel, _ = matching_kernel(
+        np.asarray(hst.psf[0]), model_kernel(fw, 2 * math.ceil(4.5 * fw) + 1)
+    )
     data = scipy.signal.fftconvolve(hst.image[0] - sky, kernel, mode="same")
     # HST pixels whose model-frame pixel the HST view informs.
     back = Resample(hst.wcs, (hv, wv), frame_wcs, src.shape)
@@ -219,8 +221,12 @@ def _figure(path: str, alone: Any, joint: Any) -> None:
     rows = [
         ("HSC i (alone)", obs.image[0], alone.model[0], alone.resid[0]),
         ("HSC i (joint)", obs.image[0], joint.model[0], joint.resid[0]),
-        ("HST matched (joint)", np.where(m.valid[0], m.image[0], np.nan), view.model[0],
-         view.resid[0]),
+        (
+            "HST matched (joint)",
+            np.where(m.valid[0], m.image[0], np.nan),
+            view.model[0],
+            view.resid[0],
+        ),
     ]
     fig, axes = plt.subplots(3, 3, figsize=(9, 9), constrained_layout=True)
     for r, (label, data, model, resid) in enumerate(rows):
