@@ -18,6 +18,7 @@ Both runs use the built-in ``hsc-galaxy`` prior, detection on HSC, the same seed
 sampler settings. Figures (``--json`` prints them):
 
 * per source: posterior flux std (``flux_err``) of HSC alone and jointly, and the ratio;
+  per blend: the std of the blend's total flux (sum over its sources, sample by sample);
 * per view: reduced chi^2 of the posterior-mean model (HST: against the noise bound, with
   the value pure noise gives against it, ``noise_chi2``);
 * RMSE against the HST image at HST resolution: the posterior-mean sources on the model
@@ -183,6 +184,18 @@ def main(argv: list[str] | None = None) -> int:
                 "flux_err_ratio": float(rj["flux_err"]) / float(ra["flux_err"]),
             }
         )
+    blends = {}
+    for run, res in (("alone", alone), ("joint", joint)):
+        total = res.flux_samples[..., 0]  # (N, S)
+        for b in sorted(set(int(v) for v in res.catalog["blend"])):
+            rows = np.asarray(res.catalog["blend"]) == b
+            entry = blends.setdefault(str(b), {"sources": int(rows.sum())})
+            entry[f"total_flux_{run}"] = float(total[rows].sum(0).mean())
+            entry[f"total_flux_err_{run}"] = float(total[rows].sum(0).std(ddof=1))
+    for entry in blends.values():
+        entry["total_flux_err_ratio"] = (
+            entry["total_flux_err_joint"] / entry["total_flux_err_alone"]
+        )
     rmse_alone = hst_resolution_rmse(alone, hst, view.matched, calib["hst_sky"])
     rmse_joint = hst_resolution_rmse(joint, hst, view.matched, calib["hst_sky"])
     out = {
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "sampler": SamplerConfig(**kw).__dict__,
         "seed": args.seed,
         "sources": sources,
+        "blends": blends,
         "chi2": {
             "hsc_alone": alone.chi2,
             "hsc_joint": joint.chi2,

@@ -120,6 +120,10 @@ def test_noise_bound_exceeds_the_matched_noise_covariance():
     mm = r @ kmat
     ok = m.valid[0].ravel()
     assert ok.sum() >= 4
+    # A valid frame pixel draws only on view pixels whose whole kernel is inside the view.
+    half = kernel.shape[0] // 2
+    jy, jx = np.divmod(np.nonzero(r[ok].sum(0))[0], vshape[1])
+    assert min(jy.min(), jx.min()) >= half and max(jy.max(), jx.max()) < vshape[0] - half
     np.testing.assert_allclose(m.image[0].ravel()[ok], (mm @ y.ravel())[ok], atol=1e-9)
     cov = (mm * var.ravel()[None]) @ mm.T
     sub = cov[np.ix_(ok, ok)]

@@ -164,7 +164,10 @@ class SceneResult:
         The further views jointly modelled, in order (none for one image).
     frame_sources
         ``(C, H f, W f)`` the sources' posterior mean on the model frame without the
-        image's PSF, at the prior's resolution (stars as its kernel), image units.
+        image's PSF, at the prior's resolution (stars as its kernel), image units; None
+        when no pixel scale is known.
+    flux_samples
+        ``(N, S, C)`` each source's flux in each posterior sample (catalogue order).
     """
 
     observation: Observation
@@ -179,6 +182,7 @@ class SceneResult:
     precision: str = "float32"
     views: list[ViewResult] = field(default_factory=list)
     frame_sources: np.ndarray | None = None
+    flux_samples: np.ndarray | None = None
 
     @property
     def resid(self) -> np.ndarray:
@@ -329,9 +333,10 @@ def separate_scene(
     stamp_frac = np.full(n, np.nan)
     blend_of = np.zeros(n, dtype=np.int64)
     fine = (h * f, w * f)
-    frame_sources = np.zeros((c, *fine))
+    # Without a pixel scale the model kernel has no size in pixels: no frame sources.
     scale = obs.pixel_scale if obs.pixel_scale is not None else frame.pixel_scale
-    kernel_fwhm = MODEL_FWHM / (scale / f) if scale else MODEL_FWHM / 0.2
+    frame_sources = np.zeros((c, *fine)) if scale else None
+    kernel_fwhm = MODEL_FWHM / (scale / f) if scale else math.nan
     view_sum = [np.zeros((m.n_bands, *fine)) for m in matched]
     view_bkg = [np.zeros((m.n_bands, *fine)) for m in matched]
     view_cover = np.zeros(fine)
@@ -419,18 +424,19 @@ def separate_scene(
             if light_total:
                 stamp_frac[row] = float(stamps[row, 0].sum()) / light_total
         bkg_sum[:, iy, ix] += draws.background.numpy().mean(0)[:, sy, sx] * k
-        _add_frame_sources(
-            frame_sources,
-            galaxies.mean(0),
-            pos[~is_star],
-            star_flux.mean(0),
-            pos[is_star],
-            model.band_index,
-            k1,
-            f,
-            (bx0 * f, by0 * f, ny * f, nx * f),
-            kernel_fwhm,
-        )
+        if frame_sources is not None:
+            _add_frame_sources(
+                frame_sources,
+                galaxies.mean(0),
+                pos[~is_star],
+                star_flux.mean(0),
+                pos[is_star],
+                model.band_index,
+                k1,
+                f,
+                (bx0 * f, by0 * f, ny * f, nx * f),
+                kernel_fwhm,
+            )
         cover[iy, ix] += 1.0
         if log is not None:
             log(
@@ -464,6 +470,7 @@ def separate_scene(
         precision,
         view_results,
         frame_sources,
+        fluxes,
     )
 
 

@@ -183,7 +183,7 @@ def _normalised_factors(obs: Observation, frame: Frame, primary: Observation) ->
         missing = obs if obs.zeropoints is None else primary
         raise InputError(
             f"{obs.name}: units cannot be reconciled with {primary.name}: {missing.name} has no "
-            "zero point (MAGZERO, FLUXMAG0 or a flux-density BUNIT)"
+            "zero point (MAGZERO, PHOTFLAM or a flux-density BUNIT)"
         )
     if frame.ab_zeropoint is not None:
         return obs.flux_factors_to(frame.ab_zeropoint) / frame.flux_scale
@@ -274,8 +274,11 @@ def match_view(
         ok = view.valid[b]
         data = np.where(ok, view.image[b], 0.0)
         matched = scipy.signal.fftconvolve(data, kernel, mode="same")
-        # A matched pixel is usable only if its whole kernel footprint is valid data.
-        bad = scipy.signal.fftconvolve((~ok).astype(float), np.ones_like(kernel), mode="same")
+        # A matched pixel is usable only if its whole kernel footprint is valid data
+        # inside the image (beyond the edges there are no data, not zeros).
+        kh, kw = kernel.shape
+        outside = np.pad(~ok, ((kh // 2, kh // 2), (kw // 2, kw // 2)), constant_values=True)
+        bad = scipy.signal.fftconvolve(outside.astype(float), np.ones_like(kernel), mode="valid")
         usable = (bad < 0.5).reshape(-1).astype(float)
         l1 = float(np.abs(kernel).sum())
         var = np.where(ok, view.variance[b], 0.0)
