@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: separate's)")
     ap.add_argument("-n", "--n-samples", type=int, default=None)
+    ap.add_argument("--cg-iterations", type=int, default=None)
     args = ap.parse_args(argv)
 
     import torch
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         kw["steps"] = args.steps
     if args.n_samples is not None:
         kw["n_samples"] = args.n_samples
+    if args.cg_iterations is not None:
+        kw["cg_iterations"] = args.cg_iterations
     config = SeparateConfig(sampler=SamplerConfig(**kw))
     t0 = time.perf_counter()
     alone = separate_scene(hsc, prior, config, args.seed)
