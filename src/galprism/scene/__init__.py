@@ -10,10 +10,14 @@
 * :mod:`.model`: the joint linear model of one blend (galaxies drawn from the galaxy prior
   at their positions and flux scales, stars and a background integrated out) and its
   posterior samples.
+* :mod:`.views`: further images of the same sky brought to the model frame (matching
+  kernel to the prior's resolution, resample, a noise bound for the matched noise).
+* :mod:`.joint`: one blend's joint model over the image and such views, and its samples.
 * :mod:`.run`: ``galprism separate --scene``: image to catalogue, stamps, model, residual
   and children, blend by blend (imported on demand; it needs the separate pipeline).
 
-The modules import only numpy, astropy and torch at import time; photutils is imported
+The modules import only numpy, astropy and torch at import time (:mod:`.views` and
+:mod:`.joint` also scipy; neither is imported here); photutils is imported
 when :func:`~galprism.scene.detect.detect` runs.
 
 How the pieces fit a scene model: sources come from :func:`detect` or from

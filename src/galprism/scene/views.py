@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.signal
+import scipy.sparse
 from astropy.wcs import WCS
 from scipy.special import erf
 
@@ -313,7 +314,11 @@ def match_view(
 
 
 def _exact_variance(
-    r, kernel: np.ndarray, var: np.ndarray, shape: tuple[int, int], seen: np.ndarray
+    r: scipy.sparse.csr_matrix,
+    kernel: np.ndarray,
+    var: np.ndarray,
+    shape: tuple[int, int],
+    seen: np.ndarray,
 ) -> np.ndarray:
     """``C_ii = sum_j M_ij^2 D_j`` with ``M = R K``, for the frame pixels ``seen``."""
     hv, wv = shape
