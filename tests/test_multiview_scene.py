@@ -59,16 +59,28 @@ def _primary(shape=(10, 10), image=None, sigma=0.05, rotate=0.0, zp=27.0, name="
     )
 
 
-def test_matched_view_is_the_sky_at_the_model_resolution_on_the_model_frame():
-    """A galaxy seen by a sharp, finer, rotated view must come out on the model frame as
-    that galaxy convolved with the 0.2" model kernel and integrated over the frame's
-    pixels, to 2 % of its peak: a wrong matching kernel, a kernel flipped or off-centre, a
-    resample in the wrong direction or a lost flux factor would miss by far more."""
+@pytest.mark.parametrize("factor", [1, 2])
+def test_matched_view_is_the_sky_at_the_model_resolution_on_the_model_frame(factor):
+    """A galaxy seen by a sharp, finer, rotated view must come out on the model frame (the
+    prior's 0.2" grid on the primary's sky, also when the primary's pixels are 2 x 2 of
+    it) as that galaxy convolved with the 0.2" model kernel and integrated over the
+    frame's pixels, to 2 % of its peak: a wrong matching kernel, a kernel flipped or
+    off-centre, a resample in the wrong direction or a lost flux factor would miss by far
+    more."""
     frame = Frame((1, 4, 4), pixel_scale=0.2, zeropoint=27.0)
-    primary = _primary()
+    pshape = (10 // factor, 10 // factor)
+    primary = Observation(
+        np.zeros(pshape),
+        np.full(pshape, 0.01),
+        _psf_fwhm(3.0 / factor, 5),
+        wcs=make_wcs(*pshape, scale=0.2 * factor, rotate=0.0),
+        pixel_scale=0.2 * factor,
+        zeropoint=27.0,
+        name="ground.fits",
+    )
     vshape = (110, 110)
     vwcs = make_wcs(*vshape, scale=0.04, rotate=0.5)
-    ra0, dec0 = primary.wcs.all_pix2world([[4.3, 5.1]], 0)[0]
+    ra0, dec0 = primary.wcs.all_pix2world([[4.3 / factor, 5.1 / factor]], 0)[0]
     sig_g, sig_psf = 0.15, 0.1 / FWHM
     data = _sky_gaussian(vwcs, vshape, ra0, dec0, math.hypot(sig_g, sig_psf), 100.0, 0.04)
     view = Observation(
@@ -81,8 +93,9 @@ def test_matched_view_is_the_sky_at_the_model_resolution_on_the_model_frame():
         name="space.fits",
     )
     m = match_view(primary, view, frame)
+    assert m.image.shape == (1, 10, 10)
     want = _sky_gaussian(
-        primary.wcs, (10, 10), ra0, dec0, math.hypot(sig_g, 0.2 / FWHM), 100.0, 0.2, sub=7
+        m.wcs, (10, 10), ra0, dec0, math.hypot(sig_g, 0.2 / FWHM), 100.0, 0.2, sub=7
     )
     ok = m.valid[0]
     assert ok.sum() >= 16, "the view should cover the frame's centre"
