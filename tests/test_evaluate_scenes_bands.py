@@ -186,6 +186,39 @@ def test_a_method_of_one_band_has_the_reference_band_only():
     assert s["methods"]["p"]["bands"]["i"]["all"]["n_measured"] == 3
 
 
+class _Failing:
+    """A method that fails on every scene."""
+
+    label = "failing"
+
+    def __init__(self, name: str, all_bands: bool) -> None:
+        self.name, self.all_bands = name, all_bands
+
+    def settings(self) -> dict[str, object]:
+        return {}
+
+    def detect(self, case: SceneCase) -> SceneDetections:
+        raise RuntimeError("no fit")
+
+
+def test_a_failed_scene_misses_every_band_the_method_measures():
+    """A method of every band that fails on a scene misses the true total in every band
+    (relative error -1) and its summary lists all three bands as measured;
+    a failing method of one band misses i only and leaves g unmeasured (NaN). Fails if a
+    failed multi-band scene silently drops out of the other bands' totals."""
+    from galprism.evaluate.scenes import evaluate_scenes
+
+    case = _case()
+    res = evaluate_scenes([case], [_Failing("every", True), _Failing("one", False)])
+    every, one = res.scenes
+    assert [every[f"total_flux_err_{b}"] for b in case.bands] == [-1.0, -1.0, -1.0]
+    assert math.isnan(one["total_flux_err_g"]) and one["total_flux_err_i"] == -1.0
+    assert res.methods["every"]["failed_scenes"] == 1
+    s = scene_summary(res, {"command": "x"})
+    assert s["methods"]["every"]["measured_bands"] == ["g", "r", "i"]
+    assert s["methods"]["one"]["measured_bands"] == ["i"]
+
+
 # ---------------------------------------------------------------- simulated grizy scenes
 
 
@@ -298,6 +331,9 @@ def test_cli_grizy_scenes_all_bands_one_band_photutils_sep(
     text = (out / "summary.md").read_text()
     assert "## Per band (g, r, i, z, y; reference band i)" in text and "## Colours" in text
     assert "scene_flux_err_g.png" in text
+    colour_table = text.split("## Colours")[1]
+    assert "| galprism scene (small-grizy) | all |" in colour_table
+    assert "photutils" not in colour_table.split("## Settings")[0]  # one band: no colour
     assert json.loads((out / "summary.json").read_text())["bands"] == list(BANDS)
 
 

@@ -109,7 +109,11 @@ class SceneDetections:
 
 
 class SceneMethod(Protocol):
-    """What the scene evaluation needs from a method."""
+    """What the scene evaluation needs from a method.
+
+    A method that measures every band of a scene of several bands also has ``all_bands``
+    True (without it, a method counts as measuring the reference band only).
+    """
 
     name: str
     label: str
@@ -172,6 +176,8 @@ class GalprismScene:
         self.seed = int(seed)
         self.device = device
         self.one_band = bool(one_band)
+        #: whether the method measures every band of a scene of several bands
+        self.all_bands = not self.one_band
         self.name = name
         self.label = label or f"galprism scene ({prior.name})"
 
@@ -415,6 +421,7 @@ class Scarlet2Scene:
         self.timeout = float(timeout)
         self.detector = PhotutilsMethod()
         self.version = "unknown"
+        self.all_bands = True
         self.name = name
         self.label = label
 

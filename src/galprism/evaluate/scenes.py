@@ -81,6 +81,8 @@ __all__ = [
     "load_scene_set",
     "match_sources",
     "measure_scene",
+    "colour",
+    "band_figure",
     "evaluate_scenes",
     "scene_summary",
     "run_scene_evaluation",
@@ -502,6 +504,8 @@ def evaluate_scenes(
     for method in methods:
         entry = {"label": method.label, "settings": method.settings(), "seconds": 0.0}
         entry["failed_scenes"] = 0
+        all_bands = bool(getattr(method, "all_bands", False))
+        entry["all_bands"] = all_bands
         info[method.name] = entry
         # A method may run on the first scenes only (scarlet2 given a limit).
         limit = getattr(method, "limit", None) or len(cases)
@@ -515,6 +519,10 @@ def evaluate_scenes(
                 det = SceneDetections.empty(f"failed: {text}", time.perf_counter() - t0)
                 entry["failed_scenes"] += 1
             entry["seconds"] += time.perf_counter() - t0
+            if all_bands and c.bands and det.band_flux is None and not len(det):
+                # A method of every band that found nothing (or failed) found nothing in
+                # every band: each band's scene total counts as missed, not unmeasured.
+                det.band_flux = {b: np.zeros(0) for b in c.bands}
             r, s = measure_scene(c, det, method.name, radius=radius, truth_moments=tm)
             rows += r
             scenes.append(s)
@@ -667,6 +675,8 @@ def scene_summary(result: SceneEvalResult, meta: dict[str, Any]) -> dict[str, An
             "bright": _scope([r for r in rows if r["flux_true"] >= edges["bright_min"]]),
         }
         if bands:
+            ref = result.cases[0].ref_band
+            entry["measured_bands"] = list(bands) if info.get("all_bands") else [ref]
             entry["bands"] = _band_summary(rows, scenes, bands, edges)
             entry["colours"] = _colour_summary(rows, colours, edges)
         methods[name] = entry
@@ -819,12 +829,14 @@ def _band_markdown(summary: dict[str, Any], f: Callable[[Any, str], str]) -> lis
             "",
             "Colours are magnitude differences `-2.5 log10(F_a / F_b)` of the fluxes; error = "
             "measured - true. Median signed error, median abs error and the number of matched "
-            "sources with both fluxes positive:",
+            "sources with both fluxes positive (methods that measure several bands):",
             "",
             "| method | sources | " + " | ".join(colours) + " |",
             "|---|---|" + "---:|" * len(colours),
         ]
         for m in methods:
+            if len(m["measured_bands"]) < 2:
+                continue  # a method of one band has no colour
             for key, title in scopes:
                 cells = []
                 for c in colours:
