@@ -4,6 +4,7 @@
 Writes, into ``sample_fits/`` (or ``--output-dir``):
 
 * ``hsc_cosmos35_i.fits``: the real HSC blend of ``hsc/hsc_cosmos_35.npz``, i band;
+* ``hsc_cosmos35_grizy.fits``: the same blend in its five bands (a cube, bands first);
 * ``multiview_hsc_i.fits``: the real HSC i band of ``multiview/Cut_HSC.fits``;
 * ``sim_hsc_galaxies_test_00000{0..3}.fits`` + ``truth/*.truth.fits``: simulated
   galaxies-view cutouts of TEST-set COSMOS galaxies (seed 2025, cutouts 0-3, no
@@ -48,6 +49,11 @@ def _write(args: argparse.Namespace) -> int:
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(hsc_npz_hdul(args.data_dir), out / "hsc_cosmos35_i.fits", overwrite=args.overwrite)
+    write_atomic(
+        hsc_npz_hdul(args.data_dir, bands=("g", "r", "i", "z", "y")),
+        out / "hsc_cosmos35_grizy.fits",
+        overwrite=args.overwrite,
+    )
     write_atomic(
         multiview_hsc_hdul(args.data_dir), out / "multiview_hsc_i.fits", overwrite=args.overwrite
     )

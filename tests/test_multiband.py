@@ -415,3 +415,27 @@ def test_freeform_components_live_in_the_input_bands(prior):
     with build_hdulist(res, prior, cfg, "cpu") as h:
         assert h["GALAXY"].data.shape == (4, 3, N, N) and h["GALAXY"].header["BANDS"] == "g,r,i"
         assert h["FREEFORM"].header["BANDS"] == "i,g" and h["MODEL"].header["BANDS"] == "i,g"
+
+
+def test_survey_band_names_match_the_prior_band_by_their_last_part():
+    """Survey headers write FILTER = 'HSC-I': it must map to the prior's band i (not be
+    refused), while an unrelated name is still refused and two names of one band too."""
+    from galprism.errors import InputError
+    from galprism.frame import Frame
+    from galprism.observation import match_bands
+
+    frame = Frame(shape=(3, 8, 8), bands=("g", "r", "i"), pixel_scale=0.2)
+
+    class _Obs:
+        name = "cut.fits"
+
+        def __init__(self, bands):
+            self.bands = bands
+            self.n_bands = len(bands)
+
+    assert match_bands(_Obs(("HSC-I",)), frame) == (2,)
+    assert match_bands(_Obs(("hsc_g", "R")), frame) == (0, 1)
+    with pytest.raises(InputError, match="HSC-NB921"):
+        match_bands(_Obs(("HSC-NB921",)), frame)
+    with pytest.raises(InputError, match="twice"):
+        match_bands(_Obs(("i", "HSC-I")), frame)

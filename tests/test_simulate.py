@@ -812,7 +812,11 @@ def test_sample_fits_are_small_documented_and_follow_the_convention():
             names = [h.name for h in hdul]
             assert {"SCI", "PSF", "VARIANCE"} <= set(names), f"{path.name}: {names}"
             psf = hdul["PSF"].data
-            assert psf.shape[0] % 2 == 1 and abs(psf.sum() - 1) < 1e-9
+            kernels = psf.reshape(-1, *psf.shape[-2:])  # one kernel per band of a cube
+            assert psf.shape[-1] % 2 == 1 and psf.shape[-2] % 2 == 1, f"{path.name}: even PSF"
+            np.testing.assert_allclose(kernels.sum((1, 2)), 1.0, atol=1e-9)
+            if psf.ndim == 3:
+                assert psf.shape[0] == hdul["SCI"].data.shape[0], f"{path.name}: PSF per band"
             assert np.all(hdul["VARIANCE"].data > 0)
             if "MASK" in hdul:
                 planes = {k[3:]: v for k, v in hdul["MASK"].header.items() if k.startswith("MP_")}
@@ -828,7 +832,8 @@ def test_sample_fits_are_small_documented_and_follow_the_convention():
 
 
 def test_sample_fits_real_data_is_unmodified(shared_data):
-    """The converted real cutouts hold the npz / Cut_HSC i-band pixels exactly."""
+    """The converted real cutouts hold the npz / Cut_HSC pixels exactly (i band, and all five
+    bands of the npz in the cube)."""
     data = shared_data
     with (
         np.load(data / "hsc" / "hsc_cosmos_35.npz") as npz,
@@ -838,6 +843,14 @@ def test_sample_fits_real_data_is_unmodified(shared_data):
         np.testing.assert_array_equal(hdul["VARIANCE"].data, npz["variance"][2])
         np.testing.assert_array_equal(hdul["MASK"].data, npz["mask"][2])
         assert math.isclose(hdul["SCI"].header["MAGZERO"], 27.0)
+    with (
+        np.load(data / "hsc" / "hsc_cosmos_35.npz") as npz,
+        fits.open(SAMPLE / "hsc_cosmos35_grizy.fits") as hdul,
+    ):
+        np.testing.assert_array_equal(hdul["SCI"].data, npz["images"])
+        np.testing.assert_array_equal(hdul["VARIANCE"].data, npz["variance"])
+        np.testing.assert_array_equal(hdul["MASK"].data, npz["mask"])
+        assert hdul["SCI"].header["BANDS"] == "g,r,i,z,y"
     with (
         fits.open(data / "multiview" / "Cut_HSC.fits") as cut,
         fits.open(SAMPLE / "multiview_hsc_i.fits") as hdul,

@@ -435,13 +435,28 @@ def match_bands(obs: Observation, frame: Frame, prior: str = "the prior") -> tup
             f"to the {c} bands ({', '.join(frame.bands)}) of {prior}"
         )
     lookup = {b.lower(): i for i, b in enumerate(frame.bands)}
-    unknown = [b for b in obs.bands if b.lower() not in lookup]
+    index = [_band_lookup(b, lookup) for b in obs.bands]
+    unknown = [b for b, i in zip(obs.bands, index, strict=True) if i is None]
     if unknown:
         raise InputError(
             f"{obs.name}: band(s) {', '.join(unknown)} of the cutout's {obs.n_bands} band(s) are "
             f"not modelled by {prior} (bands {', '.join(frame.bands)})"
         )
-    return tuple(lookup[b.lower()] for b in obs.bands)
+    if len(set(index)) != len(index):
+        raise InputError(
+            f"{obs.name}: bands {', '.join(obs.bands)} name the same band of {prior} twice"
+        )
+    return tuple(int(i) for i in index)
+
+
+def _band_lookup(name: str, lookup: dict[str, int]) -> int | None:
+    """A prior band's index for an input band name: the name itself (any case), else its
+    last part after ``-``, ``_`` or ``.`` (survey headers write ``FILTER = 'HSC-I'``)."""
+    key = name.strip().lower()
+    if key in lookup:
+        return lookup[key]
+    tail = key.replace("_", "-").replace(".", "-").rsplit("-", 1)[-1]
+    return lookup.get(tail)
 
 
 def _blur_operators(

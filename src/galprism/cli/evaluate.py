@@ -104,7 +104,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--scenes",
     is_flag=True,
     help="Evaluate every source of the scenes in --test-dir (galprism's scene mode, photutils, "
-    "SEP, scarlet2) against their truth tables; see docs/evaluation.md.",
+    "SEP, scarlet2) against their truth tables, per band for scenes of several bands; see "
+    "docs/evaluation.md.",
 )
 @click.option(
     "--match-radius",
@@ -140,7 +141,8 @@ def _tau(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=_methods,
     default=None,
     help="Comma-separated methods to compare [default: galprism,gaussian,asvd,photutils,scarlet2;"
-    " with --scenes: galprism,photutils,sep,scarlet2].",
+    " with --scenes: galprism,photutils,sep,scarlet2, and galprism_1band (galprism on the "
+    "reference band alone) on scenes of several bands].",
 )
 @click.option(
     "--prior",
@@ -335,8 +337,8 @@ def _evaluate_scenes(opts: dict[str, Any], radius: float, as_json: bool, quiet: 
         raise click.UsageError(
             "--scenes needs --test-dir (galprism simulate --view scenes --split test)"
         )
-    methods = opts["methods"] or SCENE_METHODS
-    wrong = [m for m in methods if m not in SCENE_METHODS]
+    methods = opts["methods"]  # None: chosen by the scenes' bands
+    wrong = [m for m in methods or () if m not in SCENE_METHODS]
     if wrong:
         raise click.UsageError(
             f"--methods {','.join(wrong)}: not with --scenes; choose from {','.join(SCENE_METHODS)}"
@@ -355,7 +357,7 @@ def _evaluate_scenes(opts: dict[str, Any], radius: float, as_json: bool, quiet: 
         test_dir=opts["test_dir"],
         limit=opts["limit"],
         seed=opts["seed"],
-        methods=tuple(methods),
+        methods=None if methods is None else tuple(methods),
         prior=opts["prior"],
         sampler=sampler,
         device=device_from_flag(opts["device"]),

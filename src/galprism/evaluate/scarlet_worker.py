@@ -26,14 +26,21 @@ import time
 import numpy as np
 
 
-def fit_scene(image, variance, valid, psf, centers, max_iter):
-    """The fitted scarlet2 scene of one image and its observation (the model above)."""
+def fit_scene(image, variance, valid, psf, centers, max_iter, channels=None):
+    """The fitted scarlet2 scene of one image and its observation (the model above).
+
+    ``image``, ``variance``, ``valid`` are ``(H, W)`` with ``psf`` ``(k, k)``, or
+    ``(C, H, W)`` with ``psf`` ``(C, k, k)`` and ``channels`` the band names: then every
+    source has one spectrum (a flux per band) and one morphology, scarlet2's multi-band model.
+    """
     import scarlet2 as s2
     from numpyro.distributions import constraints
 
+    if np.ndim(image) == 2:
+        image, variance, valid, psf = image[None], variance[None], valid[None], psf[None]
     weights = np.where(valid, 1.0 / variance, 0.0)
     obs = s2.Observation(
-        np.where(valid, image, 0.0)[None], weights[None], psf=s2.ArrayPSF(psf[None])
+        np.where(valid, image, 0.0), weights, psf=s2.ArrayPSF(psf), channels=channels
     )
     frame = s2.Frame.from_observations(obs)
     with s2.Scene(frame) as scene:

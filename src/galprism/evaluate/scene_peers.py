@@ -18,6 +18,11 @@ data, i.e. PSF-convolved, on the scene's pixel grid. Adapters:
 
 photutils, SEP and scarlet2 do not classify sources or give flux intervals: those entries
 are None.
+
+On scenes of several bands, detection and the single-band methods (photutils, SEP,
+galprism with ``one_band``) use the reference band; galprism and scarlet2 fit all bands
+and give each source's flux per band (``band_flux``), and galprism its quantiles per band.
+Positions, ``flux``, ``quantiles`` and ``images`` are then the reference band's.
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ class SceneDetections:
         The scene's seed, for methods that draw random numbers.
     note
         Why the scene has no detections, when it has none ("" otherwise).
+    band_flux
+        ``{band: (M,)}`` fluxes per band of a method that measures several bands, or None.
+    band_quantiles
+        ``{band: {"q025", ...}}`` flux quantiles per band, or None.
     """
 
     x: np.ndarray
@@ -86,6 +95,8 @@ class SceneDetections:
     seed: int | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    band_flux: dict[str, np.ndarray] | None = None
+    band_quantiles: dict[str, dict[str, np.ndarray]] | None = None
 
     @classmethod
     def empty(cls, note: str, seconds: float = 0.0, seed: int | None = None) -> SceneDetections:
@@ -98,7 +109,11 @@ class SceneDetections:
 
 
 class SceneMethod(Protocol):
-    """What the scene evaluation needs from a method."""
+    """What the scene evaluation needs from a method.
+
+    A method that measures every band of a scene of several bands also has ``all_bands``
+    True (without it, a method counts as measuring the reference band only).
+    """
 
     name: str
     label: str
@@ -137,6 +152,9 @@ class GalprismScene:
         Run seed; scene ``P`` uses ``cutout_seed(seed, P)`` as ``galprism separate`` does.
     device
         Torch device.
+    one_band
+        On scenes of several bands, observe the reference band alone (with the same
+        prior); otherwise every band.
     """
 
     def __init__(
@@ -146,6 +164,7 @@ class GalprismScene:
         *,
         seed: int = 0,
         device: str = "cpu",
+        one_band: bool = False,
         name: str = "galprism",
         label: str | None = None,
     ) -> None:
@@ -156,11 +175,17 @@ class GalprismScene:
         self.sampler = sampler
         self.seed = int(seed)
         self.device = device
+        self.one_band = bool(one_band)
+        #: whether the method measures every band of a scene of several bands
+        self.all_bands = not self.one_band
         self.name = name
         self.label = label or f"galprism scene ({prior.name})"
 
     def settings(self) -> dict[str, object]:
-        return {"prior": str(self.prior.name), "seed": self.seed, **self.sampler.to_dict()}
+        out: dict[str, object] = {"prior": str(self.prior.name), "seed": self.seed}
+        if self.one_band:
+            out["bands"] = "reference band only"
+        return {**out, **self.sampler.to_dict()}
 
     def detect(self, case: SceneCase) -> SceneDetections:
         from ..scene.run import separate_scene
@@ -169,28 +194,47 @@ class GalprismScene:
         seed = cutout_seed(self.seed, case.path)
         t0 = time.perf_counter()
         config = SeparateConfig(sampler=self.sampler, device=self.device, seed=self.seed)
+        obs = case.detection_observation if self.one_band else case.observation
         try:
-            res = separate_scene(case.observation, self.prior, config, seed, device=self.device)
+            res = separate_scene(obs, self.prior, config, seed, device=self.device)
         except InputError as exc:  # e.g. no source detected: the scene counts, with nothing found
             return SceneDetections.empty(str(exc), time.perf_counter() - t0, seed)
         cat = res.catalog
+        # A scene of several bands: the reference band's plane and columns are the ones
+        # matched and compared image by image; every band's fluxes are kept.
+        bands = [case.ref_band] if self.one_band or not case.bands else list(case.bands)
+        ref = bands.index(case.ref_band) if case.bands else 0
         images = _place_stamps(
-            res.stamps[:, 0, 0],
+            res.stamps[:, 0, ref],
             np.asarray(cat["stamp_x0"]),
             np.asarray(cat["stamp_y0"]),
             case.shape,
         )
+        band_flux = band_q = None
+        if case.bands:
+            band_flux = {b: _column(cat, "flux", b) for b in bands}
+            band_q = {b: {k: _column(cat, f"flux_{k}", b) for k in QUANTILE_LEVELS} for b in bands}
+        ref_band = case.ref_band if case.bands else None
         return SceneDetections(
             x=np.asarray(cat["x"], dtype=np.float64),
             y=np.asarray(cat["y"], dtype=np.float64),
-            flux=np.asarray(cat["flux"], dtype=np.float64),
+            flux=_column(cat, "flux", ref_band),
             images=images,
             kind=np.asarray(cat["kind"]).astype(str),
-            quantiles={k: np.asarray(cat[f"flux_{k}"], dtype=np.float64) for k in QUANTILE_LEVELS},
+            quantiles={k: _column(cat, f"flux_{k}", ref_band) for k in QUANTILE_LEVELS},
             seconds=time.perf_counter() - t0,
             seed=int(seed),
             extra={"n_blends": len(res.blends), "chi2": np.asarray(cat["chi2"], float)},
+            band_flux=band_flux,
+            band_quantiles=band_q,
         )
+
+
+def _column(cat: Any, name: str, band: str | None) -> np.ndarray:
+    """Catalogue column ``name`` of ``band``: ``<name>_<band>`` where the prior has several
+    bands, else ``<name>`` (a one-band prior writes one column per statistic)."""
+    key = f"{name}_{band}" if band is not None and f"{name}_{band}" in cat.colnames else name
+    return np.asarray(cat[key], dtype=np.float64)
 
 
 class PhotutilsScene:
@@ -208,7 +252,7 @@ class PhotutilsScene:
         from photutils.segmentation import SegmentationImage, SourceCatalog
 
         t0 = time.perf_counter()
-        obs = case.observation
+        obs = case.detection_observation
         data, labels = self.segmenter.segment(obs.image[0], obs.variance[0], obs.valid[0])
         present = np.unique(labels[labels > 0])
         if present.size == 0:
@@ -294,7 +338,7 @@ class SepScene:
         from astropy.stats import sigma_clipped_stats
 
         t0 = time.perf_counter()
-        obs = case.observation
+        obs = case.detection_observation
         image, variance, valid = obs.image[0], obs.variance[0], obs.valid[0]
         _, median, _ = sigma_clipped_stats(image[valid], sigma=3.0)
         # SEP wants native-endian C-contiguous float64 (FITS data is big-endian).
@@ -339,6 +383,12 @@ class Scarlet2Scene:
     centers are not fitted). The worker is one process per scene, so a scene's time
     includes starting Python and importing JAX.
 
+    On a scene of several bands the sources are detected in the reference band and fitted
+    to every band at once with scarlet2's multi-band model (one spectrum, i.e. one flux
+    per band, and one morphology per source, each band convolved with its own PSF); a
+    source's flux in a band is the sum of its rendering in that band, its position the
+    centroid of its reference-band rendering.
+
     Parameters
     ----------
     python
@@ -371,6 +421,7 @@ class Scarlet2Scene:
         self.timeout = float(timeout)
         self.detector = PhotutilsMethod()
         self.version = "unknown"
+        self.all_bands = True
         self.name = name
         self.label = label
 
@@ -390,23 +441,33 @@ class Scarlet2Scene:
         from .scarlet import _peaks, run_worker
 
         t0 = time.perf_counter()
-        obs = case.observation
-        image, variance, valid = obs.image[0], obs.variance[0], obs.valid[0]
+        det_obs = case.detection_observation
+        image, variance, valid = det_obs.image[0], det_obs.variance[0], det_obs.valid[0]
         data, labels = self.detector.segment(image, variance, valid)
         centers = np.array([(y, x) for _, y, x in _peaks(data, labels)], dtype=np.float64)
         if centers.size == 0:
             return SceneDetections.empty("nothing detected", time.perf_counter() - t0)
+        inputs = {
+            "image": image,
+            "variance": variance,
+            "valid": valid,
+            "psf": det_obs.psf[0],
+            "centers": centers,
+            "max_iter": np.array(self.max_iter),
+        }
+        if case.bands:
+            obs = case.observation
+            inputs.update(
+                image=obs.image,
+                variance=obs.variance,
+                valid=obs.valid,
+                psf=obs.psf,
+                bands=np.array(case.bands),
+            )
         res = run_worker(
             self.python,
             Path(__file__).with_name("scene_scarlet_worker.py"),
-            {
-                "image": image,
-                "variance": variance,
-                "valid": valid,
-                "psf": obs.psf[0],
-                "centers": centers,
-                "max_iter": np.array(self.max_iter),
-            },
+            inputs,
             self.timeout,
             case.name,
         )
@@ -415,6 +476,14 @@ class Scarlet2Scene:
         self.version = str(res["version"])
         if status != "ok":
             raise GalprismError(f"scarlet2: {case.name}: fit failed: {status}")
+        band_flux = None
+        if case.bands:
+            if models.shape[1:] != (len(case.bands), *case.shape):
+                raise GalprismError(
+                    f"scarlet2: {case.name}: worker returned models of shape {models.shape}"
+                )
+            band_flux = {b: models[:, k].sum(axis=(1, 2)) for k, b in enumerate(case.bands)}
+            models = models[:, case.bands.index(str(case.ref_band))]
         flux = models.sum(axis=(1, 2))
         h, w = case.shape
         yy, xx = np.mgrid[:h, :w]
@@ -425,4 +494,6 @@ class Scarlet2Scene:
         # A source whose rendering has no positive light keeps its detection peak.
         empty = pos.sum(axis=(1, 2)) <= 0
         x[empty], y[empty] = centers[empty, 1], centers[empty, 0]
-        return SceneDetections(x, y, flux, images=models, seconds=time.perf_counter() - t0)
+        return SceneDetections(
+            x, y, flux, images=models, seconds=time.perf_counter() - t0, band_flux=band_flux
+        )

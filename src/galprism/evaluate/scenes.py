@@ -26,6 +26,17 @@ its detections to the true sources and measures each true source's recovery:
   Medians are given over all true sources, the most blended third (truth ``blendedness``
   at or above its 2/3 quantile over the test set) and the brightest fifth (truth ``flux``
   at or above its 80th percentile).
+
+**Several bands** (scenes of ``galprism simulate --view scenes --bands ...``): matching,
+positions, ``flux_err``, ``rmse``, ``g_err`` and the subsets above are those of the
+reference band (the truth's ``REFBAND``, i; its ``flux`` and ``blendedness`` columns).
+Besides, per band ``b`` and matched source: ``flux_err_<b>`` against the truth's
+``flux_<b>``, its absolute value and 68% / 95% interval flags; per colour ``a-b`` of
+:data:`COLOURS` whose bands were simulated: the true and measured colours
+``-2.5 log10(F_a / F_b)`` and ``colour_err_<a>_<b>`` = measured - true (undefined, NaN,
+when a flux is not positive; the summary counts the defined ones); per scene and band the
+relative error of the summed fluxes. A method that measures one band (photutils, SEP,
+galprism on the reference band alone) has that band's columns only.
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ from astropy.table import Table
 from .. import __version__
 from ..diffusion.samplers import SamplerConfig
 from ..errors import ConfigError, GalprismError, InputError, OutputExistsError
-from ..io.read import output_stem, read_cutout
+from ..io.read import ReadOptions, output_stem, read_cutout
 from ..observation import Observation
 from .measures import Moments, adaptive_moments
 from .report import _clean, _fmt, _json_default, results_csv, stat, write_text
@@ -59,6 +70,8 @@ from .testset import find_testset_files
 
 __all__ = [
     "SCENE_METHODS",
+    "SINGLE_BAND_METHODS",
+    "COLOURS",
     "MATCH_RADIUS",
     "WINDOW",
     "SceneCase",
@@ -68,13 +81,20 @@ __all__ = [
     "load_scene_set",
     "match_sources",
     "measure_scene",
+    "colour",
+    "band_figure",
     "evaluate_scenes",
     "scene_summary",
     "run_scene_evaluation",
 ]
 
-#: methods ``galprism evaluate --scenes`` knows, in report order
-SCENE_METHODS: tuple[str, ...] = ("galprism", "photutils", "sep", "scarlet2")
+#: methods ``galprism evaluate --scenes`` knows, in report order; ``galprism_1band`` is
+#: galprism's scene mode on the reference band alone, with the same prior
+SCENE_METHODS: tuple[str, ...] = ("galprism", "galprism_1band", "photutils", "sep", "scarlet2")
+#: the default methods of a single-band batch (``galprism_1band`` would repeat ``galprism``)
+SINGLE_BAND_METHODS: tuple[str, ...] = ("galprism", "photutils", "sep", "scarlet2")
+#: colours (band pairs) measured on batches of several bands, where both were simulated
+COLOURS: tuple[tuple[str, str], ...] = (("g", "r"), ("r", "i"), ("i", "z"))
 #: default matching radius in pixels (0.5" on HSC's 0.168" pixels, below the PSF's FWHM)
 MATCH_RADIUS = 3.0
 #: side in pixels of the square around a true source where its image is compared
@@ -104,9 +124,18 @@ class SceneCase:
     truth
         The ``TRUTH`` table (one row per source).
     images
-        ``(N, H, W)`` each truth row's noiseless PSF-convolved image (row order).
+        ``(N, H, W)`` each truth row's noiseless PSF-convolved image (row order), in the
+        reference band.
     sigma
-        Noise standard deviation (square root of the median valid variance).
+        Noise standard deviation of the reference band (square root of the median valid
+        variance).
+    bands
+        The scene's bands in plane order; empty for a single-band scene.
+    ref_band
+        The reference band (the truth's ``REFBAND``) of a scene of several bands, else None.
+    ref_observation
+        The reference band alone (what single-band methods see), or None for a
+        single-band scene (the observation itself).
     """
 
     name: str
@@ -115,11 +144,23 @@ class SceneCase:
     truth: Table
     images: np.ndarray
     sigma: float
+    bands: tuple[str, ...] = ()
+    ref_band: str | None = None
+    ref_observation: Observation | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(H, W)`` of the scene."""
         return tuple(self.observation.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def detection_observation(self) -> Observation:
+        """The single-band image that detection and single-band methods use."""
+        return self.observation if self.ref_observation is None else self.ref_observation
+
+    def colours(self) -> tuple[tuple[str, str], ...]:
+        """The pairs of :data:`COLOURS` whose two bands the scene has."""
+        return tuple((a, b) for a, b in COLOURS if a in self.bands and b in self.bands)
 
 
 def load_scene(path: str | os.PathLike[str]) -> SceneCase:
@@ -142,8 +183,6 @@ def load_scene(path: str | os.PathLike[str]) -> SceneCase:
     if view != "scenes":
         raise InputError(f"{path}: VIEW = {view or 'missing'!r}; --scenes needs scenes-view files")
     obs = read_cutout(path)
-    if obs.n_bands != 1:
-        raise InputError(f"{path}: {obs.n_bands} bands; the evaluation handles single-band scenes")
     tpath = path.parent / "truth" / f"{output_stem(path)}.truth.fits"
     if not tpath.is_file():
         raise InputError(f"{path}: truth file {tpath} not found")
@@ -154,7 +193,13 @@ def load_scene(path: str | os.PathLike[str]) -> SceneCase:
                 raise InputError(f"{tpath}: no {hdu} HDU")
         truth = Table.read(hdul["TRUTH"])
         cube = np.asarray(hdul["TRUTH_IMAGES"].data, dtype=np.float64)
+    bands: tuple[str, ...] = ()
+    ref_band: str | None = None
+    ref_obs: Observation | None = None
+    if obs.n_bands > 1:
+        bands, ref_band, ref_obs, cube = _bands_of(path, tpath, obs, truth, cube)
     required = ("id", "kind", "x", "y", "flux", "blendedness")
+    required += tuple(f"flux_{b}" for b in bands)
     missing = [c for c in required if c not in truth.colnames]
     if missing:
         raise InputError(f"{tpath}[TRUTH]: missing column(s) {', '.join(missing)}")
@@ -168,8 +213,33 @@ def load_scene(path: str | os.PathLike[str]) -> SceneCase:
     if len(truth) and (planes.min() < 0 or planes.max() >= cube.shape[0]):
         raise InputError(f"{tpath}: TRUTH plane column points beyond TRUTH_IMAGES")
     truth["kind"] = np.char.strip(np.asarray(truth["kind"]).astype(str))
-    sigma = float(np.sqrt(np.median(obs.variance[obs.valid])))
-    return SceneCase(path.name, path, obs, truth, cube[planes], sigma)
+    ref = obs if ref_obs is None else ref_obs
+    sigma = float(np.sqrt(np.median(ref.variance[ref.valid])))
+    return SceneCase(path.name, path, obs, truth, cube[planes], sigma, bands, ref_band, ref_obs)
+
+
+def _bands_of(
+    path: Path, tpath: Path, obs: Observation, truth: Table, cube: np.ndarray
+) -> tuple[tuple[str, ...], str, Observation, np.ndarray]:
+    """A scene of several bands: its bands, reference band, that band's observation and
+    the reference-band planes ``(N, H, W)`` of the truth images ``(N, C, H, W)``."""
+    if obs.bands is None:
+        raise InputError(f"{path}: {obs.n_bands} planes without band names (BANDS)")
+    bands = tuple(str(b) for b in obs.bands)
+    truth_bands = str(truth.meta.get("BANDS", "")).replace(" ", "")
+    if truth_bands != ",".join(bands):
+        raise InputError(
+            f"{tpath}[TRUTH]: BANDS = {truth_bands or 'missing'!r}, the scene has {','.join(bands)}"
+        )
+    ref_band = str(truth.meta.get("REFBAND", "i" if "i" in bands else bands[0])).strip()
+    if ref_band not in bands:
+        raise InputError(f"{tpath}[TRUTH]: REFBAND {ref_band!r} is not one of {','.join(bands)}")
+    if cube.ndim != 4 or cube.shape[1] != len(bands):
+        raise InputError(
+            f"{tpath}[TRUTH_IMAGES]: shape {cube.shape} is not (sources, {len(bands)} bands, H, W)"
+        )
+    ref_obs = read_cutout(path, ReadOptions(band=ref_band))
+    return bands, ref_band, ref_obs, cube[:, bands.index(ref_band)]
 
 
 def load_scene_set(folder: str | os.PathLike[str], limit: int | None = None) -> list[SceneCase]:
@@ -177,7 +247,9 @@ def load_scene_set(folder: str | os.PathLike[str], limit: int | None = None) -> 
     files = find_testset_files(folder)
     if limit is not None:
         files = files[:limit]
-    return [load_scene(p) for p in files]
+    cases = [load_scene(p) for p in files]
+    _batch_bands(cases)  # one set of bands per batch
+    return cases
 
 
 def match_sources(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) -> np.ndarray:
@@ -298,6 +370,8 @@ def measure_scene(
             f = tflux[i]
             row["flux_in68"] = bool(q["q16"][j] <= f <= q["q84"][j]) if j >= 0 else None
             row["flux_in95"] = bool(q["q025"][j] <= f <= q["q975"][j]) if j >= 0 else None
+        if case.bands:
+            row.update(_band_measures(case, det, i, j))
         rows.append(row)
     total_true = float(tflux.sum())
     total_est = float(np.sum(det.flux)) if len(det) else 0.0
@@ -314,7 +388,66 @@ def measure_scene(
         "seed": det.seed,
         "note": det.note,
     }
+    if case.bands:
+        band_flux, _ = _det_bands(case, det)
+        for b in case.bands:
+            t = float(np.sum(case.truth[f"flux_{b}"]))
+            e = float(np.sum(band_flux[b])) if b in band_flux else nan
+            if b in band_flux and not len(det):
+                e = 0.0
+            scene[f"flux_true_total_{b}"] = t
+            scene[f"flux_est_total_{b}"] = e
+            scene[f"total_flux_err_{b}"] = (e - t) / t if t > 0 else nan
     return rows, scene
+
+
+def colour(flux_a: float, flux_b: float) -> float:
+    """``-2.5 log10(flux_a / flux_b)`` (magnitude a minus magnitude b); NaN unless both
+    fluxes are positive and finite."""
+    if not (flux_a > 0 and flux_b > 0 and math.isfinite(flux_a) and math.isfinite(flux_b)):
+        return math.nan
+    return -2.5 * math.log10(flux_a / flux_b)
+
+
+def _det_bands(
+    case: SceneCase, det: SceneDetections
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """A method's per-band fluxes and quantiles; one that measures only the reference band
+    (``band_flux`` None) has that band's, its ``flux`` and ``quantiles``."""
+    if det.band_flux is not None:
+        return det.band_flux, det.band_quantiles or {}
+    ref = str(case.ref_band)
+    return {ref: det.flux}, ({ref: det.quantiles} if det.quantiles is not None else {})
+
+
+def _band_measures(case: SceneCase, det: SceneDetections, i: int, j: int) -> dict[str, Any]:
+    """Per-band flux errors, interval flags and colours of true source ``i`` (detection
+    ``j``, -1 when unmatched)."""
+    band_flux, band_q = _det_bands(case, det)
+    nan = math.nan
+    out: dict[str, Any] = {}
+    true = {b: float(case.truth[f"flux_{b}"][i]) for b in case.bands}
+    est: dict[str, float] = {}
+    for b in case.bands:
+        f = true[b]
+        e = float(band_flux[b][j]) if j >= 0 and b in band_flux else nan
+        est[b] = e
+        err = (e - f) / f if f > 0 else nan
+        out[f"flux_true_{b}"] = f
+        out[f"flux_est_{b}"] = e
+        out[f"flux_err_{b}"] = err
+        out[f"abs_flux_err_{b}"] = abs(err)
+        q = band_q.get(b)
+        measured = q is not None and j >= 0
+        out[f"flux_in68_{b}"] = bool(q["q16"][j] <= f <= q["q84"][j]) if measured else None
+        out[f"flux_in95_{b}"] = bool(q["q025"][j] <= f <= q["q975"][j]) if measured else None
+    for a, b in case.colours():
+        ct, ce = colour(true[a], true[b]), colour(est[a], est[b])
+        out[f"colour_true_{a}_{b}"] = ct
+        out[f"colour_est_{a}_{b}"] = ce
+        out[f"colour_err_{a}_{b}"] = ce - ct
+        out[f"abs_colour_err_{a}_{b}"] = abs(ce - ct)
+    return out
 
 
 @dataclass
@@ -371,6 +504,8 @@ def evaluate_scenes(
     for method in methods:
         entry = {"label": method.label, "settings": method.settings(), "seconds": 0.0}
         entry["failed_scenes"] = 0
+        all_bands = bool(getattr(method, "all_bands", False))
+        entry["all_bands"] = all_bands
         info[method.name] = entry
         # A method may run on the first scenes only (scarlet2 given a limit).
         limit = getattr(method, "limit", None) or len(cases)
@@ -384,6 +519,10 @@ def evaluate_scenes(
                 det = SceneDetections.empty(f"failed: {text}", time.perf_counter() - t0)
                 entry["failed_scenes"] += 1
             entry["seconds"] += time.perf_counter() - t0
+            if all_bands and c.bands and det.band_flux is None and not len(det):
+                # A method of every band that found nothing (or failed) found nothing in
+                # every band: each band's scene total counts as missed, not unmeasured.
+                det.band_flux = {b: np.zeros(0) for b in c.bands}
             r, s = measure_scene(c, det, method.name, radius=radius, truth_moments=tm)
             rows += r
             scenes.append(s)
@@ -425,9 +564,89 @@ def _scope(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _batch_bands(
+    cases: Sequence[SceneCase],
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The batch's bands and colours (empty for single-band scenes).
+
+    Raises
+    ------
+    InputError
+        If the scenes do not all have the same bands and reference band.
+    """
+    kinds = {(c.bands, c.ref_band) for c in cases}
+    if len(kinds) > 1:
+        raise InputError(
+            f"{cases[0].path.parent}: the scenes have different bands or reference bands "
+            f"({'; '.join(sorted(','.join(b) or 'one band' for b, _ in kinds))})"
+        )
+    if not cases or not cases[0].bands:
+        return (), ()
+    return cases[0].bands, cases[0].colours()
+
+
+def _in_scope(rows: list[dict[str, Any]], edges: dict[str, float]) -> dict[str, list]:
+    return {
+        "all": rows,
+        "blended": [r for r in rows if r["blendedness"] >= edges["blended_min"]],
+        "bright": [r for r in rows if r["flux_true"] >= edges["bright_min"]],
+    }
+
+
+def _band_summary(
+    rows: list[dict[str, Any]],
+    scenes: list[dict[str, Any]],
+    bands: Sequence[str],
+    edges: dict[str, float],
+) -> dict[str, Any]:
+    """Per band: medians of the flux errors per subset, interval coverage, scene totals."""
+    out: dict[str, Any] = {}
+    for b in bands:
+        entry: dict[str, Any] = {
+            "coverage68": _frac([r.get(f"flux_in68_{b}") for r in rows]),
+            "coverage95": _frac([r.get(f"flux_in95_{b}") for r in rows]),
+            "n_intervals": sum(r.get(f"flux_in68_{b}") is not None for r in rows),
+            "total_flux_err": _median([s[f"total_flux_err_{b}"] for s in scenes]),
+            "total_abs_flux_err": _median([abs(s[f"total_flux_err_{b}"]) for s in scenes]),
+        }
+        for scope, sub in _in_scope(rows, edges).items():
+            errs = [r[f"flux_err_{b}"] for r in sub if r["matched"]]
+            entry[scope] = {
+                "n_truth": len(sub),
+                "n_measured": int(np.isfinite(np.asarray(errs, dtype=np.float64)).sum()),
+                "abs_flux_err": _median([abs(e) for e in errs]),
+                "flux_err": _median(errs),
+            }
+        out[b] = entry
+    return out
+
+
+def _colour_summary(
+    rows: list[dict[str, Any]], colours: Sequence[tuple[str, str]], edges: dict[str, float]
+) -> dict[str, Any]:
+    """Per colour and subset: matched sources with a defined colour, median signed and
+    median absolute colour error."""
+    out: dict[str, Any] = {}
+    for a, b in colours:
+        key = f"colour_err_{a}_{b}"
+        entry: dict[str, Any] = {}
+        for scope, sub in _in_scope(rows, edges).items():
+            errs = np.asarray([r[key] for r in sub if r["matched"]], dtype=np.float64)
+            errs = errs[np.isfinite(errs)]
+            entry[scope] = {
+                "n_truth": len(sub),
+                "n_measured": int(errs.size),
+                "colour_err": _median(errs.tolist()),
+                "abs_colour_err": _median(np.abs(errs).tolist()),
+            }
+        out[f"{a}-{b}"] = entry
+    return out
+
+
 def scene_summary(result: SceneEvalResult, meta: dict[str, Any]) -> dict[str, Any]:
     """Machine-readable summary (``summary.json`` and ``--json``)."""
     edges = scene_edges(result)
+    bands, colours = _batch_bands(result.cases)
     methods: dict[str, Any] = {}
     for name, info in result.methods.items():
         rows = [r for r in result.rows if r["method"] == name]
@@ -455,10 +674,23 @@ def scene_summary(result: SceneEvalResult, meta: dict[str, Any]) -> dict[str, An
             "blended": _scope([r for r in rows if r["blendedness"] >= edges["blended_min"]]),
             "bright": _scope([r for r in rows if r["flux_true"] >= edges["bright_min"]]),
         }
+        if bands:
+            ref = result.cases[0].ref_band
+            entry["measured_bands"] = list(bands) if info.get("all_bands") else [ref]
+            entry["bands"] = _band_summary(rows, scenes, bands, edges)
+            entry["colours"] = _colour_summary(rows, colours, edges)
         methods[name] = entry
+    extra: dict[str, Any] = {}
+    if bands:
+        extra = {
+            "bands": list(bands),
+            "ref_band": result.cases[0].ref_band,
+            "colours": [f"{a}-{b}" for a, b in colours],
+        }
     return _clean(
         {
             "view": "scenes",
+            **extra,
             "n_scenes": len(result.cases),
             "n_sources": sum(len(c.truth) for c in result.cases),
             "match_radius": meta.get("match_radius", MATCH_RADIUS),
@@ -529,6 +761,8 @@ def scene_markdown(summary: dict[str, Any], figures: Sequence[Path] = ()) -> str
                 f"({s['n_matched']}/{s['n_truth']}) | " + " | ".join(cells) + " |"
             )
     lines.append("")
+    if summary.get("bands"):
+        lines += _band_markdown(summary, f)
     failed = {n: m["failed_scenes"] for n, m in summary["methods"].items() if m["failed_scenes"]}
     for name, count in failed.items():
         lines.append(f"- {name} failed on {count} scene(s) (see `scenes.csv`, column `note`).")
@@ -542,6 +776,102 @@ def scene_markdown(summary: dict[str, Any], figures: Sequence[Path] = ()) -> str
     if figures:
         lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
     return "\n".join(lines)
+
+
+def _band_markdown(summary: dict[str, Any], f: Callable[[Any, str], str]) -> list[str]:
+    """The per-band and colour tables of a batch of several bands."""
+    bands, colours = summary["bands"], summary["colours"]
+    scopes = (("all", "all"), ("blended", "most blended third"), ("bright", "brightest fifth"))
+    methods = summary["methods"].values()
+    head = "| method | sources | " + " | ".join(bands) + " |"
+    rule = "|---|---|" + "---:|" * len(bands)
+    lines = [
+        f"## Per band ({', '.join(bands)}; reference band {summary['ref_band']})",
+        "",
+        "Matching, subsets and the tables above are those of the reference band. Per band: "
+        "median abs relative flux error over matched true sources against the truth's "
+        "`flux_<b>`, with the number of sources it is over; – where a method does not "
+        "measure the band.",
+        "",
+        head,
+        rule,
+    ]
+    for m in methods:
+        for key, title in scopes:
+            cells = []
+            for b in bands:
+                s = m["bands"][b][key]
+                cells.append(f"{f(s['abs_flux_err'], '{:.3f}')} ({s['n_measured']})")
+            lines.append(f"| {m['label']} | {title} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Interval coverage per band (68% / 95%, matched sources with intervals) and the "
+        "median abs relative error of each scene's summed flux against its true total:",
+        "",
+        "| method | measure | " + " | ".join(bands) + " |",
+        "|---|---|" + "---:|" * len(bands),
+    ]
+    for m in methods:
+        cov = []
+        for b in bands:
+            e = m["bands"][b]
+            cov.append(
+                f"{f(e['coverage68'], '{:.3f}')} / {f(e['coverage95'], '{:.3f}')} "
+                f"({e['n_intervals']})"
+            )
+        tot = [f(m["bands"][b]["total_abs_flux_err"], "{:.3f}") for b in bands]
+        lines.append(f"| {m['label']} | 68% / 95% cover | " + " | ".join(cov) + " |")
+        lines.append(f"| {m['label']} | scene total abs err | " + " | ".join(tot) + " |")
+    if colours:
+        lines += [
+            "",
+            "## Colours",
+            "",
+            "Colours are magnitude differences `-2.5 log10(F_a / F_b)` of the fluxes; error = "
+            "measured - true. Median signed error, median abs error and the number of matched "
+            "sources with both fluxes positive (methods that measure several bands):",
+            "",
+            "| method | sources | " + " | ".join(colours) + " |",
+            "|---|---|" + "---:|" * len(colours),
+        ]
+        for m in methods:
+            if len(m["measured_bands"]) < 2:
+                continue  # a method of one band has no colour
+            for key, title in scopes:
+                cells = []
+                for c in colours:
+                    s = m["colours"][c][key]
+                    cells.append(
+                        f"{f(s['colour_err'], '{:+.3f}')} / {f(s['abs_colour_err'], '{:.3f}')}"
+                        f" ({s['n_measured']})"
+                    )
+                lines.append(f"| {m['label']} | {title} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def band_figure(result: SceneEvalResult, band: str, path: Path, overwrite: bool) -> Path:
+    """Absolute flux error in ``band`` of matched sources against truth blendedness."""
+    from .figures import _binned_median, plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, name in enumerate(result.methods):
+        rows = [r for r in result.rows if r["method"] == name and r["matched"]]
+        err = np.array([r.get(f"abs_flux_err_{band}", math.nan) for r in rows], np.float64)
+        x = np.array([r["blendedness"] for r in rows], dtype=np.float64)
+        keep = np.isfinite(err)
+        if not keep.any():
+            continue  # the method does not measure this band
+        err, x = np.maximum(err[keep], 1e-4), x[keep]  # a perfect flux still shows on a log axis
+        ax.scatter(x, err, s=10, alpha=0.4, color=f"C{k}")
+        cx, cy = _binned_median(x, err, nbins=5)
+        ax.plot(cx, cy, "-o", color=f"C{k}", label=result.methods[name]["label"])
+    ax.set_xlabel("truth blendedness (reference band)")
+    ax.set_ylabel(f"|relative flux error| in {band} (matched sources)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Band {band}: points are sources, lines binned medians")
+    return save_figure(fig, path, overwrite)
 
 
 def scene_figure(result: SceneEvalResult, path: Path, overwrite: bool) -> Path:
@@ -585,7 +915,8 @@ class SceneEvalConfig:
     seed
         Run seed (galprism's per-scene seed derives from it and the file name).
     methods
-        Which of :data:`SCENE_METHODS` to run.
+        Which of :data:`SCENE_METHODS` to run; None: all of them on scenes of several
+        bands, :data:`SINGLE_BAND_METHODS` on single-band scenes.
     prior, sampler, device
         galprism's prior (name or folder), sampler settings and torch device.
     radius
@@ -601,7 +932,7 @@ class SceneEvalConfig:
     test_dir: Path
     limit: int | None = None
     seed: int = 0
-    methods: tuple[str, ...] = SCENE_METHODS
+    methods: tuple[str, ...] | None = None
     prior: str = "default"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     device: str = "cpu"
@@ -612,12 +943,17 @@ class SceneEvalConfig:
     command: str = field(default_factory=lambda: shlex.join(["galprism", *sys.argv[1:]]))
 
     def __post_init__(self) -> None:
+        if self.methods is None:
+            return self._check_radius()
         unknown = [m for m in self.methods if m not in SCENE_METHODS]
         if unknown or not self.methods:
             raise ConfigError(
                 f"scene evaluation methods: unknown or none ({', '.join(unknown)}); "
                 f"choose from {', '.join(SCENE_METHODS)}"
             )
+        self._check_radius()
+
+    def _check_radius(self) -> None:
         if not self.radius > 0:
             raise ConfigError(f"scene evaluation: matching radius {self.radius} must be positive")
 
@@ -632,17 +968,48 @@ class SceneEvalOutput:
     seconds: float
 
 
-def _build(cfg: SceneEvalConfig) -> tuple[list[SceneMethod], dict[str, str]]:
+def _check_prior_bands(prior: Any, obs: Observation, what: str) -> None:
+    """A prior that cannot model ``obs``'s bands is refused before any scene is run."""
+    try:
+        obs.band_index(prior.frame, f"prior {prior.name!r}")
+    except GalprismError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def _build(
+    cfg: SceneEvalConfig, cases: Sequence[SceneCase]
+) -> tuple[list[SceneMethod], dict[str, str]]:
     from .scene_peers import GalprismScene, PhotutilsScene, SepScene, sep_available
 
     methods: list[SceneMethod] = []
     skipped: dict[str, str] = {}
-    for name in cfg.methods:
-        if name == "galprism":
+    bands, _ = _batch_bands(cases)
+    names = cfg.methods or (SCENE_METHODS if bands else SINGLE_BAND_METHODS)
+    prior = None
+    for name in names:
+        if name in ("galprism", "galprism_1band"):
             from ..priorset import load_priorset
 
-            prior = load_priorset(cfg.prior)
-            methods.append(GalprismScene(prior, cfg.sampler, seed=cfg.seed, device=cfg.device))
+            if name == "galprism_1band" and not bands:
+                skipped[name] = "single-band scenes: the same run as galprism"
+                continue
+            prior = prior or load_priorset(cfg.prior)
+            one = name == "galprism_1band"
+            if cases:
+                c = cases[0]
+                _check_prior_bands(prior, c.detection_observation if one else c.observation, name)
+            label = f"galprism scene ({prior.name}, {cases[0].ref_band} only)" if one else None
+            methods.append(
+                GalprismScene(
+                    prior,
+                    cfg.sampler,
+                    seed=cfg.seed,
+                    device=cfg.device,
+                    one_band=one,
+                    name=name,
+                    label=label,
+                )
+            )
         elif name == "photutils":
             methods.append(PhotutilsScene())
         elif name == "sep":
@@ -680,8 +1047,8 @@ def run_scene_evaluation(
     out = Path(cfg.output_dir)
     if (out / "summary.md").exists() and not cfg.overwrite:
         raise OutputExistsError(f"{out}: already holds a report and overwriting is not allowed")
-    methods, skipped = _build(cfg)
     cases = load_scene_set(cfg.test_dir, cfg.limit)
+    methods, skipped = _build(cfg, cases)
     log(f"{len(cases)} scenes loaded from {cfg.test_dir}")
     for name, why in skipped.items():
         warn(f"{name}: skipped ({why})")
@@ -707,6 +1074,10 @@ def run_scene_evaluation(
     if result.rows:
         paths["figure"] = scene_figure(result, out / "scene_flux_err.png", ow)
         figs.append(paths["figure"])
+        for b in summary.get("bands") or ():
+            key = f"figure_{b}"
+            paths[key] = band_figure(result, b, out / f"scene_flux_err_{b}.png", ow)
+            figs.append(paths[key])
     paths["summary_md"] = write_text(out / "summary.md", scene_markdown(summary, figs), ow)
     text = json.dumps(summary, indent=2, default=_json_default) + "\n"
     paths["summary_json"] = write_text(out / "summary.json", text, ow)

@@ -24,6 +24,7 @@ SENSOR_EDGE as in PDR2.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from astropy.io import fits
@@ -72,37 +73,55 @@ def _primary(source: str, note: str) -> fits.PrimaryHDU:
     return hdu
 
 
-def hsc_npz_hdul(data_dir: str | os.PathLike[str] | None = None) -> fits.HDUList:
-    """The npz blend's i band as ``SCI``, ``PSF``, ``MASK``, ``VARIANCE`` (see the module doc).
+def hsc_npz_hdul(
+    data_dir: str | os.PathLike[str] | None = None, bands: Sequence[str] = ("i",)
+) -> fits.HDUList:
+    """The npz blend as ``SCI``, ``PSF``, ``MASK``, ``VARIANCE`` (see the module doc).
 
     Parameters
     ----------
     data_dir
         Data folder.
+    bands
+        HSC bands to write, in order: one band gives 2-D planes, several a cube (bands
+        first) named by ``BANDS`` and ``FILTERn`` with one PSF kernel per band.
 
     Returns
     -------
     astropy.io.fits.HDUList
     """
-    band = HSC_BANDS.index("i")
+    index = [HSC_BANDS.index(b) for b in bands]
     path = hsc_npz_path(data_dir)
     with np.load(path, allow_pickle=False) as npz:
-        image = np.asarray(npz["images"][band], dtype=np.float32)
-        variance = np.asarray(npz["variance"][band], dtype=np.float32)
-        mask = np.asarray(npz["mask"][band], dtype=np.int32)
-        psf = check_psf(npz["psfs"][band], f"{path}[psfs][{band}]")
+        image = np.asarray(npz["images"][index], dtype=np.float32)
+        variance = np.asarray(npz["variance"][index], dtype=np.float32)
+        mask = np.asarray(npz["mask"][index], dtype=np.int32)
+        psf = np.stack([check_psf(npz["psfs"][b], f"{path}[psfs][{b}]") for b in index])
+    cube = len(index) > 1
+    if not cube:
+        image, variance, mask, psf = image[0], variance[0], mask[0], psf[0]
+    names = ",".join(bands)
     primary = _primary(
         "hsc/hsc_cosmos_35.npz",
-        "HSC COSMOS coadd blend, i band; no WCS in the archive (PIXSCALE only).",
+        f"HSC COSMOS coadd blend, {names} band{'s' if cube else ''}; no WCS in the archive "
+        "(PIXSCALE only).",
     )
+    if cube:
+        del primary.header["FILTER"]
     sci = fits.ImageHDU(image, name="SCI")
     sci.header["BUNIT"] = ("count", "HSC coadd counts")
     sci.header["MAGZERO"] = (HSC_ZEROPOINT, "AB mag = MAGZERO - 2.5 log10(flux)")
     sci.header["FLUXMAG0"] = (10.0 ** (0.4 * HSC_ZEROPOINT), "flux of a 0 mag AB source")
     sci.header["PIXSCALE"] = (0.168, "[arcsec/px] HSC; no WCS is known")
-    sci.header["FILTER"] = ("HSC-I", "")
+    if cube:
+        sci.header["BANDS"] = (names, "bands of the first axis")
+        for k, b in enumerate(bands):
+            sci.header[f"FILTER{k + 1}"] = (f"HSC-{b.upper()}", f"band {k + 1}")
+    else:
+        sci.header["FILTER"] = (f"HSC-{bands[0].upper()}", "")
     psf_hdu = fits.ImageHDU(psf, name="PSF")
-    psf_hdu.header["PSFORIG"] = ("hsc_cosmos_35.npz psfs[2]", "renormalised to unit sum")
+    where = ",".join(str(b) for b in index)
+    psf_hdu.header["PSFORIG"] = (f"hsc_cosmos_35.npz psfs[{where}]", "renormalised to unit sum")
     mask_hdu = fits.ImageHDU(mask, name="MASK")
     add_mask_planes(mask_hdu.header, NPZ_MASK_PLANES)
     mask_hdu.header.add_comment("Bit 12 named REJECTED: set exactly where bits 10, 14 or 15 are.")
