@@ -254,12 +254,8 @@ class FreeformModel:
         seen = valid.reshape(b, -1, 1).to(columns.dtype)
         # Box pixels are c = F z with z ~ N(0, I): F holds each box's prior scale and
         # pixel-to-pixel correlation (see build_freeform).
-        # One (B, n, k) temporary besides the columns: these are the largest arrays of a
-        # free-form batch, and its working set sets the run's peak memory.
-        whitened = columns * (seen / sigma.reshape(b, -1, 1))
-        whitened = whitened @ factors  # (B, n, k)
+        whitened = (columns * seen / sigma.reshape(b, -1, 1)) @ factors  # (B, n, k)
         u, s, vh = torch.linalg.svd(whitened, full_matrices=False)
-        del whitened
         self.u, self.s, self.v = u, s, vh.transpose(1, 2)
         self.gains = 1.0 - (1.0 + s**2).rsqrt()
         self.columns, self.factors = columns, factors
