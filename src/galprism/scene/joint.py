@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.samplers import SamplerConfig
-from ..errors import ConfigError, InputError, ShapeError
+from ..errors import InputError, ShapeError
 from ..frame import Frame
 from ..freeform import FreeformModel
 from ..observation import Observation
@@ -42,8 +42,7 @@ from ..operators import (
     SourceSum,
     numel,
 )
-from ..sampling import sample_posterior
-from .model import BACKGROUND_TERMS, BROAD, BlendSamples
+from .model import BACKGROUND_TERMS, BROAD, BlendSamples, draw_galaxies, draw_linear
 from .placement import PlaceStamp, StarOperator
 from .views import model_kernel
 
@@ -329,18 +328,9 @@ def sample_joint(
     """
     n_s = sampler.n_samples
     n_total = int(model.y.shape[1])
-    if model.n_galaxies:
-        if prior is None:
-            raise ConfigError("sample_joint: the blend has galaxies but no galaxy prior was given")
-        x = sample_posterior(
-            [prior] * model.n_galaxies,
-            model.operator,
-            model.y_white.to(device),
-            model.noise_white.to(device),
-            sampler,
-            generators=[generator],
-        )[0]
-        x = x.detach().to("cpu", torch.float64)  # (S, K, C, h, w)
+    c = model.shapes[0][0]
+    x = draw_galaxies(model, prior, sampler, generator, device, "sample_joint")
+    if x is not None:
         lights = torch.stack(
             [
                 torch.cat([op.apply(x[:, k]).reshape(n_s, -1) for op in ops], dim=1)
@@ -351,30 +341,15 @@ def sample_joint(
         galaxies = x * torch.from_numpy(model.scales)[None, :, None, None, None]
     else:
         lights = torch.zeros(n_s, 0, n_total, dtype=torch.float64)
-        galaxies = torch.zeros(n_s, 0, model.shapes[0][0], 1, 1, dtype=torch.float64)
+        galaxies = torch.zeros(n_s, 0, c, 1, 1, dtype=torch.float64)
     y = model.y.to(torch.float64)
-    c = model.shapes[0][0]
     if model.linear is None:
         coefficients = torch.zeros(n_s, 0, dtype=torch.float64)
         stars = torch.zeros(n_s, 0, n_total, dtype=torch.float64)
         bkg = torch.zeros(n_s, n_total, dtype=torch.float64)
     else:
         residual = (y - lights.sum(1)) * model.valid.to(torch.float64)
-        coefficients = model.linear.sample(residual[None], [linear_generator])[0]
-        cols = model.linear.columns[0]  # (N, k)
-        n_star = model.n_stars * c
-        stars = (
-            torch.stack(
-                [
-                    coefficients[:, j * c : (j + 1) * c] @ cols[:, j * c : (j + 1) * c].T
-                    for j in range(model.n_stars)
-                ],
-                dim=1,
-            )
-            if model.n_stars
-            else torch.zeros(n_s, 0, n_total, dtype=torch.float64)
-        )
-        bkg = coefficients[:, n_star:] @ cols[:, n_star:].T
+        coefficients, stars, bkg = draw_linear(model, residual, c, linear_generator)
     sources = torch.cat([lights, stars], dim=1)
     out = []
     for src, back in zip(model.split(sources), model.split(bkg), strict=True):

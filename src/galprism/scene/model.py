@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -345,6 +346,60 @@ class BlendSamples:
         return self.sources.sum(1) + self.background
 
 
+def draw_galaxies(
+    model: Any,
+    prior: nn.Module | None,
+    sampler: SamplerConfig,
+    generator: torch.Generator,
+    device: str,
+    what: str,
+) -> Tensor | None:
+    """``(S, K, C, h, w)`` float64 MMPS draws of a blend's galaxies on the prior's grid, in
+    the prior's units, or None when the blend has none (:func:`sample_blend` and the joint
+    model of several views share it)."""
+    if not model.n_galaxies:
+        return None
+    if prior is None:
+        raise ConfigError(f"{what}: the blend has galaxies but no galaxy prior was given")
+    x = sample_posterior(
+        [prior] * model.n_galaxies,
+        model.operator,
+        model.y_white.to(device),
+        model.noise_white.to(device),
+        sampler,
+        generators=[generator],
+    )[0]
+    return x.detach().to("cpu", torch.float64)
+
+
+def draw_linear(
+    model: Any, residual: Tensor, n_bands: int, linear_generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Star fluxes and background given the galaxies, from their exact conditional.
+
+    ``residual`` is ``(S, *obs_shape)``, the data minus each sample's galaxy light at valid
+    pixels. Returns the coefficients ``(S, k)``, each star's light ``(S, J, n)`` and the
+    background ``(S, n)`` over the ``n`` flattened pixels of the linear model's columns.
+    """
+    coefficients = model.linear.sample(residual[None], [linear_generator])[0]
+    cols = model.linear.columns[0]  # (n, k)
+    c = n_bands
+    n_star = model.n_stars * c
+    n_s = coefficients.shape[0]
+    stars = (
+        torch.stack(
+            [
+                coefficients[:, j * c : (j + 1) * c] @ cols[:, j * c : (j + 1) * c].T
+                for j in range(model.n_stars)
+            ],
+            dim=1,
+        )
+        if model.n_stars
+        else torch.zeros(n_s, 0, cols.shape[0], dtype=torch.float64)
+    )
+    return coefficients, stars, coefficients[:, n_star:] @ cols[:, n_star:].T
+
+
 def sample_blend(
     model: BlendModel,
     prior: nn.Module | None,
@@ -362,18 +417,8 @@ def sample_blend(
     """
     n_s = sampler.n_samples
     _, c, h, w = model.y.shape
-    if model.n_galaxies:
-        if prior is None:
-            raise ConfigError("sample_blend: the blend has galaxies but no galaxy prior was given")
-        x = sample_posterior(
-            [prior] * model.n_galaxies,
-            model.operator,
-            model.y_white.to(device),
-            model.noise_white.to(device),
-            sampler,
-            generators=[generator],
-        )[0]
-        x = x.detach().to("cpu", torch.float64)  # (S, K, C, h, w)
+    x = draw_galaxies(model, prior, sampler, generator, device, "sample_blend")
+    if x is not None:
         lights = torch.stack(
             [op.apply(x[:, k]) for k, op in enumerate(model.light)], dim=1
         )  # (S, K, C, H, W)
@@ -388,23 +433,9 @@ def sample_blend(
         bkg = torch.zeros(n_s, c, h, w, dtype=torch.float64)
     else:
         residual = (y - lights.sum(1)) * model.valid.to(torch.float64)
-        coefficients = model.linear.sample(residual[None], [linear_generator])[0]
-        cols = model.linear.columns[0]  # (n, k)
-        n_star_cols = model.n_stars * c
-        stars = (
-            torch.stack(
-                [
-                    (coefficients[:, j * c : (j + 1) * c] @ cols[:, j * c : (j + 1) * c].T).reshape(
-                        n_s, c, h, w
-                    )
-                    for j in range(model.n_stars)
-                ],
-                dim=1,
-            )
-            if model.n_stars
-            else torch.zeros(n_s, 0, c, h, w, dtype=torch.float64)
-        )
-        bkg = (coefficients[:, n_star_cols:] @ cols[:, n_star_cols:].T).reshape(n_s, c, h, w)
+        coefficients, stars, bkg = draw_linear(model, residual, c, linear_generator)
+        stars = stars.reshape(n_s, -1, c, h, w)
+        bkg = bkg.reshape(n_s, c, h, w)
     return BlendSamples(
         galaxies=galaxies,
         coefficients=coefficients,
