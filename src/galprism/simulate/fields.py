@@ -528,6 +528,18 @@ class SceneSimulator:
             specs.append(SourceSpec("star", -1, placement, mag, math.nan))
         return rng, psf_index, specs
 
+    def _render(self, spec: SourceSpec, n: int, pad: int, scale: float) -> np.ndarray:
+        """One source's intrinsic image on an ``n`` x ``n`` canvas padded by ``pad``."""
+        canvas = np.zeros((n, n))
+        placement = replace(spec.placement, x=spec.placement.x + pad, y=spec.placement.y + pad)
+        if spec.role == "star":
+            draw_point(canvas, placement)
+        elif spec.role == "sersic":
+            draw_sersic(canvas, placement, spec.sersic_n, spec.hlr, scale, self.truth_fwhm)
+        else:
+            draw_source(canvas, self.base.templates[spec.ident], placement, scale)
+        return canvas
+
     def scene(self, index: int) -> SceneField:
         """Make scene ``index`` (deterministic given the configuration).
 
@@ -553,14 +565,7 @@ class SceneSimulator:
         intrinsic = np.zeros((len(specs), size, size))
         joint = np.zeros((n, n))
         for k, spec in enumerate(specs):
-            canvas = np.zeros((n, n))
-            placement = replace(spec.placement, x=spec.placement.x + pad, y=spec.placement.y + pad)
-            if spec.role == "star":
-                draw_point(canvas, placement)
-            elif spec.role == "sersic":
-                draw_sersic(canvas, placement, spec.sersic_n, spec.hlr, scale, self.truth_fwhm)
-            else:
-                draw_source(canvas, self.base.templates[spec.ident], placement, scale)
+            canvas = self._render(spec, n, pad, scale)
             joint += canvas
             intrinsic[k] = canvas[crop]
             images[k] = fftconvolve(canvas, psf, mode="same")[crop]
@@ -628,14 +633,7 @@ class SceneSimulator:
         intrinsic = np.zeros((len(specs), n_b, size, size))
         joint = np.zeros((n_b, n, n))
         for k, spec in enumerate(specs):
-            canvas = np.zeros((n, n))
-            placement = replace(spec.placement, x=spec.placement.x + pad, y=spec.placement.y + pad)
-            if spec.role == "star":
-                draw_point(canvas, placement)
-            elif spec.role == "sersic":
-                draw_sersic(canvas, placement, spec.sersic_n, spec.hlr, scale, self.truth_fwhm)
-            else:
-                draw_source(canvas, self.base.templates[spec.ident], placement, scale)
+            canvas = self._render(spec, n, pad, scale)
             cube = self.base.band_images(canvas, colours[k], spec.role == "star")
             joint += cube
             intrinsic[k] = cube[crop]
