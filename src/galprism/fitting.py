@@ -50,7 +50,7 @@ import glob
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,12 @@ import h5py
 import numpy as np
 import torch
 
+from .amplitude import Amplitude, check_amplitude
 from .diffusion import SamplerConfig
 from .em import EMConfig, EMResult, View, run_em
 from .em.config import estep_sampler_settings
 from .errors import ConfigError, InputError
-from .operators import Composition, Convolve, Mask, SourceSum
+from .operators import Composition, Convolve, Mask, Scale, SourceSum
 from .support import check_support
 
 if sys.version_info >= (3, 11):
@@ -103,6 +104,7 @@ class FitSpec:
     asvd: dict[str, Any] = field(default_factory=dict)
     source_file: Path | None = None
     support: dict[str, Any] = field(default_factory=dict)
+    amplitude: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in ("diffusion", "asvd"):
@@ -121,6 +123,7 @@ class FitSpec:
             if v.data is None and not v.files:
                 raise ConfigError(f"view {v.name!r}: give `data` (HDF5) or `files` (FITS)")
         self.support = check_support(self.support, self.sources, f"fit {self.name!r}")
+        self.amplitude = check_amplitude(self.amplitude, self.sources, f"fit {self.name!r}")
 
 
 def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> FitSpec:
@@ -154,6 +157,7 @@ def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = No
         "network",
         "asvd",
         "support",
+        "amplitude",
     }
     unknown = set(raw) - known
     if unknown:
@@ -195,6 +199,7 @@ def load_fit_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = No
         asvd=dict(raw.get("asvd", {})),
         source_file=path,
         support=raw.get("support", {}),
+        amplitude=raw.get("amplitude", {}),
     )
 
 
@@ -410,8 +415,14 @@ def flux_scale_of(views: Sequence[ViewData]) -> float:
     return scale
 
 
-def to_view(data: ViewData, flux_scale: float) -> View:
-    """The EM view of normalised data: mask o PSF per cutout, one term per source."""
+def to_view(
+    data: ViewData, flux_scale: float, amplitude: Mapping[str, Amplitude] | None = None
+) -> View:
+    """The EM view of normalised data: mask o PSF per cutout, one term per source.
+
+    A source named in ``amplitude`` is a normalised source (:mod:`galprism.amplitude`):
+    its term is ``mask o PSF o a_i`` with ``a_i`` measured on cutout ``i``'s data.
+    """
     shape = tuple(data.y.shape[1:])
     y = torch.where(data.valid, data.y, torch.zeros_like(data.y)) / flux_scale
     var = torch.where(data.valid, data.noise_var, torch.ones_like(data.noise_var))
@@ -427,14 +438,15 @@ def to_view(data: ViewData, flux_scale: float) -> View:
             Convolve(data.psf, shape, name=f"view {data.spec.name} PSF"),
         ]
     )
-    return View(
-        data.spec.name,
-        data.spec.sources,
-        y,
-        var,
-        SourceSum([op] * len(data.spec.sources)),
-        data.valid,
-    )
+    terms, amplitudes = [], {}
+    for source in data.spec.sources:
+        spec = (amplitude or {}).get(source)
+        if spec is None:
+            terms.append(op)
+            continue
+        amplitudes[source] = spec.measure(y, var, data.valid)
+        terms.append(Composition([op, Scale(amplitudes[source], shape)]))
+    return View(data.spec.name, data.spec.sources, y, var, SourceSum(terms), data.valid, amplitudes)
 
 
 def em_config(
@@ -487,6 +499,7 @@ def em_config(
         "bunit": bunit,
         "flux_scale": flux_scale,
         "support": {k: v.to_json() for k, v in fit.support.items()},
+        "amplitude": {k: v.to_json() for k, v in fit.amplitude.items()},
         "training": {
             "fit_file": str(fit.source_file) if fit.source_file else None,
             "views": {
@@ -527,7 +540,7 @@ def fit_priors(
         fit.pixel_scale = scales.pop() if len(scales) == 1 else None
     channels, bands = data_bands(data)
     flux_scale = fit.flux_scale or flux_scale_of(data)
-    views = [to_view(d, flux_scale) for d in data]
+    views = [to_view(d, flux_scale, fit.amplitude) for d in data]
     config = em_config(fit, flux_scale, data[0].bunit, channels, bands)
     result = run_em(views, config, run_dir, device=device, resume=resume, progress=progress)
     return result

@@ -559,15 +559,17 @@ class ObservationBatch:
         supports: Mapping[str, Tensor] | None = None,
         whitening: Sequence[LinearOperator] = (),
         psf_included: bool = False,
+        amplitudes: Mapping[str, Tensor] | None = None,
     ) -> SourceSum:
         """The batched operator of :meth:`Observation.operator_for`, built in one piece.
 
         ``supports`` masks are ``(C, H, W)`` (shared) or ``(B, C, H, W)`` (one per
-        observation); ``whitening`` operators are batched like the data.
+        observation); ``whitening`` operators are batched like the data; ``amplitudes``
+        ``(B,)`` scale the normalised sources (:mod:`galprism.amplitude`).
         """
         mask = Mask(self.valid, shape=tuple(self.valid.shape[1:]))
         return source_operator(
-            sources, [*whitening, mask, *self._blur(psf_included)], supports or {}
+            sources, [*whitening, mask, *self._blur(psf_included)], supports or {}, amplitudes
         )
 
     def model_operator(self, *, psf_included: bool = False) -> Composition:

@@ -10,13 +10,18 @@ holds ``prior.json`` and one checkpoint per source::
                          "frame": {"shape": [C, H, W], "bands": null,
                                    "pixel_scale": 0.168, "zeropoint": 27.0,
                                    "bunit": ..., "flux_scale": ...},
-                         "support": {"galaxy": "auto:20"}, "training": {...}}
+                         "support": {"galaxy": "auto:20"},
+                         "amplitude": {"galaxy": {"radius": 6.0, "floor": 3.0}},
+                         "training": {...}}
       galaxy.pt         checkpoints of :mod:`galprism.checkpoint`
       sky.pt
 
 ``support`` (optional) confines a source to a disk around the grid center, of a fixed
 radius in prior pixels or adaptive up to one (``"auto:20"``): outside it the source is
 zero (:mod:`galprism.support`). ``galprism separate --support`` overrides it.
+``amplitude`` (optional) names the normalised sources: their priors draw a source at a
+flux of order one, and each observation scales it by an amplitude measured on its data
+(:mod:`galprism.amplitude`).
 
 ``frame`` (:class:`~galprism.frame.Frame`) is the one record of the grid and the flux
 convention: the checkpoints hold networks and provenance only. Priors work in
@@ -38,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .amplitude import Amplitude, check_amplitude
 from .atomic import atomic_path
 from .checkpoint import PriorCheckpoint, load_prior, save_prior
 from .diffusion.samplers import SamplerConfig
@@ -76,6 +82,7 @@ _OWN_KEYS = (
     "sources",
     "frame",
     "support",
+    "amplitude",
 )
 
 
@@ -101,6 +108,9 @@ class PriorSet:
         Source name -> :class:`~galprism.support.Support`: the disk around the grid
         center (fixed radius in prior pixels, or adaptive up to one) outside which that
         source is zero; sources not named are unconstrained.
+    amplitude
+        Source name -> :class:`~galprism.amplitude.Amplitude`: the normalised sources and
+        how their amplitude is measured on the data.
     manifest
         The full ``prior.json`` content (training provenance included).
     sha256
@@ -116,6 +126,7 @@ class PriorSet:
     sha256: str = ""
     path: Path | None = None
     support: dict[str, Support] = field(default_factory=dict)
+    amplitude: dict[str, Amplitude] = field(default_factory=dict)
 
     #: Diffusion and Gaussian priors draw posterior samples of intrinsic source images.
     capabilities: ClassVar[Capabilities] = Capabilities()
@@ -139,6 +150,7 @@ class PriorSet:
                     f"the frame {self.frame.shape}"
                 )
         self.support = check_support(self.support, self.sources, f"prior {self.name!r}")
+        self.amplitude = check_amplitude(self.amplitude, self.sources, f"prior {self.name!r}")
 
     # -- description --------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -154,6 +166,7 @@ class PriorSet:
             "bands": None if self.frame.bands is None else list(self.frame.bands),
             "flux_scale": self.frame.flux_scale,
             "support": {k: str(v) for k, v in self.support.items()},
+            "amplitude": {k: str(v) for k, v in self.amplitude.items()},
             "training": self.manifest.get("training", {}),
             "sha256": self.sha256,
             "path": str(self.path) if self.path else None,
@@ -297,6 +310,8 @@ class PriorSet:
             manifest["support"] = {k: v.to_json() for k, v in self.support.items()}
         else:
             manifest.pop("support", None)
+        if self.amplitude:
+            manifest["amplitude"] = {k: v.to_json() for k, v in self.amplitude.items()}
         with atomic_path(folder / "prior.json") as tmp:
             tmp.write_text(json.dumps(manifest, indent=2) + "\n")
         self.manifest = manifest
@@ -308,6 +323,13 @@ class PriorSet:
 def _manifest_support(manifest: dict[str, Any], path: Path) -> dict[str, Support]:
     try:
         return check_support(manifest.get("support"), manifest["sources"], f"{path}/prior.json")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _manifest_amplitude(manifest: dict[str, Any], path: Path) -> dict[str, Amplitude]:
+    try:
+        return check_amplitude(manifest.get("amplitude"), manifest["sources"], f"{path}/prior.json")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -354,6 +376,7 @@ def load_priorset(
             priors=[c.prior for c in ckpts],
             frame=frame,
             support=_manifest_support(manifest, path),
+            amplitude=_manifest_amplitude(manifest, path),
             manifest=manifest,
             sha256=folder_digest(path),
             path=path,

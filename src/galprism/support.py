@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .diffusion.samplers import SamplerConfig
 from .errors import ConfigError
-from .operators import Composition, LinearOperator, Mask, SourceSum
+from .operators import Composition, LinearOperator, Mask, Scale, SourceSum
 
 __all__ = [
     "PILOT",
@@ -153,24 +153,35 @@ def source_operator(
     sources: Sequence[str],
     pieces: Sequence[LinearOperator],
     supports: Mapping[str, Tensor],
+    amplitudes: Mapping[str, Tensor] | None = None,
 ) -> SourceSum:
     """The sum over ``sources`` of ``pieces`` (outermost first), each supported source's
-    term ending in the mask of its support: the whole operator, built once.
+    term ending in the mask of its support and each normalised source's in its amplitude
+    (:mod:`galprism.amplitude`): the whole operator, built once.
 
-    Masks are ``(C, H, W)`` (shared) or ``(B, C, H, W)`` (one per observation).
+    Masks are ``(C, H, W)`` (shared) or ``(B, C, H, W)`` (one per observation);
+    amplitudes are ``(B,)``.
     """
-    unknown = sorted(set(supports) - set(sources))
+    amplitudes = amplitudes or {}
+    unknown = sorted((set(supports) | set(amplitudes)) - set(sources))
     if unknown:
-        raise ConfigError(f"supports name unknown sources {unknown}; sources: {list(sources)}")
+        raise ConfigError(
+            f"supports or amplitudes name unknown sources {unknown}; sources: {list(sources)}"
+        )
     shared = Composition(list(pieces))
     terms: list[LinearOperator] = []
     for name in sources:
+        if name not in supports and name not in amplitudes:
+            terms.append(shared)
+            continue
+        term = list(pieces)
         if name in supports:
             m = supports[name]
             shape = tuple(m.shape[1:]) if m.ndim == len(shared.in_shape) + 1 else None
-            terms.append(Composition([*pieces, Mask(m, shape)]))
-        else:
-            terms.append(shared)
+            term.append(Mask(m, shape))
+        if name in amplitudes:
+            term.append(Scale(amplitudes[name], shared.in_shape))
+        terms.append(Composition(term))
     return SourceSum(terms)
 
 

@@ -350,7 +350,10 @@ def _initial_variance(views: Sequence[View], source: str, config: EMConfig) -> f
         power = float((v.y[valid] ** 2).mean())
         scale = max(scale, power)
         if source in v.sources:
-            estimates.append((power - float(v.noise_var[valid].mean())) / len(v.sources))
+            estimate = (power - float(v.noise_var[valid].mean())) / len(v.sources)
+            if source in v.amplitudes:  # a normalised source: its power divided by a^2
+                estimate /= float((v.amplitudes[source].to(torch.float64) ** 2).mean())
+            estimates.append(estimate)
     return max(min(estimates), 1e-4 * scale)
 
 
@@ -397,6 +400,7 @@ def _finish(state: EMState, config: EMConfig, store: RunStore, dist: Distributed
             flux_scale=float(meta.get("flux_scale", 1.0)),
         ),
         support=dict(meta.get("support") or {}),
+        amplitude=dict(meta.get("amplitude") or {}),
     )
     training = {
         "em": {k: v for k, v in config.to_dict().items() if k != "metadata"},

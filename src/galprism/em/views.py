@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -34,6 +34,10 @@ class View:
     valid
         Optional boolean mask of the observed pixels ``(N, *obs_shape)``, used only to
         count pixels in the posterior-predictive chi^2.
+    amplitudes
+        Source name -> ``(N,)`` amplitudes of a normalised source (:mod:`galprism.amplitude`),
+        already folded into its operator term; used to start its Gaussian prior at the
+        normalised data's power.
     """
 
     name: str
@@ -42,6 +46,7 @@ class View:
     noise_var: Tensor
     operator: SourceSum
     valid: Tensor | None = None
+    amplitudes: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sources = list(self.sources)

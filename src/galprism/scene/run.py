@@ -39,6 +39,7 @@ from astropy.io import fits
 from astropy.table import Column, Table
 
 from .. import __version__
+from ..amplitude import Amplitude
 from ..errors import ConfigError, GalprismError, InputError, OutputExistsError, ShapeError
 from ..io.inputs import cutout_seed, derive_seed, in_shard, output_path
 from ..io.read import _sidecar_path, read_cutout
@@ -242,6 +243,36 @@ def _measured_fluxes(
     )
 
 
+def _amplitudes(
+    box: Observation,
+    positions: np.ndarray,
+    galaxies: np.ndarray,
+    norm: np.ndarray,
+    amplitude: Amplitude,
+    grid_factor: int,
+) -> np.ndarray:
+    """The amplitude of each galaxy of a blend (:mod:`galprism.amplitude`), in the prior's
+    normalised units: its aperture on the box, pixels nearer another member (star or
+    galaxy) going to that member."""
+    _, h, w = box.shape
+    yy, xx = np.mgrid[:h, :w]
+    d = np.hypot(xx[None] - positions[:, 0, None, None], yy[None] - positions[:, 1, None, None])
+    owned = torch.from_numpy(d.argmin(0)[None] == np.arange(len(positions))[:, None, None])
+    k = norm[:, None, None]
+    image = torch.from_numpy(box.image * k)[None].expand(len(positions), -1, -1, -1)
+    var = torch.from_numpy(np.broadcast_to(box.variance, box.image.shape) * k**2)[None]
+    valid = torch.from_numpy(np.broadcast_to(box.valid, box.image.shape).copy())[None]
+    a = amplitude.measure(
+        image,
+        var.expand_as(image),
+        valid.expand_as(image),
+        torch.from_numpy(positions),
+        grid_factor=grid_factor,
+        owned=owned,
+    )
+    return a.numpy()[galaxies]
+
+
 def _table_fluxes(
     table: Table, rows: tuple[int, ...], n_bands: int | None = None
 ) -> np.ndarray | None:
@@ -314,7 +345,12 @@ def separate_scene(
     matched = [match_view(obs, v, frame) for v in views]
     table, _ = _sources(obs, catalog, warnings)
     blends = group_blends(table, obs.shape, footprint)
-    typical = typical_flux(module, device=device, quantile=SCALE_QUANTILE)
+    # A normalised galaxy prior is scaled by each galaxy's amplitude, measured as when it
+    # was learned; an unnormalised one shows a bright galaxy scaled to a typical draw.
+    amplitude = getattr(prior, "amplitude", {}).get("galaxy")
+    typical = (
+        typical_flux(module, device=device, quantile=SCALE_QUANTILE) if amplitude is None else 1.0
+    )
     _, h, w = obs.shape
     n = len(table)
     n_s = config.sampler.n_samples
@@ -352,11 +388,13 @@ def separate_scene(
         pos = xy[rows] - np.array([bx0, by0], dtype=np.float64)
         is_star = kinds[rows] == "star"
         gal_rows, star_rows = rows[~is_star], rows[is_star]
-        measured = _table_fluxes(table, tuple(gal_rows.tolist()))
-        if measured is None or not np.isfinite(measured).all():
-            measured = _measured_fluxes(box, pos, min(sh, sw) / 2.0)[~is_star]
         norm = box.flux_factors_to(frame.ab_zeropoint) / frame.flux_scale
-        if np.ptp(norm) == 0:
+        if amplitude is not None:
+            scales = _amplitudes(box, pos, ~is_star, norm, amplitude, f)
+        elif np.ptp(norm) == 0:
+            measured = _table_fluxes(table, tuple(gal_rows.tolist()))
+            if measured is None or not np.isfinite(measured).all():
+                measured = _measured_fluxes(box, pos, min(sh, sw) / 2.0)[~is_star]
             scales = flux_scales(measured * norm[0], typical)
         else:  # bands on different zero points: each band's flux normalised by its own
             per_band = _table_fluxes(table, tuple(gal_rows.tolist()), c)

@@ -349,12 +349,19 @@ def _separate_once(
         y, noise_var = y.to(batch.y.dtype), noise_var.to(batch.y.dtype)
         whitening = _on_device(freeform.whitening(), device, y.dtype)
 
+    # Normalised sources are scaled by an amplitude measured on each cutout's own data.
+    amplitudes = {
+        name: spec.measure(batch.y, batch.noise_var, batch.valid, grid_factor=batch.grid_factor)
+        for name, spec in getattr(prior, "amplitude", {}).items()
+    }
+
     def operator_for(masks: Mapping[str, torch.Tensor]) -> SourceSum:
         return batch.operator_for(
             prior.sources,
             supports=masks,
             whitening=whitening,
             psf_included=prior.capabilities.psf_included,
+            amplitudes=amplitudes,
         )
 
     # Only the networks change precision; the samples come back in y's dtype.
@@ -383,6 +390,8 @@ def _separate_once(
         )
     x = samples.detach().to("cpu", torch.float64)
     x = zero_outside_supports(x, prior.sources, supports)
+    for name, a in amplitudes.items():
+        x[:, :, prior.sources.index(name)] *= a.reshape(b, 1, *([1] * (x.ndim - 3)))
     if not torch.isfinite(x).all():
         raise GalprismError(f"prior {prior.name!r}: the sampler returned non-finite values")
     ff_images = None
