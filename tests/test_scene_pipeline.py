@@ -384,3 +384,67 @@ def test_scene_catalogue_without_kinds_gets_its_stars_classified(tmp_path, capsy
     assert code in (0, None), err
     cat = Table.read(tmp_path / "scene.galprism.catalog.ecsv")
     assert list(cat["kind"]) == ["galaxy", "galaxy", "star"]
+
+
+def test_scene_samples_and_the_hdf5_output_hold_what_the_fits_output_holds(
+    tmp_path, capsys, monkeypatch
+):
+    """SAMPLES holds each source's posterior draws in its stamp window: their mean and
+    standard deviation are STAMPS. ``--format hdf5`` (same seed) writes the same images,
+    headers and catalogue to ``<stem>.galprism.h5``, with the ECSV beside it; without
+    --scene the flag is refused. Fails if a stamp window, a draw or a dataset differs."""
+    import h5py
+    from astropy.io import fits
+    from astropy.table import Table
+    from fits_factory import run_cli
+
+    sources = [(8.3, 11.6, "galaxy", 30.0), (12.8, 12.2, "galaxy", 20.0), (30.4, 9.7, "star", 40.0)]
+    path, _ = _scene_file(tmp_path, "scene", sources)
+    outs = {}
+    for fmt in ("fits", "hdf5"):
+        code, records, _, err = run_cli(
+            [
+                "separate",
+                path,
+                "--catalog",
+                tmp_path / "scene.ecsv",
+                "--output-dir",
+                tmp_path / fmt,
+                "--json",
+                "--format",
+                fmt,
+                *SCENE_FLAGS,
+            ],
+            capsys,
+            monkeypatch,
+            prior=_gaussian_priorset(),
+        )
+        assert code in (0, None) and records[0]["status"] == "ok", err
+        outs[fmt] = records[0]["output"]
+    assert outs["hdf5"].endswith("scene.galprism.h5")
+    assert (tmp_path / "hdf5" / "scene.galprism.catalog.ecsv").exists()
+    with fits.open(outs["fits"]) as hdul:
+        samples = hdul["SAMPLES"].data.astype(np.float64)
+        stamps = hdul["STAMPS"].data.astype(np.float64)
+        assert samples.shape == (3, 16, 8, 8)
+        np.testing.assert_allclose(samples.mean(1), stamps[:, 0], atol=1e-5)
+        np.testing.assert_allclose(samples.std(1), stamps[:, 1], atol=1e-5)
+        images = {h.name: (h.data, h.header) for h in hdul[1:] if isinstance(h, fits.ImageHDU)}
+        catalog = Table.read(hdul["CATALOG"])
+    with h5py.File(outs["hdf5"], "r") as f:
+        assert f.attrs["format"] == "galprism-scene"
+        assert set(images) <= set(f.keys())
+        for name, (data, header) in images.items():
+            np.testing.assert_array_equal(f[name][()], data, err_msg=name)
+            back = fits.Header.fromstring(f[name].attrs["header"], sep="\n")
+            assert back.get("CTYPE1") == header.get("CTYPE1") and back["EXTNAME"] == name
+    table = Table.read(outs["hdf5"], path="CATALOG")
+    assert list(table["flux"]) == list(catalog["flux"])
+    assert table["x"].unit == catalog["x"].unit
+    code, _, _, err = run_cli(
+        ["separate", path, "--output-dir", tmp_path / "x", "--format", "hdf5"],
+        capsys,
+        monkeypatch,
+        prior=_gaussian_priorset(),
+    )
+    assert code == 2 and "--format hdf5 writes the outputs of --scene" in " ".join(err)

@@ -478,6 +478,15 @@ def _record_line(rec: Any) -> str:
     "and RESID_n in the output.",
 )
 @click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["fits", "hdf5"]),
+    default="fits",
+    show_default=True,
+    help="Output file format; hdf5 (with --scene) writes <stem>.galprism.h5 with the same "
+    "content, for fields of thousands of sources.",
+)
+@click.option(
     "--method",
     type=click.Choice(["auto", "diffusion", "gaussian", "asvd"]),
     default="auto",
@@ -557,6 +566,8 @@ def separate(
         raise UsageError("--catalog lists the sources of --scene; add --scene")
     if kw["views"] and not kw["scene"]:
         raise UsageError("--with adds views of a scene; add --scene")
+    if kw["output_format"] == "hdf5" and not kw["scene"]:
+        raise UsageError("--format hdf5 writes the outputs of --scene; add --scene")
     if kw["views"] and len(paths) > 1:
         raise UsageError(
             f"--with gives further views of one image, but {len(paths)} inputs were given"
@@ -579,6 +590,7 @@ def separate(
         device=kw["device"],
         precision=kw["precision"],
         flat_memory=kw["flat_memory"],
+        output_format=kw["output_format"],
         seed=kw["seed"],
         center=_pair(kw["center"], "--center"),
         center_radec=_pair(kw["center_radec"], "--center-radec"),

@@ -329,10 +329,11 @@ def normalize_catalog(
 
 
 def catalog_path_for(fits_path: str | os.PathLike) -> Path:
-    """Where the ECSV catalogue of an output FITS file goes: ``<stem>.catalog.ecsv`` beside it."""
+    """Where the ECSV catalogue of an output FITS (or HDF5) file goes: ``<stem>.catalog.ecsv``
+    beside it."""
     p = Path(fits_path)
     name = p.name
-    for suffix in _FITS_SUFFIXES:
+    for suffix in (*_FITS_SUFFIXES, ".h5"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break

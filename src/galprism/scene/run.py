@@ -41,6 +41,7 @@ from astropy.table import Column, Table
 from .. import __version__
 from ..amplitude import Amplitude
 from ..errors import ConfigError, GalprismError, InputError, OutputExistsError, ShapeError
+from ..io.hdf5 import write_hdf5
 from ..io.inputs import cutout_seed, derive_seed, in_shard, output_path
 from ..io.read import _sidecar_path, read_cutout
 from ..io.write import image_hdu, primary_hdu, write_atomic
@@ -169,6 +170,9 @@ class SceneResult:
         when no pixel scale is known.
     flux_samples
         ``(N, S, C)`` each source's flux in each posterior sample (catalogue order).
+    samples
+        ``(N, S, C, sh, sw)`` each source's light in each posterior sample, in the
+        window of :attr:`stamps`.
     """
 
     observation: Observation
@@ -184,6 +188,7 @@ class SceneResult:
     views: list[ViewResult] = field(default_factory=list)
     frame_sources: np.ndarray | None = None
     flux_samples: np.ndarray | None = None
+    samples: np.ndarray | None = None
 
     @property
     def resid(self) -> np.ndarray:
@@ -356,6 +361,7 @@ def separate_scene(
     n_s = config.sampler.n_samples
     sh, sw = footprint
     stamps = np.zeros((n, 2, c, sh, sw))
+    stamp_samples = np.zeros((n, n_s, c, sh, sw), dtype=np.float32)
     origins = np.zeros((n, 2), dtype=np.int64)
     fluxes = np.zeros((n, n_s, c))
     # Each source's posterior-mean light inside its blend's box (clipped to the image):
@@ -458,6 +464,8 @@ def separate_scene(
             origins[row] = (ox, oy)
             stamps[row, 0] = _window(lights[:, m].mean(0), ox - bx0, oy - by0, sh, sw)
             stamps[row, 1] = _window(lights[:, m].std(0), ox - bx0, oy - by0, sh, sw)
+            for j in range(n_s):
+                stamp_samples[row, j] = _window(lights[j, m], ox - bx0, oy - by0, sh, sw)
             light_total = float(mean_light[m].sum())
             if light_total:
                 stamp_frac[row] = float(stamps[row, 0].sum()) / light_total
@@ -509,6 +517,7 @@ def separate_scene(
         view_results,
         frame_sources,
         fluxes,
+        stamp_samples,
     )
 
 
@@ -739,6 +748,19 @@ def write_scene(
                 "ORIGIN": ("catalogue stamp_x0, stamp_y0", "first pixel"),
             },
         ),
+    ]
+    if result.samples is not None:
+        hdus.append(
+            image_hdu(
+                result.samples if banded else result.samples[:, :, 0],
+                "SAMPLES",
+                wcs=None,
+                bunit=obs.bunit,
+                leading=("SOURCE", "SAMPLE", *lead),
+                cards={"ORIGIN": ("catalogue stamp_x0, stamp_y0", "first pixel")},
+            )
+        )
+    hdus += [
         image_hdu(
             plane(result.model), "MODEL", wcs=obs.wcs, bunit=obs.bunit, leading=lead, cache=cache
         ),
@@ -804,7 +826,10 @@ def write_scene(
             if p.exists():
                 raise OutputExistsError(f"{p}: output exists and overwriting is not allowed")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(fits.HDUList(hdus), path, overwrite=config.overwrite)
+    if config.output_format == "hdf5":
+        write_hdf5(fits.HDUList(hdus), result.catalog, path, overwrite=config.overwrite)
+    else:
+        write_atomic(fits.HDUList(hdus), path, overwrite=config.overwrite)
     write_catalog(result.catalog, ecsv, overwrite=True)
     return path, ecsv
 
@@ -845,6 +870,8 @@ def run_scene(
             continue
         t0 = time.perf_counter()
         out = config.output if config.output is not None else output_path(path, config.output_dir)
+        if config.output is None and config.output_format == "hdf5":
+            out = out.with_name(out.name[: -len(".fits")] + ".h5")
         seed = cutout_seed(config.seed, path)
         if config.skip_existing and out.exists():
             rec = InputRecord(path, str(out), "skipped", 0.0, seed, index=index)
