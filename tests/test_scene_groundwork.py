@@ -243,6 +243,21 @@ def test_blends_two_overlapping_and_one_isolated_give_two_blends():
     assert alone.shape == (16, 16) and alone.box == (53, 69, 63, 79)
 
 
+def test_blend_border_adds_background_pixels_beyond_the_stamps_and_keeps_the_grouping():
+    """``border`` widens every box by that many pixels per side beyond the members' stamps
+    (so the background has pixels no galaxy stamp covers) without changing which sources
+    blend; at the image edge it is clipped like the rest of the box."""
+    t = _cat([(1, 20.5, 20.5), (2, 28.5, 20.5), (3, 70.5, 60.5)])
+    plain = group_blends(t, (100, 100), (16, 16), radius=5.0)
+    wide = group_blends(t, (100, 100), (16, 16), radius=5.0, border=6)
+    assert [b.ids for b in wide] == [b.ids for b in plain]
+    for p, w in zip(plain, wide, strict=True):
+        assert w.box == (p.box[0] - 6, p.box[1] + 6, p.box[2] - 6, p.box[3] + 6)
+    assert wide[1].shape == (28, 28)
+    edge = group_blends(_cat([(1, 4.5, 50.5)]), (100, 100), (16, 16), radius=5.0, border=6)[0]
+    assert edge.box[2] == 0 and edge.is_clipped
+
+
 def test_blends_chain_makes_one_blend():
     """A-B and B-C overlap but A-C do not: still one blend (transitivity, union-find);
     otherwise B would be modelled twice or split from one of its neighbours."""

@@ -178,6 +178,7 @@ def group_blends(
     radius_factor: float = 1.0,
     multiple: int = 1,
     use_bbox: bool | None = None,
+    border: int = 0,
 ) -> list[Blend]:
     """Group a catalogue's sources into blends.
 
@@ -203,6 +204,9 @@ def group_blends(
     use_bbox
         Footprints from the ``bbox_*`` columns (true), discs (false), or bounding boxes
         when the table has them (None).
+    border
+        Pixels added on every side of a blend's box beyond its members' stamps and
+        footprints: pixels no galaxy stamp covers, where the background is seen alone.
 
     Returns
     -------
@@ -265,6 +269,7 @@ def group_blends(
         x1 = int(max(np.ceil(sx + mw - 1).max(), math.floor(b[:, 1].max() + 0.5)) + 1)
         y0 = int(min(np.floor(sy).min(), math.floor(b[:, 2].min() + 0.5)))
         y1 = int(max(np.ceil(sy + mh - 1).max(), math.floor(b[:, 3].max() + 0.5)) + 1)
+        x0, x1, y0, y1 = x0 - border, x1 + border, y0 - border, y1 + border
         x0, x1 = _pad_span(x0, x1, max(mw, x1 - x0), multiple)
         y0, y1 = _pad_span(y0, y1, max(mh, y1 - y0), multiple)
         requested = (y0, y1, x0, x1)
