@@ -144,16 +144,18 @@ def test_galaxy_100x_brighter_than_the_training_set_is_not_biased_by_its_flux_sc
     galaxy (i = 16.5, about 15,800 counts, peak ~4e4 sigma), separated by the scene
     pipeline with the built-in prior at its default sampler (DDIM, 32 steps, 1 CG
     iteration), 32 samples: each must be detected as one galaxy, its posterior mean flux
-    within 25% of the truth and the truth inside its 68% and 95% intervals. Fails if the
+    within 10% of the truth and the truth inside its 68% and 95% intervals. Fails if the
     flux scale shows the prior the galaxy at a brightness it cannot draw (without a flux
     scale, galaxies brighter than the training set came out 39-86% too faint) or the
-    background takes its light. Measured at the median reference: +13%, +21%, +10%.
+    background takes its light (with blend boxes no larger than the galaxy's stamp, the
+    background went to -18 to -35 sigma per pixel and the fluxes to +13%, +21%, +10%).
+    Measured with the 8-pixel border: +4.4%, +5.2%, +6.3%.
 
     This is weaker than the 5% with calibrated intervals that is the goal: the posterior
-    standard deviation is about 17% of the flux, and the reduced chi^2 is
-    1e4-1e5. At this signal to noise the sampler does not fit the galaxy down to the
-    noise, and the spread of its draws, not the noise, sets the intervals (wide, so they
-    hold the truth) and the scatter of the 32-sample mean (about 3%)."""
+    standard deviation is 10-15% of the flux, and the reduced chi^2 is 5e4-9e4. At this
+    signal to noise the sampler does not fit the galaxy down to the noise, and the spread
+    of its draws, not the noise, sets the intervals (wide, so they hold the truth) and
+    the scatter of the 32-sample mean (about 2-3%)."""
     from astropy.table import Table
 
     mag = BRIGHTEST_TRAINING_MAG - 5.0  # 100x brighter
@@ -171,6 +173,6 @@ def test_galaxy_100x_brighter_than_the_training_set_is_not_biased_by_its_flux_sc
             + tuple(float(r[f"flux_{q}"]) for q in ("q025", "q16", "q84", "q975"))
         )
     for name, truth, flux, _, q025, q16, q84, q975 in rows:
-        assert abs(flux / truth - 1.0) < 0.25, (name, flux, truth)
+        assert abs(flux / truth - 1.0) < 0.10, (name, flux, truth)
         assert q16 <= truth <= q84, (name, truth, q16, q84)
         assert q025 <= truth <= q975, (name, truth, q025, q975)
