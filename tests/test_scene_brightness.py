@@ -49,11 +49,14 @@ def test_scene_fluxes_do_not_depend_on_the_zero_point(tmp_path, capsys, monkeypa
     """The same blend (a faint galaxy, a galaxy 30x brighter than the prior's typical
     draw, a star) written at zero points 27 and 31 (data and noise scaled by 10^1.6) must
     give the same catalogue in physical units: every flux, error and quantile converted
-    to zero point 27 agrees to 2e-5 relative. Each image is converted to the prior's zero
+    to zero point 27 agrees to 5e-4 relative. Each image is converted to the prior's zero
     point before anything is estimated, so the problem is exactly invariant; what is left
     is float32 round-off of the FITS pixels (6e-8) carried through the sampler's float32
-    network steps, measured at up to 2e-6. Fails if a flux scale, a detection threshold,
-    the classification or a prior width were set in the input's raw units."""
+    network steps, measured at up to 2e-6 while the sampler stopped at the prior's
+    sigma_min and 9.4e-5 now that the bright galaxy's blend is sampled down to its own
+    noise (more steps, at noise levels where float32 resolves less). A flux scale, a
+    detection threshold, the classification or a prior width set in the input's raw units
+    would move a flux by far more (a factor 10^1.6 in the units)."""
     from astropy.table import Table
 
     shape = (48, 72)
@@ -92,7 +95,7 @@ def test_scene_fluxes_do_not_depend_on_the_zero_point(tmp_path, capsys, monkeypa
     for col in ("flux", "flux_err", "flux_q025", "flux_q16", "flux_q84", "flux_q975"):
         got = np.asarray(b[col], np.float64) * 10.0 ** (-0.4 * 4.0)
         want = np.asarray(a[col], np.float64)
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5 * sigma, err_msg=col)
+        np.testing.assert_allclose(got, want, rtol=5e-4, atol=1e-5 * sigma, err_msg=col)
     # The bright galaxy was modelled as a scaled galaxy: its flux is far above the 0.95
     # quantile of the prior's fluxes (about 6 counts), so its flux scale was above 1.
     bright = int(np.argmax(np.asarray(a["flux"])))
@@ -144,18 +147,16 @@ def test_galaxy_100x_brighter_than_the_training_set_is_not_biased_by_its_flux_sc
     galaxy (i = 16.5, about 15,800 counts, peak ~4e4 sigma), separated by the scene
     pipeline with the built-in prior at its default sampler (DDIM, 32 steps, 1 CG
     iteration), 32 samples: each must be detected as one galaxy, its posterior mean flux
-    within 10% of the truth and the truth inside its 68% and 95% intervals. Fails if the
-    flux scale shows the prior the galaxy at a brightness it cannot draw (without a flux
-    scale, galaxies brighter than the training set came out 39-86% too faint) or the
-    background takes its light (with blend boxes no larger than the galaxy's stamp, the
-    background went to -18 to -35 sigma per pixel and the fluxes to +13%, +21%, +10%).
-    Measured with the 8-pixel border: +4.4%, +5.2%, +6.3%.
-
-    This is weaker than the 5% with calibrated intervals that is the goal: the posterior
-    standard deviation is 10-15% of the flux, and the reduced chi^2 is 5e4-9e4. At this
-    signal to noise the sampler does not fit the galaxy down to the noise, and the spread
-    of its draws, not the noise, sets the intervals (wide, so they hold the truth) and
-    the scatter of the 32-sample mean (about 2-3%)."""
+    within 5% of the truth, the truth inside its 95% interval, and the errors in units
+    of the posterior standard deviations of calibrated size (rms z between 0.3 and 2:
+    intervals neither far too wide nor far too narrow). Fails if the flux scale shows the
+    prior the galaxy at a brightness it cannot draw (without one, galaxies brighter than
+    the training set came out 39-86% too faint), if the background takes its light (with
+    blend boxes no larger than the stamp: +13%, +21%, +10%), or if the sampler stops at the
+    prior's sigma_min above the galaxy's noise (+4.4%, +5.2%, +6.3% with posterior
+    standard deviations of 10-15%, reduced chi^2 5e4-9e4). Measured: -0.8%, -0.6%, -0.4%,
+    standard deviations 0.6-0.9%, rms z 0.9; the reduced chi^2 is still 2.5e3-6e3, the
+    galaxies' cores not fitted to the noise."""
     from astropy.table import Table
 
     mag = BRIGHTEST_TRAINING_MAG - 5.0  # 100x brighter
@@ -172,7 +173,42 @@ def test_galaxy_100x_brighter_than_the_training_set_is_not_biased_by_its_flux_sc
             (path.name, truth, float(r["flux"]), float(r["flux_err"]))
             + tuple(float(r[f"flux_{q}"]) for q in ("q025", "q16", "q84", "q975"))
         )
-    for name, truth, flux, _, q025, q16, q84, q975 in rows:
-        assert abs(flux / truth - 1.0) < 0.10, (name, flux, truth)
-        assert q16 <= truth <= q84, (name, truth, q16, q84)
+    z = []
+    for name, truth, flux, sd, q025, _, _, q975 in rows:
+        assert abs(flux / truth - 1.0) < 0.05, (name, flux, truth)
         assert q025 <= truth <= q975, (name, truth, q025, q975)
+        z.append((flux - truth) / sd)
+    rms_z = float(np.sqrt(np.mean(np.square(z))))
+    assert 0.3 < rms_z < 2.0, (rms_z, rows)
+
+
+def test_sampler_reaches_the_noise_of_a_bright_galaxy_and_restores_the_schedule():
+    """A blend whose brightest galaxy's noise, in the prior's units, is below the prior's
+    ``sigma_min`` is sampled down to that noise, with steps added in proportion to the
+    extra decades (the steps above ``sigma_min`` as dense as before); a fainter blend
+    keeps the sampler as it is; the prior's own schedule is back after the block, also
+    when the block fails. Without it a galaxy 100x brighter than the training set stops
+    at ``s sigma_min``, tens of sigma from its data per pixel."""
+    import math
+
+    import pytest
+
+    from galprism.diffusion import SamplerConfig
+    from galprism.diffusion.schedule import VESchedule
+    from galprism.scene.model import lowered_sigma_min, schedule_to_noise
+
+    class Prior:
+        schedule = VESchedule(1e-3, 20.0)
+
+    prior, sampler = Prior(), SamplerConfig(steps=32)
+    assert schedule_to_noise(prior, sampler, 2e-3) == (sampler, None)
+    lowered, floor = schedule_to_noise(prior, sampler, 1e-5)
+    assert floor == 1e-5
+    assert lowered.steps == math.ceil(32 * math.log(20 / 1e-5) / math.log(20 / 1e-3)) == 47
+    assert lowered.n_samples == sampler.n_samples and lowered.method == sampler.method
+    with lowered_sigma_min(prior, floor):
+        assert prior.schedule == VESchedule(1e-5, 20.0)
+    assert prior.schedule == VESchedule(1e-3, 20.0)
+    with pytest.raises(RuntimeError), lowered_sigma_min(prior, floor):
+        raise RuntimeError("sampler failed")
+    assert prior.schedule == VESchedule(1e-3, 20.0)

@@ -27,8 +27,9 @@ divided by its ``flux_scale``); :class:`BlendSamples` converts back.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.samplers import SamplerConfig
+from ..diffusion.schedule import VESchedule
 from ..errors import ConfigError, ShapeError
 from ..frame import Frame
 from ..freeform import FreeformModel
@@ -361,15 +363,62 @@ def draw_galaxies(
         return None
     if prior is None:
         raise ConfigError(f"{what}: the blend has galaxies but no galaxy prior was given")
-    x = sample_posterior(
-        [prior] * model.n_galaxies,
-        model.operator,
-        model.y_white.to(device),
-        model.noise_white.to(device),
-        sampler,
-        generators=[generator],
-    )[0]
+    sampler, sigma_min = schedule_to_noise(prior, sampler, noise_floor(model))
+    with lowered_sigma_min(prior, sigma_min):
+        x = sample_posterior(
+            [prior] * model.n_galaxies,
+            model.operator,
+            model.y_white.to(device),
+            model.noise_white.to(device),
+            sampler,
+            generators=[generator],
+        )[0]
     return x.detach().to("cpu", torch.float64)
+
+
+def noise_floor(model: Any) -> float:
+    """The data's noise in the units of the blend's brightest galaxy's draw: the median
+    noise sigma of the valid pixels (normalised units) over the largest flux scale."""
+    valid = model.valid.expand_as(model.noise_var)
+    sigma = float(model.noise_var[valid].to(torch.float64).sqrt().median())
+    return sigma / float(np.max(model.scales))
+
+
+def schedule_to_noise(
+    prior: nn.Module, sampler: SamplerConfig, floor: float
+) -> tuple[SamplerConfig, float | None]:
+    """The sampler settings that take a blend's galaxies down to the data's noise.
+
+    A galaxy shown to the prior scaled down by ``s`` has noise ``sigma / s`` in the
+    prior's units; below the prior's ``sigma_min`` the sampler would stop short of it and
+    leave the galaxy fitted only to ``s sigma_min`` (a bright galaxy then misses the data
+    by tens of sigma per pixel). When ``floor`` is below ``sigma_min`` the run ends at
+    ``floor`` instead, with steps added in proportion to the extra decades of noise level
+    so that the steps above ``sigma_min`` stay as dense as the sampler's. Returns the
+    settings and the lowered ``sigma_min`` (None: unchanged). The networks' EDM
+    preconditioning makes the denoiser tend to the identity as the noise level goes to
+    zero, so the levels below the prior's are the likelihood's.
+    """
+    schedule = getattr(prior, "schedule", None)
+    if schedule is None or not (0.0 < floor < schedule.sigma_min):
+        return sampler, None
+    full = math.log(schedule.sigma_max / schedule.sigma_min)
+    extended = math.log(schedule.sigma_max / floor)
+    return replace(sampler, steps=math.ceil(sampler.steps * extended / full)), floor
+
+
+@contextmanager
+def lowered_sigma_min(prior: nn.Module, sigma_min: float | None) -> Iterator[None]:
+    """``prior``'s schedule ending at ``sigma_min`` within the block (no change for None)."""
+    if sigma_min is None:
+        yield
+        return
+    old = prior.schedule
+    prior.schedule = VESchedule(sigma_min, old.sigma_max)
+    try:
+        yield
+    finally:
+        prior.schedule = old
 
 
 def draw_linear(
