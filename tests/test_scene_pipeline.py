@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from astropy.io import fits
 from fits_factory import gaussian_psf
 
 from galprism.diffusion.samplers import SamplerConfig
@@ -448,3 +449,59 @@ def test_scene_samples_and_the_hdf5_output_hold_what_the_fits_output_holds(
         prior=_gaussian_priorset(),
     )
     assert code == 2 and "--format hdf5 writes the outputs of --scene" in " ".join(err)
+
+
+def test_scene_with_a_normalised_prior_scales_each_galaxy_by_its_own_amplitude(
+    tmp_path, capsys, monkeypatch
+):
+    """A prior whose galaxy is normalised (``amplitude`` in prior.json) and whose draws
+    all have nearly one flux, ``F / a`` with ``a`` the galaxy's aperture flux on the image:
+    the scene's galaxy flux is then ``a`` times it, the truth ``F``, only if the pipeline
+    measures the amplitude at the galaxy, in the prior's units, folds it into the operator
+    and multiplies the draws back. Left out (flux ``F / a``, 20 times too small) or
+    measured elsewhere or in other units, the flux is off by far more than 5%."""
+    from astropy.table import Table
+    from fits_factory import run_cli
+
+    from galprism.amplitude import Amplitude
+    from galprism.priorset import PriorSet
+
+    sources = [(20.5, 12.5, "galaxy", 30.0), (33.0, 10.0, "star", 40.0)]
+    path, _ = _scene_file(tmp_path, "one", sources)
+    image = fits.getdata(path, "SCI").astype(np.float64)
+    spec = Amplitude(radius=3.0, floor=3.0)
+    a = float(
+        spec.measure(
+            torch.from_numpy(image)[None, None],
+            torch.full((1, 1, *image.shape), 0.05**2, dtype=torch.float64),
+            centers=torch.tensor([[20.5, 12.5]]),
+        )
+    )
+    yy, xx = np.mgrid[:8, :8]
+    profile = np.exp(-((xx - 3.5) ** 2 + (yy - 3.5) ** 2) / (2 * 1.5**2))
+    mean = torch.from_numpy(profile / profile.sum() * 30.0 / a).reshape(1, 8, 8)
+    tight = GaussianPrior.from_covariance(mean, 1e-8 * torch.eye(64, dtype=torch.float64))
+    frame = _gaussian_priorset().frame
+    prior = PriorSet(
+        "tight-normalised", "gaussian", ["galaxy"], [tight], frame, amplitude={"galaxy": spec}
+    )
+    code, records, _, err = run_cli(
+        [
+            "separate",
+            path,
+            "--catalog",
+            tmp_path / "one.ecsv",
+            "--output-dir",
+            tmp_path / "out",
+            "--json",
+            *SCENE_FLAGS,
+        ],
+        capsys,
+        monkeypatch,
+        prior=prior,
+    )
+    assert code in (0, None) and records[0]["status"] == "ok", err
+    cat = Table.read(tmp_path / "out" / "one.galprism.catalog.ecsv")
+    assert list(cat["kind"]) == ["galaxy", "star"]
+    assert 15.0 < a < 30.0  # the aperture holds most of the galaxy's light
+    assert abs(float(cat["flux"][0]) / 30.0 - 1.0) < 0.05, (float(cat["flux"][0]), a)
