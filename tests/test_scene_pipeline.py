@@ -96,9 +96,10 @@ def test_two_galaxies_and_a_star_blend_posterior_matches_its_closed_form():
     gain = torch.linalg.solve(g, m @ s).T
     mean = mu + gain @ (y - m @ mu)
     cov = s - gain @ m @ s
-    # The samples hold s_k x_k: the closed form of that is a rescaling.
+    # The samples hold s_k w_k x_k, w_k the galaxy's ownership of its stamp's pixels:
+    # the closed form of that is a rescaling.
     scale = torch.cat(
-        [torch.full((d,), float(v), dtype=torch.float64) for v in scales]
+        [float(v) * model.support[k].expand(stamp).reshape(-1) for k, v in enumerate(scales)]
         + [torch.ones(k_lin, dtype=torch.float64)]
     )
     mean, cov = mean * scale, cov * scale[:, None] * scale[None, :]
@@ -459,7 +460,7 @@ def test_scene_with_a_normalised_prior_scales_each_galaxy_by_its_own_amplitude(
     the scene's galaxy flux is then ``a`` times it, the truth ``F``, only if the pipeline
     measures the amplitude at the galaxy, in the prior's units, folds it into the operator
     and multiplies the draws back. Left out (flux ``F / a``, 20 times too small) or
-    measured elsewhere or in other units, the flux is off by far more than 5%."""
+    measured elsewhere or in other units, the flux is off by far more than 10%."""
     from astropy.table import Table
     from fits_factory import run_cli
 
@@ -504,4 +505,7 @@ def test_scene_with_a_normalised_prior_scales_each_galaxy_by_its_own_amplitude(
     cat = Table.read(tmp_path / "out" / "one.galprism.catalog.ecsv")
     assert list(cat["kind"]) == ["galaxy", "star"]
     assert 15.0 < a < 30.0  # the aperture holds most of the galaxy's light
-    assert abs(float(cat["flux"][0]) / 30.0 - 1.0) < 0.05, (float(cat["flux"][0]), a)
+    # The data may move the flux a little from the prior's through the galaxy's
+    # fine-structure layer (galprism.scene.refine): its 8 x 8 profile is not exactly the
+    # image's galaxy and a neighbour's wings reach into the box.
+    assert abs(float(cat["flux"][0]) / 30.0 - 1.0) < 0.1, (float(cat["flux"][0]), a)

@@ -40,10 +40,18 @@ from ..operators import (
     Scale,
     SelectBands,
     SourceSum,
+    Weight,
     numel,
 )
-from .model import BACKGROUND_TERMS, BROAD, BlendSamples, draw_galaxies, draw_linear
-from .placement import PlaceStamp, StarOperator
+from .model import (
+    BACKGROUND_TERMS,
+    BROAD,
+    OWNERSHIP_SOFTNESS,
+    BlendSamples,
+    draw_galaxies,
+    draw_linear,
+)
+from .placement import PlaceStamp, StarOperator, ownership
 from .views import model_kernel
 
 __all__ = ["StackViews", "ViewBox", "JointModel", "build_joint_model", "sample_joint"]
@@ -139,6 +147,7 @@ class JointModel:
     flux_factor: np.ndarray
     band_index: tuple[int, ...]
     to_normalised: list[np.ndarray]
+    support: Tensor
 
     def split(self, flat: Tensor) -> list[Tensor]:
         """``(..., N)`` into each view's ``(..., C_v, h_v, w_v)``."""
@@ -280,18 +289,23 @@ def build_joint_model(
     stamp = tuple(int(s) for s in frame.shape)
     full = tuple(range(stamp[0]))
 
-    def chain(place: LinearOperator, bands: tuple[int, ...], s: float) -> list[LinearOperator]:
+    centres = np.concatenate([galaxies, stars]) * f + (f - 1) / 2.0
+    support = ownership(centres, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
+
+    def chain(
+        place: LinearOperator, bands: tuple[int, ...], s: float, k: int
+    ) -> list[LinearOperator]:
         select = [SelectBands(bands, stamp)] if bands != full else []
-        return [place, *select, Scale(float(s), stamp)]
+        return [place, *select, Weight(support[k].expand(stamp), stamp), Scale(float(s), stamp)]
 
     light, terms = [], []
-    for pos, s in zip(galaxies, scales, strict=True):
+    for k, (pos, s) in enumerate(zip(galaxies, scales, strict=True)):
         centre = pos * f + (f - 1) / 2.0
-        own = [Composition([*blur, *chain(PlaceStamp(centre, (c, *stamp[1:]), fine), index, s)])]
+        own = [Composition([*blur, *chain(PlaceStamp(centre, (c, *stamp[1:]), fine), index, s, k)])]
         for view in views:
             cv = view.shape[0]
             place = PlaceStamp(centre, (cv, *stamp[1:]), view.shape)
-            own.append(Composition(chain(place, tuple(view.band_index), s)))
+            own.append(Composition(chain(place, tuple(view.band_index), s, k)))
         light.append(own)
         terms.append(Composition([*whitening, Mask(valid[0]), StackViews(own)]))
     return JointModel(
@@ -310,6 +324,7 @@ def build_joint_model(
         flux_factor=flux_factor,
         band_index=index,
         to_normalised=norms,
+        support=support,
     )
 
 
@@ -338,7 +353,7 @@ def sample_joint(
             ],
             dim=1,
         )  # (S, K, N)
-        galaxies = x * torch.from_numpy(model.scales)[None, :, None, None, None]
+        galaxies = x * model.support[None] * torch.from_numpy(model.scales)[:, None, None, None]
     else:
         lights = torch.zeros(n_s, 0, n_total, dtype=torch.float64)
         galaxies = torch.zeros(n_s, 0, c, 1, 1, dtype=torch.float64)

@@ -51,9 +51,11 @@ from ..operators import (
     Scale,
     SelectBands,
     SourceSum,
+    Weight,
 )
 from ..sampling import sample_posterior, sample_prior
-from .placement import PlaceStamp, StarOperator
+from .placement import PlaceStamp, StarOperator, ownership
+from .refine import refine_galaxies
 
 __all__ = [
     "BlendModel",
@@ -70,6 +72,14 @@ BACKGROUND_TERMS = 3
 #: prior standard deviation of a star's flux or a background coefficient, in units of the
 #: data's own scale for it: broad enough that the data alone decide
 BROAD = 10.0
+
+#: Width (image pixels) of the step between two sources' ownership of a pixel. A galaxy's
+#: light is its prior draw times its ownership: a bright galaxy is its draw scaled up, and
+#: the faint texture its draws carry across the whole stamp, scaled up with it, would
+#: otherwise trade light with a neighbour's far outside either galaxy's light.
+OWNERSHIP_SOFTNESS = 2.0
+#: mixed into the blend's seed for the fine-structure layer's draws (:mod:`.refine`)
+REFINE_SALT = 0x5EED_F1E5
 
 _TYPICAL: dict[int, tuple[nn.Module, Tensor]] = {}
 
@@ -159,6 +169,10 @@ class BlendModel:
         ``(C,)`` image units to normalised units, per band of the image.
     band_index
         Index of each image band among the galaxy prior's bands.
+    support
+        ``(K, 1, h, w)`` each galaxy's soft ownership of its stamp's pixels
+        (:func:`~galprism.scene.placement.ownership` over the blend's galaxies and stars):
+        a galaxy's light is its draw times it.
     """
 
     y: Tensor
@@ -175,6 +189,7 @@ class BlendModel:
     scales: np.ndarray
     flux_factor: np.ndarray
     band_index: tuple[int, ...]
+    support: Tensor
 
 
 def _columns(obs: Observation, stars: np.ndarray, background: bool) -> Tensor:
@@ -296,11 +311,14 @@ def build_blend_model(
     select: list[LinearOperator] = (
         [SelectBands(index, stamp)] if index != tuple(range(stamp[0])) else []
     )
+    # Image pixel i covers fine pixels i f .. i f + f - 1, centered at i f + (f - 1) / 2.
+    centres = np.concatenate([galaxies, stars]) * f + (f - 1) / 2.0
+    support = ownership(centres, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
     light, terms = [], []
-    for pos, s in zip(galaxies, scales, strict=True):
-        # Image pixel i covers fine pixels i f .. i f + f - 1, centered at i f + (f - 1) / 2.
+    for k, (pos, s) in enumerate(zip(galaxies, scales, strict=True)):
         place = PlaceStamp(pos * f + (f - 1) / 2.0, observed, fine)
-        own = [*blur, place, *select, Scale(float(s), stamp)]
+        window = Weight(support[k].expand(stamp), stamp)
+        own = [*blur, place, *select, window, Scale(float(s), stamp)]
         light.append(Composition(own))
         terms.append(Composition([*whitening, Mask(valid[0]), *own]))
     return BlendModel(
@@ -318,6 +336,7 @@ def build_blend_model(
         scales=scales,
         flux_factor=flux_factor,
         band_index=index,
+        support=support,
     )
 
 
@@ -373,7 +392,14 @@ def draw_galaxies(
             sampler,
             generators=[generator],
         )[0]
-    return x.detach().to("cpu", torch.float64)
+    x = x.detach().to("cpu", torch.float64)
+    # The refinement runs on the CPU in float64: its own generator derives from the
+    # sampler's seed so that a run on another device draws the same corrections.
+    cpu = torch.Generator().manual_seed(generator.initial_seed() ^ REFINE_SALT)
+    x, _ = refine_galaxies(
+        model.operator, model.y_white, model.valid[0], x, cpu, support=model.support
+    )
+    return x
 
 
 def noise_floor(model: Any) -> float:
@@ -471,7 +497,7 @@ def sample_blend(
         lights = torch.stack(
             [op.apply(x[:, k]) for k, op in enumerate(model.light)], dim=1
         )  # (S, K, C, H, W)
-        galaxies = x * torch.from_numpy(model.scales)[None, :, None, None, None]
+        galaxies = x * model.support[None] * torch.from_numpy(model.scales)[:, None, None, None]
     else:
         lights = torch.zeros(n_s, 0, c, h, w, dtype=torch.float64)
         galaxies = torch.zeros(n_s, 0, c, 1, 1, dtype=torch.float64)
