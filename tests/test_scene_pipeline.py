@@ -70,7 +70,6 @@ def test_two_galaxies_and_a_star_blend_posterior_matches_its_closed_form():
         dtype=torch.float64,
     )
     m, factor = _dense(model, 2, 1, stamp)
-    d = int(np.prod(stamp))
     k_lin = factor.shape[0]
     mu = torch.cat([prior.mean.reshape(-1)] * 2 + [torch.zeros(k_lin, dtype=torch.float64)])
     s = torch.block_diag(prior.covariance(), prior.covariance(), factor @ factor.T)
