@@ -289,7 +289,7 @@ def build_joint_model(
     stamp = tuple(int(s) for s in frame.shape)
     full = tuple(range(stamp[0]))
 
-    centres = np.concatenate([galaxies, stars]) * f + (f - 1) / 2.0
+    centres = galaxies * f + (f - 1) / 2.0
     support = ownership(centres, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
 
     def chain(

@@ -73,11 +73,12 @@ BACKGROUND_TERMS = 3
 #: data's own scale for it: broad enough that the data alone decide
 BROAD = 10.0
 
-#: Width (image pixels) of the step between two sources' ownership of a pixel. A galaxy's
+#: Width (image pixels) of the step between two galaxies' ownership of a pixel. A galaxy's
 #: light is its prior draw times its ownership: a bright galaxy is its draw scaled up, and
 #: the faint texture its draws carry across the whole stamp, scaled up with it, would
-#: otherwise trade light with a neighbour's far outside either galaxy's light.
-OWNERSHIP_SOFTNESS = 2.0
+#: otherwise trade light with a neighbour's far outside either galaxy's light. Stars own
+#: no area: they are the PSF at a fitted position.
+OWNERSHIP_SOFTNESS = 3.0
 #: mixed into the blend's seed for the fine-structure layer's draws (:mod:`.refine`)
 REFINE_SALT = 0x5EED_F1E5
 
@@ -171,8 +172,8 @@ class BlendModel:
         Index of each image band among the galaxy prior's bands.
     support
         ``(K, 1, h, w)`` each galaxy's soft ownership of its stamp's pixels
-        (:func:`~galprism.scene.placement.ownership` over the blend's galaxies and stars):
-        a galaxy's light is its draw times it.
+        (:func:`~galprism.scene.placement.ownership` over the blend's galaxies): a
+        galaxy's light is its draw times it.
     """
 
     y: Tensor
@@ -312,7 +313,7 @@ def build_blend_model(
         [SelectBands(index, stamp)] if index != tuple(range(stamp[0])) else []
     )
     # Image pixel i covers fine pixels i f .. i f + f - 1, centered at i f + (f - 1) / 2.
-    centres = np.concatenate([galaxies, stars]) * f + (f - 1) / 2.0
+    centres = galaxies * f + (f - 1) / 2.0
     support = ownership(centres, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
     light, terms = [], []
     for k, (pos, s) in enumerate(zip(galaxies, scales, strict=True)):
