@@ -289,8 +289,8 @@ def build_joint_model(
     stamp = tuple(int(s) for s in frame.shape)
     full = tuple(range(stamp[0]))
 
-    centres = galaxies * f + (f - 1) / 2.0
-    support = ownership(centres, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
+    centers = galaxies * f + (f - 1) / 2.0
+    support = ownership(centers, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
 
     def chain(
         place: LinearOperator, bands: tuple[int, ...], s: float, k: int

@@ -313,8 +313,8 @@ def build_blend_model(
         [SelectBands(index, stamp)] if index != tuple(range(stamp[0])) else []
     )
     # Image pixel i covers fine pixels i f .. i f + f - 1, centered at i f + (f - 1) / 2.
-    centres = galaxies * f + (f - 1) / 2.0
-    support = ownership(centres, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
+    centers = galaxies * f + (f - 1) / 2.0
+    support = ownership(centers, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
     light, terms = [], []
     for k, (pos, s) in enumerate(zip(galaxies, scales, strict=True)):
         place = PlaceStamp(pos * f + (f - 1) / 2.0, observed, fine)

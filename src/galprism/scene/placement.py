@@ -316,29 +316,29 @@ class StarOperator(LinearOperator):
 
 
 def ownership(
-    centres: np.ndarray, n_owners: int, stamp: Sequence[int], softness: float = 1.0
+    centers: np.ndarray, n_owners: int, stamp: Sequence[int], softness: float = 1.0
 ) -> Tensor:
     """``(K, 1, h, w)`` soft ownership of each pixel of source ``k``'s stamp: near 1 where
-    the pixel is nearer its own centre than any other source's, near 0 where another is
+    the pixel is nearer its own center than any other source's, near 0 where another is
     nearer, 1/2 on the bisector, over ``softness`` pixels of the distance difference
     (a logistic step); 1 everywhere for a source alone.
 
-    ``centres`` ``(M, 2)`` are every source's stamp centre ``(x, y)`` on one grid, the
+    ``centers`` ``(M, 2)`` are every source's stamp center ``(x, y)`` on one grid, the
     first ``n_owners = K`` those whose stamps are asked for; the others (e.g. stars)
     only take pixels away. Stamps are ``(h, w)`` (the last two entries of ``stamp``),
-    centred on their source as :class:`PlaceStamp` places them.
+    centered on their source as :class:`PlaceStamp` places them.
     """
     h, w = (int(v) for v in tuple(stamp)[-2:])
-    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
     yy, xx = np.mgrid[:h, :w].astype(np.float64)
     out = np.ones((n_owners, 1, h, w))
     for k in range(n_owners):
-        others = np.delete(centres, k, axis=0)
+        others = np.delete(centers, k, axis=0)
         if not len(others):
             continue
-        gx = xx - (w - 1) / 2.0 + centres[k, 0]
-        gy = yy - (h - 1) / 2.0 + centres[k, 1]
-        own = np.hypot(gx - centres[k, 0], gy - centres[k, 1])
+        gx = xx - (w - 1) / 2.0 + centers[k, 0]
+        gy = yy - (h - 1) / 2.0 + centers[k, 1]
+        own = np.hypot(gx - centers[k, 0], gy - centers[k, 1])
         near = np.hypot(
             gx[None] - others[:, 0, None, None], gy[None] - others[:, 1, None, None]
         ).min(0)
