@@ -31,8 +31,9 @@ def _problem(seed: int = 0):
 def test_a_draw_missing_the_core_is_corrected_to_the_noise_and_its_flux():
     """Draws of a smooth galaxy (no compact core, 30% of the light short) leave a chi^2
     per pixel in the hundreds; the layer must bring it to the noise (below 1.5), put the
-    missing light back (total within 1% of the truth) and put no light where the draws
-    have none (the corrections are multiplicative in the galaxy's own light)."""
+    missing light back (total within 1% of the truth) and, without the spread to the
+    wings, put no light where the draws have none (the corrections are multiplicative in
+    the galaxy's own light)."""
     op, y, truth = _problem()
     n_s = 8
     gen = torch.Generator().manual_seed(1)
@@ -48,7 +49,11 @@ def test_a_draw_missing_the_core_is_corrected_to_the_noise_and_its_flux():
     assert chi2_after < 1.5, (chi2_before, chi2_after, alpha)
     total = float(out.sum((-3, -2, -1)).mean())
     assert abs(total / float(truth.sum()) - 1.0) < 0.01, total
-    assert torch.equal(out[..., :4, :], torch.zeros_like(out[..., :4, :]))
+    # Without the spread to the wings, corrections stay exactly where the draws have light.
+    local, _ = refine_galaxies(
+        op, y, valid, x, torch.Generator().manual_seed(2), FineStructure(spread=0.0)
+    )
+    assert torch.equal(local[..., :4, :], torch.zeros_like(local[..., :4, :]))
 
 
 def test_draws_that_fit_to_the_noise_are_left_alone():

@@ -59,6 +59,9 @@ class FineStructure:
         right-hand side.
     probes
         Random probes of the trace estimate.
+    spread
+        Standard deviation (stamp pixels) of the Gaussian with which the draws' light is
+        blurred and added to it, to let corrections reach a galaxy's wings (0: none).
     false_alarm
         Probability that draws which fit to the noise get a correction (the test's
         size).
@@ -68,6 +71,21 @@ class FineStructure:
     rtol: float = 1e-4
     probes: int = 16
     false_alarm: float = 1e-4
+    spread: float = 2.0
+
+
+def _blur(m: Tensor, sigma: float) -> Tensor:
+    """``m`` ``(..., h, w)`` convolved with a unit-sum Gaussian of ``sigma`` pixels, zero
+    beyond its edges."""
+    r = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-r, r + 1, dtype=m.dtype)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    shape = m.shape
+    flat = m.reshape(-1, 1, *shape[-2:])
+    flat = torch.nn.functional.conv2d(flat, g.reshape(1, 1, -1, 1), padding=(r, 0))
+    flat = torch.nn.functional.conv2d(flat, g.reshape(1, 1, 1, -1), padding=(0, r))
+    return flat.reshape(shape)
 
 
 def refine_galaxies(
@@ -115,6 +133,10 @@ def refine_galaxies(
     seen = valid.to(dt).expand(y_white.shape[1:])
     resid = (y_white.to(dt) - op.apply(x)) * seen
     m = ((x.mean(0) ** 2 + x**2) / 2).sqrt()
+    if settings.spread > 0:
+        # The draws of a galaxy shown to the prior scaled down have a faint galaxy's
+        # extent: its corrections must reach its own wings beyond them.
+        m = m + _blur(m, settings.spread)
     if support is not None:
         # Overlapping corrections of two galaxies would trade light freely between them.
         m = m * support.to(dt)
