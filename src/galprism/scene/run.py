@@ -350,10 +350,8 @@ def _amplitudes(
     """The amplitude of each galaxy of a blend (:mod:`galprism.amplitude`), in the prior's
     normalised units: its aperture on the box, pixels nearer another member (star or
     galaxy) going to that member."""
-    _, h, w = box.shape
-    yy, xx = np.mgrid[:h, :w]
-    d = np.hypot(xx[None] - positions[:, 0, None, None], yy[None] - positions[:, 1, None, None])
-    owned = torch.from_numpy(d.argmin(0)[None] == np.arange(len(positions))[:, None, None])
+    owner = _nearest_member(box.shape[1:], positions)
+    owned = torch.from_numpy(owner[None] == np.arange(len(positions))[:, None, None])
     k = norm[:, None, None]
     image = torch.from_numpy(box.image * k)[None].expand(len(positions), -1, -1, -1)
     var = torch.from_numpy(np.broadcast_to(box.variance, box.image.shape) * k**2)[None]
