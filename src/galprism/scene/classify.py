@@ -157,10 +157,10 @@ def _refine_star(
     c = data.shape[0]
     frame = data.shape
     pos = start
-    chi2, coef = _fit(data, weight, np.concatenate([_placed(kernel[None], pos, frame), nuisance]))
+    t = _placed(kernel[None], pos, frame)  # the star at pos, kept with the accepted step
+    chi2, coef = _fit(data, weight, np.concatenate([t, nuisance]))
     for _ in range(iterations):
         x, y = pos
-        t = _placed(kernel[None], pos, frame)
         shifted = [
             _placed(kernel[None], p, frame)[0]
             for p in ((x + step, y), (x - step, y), (x, y + step), (x, y - step))
@@ -190,12 +190,11 @@ def _refine_star(
         new = (x + float(dx), y + float(dy))
         if np.hypot(new[0] - start[0], new[1] - start[1]) > reach:
             break
-        new_chi2, new_coef = _fit(
-            data, weight, np.concatenate([_placed(kernel[None], new, frame), nuisance])
-        )
+        t_new = _placed(kernel[None], new, frame)
+        new_chi2, new_coef = _fit(data, weight, np.concatenate([t_new, nuisance]))
         if new_chi2 > chi2:
             break
-        pos, chi2, coef = new, new_chi2, new_coef
+        pos, chi2, coef, t = new, new_chi2, new_coef, t_new
         if np.hypot(dx, dy) < 1e-3:
             break
     return pos, chi2, coef
