@@ -232,13 +232,22 @@ def test_joint_posterior_is_the_exact_gaussian_posterior_of_the_stacked_model():
     vb = boxes(m0)[0]
     vb.image = np.where(vb.valid, (parts[1] / norms[1][0]).numpy(), 0.0)
     model = build_joint_model(primary, [vb], frame, galaxies, scales, stars, **kw)
-    torch.testing.assert_close(model.y.reshape(-1), y)
+    # The galaxy's wing term follows the data's light: the closed form is that of the
+    # model built on the data, whose y is the data less the linear terms' prior mean light.
+    cols = model.linear.columns[0]
+    torch.testing.assert_close(model.y.reshape(-1), y - cols @ model.linear_mean)
+    block = torch.cat([op.apply(eye).reshape(d, -1) for op in model.light[0]], dim=1).T
+    a = torch.cat([block, cols], dim=1) * valid[:, None]
+    factor = model.linear.factors[0]
+    k_lin = factor.shape[0]
+    mu = torch.cat([prior.mean.reshape(-1), model.linear_mean])
+    s = torch.block_diag(prior.covariance(), factor @ factor.T)
     g = a @ s @ a.T + torch.diag(noise) + torch.diag(1.0 - valid)
     gain = torch.linalg.solve(g, a @ s).T
     mean = mu + gain @ (y - a @ mu)
     cov = s - gain @ a @ s
-    # The samples hold s w x, w the galaxy's ownership of its stamp (the star nearby
-    # takes some of it): a rescaling of the closed form.
+    # The samples hold s w x, w the galaxy's ownership of its stamp (all ones for a
+    # galaxy alone): a rescaling of the closed form.
     window = model.support[0].expand(stamp).reshape(-1)
     scale = torch.cat([1.5 * window, torch.ones(k_lin, dtype=torch.float64)])
     mean, cov = mean * scale, cov * scale[:, None] * scale[None, :]

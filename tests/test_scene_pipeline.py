@@ -90,6 +90,13 @@ def test_two_galaxies_and_a_star_blend_posterior_matches_its_closed_form():
         background_scale=2.0,
         dtype=torch.float64,
     )
+    # The galaxies' ownership and wing terms follow the data's light: the closed form is
+    # that of the model built on the data.
+    m, factor = _dense(model, 2, 1, stamp)
+    k_lin = factor.shape[0]
+    assert len(model.wing_owner) and model.linear_mean.abs().sum() > 0  # a wing to test
+    mu = torch.cat([prior.mean.reshape(-1)] * 2 + [model.linear_mean])
+    s = torch.block_diag(prior.covariance(), prior.covariance(), factor @ factor.T)
     g = m @ s @ m.T + noise * torch.eye(h * w, dtype=torch.float64)
     g = g + torch.diag((~valid.reshape(-1)).to(torch.float64))  # masked rows: data 0, no info
     gain = torch.linalg.solve(g, m @ s).T

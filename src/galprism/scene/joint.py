@@ -48,10 +48,14 @@ from .model import (
     BROAD,
     OWNERSHIP_SOFTNESS,
     BlendSamples,
+    _wing_prior,
     draw_galaxies,
     draw_linear,
+    wing_fluxes,
+    wings,
 )
-from .placement import PlaceStamp, StarOperator, ownership
+from .placement import PlaceStamp, StarOperator
+from .profiles import fit_profiles, ownership
 from .views import model_kernel
 
 __all__ = ["StackViews", "ViewBox", "JointModel", "build_joint_model", "sample_joint"]
@@ -129,7 +133,9 @@ class JointModel:
     each view's ``(C_v, h_v, w_v)`` flattened); ``shapes`` the views' shapes.
     ``light[k][v]`` maps galaxy ``k``'s stamp to its light on view ``v``. Star ``j``'s
     fluxes are coefficient columns ``j C .. (j + 1) C`` (the primary's bands), then each
-    view's background terms in view order.
+    view's background terms in view order; between them, the wings of the galaxies
+    ``wing_owner`` (:func:`~galprism.scene.model.wings`, fitted on the primary view),
+    whose prior mean ``linear_mean`` holds (``y`` is the data less its light).
     """
 
     y: Tensor
@@ -148,6 +154,8 @@ class JointModel:
     band_index: tuple[int, ...]
     to_normalised: list[np.ndarray]
     support: Tensor
+    wing_owner: np.ndarray
+    linear_mean: Tensor
 
     def split(self, flat: Tensor) -> list[Tensor]:
         """``(..., N)`` into each view's ``(..., C_v, h_v, w_v)``."""
@@ -209,6 +217,12 @@ def build_joint_model(
                 f"{obs.name}: a view has bands the image lacks; their star fluxes are not modelled"
             )
     flux_factor = obs.flux_factors_to(frame.ab_zeropoint) / frame.flux_scale
+    stamp = tuple(int(s) for s in frame.shape)
+    profiles = fit_profiles(obs, galaxies, stars, flux_factor)
+    support = ownership(profiles, stamp, f, OWNERSHIP_SOFTNESS)
+    # Wings as in build_blend_model, in every view.
+    owners, wing_shapes, wing_flux = wings(profiles, obs.shape, (stamp[1] // f, stamp[2] // f))
+    wing_mean, wing_sd = _wing_prior(wing_flux)
     norms = [flux_factor, *(np.asarray(v.to_normalised, np.float64) for v in views)]
     images = [obs.image, *(v.image for v in views)]
     variances = [obs.variance, *(v.variance for v in views)]
@@ -244,6 +258,24 @@ def build_joint_model(
             for b, prior_band in enumerate(view.band_index):
                 block[offsets[v] : offsets[v + 1], index.index(prior_band)] += vcols[:, b]
         cols.append(block)
+    for shape in wing_shapes:
+        block = torch.zeros(n_total, c, dtype=torch.float64)
+        for band in range(c):
+            img = torch.zeros((c, h, w), dtype=torch.float64)
+            img[band] = torch.from_numpy(shape)
+            block[offsets[0] : offsets[1], band] = img.reshape(-1)
+        # On the model frame of the views: the same unit-flux shape, each image pixel
+        # spread over its f x f model pixels (the wing is smooth on that scale).
+        fine_shape = torch.from_numpy(np.kron(shape, np.ones((f, f))) / f**2)
+        for v, view in enumerate(views, start=1):
+            cv = view.shape[0]
+            for b, prior_band in enumerate(view.band_index):
+                if prior_band not in index:
+                    continue  # a band the primary lacks: its wing flux is not modelled
+                img = torch.zeros((cv, h * f, w * f), dtype=torch.float64)
+                img[b] = fine_shape
+                block[offsets[v] : offsets[v + 1], index.index(prior_band)] += img.reshape(-1)
+        cols.append(block)
     if background:
         for v, (cv, hv, wv) in enumerate(shapes):
             for plane in _planes(hv, wv):
@@ -261,7 +293,7 @@ def build_joint_model(
         star_scale = np.asarray(star_scale, dtype=np.float64).reshape(-1)
         if star_scale.shape[0] != len(stars) or not (star_scale > 0).all():
             raise ShapeError(f"{obs.name}: star flux scales must be {len(stars)} positive values")
-        diag = [np.repeat(star_scale, c)]
+        diag = [np.repeat(star_scale, c), wing_sd]
         if background:
             for v, (cv, _, _) in enumerate(shapes):
                 if background_scale is not None:
@@ -277,6 +309,10 @@ def build_joint_model(
                 diag.append(np.full(BACKGROUND_TERMS * cv, bs))
         factors = torch.diag(torch.from_numpy(np.concatenate(diag)))[None]
         linear = FreeformModel([[]], columns[None], factors, noise_var.sqrt(), valid, 0, fine)
+    linear_mean = torch.zeros(columns.shape[1], dtype=torch.float64)
+    linear_mean[len(stars) * c : len(stars) * c + wing_mean.size] = torch.from_numpy(wing_mean)
+    # The linear terms are drawn about their prior mean: the data less the mean's light.
+    y = y - (columns @ linear_mean)[None]
     if linear is not None:
         y_white, noise_white = linear.whiten(y)
         whitening = linear.whitening()
@@ -286,11 +322,7 @@ def build_joint_model(
     psf = torch.from_numpy(np.array(obs.prior_grid_psf(f), dtype=np.float64))
     blur: list[LinearOperator] = [Downsample(f, fine)] if f > 1 else []
     blur.append(Convolve(psf, fine, name=f"{obs.name} PSF"))
-    stamp = tuple(int(s) for s in frame.shape)
     full = tuple(range(stamp[0]))
-
-    centers = galaxies * f + (f - 1) / 2.0
-    support = ownership(centers, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
 
     def chain(
         place: LinearOperator, bands: tuple[int, ...], s: float, k: int
@@ -325,6 +357,8 @@ def build_joint_model(
         band_index=index,
         to_normalised=norms,
         support=support,
+        wing_owner=owners,
+        linear_mean=linear_mean,
     )
 
 
@@ -364,11 +398,19 @@ def sample_joint(
         bkg = torch.zeros(n_s, n_total, dtype=torch.float64)
     else:
         residual = (y - lights.sum(1)) * model.valid.to(torch.float64)
-        coefficients, stars, bkg = draw_linear(model, residual, c, linear_generator)
+        coefficients, stars, wing, bkg = draw_linear(model, residual, c, linear_generator)
+        lights[:, model.wing_owner] += wing
     sources = torch.cat([lights, stars], dim=1)
+    wing_flux = wing_fluxes(model, coefficients, c)
     out = []
     for src, back in zip(model.split(sources), model.split(bkg), strict=True):
         out.append(
-            BlendSamples(galaxies=galaxies, coefficients=coefficients, sources=src, background=back)
+            BlendSamples(
+                galaxies=galaxies,
+                coefficients=coefficients,
+                sources=src,
+                background=back,
+                wing_flux=wing_flux,
+            )
         )
     return out

@@ -54,7 +54,8 @@ from ..operators import (
     Weight,
 )
 from ..sampling import sample_posterior, sample_prior
-from .placement import PlaceStamp, StarOperator, ownership
+from .placement import PlaceStamp, StarOperator
+from .profiles import Profiles, fit_profiles, ownership
 from .refine import refine_galaxies
 
 __all__ = [
@@ -73,12 +74,20 @@ BACKGROUND_TERMS = 3
 #: data's own scale for it: broad enough that the data alone decide
 BROAD = 10.0
 
-#: Width (image pixels) of the step between two galaxies' ownership of a pixel. A galaxy's
-#: light is its prior draw times its ownership: a bright galaxy is its draw scaled up, and
-#: the faint texture its draws carry across the whole stamp, scaled up with it, would
-#: otherwise trade light with a neighbour's far outside either galaxy's light. Stars own
-#: no area: they are the PSF at a fitted position.
-OWNERSHIP_SOFTNESS = 3.0
+#: Softness of the galaxies' ownership of pixels (:func:`.profiles.ownership`): 1 gives
+#: each galaxy its fitted profile's share of the light. A galaxy's light is its prior
+#: draw times its ownership: a bright galaxy is its draw scaled up, and the faint texture
+#: its draws carry across the whole stamp, scaled up with it, would otherwise trade light
+#: with a neighbour's far outside either galaxy's light. Stars own no area: they are the
+#: PSF at a fitted position.
+OWNERSHIP_SOFTNESS = 1.0
+#: Least share of a galaxy's fitted light on its blend's box beyond its stamp for which
+#: the galaxy gets a wing term (:func:`wings`).
+WING_MIN = 0.01
+#: Prior standard deviation of a galaxy's wing flux, relative to its fitted flux: the
+#: profiles fix the wing's shape and scale, the data refine its flux (a broad prior let
+#: a wing trade light with a faint neighbour's stamp on its outskirts).
+WING_SPREAD = 0.5
 #: mixed into the blend's seed for the fine-structure layer's draws (:mod:`.refine`)
 REFINE_SALT = 0x5EED_F1E5
 
@@ -172,8 +181,15 @@ class BlendModel:
         Index of each image band among the galaxy prior's bands.
     support
         ``(K, 1, h, w)`` each galaxy's soft ownership of its stamp's pixels
-        (:func:`~galprism.scene.placement.ownership` over the blend's galaxies): a
-        galaxy's light is its draw times it.
+        (:func:`~galprism.scene.profiles.ownership` of the galaxies' fitted
+        profiles): a galaxy's light is its draw times it.
+    wing_owner
+        ``(W,)`` the galaxies with a wing term (:func:`wings`): their light beyond their
+        stamps, linear coefficients ``J C + i C .. J C + (i + 1) C`` (flux per band on
+        the box, normalised units) of the ``i``-th.
+    linear_mean
+        ``(k,)`` the linear coefficients' prior mean (the wings' fitted fluxes, zero
+        for the others); ``y`` is the data less its light.
     """
 
     y: Tensor
@@ -191,15 +207,68 @@ class BlendModel:
     flux_factor: np.ndarray
     band_index: tuple[int, ...]
     support: Tensor
+    wing_owner: np.ndarray
+    linear_mean: Tensor
 
 
-def _columns(obs: Observation, stars: np.ndarray, background: bool) -> Tensor:
-    """``(n_pixels, k)``: each star's unit-flux image per band, then the background planes."""
+def wings(
+    profiles: Profiles, shape: Sequence[int], stamp: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The galaxies of a blend that get a wing term, its shape and its fitted flux.
+
+    A galaxy whose fitted profile (:class:`~galprism.scene.profiles.Profiles`) puts at
+    least :data:`WING_MIN` of its light on the box ``(C, H, W)`` outside its stamp of
+    ``(h, w)`` image pixels, at least half of it where its profile outshines the
+    others', gets a wing: its profile's light there, all bands summed and normalised to
+    unit flux. Its flux per band is a linear term of the blend with prior mean the
+    fitted wing's and standard deviation :data:`WING_SPREAD` times that.
+
+    Returns
+    -------
+    owners, shapes, flux
+        ``(n,)`` the galaxies' indices, ``(n, H, W)`` the unit-flux shapes and
+        ``(n, C)`` the fitted wings' fluxes per band (normalised units).
+    """
+    c, h, w = (int(v) for v in shape)
+    light = profiles.wings(shape, stamp)  # (K, C, H, W)
+    # A galaxy whose fitted wing lies mostly where a neighbour's light dominates has
+    # taken that neighbour's outskirts into its profile: a wing term would trade light
+    # with it (a faint galaxy on a bright one's outskirts came out negative).
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    logp = profiles.log_density(xx, yy)
+    share = np.exp(logp - np.logaddexp.reduce(logp, axis=0)) if len(logp) else logp
+    own = (light.sum(1) * share).sum((1, 2))
+    per_band = light.sum((2, 3))
+    outside = per_band.sum(1)
+    total = profiles.total().sum(1)
+    owners = np.flatnonzero((outside > 0) & (outside >= WING_MIN * total) & (own >= outside / 2))
+    shapes = light[owners].sum(1) / outside[owners, None, None]
+    return owners, shapes, per_band[owners]
+
+
+def _wing_prior(flux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prior mean and standard deviation of the wing terms' coefficients (flattened
+    ``(n, C)``): the fitted flux, and :data:`WING_SPREAD` times it (at least a thousandth
+    of the wing's flux over all bands, so that no band's term is pinned to 0)."""
+    floor = 1e-3 * flux.sum(1, keepdims=True)
+    return flux.reshape(-1), (WING_SPREAD * np.maximum(flux, floor)).reshape(-1)
+
+
+def _columns(
+    obs: Observation, stars: np.ndarray, background: bool, wing_shapes: np.ndarray | None = None
+) -> Tensor:
+    """``(n_pixels, k)``: each star's unit-flux image per band, each wing's unit-flux
+    shape per band (``(n, H, W)``), then the background planes."""
     c, h, w = obs.shape
     cols = []
     for pos in stars:
         op = StarOperator(np.array(obs.psf), pos, obs.shape, per_band=True, name=f"{obs.name} PSF")
         cols.append(op.columns.reshape(c, -1).T)
+    for shape in wing_shapes if wing_shapes is not None else []:
+        block = torch.zeros(c, c, h, w, dtype=torch.float64)
+        for band in range(c):
+            block[band, band] = torch.from_numpy(shape)
+        cols.append(block.reshape(c, -1).T)
     if background:
         yy, xx = torch.meshgrid(
             torch.linspace(-1.0, 1.0, h, dtype=torch.float64),
@@ -269,11 +338,16 @@ def build_blend_model(
     flux_factor = obs.flux_factors_to(frame.ab_zeropoint) / frame.flux_scale
     uniform = bool(np.ptp(flux_factor) == 0)
     per_band = flux_factor[:, None, None]
+    stamp = tuple(int(s) for s in frame.shape)
+    profiles = fit_profiles(obs, galaxies, stars, flux_factor)
+    support = ownership(profiles, stamp, f, OWNERSHIP_SOFTNESS)
+    owners, shapes, wing_flux = wings(profiles, obs.shape, (stamp[1] // f, stamp[2] // f))
+    wing_mean, wing_sd = _wing_prior(wing_flux)
     y = torch.from_numpy(obs.image * per_band)[None]
     noise_var = torch.from_numpy(np.where(obs.valid, obs.variance * per_band**2, 1.0))[None]
     valid = torch.from_numpy(obs.valid.copy())[None]
 
-    cols = _columns(obs, stars, background)
+    cols = _columns(obs, stars, background, shapes)
     linear = None
     if cols.shape[1]:
         if uniform:
@@ -288,7 +362,7 @@ def build_blend_model(
         star_scale = np.asarray(star_scale, dtype=np.float64).reshape(-1)
         if star_scale.shape[0] != len(stars) or not (star_scale > 0).all():
             raise ShapeError(f"{obs.name}: star flux scales must be {len(stars)} positive values")
-        diag = [np.repeat(star_scale, c)]
+        diag = [np.repeat(star_scale, c), wing_sd]
         if background:
             bs = BROAD * max(peak, sigma) if background_scale is None else background_scale
             diag.append(np.full(BACKGROUND_TERMS * c, float(bs)))
@@ -298,6 +372,10 @@ def build_blend_model(
         linear = FreeformModel(
             [[]], cols[None], factors, noise_var.sqrt(), valid, 0, (c, h * f, w * f)
         )
+    linear_mean = torch.zeros(cols.shape[1], dtype=torch.float64)
+    linear_mean[len(stars) * c : len(stars) * c + wing_mean.size] = torch.from_numpy(wing_mean)
+    # The linear terms are drawn about their prior mean: the data less the mean's light.
+    y = y - (cols @ linear_mean).reshape(y.shape)
     if linear is not None:
         y_white, noise_white = linear.whiten(y)
         whitening = linear.whitening()
@@ -307,14 +385,11 @@ def build_blend_model(
     psf = torch.from_numpy(np.array(obs.prior_grid_psf(f), dtype=np.float64))
     blur: list[LinearOperator] = [Downsample(f, fine)] if f > 1 else []
     blur.append(Convolve(psf, fine, name=f"{obs.name} PSF"))
-    stamp = tuple(int(s) for s in frame.shape)
     observed = (c, *stamp[1:])
     select: list[LinearOperator] = (
         [SelectBands(index, stamp)] if index != tuple(range(stamp[0])) else []
     )
     # Image pixel i covers fine pixels i f .. i f + f - 1, centered at i f + (f - 1) / 2.
-    centers = galaxies * f + (f - 1) / 2.0
-    support = ownership(centers, len(galaxies), stamp, OWNERSHIP_SOFTNESS * f)
     light, terms = [], []
     for k, (pos, s) in enumerate(zip(galaxies, scales, strict=True)):
         place = PlaceStamp(pos * f + (f - 1) / 2.0, observed, fine)
@@ -338,6 +413,8 @@ def build_blend_model(
         flux_factor=flux_factor,
         band_index=index,
         support=support,
+        wing_owner=owners,
+        linear_mean=linear_mean,
     )
 
 
@@ -355,12 +432,16 @@ class BlendSamples:
         ``(S, K + J, C, H, W)`` each source's light on the box (galaxies then stars).
     background
         ``(S, C, H, W)`` the background's light on the box.
+    wing_flux
+        ``(S, K, C)`` each galaxy's flux beyond its stamp on the box (its wing term;
+        zero without one), normalised units.
     """
 
     galaxies: Tensor
     coefficients: Tensor
     sources: Tensor
     background: Tensor
+    wing_flux: Tensor
 
     @property
     def model(self) -> Tensor:
@@ -450,30 +531,47 @@ def lowered_sigma_min(prior: nn.Module, sigma_min: float | None) -> Iterator[Non
 
 def draw_linear(
     model: Any, residual: Tensor, n_bands: int, linear_generator: torch.Generator
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Star fluxes and background given the galaxies, from their exact conditional.
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Star fluxes, galaxies' wings and background given the galaxies' stamps, from their
+    exact conditional.
 
-    ``residual`` is ``(S, *obs_shape)``, the data minus each sample's galaxy light at valid
-    pixels. Returns the coefficients ``(S, k)``, each star's light ``(S, J, n)`` and the
-    background ``(S, n)`` over the ``n`` flattened pixels of the linear model's columns.
+    ``residual`` is ``(S, *obs_shape)``, the model's ``y`` (the data less the linear
+    terms' prior mean light) minus each sample's galaxy light at valid pixels. Returns
+    the coefficients ``(S, k)`` (prior mean included), each star's light ``(S, J, n)``,
+    each wing's light ``(S, W, n)`` and the background ``(S, n)`` over the ``n``
+    flattened pixels of the linear model's columns.
     """
+    # Drawn about the prior mean (the residual is that of the data less its light).
     coefficients = model.linear.sample(residual[None], [linear_generator])[0]
+    coefficients = coefficients + model.linear_mean.to(coefficients)[None]
     cols = model.linear.columns[0]  # (n, k)
     c = n_bands
-    n_star = model.n_stars * c
+
+    def blocks(first: int, count: int) -> Tensor:
+        parts = [
+            coefficients[:, first + j * c : first + (j + 1) * c]
+            @ cols[:, first + j * c : first + (j + 1) * c].T
+            for j in range(count)
+        ]
+        if not parts:
+            return torch.zeros(coefficients.shape[0], 0, cols.shape[0], dtype=torch.float64)
+        return torch.stack(parts, dim=1)
+
+    n_star, n_wing = model.n_stars * c, len(model.wing_owner) * c
+    stars = blocks(0, model.n_stars)
+    wing = blocks(n_star, len(model.wing_owner))
+    rest = n_star + n_wing
+    return coefficients, stars, wing, coefficients[:, rest:] @ cols[:, rest:].T
+
+
+def wing_fluxes(model: Any, coefficients: Tensor, n_bands: int) -> Tensor:
+    """``(S, K, C)`` each galaxy's wing flux from the linear coefficients ``(S, k)``."""
     n_s = coefficients.shape[0]
-    stars = (
-        torch.stack(
-            [
-                coefficients[:, j * c : (j + 1) * c] @ cols[:, j * c : (j + 1) * c].T
-                for j in range(model.n_stars)
-            ],
-            dim=1,
-        )
-        if model.n_stars
-        else torch.zeros(n_s, 0, cols.shape[0], dtype=torch.float64)
-    )
-    return coefficients, stars, coefficients[:, n_star:] @ cols[:, n_star:].T
+    out = torch.zeros(n_s, model.n_galaxies, n_bands, dtype=torch.float64)
+    first = model.n_stars * n_bands
+    for i, k in enumerate(model.wing_owner):
+        out[:, int(k)] = coefficients[:, first + i * n_bands : first + (i + 1) * n_bands]
+    return out
 
 
 def sample_blend(
@@ -509,12 +607,14 @@ def sample_blend(
         bkg = torch.zeros(n_s, c, h, w, dtype=torch.float64)
     else:
         residual = (y - lights.sum(1)) * model.valid.to(torch.float64)
-        coefficients, stars, bkg = draw_linear(model, residual, c, linear_generator)
+        coefficients, stars, wing, bkg = draw_linear(model, residual, c, linear_generator)
         stars = stars.reshape(n_s, -1, c, h, w)
+        lights[:, model.wing_owner] += wing.reshape(n_s, -1, c, h, w)
         bkg = bkg.reshape(n_s, c, h, w)
     return BlendSamples(
         galaxies=galaxies,
         coefficients=coefficients,
         sources=torch.cat([lights, stars], dim=1),
         background=bkg,
+        wing_flux=wing_fluxes(model, coefficients, c),
     )

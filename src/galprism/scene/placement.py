@@ -46,7 +46,7 @@ from torch import Tensor
 from ..errors import ShapeError
 from ..operators import LinearOperator, validate_psf
 
-__all__ = ["PlaceStamps", "PlaceStamp", "StarOperator", "split_offset", "ownership"]
+__all__ = ["PlaceStamps", "PlaceStamp", "StarOperator", "split_offset"]
 
 
 def split_offset(position: float, size: int) -> tuple[int, float]:
@@ -313,34 +313,3 @@ class StarOperator(LinearOperator):
     def _adjoint(self, y: Tensor) -> Tensor:
         cols = self.columns.to(device=y.device, dtype=y.dtype)
         return torch.einsum("bchw,fchw->bf", y, cols)
-
-
-def ownership(
-    centers: np.ndarray, n_owners: int, stamp: Sequence[int], softness: float = 1.0
-) -> Tensor:
-    """``(K, 1, h, w)`` soft ownership of each pixel of source ``k``'s stamp: near 1 where
-    the pixel is nearer its own center than any other source's, near 0 where another is
-    nearer, 1/2 on the bisector, over ``softness`` pixels of the distance difference
-    (a logistic step); 1 everywhere for a source alone.
-
-    ``centers`` ``(M, 2)`` are every source's stamp center ``(x, y)`` on one grid, the
-    first ``n_owners = K`` those whose stamps are asked for; the others (e.g. stars)
-    only take pixels away. Stamps are ``(h, w)`` (the last two entries of ``stamp``),
-    centered on their source as :class:`PlaceStamp` places them.
-    """
-    h, w = (int(v) for v in tuple(stamp)[-2:])
-    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
-    yy, xx = np.mgrid[:h, :w].astype(np.float64)
-    out = np.ones((n_owners, 1, h, w))
-    for k in range(n_owners):
-        others = np.delete(centers, k, axis=0)
-        if not len(others):
-            continue
-        gx = xx - (w - 1) / 2.0 + centers[k, 0]
-        gy = yy - (h - 1) / 2.0 + centers[k, 1]
-        own = np.hypot(gx - centers[k, 0], gy - centers[k, 1])
-        near = np.hypot(
-            gx[None] - others[:, 0, None, None], gy[None] - others[:, 1, None, None]
-        ).min(0)
-        out[k, 0] = 0.5 * (1.0 + np.tanh((near - own) / (2.0 * softness)))
-    return torch.from_numpy(out)

@@ -528,7 +528,8 @@ def separate_scene(
         blend_chi2 = float(sq.sum((1, 2, 3)).mean() / max(int(box.valid.sum()), 1))
         galaxies = draws.galaxies.numpy()
         gal_flux = (
-            galaxies.sum((-2, -1))[..., index] * k1  # (S, K, C): the bands the image has
+            # (S, K, C), the bands the image has: each stamp and its wing beyond it
+            (galaxies.sum((-2, -1))[..., index] + draws.wing_flux.numpy()) * k1
             if galaxies.shape[1]
             else np.zeros((n_s, 0, c))
         )
