@@ -46,16 +46,13 @@ from ..operators import (
 from .model import (
     BACKGROUND_TERMS,
     BROAD,
-    OWNERSHIP_SOFTNESS,
     BlendSamples,
-    _wing_prior,
     draw_galaxies,
     draw_linear,
+    galaxy_shares,
     wing_fluxes,
-    wings,
 )
 from .placement import PlaceStamp, StarOperator
-from .profiles import fit_profiles, ownership
 from .views import model_kernel
 
 __all__ = ["StackViews", "ViewBox", "JointModel", "build_joint_model", "sample_joint"]
@@ -134,7 +131,7 @@ class JointModel:
     ``light[k][v]`` maps galaxy ``k``'s stamp to its light on view ``v``. Star ``j``'s
     fluxes are coefficient columns ``j C .. (j + 1) C`` (the primary's bands), then each
     view's background terms in view order; between them, the wings of the galaxies
-    ``wing_owner`` (:func:`~galprism.scene.model.wings`, fitted on the primary view),
+    ``wing_owner`` (:func:`~galprism.scene.model.galaxy_shares`, on the primary view),
     whose prior mean ``linear_mean`` holds (``y`` is the data less its light).
     """
 
@@ -218,11 +215,10 @@ def build_joint_model(
             )
     flux_factor = obs.flux_factors_to(frame.ab_zeropoint) / frame.flux_scale
     stamp = tuple(int(s) for s in frame.shape)
-    profiles = fit_profiles(obs, galaxies, stars, flux_factor)
-    support = ownership(profiles, stamp, f, OWNERSHIP_SOFTNESS)
-    # Wings as in build_blend_model, in every view.
-    owners, wing_shapes, wing_flux = wings(profiles, obs.shape, (stamp[1] // f, stamp[2] // f))
-    wing_mean, wing_sd = _wing_prior(wing_flux)
+    # Ownership and wings fitted on the primary view, as in build_blend_model; the wings
+    # are seen in every view.
+    shares = galaxy_shares(obs, galaxies, stars, flux_factor, stamp, f)
+    support = shares.support
     norms = [flux_factor, *(np.asarray(v.to_normalised, np.float64) for v in views)]
     images = [obs.image, *(v.image for v in views)]
     variances = [obs.variance, *(v.variance for v in views)]
@@ -258,7 +254,7 @@ def build_joint_model(
             for b, prior_band in enumerate(view.band_index):
                 block[offsets[v] : offsets[v + 1], index.index(prior_band)] += vcols[:, b]
         cols.append(block)
-    for shape in wing_shapes:
+    for shape in shares.wing_shapes:
         block = torch.zeros(n_total, c, dtype=torch.float64)
         for band in range(c):
             img = torch.zeros((c, h, w), dtype=torch.float64)
@@ -293,7 +289,7 @@ def build_joint_model(
         star_scale = np.asarray(star_scale, dtype=np.float64).reshape(-1)
         if star_scale.shape[0] != len(stars) or not (star_scale > 0).all():
             raise ShapeError(f"{obs.name}: star flux scales must be {len(stars)} positive values")
-        diag = [np.repeat(star_scale, c), wing_sd]
+        diag = [np.repeat(star_scale, c), shares.wing_sd]
         if background:
             for v, (cv, _, _) in enumerate(shapes):
                 if background_scale is not None:
@@ -309,8 +305,7 @@ def build_joint_model(
                 diag.append(np.full(BACKGROUND_TERMS * cv, bs))
         factors = torch.diag(torch.from_numpy(np.concatenate(diag)))[None]
         linear = FreeformModel([[]], columns[None], factors, noise_var.sqrt(), valid, 0, fine)
-    linear_mean = torch.zeros(columns.shape[1], dtype=torch.float64)
-    linear_mean[len(stars) * c : len(stars) * c + wing_mean.size] = torch.from_numpy(wing_mean)
+    linear_mean = shares.linear_mean(columns.shape[1], len(stars), c)
     # The linear terms are drawn about their prior mean: the data less the mean's light.
     y = y - (columns @ linear_mean)[None]
     if linear is not None:
@@ -357,7 +352,7 @@ def build_joint_model(
         band_index=index,
         to_normalised=norms,
         support=support,
-        wing_owner=owners,
+        wing_owner=shares.wing_owner,
         linear_mean=linear_mean,
     )
 

@@ -254,6 +254,55 @@ def _wing_prior(flux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flux.reshape(-1), (WING_SPREAD * np.maximum(flux, floor)).reshape(-1)
 
 
+@dataclass(frozen=True, eq=False)
+class GalaxyShares:
+    """How a blend's galaxies share its light (:func:`galaxy_shares`).
+
+    Attributes
+    ----------
+    support
+        ``(K, 1, h, w)`` each galaxy's ownership of its stamp's pixels.
+    wing_owner, wing_shapes
+        The galaxies with a wing term and its unit-flux shape ``(n, H, W)`` on the box.
+    wing_mean, wing_sd
+        Prior mean and standard deviation of the wing terms' fluxes, flattened
+        ``(n, C)``.
+    """
+
+    support: Tensor
+    wing_owner: np.ndarray
+    wing_shapes: np.ndarray
+    wing_mean: np.ndarray
+    wing_sd: np.ndarray
+
+    def linear_mean(self, n_columns: int, n_stars: int, n_bands: int) -> Tensor:
+        """``(n_columns,)`` prior mean of a blend's linear coefficients: star fluxes
+        (``n_stars x n_bands``, zero), the wings' fluxes, then zeros."""
+        mean = torch.zeros(n_columns, dtype=torch.float64)
+        first = n_stars * n_bands
+        mean[first : first + self.wing_mean.size] = torch.from_numpy(self.wing_mean)
+        return mean
+
+
+def galaxy_shares(
+    obs: Observation,
+    galaxies: np.ndarray,
+    stars: np.ndarray,
+    flux_factor: np.ndarray,
+    stamp: Sequence[int],
+    grid_factor: int,
+) -> GalaxyShares:
+    """Fit the galaxies' profiles on a blend's box ``obs`` and derive their ownership of
+    their stamps (``stamp`` ``(C, h, w)`` on a grid ``grid_factor`` times finer) and
+    their wing terms (:func:`wings`)."""
+    f = int(grid_factor)
+    profiles = fit_profiles(obs, galaxies, stars, flux_factor)
+    support = ownership(profiles, stamp, f, OWNERSHIP_SOFTNESS)
+    owners, shapes, flux = wings(profiles, obs.shape, (stamp[1] // f, stamp[2] // f))
+    mean, sd = _wing_prior(flux)
+    return GalaxyShares(support, owners, shapes, mean, sd)
+
+
 def _columns(
     obs: Observation, stars: np.ndarray, background: bool, wing_shapes: np.ndarray | None = None
 ) -> Tensor:
@@ -339,15 +388,13 @@ def build_blend_model(
     uniform = bool(np.ptp(flux_factor) == 0)
     per_band = flux_factor[:, None, None]
     stamp = tuple(int(s) for s in frame.shape)
-    profiles = fit_profiles(obs, galaxies, stars, flux_factor)
-    support = ownership(profiles, stamp, f, OWNERSHIP_SOFTNESS)
-    owners, shapes, wing_flux = wings(profiles, obs.shape, (stamp[1] // f, stamp[2] // f))
-    wing_mean, wing_sd = _wing_prior(wing_flux)
+    shares = galaxy_shares(obs, galaxies, stars, flux_factor, stamp, f)
+    support = shares.support
     y = torch.from_numpy(obs.image * per_band)[None]
     noise_var = torch.from_numpy(np.where(obs.valid, obs.variance * per_band**2, 1.0))[None]
     valid = torch.from_numpy(obs.valid.copy())[None]
 
-    cols = _columns(obs, stars, background, shapes)
+    cols = _columns(obs, stars, background, shares.wing_shapes)
     linear = None
     if cols.shape[1]:
         if uniform:
@@ -362,7 +409,7 @@ def build_blend_model(
         star_scale = np.asarray(star_scale, dtype=np.float64).reshape(-1)
         if star_scale.shape[0] != len(stars) or not (star_scale > 0).all():
             raise ShapeError(f"{obs.name}: star flux scales must be {len(stars)} positive values")
-        diag = [np.repeat(star_scale, c), wing_sd]
+        diag = [np.repeat(star_scale, c), shares.wing_sd]
         if background:
             bs = BROAD * max(peak, sigma) if background_scale is None else background_scale
             diag.append(np.full(BACKGROUND_TERMS * c, float(bs)))
@@ -372,8 +419,7 @@ def build_blend_model(
         linear = FreeformModel(
             [[]], cols[None], factors, noise_var.sqrt(), valid, 0, (c, h * f, w * f)
         )
-    linear_mean = torch.zeros(cols.shape[1], dtype=torch.float64)
-    linear_mean[len(stars) * c : len(stars) * c + wing_mean.size] = torch.from_numpy(wing_mean)
+    linear_mean = shares.linear_mean(cols.shape[1], len(stars), c)
     # The linear terms are drawn about their prior mean: the data less the mean's light.
     y = y - (cols @ linear_mean).reshape(y.shape)
     if linear is not None:
@@ -413,7 +459,7 @@ def build_blend_model(
         flux_factor=flux_factor,
         band_index=index,
         support=support,
-        wing_owner=owners,
+        wing_owner=shares.wing_owner,
         linear_mean=linear_mean,
     )
 
