@@ -117,6 +117,23 @@ def test_perfect_recovery_has_zero_errors_and_full_coverage(scene_dir):
 
 
 @pytest.mark.needs_data
+def test_flux_z_is_the_error_over_the_68_percent_half_width(scene_dir):
+    """Fluxes and intervals shifted 6.8 % of the flux high, the 68 % interval +-3.4 % wide:
+    every source's ``flux_z`` is +2 and the truth is outside its 68 % interval. Fails if z
+    divides by the full width, takes the spread from the wrong quantiles or has the
+    wrong sign."""
+    case = load_scene_set(scene_dir)[0]
+    det = _perfect(case)
+    shift = 0.068 * det.flux
+    det.flux = det.flux + shift
+    det.quantiles = {k: v + shift for k, v in det.quantiles.items()}
+    rows, _ = measure_scene(case, det, "high")
+    for r in rows:
+        assert r["flux_z"] == pytest.approx(2.0, rel=1e-9)
+        assert r["flux_in68"] is False
+
+
+@pytest.mark.needs_data
 def test_summary_counts_completeness_purity_kinds_and_coverage(scene_dir):
     """One true source missed, one spurious detection, one wrong kind, one flux inside the
     95% but not the 68% interval, one flux 10% high: completeness, purity, accuracy and

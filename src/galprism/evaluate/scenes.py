@@ -18,7 +18,9 @@ its detections to the true sources and measures each true source's recovery:
   true PSF-convolved images, and ``g_err``: ``|g_e - g_t|`` of their adaptive-moments
   reduced shears in that window. For methods that classify, whether the kind is right; for
   methods with flux quantiles, whether the true flux lies in the 68% (16th-84th) and 95%
-  (2.5th-97.5th) intervals. An unmatched true source has no errors (NaN): it counts
+  (2.5th-97.5th) intervals and ``flux_z``, ``F_est - F_true`` over the 68% interval's
+  half width (its spread is the factor by which the intervals are too narrow or wide).
+  An unmatched true source has no errors (NaN): it counts
   against completeness only.
 * **Per method**: completeness (matched / true sources), purity (matched / detections),
   star/galaxy accuracy and interval coverage over matched sources, and per scene the
@@ -370,6 +372,9 @@ def measure_scene(
             f = tflux[i]
             row["flux_in68"] = bool(q["q16"][j] <= f <= q["q84"][j]) if j >= 0 else None
             row["flux_in95"] = bool(q["q025"][j] <= f <= q["q975"][j]) if j >= 0 else None
+            if j >= 0:
+                half = (q["q84"][j] - q["q16"][j]) / 2.0
+                row["flux_z"] = float((det.flux[j] - f) / half) if half > 0 else nan
         if case.bands:
             row.update(_band_measures(case, det, i, j))
         rows.append(row)
