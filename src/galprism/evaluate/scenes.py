@@ -372,9 +372,8 @@ def measure_scene(
             f = tflux[i]
             row["flux_in68"] = bool(q["q16"][j] <= f <= q["q84"][j]) if j >= 0 else None
             row["flux_in95"] = bool(q["q025"][j] <= f <= q["q975"][j]) if j >= 0 else None
-            if j >= 0:
-                half = (q["q84"][j] - q["q16"][j]) / 2.0
-                row["flux_z"] = float((det.flux[j] - f) / half) if half > 0 else nan
+            half = (q["q84"][j] - q["q16"][j]) / 2.0 if j >= 0 else nan
+            row["flux_z"] = float((det.flux[j] - f) / half) if half > 0 else nan
         if case.bands:
             row.update(_band_measures(case, det, i, j))
         rows.append(row)
